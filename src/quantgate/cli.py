@@ -1,0 +1,352 @@
+"""The command line (DESIGN §9). stdout carries only the report; everything else goes to stderr.
+
+Exit codes: 0 pass, 1 fail, 2 error, 3 no input, 4 usage. argparse's own usage exit (2) is mapped
+to 4 so that 2 always means "could not decide".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, NoReturn
+
+from quantgate import __version__
+from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
+from quantgate.report import FORMATS, render
+
+SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema")
+EXIT_CODES_HELP = """exit codes:
+  0  every required guard reached a verdict and none failed
+  1  at least one FAIL (0 with --report-only)
+  2  at least one ERROR, or a required guard could not run
+  3  no artifact found, or no guard applied
+  4  usage error: bad flags, invalid policy, unknown guard
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        print(f"quantgate: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _output(text: str) -> tuple[str, str]:
+    fmt, path = _key_value(text)
+    if fmt not in FORMATS:
+        raise argparse.ArgumentTypeError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if not path:
+        raise argparse.ArgumentTypeError(f"--output {text!r} names no file")
+    return fmt, path
+
+
+def _shard(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text)
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N, got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def _scalar(value: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="quantgate",
+        description="A CI gate for quantized model artifacts (.pte, ONNX, GGUF, safetensors).",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"quantgate {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines on stderr")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    run = sub.add_parser("run", help="gate artifacts against the policy", epilog=EXIT_CODES_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the policy's paths)")
+    run.add_argument("--policy", metavar="FILE", help="policy file (default: ./quantgate.toml, else "
+                     "[tool.quantgate] in ./pyproject.toml)")
+    run.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
+    run.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE",
+                     help="also write a report to FILE (repeatable)")
+    run.add_argument("--fail-on", choices=("fail", "warn"), help="what makes the gate fail (default: policy)")
+    run.add_argument("--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)")
+    run.add_argument("--guards", metavar="ID,ID", help="run only these guards")
+    run.add_argument("--jobs", type=int, default=1, metavar="N", help="artifacts gated in parallel processes")
+    run.add_argument("--sha256", action="store_true", help="hash every artifact into the report")
+    run.add_argument("--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts")
+    run.add_argument("--no-github", action="store_true",
+                     help="no annotations, step summary or outputs even when GITHUB_ACTIONS=true")
+
+    guard = sub.add_parser("guard", help="run one guard on one file and print its result JSON")
+    guard.add_argument("guard_id", metavar="ID")
+    guard.add_argument("path", metavar="PATH")
+    guard.add_argument("--require", action="append", default=[], metavar="EXPR",
+                       help="a bound that must hold, e.g. coverage.ops.int8>=0.9 (repeatable)")
+    guard.add_argument("--warn", action="append", default=[], metavar="EXPR", help="a soft bound (repeatable)")
+    guard.add_argument("--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                       help="a guard parameter, e.g. params=1230000000 (repeatable)")
+    guard.add_argument("--expect-unquantized", action="append", default=[], metavar="PATTERN",
+                       help="a layer-name glob (or kind:embedding) that is meant to stay float")
+    guard.add_argument("--policy", metavar="FILE", help="take the guard's settings from this policy too")
+    guard.add_argument("--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage")
+    guard.add_argument("--timeout", type=float, metavar="SECONDS", help="time budget (default 300)")
+
+    inspect = sub.add_parser("inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits")
+    inspect.add_argument("path", metavar="PATH")
+    inspect.add_argument("--format", choices=("text", "json"), default="text")
+
+    guards = sub.add_parser("guards", help="list the guards, what each needs, and whether it can run here")
+    guards.add_argument("--format", choices=("text", "json"), default="text")
+
+    schema = sub.add_parser("schema", help="print a bundled JSON Schema")
+    schema.add_argument("name", choices=("guard-result", "report", "policy", "manifest"))
+    return parser
+
+
+def _fail_usage(message: str) -> int:
+    print(f"quantgate: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `quantgate dist/` means `quantgate run dist/`
+    index = next((i for i, a in enumerate(argv) if a not in ("-q", "--quiet")), None)
+    if index is not None and argv[index] not in (*SUBCOMMANDS, "-h", "--help", "--version"):
+        argv.insert(index, "run")
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    from quantgate import progress
+
+    progress.set_quiet(args.quiet)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        return _fail_usage(str(exc))
+    except KeyboardInterrupt:
+        print("quantgate: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+    except Exception as exc:  # a bug of ours: one line, never a traceback unless asked for
+        print(f"quantgate: internal error: {type(exc).__name__}: {exc} (set QUANTGATE_DEBUG=1 for the traceback; "
+              "please report it)", file=sys.stderr)
+        if os.environ.get("QUANTGATE_DEBUG"):
+            traceback.print_exc()
+        return EXIT_ERROR
+
+
+def _load_policy(explicit: str | None):  # -> Policy
+    from quantgate.policy import PolicyError, find_policy, load_policy
+
+    path = find_policy(explicit)
+    if explicit and not Path(explicit).is_file():
+        raise UsageError(f"policy file not found: {explicit}")
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        raise UsageError(f"invalid policy\n{exc}") from None
+
+
+def _write(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(text, encoding="utf-8")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    policy = _load_policy(args.policy)
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    for _, path in args.output:
+        parent = Path(path).parent
+        if path != "-" and parent.exists() and not os.access(parent, os.W_OK):
+            raise UsageError(f"cannot write --output {path}: folder is not writable")
+    guards = [g.strip() for g in args.guards.split(",") if g.strip()] if args.guards else None
+    options = RunOptions(paths=args.paths, guards=guards, jobs=args.jobs, fail_on=args.fail_on,
+                         report_only=args.report_only, hash_all=args.sha256, shard=args.shard)
+    report = run_gate(options, policy)
+    written: dict[str, str] = {}
+    for fmt, path in args.output:
+        try:
+            _write(path, render(report, fmt))
+        except OSError as exc:
+            raise UsageError(f"cannot write --output {fmt}={path}: {exc.strerror or exc}") from None
+        written[fmt] = path
+    in_github = os.environ.get("GITHUB_ACTIONS") == "true" and not args.no_github
+    if in_github:
+        from quantgate.report import github
+
+        if args.format != "github":
+            print("\n".join([*github.log_groups(report), *github.annotations(report)]), file=sys.stderr, flush=True)
+        github.publish(report, report_paths=written)
+    sys.stdout.write(render(report, args.format))
+    sys.stdout.flush()
+    return int(report["exit_code"])
+
+
+def cmd_guard(args: argparse.Namespace) -> int:
+    from quantgate.bounds import FAIL_LEVEL, WARN_LEVEL, BoundSyntaxError, parse_bound
+    from quantgate.formats.sniff import sniff
+    from quantgate.gate import display_path
+    from quantgate.validators import UnknownGuard, get_guard, guard_ids
+    from quantgate.validators.base import GuardConfig, GuardContext, run_guard
+
+    try:
+        guard = get_guard(args.guard_id)
+    except UnknownGuard:
+        raise UsageError(f"unknown guard {args.guard_id!r}; known guards: {', '.join(guard_ids())}") from None
+    path = Path(args.path)
+    if not path.exists():
+        raise UsageError(f"path not found: {args.path}")
+    if path.is_dir():
+        raise UsageError(f"{args.path} is a folder; `quantgate guard` takes one file (use `quantgate run` for folders)")
+    if args.policy:
+        config = _load_policy(args.policy).guard_config(guard.id)
+    else:
+        config = GuardConfig(timeout_s=300.0)
+    try:
+        config.require += [parse_bound(b, FAIL_LEVEL) for b in args.require]
+        config.warn += [parse_bound(b, WARN_LEVEL) for b in args.warn]
+    except BoundSyntaxError as exc:
+        raise UsageError(str(exc)) from None
+    config.params.update({k: _scalar(v) for k, v in args.param})
+    config.expect_unquantized += args.expect_unquantized
+    if args.basis:
+        config.basis = args.basis
+    if args.timeout:
+        config.timeout_s = args.timeout
+    sniffed = sniff(path)
+    size = path.stat().st_size if sniffed.format != "unreadable" else 0
+    ctx = GuardContext(str(path.resolve()), sniffed, size, display_path(path))
+    result = run_guard(guard, ctx, config)
+    sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    return {"PASS": 0, "WARN": 0, "SKIP": 0, "FAIL": 1, "ERROR": 2}[result.status]
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from quantgate.coverage import coverage_metrics
+    from quantgate.formats import read_inventory
+    from quantgate.formats.sniff import MODEL_FORMATS, sniff
+
+    path = Path(args.path)
+    if not path.is_file():
+        raise UsageError(f"not a file: {args.path}")
+    sniffed = sniff(path)
+    if sniffed.format not in MODEL_FORMATS:
+        print(f"quantgate: {args.path}: {sniffed.format}: {sniffed.detail}", file=sys.stderr)
+        return 1
+    inventory = read_inventory(str(path), sniffed.format)
+    if inventory is None:
+        print(f"quantgate: no reader for {sniffed.format} in this version", file=sys.stderr)
+        return EXIT_ERROR
+    metrics, _ = coverage_metrics(inventory.layers)
+    if args.format == "json":
+        out = inventory.to_dict()
+        out["coverage_metrics"] = metrics
+        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+    else:
+        sys.stdout.write(_inventory_text(inventory, metrics))
+    return 1 if not inventory.structurally_sound else 0
+
+
+def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
+    lines = [f"{inventory.path}: {inventory.format}, {inventory.size_bytes:,} bytes"]
+    for key, value in inventory.facts.items():
+        lines.append(f"  {key}: {value}")
+    if inventory.layers:
+        rows = [("#", "name", "kind", "shape", "dtype", "bits", "params", "bpw")]
+        for i, layer in enumerate(inventory.layers):
+            bpw = f"{8 * layer.weight_bytes / layer.params:.3f}" if layer.weight_bytes and layer.params else ""
+            bits = "?" if layer.quantized is None else (f"{layer.bits:g}" if layer.bits is not None else "")
+            rows.append((str(i), layer.name, layer.kind, "×".join(map(str, layer.shape)), layer.dtype, bits,
+                         f"{layer.params:,}", bpw))
+        widths = [min(60, max(len(r[i]) for r in rows)) for i in range(len(rows[0]))]
+        for row in rows:
+            lines.append("  " + "  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths)).rstrip())
+    else:
+        lines.append("  no weight-bearing layers")
+    if metrics.get("weight_ops"):
+        cov = metrics["coverage"]
+        summary = ", ".join(
+            f"{basis}: int8 {c['int8']:.1%}, quantized {c['quantized']:.1%}" for basis, c in cov.items()
+        )
+        lines.append(f"coverage — {summary}")
+        if "bits_per_weight" in metrics:
+            lines.append(f"bits per weight (weight-bearing layers): {metrics['bits_per_weight']:.4f}")
+    for finding in inventory.structural_findings + inventory.semantic_findings:
+        where = finding.where()
+        lines.append(f"{finding.severity.upper()} {finding.code}: {finding.message}" + (f" [{where}]" if where else ""))
+    return "\n".join(lines) + "\n"
+
+
+def cmd_guards(args: argparse.Namespace) -> int:
+    from quantgate.validators import all_guards
+
+    rows = []
+    for guard in all_guards():
+        missing = guard.missing_dependency()
+        rows.append({
+            "id": guard.id,
+            "needs": guard.needs,
+            "formats": list(guard.formats) if guard.formats else ["any"],
+            "available": missing is None,
+            "hint": missing,
+            "description": guard.description,
+        })
+    if args.format == "json":
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return 0
+    width = max(len(r["id"]) for r in rows)
+    for r in rows:
+        state = "ready" if r["available"] else f"unavailable: {r['hint']}"
+        sys.stdout.write(f"{r['id']:<{width}}  needs {r['needs']:<10} formats {','.join(r['formats']):<18} {state}\n")
+        sys.stdout.write(f"{'':<{width}}  {r['description']}\n")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from quantgate.jsonschemas import schema_text
+
+    try:
+        sys.stdout.write(schema_text(args.name))
+    except (KeyError, FileNotFoundError):
+        raise UsageError(f"no bundled schema named {args.name!r}") from None
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "guard": cmd_guard,
+    "inspect": cmd_inspect,
+    "guards": cmd_guards,
+    "schema": cmd_schema,
+}

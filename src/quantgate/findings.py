@@ -1,0 +1,90 @@
+"""Findings: what a reader or guard saw wrong (or worth noting) in an artifact.
+
+Every finding has a stable code (listed in the README), a severity and a location a person can go
+to: a byte offset, a tensor, a field or an op. Readers never raise on bad input; they return these.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ERROR = "error"
+WARNING = "warning"
+INFO = "info"
+SEVERITIES = (ERROR, WARNING, INFO)
+
+
+@dataclass
+class Finding:
+    code: str
+    severity: str
+    message: str
+    offset: int | None = None
+    tensor: str | None = None
+    field: str | None = None
+    op: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def location(self) -> dict[str, Any]:
+        loc: dict[str, Any] = {}
+        for key in ("offset", "tensor", "field", "op"):
+            value = getattr(self, key)
+            if value is not None:
+                loc[key] = value
+        return loc
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "code": self.code,
+            "severity": self.severity,
+            "message": self.message,
+            "location": self.location(),
+        }
+        if self.extra:
+            out["extra"] = self.extra
+        return out
+
+    def where(self) -> str:
+        """Short human form of the location, e.g. 'offset 1472, tensor blk.0.attn_q.weight'."""
+        parts = []
+        if self.offset is not None:
+            parts.append(f"offset {self.offset}")
+        for key in ("tensor", "field", "op"):
+            value = getattr(self, key)
+            if value is not None:
+                parts.append(f"{key} {value}")
+        return ", ".join(parts)
+
+
+def error(code: str, message: str, **loc: Any) -> Finding:
+    return Finding(code, ERROR, message, **loc)
+
+
+def warning(code: str, message: str, **loc: Any) -> Finding:
+    return Finding(code, WARNING, message, **loc)
+
+
+def info(code: str, message: str, **loc: Any) -> Finding:
+    return Finding(code, INFO, message, **loc)
+
+
+def has_errors(findings: list[Finding]) -> bool:
+    return any(f.severity == ERROR for f in findings)
+
+
+# Codes raised by the shared layers (sniffing, bounded reads, the gate). Format readers keep their own
+# tables beside their code (a module-level FINDING_CODES dict); the README lists them all and a test
+# checks that it does.
+FINDING_CODES = {
+    "FILE_EMPTY": "The file has zero bytes.",
+    "FILE_UNREADABLE": "The file could not be opened or read (permissions, a directory, a broken link).",
+    "FORMAT_UNKNOWN": "The content is none of the supported formats (PTE, GGUF, safetensors, ONNX).",
+    "FORMAT_UNSUPPORTED": "The content is a known format that quantgate does not gate (PyTorch zip, "
+    "pickle, legacy GGML).",
+    "LFS_POINTER": "The file is a Git LFS pointer, not the artifact: the LFS object was not fetched.",
+    "READ_BUDGET_EXHAUSTED": "The reader visited more records than a file of this size can hold "
+    "(shared-offset amplification); the rest was not read.",
+    "READER_NOT_AVAILABLE": "No structural reader exists yet for this format in this version.",
+}

@@ -1,0 +1,404 @@
+"""The gate: find artifacts, run the guards that apply, apply the policy, build one report.
+
+Statuses and exit codes follow DESIGN §3 exactly:
+  0 every required guard reached a verdict and none failed (WARN allowed unless fail_on = warn)
+  1 at least one FAIL          2 at least one ERROR, or a required guard skipped (beats 1)
+  3 no artifact, or no guard applied                     4 usage (raised before a report exists)
+`status` is what a guard saw; `gate_status` is what the policy made of it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import fnmatch
+import multiprocessing
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from quantgate import SCHEMA_VERSION, __version__
+from quantgate.formats.sniff import LFS_POINTER, MODEL_EXTENSIONS, MODEL_FORMATS, Sniffed, sniff
+from quantgate.hashing import sha256_file
+from quantgate.policy import Policy, Waiver
+from quantgate.progress import log
+from quantgate.result import BLOCKED_BY_INTEGRITY, DISABLED, ERROR, FAIL, NOT_APPLICABLE, PASS, SKIP, WARN
+from quantgate.validators import get_guard, guard_ids
+from quantgate.validators.base import GuardContext, run_guard
+
+EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_NO_INPUT, EXIT_USAGE = 0, 1, 2, 3, 4
+VERDICT_EXIT = {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL, "ERROR": EXIT_ERROR, "NO_INPUT": EXIT_NO_INPUT}
+# skip reasons that do not make a required guard an ERROR: the guard does not apply, or the
+# artifact already failed integrity (the artifact's fault, reported as that FAIL)
+BENIGN_SKIPS = (NOT_APPLICABLE, DISABLED, BLOCKED_BY_INTEGRITY)
+SKIPPED_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache"}
+ENGINE_PACKAGES = ("executorch", "torch", "torchao", "onnx", "onnxruntime", "gguf", "safetensors", "numpy", "jsonschema")
+REPORT_SCHEMA_URL = "https://quantgate.dev/schemas/report.schema.json"
+
+
+class UsageError(Exception):
+    """Bad invocation: exit 4."""
+
+
+@dataclass
+class Artifact:
+    path: str  # absolute
+    display: str  # as shown in reports: relative to the working directory where possible
+    sniffed: Sniffed
+    size: int
+
+    @property
+    def format(self) -> str:
+        return self.sniffed.format
+
+
+@dataclass
+class RunOptions:
+    paths: Sequence[str] = ()
+    guards: Sequence[str] | None = None
+    jobs: int = 1
+    fail_on: str | None = None
+    report_only: bool = False
+    hash_all: bool = False
+    shard: tuple[int, int] | None = None  # (k, n), 1-based k
+
+
+# ---------------------------------------------------------------------------------------------
+# discovery
+
+
+def display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _excluded(path: Path, patterns: Sequence[str]) -> bool:
+    shown = display_path(path)
+    return any(fnmatch.fnmatch(shown, p) or fnmatch.fnmatch(path.name, p) for p in patterns)
+
+
+def _walk(root: Path) -> Iterable[Path]:
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
+        for name in sorted(files):
+            yield Path(folder) / name
+
+
+def discover(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[Artifact]:
+    """Artifacts under the given paths, recognised by content.
+
+    A file named on the command line is always an artifact (an unrecognisable one fails
+    integrity). In a scanned folder, a file is an artifact when its content is a model format or
+    an LFS pointer, or when it is empty/unrecognisable but named like a model (so a truncated
+    `model.gguf` is reported, while a README is not).
+    """
+    found: dict[str, Artifact] = {}
+    for given in paths:
+        root = Path(given)
+        if not root.exists():
+            raise UsageError(f"path not found: {given}")
+        if root.is_file():
+            candidates, explicit = [root], True
+        else:
+            candidates, explicit = list(_walk(root)), False
+        for path in candidates:
+            if _excluded(path, exclude) or path.is_symlink() and not explicit:
+                continue
+            sniffed = sniff(path)
+            if not explicit and not _is_artifact(path, sniffed):
+                continue
+            key = str(path.resolve())
+            if key not in found:
+                size = path.stat().st_size if sniffed.format != "unreadable" else 0
+                found[key] = Artifact(key, display_path(path), sniffed, size)
+    return sorted(found.values(), key=lambda a: a.display)
+
+
+def _is_artifact(path: Path, sniffed: Sniffed) -> bool:
+    if sniffed.format in MODEL_FORMATS or sniffed.format == LFS_POINTER:
+        return True
+    return path.suffix.lower() in MODEL_EXTENSIONS
+
+
+def select_shard(artifacts: list[Artifact], shard: tuple[int, int] | None) -> list[Artifact]:
+    """Artifact i goes to shard (i mod n) + 1 of the sorted list: stable across runners."""
+    if shard is None:
+        return artifacts
+    k, n = shard
+    return [a for i, a in enumerate(artifacts) if i % n == k - 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# one artifact
+
+
+def _waivers_for(artifact: Artifact, policy: Policy, guard_id: str | None = None) -> list[Waiver]:
+    out = []
+    for waiver in policy.waivers:
+        target = (policy.root / waiver.artifact).resolve()
+        if str(target) == artifact.path and (guard_id is None or waiver.guard == guard_id):
+            out.append(waiver)
+    return out
+
+
+def gate_decision(
+    result: dict[str, Any],
+    *,
+    required: bool,
+    fail_on: str,
+    waivers: Sequence[Waiver],
+    sha256: str | None,
+    today: dt.date,
+) -> dict[str, Any]:
+    """Add `gate_status`, `required` and the waiver (applied or rejected) to a result dict."""
+    status = result["status"]
+    gate = status
+    result["required"] = required
+    if status == SKIP and required and result["skip"]["reason"] not in BENIGN_SKIPS:
+        gate = ERROR
+    elif status == WARN and fail_on == "warn":
+        gate = FAIL
+    if gate in (FAIL, WARN) and status in (FAIL, WARN):
+        for waiver in waivers:
+            if waiver.expires < today:
+                result["waiver_rejected"] = {"reason": f"expired on {waiver.expires.isoformat()}",
+                                             "waiver": waiver.to_dict()}
+            elif sha256 is None or waiver.sha256 != sha256:
+                result["waiver_rejected"] = {
+                    "reason": "sha256 does not match the artifact (it changed since the waiver was granted)",
+                    "waiver": waiver.to_dict(),
+                }
+            else:
+                result.pop("waiver_rejected", None)
+                result["waiver"] = waiver.to_dict()
+                gate = PASS
+                break
+    result["gate_status"] = gate
+    return result
+
+
+def evaluate_artifact(
+    artifact: Artifact, policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str,
+    today: dt.date | None = None,
+) -> list[dict[str, Any]]:
+    """Every selected guard on one artifact, with the gate's decision; never raises."""
+    today = today or dt.date.today()
+    ctx = GuardContext(artifact.path, artifact.sniffed, artifact.size, artifact.display)
+    waivers = _waivers_for(artifact, policy)
+    if (hash_all or waivers) and artifact.format not in ("unreadable",):
+        try:
+            ctx.sha256 = sha256_file(artifact.path, artifact.display)
+        except OSError as exc:
+            log(f"quantgate: cannot hash {artifact.display}: {exc}")
+    results = []
+    for guard_id in selected:
+        guard = get_guard(guard_id)
+        gp = policy.guard(guard_id)
+        if not gp.enabled:
+            result = {
+                "schema_version": SCHEMA_VERSION, "guard": guard_id, "status": SKIP,
+                "message": "skipped (disabled): disabled by the policy", "artifact": ctx.artifact_info().to_dict(),
+                "metrics": {}, "bounds": [], "unquantized": [], "findings": [],
+                "skip": {"reason": DISABLED, "detail": "disabled by the policy"}, "error": None, "duration_s": 0.0,
+            }
+        else:
+            result = run_guard(guard, ctx, policy.guard_config(guard_id)).to_dict()
+        results.append(
+            gate_decision(result, required=gp.required, fail_on=fail_on,
+                          waivers=[w for w in waivers if w.guard == guard_id], sha256=ctx.sha256, today=today)
+        )
+    return results
+
+
+def _crash_results(artifact: Artifact, selected: Sequence[str], policy: Policy, why: str) -> list[dict[str, Any]]:
+    out = []
+    for guard_id in selected:
+        message = f"the worker reading {artifact.display} {why}"
+        out.append({
+            "schema_version": SCHEMA_VERSION, "guard": guard_id, "status": ERROR, "message": message,
+            "artifact": {"path": artifact.display, "format": artifact.format, "size_bytes": artifact.size},
+            "metrics": {}, "bounds": [], "unquantized": [], "findings": [], "skip": None,
+            "error": {"type": "crash", "message": message, "hint": "this is a quantgate bug; please report it"},
+            "duration_s": 0.0, "gate_status": ERROR, "required": policy.guard(guard_id).required,
+        })
+    return out
+
+
+def _worker(conn: Any, artifact: Artifact, policy: Policy, selected: Sequence[str], hash_all: bool,
+            fail_on: str) -> None:
+    try:
+        conn.send(evaluate_artifact(artifact, policy, selected, hash_all, fail_on))
+    finally:
+        conn.close()
+
+
+def _run_parallel(
+    artifacts: Sequence[Artifact], policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str,
+    jobs: int, on_done: Callable[[Artifact, list[dict[str, Any]]], None],
+) -> dict[str, list[dict[str, Any]]]:
+    """Artifacts in child processes, at most `jobs` at once; a crashing child costs only its own."""
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    # the watchdog for a child stuck where signals cannot reach it (inside native code)
+    deadline_s = sum(policy.guard_config(g).timeout_s or 0 for g in selected) + 60
+    pending = list(artifacts)
+    running: dict[Any, tuple[Artifact, Any, float]] = {}
+    results: dict[str, list[dict[str, Any]]] = {}
+    while pending or running:
+        while pending and len(running) < jobs:
+            artifact = pending.pop(0)
+            parent, child = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_worker, args=(child, artifact, policy, selected, hash_all, fail_on))
+            proc.start()
+            child.close()
+            running[proc] = (artifact, parent, time.monotonic())
+        finished = multiprocessing.connection.wait([conn for _, conn, _ in running.values()], timeout=0.5)
+        for proc, (artifact, conn, started) in list(running.items()):
+            out = None
+            if conn in finished:
+                try:
+                    out = conn.recv()
+                except (EOFError, OSError):
+                    out = None
+            elif time.monotonic() - started < deadline_s:
+                continue
+            else:
+                proc.kill()
+            proc.join()
+            conn.close()
+            if out is None:
+                code = proc.exitcode
+                why = (f"was killed by signal {-code}" if code is not None and code < 0
+                       else f"exited with code {code}")
+                if time.monotonic() - started >= deadline_s:
+                    why = f"overran its {deadline_s:g} s watchdog and was killed"
+                out = _crash_results(artifact, selected, policy, why)
+            results[artifact.path] = out
+            del running[proc]
+            on_done(artifact, out)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# the report
+
+
+def environment() -> dict[str, Any]:
+    packages: dict[str, str | None] = {}
+    for name in ENGINE_PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            packages[name] = None
+    return {"python": platform.python_version(), "platform": platform.platform(), "packages": packages}
+
+
+def summarize(results: Sequence[dict[str, Any]], artifacts: int) -> dict[str, int]:
+    summary = {"artifacts": artifacts, "results": len(results), PASS: 0, FAIL: 0, WARN: 0, SKIP: 0, ERROR: 0,
+               "waived": 0}
+    for result in results:
+        summary[result["gate_status"]] += 1
+        if "waiver" in result:
+            summary["waived"] += 1
+    return summary
+
+
+def verdict_of(results: Sequence[dict[str, Any]], artifacts: int) -> str:
+    applied = [r for r in results if not (r["status"] == SKIP and r["skip"]["reason"] in (NOT_APPLICABLE, DISABLED))]
+    if artifacts == 0 or not applied:
+        return "NO_INPUT"
+    gates = {r["gate_status"] for r in results}
+    if ERROR in gates:
+        return "ERROR"
+    if FAIL in gates:
+        return "FAIL"
+    return "PASS"
+
+
+def exit_code_for(verdict: str, report_only: bool) -> int:
+    code = VERDICT_EXIT[verdict]
+    return EXIT_PASS if report_only and code == EXIT_FAIL else code
+
+
+def build_report(
+    *, policy: Policy, artifacts: Sequence[Artifact], results: Sequence[dict[str, Any]], started: float,
+    started_at: str, report_only: bool, fail_on: str, shard: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    verdict = verdict_of(results, len(artifacts))
+    sha_by_path = {r["artifact"]["path"]: r["artifact"].get("sha256") for r in results}
+    artifact_rows = []
+    for a in artifacts:
+        row = {"path": a.display, "format": a.format, "size_bytes": a.size}
+        if sha_by_path.get(a.display):
+            row["sha256"] = sha_by_path[a.display]
+        artifact_rows.append(row)
+    return {
+        "$schema": REPORT_SCHEMA_URL,
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "quantgate", "version": __version__},
+        "policy": {"path": policy.path, "sha256": policy.sha256, "fail_on": fail_on,
+                   "coverage_basis": policy.coverage_basis},
+        "environment": environment(),
+        "started_at": started_at,
+        "duration_s": round(time.perf_counter() - started, 6),
+        "verdict": verdict,
+        "exit_code": exit_code_for(verdict, report_only),
+        "report_only": report_only,
+        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+        "summary": summarize(results, len(artifacts)),
+        "artifacts": artifact_rows,
+        "results": list(results),
+    }
+
+
+def selected_guards(requested: Sequence[str] | None) -> list[str]:
+    known = guard_ids()
+    if not requested:
+        return known
+    unknown = [g for g in requested if g not in known]
+    if unknown:
+        raise UsageError(f"unknown guard(s): {', '.join(unknown)}; known guards: {', '.join(known)}")
+    return [g for g in known if g in requested]
+
+
+def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
+    """Discover, evaluate and report. Raises UsageError for bad input (exit 4)."""
+    started = time.perf_counter()
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    selected = selected_guards(options.guards)
+    fail_on = options.fail_on or policy.fail_on
+    paths = list(options.paths) or [str(policy.root / p) for p in policy.paths]
+    if not paths:
+        raise UsageError("no PATH given and the policy lists no `paths`")
+    artifacts = select_shard(discover(paths, policy.exclude), options.shard)
+    total = len(artifacts)
+    done = 0
+
+    def on_done(artifact: Artifact, out: list[dict[str, Any]]) -> None:
+        nonlocal done
+        done += 1
+        worst = verdict_of(out, 1)
+        if total > 1:
+            log(f"[{done}/{total}] {artifact.display}: {worst}")
+
+    by_path: dict[str, list[dict[str, Any]]] = {}
+    if options.jobs > 1 and total > 1:
+        by_path = _run_parallel(artifacts, policy, selected, options.hash_all, fail_on, options.jobs, on_done)
+    else:
+        for artifact in artifacts:
+            by_path[artifact.path] = evaluate_artifact(artifact, policy, selected, options.hash_all, fail_on)
+            on_done(artifact, by_path[artifact.path])
+    results = [r for a in artifacts for r in by_path[a.path]]
+    return build_report(policy=policy, artifacts=artifacts, results=results, started=started,
+                        started_at=started_at, report_only=options.report_only, fail_on=fail_on,
+                        shard=options.shard)
+
+
+def python_info() -> str:
+    return f"{sys.version.split()[0]} on {platform.system()}"

@@ -1,0 +1,19 @@
+"""Renderers: one module per output format, each `render(report) -> str` from the canonical JSON."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+RENDERERS = {
+    "text": "quantgate.report.text",
+    "json": "quantgate.report.jsonfmt",
+    "markdown": "quantgate.report.markdown",
+    "junit": "quantgate.report.junit",
+    "github": "quantgate.report.github",
+}
+FORMATS = tuple(RENDERERS)
+
+
+def render(report: dict[str, Any], fmt: str) -> str:
+    return importlib.import_module(RENDERERS[fmt]).render(report)

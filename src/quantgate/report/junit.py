@@ -1,0 +1,64 @@
+"""JUnit XML: a suite per artifact, a case per guard (FAIL -> failure, ERROR -> error, SKIP -> skipped).
+
+The gate's decision (`gate_status`) decides the element, so a waived FAIL is a passing case and a
+WARN under `fail_on = "warn"` is a failure. Metrics go to the case's system-out (xunit2-safe).
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from typing import Any
+
+from quantgate.report.common import headline, problems
+
+
+def render(report: dict[str, Any]) -> str:
+    results = report["results"]
+    root = ET.Element("testsuites", name="quantgate")
+    suites: dict[str, ET.Element] = {}
+    totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    times: dict[str, float] = {}
+    for artifact in report["artifacts"]:
+        suite = ET.SubElement(root, "testsuite", name=artifact["path"])
+        props = ET.SubElement(suite, "properties")
+        for key in ("format", "size_bytes", "sha256"):
+            if key in artifact:
+                ET.SubElement(props, "property", name=key, value=str(artifact[key]))
+        suites[artifact["path"]] = suite
+        times[artifact["path"]] = 0.0
+    for r in results:
+        path = r["artifact"]["path"]
+        suite = suites.get(path)
+        if suite is None:
+            continue
+        case = ET.SubElement(suite, "testcase", classname=path, name=r["guard"], time=f"{r['duration_s']:.6f}")
+        times[path] += r["duration_s"]
+        gate = r["gate_status"]
+        detail = "\n".join(problems(r)) or r["message"]
+        if gate == "FAIL":
+            ET.SubElement(case, "failure", message=headline(r), type=r["status"]).text = detail
+        elif gate == "ERROR":
+            etype = (r.get("error") or {}).get("type") or "error"
+            ET.SubElement(case, "error", message=headline(r), type=etype).text = detail
+        elif gate == "SKIP":
+            ET.SubElement(case, "skipped", message=f"{r['skip']['reason']}: {r['skip']['detail']}")
+        out = {"status": r["status"], "gate_status": gate, "message": headline(r), "metrics": r["metrics"]}
+        ET.SubElement(case, "system-out").text = json.dumps(out, indent=1, sort_keys=True)
+    for path, suite in suites.items():
+        cases = suite.findall("testcase")
+        counts = {
+            "tests": len(cases),
+            "failures": sum(1 for c in cases if c.find("failure") is not None),
+            "errors": sum(1 for c in cases if c.find("error") is not None),
+            "skipped": sum(1 for c in cases if c.find("skipped") is not None),
+        }
+        for key, value in counts.items():
+            suite.set(key, str(value))
+            totals[key] += value
+        suite.set("time", f"{times[path]:.6f}")
+    for key, value in totals.items():
+        root.set(key, str(value))
+    root.set("time", f"{report['duration_s']:.6f}")
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"

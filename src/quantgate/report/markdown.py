@@ -1,0 +1,97 @@
+"""Markdown for pull requests and `$GITHUB_STEP_SUMMARY`: verdict, counts, the failing rows, the
+precision mix of each artifact as a picture, and the full matrix folded away."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantgate.report.common import by_severity, counts_line, headline, precision_mix, problems, visible
+
+ICON = {"PASS": "✅", "FAIL": "❌", "ERROR": "⛔", "NO_INPUT": "⚠️", "WARN": "⚠️", "SKIP": "⏭️"}
+MAX_BYTES = 1_000_000  # GitHub's step summary takes at most 1 MiB per step
+MAX_UNQUANTIZED = 25
+
+
+def _cell(text: Any) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _mermaid_pie(title: str, mix: dict[str, float]) -> list[str]:
+    lines = ["```mermaid", f"pie showData title {_cell(title)}"]
+    for bits, share in mix.items():
+        label = f"{bits}-bit" if bits != "unknown" else "unknown"
+        lines.append(f'    "{label}" : {share * 100:.2f}')
+    lines.append("```")
+    return lines
+
+
+def _coverage_cell(result: dict[str, Any]) -> str:
+    metrics = result.get("metrics", {})
+    if "int8_coverage" not in metrics:
+        return ""
+    basis = metrics.get("coverage_basis", "ops")
+    quantized = metrics["coverage"][basis]["quantized"]
+    return f"int8 {metrics['int8_coverage']:.1%} · quantized {quantized:.1%} ({basis})"
+
+
+def render(report: dict[str, Any]) -> str:
+    s = report["summary"]
+    verdict = report["verdict"]
+    out = [f"## {ICON.get(verdict, '')} quantgate: {verdict}", ""]
+    out += [
+        "| artifacts | passed | failed | warned | errors | skipped | waived | exit |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"| {s['artifacts']} | {s['PASS']} | {s['FAIL']} | {s['WARN']} | {s['ERROR']} | {s['SKIP']} "
+        f"| {s['waived']} | {report['exit_code']} |",
+        "",
+    ]
+    rows = by_severity(visible(report["results"]))
+    bad = [r for r in rows if r["gate_status"] in ("FAIL", "ERROR", "WARN")]
+    if bad:
+        out += ["### Problems", "", "| status | artifact | guard | problem |", "|---|---|---|---|"]
+        for r in bad:
+            for i, line in enumerate(problems(r) or [r["message"]]):
+                first = i == 0
+                out.append(
+                    f"| {r['gate_status'] if first else ''} | {_cell(r['artifact']['path']) if first else ''} "
+                    f"| {r['guard'] if first else ''} | {_cell(line)} |"
+                )
+        out.append("")
+    coverage_rows = [r for r in rows if precision_mix(r)]
+    if coverage_rows:
+        out += ["### Precision mix", ""]
+        for r in coverage_rows:
+            mix = precision_mix(r) or {}
+            out.append(f"**{_cell(r['artifact']['path'])}** — `{r['guard']}`: {_coverage_cell(r)}")
+            out.append("")
+            out += _mermaid_pie(f"{r['artifact']['path']} (share of weight params by bits)", mix)
+            unq = r.get("unquantized", [])
+            if unq:
+                out += ["", "<details><summary>Unquantized weight-bearing layers "
+                        f"({len(unq)})</summary>", "",
+                        "| layer | kind | shape | dtype | params | expected |", "|---|---|---|---|---:|---|"]
+                for u in unq[:MAX_UNQUANTIZED]:
+                    out.append(
+                        f"| {_cell(u['name'])} | {u['kind']} | {'×'.join(map(str, u['shape']))} | {u['dtype']} "
+                        f"| {u['params']:,} | {'yes' if u['expected'] else '**no**'} |"
+                    )
+                if len(unq) > MAX_UNQUANTIZED:
+                    out.append(f"| … {len(unq) - MAX_UNQUANTIZED} more | | | | | |")
+                out += ["", "</details>"]
+            out.append("")
+    out += [f"<details><summary>All results ({len(rows)})</summary>", "",
+            "| status | artifact | guard | coverage | message |", "|---|---|---|---|---|"]
+    for r in rows:
+        status = r["gate_status"] + (" (waived)" if "waiver" in r else "")
+        out.append(
+            f"| {status} | {_cell(r['artifact']['path'])} | {r['guard']} | {_coverage_cell(r)} "
+            f"| {_cell(headline(r))} |"
+        )
+    out += ["", "</details>", "",
+            f"<sub>quantgate {report['tool']['version']} · policy {report['policy']['path'] or 'default'}"
+            f" · {counts_line(report)}</sub>", ""]
+    text = "\n".join(out)
+    if len(text.encode("utf-8")) > MAX_BYTES:
+        cut = text.encode("utf-8")[: MAX_BYTES - 200].decode("utf-8", errors="ignore")
+        text = cut + "\n\n… (summary cut to GitHub's 1 MiB limit; the JSON report has everything)\n"
+    return text

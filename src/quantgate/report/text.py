@@ -1,0 +1,34 @@
+"""The terminal report: failures first, one line per problem, and a last verdict line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantgate.report.common import by_severity, headline, problems, verdict_line, visible
+
+
+def render(report: dict[str, Any]) -> str:
+    rows = by_severity(visible(report["results"]))
+    lines: list[str] = []
+    policy = report["policy"]
+    if policy["path"]:
+        lines.append(f"policy {policy['path']} (sha256 {policy['sha256'][:12]})")
+    else:
+        lines.append("policy: none found (defaults: integrity required, no bounds)")
+    if rows:
+        width_a = min(60, max(len(r["artifact"]["path"]) for r in rows))
+        width_g = max(len(r["guard"]) for r in rows)
+        for r in rows:
+            status = r["gate_status"] + ("*" if "waiver" in r else "")
+            lines.append(f"{status:<6} {r['artifact']['path']:<{width_a}}  {r['guard']:<{width_g}}  {headline(r)}")
+            if r["gate_status"] in ("FAIL", "ERROR", "WARN") or r["status"] in ("FAIL", "WARN"):
+                extra = problems(r)
+                if len(extra) > 1:
+                    lines += [f"{'':<6} {'':<{width_a}}  {'':<{width_g}}    - {p}" for p in extra]
+    hidden = len(report["results"]) - len(rows)
+    if hidden:
+        lines.append(f"({hidden} result(s) of guards that do not apply to the artifact's format not shown)")
+    if any("waiver" in r for r in rows):
+        lines.append("* a FAIL or WARN waived by the policy: it stays in the report")
+    lines.append(verdict_line(report))
+    return "\n".join(lines) + "\n"

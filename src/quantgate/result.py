@@ -1,0 +1,68 @@
+"""GuardResult: the one object a guard emits (schemas/guard-result.schema.json)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantgate import SCHEMA_VERSION
+from quantgate.findings import Finding
+
+PASS = "PASS"
+FAIL = "FAIL"
+WARN = "WARN"
+SKIP = "SKIP"
+ERROR = "ERROR"
+STATUSES = (PASS, FAIL, WARN, SKIP, ERROR)
+
+# skip reasons (closed list; `blocked_by:<guard>` carries the guard id)
+NOT_APPLICABLE = "not_applicable"
+DISABLED = "disabled"
+DEPENDENCY_MISSING = "dependency_missing"
+NO_INPUT = "no_input"  # a guard that needs something the artifact and policy did not give
+BLOCKED_BY_INTEGRITY = "blocked_by:integrity"
+
+
+@dataclass
+class ArtifactInfo:
+    path: str
+    format: str
+    size_bytes: int
+    sha256: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "format": self.format, "size_bytes": self.size_bytes}
+        if self.sha256:
+            out["sha256"] = self.sha256
+        return out
+
+
+@dataclass
+class GuardResult:
+    guard: str
+    status: str
+    message: str
+    artifact: ArtifactInfo
+    metrics: dict[str, Any] = field(default_factory=dict)
+    bounds: list[dict[str, Any]] = field(default_factory=list)
+    unquantized: list[dict[str, Any]] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    skip: dict[str, str] | None = None
+    error: dict[str, str] | None = None
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "guard": self.guard,
+            "status": self.status,
+            "message": self.message,
+            "artifact": self.artifact.to_dict(),
+            "metrics": self.metrics,
+            "bounds": self.bounds,
+            "unquantized": self.unquantized,
+            "findings": [f.to_dict() for f in self.findings],
+            "skip": self.skip,
+            "error": self.error,
+            "duration_s": round(self.duration_s, 6),
+        }
