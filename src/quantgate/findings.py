@@ -86,5 +86,17 @@ FINDING_CODES = {
     "LFS_POINTER": "The file is a Git LFS pointer, not the artifact: the LFS object was not fetched.",
     "READ_BUDGET_EXHAUSTED": "The reader visited more records than a file of this size can hold "
     "(shared-offset amplification); the rest was not read.",
-    "READER_NOT_AVAILABLE": "No structural reader exists yet for this format in this version.",
 }
+
+
+def all_finding_codes() -> dict[str, str]:
+    """Every stable finding code: the shared ones, each reader's and each guard's FINDING_CODES."""
+    import importlib
+
+    from quantgate.formats import READERS
+    from quantgate.validators import GUARD_MODULES
+
+    codes = dict(FINDING_CODES)
+    for module_name in [*READERS.values(), *GUARD_MODULES.values()]:
+        codes.update(getattr(importlib.import_module(module_name), "FINDING_CODES", {}))
+    return codes

@@ -46,6 +46,7 @@ class IntegrityGuard(Guard):
         fmt = ctx.format
         if fmt == S.UNREADABLE:
             return Outcome(
+                findings=[F.error("FILE_UNREADABLE", f"cannot read the file: {ctx.sniffed.detail}")],
                 error=("unreadable", f"cannot read {ctx.display_path}: {ctx.sniffed.detail}",
                        "check the path and its permissions"),
             )
@@ -61,6 +62,8 @@ class IntegrityGuard(Guard):
             return Outcome(
                 findings=[F.error("FORMAT_UNKNOWN", f"not a supported model format: {ctx.sniffed.detail}")]
             )
+        if fmt == S.UNSUPPORTED:
+            return Outcome(findings=[F.error("FORMAT_UNSUPPORTED", f"{ctx.sniffed.detail}")])
         if fmt not in S.MODEL_FORMATS:
             return Outcome(skip=("not_applicable", f"{fmt} files are checked through the artifact that uses them"))
         inventory = ctx.inventory()
