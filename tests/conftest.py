@@ -25,12 +25,17 @@ def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, cwd: Path | str | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     """`python -m quantgate ARGS` in a subprocess: the real entry point, real exit codes."""
     return subprocess.run(
         [sys.executable, "-m", "quantgate", *args],
-        cwd=cwd, env=cli_env(env), capture_output=True, text=True, timeout=timeout,
+        cwd=cwd,
+        env=cli_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -39,7 +44,9 @@ def run_json(*args: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
     try:
         return proc.returncode, json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise AssertionError(f"stdout is not JSON ({exc}); stderr:\n{proc.stderr}\nstdout:\n{proc.stdout}") from None
+        raise AssertionError(
+            f"stdout is not JSON ({exc}); stderr:\n{proc.stderr}\nstdout:\n{proc.stdout}"
+        ) from None
 
 
 @pytest.fixture

@@ -79,38 +79,82 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines on stderr")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    run = sub.add_parser("run", help="gate artifacts against the policy", epilog=EXIT_CODES_HELP,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    run.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the policy's paths)")
-    run.add_argument("--policy", metavar="FILE", help="policy file (default: ./quantgate.toml, else "
-                     "[tool.quantgate] in ./pyproject.toml)")
+    run = sub.add_parser(
+        "run",
+        help="gate artifacts against the policy",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "paths", nargs="*", metavar="PATH", help="files or folders (default: the policy's paths)"
+    )
+    run.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="policy file (default: ./quantgate.toml, else [tool.quantgate] in ./pyproject.toml)",
+    )
     run.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
-    run.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE",
-                     help="also write a report to FILE (repeatable)")
+    run.add_argument(
+        "--output",
+        action="append",
+        type=_output,
+        default=[],
+        metavar="FORMAT=FILE",
+        help="also write a report to FILE (repeatable)",
+    )
     run.add_argument("--fail-on", choices=("fail", "warn"), help="what makes the gate fail (default: policy)")
-    run.add_argument("--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)")
+    run.add_argument(
+        "--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)"
+    )
     run.add_argument("--guards", metavar="ID,ID", help="run only these guards")
     run.add_argument("--jobs", type=int, default=1, metavar="N", help="artifacts gated in parallel processes")
     run.add_argument("--sha256", action="store_true", help="hash every artifact into the report")
-    run.add_argument("--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts")
-    run.add_argument("--no-github", action="store_true",
-                     help="no annotations, step summary or outputs even when GITHUB_ACTIONS=true")
+    run.add_argument(
+        "--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts"
+    )
+    run.add_argument(
+        "--no-github",
+        action="store_true",
+        help="no annotations, step summary or outputs even when GITHUB_ACTIONS=true",
+    )
 
     guard = sub.add_parser("guard", help="run one guard on one file and print its result JSON")
     guard.add_argument("guard_id", metavar="ID")
     guard.add_argument("path", metavar="PATH")
-    guard.add_argument("--require", action="append", default=[], metavar="EXPR",
-                       help="a bound that must hold, e.g. coverage.ops.int8>=0.9 (repeatable)")
-    guard.add_argument("--warn", action="append", default=[], metavar="EXPR", help="a soft bound (repeatable)")
-    guard.add_argument("--param", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                       help="a guard parameter, e.g. params=1230000000 (repeatable)")
-    guard.add_argument("--expect-unquantized", action="append", default=[], metavar="PATTERN",
-                       help="a layer-name glob (or kind:embedding) that is meant to stay float")
+    guard.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="a bound that must hold, e.g. coverage.ops.int8>=0.9 (repeatable)",
+    )
+    guard.add_argument(
+        "--warn", action="append", default=[], metavar="EXPR", help="a soft bound (repeatable)"
+    )
+    guard.add_argument(
+        "--param",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a guard parameter, e.g. params=1230000000 (repeatable)",
+    )
+    guard.add_argument(
+        "--expect-unquantized",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a layer-name glob (or kind:embedding) that is meant to stay float",
+    )
     guard.add_argument("--policy", metavar="FILE", help="take the guard's settings from this policy too")
-    guard.add_argument("--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage")
+    guard.add_argument(
+        "--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage"
+    )
     guard.add_argument("--timeout", type=float, metavar="SECONDS", help="time budget (default 300)")
 
-    inspect = sub.add_parser("inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits")
+    inspect = sub.add_parser(
+        "inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits"
+    )
     inspect.add_argument("path", metavar="PATH")
     inspect.add_argument("--format", choices=("text", "json"), default="text")
 
@@ -154,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_ERROR
     except Exception as exc:  # a bug of ours: one line, never a traceback unless asked for
-        print(f"quantgate: internal error: {type(exc).__name__}: {exc} (set QUANTGATE_DEBUG=1 for the traceback; "
-              "please report it)", file=sys.stderr)
+        print(
+            f"quantgate: internal error: {type(exc).__name__}: {exc} "
+            "(set QUANTGATE_DEBUG=1 for the traceback; please report it)",
+            file=sys.stderr,
+        )
         if os.environ.get("QUANTGATE_DEBUG"):
             traceback.print_exc()
         return EXIT_ERROR
@@ -191,8 +238,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if path != "-" and parent.exists() and not os.access(parent, os.W_OK):
             raise UsageError(f"cannot write --output {path}: folder is not writable")
     guards = [g.strip() for g in args.guards.split(",") if g.strip()] if args.guards else None
-    options = RunOptions(paths=args.paths, guards=guards, jobs=args.jobs, fail_on=args.fail_on,
-                         report_only=args.report_only, hash_all=args.sha256, shard=args.shard)
+    options = RunOptions(
+        paths=args.paths,
+        guards=guards,
+        jobs=args.jobs,
+        fail_on=args.fail_on,
+        report_only=args.report_only,
+        hash_all=args.sha256,
+        shard=args.shard,
+    )
     report = run_gate(options, policy)
     written: dict[str, str] = {}
     for fmt, path in args.output:
@@ -206,7 +260,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         from quantgate.report import github
 
         if args.format != "github":
-            print("\n".join([*github.log_groups(report), *github.annotations(report)]), file=sys.stderr, flush=True)
+            print(
+                "\n".join([*github.log_groups(report), *github.annotations(report)]),
+                file=sys.stderr,
+                flush=True,
+            )
         github.publish(report, report_paths=written)
     sys.stdout.write(render(report, args.format))
     sys.stdout.flush()
@@ -228,11 +286,10 @@ def cmd_guard(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UsageError(f"path not found: {args.path}")
     if path.is_dir():
-        raise UsageError(f"{args.path} is a folder; `quantgate guard` takes one file (use `quantgate run` for folders)")
-    if args.policy:
-        config = _load_policy(args.policy).guard_config(guard.id)
-    else:
-        config = GuardConfig(timeout_s=300.0)
+        raise UsageError(
+            f"{args.path} is a folder; `quantgate guard` takes one file (use `quantgate run` for folders)"
+        )
+    config = _load_policy(args.policy).guard_config(guard.id) if args.policy else GuardConfig(timeout_s=300.0)
     try:
         config.require += [parse_bound(b, FAIL_LEVEL) for b in args.require]
         config.warn += [parse_bound(b, WARN_LEVEL) for b in args.warn]
@@ -285,13 +342,27 @@ def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
     if inventory.layers:
         rows = [("#", "name", "kind", "shape", "dtype", "bits", "params", "bpw")]
         for i, layer in enumerate(inventory.layers):
-            bpw = f"{8 * layer.weight_bytes / layer.params:.3f}" if layer.weight_bytes and layer.params else ""
+            bpw = (
+                f"{8 * layer.weight_bytes / layer.params:.3f}" if layer.weight_bytes and layer.params else ""
+            )
             bits = "?" if layer.quantized is None else (f"{layer.bits:g}" if layer.bits is not None else "")
-            rows.append((str(i), layer.name, layer.kind, "×".join(map(str, layer.shape)), layer.dtype, bits,
-                         f"{layer.params:,}", bpw))
+            rows.append(
+                (
+                    str(i),
+                    layer.name,
+                    layer.kind,
+                    "×".join(map(str, layer.shape)),
+                    layer.dtype,
+                    bits,
+                    f"{layer.params:,}",
+                    bpw,
+                )
+            )
         widths = [min(60, max(len(r[i]) for r in rows)) for i in range(len(rows[0]))]
         for row in rows:
-            lines.append("  " + "  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths)).rstrip())
+            lines.append(
+                "  " + "  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
     else:
         lines.append("  no weight-bearing layers")
     if metrics.get("weight_ops"):
@@ -304,7 +375,9 @@ def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
             lines.append(f"bits per weight (weight-bearing layers): {metrics['bits_per_weight']:.4f}")
     for finding in inventory.structural_findings + inventory.semantic_findings:
         where = finding.where()
-        lines.append(f"{finding.severity.upper()} {finding.code}: {finding.message}" + (f" [{where}]" if where else ""))
+        lines.append(
+            f"{finding.severity.upper()} {finding.code}: {finding.message}" + (f" [{where}]" if where else "")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -314,21 +387,25 @@ def cmd_guards(args: argparse.Namespace) -> int:
     rows = []
     for guard in all_guards():
         missing = guard.missing_dependency()
-        rows.append({
-            "id": guard.id,
-            "needs": guard.needs,
-            "formats": list(guard.formats) if guard.formats else ["any"],
-            "available": missing is None,
-            "hint": missing,
-            "description": guard.description,
-        })
+        rows.append(
+            {
+                "id": guard.id,
+                "needs": guard.needs,
+                "formats": list(guard.formats) if guard.formats else ["any"],
+                "available": missing is None,
+                "hint": missing,
+                "description": guard.description,
+            }
+        )
     if args.format == "json":
         sys.stdout.write(json.dumps(rows, indent=2) + "\n")
         return 0
     width = max(len(r["id"]) for r in rows)
     for r in rows:
         state = "ready" if r["available"] else f"unavailable: {r['hint']}"
-        sys.stdout.write(f"{r['id']:<{width}}  needs {r['needs']:<10} formats {','.join(r['formats']):<18} {state}\n")
+        sys.stdout.write(
+            f"{r['id']:<{width}}  needs {r['needs']:<10} formats {','.join(r['formats']):<18} {state}\n"
+        )
         sys.stdout.write(f"{'':<{width}}  {r['description']}\n")
     return 0
 

@@ -37,7 +37,17 @@ VERDICT_EXIT = {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL, "ERROR": EXIT_ERROR, "NO_I
 # artifact already failed integrity (the artifact's fault, reported as that FAIL)
 BENIGN_SKIPS = (NOT_APPLICABLE, DISABLED, BLOCKED_BY_INTEGRITY)
 SKIPPED_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache"}
-ENGINE_PACKAGES = ("executorch", "torch", "torchao", "onnx", "onnxruntime", "gguf", "safetensors", "numpy", "jsonschema")
+ENGINE_PACKAGES = (
+    "executorch",
+    "torch",
+    "torchao",
+    "onnx",
+    "onnxruntime",
+    "gguf",
+    "safetensors",
+    "numpy",
+    "jsonschema",
+)
 REPORT_SCHEMA_URL = "https://quantgate.dev/schemas/report.schema.json"
 
 
@@ -109,7 +119,7 @@ def discover(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[Artifact
         else:
             candidates, explicit = list(_walk(root)), False
         for path in candidates:
-            if _excluded(path, exclude) or path.is_symlink() and not explicit:
+            if _excluded(path, exclude) or (path.is_symlink() and not explicit):
                 continue
             sniffed = sniff(path)
             if not explicit and not _is_artifact(path, sniffed):
@@ -168,8 +178,10 @@ def gate_decision(
     if gate in (FAIL, WARN) and status in (FAIL, WARN):
         for waiver in waivers:
             if waiver.expires < today:
-                result["waiver_rejected"] = {"reason": f"expired on {waiver.expires.isoformat()}",
-                                             "waiver": waiver.to_dict()}
+                result["waiver_rejected"] = {
+                    "reason": f"expired on {waiver.expires.isoformat()}",
+                    "waiver": waiver.to_dict(),
+                }
             elif sha256 is None or waiver.sha256 != sha256:
                 result["waiver_rejected"] = {
                     "reason": "sha256 does not match the artifact (it changed since the waiver was granted)",
@@ -185,7 +197,11 @@ def gate_decision(
 
 
 def evaluate_artifact(
-    artifact: Artifact, policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str,
+    artifact: Artifact,
+    policy: Policy,
+    selected: Sequence[str],
+    hash_all: bool,
+    fail_on: str,
     today: dt.date | None = None,
 ) -> list[dict[str, Any]]:
     """Every selected guard on one artifact, with the gate's decision; never raises."""
@@ -203,36 +219,72 @@ def evaluate_artifact(
         gp = policy.guard(guard_id)
         if not gp.enabled:
             result = {
-                "schema_version": SCHEMA_VERSION, "guard": guard_id, "status": SKIP,
-                "message": "skipped (disabled): disabled by the policy", "artifact": ctx.artifact_info().to_dict(),
-                "metrics": {}, "bounds": [], "unquantized": [], "findings": [],
-                "skip": {"reason": DISABLED, "detail": "disabled by the policy"}, "error": None, "duration_s": 0.0,
+                "schema_version": SCHEMA_VERSION,
+                "guard": guard_id,
+                "status": SKIP,
+                "message": "skipped (disabled): disabled by the policy",
+                "artifact": ctx.artifact_info().to_dict(),
+                "metrics": {},
+                "bounds": [],
+                "unquantized": [],
+                "findings": [],
+                "skip": {"reason": DISABLED, "detail": "disabled by the policy"},
+                "error": None,
+                "duration_s": 0.0,
             }
         else:
             result = run_guard(guard, ctx, policy.guard_config(guard_id)).to_dict()
         results.append(
-            gate_decision(result, required=gp.required, fail_on=fail_on,
-                          waivers=[w for w in waivers if w.guard == guard_id], sha256=ctx.sha256, today=today)
+            gate_decision(
+                result,
+                required=gp.required,
+                fail_on=fail_on,
+                waivers=[w for w in waivers if w.guard == guard_id],
+                sha256=ctx.sha256,
+                today=today,
+            )
         )
     return results
 
 
-def _crash_results(artifact: Artifact, selected: Sequence[str], policy: Policy, why: str) -> list[dict[str, Any]]:
+def _crash_results(
+    artifact: Artifact, selected: Sequence[str], policy: Policy, why: str
+) -> list[dict[str, Any]]:
     out = []
     for guard_id in selected:
         message = f"the worker reading {artifact.display} {why}"
-        out.append({
-            "schema_version": SCHEMA_VERSION, "guard": guard_id, "status": ERROR, "message": message,
-            "artifact": {"path": artifact.display, "format": artifact.format, "size_bytes": artifact.size},
-            "metrics": {}, "bounds": [], "unquantized": [], "findings": [], "skip": None,
-            "error": {"type": "crash", "message": message, "hint": "this is a quantgate bug; please report it"},
-            "duration_s": 0.0, "gate_status": ERROR, "required": policy.guard(guard_id).required,
-        })
+        out.append(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "guard": guard_id,
+                "status": ERROR,
+                "message": message,
+                "artifact": {
+                    "path": artifact.display,
+                    "format": artifact.format,
+                    "size_bytes": artifact.size,
+                },
+                "metrics": {},
+                "bounds": [],
+                "unquantized": [],
+                "findings": [],
+                "skip": None,
+                "error": {
+                    "type": "crash",
+                    "message": message,
+                    "hint": "this is a quantgate bug; please report it",
+                },
+                "duration_s": 0.0,
+                "gate_status": ERROR,
+                "required": policy.guard(guard_id).required,
+            }
+        )
     return out
 
 
-def _worker(conn: Any, artifact: Artifact, policy: Policy, selected: Sequence[str], hash_all: bool,
-            fail_on: str) -> None:
+def _worker(
+    conn: Any, artifact: Artifact, policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str
+) -> None:
     try:
         conn.send(evaluate_artifact(artifact, policy, selected, hash_all, fail_on))
     finally:
@@ -240,11 +292,18 @@ def _worker(conn: Any, artifact: Artifact, policy: Policy, selected: Sequence[st
 
 
 def _run_parallel(
-    artifacts: Sequence[Artifact], policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str,
-    jobs: int, on_done: Callable[[Artifact, list[dict[str, Any]]], None],
+    artifacts: Sequence[Artifact],
+    policy: Policy,
+    selected: Sequence[str],
+    hash_all: bool,
+    fail_on: str,
+    jobs: int,
+    on_done: Callable[[Artifact, list[dict[str, Any]]], None],
 ) -> dict[str, list[dict[str, Any]]]:
     """Artifacts in child processes, at most `jobs` at once; a crashing child costs only its own."""
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    ctx = multiprocessing.get_context(
+        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    )
     # the watchdog for a child stuck where signals cannot reach it (inside native code)
     deadline_s = sum(policy.guard_config(g).timeout_s or 0 for g in selected) + 60
     pending = list(artifacts)
@@ -274,8 +333,11 @@ def _run_parallel(
             conn.close()
             if out is None:
                 code = proc.exitcode
-                why = (f"was killed by signal {-code}" if code is not None and code < 0
-                       else f"exited with code {code}")
+                why = (
+                    f"was killed by signal {-code}"
+                    if code is not None and code < 0
+                    else f"exited with code {code}"
+                )
                 if time.monotonic() - started >= deadline_s:
                     why = f"overran its {deadline_s:g} s watchdog and was killed"
                 out = _crash_results(artifact, selected, policy, why)
@@ -300,8 +362,16 @@ def environment() -> dict[str, Any]:
 
 
 def summarize(results: Sequence[dict[str, Any]], artifacts: int) -> dict[str, int]:
-    summary = {"artifacts": artifacts, "results": len(results), PASS: 0, FAIL: 0, WARN: 0, SKIP: 0, ERROR: 0,
-               "waived": 0}
+    summary = {
+        "artifacts": artifacts,
+        "results": len(results),
+        PASS: 0,
+        FAIL: 0,
+        WARN: 0,
+        SKIP: 0,
+        ERROR: 0,
+        "waived": 0,
+    }
     for result in results:
         summary[result["gate_status"]] += 1
         if "waiver" in result:
@@ -310,7 +380,9 @@ def summarize(results: Sequence[dict[str, Any]], artifacts: int) -> dict[str, in
 
 
 def verdict_of(results: Sequence[dict[str, Any]], artifacts: int) -> str:
-    applied = [r for r in results if not (r["status"] == SKIP and r["skip"]["reason"] in (NOT_APPLICABLE, DISABLED))]
+    applied = [
+        r for r in results if not (r["status"] == SKIP and r["skip"]["reason"] in (NOT_APPLICABLE, DISABLED))
+    ]
     if artifacts == 0 or not applied:
         return "NO_INPUT"
     gates = {r["gate_status"] for r in results}
@@ -327,8 +399,15 @@ def exit_code_for(verdict: str, report_only: bool) -> int:
 
 
 def build_report(
-    *, policy: Policy, artifacts: Sequence[Artifact], results: Sequence[dict[str, Any]], started: float,
-    started_at: str, report_only: bool, fail_on: str, shard: tuple[int, int] | None = None,
+    *,
+    policy: Policy,
+    artifacts: Sequence[Artifact],
+    results: Sequence[dict[str, Any]],
+    started: float,
+    started_at: str,
+    report_only: bool,
+    fail_on: str,
+    shard: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
     verdict = verdict_of(results, len(artifacts))
     sha_by_path = {r["artifact"]["path"]: r["artifact"].get("sha256") for r in results}
@@ -342,8 +421,12 @@ def build_report(
         "$schema": REPORT_SCHEMA_URL,
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "quantgate", "version": __version__},
-        "policy": {"path": policy.path, "sha256": policy.sha256, "fail_on": fail_on,
-                   "coverage_basis": policy.coverage_basis},
+        "policy": {
+            "path": policy.path,
+            "sha256": policy.sha256,
+            "fail_on": fail_on,
+            "coverage_basis": policy.coverage_basis,
+        },
         "environment": environment(),
         "started_at": started_at,
         "duration_s": round(time.perf_counter() - started, 6),
@@ -395,9 +478,16 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
             by_path[artifact.path] = evaluate_artifact(artifact, policy, selected, options.hash_all, fail_on)
             on_done(artifact, by_path[artifact.path])
     results = [r for a in artifacts for r in by_path[a.path]]
-    return build_report(policy=policy, artifacts=artifacts, results=results, started=started,
-                        started_at=started_at, report_only=options.report_only, fail_on=fail_on,
-                        shard=options.shard)
+    return build_report(
+        policy=policy,
+        artifacts=artifacts,
+        results=results,
+        started=started,
+        started_at=started_at,
+        report_only=options.report_only,
+        fail_on=fail_on,
+        shard=options.shard,
+    )
 
 
 def python_info() -> str:

@@ -33,7 +33,15 @@ DEFAULT_TIMEOUT_S = 300.0
 DEFAULT_COVERAGE_TOLERANCE = 0.01
 POLICY_FILE = "quantgate.toml"
 PYPROJECT = "pyproject.toml"
-SETTINGS_KEYS = ("version", "paths", "exclude", "fail_on", "coverage_basis", "coverage_tolerance", "timeout_s")
+SETTINGS_KEYS = (
+    "version",
+    "paths",
+    "exclude",
+    "fail_on",
+    "coverage_basis",
+    "coverage_tolerance",
+    "timeout_s",
+)
 # guards that are required unless the policy says otherwise
 REQUIRED_BY_DEFAULT = ("integrity",)
 
@@ -124,7 +132,9 @@ class Policy:
 
 
 _TABLE_RE = re.compile(r"^\s*(\[\[?)\s*([^\[\]]+?)\s*\]\]?\s*(#.*)?$")
-_KEY_RE = re.compile(r"^\s*((?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*'))*)\s*=")
+_KEY_RE = re.compile(
+    r"^\s*((?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*'))*)\s*="
+)
 
 
 def _split_key(text: str) -> list[str]:
@@ -330,21 +340,31 @@ def _build(data: dict[str, Any], locator: _Locator, path: str) -> Policy:
                     where = locator.describe(("guards", guard_id, key, str(index)), str(text))
                     problems.append(f"{where}: {exc}")
         if gp.required and not gp.enabled:
-            problems.append(f"{locator.describe(('guards', guard_id))}: a guard cannot be both required and disabled")
+            problems.append(
+                f"{locator.describe(('guards', guard_id))}: a guard cannot be both required and disabled"
+            )
         policy.guards[guard_id] = gp
     for index, body in enumerate(data.get("waivers", []) if isinstance(data.get("waivers"), list) else []):
         if not isinstance(body, dict):
             continue
         if body.get("guard") not in known:
-            problems.append(f"{locator.describe(('waivers', str(index), 'guard'))}: unknown guard {body.get('guard')!r}")
+            problems.append(
+                f"{locator.describe(('waivers', str(index), 'guard'))}: unknown guard {body.get('guard')!r}"
+            )
         try:
             expires = dt.date.fromisoformat(str(body.get("expires")))
         except ValueError:
             continue  # the schema already said so
         if all(k in body for k in ("guard", "artifact", "sha256", "reason")):
             policy.waivers.append(
-                Waiver(body["guard"], body["artifact"], body["sha256"].lower(), body["reason"], expires,
-                       body.get("approved_by"))
+                Waiver(
+                    body["guard"],
+                    body["artifact"],
+                    body["sha256"].lower(),
+                    body["reason"],
+                    expires,
+                    body.get("approved_by"),
+                )
             )
     if problems:
         raise PolicyError(path, problems)

@@ -115,7 +115,9 @@ def sniff_bytes(head: bytes, size: int) -> Sniffed:
     if looks_like_onnx(head, size):
         return Sniffed(ONNX)
     if head[:4] == b"PK\x03\x04":
-        return Sniffed(UNSUPPORTED, "a zip archive (PyTorch .pt/.pth checkpoints are zips): not a supported format")
+        return Sniffed(
+            UNSUPPORTED, "a zip archive (PyTorch .pt/.pth checkpoints are zips): not a supported format"
+        )
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return Sniffed(UNSUPPORTED, "a Python pickle: not a supported format, and never unpickled")
     if head[:4] in (b"lmgg", b"fmgg", b"tjgg"):

@@ -33,10 +33,15 @@ def annotations(report: dict[str, Any]) -> list[str]:
         for r in chosen[: ANNOTATIONS_PER_KIND - 1]:
             title = escape_property(f"quantgate {r['guard']}: {r['gate_status']}")
             path = escape_property(r["artifact"]["path"])
-            out.append(f"::{kind} file={path},title={title}::{escape_data(r['artifact']['path'] + ': ' + headline(r))}")
+            out.append(
+                f"::{kind} file={path},title={title}::"
+                + escape_data(f"{r['artifact']['path']}: {headline(r)}")
+            )
         if len(chosen) >= ANNOTATIONS_PER_KIND:
             more = len(chosen) - (ANNOTATIONS_PER_KIND - 1)
-            out.append(f"::{kind} title=quantgate::{more} more {kind}(s); see the job summary or the JSON report")
+            out.append(
+                f"::{kind} title=quantgate::{more} more {kind}(s); see the job summary or the JSON report"
+            )
     return out
 
 
@@ -88,8 +93,9 @@ def _write_outputs(path: str, values: dict[str, str]) -> None:
                 handle.write(f"{key}={value}\n")
 
 
-def publish(report: dict[str, Any], env: dict[str, str] | None = None,
-            report_paths: dict[str, str] | None = None) -> None:
+def publish(
+    report: dict[str, Any], env: dict[str, str] | None = None, report_paths: dict[str, str] | None = None
+) -> None:
     """Append the markdown to $GITHUB_STEP_SUMMARY and write $GITHUB_OUTPUT (when set)."""
     env = dict(os.environ) if env is None else env
     summary = env.get("GITHUB_STEP_SUMMARY")

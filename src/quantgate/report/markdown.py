@@ -53,7 +53,8 @@ def render(report: dict[str, Any]) -> str:
             for i, line in enumerate(problems(r) or [r["message"]]):
                 first = i == 0
                 out.append(
-                    f"| {r['gate_status'] if first else ''} | {_cell(r['artifact']['path']) if first else ''} "
+                    f"| {r['gate_status'] if first else ''} "
+                    f"| {_cell(r['artifact']['path']) if first else ''} "
                     f"| {r['guard'] if first else ''} | {_cell(line)} |"
                 )
         out.append("")
@@ -67,29 +68,43 @@ def render(report: dict[str, Any]) -> str:
             out += _mermaid_pie(f"{r['artifact']['path']} (share of weight params by bits)", mix)
             unq = r.get("unquantized", [])
             if unq:
-                out += ["", "<details><summary>Unquantized weight-bearing layers "
-                        f"({len(unq)})</summary>", "",
-                        "| layer | kind | shape | dtype | params | expected |", "|---|---|---|---|---:|---|"]
+                out += [
+                    "",
+                    f"<details><summary>Unquantized weight-bearing layers ({len(unq)})</summary>",
+                    "",
+                    "| layer | kind | shape | dtype | params | expected |",
+                    "|---|---|---|---|---:|---|",
+                ]
                 for u in unq[:MAX_UNQUANTIZED]:
                     out.append(
-                        f"| {_cell(u['name'])} | {u['kind']} | {'×'.join(map(str, u['shape']))} | {u['dtype']} "
+                        f"| {_cell(u['name'])} | {u['kind']} | {'×'.join(map(str, u['shape']))} "
+                        f"| {u['dtype']} "
                         f"| {u['params']:,} | {'yes' if u['expected'] else '**no**'} |"
                     )
                 if len(unq) > MAX_UNQUANTIZED:
                     out.append(f"| … {len(unq) - MAX_UNQUANTIZED} more | | | | | |")
                 out += ["", "</details>"]
             out.append("")
-    out += [f"<details><summary>All results ({len(rows)})</summary>", "",
-            "| status | artifact | guard | coverage | message |", "|---|---|---|---|---|"]
+    out += [
+        f"<details><summary>All results ({len(rows)})</summary>",
+        "",
+        "| status | artifact | guard | coverage | message |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         status = r["gate_status"] + (" (waived)" if "waiver" in r else "")
         out.append(
             f"| {status} | {_cell(r['artifact']['path'])} | {r['guard']} | {_coverage_cell(r)} "
             f"| {_cell(headline(r))} |"
         )
-    out += ["", "</details>", "",
-            f"<sub>quantgate {report['tool']['version']} · policy {report['policy']['path'] or 'default'}"
-            f" · {counts_line(report)}</sub>", ""]
+    out += [
+        "",
+        "</details>",
+        "",
+        f"<sub>quantgate {report['tool']['version']} · policy {report['policy']['path'] or 'default'}"
+        f" · {counts_line(report)}</sub>",
+        "",
+    ]
     text = "\n".join(out)
     if len(text.encode("utf-8")) > MAX_BYTES:
         cut = text.encode("utf-8")[: MAX_BYTES - 200].decode("utf-8", errors="ignore")

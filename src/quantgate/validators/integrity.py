@@ -13,9 +13,7 @@ from quantgate import findings as F
 from quantgate.formats import sniff as S
 from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
 
-LFS_HINT = (
-    "fetch the LFS objects before gating: `git lfs pull`, or `lfs: true` on actions/checkout"
-)
+LFS_HINT = "fetch the LFS objects before gating: `git lfs pull`, or `lfs: true` on actions/checkout"
 
 
 def _lfs_detail(path: str) -> str:
@@ -47,8 +45,11 @@ class IntegrityGuard(Guard):
         if fmt == S.UNREADABLE:
             return Outcome(
                 findings=[F.error("FILE_UNREADABLE", f"cannot read the file: {ctx.sniffed.detail}")],
-                error=("unreadable", f"cannot read {ctx.display_path}: {ctx.sniffed.detail}",
-                       "check the path and its permissions"),
+                error=(
+                    "unreadable",
+                    f"cannot read {ctx.display_path}: {ctx.sniffed.detail}",
+                    "check the path and its permissions",
+                ),
             )
         if fmt == S.LFS_POINTER:
             message = f"{ctx.display_path} is a Git LFS pointer, not the artifact{_lfs_detail(ctx.path)}"
@@ -57,7 +58,9 @@ class IntegrityGuard(Guard):
                 error=("lfs_pointer", message, LFS_HINT),
             )
         if fmt == S.EMPTY:
-            return Outcome(findings=[F.error("FILE_EMPTY", "the file has zero bytes; re-export or re-download it")])
+            return Outcome(
+                findings=[F.error("FILE_EMPTY", "the file has zero bytes; re-export or re-download it")]
+            )
         if fmt == S.UNKNOWN:
             return Outcome(
                 findings=[F.error("FORMAT_UNKNOWN", f"not a supported model format: {ctx.sniffed.detail}")]
@@ -65,12 +68,17 @@ class IntegrityGuard(Guard):
         if fmt == S.UNSUPPORTED:
             return Outcome(findings=[F.error("FORMAT_UNSUPPORTED", f"{ctx.sniffed.detail}")])
         if fmt not in S.MODEL_FORMATS:
-            return Outcome(skip=("not_applicable", f"{fmt} files are checked through the artifact that uses them"))
+            return Outcome(
+                skip=("not_applicable", f"{fmt} files are checked through the artifact that uses them")
+            )
         inventory = ctx.inventory()
         if inventory is None:
             return Outcome(
-                error=("reader_missing", f"no structural reader for {fmt} in this version",
-                       "upgrade quantgate"),
+                error=(
+                    "reader_missing",
+                    f"no structural reader for {fmt} in this version",
+                    "upgrade quantgate",
+                ),
             )
         found = inventory.structural_findings
         metrics = {

@@ -8,7 +8,11 @@ gate, kept as a cheap cross-check; it knows nothing of the file's structure, so 
 
 from __future__ import annotations
 
+from quantgate.formats.sniff import EMPTY, LFS_POINTER, UNREADABLE
 from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
+
+# its size says nothing about the weights: a pointer, nothing, or nothing readable
+NOT_THE_ARTIFACT = (LFS_POINTER, EMPTY, UNREADABLE)
 
 
 def _number(value: object, name: str) -> float:
@@ -32,6 +36,10 @@ class SizeHeuristicGuard(Guard):
     needs_structure = False
 
     def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
+        if ctx.format in NOT_THE_ARTIFACT:
+            return Outcome(
+                skip=("blocked_by:integrity", f"the file is not the artifact's content ({ctx.format})")
+            )
         quant_bits = _number(config.param("quant_bits", 8), "quant_bits")
         float_bits = _number(config.param("float_bits", 32), "float_bits")
         if quant_bits <= 0 or float_bits <= 0:
@@ -46,7 +54,9 @@ class SizeHeuristicGuard(Guard):
             if inventory is not None and inventory.params_total:
                 params, source = inventory.params_total, "artifact"
         if (not params or params <= 0) and ctx.structure_blocked():
-            return Outcome(skip=("blocked_by:integrity", "no parameter count given, and the artifact failed integrity"))
+            return Outcome(
+                skip=("blocked_by:integrity", "no parameter count given, and the artifact failed integrity")
+            )
         if not params or params <= 0:
             return Outcome(
                 skip=(

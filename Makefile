@@ -1,0 +1,50 @@
+# quantgate: `make validate` and `make test` are the two commands a new user runs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: validate test lint fixtures bench fuzz clean help
+
+help:
+	@echo "make validate  - install quantgate in $(VENV) and gate the sample release (fixtures/release/)"
+	@echo "make test      - install the test dependencies and run the test suite"
+	@echo "make lint      - ruff"
+	@echo "make fixtures  - re-export every fixture with the real exporters and quantizers"
+	@echo "make bench     - benchmarks against the reference readers -> benchmarks/RESULTS.md"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# the core install: what `make validate` needs, and nothing heavy
+$(VENV)/.core: $(BIN)/python pyproject.toml
+	$(PIP) install --quiet -e .
+	@touch $@
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(PIP) install --quiet -e '.[dev]'
+	@touch $@
+
+$(VENV)/.fixtures: $(BIN)/python pyproject.toml
+	$(PIP) install --quiet -e '.[dev,fixtures]'
+	@touch $@
+
+validate: $(VENV)/.core
+	$(BIN)/quantgate run --policy quantgate.toml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests fixtures benchmarks
+
+fixtures: $(VENV)/.fixtures
+	@set -e; for script in fixtures/*/make_*.py; do echo "== $$script"; $(BIN)/python $$script; done
+
+bench: $(VENV)/.fixtures
+	$(BIN)/python benchmarks/run_all.py --output benchmarks/RESULTS.md
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache benchmarks/.work

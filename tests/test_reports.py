@@ -1,0 +1,206 @@
+"""Reports: one canonical JSON (schema-valid), and its renderings parsed back."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from tests.conftest import run_cli, run_json
+from tests.test_gate_cli import make_release, policy_with
+
+from quantgate.jsonschemas import validate
+from quantgate.report import github
+
+
+def _mixed_release(tmp: Path) -> tuple[Path, Path]:
+    """Three artifacts: one passes, one fails its bound, one is an LFS pointer (ERROR)."""
+    release = make_release(tmp, ("ok.gguf", "fat.gguf"))
+    (release / "fat.gguf").write_bytes(b"\x01" * 4000)
+    (release / "lfs.onnx").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "c" * 64 + "\nsize 99\n", encoding="utf-8"
+    )
+    return release, policy_with(tmp, fail=9, warn=9)
+
+
+def test_json_report_is_schema_valid_and_complete(tmp_path: Path) -> None:
+    release, policy = _mixed_release(tmp_path)
+    code, report = run_json(
+        "run", "--format", "json", str(release), "--policy", str(policy), "--sha256", cwd=tmp_path
+    )
+    assert validate(report, "report") == []
+    assert code == 2 and report["verdict"] == "ERROR" and report["exit_code"] == 2
+    assert report["schema_version"] == "1" and report["tool"]["name"] == "quantgate"
+    assert report["policy"]["path"] == str(policy) and len(report["policy"]["sha256"]) == 64
+    assert set(report["environment"]["packages"]) >= {"executorch", "onnx", "gguf", "safetensors"}
+    assert [a["path"] for a in report["artifacts"]] == [
+        "release/fat.gguf",
+        "release/lfs.onnx",
+        "release/ok.gguf",
+    ]
+    assert all(len(a["sha256"]) == 64 for a in report["artifacts"])
+    for result in report["results"]:
+        guard_result = {
+            k: v
+            for k, v in result.items()
+            if k not in ("gate_status", "required", "waiver", "waiver_rejected")
+        }
+        assert validate(guard_result, "guard-result") == [], result
+    gates = {(r["artifact"]["path"], r["guard"]): r["gate_status"] for r in report["results"]}
+    assert gates == {
+        ("release/fat.gguf", "integrity"): "FAIL",
+        ("release/fat.gguf", "size-heuristic"): "FAIL",
+        ("release/lfs.onnx", "integrity"): "ERROR",
+        ("release/lfs.onnx", "size-heuristic"): "SKIP",
+        ("release/ok.gguf", "integrity"): "FAIL",
+        ("release/ok.gguf", "size-heuristic"): "PASS",
+    }
+    assert report["summary"] == {
+        "artifacts": 3,
+        "results": 6,
+        "PASS": 1,
+        "FAIL": 3,
+        "WARN": 0,
+        "SKIP": 1,
+        "ERROR": 1,
+        "waived": 0,
+    }
+
+
+def test_guard_result_is_schema_valid(tmp_path: Path) -> None:
+    artifact = make_release(tmp_path) / "a.gguf"
+    code, result = run_json(
+        "guard", "size-heuristic", str(artifact), "--param", "params=2000", "--require", "bits_per_weight<=3"
+    )
+    assert validate(result, "guard-result") == []
+    assert code == 1 and result["status"] == "FAIL" and result["metrics"]["bits_per_weight"] == 4.0
+    code, result = run_json("guard", "integrity", str(artifact))
+    assert validate(result, "guard-result") == []
+    assert code == 1 and [f["code"] for f in result["findings"]] == ["FORMAT_UNKNOWN"]
+
+
+def test_text_failures_first_and_verdict_last(tmp_path: Path) -> None:
+    release, policy = _mixed_release(tmp_path)
+    proc = run_cli("run", str(release), "--policy", str(policy), cwd=tmp_path)
+    lines = proc.stdout.splitlines()
+    statuses = [line.split()[0] for line in lines[1:-1] if line.split() and line.split()[0].isupper()]
+    order = {"ERROR": 0, "FAIL": 1, "WARN": 2, "SKIP": 3, "PASS": 4}
+    assert statuses == sorted(statuses, key=order.__getitem__)
+    assert statuses[0] == "ERROR"
+    assert lines[-1] == (
+        "quantgate: ERROR — 3 artifacts, 1 passed, 3 failed, 0 warned, 1 error, 1 skipped, 0 waived; exit 2"
+    )
+    assert "no issues" not in proc.stdout.lower()
+
+
+def test_junit_parses_back(tmp_path: Path) -> None:
+    release, policy = _mixed_release(tmp_path)
+    out = tmp_path / "reports" / "gate.xml"
+    proc = run_cli(
+        "run",
+        str(release),
+        "--policy",
+        str(policy),
+        "--output",
+        f"junit={out}",
+        "--output",
+        f"json={tmp_path / 'reports' / 'gate.json'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    root = ET.parse(out).getroot()
+    assert root.tag == "testsuites"
+    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == (
+        "6",
+        "3",
+        "1",
+        "1",
+    )
+    suites = {s.get("name"): s for s in root.findall("testsuite")}
+    assert set(suites) == {"release/fat.gguf", "release/lfs.onnx", "release/ok.gguf"}
+    lfs = {c.get("name"): c for c in suites["release/lfs.onnx"].findall("testcase")}
+    assert lfs["integrity"].find("error").get("type") == "lfs_pointer"
+    assert lfs["size-heuristic"].find("skipped").get("message").startswith("blocked_by:integrity")
+    fat = {c.get("name"): c for c in suites["release/fat.gguf"].findall("testcase")}
+    assert fat["size-heuristic"].find("failure").get("message") == "bits_per_weight 32 > 9 (required)"
+    props = {p.get("name"): p.get("value") for p in suites["release/fat.gguf"].find("properties")}
+    assert props["size_bytes"] == "4000"
+    saved = json.loads((tmp_path / "reports" / "gate.json").read_text())
+    assert saved["verdict"] == "ERROR"
+
+
+def test_markdown_has_verdict_problems_and_matrix(tmp_path: Path) -> None:
+    release, policy = _mixed_release(tmp_path)
+    proc = run_cli("run", str(release), "--policy", str(policy), "--format", "markdown", cwd=tmp_path)
+    md = proc.stdout
+    assert md.startswith("## ⛔ quantgate: ERROR")
+    assert "| 3 | 1 | 3 | 0 | 1 | 1 | 0 | 2 |" in md
+    assert "### Problems" in md and "bits_per_weight 32 > 9 (required)" in md
+    assert "<details><summary>All results (6)</summary>" in md
+
+
+def test_github_outputs_summary_and_annotations(tmp_path: Path) -> None:
+    release, policy = _mixed_release(tmp_path)
+    summary, output = tmp_path / "summary.md", tmp_path / "output.txt"
+    summary.write_text("previous step\n", encoding="utf-8")
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(summary), "GITHUB_OUTPUT": str(output)}
+    proc = run_cli(
+        "run",
+        str(release),
+        "--policy",
+        str(policy),
+        "--format",
+        "json",
+        "--output",
+        f"json={tmp_path / 'r.json'}",
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 2
+    json.loads(proc.stdout)  # annotations went to stderr, stdout stays JSON
+    assert (
+        "::error file=release/lfs.onnx,title=quantgate integrity%3A ERROR::release/lfs.onnx: " in proc.stderr
+    )
+    assert "::group::release/fat.gguf (unknown): FAIL" in proc.stderr
+    assert summary.read_text().startswith("previous step\n## ⛔ quantgate: ERROR")
+    values = dict(line.split("=", 1) for line in output.read_text().splitlines())
+    assert values == {
+        "verdict": "ERROR",
+        "exit-code": "2",
+        "artifacts": "3",
+        "passed": "1",
+        "failed": "3",
+        "warned": "0",
+        "errors": "1",
+        "skipped": "1",
+        "waived": "0",
+        "report-json": str(tmp_path / "r.json"),
+    }
+
+
+def test_github_annotation_caps_and_escaping() -> None:
+    results = [
+        {
+            "artifact": {"path": f"m{i}.gguf"},
+            "guard": "integrity",
+            "status": "FAIL",
+            "gate_status": "FAIL",
+            "message": "bad: 50%\nnext",
+            "bounds": [],
+            "findings": [],
+            "skip": None,
+        }
+        for i in range(14)
+    ]
+    lines = github.annotations({"results": results})
+    errors = [line for line in lines if line.startswith("::error")]
+    assert len(errors) == 10
+    assert errors[-1] == "::error title=quantgate::5 more error(s); see the job summary or the JSON report"
+    assert errors[0] == "::error file=m0.gguf,title=quantgate integrity%3A FAIL::m0.gguf: bad: 50%25%0Anext"
+
+
+def test_schema_command_prints_bundled_schemas() -> None:
+    for name in ("guard-result", "report", "policy"):
+        proc = run_cli("schema", name)
+        assert proc.returncode == 0
+        assert json.loads(proc.stdout)["$id"].endswith(f"{name}.schema.json")
