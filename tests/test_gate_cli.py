@@ -75,6 +75,7 @@ def test_exit_0_pass(tmp_path: Path) -> None:
         "SKIP": 0,
         "ERROR": 0,
         "waived": 0,
+        "not_applicable": 0,
     }
 
 
@@ -142,9 +143,7 @@ def test_required_guard_that_cannot_run_is_error(reason: str, required: bool, ga
     from quantgate.gate import gate_decision
 
     result = {"status": "SKIP", "skip": {"reason": reason, "detail": "x"}}
-    decided = gate_decision(
-        result, required=required, fail_on="fail", waivers=[], sha256=None, today=dt.date.today()
-    )
+    decided = gate_decision(result, required=required, fail_on="fail", waivers=[], sha256=None, today=dt.date.today())
     assert decided["gate_status"] == gate_status
     assert decided["required"] is required
 
@@ -169,9 +168,7 @@ def test_error_beats_fail(tmp_path: Path) -> None:
         "version https://git-lfs.github.com/spec/v1\noid sha256:" + "a" * 64 + "\nsize 10\n", encoding="utf-8"
     )
     code, report = run_json("run", "--format", "json", str(release), "--policy", str(policy), cwd=tmp_path)
-    statuses = {
-        (r["artifact"]["path"].split("/")[-1], r["guard"]): r["gate_status"] for r in report["results"]
-    }
+    statuses = {(r["artifact"]["path"].split("/")[-1], r["guard"]): r["gate_status"] for r in report["results"]}
     assert statuses[("a.gguf", "size-heuristic")] == "FAIL"
     assert statuses[("c.onnx", "integrity")] == "ERROR"
     assert code == 2 and report["verdict"] == "ERROR"

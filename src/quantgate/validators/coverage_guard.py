@@ -42,9 +42,7 @@ class CoverageGuard(Guard):
             inventory.layers, basis=config.basis, expect_unquantized=config.expect_unquantized
         )
         metrics.update(inventory.metrics)
-        outcome = Outcome(
-            metrics=metrics, findings=list(inventory.semantic_findings), unquantized=unquantized
-        )
+        outcome = Outcome(metrics=metrics, findings=list(inventory.semantic_findings), unquantized=unquantized)
         self.extra(inventory, config, outcome)
         outcome.summary = outcome.summary or coverage_summary(outcome.metrics)
         return outcome
