@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.conftest import FIXTURES, run_cli, run_json
 
 from quantgate.jsonschemas import validate
-from tests.conftest import FIXTURES, run_cli, run_json
 
 Q4_ONE_F16 = FIXTURES / "gguf" / "model_q4_0_one_f16.gguf"  # ops 15/16, params 139,264/155,648 int4
 Q8 = FIXTURES / "gguf" / "model_q8_0.gguf"  # all Q8_0
@@ -68,8 +68,14 @@ def test_long_form_true_claims_pass(tmp_path: Path) -> None:
         "model_id": "org/tiny-llama",
         "artifacts": [
             {
-                **entry(release / Q4_ONE_F16.name, method="INT4", coverage=0.8947, basis="params",
-                        quantized_layers=["attn_q", "blk.0.ffn_down"], fp32_layers=["blk.1.ffn_down"]),
+                **entry(
+                    release / Q4_ONE_F16.name,
+                    method="INT4",
+                    coverage=0.8947,
+                    basis="params",
+                    quantized_layers=["attn_q", "blk.0.ffn_down"],
+                    fp32_layers=["blk.1.ffn_down"],
+                ),
                 "parameters": 155_968,
             },
             entry(release / Q8.name, method="Q8_0", coverage=1.0, fp32_layers=["norm"]),
@@ -128,7 +134,10 @@ def test_several_false_claims_each_reported(tmp_path: Path) -> None:
     doc = {"manifest_version": 1, "model_id": "org/m", "artifacts": [item]}
     _, result = guard(write_manifest(release, doc))
     assert sorted(codes(result)) == [
-        "MANIFEST_COVERAGE_OVERCLAIMED", "MANIFEST_METHOD_MISMATCH", "MANIFEST_SIZE_MISMATCH"]
+        "MANIFEST_COVERAGE_OVERCLAIMED",
+        "MANIFEST_METHOD_MISMATCH",
+        "MANIFEST_SIZE_MISMATCH",
+    ]
     assert result["message"].endswith("(and 2 more)")
 
 
@@ -147,8 +156,12 @@ def test_short_form_as_export_scripts_write_it(tmp_path: Path) -> None:
     doc = {
         "model_id": "meta-llama/Llama-3.2-1B-Instruct",
         "pte_file": INT8_PTE.name,
-        "quantization": {"method": "INT8", "coverage": 1.0, "quantized_layers": ["linear"],
-                         "fp32_layers": ["embedding", "layernorm"]},
+        "quantization": {
+            "method": "INT8",
+            "coverage": 1.0,
+            "quantized_layers": ["linear"],
+            "fp32_layers": ["embedding", "layernorm"],
+        },
         "int8_coverage": 1.0,
     }
     code, result = guard(write_manifest(release, doc))
@@ -192,8 +205,9 @@ def test_manifest_parameters_feed_size_heuristic(tmp_path: Path) -> None:
     item["parameters"] = 155_968
     write_manifest(release, {"manifest_version": 1, "model_id": "m", "artifacts": [item]})
     (tmp_path / "quantgate.toml").write_text("[quantgate]\nversion = 1\n", encoding="utf-8")
-    code, report = run_json("run", "--format", "json", "--guards", "size-heuristic,manifest", str(release),
-                            cwd=tmp_path)
+    _, report = run_json(
+        "run", "--format", "json", "--guards", "size-heuristic,manifest", str(release), cwd=tmp_path
+    )
     size = next(r for r in report["results"] if r["guard"] == "size-heuristic" and r["status"] != "SKIP")
     assert size["metrics"]["params_source"] == "manifest"
     assert size["metrics"]["params"] == 155_968
@@ -206,9 +220,16 @@ def test_manifest_parameters_feed_size_heuristic(tmp_path: Path) -> None:
         ("[1, 2]", "MANIFEST_NOT_OBJECT", "the top level is a JSON list, not an object"),
         ("[" * 100_000 + "]" * 100_000, "MANIFEST_TOO_DEEP", "nests too deeply"),
         ("\xff\xfe", "MANIFEST_NOT_JSON", "not JSON"),
-        ('{"manifest_version": 1, "model_id": 5, "artifacts": [{"path": 3, "format": "zip"}]}',
-         "MANIFEST_SCHEMA", "$.artifacts[0].format: 'zip' is not one of"),
-        ('{"manifest_version": 2, "model_id": "m", "artifacts": []}', "MANIFEST_SCHEMA", "$.artifacts: [] should be non-empty"),
+        (
+            '{"manifest_version": 1, "model_id": 5, "artifacts": [{"path": 3, "format": "zip"}]}',
+            "MANIFEST_SCHEMA",
+            "$.artifacts[0].format: 'zip' is not one of",
+        ),
+        (
+            '{"manifest_version": 2, "model_id": "m", "artifacts": []}',
+            "MANIFEST_SCHEMA",
+            "$.artifacts: [] should be non-empty",
+        ),
     ],
 )
 def test_malformed_manifest_is_fail_not_exception(tmp_path: Path, content: str, code: str, needle: str) -> None:
@@ -224,9 +245,14 @@ def test_malformed_manifest_is_fail_not_exception(tmp_path: Path, content: str, 
 def test_schema_errors_all_reported_with_paths(tmp_path: Path) -> None:
     release = tmp_path / "r"
     release.mkdir()
-    doc = {"manifest_version": 1, "model_id": "", "artifacts": [{"path": "a.gguf", "format": "gguf", "sha256": "xyz",
-                                                                 "quantization": {"method": "INT9", "coverage": 2}}],
-           "extra": True}
+    doc = {
+        "manifest_version": 1,
+        "model_id": "",
+        "artifacts": [
+            {"path": "a.gguf", "format": "gguf", "sha256": "xyz", "quantization": {"method": "INT9", "coverage": 2}}
+        ],
+        "extra": True,
+    }
     _, result = guard(write_manifest(release, doc))
     schema = sorted(f["message"] for f in result["findings"] if f["code"] == "MANIFEST_SCHEMA")
     assert len(schema) == 5

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from tests.conftest import ROOT
+
 from quantgate.findings import all_finding_codes
 from quantgate.validators import guard_ids
-from tests.conftest import ROOT
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 

@@ -19,7 +19,7 @@ from quantgate import __version__
 from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
 from quantgate.report import FORMATS, render
 
-SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest")
+SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest", "merge")
 EXIT_CODES_HELP = """exit codes:
   0  every required guard reached a verdict and none failed
   1  at least one FAIL (0 with --report-only)
@@ -161,6 +161,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     manifest.add_argument("--basis", choices=("ops", "params", "flops"), default="ops", help="basis of `coverage`")
 
+    merge = sub.add_parser("merge", help="join the JSON reports of `run --shard K/N` into one verdict")
+    merge.add_argument("reports", nargs="+", metavar="REPORT.json")
+    merge.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
+    merge.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE")
+    merge.add_argument("--no-github", action="store_true")
+
     schema = sub.add_parser("schema", help="print a bundled JSON Schema")
     schema.add_argument("name", choices=("guard-result", "report", "policy", "manifest"))
     return parser
@@ -247,7 +253,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         hash_all=args.sha256,
         shard=args.shard,
     )
-    report = run_gate(options, policy)
+    return _emit(run_gate(options, policy), args)
+
+
+def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
+    """Write the --output files, the GitHub integration and stdout; the report's exit code."""
     written: dict[str, str] = {}
     for fmt, path in args.output:
         try:
@@ -269,6 +279,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     sys.stdout.write(render(report, args.format))
     sys.stdout.flush()
     return int(report["exit_code"])
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from quantgate.merge import load_report, merge_reports
+
+    reports = [load_report(path) for path in args.reports]
+    return _emit(merge_reports(reports, args.reports), args)
 
 
 def cmd_guard(args: argparse.Namespace) -> int:
@@ -460,4 +477,5 @@ COMMANDS = {
     "guards": cmd_guards,
     "schema": cmd_schema,
     "manifest": cmd_manifest,
+    "merge": cmd_merge,
 }
