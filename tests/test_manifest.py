@@ -205,9 +205,7 @@ def test_manifest_parameters_feed_size_heuristic(tmp_path: Path) -> None:
     item["parameters"] = 155_968
     write_manifest(release, {"manifest_version": 1, "model_id": "m", "artifacts": [item]})
     (tmp_path / "quantgate.toml").write_text("[quantgate]\nversion = 1\n", encoding="utf-8")
-    _, report = run_json(
-        "run", "--format", "json", "--guards", "size-heuristic,manifest", str(release), cwd=tmp_path
-    )
+    _, report = run_json("run", "--format", "json", "--guards", "size-heuristic,manifest", str(release), cwd=tmp_path)
     size = next(r for r in report["results"] if r["guard"] == "size-heuristic" and r["status"] != "SKIP")
     assert size["metrics"]["params_source"] == "manifest"
     assert size["metrics"]["params"] == 155_968
