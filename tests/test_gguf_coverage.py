@@ -22,18 +22,33 @@ def test_q8_0() -> None:
     code, r = guard("model_q8_0")
     assert (code, r["status"]) == (0, "PASS")
     m = r["metrics"]
-    assert (m["weight_ops"], m["quantized_ops"], m["params_total"], m["params_quantized"]) == (16, 16, LAYER_PARAMS,
-                                                                                                 LAYER_PARAMS)
+    assert (m["weight_ops"], m["quantized_ops"], m["params_total"], m["params_quantized"]) == (
+        16,
+        16,
+        LAYER_PARAMS,
+        LAYER_PARAMS,
+    )
     for basis in ("ops", "params", "flops"):
-        assert m["coverage"][basis] == {"quantized": 1.0, "int8": 1.0, "int4": 0.0, "unknown": 0.0,
-                                        "by_bits": {"8": 1.0}}
+        assert m["coverage"][basis] == {
+            "quantized": 1.0,
+            "int8": 1.0,
+            "int4": 0.0,
+            "unknown": 0.0,
+            "by_bits": {"8": 1.0},
+        }
     assert m["int8_coverage"] == 1.0
     assert m["bits_per_weight"] == pytest.approx(8.5)
     assert m["bits_per_weight_all"] == pytest.approx(8 * (LAYER_PARAMS * 34 / 32 + 320 * 4) / ALL_PARAMS)
     assert m["bits_per_weight_excluding_embeddings_and_output"] == pytest.approx(
-        8 * (122_880 * 34 / 32 + 320 * 4) / (122_880 + 320))
+        8 * (122_880 * 34 / 32 + 320 * 4) / (122_880 + 320)
+    )
     assert m["flops_exact"] is False
-    assert (m["file_type"], m["quantization_version"], m["tensor_count"], m["kv_count"]) == ("Q8_0", 2, 21, 19)
+    assert (m["file_type"], m["quantization_version"], m["tensor_count"], m["kv_count"]) == (
+        "Q8_0",
+        2,
+        21,
+        19,
+    )
     assert r["unquantized"] == [] and r["findings"] == []
 
 
@@ -41,7 +56,13 @@ def test_q4_0() -> None:
     code, r = guard("model_q4_0", "--require", "coverage.params.int4>=1", "--require", "bits_per_weight<=4.5")
     assert (code, r["status"]) == (0, "PASS")
     m = r["metrics"]
-    assert m["coverage"]["ops"] == {"quantized": 1.0, "int8": 0.0, "int4": 1.0, "unknown": 0.0, "by_bits": {"4": 1.0}}
+    assert m["coverage"]["ops"] == {
+        "quantized": 1.0,
+        "int8": 0.0,
+        "int4": 1.0,
+        "unknown": 0.0,
+        "by_bits": {"4": 1.0},
+    }
     assert m["int8_coverage"] == 0.0
     assert m["bits_per_weight"] == pytest.approx(4.5)
 
@@ -66,12 +87,26 @@ def test_one_layer_left_f16() -> None:
     assert m["coverage"]["params"]["quantized"] == pytest.approx((LAYER_PARAMS - FFN_DOWN) / LAYER_PARAMS)
     assert m["coverage"]["flops"]["quantized"] == pytest.approx((FLOPS - 2 * FFN_DOWN) / FLOPS)
     assert m["coverage"]["ops"]["int4"] == 15 / 16
-    assert r["unquantized"] == [{"name": "blk.1.ffn_down.weight", "kind": "linear", "shape": [64, 256],
-                                 "dtype": "F16", "params": FFN_DOWN, "expected": False, "position": 18}]
+    assert r["unquantized"] == [
+        {
+            "name": "blk.1.ffn_down.weight",
+            "kind": "linear",
+            "shape": [64, 256],
+            "dtype": "F16",
+            "params": FFN_DOWN,
+            "expected": False,
+            "position": 18,
+        }
+    ]
     assert r["findings"] == []  # one forgotten layer is a coverage matter, not a file_type contradiction
     # the same layer declared expected: PASS
-    code, r = guard("model_q4_0_one_f16", "--require", "unexpected_unquantized<=0",
-                    "--expect-unquantized", "blk.*.ffn_down.weight")
+    code, r = guard(
+        "model_q4_0_one_f16",
+        "--require",
+        "unexpected_unquantized<=0",
+        "--expect-unquantized",
+        "blk.*.ffn_down.weight",
+    )
     assert (code, r["status"]) == (0, "PASS")
 
 
@@ -81,7 +116,14 @@ def test_mixed() -> None:
     m = r["metrics"]
     ops = m["coverage"]["ops"]
     assert (ops["quantized"], ops["int8"], ops["int4"]) == (15 / 16, 1 / 16, 10 / 16)
-    assert ops["by_bits"] == {"1.58": 1 / 16, "2": 1 / 16, "4": 8 / 16, "5": 4 / 16, "8": 1 / 16, "16": 1 / 16}
+    assert ops["by_bits"] == {
+        "1.58": 1 / 16,
+        "2": 1 / 16,
+        "4": 8 / 16,
+        "5": 4 / 16,
+        "8": 1 / 16,
+        "16": 1 / 16,
+    }
     params = m["coverage"]["params"]
     assert params["quantized"] == pytest.approx(139_264 / LAYER_PARAMS)
     assert params["int8"] == pytest.approx(16_384 / LAYER_PARAMS)
@@ -103,12 +145,20 @@ def test_inspect_layers() -> None:
     assert layers["token_embd.weight"]["flops"] == 0
     assert layers["blk.0.ffn_down.weight"]["shape"] == [64, 256]  # [rows, cols], ggml ne reversed
     assert layers["blk.0.ffn_down.weight"]["detail"]["ne"] == [256, 64]
-    assert (layers["blk.1.ffn_down.weight"]["dtype"], layers["blk.1.ffn_down.weight"]["bits"]) == ("TQ1_0", 1.58)
+    assert (layers["blk.1.ffn_down.weight"]["dtype"], layers["blk.1.ffn_down.weight"]["bits"]) == (
+        "TQ1_0",
+        1.58,
+    )
     assert layers["blk.0.ffn_gate.weight"]["bits_per_weight"] == 4.25  # MXFP4: 17 bytes / 32
     assert layers["blk.0.ffn_gate.weight"]["quantized"] is True
     assert inv["params_total"] == ALL_PARAMS
-    assert inv["facts"]["hparams"] == {"context_length": 2048, "block_count": 2, "embedding_length": 64,
-                                       "head_count": 4, "head_count_kv": 2}
+    assert inv["facts"]["hparams"] == {
+        "context_length": 2048,
+        "block_count": 2,
+        "embedding_length": 64,
+        "head_count": 4,
+        "head_count_kv": 2,
+    }
 
 
 @pytest.mark.parametrize(
@@ -150,9 +200,14 @@ def test_memory_defaults() -> None:
     _, r = guard("model_q4_0")
     mem = r["metrics"]["memory"]
     # ctx defaults to the model's context_length (2048, below the 4096 cap); cache f16
-    assert mem == {"weights_bytes": WEIGHTS_Q4_0, "ctx": 2048, "ctx_source": "model (capped at 4096)",
-                   "cache_type": "f16", "kv_cache_bytes": kv_bytes(2048, 2),
-                   "total_bytes": WEIGHTS_Q4_0 + kv_bytes(2048, 2)}
+    assert mem == {
+        "weights_bytes": WEIGHTS_Q4_0,
+        "ctx": 2048,
+        "ctx_source": "model (capped at 4096)",
+        "cache_type": "f16",
+        "kv_cache_bytes": kv_bytes(2048, 2),
+        "total_bytes": WEIGHTS_Q4_0 + kv_bytes(2048, 2),
+    }
 
 
 @pytest.mark.parametrize(("cache", "per_element"), [("f32", 4), ("q8_0", 34 / 32), ("q4_0", 18 / 32)])

@@ -80,9 +80,22 @@ MISSING_BYTES = {
     "alignment_64_laid_out_32": (32, "blk.0.ffn_down.weight"),
 }
 # per-file `quantgate guard integrity` runs (a subprocess each; the whole matrix goes through `run` above)
-CLI_SAMPLE = ["trunc_mid_counts", "trunc_last_1", "trailing_4k", "version_1", "big_endian_version",
-              "huge_u8_array_128b", "nested_array_depth_2000", "duplicate_key", "alignment_48", "tensor_overlap",
-              "tensor_out_of_order", "type_removed_4", "dims_overflow", "tensor_name_100"]
+CLI_SAMPLE = [
+    "trunc_mid_counts",
+    "trunc_last_1",
+    "trailing_4k",
+    "version_1",
+    "big_endian_version",
+    "huge_u8_array_128b",
+    "nested_array_depth_2000",
+    "duplicate_key",
+    "alignment_48",
+    "tensor_overlap",
+    "tensor_out_of_order",
+    "type_removed_4",
+    "dims_overflow",
+    "tensor_name_100",
+]
 
 
 def test_every_broken_fixture_is_listed() -> None:
@@ -130,7 +143,9 @@ def test_guard_integrity_exit_1(stem: str) -> None:
     assert result["message"].startswith(first_error["code"] + ": ")
 
 
-@pytest.mark.parametrize("stem", ["tensor_overlap", "trunc_last_1", "huge_u8_array_128b", "type_99", "n_dims_5"])
+@pytest.mark.parametrize(
+    "stem", ["tensor_overlap", "trunc_last_1", "huge_u8_array_128b", "type_99", "n_dims_5"]
+)
 def test_guard_gguf_dtypes_blocked(stem: str) -> None:
     code, result = run_json("guard", "gguf-dtypes", str(BROKEN / f"{stem}.gguf"))
     assert code == 0
@@ -170,8 +185,13 @@ def test_valid_fixtures_pass_integrity() -> None:
 # ---- findings crafted in the test from the committed base file (no gguf-py needed) -------------------
 
 
-def _patch_kv(blob: bytes, key: bytes, vtype: int | None = None, value: bytes | None = None,
-              new_key: bytes | None = None) -> bytes:
+def _patch_kv(
+    blob: bytes,
+    key: bytes,
+    vtype: int | None = None,
+    value: bytes | None = None,
+    new_key: bytes | None = None,
+) -> bytes:
     """Change one key/value of base.gguf in place (same sizes): its key bytes, type or 4-byte value."""
     at = blob.index(struct.pack("<Q", len(key)) + key)
     out = bytearray(blob)
@@ -189,31 +209,56 @@ def _patch_kv(blob: bytes, key: bytes, vtype: int | None = None, value: bytes | 
 @pytest.mark.parametrize(
     ("label", "edit", "code", "severity"),
     [
-        ("file_type_q4_0_over_q8_0", dict(key=b"general.file_type", value=struct.pack("<I", 2)),
-         "GGUF_FILE_TYPE_WIDER_TYPES", "warning"),
-        ("file_type_99", dict(key=b"general.file_type", value=struct.pack("<I", 99)),
-         "GGUF_FILE_TYPE_UNKNOWN", "warning"),
-        ("file_type_removed", dict(key=b"general.file_type", value=struct.pack("<I", 34)),
-         "GGUF_FILE_TYPE_UNKNOWN", "warning"),
-        ("quant_version_f32", dict(key=b"general.quantization_version", vtype=6),
-         "GGUF_KV_BAD_TYPE", "warning"),
-        ("no_architecture", dict(key=b"general.architecture", new_key=b"general.architecturX"),
-         "GGUF_ARCHITECTURE_MISSING", "warning"),
+        (
+            "file_type_q4_0_over_q8_0",
+            dict(key=b"general.file_type", value=struct.pack("<I", 2)),
+            "GGUF_FILE_TYPE_WIDER_TYPES",
+            "warning",
+        ),
+        (
+            "file_type_99",
+            dict(key=b"general.file_type", value=struct.pack("<I", 99)),
+            "GGUF_FILE_TYPE_UNKNOWN",
+            "warning",
+        ),
+        (
+            "file_type_removed",
+            dict(key=b"general.file_type", value=struct.pack("<I", 34)),
+            "GGUF_FILE_TYPE_UNKNOWN",
+            "warning",
+        ),
+        (
+            "quant_version_f32",
+            dict(key=b"general.quantization_version", vtype=6),
+            "GGUF_KV_BAD_TYPE",
+            "warning",
+        ),
+        (
+            "no_architecture",
+            dict(key=b"general.architecture", new_key=b"general.architecturX"),
+            "GGUF_ARCHITECTURE_MISSING",
+            "warning",
+        ),
     ],
 )
-def test_semantic_findings_from_patched_base(tmp_path: Path, label: str, edit: dict, code: str,
-                                             severity: str) -> None:
+def test_semantic_findings_from_patched_base(
+    tmp_path: Path, label: str, edit: dict, code: str, severity: str
+) -> None:
     path = tmp_path / f"{label}.gguf"
     path.write_bytes(_patch_kv((GGUF / "base.gguf").read_bytes(), **edit))
     assert run_json("guard", "integrity", str(path))[1]["status"] == "PASS"
     exit_code, result = run_json("guard", "gguf-dtypes", str(path))
-    assert [(f["code"], f["severity"]) for f in result["findings"] if f["severity"] != "info"] == [(code, severity)]
+    assert [(f["code"], f["severity"]) for f in result["findings"] if f["severity"] != "info"] == [
+        (code, severity)
+    ]
     assert result["status"] == "WARN" and exit_code == 0
 
 
 def test_key_too_long_and_bad_magic(tmp_path: Path) -> None:
     key = b"k" * 70_000
-    blob = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + struct.pack("<IB", 0, 7)
+    blob = (
+        b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", len(key)) + key + struct.pack("<IB", 0, 7)
+    )
     long_key = tmp_path / "long_key.gguf"
     long_key.write_bytes(blob + b"\0" * (-len(blob) % 32))
     code, result = run_json("guard", "integrity", str(long_key))

@@ -424,12 +424,12 @@ class _Parser:
         try:
             for i in range(count):  # noqa: B007 - i is read after the loop for the message
                 pos += 8 + unpack(buf, pos)[0]
-        except struct.error:
+        except (struct.error, OverflowError):  # OverflowError: an offset beyond ssize_t
             raise _Stop(
                 F.error(
                     "GGUF_LENGTH_PAST_EOF",
                     f"string array {kv.key!r}: element {i:,} of {count:,} "
-                    f"starts at offset {pos:,}, at or past the end of the file ({size:,} bytes): "
+                    f"at offset {pos:,} does not fit in the file ({size:,} bytes): "
                     "the file is truncated or a string length is corrupt",
                     offset=start_pos,
                     field=kv.key,
