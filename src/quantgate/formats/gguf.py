@@ -34,8 +34,11 @@ MAX_DIMS = 4  # GGML_MAX_DIMS
 MAX_ARRAY_DEPTH = 8
 MAX_KEY_BYTES = 65_535
 STRING_KEEP = 4096  # characters of a string value kept for display and checks
-NUMERIC_ARRAY_KEEP = 4096  # numeric arrays up to this length are kept (per-layer head counts)
+NUMERIC_ARRAY_KEEP = 4096  # numeric arrays up to this length are kept (per-layer head counts)...
+NUMERIC_KEEP_TOTAL = 65_536  # ...within this many kept elements per file, so memory stays bounded
 FINDINGS_PER_CODE = 20
+MAX_KVS = 100_000  # @huggingface/gguf's cap; real files have < 100
+MAX_TENSORS = 65_536  # real models have about a thousand tensor infos at most
 INT63 = 1 << 63
 
 # minimum bytes of one record, to reject counts that cannot fit before looping over them
@@ -48,8 +51,8 @@ FINDING_CODES: dict[str, str] = {
     "(llama.cpp, quantgate) cannot use.",
     "GGUF_VERSION_UNSUPPORTED": "GGUF version 0, 1 (no longer supported by ggml) or newer than 3.",
     "GGUF_TRUNCATED_HEADER": "The file ends inside the header (counts, a key/value or a tensor info).",
-    "GGUF_COUNT_TOO_LARGE": "tensor_count or kv_count cannot fit in the file: it declares more records "
-    "than the remaining bytes can hold.",
+    "GGUF_COUNT_TOO_LARGE": "tensor_count or kv_count cannot fit in the file (more records than the "
+    "remaining bytes can hold), or exceeds the reader's caps (65,536 tensors, 100,000 key/values).",
     "GGUF_LENGTH_PAST_EOF": "A string or array length (or n_dims) runs past the end of the file.",
     "GGUF_BAD_VALUE_TYPE": "A key/value or array element type is not a GGUF value type (0..12).",
     "GGUF_ARRAY_TOO_DEEP": "Arrays nested deeper than the reader's limit.",
@@ -106,7 +109,7 @@ class _Stop(Exception):
         self.finding = finding
 
 
-@dataclass
+@dataclass(slots=True)
 class KV:
     key: str
     vtype: int
@@ -123,7 +126,7 @@ class KV:
         return name
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorInfo:
     name: str
     index: int
@@ -197,6 +200,7 @@ class _Parser:
         self.found = _Findings(gf.structural)
         self.budget = Budget.for_size(self.size)
         self.nested_reported = False
+        self.kept = 0  # numeric array elements materialised so far
 
     # -- helpers -----------------------------------------------------------------------------------
     def remaining(self, pos: int) -> int:
@@ -267,6 +271,22 @@ class _Parser:
                         "GGUF_COUNT_TOO_LARGE",
                         f"{name} is {count:,} but the {room:,} bytes after the header can hold at most "
                         f"{room // unit:,} such records: the count is corrupt or the file is truncated",
+                        offset=off,
+                        field=name,
+                    )
+                )
+        # caps far above any real model, so that a hostile file cannot make millions of records
+        # (each a Python object) out of a few hundred megabytes
+        for count, cap, name, off in (
+            (n_kv, MAX_KVS, "kv_count", 16),
+            (n_tensors, MAX_TENSORS, "tensor_count", 8),
+        ):
+            if count > cap:
+                raise _Stop(
+                    F.error(
+                        "GGUF_COUNT_TOO_LARGE",
+                        f"{name} is {count:,}, above the reader's cap of {cap:,} (real models have a few "
+                        "thousand at most): the count is corrupt or the file is hostile",
                         offset=off,
                         field=name,
                     )
@@ -377,7 +397,8 @@ class _Parser:
             fmt, size = scalar
             if count * size > self.remaining(body):
                 raise self.length_past_eof(f"array {kv.key!r}", count, size, body, field=kv.key)
-            if depth == 0 and count <= NUMERIC_ARRAY_KEEP:
+            if depth == 0 and count <= NUMERIC_ARRAY_KEEP and self.kept + count <= NUMERIC_KEEP_TOTAL:
+                self.kept += count
                 kv.value = list(struct.unpack_from(f"<{count}{fmt[1]}", self.buf, body))
             return body + count * size
         if elem == T.STRING:
@@ -540,7 +561,8 @@ class _Parser:
                 )
             if n_dims * 8 > self.remaining(pos):
                 raise self.length_past_eof(f"n_dims of {label!r}", n_dims, 8, pos, tensor=label)
-            ne = struct.unpack_from(f"<{n_dims}Q", self.buf, pos)
+            # never materialise more dims than a tensor can have: n_dims is the file's word
+            ne = struct.unpack_from(f"<{n_dims}Q", self.buf, pos) if n_dims <= MAX_DIMS else ()
             dims_offset = pos
             pos += 8 * n_dims
             type_id = self.v.u32(pos, f"{label} type")
