@@ -181,3 +181,35 @@ def test_damage_gives_findings_never_exceptions(source: str, header_only: bool, 
         assert finding.code in KNOWN_CODES, finding.code
         assert finding.message
     assert inv.to_dict()  # serialisable as the CLI would print it
+
+
+def test_layer_kinds() -> None:
+    assert gguf.layer_kind("token_embd.weight", 2) == "embedding"
+    assert gguf.layer_kind("per_layer_token_embd.weight", 2) == "embedding"
+    assert gguf.layer_kind("position_embd.weight", 2) == "embedding"
+    assert gguf.layer_kind("v.patch_embd.weight", 4) == "conv"  # the patch-embedding convolution
+    assert gguf.layer_kind("a.conv1d.0.weight", 3) == "conv"
+    assert gguf.layer_kind("blk.0.ssm_conv1d.weight", 2) == "linear"  # 2-D: the rule needs >= 3 dims
+    assert gguf.layer_kind("output.weight", 2) == "linear"
+
+
+def test_kv_cache_formula() -> None:
+    from quantgate.validators.gguf_dtypes import cache_bytes_per_element, kv_cache_bytes
+
+    f16 = cache_bytes_per_element("f16")
+    assert (
+        f16 == (2, 1) and cache_bytes_per_element("Q8_0") == (34, 32) and cache_bytes_per_element("x") is None
+    )
+    # Llama-3.2-1B: 16 layers, 8 KV heads of 64 -> 32 KiB per token at f16
+    hp = {"block_count": 16, "head_count": 32, "head_count_kv": 8, "embedding_length": 2048}
+    assert kv_cache_bytes(hp, 4096, f16) == (16 * 4096 * 8 * (64 + 64) * 2, "")
+    # per-layer KV head counts (e.g. OpenELM) and explicit key/value lengths
+    hp = {
+        "block_count": 3,
+        "head_count": [4, 4, 4],
+        "head_count_kv": [1, 2, 3],
+        "key_length": 16,
+        "value_length": 8,
+    }
+    assert kv_cache_bytes(hp, 10, f16) == (10 * (1 + 2 + 3) * (16 + 8) * 2, "")
+    assert kv_cache_bytes({"block_count": 2}, 10, f16)[0] is None

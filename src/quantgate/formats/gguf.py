@@ -830,11 +830,15 @@ def parse(path: str) -> GGUFFile:
 
 
 def layer_kind(name: str, n_dims: int) -> str:
+    """Kind from the name (GGUF has no graph): embeddings, convs (>= 3 dims), else linear.
+
+    A vision tower's 4-D `patch_embd` is the convolution that embeds patches, not a lookup table.
+    """
     lowered = name.lower()
+    if n_dims >= 3 and ("conv" in lowered or "patch_emb" in lowered):
+        return CONV
     if "embd" in lowered or "embed" in lowered:
         return EMBEDDING
-    if "conv" in lowered and n_dims >= 3:
-        return CONV
     return LINEAR
 
 
