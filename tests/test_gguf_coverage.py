@@ -237,3 +237,13 @@ def test_memory_partial_is_not_a_silent_pass() -> None:
     assert (code, r["status"]) == (2, "ERROR")
     assert "kv_cache_bytes" not in r["metrics"]["memory"]
     assert [f["code"] for f in r["findings"]] == ["GGUF_MEMORY_ESTIMATE_PARTIAL"]
+
+
+def test_results_match_the_schema() -> None:
+    from quantgate import jsonschemas
+
+    for name in ("model_mixed", "semantic_file_type_q8_0_over_q4_0"):
+        _, r = guard(name, "--require", "memory.total_bytes<=1e9")
+        assert jsonschemas.validate(r, "guard-result") == []
+    _, r = run_json("guard", "integrity", str(GGUF / "broken" / "tensor_overlap.gguf"))
+    assert jsonschemas.validate(r, "guard-result") == []
