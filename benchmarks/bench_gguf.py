@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(__file__).resolve().parent / ".work"
 BIG = WORK / "llama-3.2-1b-shaped-q4_0.gguf"
+# one UINT8 array of 5e7 elements in 128 bytes: gguf-py needs 41 s and 4.8 GB at 5e6 (not run here)
+HOSTILE = ROOT / "fixtures" / "gguf" / "broken" / "huge_u8_array_128b.gguf"
 
 VOCAB, HIDDEN, FFN, BLOCKS, HEADS, KV_HEADS, MERGES = 128_256, 2048, 8192, 16, 32, 8, 280_147
 HEAD_DIM = HIDDEN // HEADS
@@ -117,6 +119,16 @@ r = GGUFReader({path!r})
 elapsed = time.perf_counter() - t
 print(elapsed, sum(1 for x in r.tensors if len(x.shape) >= 2), sum(int(x.n_elements) for x in r.tensors))
 """,
+    "quantgate, 128-byte hostile file": """
+import sys, time
+sys.path.insert(0, {src!r})
+t = time.perf_counter()
+from quantgate.formats import gguf
+inv = gguf.read({hostile!r})
+elapsed = time.perf_counter() - t
+assert [f.code for f in inv.structural_findings] == ["GGUF_LENGTH_PAST_EOF"]
+print(elapsed, 0, 0)
+""",
     "baseline (python only)": """
 import time
 t = time.perf_counter()
@@ -129,7 +141,7 @@ def measure(kind: str) -> tuple[float, float, str]:
     """Run `kind` in a grandchild and read its peak RSS from a clean RUSAGE_CHILDREN."""
     wrapper = (
         "import json, resource, subprocess, sys\n"
-        f"code = {CHILD[kind].format(src=str(ROOT / 'src'), path=str(BIG))!r}\n"
+        f"code = {CHILD[kind].format(src=str(ROOT / 'src'), path=str(BIG), hostile=str(HOSTILE))!r}\n"
         "p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)\n"
         "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
         "print(json.dumps({'out': p.stdout.strip(), 'rss': rss}))\n"
@@ -148,7 +160,7 @@ def main() -> None:
         generate()
     size = BIG.stat().st_size
     rows = {}
-    for kind in ("baseline (python only)", "quantgate", "gguf-py"):
+    for kind in ("baseline (python only)", "quantgate", "gguf-py", "quantgate, 128-byte hostile file"):
         samples = [measure(kind) for _ in range(args.runs)]
         rows[kind] = (
             statistics.median(s[0] for s in samples),
