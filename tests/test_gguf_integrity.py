@@ -106,7 +106,10 @@ def test_every_broken_fixture_is_listed() -> None:
 @pytest.fixture(scope="module")
 def gate_report() -> dict:
     """One `quantgate run` over the whole matrix: both GGUF guards on every file."""
-    proc = run_cli("-q", "run", str(BROKEN), "--guards", "integrity,gguf-dtypes", "--format", "json")
+    # cwd = the fixture folder, so that no repository policy (./quantgate.toml) changes the verdicts
+    proc = run_cli(
+        "-q", "run", str(BROKEN), "--guards", "integrity,gguf-dtypes", "--format", "json", cwd=BROKEN
+    )
     assert proc.returncode == 1, proc.stderr
     return json.loads(proc.stdout)
 
