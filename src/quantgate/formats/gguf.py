@@ -1,0 +1,1105 @@
+"""GGUF reader: a bounded, lazy scan of the header, key/values and tensor infos over mmap.
+
+Tensor data is never touched. Every count and length the file declares is checked against the bytes
+that are left before anything is looped over or allocated; large arrays are skipped by arithmetic
+(string arrays by walking their length prefixes, bounded by the bytes present), so a 128-byte file
+that declares 5e7 array elements is rejected at once.
+
+Layout rules (`structural_findings`, all errors unless noted) are ggml's `gguf_init_from_file`
+rules, split into one code each, plus what ggml misses in metadata mode: truncation with the number
+of missing bytes, tensors past EOF, trailing bytes, non-UTF-8 keys and names, n_dims 0.
+
+Shapes: ggml stores dims innermost first (ne0 = row length). A layer's `shape` is that order
+reversed, i.e. [rows, cols] = PyTorch's [out_features, in_features]; `detail.ne` keeps ggml's order.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantgate import findings as F
+from quantgate.findings import Finding
+from quantgate.formats import gguf_types as T
+from quantgate.formats.binary import Budget, BudgetExhausted, OutOfBounds, View, mapped
+from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
+
+FORMAT = "gguf"
+MAGIC = b"GGUF"
+DEFAULT_ALIGNMENT = 32
+MAX_ALIGNMENT = 1 << 20  # ggml PR #1516's proposed cap; real files use 32
+MAX_NAME = 64  # GGML_MAX_NAME: a tensor name must be shorter than this (NUL included)
+MAX_DIMS = 4  # GGML_MAX_DIMS
+MAX_ARRAY_DEPTH = 8
+MAX_KEY_BYTES = 65_535
+STRING_KEEP = 4096  # characters of a string value kept for display and checks
+NUMERIC_ARRAY_KEEP = 4096  # numeric arrays up to this length are kept (per-layer head counts)...
+NUMERIC_KEEP_TOTAL = 65_536  # ...within this many kept elements per file, so memory stays bounded
+FINDINGS_PER_CODE = 20
+MAX_KVS = 100_000  # @huggingface/gguf's cap; real files have < 100
+MAX_TENSORS = 65_536  # real models have about a thousand tensor infos at most
+INT63 = 1 << 63
+
+# minimum bytes of one record, to reject counts that cannot fit before looping over them
+MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, a 1-byte value
+MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+
+FINDING_CODES: dict[str, str] = {
+    "GGUF_BAD_MAGIC": "The file does not start with the GGUF magic.",
+    "GGUF_BYTE_SWAPPED": "The version word is byte-swapped: a big-endian GGUF, which little-endian readers "
+    "(llama.cpp, quantgate) cannot use.",
+    "GGUF_VERSION_UNSUPPORTED": "GGUF version 0, 1 (no longer supported by ggml) or newer than 3.",
+    "GGUF_TRUNCATED_HEADER": "The file ends inside the header (counts, a key/value or a tensor info).",
+    "GGUF_COUNT_TOO_LARGE": "tensor_count or kv_count cannot fit in the file (more records than the "
+    "remaining bytes can hold), or exceeds the reader's caps (65,536 tensors, 100,000 key/values).",
+    "GGUF_LENGTH_PAST_EOF": "A string or array length (or n_dims) runs past the end of the file.",
+    "GGUF_BAD_VALUE_TYPE": "A key/value or array element type is not a GGUF value type (0..12).",
+    "GGUF_ARRAY_TOO_DEEP": "Arrays nested deeper than the reader's limit.",
+    "GGUF_NESTED_ARRAY": "A key/value holds nested arrays: allowed by the spec, rejected by ggml (warning).",
+    "GGUF_EMPTY_KEY": "A key/value has an empty key (ggml rejects it).",
+    "GGUF_KEY_TOO_LONG": "A key longer than 65535 bytes.",
+    "GGUF_KEY_NOT_UTF8": "A key is not valid UTF-8.",
+    "GGUF_DUPLICATE_KEY": "The same key appears twice.",
+    "GGUF_ALIGNMENT_BAD_TYPE": "general.alignment is not a UINT32 (ggml and gguf-py reject other types).",
+    "GGUF_ALIGNMENT_INVALID": "general.alignment is 0 or not a power of two.",
+    "GGUF_ALIGNMENT_TOO_LARGE": "general.alignment is larger than 1 MiB.",
+    "GGUF_TENSOR_NAME_EMPTY": "A tensor has an empty name.",
+    "GGUF_TENSOR_NAME_TOO_LONG": "A tensor name is 64 bytes or longer (ggml's GGML_MAX_NAME).",
+    "GGUF_TENSOR_NAME_NOT_UTF8": "A tensor name is not valid UTF-8.",
+    "GGUF_DUPLICATE_TENSOR_NAME": "Two tensors have the same name.",
+    "GGUF_BAD_N_DIMS": "A tensor has n_dims 0 or more than 4.",
+    "GGUF_BAD_DIM": "A tensor dimension is 0 or negative (as int64).",
+    "GGUF_ELEMENT_COUNT_OVERFLOW": "A tensor's element count or byte size does not fit in int64.",
+    "GGUF_UNKNOWN_TYPE": "A tensor's ggml type id is not one ggml knows.",
+    "GGUF_REMOVED_TYPE": "A tensor uses a ggml type id that was removed from the format "
+    "(4, 5, 31-33, 36-38).",
+    "GGUF_ROW_NOT_BLOCK_MULTIPLE": "A tensor's row length (ne0) is not a multiple of its type's block size.",
+    "GGUF_TENSOR_MISALIGNED": "A tensor's data offset is not a multiple of the alignment.",
+    "GGUF_TENSOR_OUT_OF_ORDER": "Tensor data offsets are not increasing in tensor-info order "
+    "(ggml rejects it).",
+    "GGUF_TENSOR_OVERLAP": "Two tensors' data ranges overlap (or a tensor's declared type is larger than "
+    "the space it has).",
+    "GGUF_TENSOR_GAP": "Unused bytes between tensors (or before the first one) beyond the alignment padding.",
+    "GGUF_TENSOR_PAST_EOF": "A tensor's data range ends past the end of the file.",
+    "GGUF_TRUNCATED": "The file is shorter than its own layout: the data section is cut (says how many "
+    "bytes are missing).",
+    "GGUF_TAIL_PADDING_MISSING": "The file ends after the last tensor's bytes but before its alignment "
+    "padding (ggml's full read fails; mmap loaders accept it) (warning).",
+    "GGUF_TRAILING_BYTES": "Bytes after the padded end of the last tensor.",
+    "GGUF_ARCHITECTURE_MISSING": "general.architecture is absent (warning).",
+    "GGUF_ARCHITECTURE_NOT_STRING": "general.architecture is not a string.",
+    "GGUF_KV_BAD_TYPE": "A well-known key (general.file_type, general.quantization_version) has the wrong "
+    "value type (warning).",
+    "GGUF_FILE_TYPE_UNKNOWN": "general.file_type is not a known llama_ftype, or a removed one (warning).",
+    "GGUF_FILE_TYPE_MISMATCH": "general.file_type contradicts the tensors: a float file type with quantized "
+    "tensors, a quantized one whose weights are mostly float, or weights narrower than the file type.",
+    "GGUF_FILE_TYPE_WIDER_TYPES": "Most weights are stored wider than a single-type file_type says "
+    "(e.g. MOSTLY_Q4_0 with Q8_0 weights) (warning).",
+    "GGUF_QUANT_VERSION_MISSING": "Quantized tensors but no general.quantization_version, which the spec "
+    "requires (warning).",
+}
+
+
+class _Stop(Exception):
+    """Parsing cannot go on: the finding says why and where."""
+
+    def __init__(self, finding: Finding):
+        super().__init__(finding.message)
+        self.finding = finding
+
+
+@dataclass(slots=True)
+class KV:
+    key: str
+    vtype: int
+    offset: int  # of the key's length prefix
+    value: Any = None  # scalars, strings (cut at STRING_KEEP), short numeric arrays
+    elem_type: int | None = None  # arrays only
+    count: int | None = None  # arrays only
+
+    @property
+    def type_name(self) -> str:
+        name = T.VALUE_TYPE_NAMES.get(self.vtype, str(self.vtype))
+        if self.vtype == T.ARRAY and self.elem_type is not None:
+            name += f"[{T.VALUE_TYPE_NAMES.get(self.elem_type, str(self.elem_type))}]"
+        return name
+
+
+@dataclass(slots=True)
+class TensorInfo:
+    name: str
+    index: int
+    info_offset: int
+    ne: tuple[int, ...]
+    type_id: int
+    offset: int  # relative to the data section
+    gtype: T.GGMLType | None = None
+    elements: int | None = None
+    nbytes: int | None = None  # None when the shape or type is invalid
+
+    @property
+    def type_name(self) -> str:
+        if self.gtype is not None:
+            return self.gtype.name
+        return T.REMOVED_GGML_TYPES.get(self.type_id, f"type{self.type_id}")
+
+
+@dataclass
+class GGUFFile:
+    """Everything the scan found; `read` turns it into an Inventory."""
+
+    path: str
+    size: int
+    version: int | None = None
+    tensor_count: int | None = None
+    kv_count: int | None = None
+    kvs: dict[str, KV] = field(default_factory=dict)
+    tensors: list[TensorInfo] = field(default_factory=list)
+    alignment: int = DEFAULT_ALIGNMENT
+    header_end: int | None = None
+    data_start: int | None = None
+    complete: bool = False  # every header record was read
+    structural: list[Finding] = field(default_factory=list)
+    semantic: list[Finding] = field(default_factory=list)
+
+
+def _align(value: int, alignment: int) -> int:
+    return (value + alignment - 1) // alignment * alignment
+
+
+def _is_pow2(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+class _Findings:
+    """A list with a per-code cap, so a file with a million bad tensors gives a readable report."""
+
+    def __init__(self, out: list[Finding]):
+        self.out = out
+        self.counts: dict[str, int] = {}
+
+    def add(self, finding: Finding) -> None:
+        n = self.counts.get(finding.code, 0) + 1
+        self.counts[finding.code] = n
+        if n <= FINDINGS_PER_CODE:
+            self.out.append(finding)
+
+    def close(self) -> None:
+        for code, n in self.counts.items():
+            if n > FINDINGS_PER_CODE:
+                self.out.append(F.info(code, f"{n - FINDINGS_PER_CODE} more {code} finding(s) not listed"))
+
+
+class _Parser:
+    def __init__(self, view: View, gf: GGUFFile):
+        self.v = view
+        self.buf = view.buf
+        self.size = len(view)
+        self.gf = gf
+        self.found = _Findings(gf.structural)
+        self.budget = Budget.for_size(self.size)
+        self.nested_reported = False
+        self.kept = 0  # numeric array elements materialised so far
+
+    # -- helpers -----------------------------------------------------------------------------------
+    def remaining(self, pos: int) -> int:
+        return self.size - pos
+
+    def length_past_eof(self, what: str, declared: int, unit: int, pos: int, **loc: Any) -> _Stop:
+        need = declared * unit
+        return _Stop(
+            F.error(
+                "GGUF_LENGTH_PAST_EOF",
+                f"{what} declares {declared:,} {'byte(s)' if unit == 1 else f'element(s) of {unit} bytes'} "
+                f"but only {max(0, self.remaining(pos)):,} bytes remain ({need - self.remaining(pos):,} "
+                "missing): the file is truncated or the length is corrupt",
+                offset=pos,
+                **loc,
+            )
+        )
+
+    def raw_string(self, pos: int, what: str, **loc: Any) -> tuple[int, int, int]:
+        """(start, length, next pos) of a gguf_string, length checked against the file."""
+        length = self.v.u64(pos, what)
+        start = pos + 8
+        if length > self.remaining(start):
+            raise self.length_past_eof(what, length, 1, start, **loc)
+        return start, length, start + length
+
+    # -- header ------------------------------------------------------------------------------------
+    def header(self) -> int:
+        gf = self.gf
+        if self.size < 4 or bytes(self.buf[:4]) != MAGIC:
+            head = bytes(self.buf[:4])
+            raise _Stop(F.error("GGUF_BAD_MAGIC", f"the file starts with {head!r}, not b'GGUF'", offset=0))
+        version = self.v.u32(4, "version")
+        gf.version = version
+        swapped = int.from_bytes(version.to_bytes(4, "little"), "big")
+        if version & 0xFFFF == 0 and swapped in (1, 2, 3):
+            raise _Stop(
+                F.error(
+                    "GGUF_BYTE_SWAPPED",
+                    f"the version word reads {version:#010x}: a big-endian (byte-swapped) GGUF v{swapped}; "
+                    "convert it to little-endian (gguf-py's gguf_convert_endian.py) before shipping",
+                    offset=4,
+                    field="version",
+                )
+            )
+        if version not in (2, 3):
+            why = (
+                "GGUFv1 is no longer supported; re-convert the model"
+                if version == 1
+                else ("unknown version; this reader knows GGUF v2 and v3")
+            )
+            raise _Stop(
+                F.error(
+                    "GGUF_VERSION_UNSUPPORTED", f"GGUF version {version}: {why}", offset=4, field="version"
+                )
+            )
+        n_tensors = self.v.u64(8, "tensor_count")
+        n_kv = self.v.u64(16, "kv_count")
+        gf.tensor_count, gf.kv_count = n_tensors, n_kv
+        room = self.remaining(24)
+        for count, unit, name, off in (
+            (n_kv, MIN_KV_BYTES, "kv_count", 16),
+            (n_tensors, MIN_TENSOR_INFO_BYTES, "tensor_count", 8),
+        ):
+            if count * unit > room:
+                raise _Stop(
+                    F.error(
+                        "GGUF_COUNT_TOO_LARGE",
+                        f"{name} is {count:,} but the {room:,} bytes after the header can hold at most "
+                        f"{room // unit:,} such records: the count is corrupt or the file is truncated",
+                        offset=off,
+                        field=name,
+                    )
+                )
+        # caps far above any real model, so that a hostile file cannot make millions of records
+        # (each a Python object) out of a few hundred megabytes
+        for count, cap, name, off in (
+            (n_kv, MAX_KVS, "kv_count", 16),
+            (n_tensors, MAX_TENSORS, "tensor_count", 8),
+        ):
+            if count > cap:
+                raise _Stop(
+                    F.error(
+                        "GGUF_COUNT_TOO_LARGE",
+                        f"{name} is {count:,}, above the reader's cap of {cap:,} (real models have a few "
+                        "thousand at most): the count is corrupt or the file is hostile",
+                        offset=off,
+                        field=name,
+                    )
+                )
+        if n_kv * MIN_KV_BYTES + n_tensors * MIN_TENSOR_INFO_BYTES > room:
+            raise _Stop(
+                F.error(
+                    "GGUF_COUNT_TOO_LARGE",
+                    f"{n_kv:,} key/values and {n_tensors:,} tensor infos cannot fit in the {room:,} bytes "
+                    "after the header: a count is corrupt or the file is truncated",
+                    offset=8,
+                    field="tensor_count",
+                )
+            )
+        return 24
+
+    # -- key/values --------------------------------------------------------------------------------
+    def kvs(self, pos: int) -> int:
+        gf = self.gf
+        for i in range(gf.kv_count or 0):
+            self.budget.spend(1, "key/values")
+            kv_offset = pos
+            start, length, pos = self.raw_string(pos, f"key #{i} length", field=f"kv[{i}]")
+            if length > MAX_KEY_BYTES:
+                self.found.add(
+                    F.error(
+                        "GGUF_KEY_TOO_LONG",
+                        f"key #{i} is {length:,} bytes long",
+                        offset=kv_offset,
+                        field=f"kv[{i}]",
+                    )
+                )
+                key = f"kv[{i}]"
+            else:
+                raw = bytes(self.buf[start : start + length])
+                try:
+                    key = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    key = raw.decode("utf-8", errors="replace")
+                    self.found.add(
+                        F.error(
+                            "GGUF_KEY_NOT_UTF8",
+                            f"key #{i} {key!r} is not valid UTF-8; keys must be UTF-8",
+                            offset=kv_offset,
+                            field=key,
+                        )
+                    )
+                if not key:
+                    self.found.add(
+                        F.error(
+                            "GGUF_EMPTY_KEY",
+                            f"key #{i} is empty; every key needs a name",
+                            offset=kv_offset,
+                            field=f"kv[{i}]",
+                        )
+                    )
+                    key = f"kv[{i}]"
+            vtype = self.v.u32(pos, f"{key} value type")
+            kv = KV(key, vtype, kv_offset)
+            pos = self.value(kv, vtype, pos + 4, 0)
+            if key in gf.kvs:
+                self.found.add(
+                    F.error(
+                        "GGUF_DUPLICATE_KEY",
+                        f"key {key!r} appears twice (first at offset {gf.kvs[key].offset}); keep one",
+                        offset=kv_offset,
+                        field=key,
+                    )
+                )
+            else:
+                gf.kvs[key] = kv
+        return pos
+
+    def bad_type(self, kv: KV, vtype: int, pos: int, what: str) -> _Stop:
+        return _Stop(
+            F.error(
+                "GGUF_BAD_VALUE_TYPE",
+                f"{what} of {kv.key!r} has type {vtype}, not a GGUF value type "
+                "(0..12); the rest of the header cannot be read",
+                offset=pos,
+                field=kv.key,
+            )
+        )
+
+    def value(self, kv: KV, vtype: int, pos: int, depth: int) -> int:
+        """Read (or skip) one value of `vtype` at pos; return the position after it."""
+        scalar = T.SCALAR_FORMATS.get(vtype)
+        if scalar is not None:
+            fmt, size = scalar
+            self.v.check(pos, size, kv.key)
+            if depth == 0:
+                kv.value = struct.unpack_from(fmt, self.buf, pos)[0]
+            return pos + size
+        if vtype == T.STRING:
+            start, length, end = self.raw_string(pos, f"string value of {kv.key!r}", field=kv.key)
+            if depth == 0:
+                kv.value = self.v.text(start, length, kv.key, limit=STRING_KEEP)
+            return end
+        if vtype != T.ARRAY:
+            raise self.bad_type(kv, vtype, pos - 4, "value type")
+        elem = self.v.u32(pos, f"{kv.key} array type")
+        count = self.v.u64(pos + 4, f"{kv.key} array length")
+        body = pos + 12
+        if depth == 0:
+            kv.elem_type, kv.count = elem, count
+        scalar = T.SCALAR_FORMATS.get(elem)
+        if scalar is not None:
+            fmt, size = scalar
+            if count * size > self.remaining(body):
+                raise self.length_past_eof(f"array {kv.key!r}", count, size, body, field=kv.key)
+            if depth == 0 and count <= NUMERIC_ARRAY_KEEP and self.kept + count <= NUMERIC_KEEP_TOTAL:
+                self.kept += count
+                kv.value = list(struct.unpack_from(f"<{count}{fmt[1]}", self.buf, body))
+            return body + count * size
+        if elem == T.STRING:
+            if count * 8 > self.remaining(body):
+                raise self.length_past_eof(f"string array {kv.key!r}", count, 8, body, field=kv.key)
+            self.budget.spend(count, kv.key)
+            return self.skip_strings(kv, body, count)
+        if elem == T.ARRAY:
+            if depth + 1 >= MAX_ARRAY_DEPTH:
+                raise _Stop(
+                    F.error(
+                        "GGUF_ARRAY_TOO_DEEP",
+                        f"array {kv.key!r} nests arrays more than {MAX_ARRAY_DEPTH} deep",
+                        offset=pos,
+                        field=kv.key,
+                    )
+                )
+            if count * 12 > self.remaining(body):
+                raise self.length_past_eof(f"array of arrays {kv.key!r}", count, 12, body, field=kv.key)
+            if not self.nested_reported:
+                self.nested_reported = True
+                self.found.add(
+                    F.warning(
+                        "GGUF_NESTED_ARRAY",
+                        f"{kv.key!r} is an array of arrays: the spec "
+                        "allows it but ggml/llama.cpp refuse to load such a file",
+                        offset=kv.offset,
+                        field=kv.key,
+                    )
+                )
+            for _ in range(count):
+                self.budget.spend(1, kv.key)
+                pos_inner = body
+                body = self.value(kv, T.ARRAY, pos_inner, depth + 1)
+            return body
+        raise self.bad_type(kv, elem, pos, "array element type")
+
+    def skip_strings(self, kv: KV, pos: int, count: int) -> int:
+        """Walk `count` length-prefixed strings; bounded by the bytes present (count*8 was checked)."""
+        unpack = struct.Struct("<Q").unpack_from
+        buf, size = self.buf, self.size
+        start_pos = pos
+        i = 0
+        try:
+            for i in range(count):  # noqa: B007 - i is read after the loop for the message
+                pos += 8 + unpack(buf, pos)[0]
+        except (struct.error, OverflowError):  # OverflowError: an offset beyond ssize_t
+            raise _Stop(
+                F.error(
+                    "GGUF_LENGTH_PAST_EOF",
+                    f"string array {kv.key!r}: element {i:,} of {count:,} "
+                    f"at offset {pos:,} does not fit in the file ({size:,} bytes): "
+                    "the file is truncated or a string length is corrupt",
+                    offset=start_pos,
+                    field=kv.key,
+                )
+            ) from None
+        if pos > size:
+            raise _Stop(
+                F.error(
+                    "GGUF_LENGTH_PAST_EOF",
+                    f"string array {kv.key!r} ({count:,} strings from "
+                    f"offset {start_pos}) runs {pos - size:,} bytes past the end of the file",
+                    offset=start_pos,
+                    field=kv.key,
+                )
+            )
+        return pos
+
+    # -- alignment ---------------------------------------------------------------------------------
+    def alignment(self) -> None:
+        kv = self.gf.kvs.get("general.alignment")
+        if kv is None:
+            return
+        value = kv.value
+        usable = isinstance(value, int) and not isinstance(value, bool)
+        if kv.vtype != T.UINT32:
+            self.found.add(
+                F.error(
+                    "GGUF_ALIGNMENT_BAD_TYPE",
+                    f"general.alignment is {kv.type_name}, must be UINT32; ggml and gguf-py refuse the file",
+                    offset=kv.offset,
+                    field=kv.key,
+                )
+            )
+        if not usable or not _is_pow2(value):
+            self.found.add(
+                F.error(
+                    "GGUF_ALIGNMENT_INVALID",
+                    f"general.alignment is {value!r}: it must be a non-zero power of two",
+                    offset=kv.offset,
+                    field=kv.key,
+                )
+            )
+            return
+        if value > MAX_ALIGNMENT:
+            self.found.add(
+                F.error(
+                    "GGUF_ALIGNMENT_TOO_LARGE",
+                    f"general.alignment is {value:,}, above the {MAX_ALIGNMENT:,}-byte cap",
+                    offset=kv.offset,
+                    field=kv.key,
+                )
+            )
+            return
+        self.gf.alignment = value
+
+    # -- tensor infos ------------------------------------------------------------------------------
+    def tensor_infos(self, pos: int) -> int:
+        gf = self.gf
+        seen: dict[str, int] = {}
+        for i in range(gf.tensor_count or 0):
+            self.budget.spend(1, "tensor infos")
+            info_offset = pos
+            start, length, pos = self.raw_string(pos, f"tensor #{i} name length", field=f"tensor[{i}]")
+            raw = bytes(self.buf[start : start + min(length, 1024)])
+            try:
+                name = raw.decode("utf-8")
+                utf8_ok = True
+            except UnicodeDecodeError:
+                name, utf8_ok = raw.decode("utf-8", errors="replace"), False
+            label = name or f"tensor[{i}]"
+            if length == 0:
+                self.found.add(
+                    F.error(
+                        "GGUF_TENSOR_NAME_EMPTY",
+                        f"tensor #{i} has an empty name",
+                        offset=info_offset,
+                        tensor=label,
+                    )
+                )
+            elif length >= MAX_NAME:
+                self.found.add(
+                    F.error(
+                        "GGUF_TENSOR_NAME_TOO_LONG",
+                        f"tensor name is {length} bytes; ggml allows at most {MAX_NAME - 1}",
+                        offset=info_offset,
+                        tensor=label[:80],
+                    )
+                )
+            if not utf8_ok and length <= 1024:
+                self.found.add(
+                    F.error(
+                        "GGUF_TENSOR_NAME_NOT_UTF8",
+                        f"tensor #{i} name {name!r} is not valid UTF-8",
+                        offset=info_offset,
+                        tensor=label,
+                    )
+                )
+            n_dims = self.v.u32(pos, f"{label} n_dims")
+            pos += 4
+            if n_dims == 0 or n_dims > MAX_DIMS:
+                self.found.add(
+                    F.error(
+                        "GGUF_BAD_N_DIMS",
+                        f"n_dims is {n_dims}; ggml tensors have 1 to {MAX_DIMS} dims",
+                        offset=pos - 4,
+                        tensor=label,
+                    )
+                )
+            if n_dims * 8 > self.remaining(pos):
+                raise self.length_past_eof(f"n_dims of {label!r}", n_dims, 8, pos, tensor=label)
+            # never materialise more dims than a tensor can have: n_dims is the file's word
+            ne = struct.unpack_from(f"<{n_dims}Q", self.buf, pos) if n_dims <= MAX_DIMS else ()
+            dims_offset = pos
+            pos += 8 * n_dims
+            type_id = self.v.u32(pos, f"{label} type")
+            offset = self.v.u64(pos + 4, f"{label} offset")
+            pos += 12
+            t = TensorInfo(label, i, info_offset, tuple(ne), type_id, offset)
+            if label in seen:
+                self.found.add(
+                    F.error(
+                        "GGUF_DUPLICATE_TENSOR_NAME",
+                        f"tensor {label!r} is defined twice (#{seen[label]} and #{i})",
+                        offset=info_offset,
+                        tensor=label,
+                    )
+                )
+            else:
+                seen[label] = i
+            self.size_tensor(t, dims_offset, 0 < n_dims <= MAX_DIMS)
+            gf.tensors.append(t)
+        return pos
+
+    def size_tensor(self, t: TensorInfo, dims_offset: int, dims_ok: bool) -> None:
+        ok = dims_ok
+        for d, n in enumerate(t.ne):
+            if n == 0 or n >= INT63:
+                shown = n - (1 << 64) if n >= INT63 else n
+                self.found.add(
+                    F.error(
+                        "GGUF_BAD_DIM",
+                        f"dim {d} is {shown}; every dim must be >= 1",
+                        offset=dims_offset + 8 * d,
+                        tensor=t.name,
+                    )
+                )
+                ok = False
+        gtype = T.GGML_TYPES.get(t.type_id)
+        type_pos = dims_offset + 8 * len(t.ne)
+        if gtype is None:
+            ok = False
+            if t.type_id in T.REMOVED_GGML_TYPES:
+                self.found.add(
+                    F.error(
+                        "GGUF_REMOVED_TYPE",
+                        f"type {t.type_id} "
+                        f"({T.REMOVED_GGML_TYPES[t.type_id]}) was removed from GGUF; "
+                        "re-quantize with a current llama.cpp",
+                        offset=type_pos,
+                        tensor=t.name,
+                    )
+                )
+            else:
+                self.found.add(
+                    F.error(
+                        "GGUF_UNKNOWN_TYPE",
+                        f"ggml type {t.type_id} is unknown (ggml knows 0..{T.GGML_TYPE_COUNT - 1})",
+                        offset=type_pos,
+                        tensor=t.name,
+                    )
+                )
+        t.gtype = gtype
+        if not ok or gtype is None:
+            return
+        elements = 1
+        for n in t.ne:
+            elements *= n
+        if elements >= INT63:
+            self.found.add(
+                F.error(
+                    "GGUF_ELEMENT_COUNT_OVERFLOW",
+                    f"dims {list(t.ne)} give {elements:,} elements, more than int64 holds",
+                    offset=dims_offset,
+                    tensor=t.name,
+                )
+            )
+            return
+        if t.ne[0] % gtype.block:
+            self.found.add(
+                F.error(
+                    "GGUF_ROW_NOT_BLOCK_MULTIPLE",
+                    f"row length ne0={t.ne[0]} is not a multiple of {gtype.name}'s block size {gtype.block}",
+                    offset=dims_offset,
+                    tensor=t.name,
+                )
+            )
+            return
+        nbytes = elements // gtype.block * gtype.size
+        if nbytes >= INT63:
+            self.found.add(
+                F.error(
+                    "GGUF_ELEMENT_COUNT_OVERFLOW",
+                    f"{elements:,} {gtype.name} elements need {nbytes:,} bytes, more than int64 holds",
+                    offset=dims_offset,
+                    tensor=t.name,
+                )
+            )
+            return
+        t.elements, t.nbytes = elements, nbytes
+
+    # -- layout ------------------------------------------------------------------------------------
+    def layout(self) -> None:
+        gf = self.gf
+        assert gf.data_start is not None
+        align, base, size = gf.alignment, gf.data_start, self.size
+        tensors = gf.tensors
+        sized = [t for t in tensors if t.nbytes is not None]
+        # a tensor without a size leaves a hole of unknown extent: reporting it as a gap would be noise
+        all_sized = len(sized) == len(tensors)
+        order_problem = False
+        prev: TensorInfo | None = None
+        for t in tensors:
+            if t.offset % align:
+                order_problem = True
+                self.found.add(
+                    F.error(
+                        "GGUF_TENSOR_MISALIGNED",
+                        f"data offset {t.offset} is not a multiple of the alignment {align}",
+                        offset=base + t.offset,
+                        tensor=t.name,
+                    )
+                )
+            if prev is not None and t.offset < prev.offset:
+                order_problem = True
+                self.found.add(
+                    F.error(
+                        "GGUF_TENSOR_OUT_OF_ORDER",
+                        f"data offset {t.offset} comes before "
+                        f"that of the previous tensor {prev.name!r} ({prev.offset}); ggml "
+                        "requires tensor data in tensor-info order",
+                        offset=base + t.offset,
+                        tensor=t.name,
+                    )
+                )
+            prev = t
+        ranked = sorted(sized, key=lambda x: (x.offset, x.index))
+        end = 0  # relative end of the furthest tensor so far
+        last: TensorInfo | None = None
+        for t in ranked:
+            assert t.nbytes is not None
+            if last is not None and t.offset < end:
+                order_problem = True
+                self.found.add(
+                    F.error(
+                        "GGUF_TENSOR_OVERLAP",
+                        f"bytes {t.offset}..{t.offset + t.nbytes} "
+                        f"overlap {last.name!r} ({last.type_name}, ends at {end}) by "
+                        f"{end - t.offset:,} bytes: a wrong offset or a wrong declared type",
+                        offset=base + t.offset,
+                        tensor=t.name,
+                    )
+                )
+            elif all_sized and t.offset > _align(end, align) and t.offset % align == 0:
+                order_problem = True
+                after = f"after {last.name!r}" if last is not None else "before the first tensor"
+                self.found.add(
+                    F.error(
+                        "GGUF_TENSOR_GAP",
+                        f"{t.offset - _align(end, align):,} unused bytes "
+                        f"{after} (data offset {t.offset}, expected {_align(end, align)})",
+                        offset=base + _align(end, align),
+                        tensor=t.name,
+                    )
+                )
+            if t.offset + t.nbytes >= end:
+                end, last = t.offset + t.nbytes, t
+        if not all_sized:
+            return  # some tensor has no size: trailing/truncation arithmetic would be guesswork
+        past = [t for t in ranked if base + t.offset + (t.nbytes or 0) > size]
+        if past:
+            if not order_problem:
+                cut = past[0]
+                need = base + end
+                hint = ""
+                if align != DEFAULT_ALIGNMENT and need - size <= align:
+                    hint = (
+                        f" (or general.alignment={align} does not match the alignment the file was laid "
+                        "out with, which moves the data start)"
+                    )
+                self.found.add(
+                    F.error(
+                        "GGUF_TRUNCATED",
+                        f"the file is truncated: {need - size:,} bytes missing (its layout needs "
+                        f"{need:,} bytes, the file has {size:,}); {len(past)} tensor(s) cut, from "
+                        f"{cut.name!r}{hint}; re-download or re-export it",
+                        offset=size,
+                        tensor=cut.name,
+                    )
+                )
+            else:
+                for t in past:
+                    self.found.add(
+                        F.error(
+                            "GGUF_TENSOR_PAST_EOF",
+                            f"data {base + t.offset:,}.."
+                            f"{base + t.offset + (t.nbytes or 0):,} ends "
+                            f"{base + t.offset + (t.nbytes or 0) - size:,} bytes past the end "
+                            f"of the file ({size:,} bytes)",
+                            offset=base + t.offset,
+                            tensor=t.name,
+                        )
+                    )
+            return
+        padded_end = base + _align(end, align) if ranked else base
+        if size > padded_end:
+            self.found.add(
+                F.error(
+                    "GGUF_TRAILING_BYTES",
+                    f"{size - padded_end:,} bytes after the padded end "
+                    f"of the last tensor (offset {padded_end:,}); strip them or find out what "
+                    "was appended",
+                    offset=padded_end,
+                )
+            )
+        elif ranked and size < padded_end:
+            self.found.add(
+                F.warning(
+                    "GGUF_TAIL_PADDING_MISSING",
+                    f"the file ends {padded_end - size} bytes "
+                    "short of the last tensor's alignment padding; ggml's full read fails, "
+                    "mmap loaders accept it",
+                    offset=size,
+                    tensor=last.name if last else None,
+                )
+            )
+
+    # -- driver ------------------------------------------------------------------------------------
+    def run(self) -> None:
+        gf = self.gf
+        try:
+            pos = self.header()
+            pos = self.kvs(pos)
+            self.alignment()
+            pos = self.tensor_infos(pos)
+            gf.header_end = pos
+            gf.data_start = _align(pos, gf.alignment)
+            gf.complete = True
+            self.layout()
+        except _Stop as stop:
+            self.found.add(stop.finding)
+        except BudgetExhausted as exc:
+            self.found.add(F.error("READ_BUDGET_EXHAUSTED", exc.message, offset=exc.offset, field=exc.field))
+        except OutOfBounds as exc:
+            self.found.add(
+                F.error(
+                    "GGUF_TRUNCATED_HEADER",
+                    f"the file ends inside the header while reading "
+                    f"{exc.field or 'a field'} at offset {exc.offset} ({self.size:,} bytes): "
+                    "it is truncated",
+                    offset=exc.offset,
+                    field=exc.field,
+                )
+            )
+        self.found.close()
+
+
+def parse(path: str) -> GGUFFile:
+    """Scan a GGUF file's header; never raises on bad content (OSError aside)."""
+    with mapped(path) as view:
+        gf = GGUFFile(path, len(view))
+        _Parser(view, gf).run()
+    return gf
+
+
+# ---------------------------------------------------------------------------------------------------
+# inventory
+
+
+def layer_kind(name: str, n_dims: int) -> str:
+    """Kind from the name (GGUF has no graph): embeddings, convs (>= 3 dims), else linear.
+
+    A vision tower's 4-D `patch_embd` is the convolution that embeds patches, not a lookup table.
+    """
+    lowered = name.lower()
+    if n_dims >= 3 and ("conv" in lowered or "patch_emb" in lowered):
+        return CONV
+    if "embd" in lowered or "embed" in lowered:
+        return EMBEDDING
+    return LINEAR
+
+
+def is_embedding_or_output(name: str, kind: str) -> bool:
+    return kind == EMBEDDING or name in ("output.weight", "lm_head.weight")
+
+
+def _layer(t: TensorInfo) -> Layer:
+    assert t.gtype is not None and t.elements is not None
+    kind = layer_kind(t.name, len(t.ne))
+    g = t.gtype
+    return Layer(
+        name=t.name,
+        kind=kind,
+        shape=tuple(reversed(t.ne)),
+        dtype=g.name,
+        bits=g.bits,
+        numeric=INT if g.numeric == "int" else FLOAT,
+        quantized=g.quantized,
+        params=t.elements,
+        weight_bytes=t.nbytes,
+        position=t.index,
+        detail={"ne": list(t.ne), "offset": t.offset},
+    )
+
+
+def _kv_int(kv: KV | None) -> int | None:
+    if kv is None or kv.vtype not in T.INTEGER_VALUE_TYPES or isinstance(kv.value, bool):
+        return None
+    return int(kv.value)
+
+
+def hparams(gf: GGUFFile) -> dict[str, Any]:
+    """The `<arch>.*` hyper-parameters the memory estimate needs (absent keys are left out)."""
+    arch_kv = gf.kvs.get("general.architecture")
+    arch = arch_kv.value if arch_kv is not None and arch_kv.vtype == T.STRING else None
+    out: dict[str, Any] = {}
+    if not arch:
+        return out
+    keys = {
+        "context_length": "context_length",
+        "block_count": "block_count",
+        "embedding_length": "embedding_length",
+        "head_count": "attention.head_count",
+        "head_count_kv": "attention.head_count_kv",
+        "key_length": "attention.key_length",
+        "value_length": "attention.value_length",
+    }
+    for short, suffix in keys.items():
+        kv = gf.kvs.get(f"{arch}.{suffix}")
+        if kv is None:
+            continue
+        if kv.vtype == T.ARRAY and isinstance(kv.value, list) and kv.elem_type in T.INTEGER_VALUE_TYPES:
+            out[short] = [int(x) for x in kv.value]  # per-layer values (e.g. head_count_kv)
+        elif (value := _kv_int(kv)) is not None:
+            out[short] = value
+    return out
+
+
+def _semantics(gf: GGUFFile, layers: list[Layer]) -> None:
+    out = gf.semantic
+    kvs = gf.kvs
+    arch = kvs.get("general.architecture")
+    if arch is None:
+        out.append(
+            F.warning(
+                "GGUF_ARCHITECTURE_MISSING",
+                "general.architecture is absent; loaders cannot tell which model this is",
+                field="general.architecture",
+            )
+        )
+    elif arch.vtype != T.STRING:
+        out.append(
+            F.error(
+                "GGUF_ARCHITECTURE_NOT_STRING",
+                f"general.architecture is {arch.type_name}, must be a STRING such as 'llama'",
+                offset=arch.offset,
+                field=arch.key,
+            )
+        )
+    any_quantized = any(t.gtype is not None and t.gtype.quantized for t in gf.tensors)
+    qv = kvs.get("general.quantization_version")
+    if qv is not None and _kv_int(qv) is None:
+        out.append(
+            F.warning(
+                "GGUF_KV_BAD_TYPE",
+                f"general.quantization_version is {qv.type_name}, expected UINT32",
+                offset=qv.offset,
+                field=qv.key,
+            )
+        )
+    elif qv is None and any_quantized:
+        out.append(
+            F.warning(
+                "GGUF_QUANT_VERSION_MISSING",
+                "tensors are quantized but "
+                "general.quantization_version is absent; the spec requires it (add "
+                "general.quantization_version = 2)",
+                field="general.quantization_version",
+            )
+        )
+    ft_kv = kvs.get("general.file_type")
+    if ft_kv is None:
+        return
+    ft = _kv_int(ft_kv)
+    if ft is None:
+        out.append(
+            F.warning(
+                "GGUF_KV_BAD_TYPE",
+                f"general.file_type is {ft_kv.type_name}, expected UINT32",
+                offset=ft_kv.offset,
+                field=ft_kv.key,
+            )
+        )
+        return
+    if ft == T.FILE_TYPE_GUESSED:
+        return
+    spec = T.FILE_TYPES.get(ft)
+    if spec is None:
+        out.append(
+            F.warning(
+                "GGUF_FILE_TYPE_UNKNOWN",
+                f"general.file_type {ft} is {T.file_type_name(ft)}",
+                offset=ft_kv.offset,
+                field=ft_kv.key,
+            )
+        )
+        return
+    _check_file_type(gf, spec, ft_kv, layers)
+
+
+def _check_file_type(gf: GGUFFile, spec: T.FileType, kv: KV, layers: list[Layer]) -> None:
+    out = gf.semantic
+    loc = {"offset": kv.offset, "field": kv.key}
+    if spec.floor_bits is None:  # a float file type: nothing may be quantized
+        quantized = [t for t in gf.tensors if t.gtype is not None and t.gtype.quantized]
+        if quantized:
+            types = sorted({t.type_name for t in quantized})
+            out.append(
+                F.error(
+                    "GGUF_FILE_TYPE_MISMATCH",
+                    f"general.file_type says {spec.name} but "
+                    f"{len(quantized)} tensor(s) are quantized ({', '.join(types)}, e.g. "
+                    f"{quantized[0].name!r}); fix the file type or the export",
+                    **loc,
+                )
+            )
+        return
+    by_type: dict[str, int] = {}
+    bits_of: dict[str, tuple[float, bool]] = {}
+    for layer in layers:
+        by_type[layer.dtype] = by_type.get(layer.dtype, 0) + layer.params
+        bits_of[layer.dtype] = (layer.bits or 0.0, bool(layer.quantized))
+    total = sum(by_type.values())
+    if not total:
+        return
+    float_params = sum(p for d, p in by_type.items() if not bits_of[d][1])
+    if float_params * 2 > total:
+        out.append(
+            F.error(
+                "GGUF_FILE_TYPE_MISMATCH",
+                f"general.file_type says {spec.name} but "
+                f"{float_params / total:.0%} of the weight parameters are stored in float types; "
+                "the file was not quantized as it claims",
+                **loc,
+            )
+        )
+        return
+    dominant = max((d for d in by_type if bits_of[d][1]), key=lambda d: (by_type[d], d))
+    bits = bits_of[dominant][0]
+    share = by_type[dominant] / total
+    if bits < spec.floor_bits:
+        out.append(
+            F.error(
+                "GGUF_FILE_TYPE_MISMATCH",
+                f"general.file_type says {spec.name} but most weight "
+                f"parameters ({share:.0%}) are {dominant} ({bits:g} bits), narrower than the "
+                f"file type's {spec.floor_bits:g}",
+                **loc,
+            )
+        )
+    elif spec.ceiling_bits is not None and bits > spec.ceiling_bits:
+        out.append(
+            F.warning(
+                "GGUF_FILE_TYPE_WIDER_TYPES",
+                f"general.file_type says {spec.name} but most "
+                f"weight parameters ({share:.0%}) are {dominant} ({bits:g} bits)",
+                **loc,
+            )
+        )
+
+
+def _bpw(tensors: list[TensorInfo]) -> float | None:
+    elements = sum(t.elements or 0 for t in tensors)
+    return 8 * sum(t.nbytes or 0 for t in tensors) / elements if elements else None
+
+
+def read(path: str) -> Inventory:
+    """The GGUF file's inventory; never raises on bad content."""
+    try:
+        gf = parse(path)
+    except OSError as exc:
+        inv = Inventory(FORMAT, path, 0)
+        inv.structural_findings.append(
+            F.error("FILE_UNREADABLE", f"cannot read the file: {exc.strerror or exc}")
+        )
+        return inv
+    inv = Inventory(FORMAT, path, gf.size)
+    inv.structural_findings = gf.structural
+    sized = [t for t in gf.tensors if t.nbytes is not None]
+    layers = [_layer(t) for t in sized if len(t.ne) >= 2]
+    inv.layers = layers
+    inv.params_total = sum(t.elements or 0 for t in sized)
+    if gf.complete:
+        _semantics(gf, layers)
+    inv.semantic_findings = gf.semantic
+
+    ft = _kv_int(gf.kvs.get("general.file_type"))
+    qv = _kv_int(gf.kvs.get("general.quantization_version"))
+    arch_kv = gf.kvs.get("general.architecture")
+    arch = arch_kv.value if arch_kv is not None and arch_kv.vtype == T.STRING else None
+    metrics: dict[str, Any] = {
+        "tensor_count": len(gf.tensors),
+        "kv_count": len(gf.kvs),
+    }
+    if ft is not None:
+        metrics["file_type"] = T.short_file_type(ft)
+    if qv is not None:
+        metrics["quantization_version"] = qv
+    bpw_all = _bpw(sized)
+    if bpw_all is not None:
+        metrics["bits_per_weight_all"] = bpw_all
+    kinds = {layer.name: layer.kind for layer in layers}
+    core = [t for t in sized if not is_embedding_or_output(t.name, kinds.get(t.name, LINEAR))]
+    bpw_core = _bpw(core)
+    if bpw_core is not None:
+        metrics["bits_per_weight_excluding_embeddings_and_output"] = bpw_core
+    inv.metrics = metrics
+
+    types: dict[str, int] = {}
+    for t in gf.tensors:
+        types[t.type_name] = types.get(t.type_name, 0) + 1
+    facts: dict[str, Any] = {
+        "version": gf.version,
+        "architecture": arch,
+        "name": gf.kvs["general.name"].value if "general.name" in gf.kvs else None,
+        "file_type": T.file_type_name(ft) if ft is not None else None,
+        "quantization_version": qv,
+        "tensor_count": gf.tensor_count,
+        "kv_count": gf.kv_count,
+        "alignment": gf.alignment,
+        "data_offset": gf.data_start,
+        "tensor_data_bytes": sum(t.nbytes or 0 for t in sized),
+        "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1])),
+        "hparams": hparams(gf),
+    }
+    inv.facts = {k: v for k, v in facts.items() if v is not None}
+    if gf.complete:
+        bits = f", {bpw_all:.4g} bpw" if bpw_all is not None else ""
+        inv.facts["summary"] = (
+            f"GGUF v{gf.version}, {arch or '?'}, {len(gf.tensors)} tensors, {len(gf.kvs)} key/values, "
+            f"file_type {T.file_type_name(ft) if ft is not None else 'absent'}{bits}"
+        )
+    return inv
