@@ -11,7 +11,9 @@ import importlib
 from quantgate.inventory import Inventory
 
 # format id -> module implementing `read(path: str) -> Inventory`
-READERS: dict[str, str] = {}
+READERS: dict[str, str] = {
+    "onnx": "quantgate.formats.onnx",
+}
 
 
 def reader_for(fmt: str) -> str | None:
