@@ -553,8 +553,16 @@ def read(path: str) -> Inventory:
     return inv
 
 
-def _scan(view: View, size: int, structural: _Findings) -> Model | None:
-    scanner = pb.Scanner(view, Budget.for_size(size, base=10_000, per_byte=0.5), max_depth=MAX_DEPTH)
+def scan(path: str) -> tuple[Model, list[Finding]]:
+    """The raw scanned model (nodes, tensors, opsets) and its structural findings; for tests and tools."""
+    structural = _Findings()
+    with mapped(path) as view:
+        model = _scan(view, len(view), structural)
+    return model, structural.finish()
+
+
+def _scan(view: View, size: int, structural: _Findings) -> Model:
+    scanner = pb.Scanner(view, Budget.for_size(size, base=10_000, per_byte=1.0), max_depth=MAX_DEPTH)
     parser = _Parser(scanner, structural)
     try:
         parser.model_proto(size)
@@ -565,16 +573,17 @@ def _scan(view: View, size: int, structural: _Findings) -> Model | None:
             F.error("ONNX_DEPTH_EXCEEDED", "messages nest too deeply to read; the file is corrupt or hostile")
         )
     model = parser.model
+    if any(f.severity == F.ERROR for f in structural.items):
+        return model  # the scan stopped early: a missing graph or opset would only echo that
     if not model.has_graph:
-        if not any(f.severity == F.ERROR for f in structural.items):
-            structural.add(
-                F.error(
-                    "ONNX_NO_GRAPH",
-                    "the protobuf has no graph: it is not an ONNX model, or it "
-                    "was cut before the graph; re-export it",
-                    field="graph",
-                )
+        structural.add(
+            F.error(
+                "ONNX_NO_GRAPH",
+                "the protobuf has no graph: it is not an ONNX model, or it "
+                "was cut before the graph; re-export it",
+                field="graph",
             )
+        )
         return model
     if model.ir_version is None:
         structural.add(
