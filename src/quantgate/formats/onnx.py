@@ -12,8 +12,10 @@ constant 2-D+ table -> embedding, plus the quantized forms (QDQ, QOperator, inte
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import mmap
 import os
 import re
 import struct
@@ -543,6 +545,7 @@ def read(path: str) -> Inventory:
         return inv
     try:
         with mapped(path) as view:
+            _no_readahead(view)
             model = _scan(view, size, structural)
             if model is not None:
                 _Analysis(model, view, path, inv, structural, semantic).run()
@@ -551,6 +554,14 @@ def read(path: str) -> Inventory:
     inv.structural_findings = structural.finish()
     inv.semantic_findings = semantic.finish()
     return inv
+
+
+def _no_readahead(view: View) -> None:
+    """Only headers are touched, far apart: kernel readahead would pull megabytes of weights around each."""
+    advise = getattr(view.buf, "madvise", None)
+    if advise is not None and hasattr(mmap, "MADV_RANDOM"):
+        with contextlib.suppress(OSError):
+            advise(mmap.MADV_RANDOM)
 
 
 def scan(path: str) -> tuple[Model, list[Finding]]:
