@@ -68,6 +68,8 @@ FINDING_CODES: dict[str, str] = {
     "ONNX_SCALE_NOT_FINITE": "A quantization scale holds NaN or Inf (the checker and ORT accept it; "
     "outputs are garbage).",
     "ONNX_SCALE_ZERO": "A quantization scale holds zero (quantizing divides by it; weights vanish).",
+    "ONNX_NODE_UNREADABLE": "A weight-bearing node's inputs or attributes could not be interpreted; it is "
+    "not counted.",
     "ONNX_FINDINGS_CAPPED": "More findings of one code than are worth listing; the rest were only counted.",
 }
 
@@ -955,10 +957,8 @@ class _Analysis:
             except (ReadError, ValueError, OverflowError) as exc:  # a malformed node never stops the scan
                 self.semantic.add(
                     F.warning(
-                        "ONNX_MATMULNBITS_BAD_ATTR"
-                        if node.op_type == "MatMulNBits"
-                        else "ONNX_DQ_SCALE_SHAPE_MISMATCH",
-                        f"node {node.label!r} ({node.op_type}) could not be read: {exc}",
+                        "ONNX_NODE_UNREADABLE",
+                        f"node {node.label!r} ({node.op_type}) could not be read as a layer: {exc}",
                         op=node.label,
                     )
                 )
