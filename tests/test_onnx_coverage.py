@@ -50,6 +50,16 @@ CASES = {
         ["conv.weight"],
         8 * (49152 + 4 * (4096 + 1024)) / 45056,
     ),
+    "qdq_fp8_matmul.onnx": (
+        (0.6, 0, 0),
+        (24576 / 45056, 0, 0),
+        (24576 / 36864, 0, 0),
+        ["embed.weight", "conv.weight"],
+        8 * (32768 + 49152 + 3 * (8192 + 4 + 1)) / 45056,
+    ),
+    # onnxruntime's rewrite folded the embed and conv scales into one product constant
+    "ort_dynamic_fused.onnx": ((1, 1, 0), (1, 1, 0), (1, 1, 0), [], 8 * 45073 / 45056),
+    "ort_qdq_fused.onnx": ((1, 1, 0), (1, 1, 0), (1, 1, 0), [], 8 * 45081 / 45056),
     "qdq_blocked_int4.onnx": (
         (0.6, 0, 0.6),
         (24576 / 45056, 0, 24576 / 45056),
@@ -160,3 +170,45 @@ def test_run_whole_folder_passes_valid_models() -> None:
     )
     assert code == 0, report
     assert report["summary"]["PASS"] == 4
+
+
+def test_fp8_is_quantized_but_not_int8() -> None:
+    code, result = run_json("guard", "onnx-dtypes", str(ONNX / "qdq_fp8_matmul.onnx"))
+    assert code == 0
+    assert result["metrics"]["coverage"]["ops"]["by_bits"] == {"8": 0.6, "32": 0.4}
+    code, inv = run_json("inspect", str(ONNX / "qdq_fp8_matmul.onnx"), "--format", "json")
+    assert {x["dtype"] for x in inv["layers"] if x["quantized"]} == {"FLOAT8E4M3FN"}
+
+
+def test_fused_contrib_ops_from_onnxruntime() -> None:
+    code, inv = run_json("inspect", str(ONNX / "ort_dynamic_fused.onnx"), "--format", "json")
+    assert code == 0
+    assert [x["detail"]["op"] for x in inv["layers"]] == [
+        "Gather",
+        "ConvInteger",
+        *["com.microsoft:DynamicQuantizeMatMul"] * 3,
+    ]
+    # FusedMatMul(res, res) multiplies activations: not a layer
+    assert inv["facts"]["op_types"]["com.microsoft:FusedMatMul"] == 1
+    code, inv = run_json("inspect", str(ONNX / "ort_qdq_fused.onnx"), "--format", "json")
+    # onnxruntime fused two MatMuls and the conv into QOperator form and left fc1 as QDQ
+    assert [x["detail"]["op"] for x in inv["layers"]] == [
+        "Gather",
+        "QLinearConv",
+        "MatMul",
+        "QLinearMatMul",
+        "QLinearMatMul",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "quantized", "bpw"), [("mlp_gemm.onnx", 0.0, 32.0), ("mlp_qgemm.onnx", 1.0, 8 * 2570 / 2560)]
+)
+def test_gemm_and_qgemm(name: str, quantized: float, bpw: float) -> None:
+    code, result = run_json("guard", "onnx-dtypes", str(ONNX / name))
+    assert code == 0
+    m = result["metrics"]
+    assert m["weight_ops"] == 2 and m["params_total"] == 32 * 64 + 16 * 32
+    assert m["coverage"]["params"]["int8"] == quantized
+    assert m["bits_per_weight"] == pytest.approx(bpw)
+    assert [u["name"] for u in result["unquantized"]] == (["w1", "w2"] if not quantized else [])

@@ -20,6 +20,11 @@ VALID = [
     "qdq_int4_matmul.onnx",
     "matmulnbits4.onnx",
     "qdq_blocked_int4.onnx",
+    "qdq_fp8_matmul.onnx",
+    "ort_dynamic_fused.onnx",
+    "ort_qdq_fused.onnx",
+    "mlp_gemm.onnx",
+    "mlp_qgemm.onnx",
     "external/model.onnx",
     "broken/ext_ok/model.onnx",
 ]

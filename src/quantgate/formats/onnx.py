@@ -1017,6 +1017,10 @@ class _Analysis:
                 src, extra = self.weight_source(node, 0), [node.input(1), node.input(2)]
             if src:
                 self.add(node, position, LINEAR, src, "QOperator", extra)
+        elif ms and op == "FusedMatMul":
+            src = self.weight_source(node, 1) or self.weight_source(node, 0)
+            if src:
+                self.add(node, position, LINEAR, src, "QDQ" if src.dq else "float")
         elif ms and op == "QGemm":
             src = self.weight_source(node, 3)
             if src:
