@@ -21,6 +21,7 @@ VALID = [
     "matmulnbits4.onnx",
     "qdq_blocked_int4.onnx",
     "qdq_fp8_matmul.onnx",
+    "matmulnbits8.onnx",
     "ort_dynamic_fused.onnx",
     "ort_qdq_fused.onnx",
     "mlp_gemm.onnx",
