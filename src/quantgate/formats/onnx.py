@@ -1205,22 +1205,26 @@ class _Analysis:
 
     # -- flops: output positions from the shapes the file records -------------------------------
 
-    def known_shape(self, name: str, depth: int = 0) -> list[int] | None:
-        shape = self.m.shapes.get(name)
-        if shape is not None and all(isinstance(d, int) and d >= 0 for d in shape):
-            return [int(d) for d in shape if d is not None]
-        if depth >= 6:
-            return None
-        node = self.producer.get(name)
-        if node is not None and node.op_type in SAME_SHAPE and node.inputs:
-            found = self.known_shape(node.inputs[0], depth + 1)
-            if found is not None:
-                return found
-        for consumer in self.consumers.get(name, []):
-            if consumer.op_type in SAME_SHAPE and consumer.outputs and consumer.input(0) == name:
-                found = self.known_shape(consumer.outputs[0], depth + 1)
-                if found is not None:
-                    return found
+    def known_shape(self, name: str) -> list[int] | None:
+        """The recorded static shape of a value, or of a neighbour with the same shape (through
+        Q/DQ, Cast, activations); a bounded breadth-first walk, so fan-out cannot blow it up."""
+        queue, seen = [name], {name}
+        while queue and len(seen) <= 64:
+            current = queue.pop(0)
+            shape = self.m.shapes.get(current)
+            if shape is not None and all(isinstance(d, int) and d >= 0 for d in shape):
+                return [int(d) for d in shape if d is not None]
+            neighbours = []
+            node = self.producer.get(current)
+            if node is not None and node.op_type in SAME_SHAPE and node.inputs:
+                neighbours.append(node.inputs[0])
+            for consumer in self.consumers.get(current, [])[:16]:
+                if consumer.op_type in SAME_SHAPE and consumer.outputs and consumer.input(0) == current:
+                    neighbours.append(consumer.outputs[0])
+            for other in neighbours:
+                if other and other not in seen:
+                    seen.add(other)
+                    queue.append(other)
         return None
 
     def set_positions(self, layer: Layer, node: Node) -> None:

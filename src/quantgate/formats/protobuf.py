@@ -29,6 +29,7 @@ I32 = 5
 MAX_VARINT_BYTES = 10
 DEFAULT_MAX_DEPTH = 64
 
+_HIGH_BYTES = bytes(range(128, 256))
 _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
 
@@ -185,8 +186,11 @@ class Scanner:
     def count_varints(self, start: int, length: int) -> int:
         """How many varints a packed field holds, without decoding them: bytes with the top bit clear."""
         self.view.check(start, length)
-        chunk = bytes(self.buf[start : start + length])
-        return len(chunk.translate(None, bytes(range(128, 256))))
+        count, step = 0, 1 << 20  # in 1 MiB chunks: a huge int32_data is never copied whole
+        for pos in range(start, start + length, step):
+            chunk = bytes(self.buf[pos : min(pos + step, start + length)])
+            count += len(chunk.translate(None, _HIGH_BYTES))
+        return count
 
     def text(self, field: Field, where: str | None = None, limit: int = 1 << 16) -> str:
         return self.view.text(field.value, field.length, where, limit=limit)
