@@ -13,19 +13,29 @@ constant 2-D+ table -> embedding, plus the quantized forms (QDQ, QOperator, inte
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import mmap
 import os
-import re
 import struct
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from quantgate import findings as F
 from quantgate.findings import Finding
 from quantgate.formats import protobuf as pb
 from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View, mapped
+from quantgate.formats.onnx_external import ExternalChecks
+from quantgate.formats.onnx_proto import (
+    DTYPES,
+    INT32_DATA_TYPES,
+    MAX_DEPTH,
+    NON_WEIGHT_DTYPES,
+    PER_INT32,
+    QUANT_DTYPES,
+    Model,
+    Node,
+    Parser,
+    Tensor,
+)
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
 
 FORMAT = "onnx"
@@ -73,45 +83,6 @@ FINDING_CODES: dict[str, str] = {
     "ONNX_FINDINGS_CAPPED": "More findings of one code than are worth listing; the rest were only counted.",
 }
 
-# TensorProto.DataType -> (name, bits per element or None, numeric family)
-DTYPES: dict[int, tuple[str, int | None, str]] = {
-    1: ("FLOAT", 32, FLOAT),
-    2: ("UINT8", 8, INT),
-    3: ("INT8", 8, INT),
-    4: ("UINT16", 16, INT),
-    5: ("INT16", 16, INT),
-    6: ("INT32", 32, INT),
-    7: ("INT64", 64, INT),
-    8: ("STRING", None, UNKNOWN),
-    9: ("BOOL", 8, INT),
-    10: ("FLOAT16", 16, FLOAT),
-    11: ("DOUBLE", 64, FLOAT),
-    12: ("UINT32", 32, INT),
-    13: ("UINT64", 64, INT),
-    14: ("COMPLEX64", 64, FLOAT),
-    15: ("COMPLEX128", 128, FLOAT),
-    16: ("BFLOAT16", 16, FLOAT),
-    17: ("FLOAT8E4M3FN", 8, FLOAT),
-    18: ("FLOAT8E4M3FNUZ", 8, FLOAT),
-    19: ("FLOAT8E5M2", 8, FLOAT),
-    20: ("FLOAT8E5M2FNUZ", 8, FLOAT),
-    21: ("UINT4", 4, INT),
-    22: ("INT4", 4, INT),
-    23: ("FLOAT4E2M1", 4, FLOAT),
-    24: ("FLOAT8E8M0", 8, FLOAT),
-    25: ("UINT2", 2, INT),
-    26: ("INT2", 2, INT),
-    27: ("FLOAT6E2M3", 6, FLOAT),
-    28: ("FLOAT6E3M2", 6, FLOAT),
-}
-# stored types that count as quantized weights (<= 8 bits with scales); BOOL is 8 bits but not one
-QUANT_DTYPES = {2, 3, 17, 18, 19, 20, 21, 22, 23, 25, 26, 27, 28}
-# tables a Gather reads that are index/lookup data, not weights
-NON_WEIGHT_DTYPES = {6, 7, 8, 9, 12, 13}
-# int32_data holds one element per entry for >= 8-bit types, two for 4-bit, four for 2-bit
-_PER_INT32 = {21: 2, 22: 2, 23: 2, 25: 4, 26: 4}
-_INT32_DATA_TYPES = {2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28}
-
 DEFAULT_DOMAINS = ("", "ai.onnx")
 MS = "com.microsoft"
 DQ_OPS = {"DequantizeLinear"}
@@ -133,100 +104,8 @@ SAME_SHAPE = {
     "Erf",
 }
 
-MAX_DEPTH = 48
 SCALE_READ_CAP = 1 << 20  # bytes of scale values read per tensor
 FINDINGS_PER_CODE = 25
-
-
-@dataclass
-class Tensor:
-    name: str = ""
-    dims: list[int] = field(default_factory=list)
-    data_type: int = 0
-    offset: int = 0
-    raw: tuple[int, int] | None = None  # (offset, length) of raw_data, never read here
-    float_data: tuple[int, int] | None = None  # packed float_data, for scale values
-    typed_counts: dict[str, int] = field(default_factory=dict)
-    external: dict[str, str] = field(default_factory=dict)
-    data_location: int = 0
-    kind: str = "initializer"  # initializer | constant | sparse
-
-    @property
-    def dtype_name(self) -> str:
-        info = DTYPES.get(self.data_type)
-        return info[0] if info else f"DTYPE_{self.data_type}"
-
-    @property
-    def bits(self) -> int | None:
-        info = DTYPES.get(self.data_type)
-        return info[1] if info else None
-
-    @property
-    def numel(self) -> int | None:
-        if any(d < 0 for d in self.dims):
-            return None
-        return math.prod(self.dims)
-
-    @property
-    def is_external(self) -> bool:
-        return self.data_location == 1 or bool(self.external)
-
-    def expected_bytes(self) -> int | None:
-        n, bits = self.numel, self.bits
-        if n is None or bits is None:
-            return None
-        return (n * bits + 7) // 8
-
-    def stored_bytes(self) -> int | None:
-        """Bytes encoding this tensor as stored (raw payload, external length, or dims x dtype)."""
-        if self.raw is not None:
-            return self.raw[1]
-        if self.is_external:
-            length = self.external.get("length", "")
-            if length.isdigit():
-                return int(length)
-        return self.expected_bytes()
-
-
-@dataclass
-class Node:
-    op_type: str = ""
-    domain: str = ""
-    name: str = ""
-    inputs: list[str] = field(default_factory=list)
-    outputs: list[str] = field(default_factory=list)
-    attrs: dict[str, Any] = field(default_factory=dict)
-    tensor_attr: Tensor | None = None
-    offset: int = 0
-    scope: str = "main"
-
-    def attr_int(self, key: str, default: int | None = None) -> int | None:
-        value = self.attrs.get(key, default)
-        return value if isinstance(value, int) else default
-
-    def input(self, index: int) -> str:
-        return self.inputs[index] if index < len(self.inputs) else ""
-
-    @property
-    def label(self) -> str:
-        return self.name or (self.outputs[0] if self.outputs else self.op_type)
-
-
-@dataclass
-class Model:
-    ir_version: int | None = None
-    producer: str = ""
-    producer_version: str = ""
-    opsets: dict[str, int] = field(default_factory=dict)
-    opset_count: int = 0
-    metadata: dict[str, str] = field(default_factory=dict)
-    has_graph: bool = False
-    nodes: list[Node] = field(default_factory=list)
-    tensors: list[Tensor] = field(default_factory=list)  # initializers, sparse and Constant values
-    shapes: dict[str, list[int | None]] = field(default_factory=dict)  # value_info / inputs / outputs
-    function_nodes: int = 0
-    graph_inputs: int = 0
-    graph_outputs: int = 0
 
 
 class _Findings:
@@ -252,247 +131,6 @@ class _Findings:
                     )
                 )
         return self.items
-
-
-class _Parser:
-    """ModelProto -> Model, field numbers from onnx.proto (IR 10+)."""
-
-    def __init__(self, scanner: pb.Scanner, structural: _Findings):
-        self.s = scanner
-        self.structural = structural
-        self.model = Model()
-
-    def text(self, f: pb.Field, where: str) -> str:
-        return self.s.text(f, where) if f.wire == pb.LEN else ""
-
-    def model_proto(self, end: int) -> Model:
-        m = self.model
-        for f in self.s.fields(0, end, 0, "ModelProto"):
-            if f.number == 1 and f.wire == pb.VARINT:
-                m.ir_version = pb.to_signed64(f.value)
-            elif f.number == 2:
-                m.producer = self.text(f, "producer_name")
-            elif f.number == 3:
-                m.producer_version = self.text(f, "producer_version")
-            elif f.number == 7 and f.wire == pb.LEN:
-                m.has_graph = True
-                self.graph(f.value, f.end, 1, "main")
-            elif f.number == 8 and f.wire == pb.LEN:
-                m.opset_count += 1
-                domain, version = self.opset(f.value, f.end)
-                m.opsets[domain] = version
-            elif f.number == 14 and f.wire == pb.LEN:
-                key, value = self.string_entry(f.value, f.end, 1, "metadata_props")
-                if len(m.metadata) < 256:
-                    m.metadata[key] = value[:200]
-            elif f.number == 20 and f.wire == pb.LEN:
-                for g in self.s.fields(f.value, f.end, 1, "training_info"):
-                    if g.number in (1, 2) and g.wire == pb.LEN:
-                        self.graph(g.value, g.end, 2, "training")
-            elif f.number == 25 and f.wire == pb.LEN:
-                self.function(f.value, f.end, 1)
-        return m
-
-    def opset(self, start: int, end: int) -> tuple[str, int]:
-        domain, version = "", 0
-        for f in self.s.fields(start, end, 1, "opset_import"):
-            if f.number == 1:
-                domain = self.text(f, "opset_import.domain")
-            elif f.number == 2 and f.wire == pb.VARINT:
-                version = pb.to_signed64(f.value)
-        return domain, version
-
-    def string_entry(self, start: int, end: int, depth: int, where: str) -> tuple[str, str]:
-        key = value = ""
-        for f in self.s.fields(start, end, depth, where):
-            if f.number == 1:
-                key = self.text(f, where)
-            elif f.number == 2:
-                value = self.text(f, where)
-        return key, value
-
-    def function(self, start: int, end: int, depth: int) -> None:
-        for f in self.s.fields(start, end, depth, "FunctionProto"):
-            if f.number == 7 and f.wire == pb.LEN:
-                self.model.function_nodes += 1
-                self.node(f.value, f.end, depth + 1, "function", collect=False)
-
-    def graph(self, start: int, end: int, depth: int, scope: str) -> None:
-        m = self.model
-        for f in self.s.fields(start, end, depth, "GraphProto"):
-            if f.wire != pb.LEN:
-                continue
-            if f.number == 1:
-                self.node(f.value, f.end, depth + 1, scope)
-            elif f.number == 5:
-                t = self.tensor(f.value, f.end, depth + 1, f.tag_offset)
-                t.kind = "initializer"
-                if scope != "training":
-                    m.tensors.append(t)
-            elif f.number == 15:
-                t = self.sparse_tensor(f.value, f.end, depth + 1, f.tag_offset)
-                if scope != "training":
-                    m.tensors.append(t)
-            elif f.number in (11, 12, 13):
-                name, shape = self.value_info(f.value, f.end, depth + 1)
-                if scope == "main" and f.number == 11:
-                    m.graph_inputs += 1
-                elif scope == "main" and f.number == 12:
-                    m.graph_outputs += 1
-                if name and shape is not None:
-                    m.shapes.setdefault(name, shape)
-
-    def node(self, start: int, end: int, depth: int, scope: str, collect: bool = True) -> None:
-        n = Node(offset=start, scope=scope)
-        for f in self.s.fields(start, end, depth, "NodeProto"):
-            if f.wire != pb.LEN:
-                continue
-            if f.number == 1:
-                n.inputs.append(self.text(f, "node.input"))
-            elif f.number == 2:
-                n.outputs.append(self.text(f, "node.output"))
-            elif f.number == 3:
-                n.name = self.text(f, "node.name")
-            elif f.number == 4:
-                n.op_type = self.text(f, "node.op_type")
-            elif f.number == 7:
-                n.domain = self.text(f, "node.domain")
-            elif f.number == 5:
-                self.attribute(f.value, f.end, depth + 1, n, scope)
-        if collect:
-            self.model.nodes.append(n)
-            if n.op_type == "Constant" and n.tensor_attr is not None and n.outputs:
-                n.tensor_attr.name = n.outputs[0]
-                n.tensor_attr.kind = "constant"
-                if scope != "training":
-                    self.model.tensors.append(n.tensor_attr)
-
-    def attribute(self, start: int, end: int, depth: int, n: Node, scope: str) -> None:
-        name = ""
-        value: Any = None
-        ints: list[int] = []
-        for f in self.s.fields(start, end, depth, "AttributeProto"):
-            num, wire = f.number, f.wire
-            if num == 1 and wire == pb.LEN:
-                name = self.s.text(f, "attribute.name")
-            elif num == 3 and wire == pb.VARINT:
-                value = pb.to_signed64(f.value)
-            elif num == 2 and wire == pb.I32:
-                value = self.s.f32(f)
-            elif num == 4 and wire == pb.LEN:
-                value = self.s.text(f, "attribute.s", limit=4096)
-            elif num == 8:
-                if wire == pb.VARINT and len(ints) < 4096:
-                    ints.append(pb.to_signed64(f.value))
-                elif wire == pb.LEN:
-                    ints.extend(
-                        pb.to_signed64(v) for v in self.s.packed_varints(f.value, f.length, "ints", 4096)
-                    )
-            elif num == 5 and wire == pb.LEN:
-                n.tensor_attr = self.tensor(f.value, f.end, depth + 1, f.tag_offset)
-            elif num in (6, 11) and wire == pb.LEN:
-                self.graph(f.value, f.end, depth + 1, scope if scope != "main" else "subgraph")
-            elif num == 10 and wire == pb.LEN:
-                self.tensor(f.value, f.end, depth + 1, f.tag_offset)
-            elif num in (22, 23) and wire == pb.LEN:
-                self.sparse_tensor(f.value, f.end, depth + 1, f.tag_offset)
-        if name:
-            n.attrs[name] = ints if value is None and ints else value
-
-    def tensor(self, start: int, end: int, depth: int, tag_offset: int) -> Tensor:
-        t = Tensor(offset=tag_offset)
-        s = self.s
-        for f in s.fields(start, end, depth, "TensorProto"):
-            num, wire = f.number, f.wire
-            if num == 1:
-                if wire == pb.VARINT:
-                    t.dims.append(pb.to_signed64(f.value))
-                elif wire == pb.LEN:
-                    t.dims.extend(
-                        pb.to_signed64(v) for v in s.packed_varints(f.value, f.length, "dims", 4096)
-                    )
-            elif num == 2 and wire == pb.VARINT:
-                t.data_type = pb.to_signed64(f.value)
-            elif num == 8 and wire == pb.LEN:
-                t.name = s.text(f, "tensor.name")
-            elif num == 9 and wire == pb.LEN:
-                t.raw = (f.value, f.length)
-            elif num == 13 and wire == pb.LEN:
-                key, value = self.string_entry(f.value, f.end, depth + 1, "external_data")
-                t.external[key] = value
-            elif num == 14 and wire == pb.VARINT:
-                t.data_location = pb.to_signed64(f.value)
-            elif num == 4:  # float_data
-                if wire == pb.LEN:
-                    t.float_data = (f.value, f.length)
-                    self._count(t, "float_data", f.length // 4)
-                elif wire == pb.I32:
-                    self._count(t, "float_data", 1)
-            elif num == 10:  # double_data
-                self._count(t, "double_data", f.length // 8 if wire == pb.LEN else 1)
-            elif num in (5, 7, 11):  # int32_data, int64_data, uint64_data: varints
-                key = {5: "int32_data", 7: "int64_data", 11: "uint64_data"}[num]
-                self._count(t, key, s.count_varints(f.value, f.length) if wire == pb.LEN else 1)
-            elif num == 6 and wire == pb.LEN:
-                self._count(t, "string_data", 1)
-        return t
-
-    @staticmethod
-    def _count(t: Tensor, key: str, n: int) -> None:
-        t.typed_counts[key] = t.typed_counts.get(key, 0) + n
-
-    def sparse_tensor(self, start: int, end: int, depth: int, tag_offset: int) -> Tensor:
-        values: Tensor | None = None
-        dims: list[int] = []
-        for f in self.s.fields(start, end, depth, "SparseTensorProto"):
-            if f.number == 1 and f.wire == pb.LEN:
-                values = self.tensor(f.value, f.end, depth + 1, f.tag_offset)
-            elif f.number == 2 and f.wire == pb.LEN:
-                self.tensor(f.value, f.end, depth + 1, f.tag_offset)
-            elif f.number == 3:
-                if f.wire == pb.VARINT:
-                    dims.append(pb.to_signed64(f.value))
-                elif f.wire == pb.LEN:
-                    dims.extend(
-                        pb.to_signed64(v) for v in self.s.packed_varints(f.value, f.length, "dims", 4096)
-                    )
-        # the logical tensor: the values' name and dtype with the dense dims; the stored values are
-        # checked as their own tensor
-        t = Tensor(
-            name=values.name if values else "",
-            dims=dims,
-            data_type=values.data_type if values else 0,
-            offset=tag_offset,
-            kind="sparse",
-        )
-        if values is not None:
-            t.external, t.data_location = values.external, values.data_location
-        return t
-
-    def value_info(self, start: int, end: int, depth: int) -> tuple[str, list[int | None] | None]:
-        name, shape = "", None
-        for f in self.s.fields(start, end, depth, "ValueInfoProto"):
-            if f.number == 1 and f.wire == pb.LEN:
-                name = self.s.text(f, "value_info.name")
-            elif f.number == 2 and f.wire == pb.LEN:
-                for g in self.s.fields(f.value, f.end, depth + 1, "TypeProto"):
-                    if g.number == 1 and g.wire == pb.LEN:
-                        shape = self.tensor_type_shape(g.value, g.end, depth + 2)
-        return name, shape
-
-    def tensor_type_shape(self, start: int, end: int, depth: int) -> list[int | None] | None:
-        shape: list[int | None] | None = None
-        for f in self.s.fields(start, end, depth, "TypeProto.Tensor"):
-            if f.number == 2 and f.wire == pb.LEN:
-                shape = []
-                for d in self.s.fields(f.value, f.end, depth + 1, "TensorShapeProto"):
-                    if d.number == 1 and d.wire == pb.LEN and len(shape) < 64:
-                        value: int | None = None
-                        for v in self.s.fields(d.value, d.end, depth + 2, "Dimension"):
-                            if v.number == 1 and v.wire == pb.VARINT:
-                                value = pb.to_signed64(v.value)
-                        shape.append(value)
-        return shape
 
 
 _ERROR_CODES = {
@@ -576,7 +214,7 @@ def scan(path: str) -> tuple[Model, list[Finding]]:
 
 def _scan(view: View, size: int, structural: _Findings) -> Model:
     scanner = pb.Scanner(view, Budget.for_size(size, base=10_000, per_byte=1.0), max_depth=MAX_DEPTH)
-    parser = _Parser(scanner, structural)
+    parser = Parser(scanner)
     try:
         parser.model_proto(size)
     except ReadError as exc:
@@ -642,7 +280,9 @@ class _Analysis:
     def run(self) -> None:
         self.index()
         self.check_tensors()
-        self.check_external()
+        external = ExternalChecks(self.m.tensors, self.path, self.structural.add)
+        external.run()
+        self.inv.facts.update(external.facts)
         self.find_layers()
         self.check_quantization()
         self.describe()
@@ -733,8 +373,8 @@ class _Analysis:
         }
         if dt in expected_by_field:
             key, want = expected_by_field[dt]
-        elif dt in _INT32_DATA_TYPES:
-            key, want = "int32_data", -(-n // _PER_INT32.get(dt, 1))
+        elif dt in INT32_DATA_TYPES:
+            key, want = "int32_data", -(-n // PER_INT32.get(dt, 1))
         else:
             return
         got = t.typed_counts.get(key, 0)
@@ -749,177 +389,6 @@ class _Analysis:
                     field=key,
                 )
             )
-
-    # -- external data --------------------------------------------------------------------------
-
-    def check_external(self) -> None:
-        base = os.path.dirname(os.path.abspath(self.path))
-        checked: dict[str, tuple[str | None, int | None]] = {}  # location -> (real path or None, size)
-        ranges: dict[str, list[tuple[int, int, str]]] = {}
-        files: set[str] = set()
-        for t in self.m.tensors:
-            if not t.is_external:
-                continue
-            loc = t.external.get("location")
-            if loc is None or loc == "":
-                self.structural.add(
-                    F.error(
-                        "ONNX_EXTERNAL_NO_LOCATION",
-                        f"tensor {t.name!r} is stored as external data but names no `location`",
-                        offset=t.offset,
-                        tensor=t.name,
-                        field="external_data",
-                    )
-                )
-                continue
-            files.add(loc)
-            if loc not in checked:
-                checked[loc] = self.check_location(t, loc, base)
-            real, size = checked[loc]
-            rng = self.check_range(t, size)
-            if real is not None and rng is not None:
-                ranges.setdefault(real, []).append((rng[0], rng[1], t.name))
-        for real, spans in ranges.items():
-            spans.sort()
-            for (a0, a1, an), (b0, b1, bn) in itertools.pairwise(spans):
-                if b0 < a1:
-                    self.structural.add(
-                        F.warning(
-                            "ONNX_EXTERNAL_OVERLAP",
-                            f"external data of {an!r} [{a0}, {a1}) and {bn!r} [{b0}, {b1}) overlap in "
-                            f"{os.path.basename(real)}",
-                            tensor=bn,
-                            field="external_data",
-                        )
-                    )
-        if files:
-            self.inv.facts["external_data_files"] = sorted(files)[:20]
-
-    def check_location(self, t: Tensor, loc: str, base: str) -> tuple[str | None, int | None]:
-        """Path checks without opening the file; returns (real path, size) when it is safe to use."""
-
-        def err(code: str, message: str) -> tuple[None, None]:
-            self.structural.add(
-                F.error(code, message, offset=t.offset, tensor=t.name, field="external_data.location")
-            )
-            return None, None
-
-        if "\x00" in loc:
-            return err("ONNX_EXTERNAL_PATH_INVALID", f"external data location {loc!r} contains a NUL byte")
-        if loc.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", loc):
-            return err(
-                "ONNX_EXTERNAL_PATH_ABSOLUTE",
-                f"external data location {loc!r} is absolute; it must be relative to the model's folder",
-            )
-        parts = [p for p in re.split(r"[\\/]", loc) if p not in ("", ".")]
-        if not parts:
-            return err("ONNX_EXTERNAL_PATH_INVALID", f"external data location {loc!r} names no file")
-        traversal = ".." in parts
-        if traversal:
-            self.structural.add(
-                F.error(
-                    "ONNX_EXTERNAL_PATH_TRAVERSAL",
-                    f"external data location {loc!r} "
-                    "contains `..`; onnx and onnxruntime resolve it differently, write a "
-                    "plain relative path",
-                    offset=t.offset,
-                    tensor=t.name,
-                    field="external_data.location",
-                )
-            )
-        real_base = os.path.realpath(base)
-        target = os.path.join(base, *parts)
-        real = os.path.realpath(target)
-        if os.path.commonpath([real_base, real]) != real_base:
-            return err(
-                "ONNX_EXTERNAL_PATH_ESCAPES",
-                f"external data location {loc!r} resolves to {real}, outside the model's folder {real_base}",
-            )
-        if traversal:
-            return None, None
-        current = base
-        for part in parts:
-            current = os.path.join(current, part)
-            if os.path.islink(current):
-                return err(
-                    "ONNX_EXTERNAL_SYMLINK",
-                    f"external data location {loc!r}: {part!r} is a symbolic "
-                    "link; copy the data into the model's folder",
-                )
-        try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            return err(
-                "ONNX_EXTERNAL_MISSING", f"external data file {loc!r} does not exist next to the model"
-            )
-        except OSError as exc:
-            return err(
-                "ONNX_EXTERNAL_MISSING", f"external data file {loc!r} cannot be examined: {exc.strerror}"
-            )
-        import stat as stat_mod
-
-        if not stat_mod.S_ISREG(st.st_mode):
-            return err("ONNX_EXTERNAL_NOT_A_FILE", f"external data location {loc!r} is not a regular file")
-        if st.st_nlink > 1:
-            return err(
-                "ONNX_EXTERNAL_HARDLINK",
-                f"external data file {loc!r} has {st.st_nlink} hard links; it may "
-                "alias a file outside the model's folder, copy it instead",
-            )
-        return real, st.st_size
-
-    def check_range(self, t: Tensor, size: int | None) -> tuple[int, int] | None:
-        values: dict[str, int | None] = {}
-        for key in ("offset", "length"):
-            text = t.external.get(key)
-            if text is None:
-                values[key] = None
-                continue
-            text = text.strip()
-            if not re.fullmatch(r"[+-]?\d{1,30}", text) or int(text) < 0:
-                self.structural.add(
-                    F.error(
-                        "ONNX_EXTERNAL_BAD_RANGE",
-                        f"tensor {t.name!r}: external data {key} "
-                        f"{t.external.get(key)!r} is not a non-negative integer",
-                        offset=t.offset,
-                        tensor=t.name,
-                        field=f"external_data.{key}",
-                    )
-                )
-                return None
-            values[key] = int(text)
-        offset = values["offset"] or 0
-        length = values["length"]
-        expected = t.expected_bytes() if t.kind != "sparse" else None
-        if length is None and size is not None:
-            length = max(0, size - offset)
-        if length is not None and expected is not None and length != expected:
-            self.structural.add(
-                F.error(
-                    "ONNX_EXTERNAL_LENGTH_MISMATCH",
-                    f"tensor {t.name!r} ({t.dtype_name} {t.dims}) needs {expected} bytes "
-                    f"but its external data length is {length}",
-                    offset=t.offset,
-                    tensor=t.name,
-                    field="external_data.length",
-                )
-            )
-        if size is not None and length is not None and offset + length > size:
-            self.structural.add(
-                F.error(
-                    "ONNX_EXTERNAL_PAST_EOF",
-                    f"tensor {t.name!r}: external data [{offset}, {offset + length}) runs past the end of "
-                    f"{t.external.get('location')!r} ({size} bytes); the data file is truncated or wrong",
-                    offset=t.offset,
-                    tensor=t.name,
-                    field="external_data",
-                )
-            )
-            return None
-        if length is None:
-            return None
-        return offset, offset + length
 
     # -- layers ---------------------------------------------------------------------------------
 
