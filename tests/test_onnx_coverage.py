@@ -219,3 +219,19 @@ def test_gemm_and_qgemm(name: str, quantized: float, bpw: float) -> None:
     assert m["coverage"]["params"]["int8"] == quantized
     assert m["bits_per_weight"] == pytest.approx(bpw)
     assert [u["name"] for u in result["unquantized"]] == (["w1", "w2"] if not quantized else [])
+
+
+@pytest.mark.parametrize(
+    ("name", "integer_ops"),
+    [("static_qop.onnx", 0.8), ("dynamic_qint8.onnx", 0.8), ("float.onnx", 0.0), ("static_qdq.onnx", None)],
+)
+def test_compute_precision_where_the_graph_fixes_it(name: str, integer_ops: float | None) -> None:
+    """QOperator and integer ops compute in int8, float weights in float; QDQ is left to the runtime
+    (no compute metric) and an embedding lookup computes nothing (the 0.2 unknown share)."""
+    code, result = run_json("guard", "onnx-dtypes", str(ONNX / name))
+    compute = result["metrics"].get("compute_coverage")
+    if integer_ops is None:
+        assert compute is None
+    else:
+        assert compute["ops"] == pytest.approx({"integer": integer_ops, "unknown": 0.2})
+        assert compute["flops"]["integer"] == pytest.approx(integer_ops / 0.8)

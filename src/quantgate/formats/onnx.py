@@ -567,6 +567,7 @@ class _Analysis:
             params=t.numel or 0,
             weight_bytes=None if stored is None else stored + comp_bytes,
             position=position,
+            compute=_compute(kind, representation, t.dtype_name),
             detail={
                 "op": _qualified(node),
                 "node": node.label,
@@ -598,6 +599,7 @@ class _Analysis:
             params=params,
             weight_bytes=None if stored is None else stored + comp_bytes,
             position=position,
+            compute=_ACCURACY_LEVEL_COMPUTE.get(node.attr_int("accuracy_level", 0) or 0),
             detail={
                 "op": _qualified(node),
                 "node": node.label,
@@ -943,6 +945,25 @@ _QUANT_OP_NAMES = {
     "MatMulBnb4",
     "GatherBlockQuantized",
 }
+
+
+# MatMulNBits accuracy_level -> the precision its activations are computed in; 0 (unset) leaves it to
+# the execution provider, so it is not recorded
+_ACCURACY_LEVEL_COMPUTE = {1: "fp32", 2: "fp16", 3: "bf16", 4: "int8"}
+_FLOAT_COMPUTE = {"FLOAT": "fp32", "FLOAT16": "fp16", "BFLOAT16": "bf16", "DOUBLE": "fp64"}
+
+
+def _compute(kind: str, representation: str, dtype: str) -> str | None:
+    """Compute precision where the graph fixes it: integer and QOperator ops run in int8, a float
+    weight in its float type. QDQ is left unknown: the runtime decides whether DequantizeLinear +
+    MatMul becomes an int8 kernel. A lookup computes nothing."""
+    if kind == EMBEDDING:
+        return None
+    if representation in ("integer", "QOperator", "contrib"):
+        return "int8"
+    if representation == "float":
+        return _FLOAT_COMPUTE.get(dtype)
+    return None
 
 
 def _qualified(node: Node) -> str:
