@@ -229,6 +229,7 @@ def test_compute_precision_where_the_graph_fixes_it(name: str, integer_ops: floa
     """QOperator and integer ops compute in int8, float weights in float; QDQ is left to the runtime
     (no compute metric) and an embedding lookup computes nothing (the 0.2 unknown share)."""
     code, result = run_json("guard", "onnx-dtypes", str(ONNX / name))
+    assert code == 0
     compute = result["metrics"].get("compute_coverage")
     if integer_ops is None:
         assert compute is None
