@@ -16,8 +16,10 @@ from quantgate.inventory import Inventory
 
 SOURCES = {
     name: (FIXTURES / "onnx" / name).read_bytes()
-    for name in ("static_qop.onnx", "matmulnbits4.onnx", "qdq_int4_matmul.onnx")
+    for name in ("static_qop.onnx", "matmulnbits4.onnx", "qdq_int4_matmul.onnx", "broken/ext_ok/model.onnx")
 }
+# the external-data case reads its side file's size: it sits next to every damaged copy
+WEIGHTS = (FIXTURES / "onnx" / "broken" / "ext_ok" / "weights.bin").read_bytes()
 LIMIT_S = 2.0
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -26,6 +28,7 @@ def _read(data: bytes) -> Inventory:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         path.write_bytes(data)
+        (Path(tmp) / "weights.bin").write_bytes(WEIGHTS)
         started = time.perf_counter()
         inv = reader.read(str(path))
         elapsed = time.perf_counter() - started
