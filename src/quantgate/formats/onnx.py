@@ -104,6 +104,7 @@ SAME_SHAPE = {
     "Erf",
 }
 
+MAX_FIELDS = 10_000_000
 SCALE_READ_CAP = 1 << 20  # bytes of scale values read per tensor
 FINDINGS_PER_CODE = 25
 
@@ -213,7 +214,10 @@ def scan(path: str) -> tuple[Model, list[Finding]]:
 
 
 def _scan(view: View, size: int, structural: _Findings) -> Model:
-    scanner = pb.Scanner(view, Budget.for_size(size, base=10_000, per_byte=1.0), max_depth=MAX_DEPTH)
+    # every field costs one visit and takes at least two bytes; the absolute cap bounds the time a
+    # file of millions of tiny fields can take (10M fields is ~1M nodes, far past real graphs)
+    budget = Budget(min(10_000 + size, MAX_FIELDS))
+    scanner = pb.Scanner(view, budget, max_depth=MAX_DEPTH)
     parser = Parser(scanner)
     try:
         parser.model_proto(size)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from quantgate.formats.binary import Budget, ReadError, View
 
@@ -54,8 +54,7 @@ class DepthExceeded(ReadError):
     """Messages nest deeper than the limit."""
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     """One field: its number and wire type, where its tag starts, and its value.
 
     For VARINT/I64/I32 `value` is the unsigned integer; for LEN it is the payload offset and
@@ -121,19 +120,37 @@ class Scanner:
         if start < 0 or end > len(self.view) or start > end:
             raise LengthPastEnd(f"message [{start}, {end}) is outside the file", offset=start, field=where)
         pos = start
+        buf = self.buf
         budget = self.budget
+        limit = budget.limit
+        varint = self.varint
         while pos < end:
-            budget.spend(1, where)
+            # the hot loop: one-byte tags and varints are decoded inline
+            budget.used += 1
+            if budget.used > limit:
+                budget.spend(0, where)
             tag_offset = pos
-            key, pos = self.varint(pos, end, where)
+            key = buf[pos]
+            if key < 0x80:
+                pos += 1
+            else:
+                key, pos = varint(pos, end, where)
             number, wire = key >> 3, key & 7
             if number == 0:
                 raise BadWireType(f"field number 0 at offset {tag_offset}", offset=tag_offset, field=where)
             if wire == VARINT:
-                value, pos = self.varint(pos, end, where)
+                if pos < end and buf[pos] < 0x80:
+                    value = buf[pos]
+                    pos += 1
+                else:
+                    value, pos = varint(pos, end, where)
                 yield Field(number, wire, tag_offset, value)
             elif wire == LEN:
-                length, pos = self.varint(pos, end, where)
+                if pos < end and buf[pos] < 0x80:
+                    length = buf[pos]
+                    pos += 1
+                else:
+                    length, pos = varint(pos, end, where)
                 if length > end - pos:
                     raise LengthPastEnd(
                         f"field {number} at offset {tag_offset} declares {length} bytes but only "
@@ -193,7 +210,12 @@ class Scanner:
         return count
 
     def text(self, field: Field, where: str | None = None, limit: int = 1 << 16) -> str:
-        return self.view.text(field.value, field.length, where, limit=limit)
+        """A string field's value (fields() already checked it lies inside its message), UTF-8 with
+        replacement, cut at `limit` bytes."""
+        if field.wire != LEN:
+            return ""
+        start = field.value
+        return str(self.buf[start : start + min(field.length, limit)], "utf-8", "replace")
 
     def f32(self, field: Field) -> float:
         return float(_F32.unpack(struct.pack("<I", field.value & 0xFFFFFFFF))[0])
