@@ -128,7 +128,7 @@ def test_dynamic_layers_use_integer_ops() -> None:
     assert ops == ["Gather", "ConvInteger", "MatMulInteger", "MatMulInteger", "MatMulInteger"]
     assert [x["dtype"] for x in inv["layers"]] == ["UINT8", "INT8", "INT8", "INT8", "INT8"]
     # scale and zero point found by ORT's naming for the ops that take no scale input
-    assert inv["layers"][2]["detail"]["scales"] == ["fc1.weight_zero_point", "fc1.weight_scale"]
+    assert inv["layers"][2]["detail"]["quant_params"] == ["fc1.weight_zero_point", "fc1.weight_scale"]
 
 
 def test_qoperator_activation_matmuls_are_not_layers() -> None:

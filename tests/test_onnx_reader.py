@@ -316,3 +316,23 @@ def test_negative_varints_and_packed_counts() -> None:
     s = scanner(b"\x01\x02\x80\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01")
     assert s.count_varints(0, 14) == 4
     assert [pb.to_signed64(v) for v in s.packed_varints(0, 14)] == [1, 2, 128, -1]
+
+
+def test_activation_zero_point_dtype_follows_its_quantize(tmp_path: Path) -> None:
+    """x comes from QuantizeLinear with an INT8 zero point; the DQ after it uses a UINT8 one."""
+    path = build(
+        tmp_path,
+        [
+            helper.make_node("QuantizeLinear", ["x", "s", "z8"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s", "zu8"], ["y"]),
+        ],
+        [
+            numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.int8), "z8"),
+            numpy_helper.from_array(np.array(0, np.uint8), "zu8"),
+        ],
+    )
+    inv = reader.read(path)
+    assert [(f.code, f.tensor) for f in inv.semantic_findings] == [
+        ("ONNX_DQ_ZERO_POINT_DTYPE_MISMATCH", "zu8")
+    ]

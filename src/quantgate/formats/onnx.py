@@ -576,7 +576,7 @@ class _Analysis:
                 "op": _qualified(node),
                 "node": node.label,
                 "representation": representation,
-                **({"scales": comp_names} if comp_names else {}),
+                **({"quant_params": comp_names} if comp_names else {}),
             },
         )
         self.set_positions(layer, node)
@@ -609,7 +609,7 @@ class _Analysis:
                 "node": node.label,
                 "representation": "MatMulNBits",
                 "block_size": node.attrs.get("block_size"),
-                "scales": comp_names,
+                "quant_params": comp_names,
             },
         )
         self.set_positions(layer, node)
@@ -639,7 +639,7 @@ class _Analysis:
                 "op": _qualified(node),
                 "node": node.label,
                 "representation": "MatMulBnb4",
-                "scales": comp_names,
+                "quant_params": comp_names,
             },
         )
         self.set_positions(layer, node)
@@ -673,7 +673,7 @@ class _Analysis:
                 "node": node.label,
                 "representation": "GatherBlockQuantized",
                 "block_size": node.attrs.get("block_size"),
-                "scales": comp_names,
+                "quant_params": comp_names,
             },
         )
         self.inv.layers.append(layer)
@@ -736,12 +736,15 @@ class _Analysis:
         x = self.consts.get(node.input(0))
         scale = self.consts.get(node.input(1))
         zp = self.consts.get(node.input(2))
-        if x is not None and zp is not None and zp.data_type != x.data_type:
+        # the input's dtype: a constant's, or the zero point's of the QuantizeLinear that made it
+        x_type, x_name = (x.data_type, x.name) if x is not None else self.quantized_type(node.input(0))
+        if x_type is not None and zp is not None and zp.data_type != x_type:
+            x_dtype = DTYPES.get(x_type, (f"DTYPE_{x_type}",))[0]
             self.semantic.add(
                 F.error(
                     "ONNX_DQ_ZERO_POINT_DTYPE_MISMATCH",
                     f"DequantizeLinear {node.label!r}: zero point {zp.name!r} is {zp.dtype_name} "
-                    f"but the input {x.name!r} is {x.dtype_name}; onnx.checker and onnxruntime "
+                    f"but the input {x_name!r} is {x_dtype}; onnx.checker and onnxruntime "
                     "reject this model",
                     op=node.label,
                     tensor=zp.name,
@@ -790,6 +793,20 @@ class _Analysis:
                     tensor=zp.name,
                 )
             )
+
+    def quantized_type(self, name: str) -> tuple[int | None, str]:
+        """The dtype QuantizeLinear gives `name`: that of its constant zero point (or output_dtype)."""
+        q = self.producer.get(name)
+        if q is None or q.op_type not in Q_OPS:
+            return None, name
+        zp = self.consts.get(q.input(2))
+        if zp is not None:
+            return zp.data_type, name
+        output_dtype = q.attr_int("output_dtype", 0)
+        if output_dtype:
+            return output_dtype, name
+        # no zero point at all: the output is UINT8; a computed one: unknown
+        return (2 if not q.input(2) else None), name
 
     def check_matmulnbits(self, node: Node) -> None:
         k, n, bits, block = (node.attr_int(a) for a in ("K", "N", "bits", "block_size"))
