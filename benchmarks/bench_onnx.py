@@ -19,6 +19,9 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
 INLINE = WORK / "big_inline.onnx"
 EXTERNAL = WORK / "external" / "big_external.onnx"
+# graph-heavy: 4,000 QDQ blocks (Q, DQ, DQ of an int8 64x64 weight, MatMul) = 16,000 nodes, ~17 MB
+GRAPH = WORK / "graph_16k_nodes.onnx"
+BLOCKS = 4000
 LAYERS, DIM = 16, 4096
 
 CHILD = r"""
@@ -55,7 +58,7 @@ def make_models() -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    if INLINE.exists() and EXTERNAL.exists():
+    if INLINE.exists() and EXTERNAL.exists() and GRAPH.exists():
         return
     WORK.mkdir(parents=True, exist_ok=True)
     print(f"writing {LAYERS} x {DIM}x{DIM} FP32 MatMuls into {WORK} (once)...", file=sys.stderr)
@@ -78,6 +81,8 @@ def make_models() -> None:
     model.ir_version = 10
     if not INLINE.exists():
         INLINE.write_bytes(model.SerializeToString())
+    if not GRAPH.exists():
+        GRAPH.write_bytes(graph_model().SerializeToString())
     if not EXTERNAL.exists():
         EXTERNAL.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(
@@ -87,6 +92,40 @@ def make_models() -> None:
             all_tensors_to_one_file=True,
             location="big_external.onnx.data",
         )
+
+
+def graph_model():  # type: ignore[no-untyped-def]
+    """Many small QDQ blocks: what the scan costs when the graph, not the weights, is large."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits = (
+        [],
+        [
+            numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.int8), "z"),
+        ],
+    )
+    prev = "x"
+    for i in range(BLOCKS):
+        inits.append(numpy_helper.from_array(np.ones((64, 64), np.int8), f"w{i}"))
+        nodes += [
+            helper.make_node("QuantizeLinear", [prev, "s", "z"], [f"q{i}"], name=f"q{i}"),
+            helper.make_node("DequantizeLinear", [f"q{i}", "s", "z"], [f"a{i}"], name=f"dqa{i}"),
+            helper.make_node("DequantizeLinear", [f"w{i}", "s", "z"], [f"wf{i}"], name=f"dqw{i}"),
+            helper.make_node("MatMul", [f"a{i}", f"wf{i}"], [f"h{i}"], name=f"mm{i}"),
+        ]
+        prev = f"h{i}"
+    graph = helper.make_graph(
+        nodes,
+        "graph",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info(prev, TensorProto.FLOAT, [1, 64])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model
 
 
 def measure(kind: str, path: Path, repeat: int) -> dict[str, float | str]:
@@ -126,11 +165,13 @@ def main() -> None:
         f"inline model: {INLINE.stat().st_size:,} bytes; external: {EXTERNAL.stat().st_size:,} bytes + "
         f"{(EXTERNAL.parent / 'big_external.onnx.data').stat().st_size:,} bytes of data"
     )
+    print(f"graph-heavy model: {GRAPH.stat().st_size:,} bytes, {4 * BLOCKS:,} nodes")
     print(f"bare interpreter peak RSS: {baseline_mb():.0f} MB")
     rows = []
     for label, path, others in (
         ("inline 1 GiB", INLINE, ["onnx.load", "onnx.checker"]),
         ("external data", EXTERNAL, ["onnx.load", "onnx.load(no external)", "onnx.checker"]),
+        ("16k-node graph", GRAPH, ["onnx.load", "onnx.checker"]),
     ):
         ours = measure("quantgate", path, args.repeat)
         rows.append((label, "quantgate", ours, None))

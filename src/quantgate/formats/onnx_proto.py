@@ -147,6 +147,9 @@ class Model:
     graph_outputs: int = 0
 
 
+_NODE_STRINGS = frozenset((1, 2, 3, 4, 7))  # input, output, name, op_type, domain
+
+
 class Parser:
     """ModelProto -> Model, field numbers from onnx.proto (IR 10+)."""
 
@@ -236,21 +239,27 @@ class Parser:
 
     def node(self, start: int, end: int, depth: int, scope: str, collect: bool = True) -> None:
         n = Node(offset=start, scope=scope)
-        for f in self.s.fields(start, end, depth, "NodeProto"):
-            if f.wire != pb.LEN:
+        buf = self.s.buf
+        # the commonest record in a big graph: strings decoded inline (fields() checked their bounds)
+        for number, wire, _, value, length in self.s.fields(start, end, depth, "NodeProto"):
+            if wire != pb.LEN:
                 continue
-            if f.number == 1:
-                n.inputs.append(self.text(f, "node.input"))
-            elif f.number == 2:
-                n.outputs.append(self.text(f, "node.output"))
-            elif f.number == 3:
-                n.name = self.text(f, "node.name")
-            elif f.number == 4:
-                n.op_type = self.text(f, "node.op_type")
-            elif f.number == 7:
-                n.domain = self.text(f, "node.domain")
-            elif f.number == 5:
-                self.attribute(f.value, f.end, depth + 1, n, scope)
+            if number == 5:
+                self.attribute(value, value + length, depth + 1, n, scope)
+                continue
+            if number not in _NODE_STRINGS:
+                continue
+            text = str(buf[value : value + min(length, 1 << 16)], "utf-8", "replace")
+            if number == 1:
+                n.inputs.append(text)
+            elif number == 2:
+                n.outputs.append(text)
+            elif number == 3:
+                n.name = text
+            elif number == 4:
+                n.op_type = text
+            elif number == 7:
+                n.domain = text
         if collect:
             self.model.nodes.append(n)
             if n.op_type == "Constant" and n.tensor_attr is not None and n.outputs:
