@@ -336,3 +336,18 @@ def test_activation_zero_point_dtype_follows_its_quantize(tmp_path: Path) -> Non
     assert [(f.code, f.tensor) for f in inv.semantic_findings] == [
         ("ONNX_DQ_ZERO_POINT_DTYPE_MISMATCH", "zu8")
     ]
+
+
+def test_sparse_and_attribute_tensors_external_data_is_checked(tmp_path: Path) -> None:
+    """A public PoC says ORT reads sparse initializers' external data unchecked: we check every
+    external tensor wherever it sits."""
+    values = numpy_helper.from_array(np.ones(3, np.float32), "sw")
+    values.ClearField("raw_data")
+    values.data_location = TensorProto.EXTERNAL
+    entry = values.external_data.add()
+    entry.key, entry.value = "location", "../../etc/passwd"
+    indices = numpy_helper.from_array(np.array([0, 5, 9], np.int64), "sw_idx")
+    sparse = helper.make_sparse_tensor(values, indices, [8, 4])
+    path = build(tmp_path, [helper.make_node("MatMul", ["x", "sw"], ["y"])], [], sparse=[sparse])
+    found = codes(reader.read(path).structural_findings)
+    assert found == ["ONNX_EXTERNAL_PATH_TRAVERSAL", "ONNX_EXTERNAL_PATH_ESCAPES"]

@@ -284,7 +284,7 @@ class _Analysis:
     def run(self) -> None:
         self.index()
         self.check_tensors()
-        external = ExternalChecks(self.m.tensors, self.path, self.structural.add)
+        external = ExternalChecks(self.m.external, self.path, self.structural.add)
         external.run()
         self.inv.facts.update(external.facts)
         self.find_layers()

@@ -142,6 +142,9 @@ class Model:
     nodes: list[Node] = field(default_factory=list)
     tensors: list[Tensor] = field(default_factory=list)  # initializers, sparse and Constant values
     shapes: dict[str, list[int | None]] = field(default_factory=dict)  # value_info / inputs / outputs
+    # every stored tensor whose data is external, wherever it sits (initializers, sparse values and
+    # indices, attribute tensors, training graphs): all of them are path- and range-checked
+    external: list[Tensor] = field(default_factory=list)
     function_nodes: int = 0
     graph_inputs: int = 0
     graph_outputs: int = 0
@@ -336,6 +339,8 @@ class Parser:
                 self._count(t, key, s.count_varints(f.value, f.length) if wire == pb.LEN else 1)
             elif num == 6 and wire == pb.LEN:
                 self._count(t, "string_data", 1)
+        if t.is_external:
+            self.model.external.append(t)
         return t
 
     @staticmethod
@@ -364,10 +369,9 @@ class Parser:
             dims=dims,
             data_type=values.data_type if values else 0,
             offset=tag_offset,
+            raw=values.raw if values else None,  # bytes stored: the values only
             kind="sparse",
         )
-        if values is not None:
-            t.external, t.data_location = values.external, values.data_location
         return t
 
     def value_info(self, start: int, end: int, depth: int) -> tuple[str, list[int | None] | None]:
