@@ -351,3 +351,30 @@ def test_sparse_and_attribute_tensors_external_data_is_checked(tmp_path: Path) -
     path = build(tmp_path, [helper.make_node("MatMul", ["x", "sw"], ["y"])], [], sparse=[sparse])
     found = codes(reader.read(path).structural_findings)
     assert found == ["ONNX_EXTERNAL_PATH_TRAVERSAL", "ONNX_EXTERNAL_PATH_ESCAPES"]
+
+
+@pytest.mark.parametrize(
+    ("scale_shape", "found"), [((16, 2), []), ((16, 3), ["ONNX_GATHERBLOCKQUANTIZED_SHAPE_MISMATCH"])]
+)
+def test_gather_block_quantized_scales(tmp_path: Path, scale_shape: tuple, found: list) -> None:
+    """uint8 data [16, 32] holds 16x64 4-bit values: block 32 along axis 1 gives scales [16, 2]."""
+    path = build(
+        tmp_path,
+        [
+            helper.make_node(
+                "GatherBlockQuantized",
+                ["table", "idx", "s"],
+                ["y"],
+                domain="com.microsoft",
+                block_size=32,
+                quantize_axis=1,
+                bits=4,
+            )
+        ],
+        [w("table", 16, 32, dtype=np.uint8), w("s", *scale_shape)],
+        ms=True,
+        inputs=[helper.make_tensor_value_info("idx", TensorProto.INT64, [2])],
+    )
+    inv = reader.read(path)
+    assert codes(inv.semantic_findings) == found
+    assert [(x.kind, x.shape, x.bits, x.params) for x in inv.layers] == [("embedding", (16, 64), 4, 1024)]

@@ -70,6 +70,8 @@ FINDING_CODES: dict[str, str] = {
     "ONNX_MATMULNBITS_BAD_ATTR": "A MatMulNBits node lacks K/N/bits/block_size or has values the op forbids.",
     "ONNX_MATMULNBITS_SHAPE_MISMATCH": "MatMulNBits K/N/bits/block_size disagree with the B, scales or "
     "zero-point shapes.",
+    "ONNX_GATHERBLOCKQUANTIZED_SHAPE_MISMATCH": "GatherBlockQuantized scales do not match the data shape "
+    "for its quantize_axis and block_size.",
     "ONNX_DQ_SCALE_SHAPE_MISMATCH": "A DequantizeLinear scale shape does not match the weight for its axis "
     "and block_size.",
     "ONNX_DQ_ZERO_POINT_SHAPE_MISMATCH": "A DequantizeLinear zero point's shape differs from its scale's.",
@@ -729,6 +731,8 @@ class _Analysis:
                 self.check_dq(node)
             if op == "MatMulNBits" and dom == MS:
                 self.check_matmulnbits(node)
+            if op == "GatherBlockQuantized" and dom == MS:
+                self.check_gather_block_quantized(node)
             for index in _SCALE_INPUTS.get((op, "ms" if dom == MS else "std"), ()):
                 self.check_scale_values(node, node.input(index))
 
@@ -855,6 +859,42 @@ class _Analysis:
                     + " (onnx.checker accepts this; onnxruntime fails at session creation)",
                     op=node.label,
                     tensor=b.name if b is not None else None,
+                )
+            )
+
+    def check_gather_block_quantized(self, node: Node) -> None:
+        """scales = the (unpacked) data shape with the quantize axis divided into blocks."""
+        data, scales = self.consts.get(node.input(0)), self.consts.get(node.input(2))
+        if data is None or scales is None or not data.dims:
+            return
+        bits = node.attr_int("bits", 4) or 4
+        block = node.attr_int("block_size", 128) or 0
+        rank = len(data.dims)
+        axis = node.attr_int("quantize_axis", rank - 1)
+        axis = axis + rank if axis is not None and axis < 0 else axis
+        dims = list(data.dims)
+        if data.data_type == 2 and 0 < bits < 8:  # uint8 holding 8/bits values along the last axis
+            dims[-1] = dims[-1] * (8 // bits)
+        if block <= 0 or axis is None or not 0 <= axis < rank:
+            problem = f"block_size {block} / quantize_axis {node.attrs.get('quantize_axis')} are invalid"
+        else:
+            want = list(dims)
+            want[axis] = -(-dims[axis] // block)
+            problem = (
+                ""
+                if list(scales.dims) == want
+                else (
+                    f"data {data.dims} with block_size {block} on axis {axis} needs scales {want}, found "
+                    f"{scales.dims}"
+                )
+            )
+        if problem:
+            self.semantic.add(
+                F.error(
+                    "ONNX_GATHERBLOCKQUANTIZED_SHAPE_MISMATCH",
+                    f"GatherBlockQuantized {node.label!r}: {problem}; onnxruntime fails at run time",
+                    op=node.label,
+                    tensor=scales.name,
                 )
             )
 
