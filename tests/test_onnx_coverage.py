@@ -8,15 +8,16 @@ which 36,864 are in compute layers (the embedding counts 0 flops). Two MatMuls m
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from conftest import FIXTURES, run_json
 
 ONNX = FIXTURES / "onnx"
-ALL = ["embed", "conv", "fc1", "fc2", "head"]
 
-# fixture -> (ops, params, flops) as (quantized, int8, int4), the unquantized layer names, the
-# layer name stems in order, bits per weight over the weight-bearing layers
+# fixture -> (ops, params, flops) as (quantized, int8, int4), the unquantized layer names, bits per
+# weight over the weight-bearing layers
 CASES = {
     "float.onnx": (
         (0, 0, 0),
@@ -77,12 +78,30 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def valid_run() -> dict[tuple[str, str], dict]:
+    """One `quantgate run` over the valid fixtures (one subprocess): results by (file, guard); the
+    report validates against the bundled schema."""
+    from quantgate.jsonschemas import validate
+
+    paths = [str(ONNX / name) for name in [*CASES, "mlp_gemm.onnx", "mlp_qgemm.onnx"]]
+    code, report = run_json("run", *paths, "--format", "json", "--guards", "integrity,onnx-dtypes")
+    assert code == 0, report
+    assert validate(report, "report") == []
+    assert report["summary"]["PASS"] == 2 * len(paths)
+    out = {}
+    for result in report["results"]:
+        rel = Path(result["artifact"]["path"]).resolve().relative_to(ONNX.resolve()).as_posix()
+        out[(rel, result["guard"])] = result
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_exact_coverage(name: str) -> None:
+def test_exact_coverage(name: str, valid_run: dict) -> None:
     ops, params, flops, unquantized, bpw = CASES[name]
-    code, result = run_json("guard", "onnx-dtypes", str(ONNX / name))
-    assert code == 0, result["message"]
-    assert result["status"] == "PASS"
+    result = valid_run[(name, "onnx-dtypes")]
+    assert result["status"] == "PASS", result["message"]
+    assert valid_run[(name, "integrity")]["status"] == "PASS"
     m = result["metrics"]
     assert m["weight_ops"] == 5
     assert m["params_total"] == 45056
@@ -179,9 +198,8 @@ def test_run_whole_folder_passes_valid_models() -> None:
     assert report["summary"]["PASS"] == 4
 
 
-def test_fp8_is_quantized_but_not_int8() -> None:
-    code, result = run_json("guard", "onnx-dtypes", str(ONNX / "qdq_fp8_matmul.onnx"))
-    assert code == 0
+def test_fp8_is_quantized_but_not_int8(valid_run: dict) -> None:
+    result = valid_run[("qdq_fp8_matmul.onnx", "onnx-dtypes")]
     assert result["metrics"]["coverage"]["ops"]["by_bits"] == {"8": 0.6, "32": 0.4}
     code, inv = run_json("inspect", str(ONNX / "qdq_fp8_matmul.onnx"), "--format", "json")
     assert {x["dtype"] for x in inv["layers"] if x["quantized"]} == {"FLOAT8E4M3FN"}
@@ -211,9 +229,8 @@ def test_fused_contrib_ops_from_onnxruntime() -> None:
 @pytest.mark.parametrize(
     ("name", "quantized", "bpw"), [("mlp_gemm.onnx", 0.0, 32.0), ("mlp_qgemm.onnx", 1.0, 8 * 2570 / 2560)]
 )
-def test_gemm_and_qgemm(name: str, quantized: float, bpw: float) -> None:
-    code, result = run_json("guard", "onnx-dtypes", str(ONNX / name))
-    assert code == 0
+def test_gemm_and_qgemm(name: str, quantized: float, bpw: float, valid_run: dict) -> None:
+    result = valid_run[(name, "onnx-dtypes")]
     m = result["metrics"]
     assert m["weight_ops"] == 2 and m["params_total"] == 32 * 64 + 16 * 32
     assert m["coverage"]["params"]["int8"] == quantized
@@ -225,11 +242,12 @@ def test_gemm_and_qgemm(name: str, quantized: float, bpw: float) -> None:
     ("name", "integer_ops"),
     [("static_qop.onnx", 0.8), ("dynamic_qint8.onnx", 0.8), ("float.onnx", 0.0), ("static_qdq.onnx", None)],
 )
-def test_compute_precision_where_the_graph_fixes_it(name: str, integer_ops: float | None) -> None:
+def test_compute_precision_where_the_graph_fixes_it(
+    name: str, integer_ops: float | None, valid_run: dict
+) -> None:
     """QOperator and integer ops compute in int8, float weights in float; QDQ is left to the runtime
     (no compute metric) and an embedding lookup computes nothing (the 0.2 unknown share)."""
-    code, result = run_json("guard", "onnx-dtypes", str(ONNX / name))
-    assert code == 0
+    result = valid_run[(name, "onnx-dtypes")]
     compute = result["metrics"].get("compute_coverage")
     if integer_ops is None:
         assert compute is None

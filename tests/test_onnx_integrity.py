@@ -40,27 +40,45 @@ def codes(result: dict) -> set[str]:
     return {f["code"] for f in result["findings"]}
 
 
+@pytest.fixture(scope="module")
+def broken_run() -> dict[tuple[str, str], dict]:
+    """One `quantgate run` over the whole broken folder (one subprocess): results by (file, guard)."""
+    code, report = run_json("run", str(BROKEN), "--format", "json", "--guards", "integrity,onnx-dtypes")
+    assert code == 1 and report["verdict"] == "FAIL"
+    assert report["summary"]["ERROR"] == 0
+    out = {}
+    for result in report["results"]:
+        rel = Path(result["artifact"]["path"]).resolve().relative_to(BROKEN.resolve()).as_posix()
+        out[(rel, result["guard"])] = result
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(STRUCTURAL))
-def test_structural_defect_fails_integrity(name: str) -> None:
-    path = str(BROKEN / name)
-    code, result = run_json("guard", "integrity", path)
-    assert code == 1, result
+def test_structural_defect_fails_integrity(name: str, broken_run: dict) -> None:
+    result = broken_run[(name, "integrity")]
     assert result["status"] == "FAIL"
     assert codes(result) == STRUCTURAL[name]
     assert all(f["severity"] == "error" for f in result["findings"])
+    assert all("message" in f and f["location"] for f in result["findings"])
     # the coverage guard needs structure: it is blocked, never PASS
-    code, result = run_json("guard", "onnx-dtypes", path)
+    result = broken_run[(name, "onnx-dtypes")]
     assert result["status"] == "SKIP" and result["skip"]["reason"] == "blocked_by:integrity"
 
 
 @pytest.mark.parametrize("name", sorted(SEMANTIC))
-def test_semantic_defect_fails_dtype_guard(name: str) -> None:
-    path = str(BROKEN / name)
-    code, result = run_json("guard", "integrity", path)
-    assert code == 0 and result["status"] == "PASS"  # well-formed protobuf, wrong quantization
-    code, result = run_json("guard", "onnx-dtypes", path)
-    assert code == 1, result
+def test_semantic_defect_fails_dtype_guard(name: str, broken_run: dict) -> None:
+    assert broken_run[(name, "integrity")]["status"] == "PASS"  # well-formed protobuf, wrong quantization
+    result = broken_run[(name, "onnx-dtypes")]
+    assert result["status"] == "FAIL"
     assert codes(result) == SEMANTIC[name]
+
+
+@pytest.mark.parametrize(
+    ("name", "guard"), [("raw_size_mismatch.onnx", "integrity"), ("nan_scale.onnx", "onnx-dtypes")]
+)
+def test_single_guard_exit_code(name: str, guard: str) -> None:
+    code, result = run_json("guard", guard, str(BROKEN / name))
+    assert code == 1 and result["status"] == "FAIL"
 
 
 def test_empty_file_is_a_finding() -> None:
