@@ -202,6 +202,7 @@ def test_fp8_is_quantized_but_not_int8(valid_run: dict) -> None:
     result = valid_run[("qdq_fp8_matmul.onnx", "onnx-dtypes")]
     assert result["metrics"]["coverage"]["ops"]["by_bits"] == {"8": 0.6, "32": 0.4}
     code, inv = run_json("inspect", str(ONNX / "qdq_fp8_matmul.onnx"), "--format", "json")
+    assert code == 0
     assert {x["dtype"] for x in inv["layers"] if x["quantized"]} == {"FLOAT8E4M3FN"}
 
 
