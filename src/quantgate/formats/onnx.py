@@ -108,6 +108,7 @@ SAME_SHAPE = {
 
 MAX_FIELDS = 10_000_000
 SCALE_READ_CAP = 1 << 20  # bytes of scale values read per tensor
+SCALE_READ_TOTAL = 32 << 20  # and in all
 FINDINGS_PER_CODE = 25
 
 
@@ -282,6 +283,7 @@ class _Analysis:
         self.producer: dict[str, Node] = {}
         self.consumers: dict[str, list[Node]] = {}
         self.checked_scales: set[str] = set()
+        self.scale_bytes_left = SCALE_READ_TOTAL  # all scale values read, across tensors
 
     def run(self) -> None:
         self.index()
@@ -905,7 +907,10 @@ class _Analysis:
         t = self.consts.get(name)
         if t is None:
             return
+        if self.scale_bytes_left <= 0:
+            return
         values = _scale_values(self.view, t)
+        self.scale_bytes_left -= 4 * len(values)
         if not values:
             return
         bad_nan = sum(1 for v in values if math.isnan(v) or math.isinf(v))
