@@ -78,3 +78,27 @@ def test_raw_data_offsets_point_at_the_bytes() -> None:
         if t.raw is not None:
             offset, length = t.raw
             assert data[offset : offset + length] == ref[t.name]
+
+
+def test_onnx_backend_test_models() -> None:
+    """Every model shipped in onnx's own backend test data (149 in onnx 1.23): same initializers and
+    main-graph ops as onnx.load, and no structural error on any of them."""
+    import glob
+    import os
+
+    from quantgate.formats.onnx import read
+
+    root = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
+    files = sorted(glob.glob(os.path.join(root, "**", "*.onnx"), recursive=True))
+    if not files:
+        pytest.skip("this onnx build ships no backend test models")
+    for path in files:
+        ref = onnx.load(path, load_external_data=False)
+        model, findings = scan(path)
+        assert findings == [], path
+        assert [t.name for t in model.tensors if t.kind == "initializer"] == [
+            t.name for t in ref.graph.initializer
+        ]
+        assert [n.op_type for n in model.nodes if n.scope == "main"] == [n.op_type for n in ref.graph.node]
+        inv = read(path)
+        assert not [f for f in inv.structural_findings if f.severity == "error"], path
