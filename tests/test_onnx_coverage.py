@@ -113,6 +113,8 @@ def test_exact_coverage(name: str, valid_run: dict) -> None:
     assert [u["name"] for u in result["unquantized"]] == unquantized
     assert m["unexpected_unquantized"] == len(unquantized)
     assert m["bits_per_weight"] == pytest.approx(bpw, rel=1e-9)
+    # output positions inferred through the quantized graph: 16 tokens for every compute layer
+    assert m["flops_exact"] is True
 
 
 def test_layers_and_kinds_through_inspect() -> None:

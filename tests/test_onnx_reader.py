@@ -378,3 +378,25 @@ def test_gather_block_quantized_scales(tmp_path: Path, scale_shape: tuple, found
     inv = reader.read(path)
     assert codes(inv.semantic_findings) == found
     assert [(x.kind, x.shape, x.bits, x.params) for x in inv.layers] == [("embedding", (16, 64), 4, 1024)]
+
+
+def test_shape_inference_for_flops(tmp_path: Path) -> None:
+    """Conv with stride/pads, Reshape with 0 and -1, Gemm with transB, Unsqueeze: the layer output
+    positions the flops basis uses."""
+    shape = numpy_helper.from_array(np.array([0, -1, 4], np.int64), "shape")
+    axes = numpy_helper.from_array(np.array([0], np.int64), "axes")
+    path = build(
+        tmp_path,
+        [
+            helper.make_node("Conv", ["img", "k"], ["c"], strides=[2, 2], pads=[1, 1, 1, 1]),  # [1,4,8,8]
+            helper.make_node("Reshape", ["c", "shape"], ["r"]),  # [1, 64, 4]
+            helper.make_node("MatMul", ["r", "w"], ["m"]),  # [1, 64, 6]
+            helper.make_node("Flatten", ["m"], ["f"], axis=2),  # [64, 6]
+            helper.make_node("Gemm", ["f", "g"], ["y0"], transB=1),  # [64, 3]
+            helper.make_node("Unsqueeze", ["y0", "axes"], ["y"]),
+        ],
+        [w("k", 4, 3, 3, 3), w("w", 4, 6), w("g", 3, 6), shape, axes],
+        inputs=[helper.make_tensor_value_info("img", TensorProto.FLOAT, [1, 3, 16, 16])],
+    )
+    inv = reader.read(path)
+    assert [(x.name, x.out_positions) for x in inv.layers] == [("k", 64), ("w", 64), ("g", 64)]

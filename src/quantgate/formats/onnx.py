@@ -36,6 +36,7 @@ from quantgate.formats.onnx_proto import (
     Parser,
     Tensor,
 )
+from quantgate.formats.onnx_shapes import ShapeInference
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
 
 FORMAT = "onnx"
@@ -283,6 +284,7 @@ class _Analysis:
         self.producer: dict[str, Node] = {}
         self.consumers: dict[str, list[Node]] = {}
         self.checked_scales: set[str] = set()
+        self.shapes: dict[str, list[int]] = {}
         self.scale_bytes_left = SCALE_READ_TOTAL  # all scale values read, across tensors
 
     def run(self) -> None:
@@ -426,6 +428,7 @@ class _Analysis:
         return src
 
     def find_layers(self) -> None:
+        self.shapes = ShapeInference(self.view, self.consts, self.m.shapes).run(self.m.nodes)
         for position, node in enumerate(self.m.nodes):
             if node.scope == "training":
                 continue
@@ -685,8 +688,11 @@ class _Analysis:
     # -- flops: output positions from the shapes the file records -------------------------------
 
     def known_shape(self, name: str) -> list[int] | None:
-        """The recorded static shape of a value, or of a neighbour with the same shape (through
-        Q/DQ, Cast, activations); a bounded breadth-first walk, so fan-out cannot blow it up."""
+        """The static shape of a value: inferred forward from the file's static shapes, else that of a
+        neighbour with the same shape (through Q/DQ, Cast, activations; a bounded breadth-first
+        walk, for subgraphs the forward pass does not enter)."""
+        if name in self.shapes:
+            return self.shapes[name]
         queue, seen = [name], {name}
         while queue and len(seen) <= 64:
             current = queue.pop(0)
