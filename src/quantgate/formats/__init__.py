@@ -13,6 +13,7 @@ from quantgate.inventory import Inventory
 # format id -> module implementing `read(path: str) -> Inventory`
 READERS: dict[str, str] = {
     "gguf": "quantgate.formats.gguf",
+    "onnx": "quantgate.formats.onnx",
 }
 
 

@@ -1,0 +1,1079 @@
+"""ONNX reader: a streaming scan of the ModelProto wire format, never a full load.
+
+Initializer payloads (`raw_data`) are skipped by their length and recorded as (offset, length);
+external data is checked by `lstat`, never opened. The only bytes read beyond the graph records
+are those of small scale tensors (capped), to catch NaN/Inf/zero scales.
+
+Layers (DESIGN §4): MatMul/Gemm with a constant operand -> linear, Conv -> conv, Gather on a
+constant 2-D+ table -> embedding, plus the quantized forms (QDQ, QOperator, integer ops and the
+`com.microsoft` contrib ops). A weight is traced back through DequantizeLinear and shape-only ops
+(Transpose, Reshape, Cast...) to its initializer, whose stored dtype decides the precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import mmap
+import os
+import struct
+from dataclasses import dataclass
+
+from quantgate import findings as F
+from quantgate.findings import Finding
+from quantgate.formats import protobuf as pb
+from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View, mapped
+from quantgate.formats.onnx_external import ExternalChecks
+from quantgate.formats.onnx_proto import (
+    DTYPES,
+    INT32_DATA_TYPES,
+    MAX_DEPTH,
+    NON_WEIGHT_DTYPES,
+    PER_INT32,
+    QUANT_DTYPES,
+    Model,
+    Node,
+    Parser,
+    Tensor,
+)
+from quantgate.formats.onnx_shapes import ShapeInference
+from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
+
+FORMAT = "onnx"
+
+FINDING_CODES: dict[str, str] = {
+    "ONNX_EMPTY": "The file has zero bytes (onnx.load returns an empty model for it; it is not a model).",
+    "ONNX_NO_GRAPH": "The protobuf has no graph: not an ONNX model, or cut before the graph.",
+    "ONNX_TRUNCATED": "A field's tag or value is cut off by the end of its message or of the file.",
+    "ONNX_LENGTH_PAST_END": "A length-delimited field declares more bytes than its message holds.",
+    "ONNX_BAD_WIRE_TYPE": "A protobuf tag has an invalid wire type or field number 0: corrupt bytes.",
+    "ONNX_VARINT_TOO_LONG": "A protobuf varint is longer than 10 bytes: corrupt bytes.",
+    "ONNX_DEPTH_EXCEEDED": "Messages (subgraphs) nest deeper than the reader's limit.",
+    "ONNX_NO_IR_VERSION": "The model has no ir_version.",
+    "ONNX_NO_OPSET_IMPORT": "The model imports no operator set (the checker rejects it; often a cut file).",
+    "ONNX_NEGATIVE_DIM": "A tensor declares a negative dimension.",
+    "ONNX_UNKNOWN_DTYPE": "A tensor's data_type is not a TensorProto.DataType this version knows.",
+    "ONNX_TENSOR_SIZE_MISMATCH": "A tensor's raw_data or typed data does not hold dims x dtype size.",
+    "ONNX_DUPLICATE_INITIALIZER": "Two initializers share one name.",
+    "ONNX_EXTERNAL_NO_LOCATION": "A tensor stored as external data has no `location` key.",
+    "ONNX_EXTERNAL_PATH_ABSOLUTE": "An external data `location` is an absolute path.",
+    "ONNX_EXTERNAL_PATH_TRAVERSAL": "An external data `location` has a `..` part (even if it stays inside).",
+    "ONNX_EXTERNAL_PATH_ESCAPES": "An external data `location` resolves outside the model's folder.",
+    "ONNX_EXTERNAL_PATH_INVALID": "An external data `location` is not a usable relative path (NUL, empty).",
+    "ONNX_EXTERNAL_SYMLINK": "An external data file, or a folder on its path, is a symbolic link.",
+    "ONNX_EXTERNAL_HARDLINK": "An external data file has more than one hard link (may alias another file).",
+    "ONNX_EXTERNAL_MISSING": "An external data file does not exist.",
+    "ONNX_EXTERNAL_NOT_A_FILE": "An external data `location` names something that is not a regular file.",
+    "ONNX_EXTERNAL_BAD_RANGE": "An external data `offset` or `length` is negative or not a number.",
+    "ONNX_EXTERNAL_PAST_EOF": "An external data range (offset + length) runs past the end of its file.",
+    "ONNX_EXTERNAL_LENGTH_MISMATCH": "An external data `length` differs from the tensor's byte size.",
+    "ONNX_EXTERNAL_OVERLAP": "Two tensors' external data ranges overlap in the same file.",
+    "ONNX_MATMULNBITS_BAD_ATTR": "A MatMulNBits node lacks K/N/bits/block_size or has values the op forbids.",
+    "ONNX_MATMULNBITS_SHAPE_MISMATCH": "MatMulNBits K/N/bits/block_size disagree with the B, scales or "
+    "zero-point shapes.",
+    "ONNX_GATHERBLOCKQUANTIZED_SHAPE_MISMATCH": "GatherBlockQuantized scales do not match the data shape "
+    "for its quantize_axis and block_size.",
+    "ONNX_DQ_SCALE_SHAPE_MISMATCH": "A DequantizeLinear scale shape does not match the weight for its axis "
+    "and block_size.",
+    "ONNX_DQ_ZERO_POINT_SHAPE_MISMATCH": "A DequantizeLinear zero point's shape differs from its scale's.",
+    "ONNX_DQ_ZERO_POINT_DTYPE_MISMATCH": "A DequantizeLinear zero point's dtype differs from the quantized "
+    "input's dtype.",
+    "ONNX_SCALE_NOT_FINITE": "A quantization scale holds NaN or Inf (the checker and ORT accept it; "
+    "outputs are garbage).",
+    "ONNX_SCALE_ZERO": "A quantization scale holds zero (quantizing divides by it; weights vanish).",
+    "ONNX_NODE_UNREADABLE": "A weight-bearing node's inputs or attributes could not be interpreted; it is "
+    "not counted.",
+    "ONNX_FINDINGS_CAPPED": "More findings of one code than are worth listing; the rest were only counted.",
+}
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+MS = "com.microsoft"
+DQ_OPS = {"DequantizeLinear"}
+Q_OPS = {"QuantizeLinear"}
+# ops that only move or reinterpret a constant: a weight is traced through them
+PASS_THROUGH = {"Transpose", "Reshape", "Cast", "CastLike", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
+# ops whose output has its input's shape: used to find an activation's shape for flops
+SAME_SHAPE = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "Cast",
+    "Relu",
+    "Identity",
+    "DynamicQuantizeLinear",
+    "Gelu",
+    "Sigmoid",
+    "Tanh",
+    "Softmax",
+    "Erf",
+}
+
+MAX_FIELDS = 10_000_000
+SCALE_READ_CAP = 1 << 20  # bytes of scale values read per tensor
+SCALE_READ_TOTAL = 32 << 20  # and in all
+FINDINGS_PER_CODE = 25
+
+
+class _Findings:
+    """Findings with a per-code cap, so a hostile file cannot produce a million lines."""
+
+    def __init__(self) -> None:
+        self.items: list[Finding] = []
+        self.counts: dict[str, int] = {}
+
+    def add(self, finding: Finding) -> None:
+        n = self.counts.get(finding.code, 0) + 1
+        self.counts[finding.code] = n
+        if n <= FINDINGS_PER_CODE:
+            self.items.append(finding)
+
+    def finish(self) -> list[Finding]:
+        for code, n in self.counts.items():
+            if n > FINDINGS_PER_CODE:
+                self.items.append(
+                    F.info(
+                        "ONNX_FINDINGS_CAPPED",
+                        f"{n - FINDINGS_PER_CODE} more {code} finding(s) were not listed",
+                    )
+                )
+        return self.items
+
+
+_ERROR_CODES = {
+    pb.Truncated: "ONNX_TRUNCATED",
+    pb.LengthPastEnd: "ONNX_LENGTH_PAST_END",
+    pb.BadWireType: "ONNX_BAD_WIRE_TYPE",
+    pb.VarintTooLong: "ONNX_VARINT_TOO_LONG",
+    pb.DepthExceeded: "ONNX_DEPTH_EXCEEDED",
+    BudgetExhausted: "READ_BUDGET_EXHAUSTED",
+}
+
+
+def _read_error_finding(exc: ReadError, size: int) -> Finding:
+    code = _ERROR_CODES.get(type(exc), "ONNX_TRUNCATED")
+    hint = {
+        "ONNX_TRUNCATED": "the file is cut short or corrupt; re-export or re-download it",
+        "ONNX_LENGTH_PAST_END": "the file is truncated or corrupt; re-export or re-download it",
+        "ONNX_DEPTH_EXCEEDED": "nested subgraphs this deep are not plausible; the file is corrupt or hostile",
+        "READ_BUDGET_EXHAUSTED": "a file this size cannot hold that many records; it is corrupt or hostile",
+    }.get(code, "the bytes are corrupt; re-export the model")
+    where = f" in {exc.field}" if exc.field else ""
+    return F.error(
+        code, f"{exc.message}{where} (file is {size} bytes): {hint}", offset=exc.offset, field=exc.field
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# the reader
+
+
+def read(path: str) -> Inventory:
+    """Scan an ONNX model; never raises on bad input."""
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:
+        inv = Inventory(FORMAT, path, 0)
+        inv.structural_findings.append(
+            F.error("FILE_UNREADABLE", f"cannot read the file: {exc.strerror or exc}")
+        )
+        return inv
+    inv = Inventory(FORMAT, path, size)
+    structural, semantic = _Findings(), _Findings()
+    if size == 0:
+        structural.add(
+            F.error(
+                "ONNX_EMPTY",
+                "the file has zero bytes (onnx.load would return an empty "
+                "model); re-export or re-download it",
+            )
+        )
+        inv.structural_findings = structural.finish()
+        return inv
+    try:
+        with mapped(path) as view:
+            _no_readahead(view)
+            model = _scan(view, size, structural)
+            if model is not None:
+                _Analysis(model, view, path, inv, structural, semantic).run()
+    except OSError as exc:
+        structural.add(F.error("FILE_UNREADABLE", f"cannot read the file: {exc.strerror or exc}"))
+    inv.structural_findings = structural.finish()
+    inv.semantic_findings = semantic.finish()
+    return inv
+
+
+def _no_readahead(view: View) -> None:
+    """Only headers are touched, far apart: kernel readahead would pull megabytes of weights around each."""
+    advise = getattr(view.buf, "madvise", None)
+    if advise is not None and hasattr(mmap, "MADV_RANDOM"):
+        with contextlib.suppress(OSError):
+            advise(mmap.MADV_RANDOM)
+
+
+def scan(path: str) -> tuple[Model, list[Finding]]:
+    """The raw scanned model (nodes, tensors, opsets) and its structural findings; for tests and tools."""
+    structural = _Findings()
+    with mapped(path) as view:
+        model = _scan(view, len(view), structural)
+    return model, structural.finish()
+
+
+def _scan(view: View, size: int, structural: _Findings) -> Model:
+    # every field costs one visit and takes at least two bytes; the absolute cap bounds the time a
+    # file of millions of tiny fields can take (10M fields is ~1M nodes, far past real graphs)
+    budget = Budget(min(10_000 + size, MAX_FIELDS))
+    scanner = pb.Scanner(view, budget, max_depth=MAX_DEPTH)
+    parser = Parser(scanner)
+    try:
+        parser.model_proto(size)
+    except ReadError as exc:
+        structural.add(_read_error_finding(exc, size))
+    except RecursionError:
+        structural.add(
+            F.error("ONNX_DEPTH_EXCEEDED", "messages nest too deeply to read; the file is corrupt or hostile")
+        )
+    model = parser.model
+    if any(f.severity == F.ERROR for f in structural.items):
+        return model  # the scan stopped early: a missing graph or opset would only echo that
+    if not model.has_graph:
+        structural.add(
+            F.error(
+                "ONNX_NO_GRAPH",
+                "the protobuf has no graph: it is not an ONNX model, or it "
+                "was cut before the graph; re-export it",
+                field="graph",
+            )
+        )
+        return model
+    if model.ir_version is None:
+        structural.add(
+            F.error("ONNX_NO_IR_VERSION", "the model has no ir_version; re-export it", field="ir_version")
+        )
+    if model.opset_count == 0:
+        structural.add(
+            F.error(
+                "ONNX_NO_OPSET_IMPORT",
+                "the model imports no operator set (onnx.checker "
+                "rejects it; a file cut at a field boundary looks like this); re-export it",
+                field="opset_import",
+            )
+        )
+    return model
+
+
+@dataclass
+class _Source:
+    """Where a weight operand comes from: a stored tensor, maybe through a DequantizeLinear."""
+
+    tensor: Tensor
+    dq: Node | None = None
+
+
+class _Analysis:
+    """Tensor checks, external data, layers and quantization consistency over a scanned model."""
+
+    def __init__(
+        self, model: Model, view: View, path: str, inv: Inventory, structural: _Findings, semantic: _Findings
+    ):
+        self.m = model
+        self.view = view
+        self.path = path
+        self.inv = inv
+        self.structural = structural
+        self.semantic = semantic
+        self.consts: dict[str, Tensor] = {}
+        self.producer: dict[str, Node] = {}
+        self.consumers: dict[str, list[Node]] = {}
+        self.checked_scales: set[str] = set()
+        self.shapes: dict[str, list[int]] = {}
+        self.scale_bytes_left = SCALE_READ_TOTAL  # all scale values read, across tensors
+
+    def run(self) -> None:
+        self.index()
+        self.check_tensors()
+        external = ExternalChecks(self.m.external, self.path, self.structural.add)
+        external.run()
+        self.inv.facts.update(external.facts)
+        self.find_layers()
+        self.check_quantization()
+        self.describe()
+
+    # -- indexes and tensor checks --------------------------------------------------------------
+
+    def index(self) -> None:
+        seen: set[str] = set()
+        for t in self.m.tensors:
+            if t.kind == "initializer" and t.name in seen:
+                self.structural.add(
+                    F.warning(
+                        "ONNX_DUPLICATE_INITIALIZER",
+                        f"initializer {t.name!r} is defined twice; the first is used",
+                        offset=t.offset,
+                        tensor=t.name,
+                    )
+                )
+            seen.add(t.name)
+            self.consts.setdefault(t.name, t)
+        for n in self.m.nodes:
+            for out in n.outputs:
+                if out:
+                    self.producer.setdefault(out, n)
+            for inp in n.inputs:
+                if inp:
+                    self.consumers.setdefault(inp, []).append(n)
+
+    def check_tensors(self) -> None:
+        total = 0
+        for t in self.m.tensors:
+            if any(d < 0 for d in t.dims):
+                self.structural.add(
+                    F.error(
+                        "ONNX_NEGATIVE_DIM",
+                        f"tensor {t.name!r} has dims {t.dims}; re-export the model",
+                        offset=t.offset,
+                        tensor=t.name,
+                    )
+                )
+                continue
+            if t.data_type not in DTYPES:
+                self.structural.add(
+                    F.warning(
+                        "ONNX_UNKNOWN_DTYPE",
+                        f"tensor {t.name!r} has data_type "
+                        f"{t.data_type}, unknown to this version; its precision is "
+                        "reported as unknown",
+                        offset=t.offset,
+                        tensor=t.name,
+                    )
+                )
+            total += t.numel or 0
+            if t.kind != "sparse":
+                self.check_size(t)
+        self.inv.params_total = total
+
+    def check_size(self, t: Tensor) -> None:
+        n = t.numel
+        if n is None or t.data_type not in DTYPES or t.is_external:
+            return
+        if t.raw is not None:
+            expected = t.expected_bytes()
+            if expected is not None and t.raw[1] != expected:
+                self.structural.add(
+                    F.error(
+                        "ONNX_TENSOR_SIZE_MISMATCH",
+                        f"tensor {t.name!r} ({t.dtype_name} {t.dims}) needs {expected} bytes of raw_data "
+                        f"but holds {t.raw[1]}; the file is corrupt or was edited, re-export it",
+                        offset=t.raw[0],
+                        tensor=t.name,
+                        field="raw_data",
+                    )
+                )
+            return
+        if not t.typed_counts:
+            return
+        dt = t.data_type
+        expected_by_field = {
+            1: ("float_data", n),
+            7: ("int64_data", n),
+            11: ("double_data", n),
+            13: ("uint64_data", n),
+            12: ("uint64_data", n),
+            8: ("string_data", n),
+            14: ("float_data", 2 * n),
+            15: ("double_data", 2 * n),
+        }
+        if dt in expected_by_field:
+            key, want = expected_by_field[dt]
+        elif dt in INT32_DATA_TYPES:
+            key, want = "int32_data", -(-n // PER_INT32.get(dt, 1))
+        else:
+            return
+        got = t.typed_counts.get(key, 0)
+        if got != want:
+            self.structural.add(
+                F.error(
+                    "ONNX_TENSOR_SIZE_MISMATCH",
+                    f"tensor {t.name!r} ({t.dtype_name} {t.dims}) needs {want} {key} entries "
+                    f"but holds {got}; re-export the model",
+                    offset=t.offset,
+                    tensor=t.name,
+                    field=key,
+                )
+            )
+
+    # -- layers ---------------------------------------------------------------------------------
+
+    def trace(self, name: str, depth: int = 0) -> _Source | None:
+        """The stored constant a value comes from, through DequantizeLinear and shape-only ops."""
+        if not name or depth > 8:
+            return None
+        t = self.consts.get(name)
+        if t is not None:
+            return _Source(t)
+        node = self.producer.get(name)
+        if node is None or not node.inputs:
+            return None
+        if node.op_type in DQ_OPS and node.domain in (*DEFAULT_DOMAINS, MS):
+            src = self.trace(node.inputs[0], depth + 1)
+            if src is not None and src.dq is None:
+                src.dq = node
+            return src
+        if node.op_type in PASS_THROUGH and node.domain in DEFAULT_DOMAINS:
+            return self.trace(node.inputs[0], depth + 1)
+        return None
+
+    def weight_source(self, node: Node, index: int, min_rank: int = 2) -> _Source | None:
+        src = self.trace(node.input(index))
+        if src is None or len(src.tensor.dims) < min_rank:
+            return None
+        return src
+
+    def find_layers(self) -> None:
+        self.shapes = ShapeInference(self.view, self.consts, self.m.shapes).run(self.m.nodes)
+        for position, node in enumerate(self.m.nodes):
+            if node.scope == "training":
+                continue
+            try:
+                self.layer_for(node, position)
+            except (ReadError, ValueError, OverflowError) as exc:  # a malformed node never stops the scan
+                self.semantic.add(
+                    F.warning(
+                        "ONNX_NODE_UNREADABLE",
+                        f"node {node.label!r} ({node.op_type}) could not be read as a layer: {exc}",
+                        op=node.label,
+                    )
+                )
+        self.fix_positions()
+        # packed weights (MatMulNBits B, bnb4, uint8-packed GatherBlockQuantized) count their logical
+        # elements in params_total, not their storage bytes
+        adjusted: set[str] = set()
+        for layer in self.inv.layers:
+            stored = self.consts.get(layer.name)
+            if (
+                layer.detail.get("representation") in _PACKED
+                and stored is not None
+                and stored.numel is not None
+                and layer.name not in adjusted
+            ):
+                adjusted.add(layer.name)
+                self.inv.params_total = (self.inv.params_total or 0) + layer.params - stored.numel
+
+    def layer_for(self, node: Node, position: int) -> None:
+        op, dom = node.op_type, node.domain
+        std = dom in DEFAULT_DOMAINS
+        ms = dom == MS
+        if std and op in ("MatMul", "Gemm"):
+            src = self.weight_source(node, 1) or self.weight_source(node, 0)
+            if src:
+                self.add(node, position, LINEAR, src, "QDQ" if src.dq else "float")
+        elif std and op in ("Conv", "ConvTranspose"):
+            src = self.weight_source(node, 1, 3)
+            if src:
+                self.add(node, position, CONV, src, "QDQ" if src.dq else "float")
+        elif std and op == "Gather":
+            src = self.weight_source(node, 0)
+            if src and src.tensor.data_type not in NON_WEIGHT_DTYPES:
+                extra = self.gather_dq_extras(node) if src.dq is None else []
+                quantized_table = src.tensor.data_type in QUANT_DTYPES
+                representation = "QDQ" if src.dq else ("integer" if quantized_table else "float")
+                self.add(node, position, EMBEDDING, src, representation, extra)
+        elif std and op == "MatMulInteger":
+            src, zp = self.weight_source(node, 1), node.input(3)
+            if src is None:
+                src, zp = self.weight_source(node, 0), node.input(2)
+            if src:
+                self.add(node, position, LINEAR, src, "integer", [zp])
+        elif std and op == "ConvInteger":
+            src = self.weight_source(node, 1, 3)
+            if src:
+                self.add(node, position, CONV, src, "integer", [node.input(3)])
+        elif std and op == "QLinearConv":
+            src = self.weight_source(node, 3, 3)
+            if src:
+                self.add(node, position, CONV, src, "QOperator", [node.input(4), node.input(5)])
+        elif (std or ms) and op == "QLinearMatMul":
+            src = self.weight_source(node, 3)
+            extra = [node.input(4), node.input(5)]
+            if src is None:
+                src, extra = self.weight_source(node, 0), [node.input(1), node.input(2)]
+            if src:
+                self.add(node, position, LINEAR, src, "QOperator", extra)
+        elif ms and op == "FusedMatMul":
+            src = self.weight_source(node, 1) or self.weight_source(node, 0)
+            if src:
+                self.add(node, position, LINEAR, src, "QDQ" if src.dq else "float")
+        elif ms and op == "QGemm":
+            src = self.weight_source(node, 3)
+            if src:
+                self.add(node, position, LINEAR, src, "QOperator", [node.input(4), node.input(5)])
+        elif ms and op == "DynamicQuantizeMatMul":
+            src = self.weight_source(node, 1)
+            if src:
+                self.add(node, position, LINEAR, src, "contrib", [node.input(2), node.input(3)])
+        elif ms and op == "MatMulIntegerToFloat":
+            src = self.weight_source(node, 1)
+            if src:
+                self.add(node, position, LINEAR, src, "contrib", [node.input(3), node.input(5)])
+        elif ms and op == "QAttention":
+            src = self.weight_source(node, 1)
+            if src:
+                self.add(node, position, LINEAR, src, "contrib", [node.input(4), node.input(7)])
+        elif ms and op == "MatMulNBits":
+            self.add_matmulnbits(node, position)
+        elif ms and op == "MatMulBnb4":
+            self.add_bnb4(node, position)
+        elif ms and op == "GatherBlockQuantized":
+            self.add_gather_block_quantized(node, position)
+
+    def gather_dq_extras(self, node: Node) -> list[str]:
+        """Scale and zero point of a quantized table: the DequantizeLinear after the Gather, or ORT's
+        `<name>_scale` / `<name>_zero_point` naming for an integer table read by a QOperator graph."""
+        table = self.consts.get(node.input(0))
+        if table is None or table.data_type not in QUANT_DTYPES:
+            return []
+        for out in node.outputs:
+            for consumer in self.consumers.get(out, []):
+                if consumer.op_type in DQ_OPS:
+                    return [consumer.input(1), consumer.input(2)]
+        return self.named_companions(table.name)
+
+    def named_companions(self, name: str) -> list[str]:
+        base = name[: -len("_quantized")] if name.endswith("_quantized") else name
+        return [c for c in (base + "_scale", base + "_zero_point") if c in self.consts]
+
+    def tensor_bytes(self, names: list[str]) -> tuple[int, list[str]]:
+        total, used = 0, []
+        for name in names:
+            t = self.consts.get(name) if name else None
+            if t is not None and t.name not in used:
+                total += t.stored_bytes() or 0
+                used.append(t.name)
+        return total, used
+
+    def add(
+        self,
+        node: Node,
+        position: int,
+        kind: str,
+        src: _Source,
+        representation: str,
+        extra: list[str] | None = None,
+    ) -> None:
+        t = src.tensor
+        companions = list(extra or [])
+        if src.dq is not None:
+            companions += [src.dq.input(1), src.dq.input(2)]
+        if representation == "integer" and not any(c.endswith("_scale") for c in companions if c):
+            companions += self.named_companions(t.name)
+        comp_bytes, comp_names = self.tensor_bytes([c for c in companions if c and c != t.name])
+        stored = t.stored_bytes()
+        bits, numeric, quantized = _precision(t.data_type)
+        layer = Layer(
+            name=t.name or node.label,
+            kind=kind,
+            shape=tuple(t.dims),
+            dtype=t.dtype_name,
+            bits=bits,
+            numeric=numeric,
+            quantized=quantized,
+            params=t.numel or 0,
+            weight_bytes=None if stored is None else stored + comp_bytes,
+            position=position,
+            compute=_compute(kind, representation, t.dtype_name),
+            detail={
+                "op": _qualified(node),
+                "node": node.label,
+                "representation": representation,
+                **({"quant_params": comp_names} if comp_names else {}),
+            },
+        )
+        self.set_positions(layer, node)
+        self.inv.layers.append(layer)
+
+    def add_matmulnbits(self, node: Node, position: int) -> None:
+        b = self.consts.get(node.input(1))
+        k, n, bits = node.attr_int("K"), node.attr_int("N"), node.attr_int("bits", 4)
+        if b is None:
+            return
+        params = k * n if k and n and k > 0 and n > 0 else (b.numel or 0) * 8 // max(1, bits or 4)
+        shape = (k, n) if k and n else tuple(b.dims)
+        comp_bytes, comp_names = self.tensor_bytes([node.input(2), node.input(3), node.input(4)])
+        stored = b.stored_bytes()
+        quantized = bits is not None and 1 <= bits <= 8
+        layer = Layer(
+            name=b.name,
+            kind=LINEAR,
+            shape=tuple(shape),
+            dtype=f"{b.dtype_name}(packed {bits}-bit)",
+            bits=bits,
+            numeric=INT,
+            quantized=quantized,
+            params=params,
+            weight_bytes=None if stored is None else stored + comp_bytes,
+            position=position,
+            compute=_ACCURACY_LEVEL_COMPUTE.get(node.attr_int("accuracy_level", 0) or 0),
+            detail={
+                "op": _qualified(node),
+                "node": node.label,
+                "representation": "MatMulNBits",
+                "block_size": node.attrs.get("block_size"),
+                "quant_params": comp_names,
+            },
+        )
+        self.set_positions(layer, node)
+        self.inv.layers.append(layer)
+
+    def add_bnb4(self, node: Node, position: int) -> None:
+        b = self.consts.get(node.input(1))
+        k, n = node.attr_int("K"), node.attr_int("N")
+        if b is None:
+            return
+        params = k * n if k and n and k > 0 and n > 0 else (b.numel or 0) * 2
+        comp_bytes, comp_names = self.tensor_bytes([node.input(2)])
+        stored = b.stored_bytes()
+        quant_type = {0: "FP4", 1: "NF4"}.get(node.attr_int("quant_type", 1) or 0, "4-bit")
+        layer = Layer(
+            name=b.name,
+            kind=LINEAR,
+            shape=(k, n) if k and n else tuple(b.dims),
+            dtype=f"{quant_type}(packed)",
+            bits=4,
+            numeric=FLOAT,
+            quantized=True,
+            params=params,
+            weight_bytes=None if stored is None else stored + comp_bytes,
+            position=position,
+            detail={
+                "op": _qualified(node),
+                "node": node.label,
+                "representation": "MatMulBnb4",
+                "quant_params": comp_names,
+            },
+        )
+        self.set_positions(layer, node)
+        self.inv.layers.append(layer)
+
+    def add_gather_block_quantized(self, node: Node, position: int) -> None:
+        data = self.consts.get(node.input(0))
+        if data is None or len(data.dims) < 2:
+            return
+        bits = node.attr_int("bits", 4) or 4
+        dims = list(data.dims)
+        if data.data_type == 2 and bits < 8:  # uint8 holding packed sub-byte values
+            dims[-1] = dims[-1] * 8 // bits
+        params = math.prod(dims)
+        comp_bytes, comp_names = self.tensor_bytes([node.input(2), node.input(3)])
+        stored = data.stored_bytes()
+        elem_bits = data.bits if data.data_type != 2 else bits
+        layer = Layer(
+            name=data.name,
+            kind=EMBEDDING,
+            shape=tuple(dims),
+            dtype=data.dtype_name,
+            bits=elem_bits,
+            numeric=INT,
+            quantized=elem_bits is not None and elem_bits <= 8,
+            params=params,
+            weight_bytes=None if stored is None else stored + comp_bytes,
+            position=position,
+            detail={
+                "op": _qualified(node),
+                "node": node.label,
+                "representation": "GatherBlockQuantized",
+                "block_size": node.attrs.get("block_size"),
+                "quant_params": comp_names,
+            },
+        )
+        self.inv.layers.append(layer)
+
+    # -- flops: output positions from the shapes the file records -------------------------------
+
+    def known_shape(self, name: str) -> list[int] | None:
+        """The static shape of a value: inferred forward from the file's static shapes, else that of a
+        neighbour with the same shape (through Q/DQ, Cast, activations; a bounded breadth-first
+        walk, for subgraphs the forward pass does not enter)."""
+        if name in self.shapes:
+            return self.shapes[name]
+        queue, seen = [name], {name}
+        while queue and len(seen) <= 64:
+            current = queue.pop(0)
+            shape = self.m.shapes.get(current)
+            if shape is not None and all(isinstance(d, int) and d >= 0 for d in shape):
+                return [int(d) for d in shape if d is not None]
+            neighbours = []
+            node = self.producer.get(current)
+            if node is not None and node.op_type in SAME_SHAPE and node.inputs:
+                neighbours.append(node.inputs[0])
+            for consumer in self.consumers.get(current, [])[:16]:
+                if consumer.op_type in SAME_SHAPE and consumer.outputs and consumer.input(0) == current:
+                    neighbours.append(consumer.outputs[0])
+            for other in neighbours:
+                if other and other not in seen:
+                    seen.add(other)
+                    queue.append(other)
+        return None
+
+    def set_positions(self, layer: Layer, node: Node) -> None:
+        out = self.known_shape(node.outputs[0]) if node.outputs else None
+        if layer.kind == CONV:
+            if out is not None and len(out) >= 3:
+                layer.out_positions = out[0] * math.prod(out[2:])
+        elif layer.kind == LINEAR and out is not None and len(out) >= 1:
+            layer.out_positions = math.prod(out[:-1]) if len(out) > 1 else 1
+
+    def fix_positions(self) -> None:
+        """Output positions are used only when every layer has them: a mix of known and unknown
+        positions would weigh the layers unevenly, so then all count 1 and flops_exact is false."""
+        compute = [x for x in self.inv.layers if x.kind != EMBEDDING]
+        if compute and any(x.out_positions is None for x in compute):
+            for x in compute:
+                if x.out_positions is not None:
+                    x.detail["out_positions"] = x.out_positions
+                x.out_positions = None
+
+    # -- quantization consistency (semantic) ----------------------------------------------------
+
+    def check_quantization(self) -> None:
+        for node in self.m.nodes:
+            op, dom = node.op_type, node.domain
+            if op in DQ_OPS and dom in (*DEFAULT_DOMAINS, MS):
+                self.check_dq(node)
+            if op == "MatMulNBits" and dom == MS:
+                self.check_matmulnbits(node)
+            if op == "GatherBlockQuantized" and dom == MS:
+                self.check_gather_block_quantized(node)
+            for index in _SCALE_INPUTS.get((op, "ms" if dom == MS else "std"), ()):
+                self.check_scale_values(node, node.input(index))
+
+    def check_dq(self, node: Node) -> None:
+        x = self.consts.get(node.input(0))
+        scale = self.consts.get(node.input(1))
+        zp = self.consts.get(node.input(2))
+        # the input's dtype: a constant's, or the zero point's of the QuantizeLinear that made it
+        x_type, x_name = (x.data_type, x.name) if x is not None else self.quantized_type(node.input(0))
+        if x_type is not None and zp is not None and zp.data_type != x_type:
+            x_dtype = DTYPES.get(x_type, (f"DTYPE_{x_type}",))[0]
+            self.semantic.add(
+                F.error(
+                    "ONNX_DQ_ZERO_POINT_DTYPE_MISMATCH",
+                    f"DequantizeLinear {node.label!r}: zero point {zp.name!r} is {zp.dtype_name} "
+                    f"but the input {x_name!r} is {x_dtype}; onnx.checker and onnxruntime "
+                    "reject this model",
+                    op=node.label,
+                    tensor=zp.name,
+                )
+            )
+        if x is None or scale is None:
+            return
+        rank = len(x.dims)
+        block = node.attr_int("block_size", 0) or 0
+        axis = node.attr_int("axis", 1)
+        axis = axis + rank if axis is not None and axis < 0 else axis
+        scale_n = scale.numel
+        problem = None
+        if block > 0 or (scale_n is not None and scale_n > 1):
+            if axis is None or not 0 <= axis < max(rank, 1):
+                problem = f"axis {node.attrs.get('axis')} is out of range for a rank-{rank} input"
+            elif block > 0:
+                want = list(x.dims)
+                want[axis] = -(-x.dims[axis] // block)
+                if list(scale.dims) != want:
+                    problem = (
+                        f"block_size {block} along axis {axis} of {x.dims} needs scales {want}, "
+                        f"found {scale.dims}"
+                    )
+            elif len(scale.dims) != 1 or scale.dims[0] != x.dims[axis]:
+                problem = (
+                    f"per-axis scales along axis {axis} of {x.dims} need [{x.dims[axis]}], found {scale.dims}"
+                )
+        if problem:
+            self.semantic.add(
+                F.error(
+                    "ONNX_DQ_SCALE_SHAPE_MISMATCH",
+                    f"DequantizeLinear {node.label!r} on {x.name!r}: {problem}; onnxruntime "
+                    "fails at run time",
+                    op=node.label,
+                    tensor=scale.name,
+                )
+            )
+        if zp is not None and list(zp.dims) != list(scale.dims) and not (zp.numel == 1 and scale_n == 1):
+            self.semantic.add(
+                F.error(
+                    "ONNX_DQ_ZERO_POINT_SHAPE_MISMATCH",
+                    f"DequantizeLinear {node.label!r}: zero point {zp.name!r} has shape "
+                    f"{zp.dims} but the scale has {scale.dims}",
+                    op=node.label,
+                    tensor=zp.name,
+                )
+            )
+
+    def quantized_type(self, name: str) -> tuple[int | None, str]:
+        """The dtype QuantizeLinear gives `name`: that of its constant zero point (or output_dtype)."""
+        q = self.producer.get(name)
+        if q is None or q.op_type not in Q_OPS:
+            return None, name
+        zp = self.consts.get(q.input(2))
+        if zp is not None:
+            return zp.data_type, name
+        output_dtype = q.attr_int("output_dtype", 0)
+        if output_dtype:
+            return output_dtype, name
+        # no zero point at all: the output is UINT8; a computed one: unknown
+        return (2 if not q.input(2) else None), name
+
+    def check_matmulnbits(self, node: Node) -> None:
+        k, n, bits, block = (node.attr_int(a) for a in ("K", "N", "bits", "block_size"))
+        bits = 4 if bits is None else bits
+        if (
+            k is None
+            or n is None
+            or block is None
+            or k <= 0
+            or n <= 0
+            or not 1 <= bits <= 8
+            or block < 16
+            or block & (block - 1)
+        ):
+            self.semantic.add(
+                F.error(
+                    "ONNX_MATMULNBITS_BAD_ATTR",
+                    f"MatMulNBits {node.label!r}: K={k}, N={n}, bits={bits}, block_size={block}; "
+                    "K and N must be positive, bits 1-8, block_size a power of two >= 16",
+                    op=node.label,
+                )
+            )
+            return
+        k_blocks = -(-k // block)
+        blob = block * bits // 8
+        problems = []
+        b = self.consts.get(node.input(1))
+        if b is not None and list(b.dims) != [n, k_blocks, blob]:
+            problems.append(f"B {b.name!r} is {b.dims}, K/N/bits/block_size need {[n, k_blocks, blob]}")
+        scales = self.consts.get(node.input(2))
+        if scales is not None and scales.numel != n * k_blocks:
+            problems.append(
+                f"scales {scales.name!r} has {scales.numel} values, need N x ceil(K/block) = {n * k_blocks}"
+            )
+        zp = self.consts.get(node.input(3))
+        if zp is not None:
+            want = n * -(-(k_blocks * bits) // 8) if zp.data_type == 2 else n * k_blocks
+            if zp.numel != want:
+                problems.append(f"zero points {zp.name!r} hold {zp.numel} values, need {want}")
+        if problems:
+            self.semantic.add(
+                F.error(
+                    "ONNX_MATMULNBITS_SHAPE_MISMATCH",
+                    f"MatMulNBits {node.label!r}: "
+                    + "; ".join(problems)
+                    + " (onnx.checker accepts this; onnxruntime fails at session creation)",
+                    op=node.label,
+                    tensor=b.name if b is not None else None,
+                )
+            )
+
+    def check_gather_block_quantized(self, node: Node) -> None:
+        """scales = the (unpacked) data shape with the quantize axis divided into blocks."""
+        data, scales = self.consts.get(node.input(0)), self.consts.get(node.input(2))
+        if data is None or scales is None or not data.dims:
+            return
+        bits = node.attr_int("bits", 4) or 4
+        block = node.attr_int("block_size", 128) or 0
+        rank = len(data.dims)
+        axis = node.attr_int("quantize_axis", rank - 1)
+        axis = axis + rank if axis is not None and axis < 0 else axis
+        dims = list(data.dims)
+        if data.data_type == 2 and 0 < bits < 8:  # uint8 holding 8/bits values along the last axis
+            dims[-1] = dims[-1] * (8 // bits)
+        if block <= 0 or axis is None or not 0 <= axis < rank:
+            problem = f"block_size {block} / quantize_axis {node.attrs.get('quantize_axis')} are invalid"
+        else:
+            want = list(dims)
+            want[axis] = -(-dims[axis] // block)
+            problem = (
+                ""
+                if list(scales.dims) == want
+                else (
+                    f"data {data.dims} with block_size {block} on axis {axis} needs scales {want}, found "
+                    f"{scales.dims}"
+                )
+            )
+        if problem:
+            self.semantic.add(
+                F.error(
+                    "ONNX_GATHERBLOCKQUANTIZED_SHAPE_MISMATCH",
+                    f"GatherBlockQuantized {node.label!r}: {problem}; onnxruntime fails at run time",
+                    op=node.label,
+                    tensor=scales.name,
+                )
+            )
+
+    def check_scale_values(self, node: Node, name: str) -> None:
+        if not name or name in self.checked_scales:
+            return
+        self.checked_scales.add(name)
+        t = self.consts.get(name)
+        if t is None:
+            return
+        if self.scale_bytes_left <= 0:
+            return
+        values = _scale_values(self.view, t)
+        self.scale_bytes_left -= 4 * len(values)
+        if not values:
+            return
+        bad_nan = sum(1 for v in values if math.isnan(v) or math.isinf(v))
+        zero = sum(1 for v in values if v == 0)
+        where = {"op": node.label, "tensor": t.name}
+        if bad_nan:
+            self.semantic.add(
+                F.error(
+                    "ONNX_SCALE_NOT_FINITE",
+                    f"scale {t.name!r} holds {bad_nan} NaN/Inf value(s) "
+                    f"of {len(values)} read; the model computes garbage, re-quantize it",
+                    **where,
+                )
+            )
+        if zero:
+            self.semantic.add(
+                F.error(
+                    "ONNX_SCALE_ZERO",
+                    f"scale {t.name!r} holds {zero} zero value(s) of "
+                    f"{len(values)} read; re-quantize the model",
+                    **where,
+                )
+            )
+
+    # -- facts and metrics ----------------------------------------------------------------------
+
+    def describe(self) -> None:
+        m, inv = self.m, self.inv
+        ops: dict[str, int] = {}
+        for node in m.nodes:
+            key = _qualified(node)
+            ops[key] = ops.get(key, 0) + 1
+        quant_ops = {k: v for k, v in ops.items() if k.split(":")[-1] in _QUANT_OP_NAMES}
+        representations = sorted({str(x.detail.get("representation")) for x in inv.layers} - {"float"})
+        initializers = sum(1 for t in m.tensors if t.kind == "initializer")
+        default_opset = m.opsets.get("", m.opsets.get("ai.onnx"))
+        inv.facts.update(
+            {
+                "ir_version": m.ir_version,
+                "producer": f"{m.producer} {m.producer_version}".strip(),
+                "opsets": {(k or "ai.onnx"): v for k, v in list(m.opsets.items())[:20]},
+                "nodes": len(m.nodes),
+                "initializers": initializers,
+                "op_types": dict(sorted(ops.items(), key=lambda kv: -kv[1])[:40]),
+            }
+        )
+        if m.metadata:
+            inv.facts["metadata_props"] = dict(list(m.metadata.items())[:20])
+        if m.function_nodes:
+            inv.facts["function_nodes"] = m.function_nodes
+        inv.facts["summary"] = (
+            f"IR {m.ir_version}, opset {default_opset}, {len(m.nodes)} nodes, {initializers} initializers, "
+            f"{inv.params_total or 0:,} params" + (f", producer {m.producer}" if m.producer else "")
+        )
+        inv.metrics["quant_ops"] = quant_ops
+        inv.metrics["quant_representations"] = representations
+
+
+# (op, domain family) -> input indices that are scales
+_SCALE_INPUTS: dict[tuple[str, str], tuple[int, ...]] = {
+    ("DequantizeLinear", "std"): (1,),
+    ("QuantizeLinear", "std"): (1,),
+    ("DequantizeLinear", "ms"): (1,),
+    ("QuantizeLinear", "ms"): (1,),
+    ("QLinearConv", "std"): (1, 4, 6),
+    ("QLinearMatMul", "std"): (1, 4, 6),
+    ("QLinearAdd", "ms"): (1, 4, 6),
+    ("QLinearMul", "ms"): (1, 4, 6),
+    ("QGemm", "ms"): (1, 4, 7),
+    ("MatMulNBits", "ms"): (2,),
+    ("GatherBlockQuantized", "ms"): (2,),
+    ("DynamicQuantizeMatMul", "ms"): (2,),
+    ("MatMulIntegerToFloat", "ms"): (2, 3),
+    ("QAttention", "ms"): (3, 4),
+}
+_PACKED = {"MatMulNBits", "MatMulBnb4", "GatherBlockQuantized"}
+_QUANT_OP_NAMES = {
+    "QuantizeLinear",
+    "DequantizeLinear",
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "ConvInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QLinearAdd",
+    "QLinearMul",
+    "QLinearSoftmax",
+    "QLinearConcat",
+    "QLinearSigmoid",
+    "QLinearLeakyRelu",
+    "QLinearAveragePool",
+    "QLinearGlobalAveragePool",
+    "QGemm",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+    "QAttention",
+    "MatMulNBits",
+    "MatMulBnb4",
+    "GatherBlockQuantized",
+}
+
+
+# MatMulNBits accuracy_level -> the precision its activations are computed in; 0 (unset) leaves it to
+# the execution provider, so it is not recorded
+_ACCURACY_LEVEL_COMPUTE = {1: "fp32", 2: "fp16", 3: "bf16", 4: "int8"}
+_FLOAT_COMPUTE = {"FLOAT": "fp32", "FLOAT16": "fp16", "BFLOAT16": "bf16", "DOUBLE": "fp64"}
+
+
+def _compute(kind: str, representation: str, dtype: str) -> str | None:
+    """Compute precision where the graph fixes it: integer and QOperator ops run in int8, a float
+    weight in its float type. QDQ is left unknown: the runtime decides whether DequantizeLinear +
+    MatMul becomes an int8 kernel. A lookup computes nothing."""
+    if kind == EMBEDDING:
+        return None
+    if representation in ("integer", "QOperator", "contrib"):
+        return "int8"
+    if representation == "float":
+        return _FLOAT_COMPUTE.get(dtype)
+    return None
+
+
+def _qualified(node: Node) -> str:
+    return f"{node.domain}:{node.op_type}" if node.domain not in DEFAULT_DOMAINS else node.op_type
+
+
+def _precision(data_type: int) -> tuple[float | None, str, bool | None]:
+    info = DTYPES.get(data_type)
+    if info is None:
+        return None, UNKNOWN, None
+    _, bits, numeric = info
+    if data_type in QUANT_DTYPES:
+        return bits, numeric, True
+    return bits, numeric, False
+
+
+def _scale_values(view: View, t: Tensor) -> list[float]:
+    """A scale tensor's values (FLOAT/FLOAT16/BFLOAT16, inline only), at most SCALE_READ_CAP bytes."""
+    if t.is_external:
+        return []
+    try:
+        if t.raw is not None:
+            offset, length = t.raw
+            length = min(length, SCALE_READ_CAP)
+            if t.data_type == 1:
+                data = view.bytes(offset, length - length % 4, "scale")
+                return [v[0] for v in struct.iter_unpack("<f", data)]
+            if t.data_type in (10, 16):
+                data = view.bytes(offset, length - length % 2, "scale")
+                if t.data_type == 10:
+                    return [v[0] for v in struct.iter_unpack("<e", data)]
+                return [struct.unpack("<f", b"\x00\x00" + data[i : i + 2])[0] for i in range(0, len(data), 2)]
+            return []
+        if t.float_data is not None and t.data_type == 1:
+            offset, length = t.float_data
+            length = min(length, SCALE_READ_CAP)
+            data = view.bytes(offset, length - length % 4, "scale")
+            return [v[0] for v in struct.iter_unpack("<f", data)]
+    except ReadError:
+        return []
+    return []
