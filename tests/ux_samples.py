@@ -53,7 +53,9 @@ def coverage_result(
         require=[parse_bound(b, FAIL_LEVEL) for b in require], expect_unquantized=["kind:embedding"]
     )
     result = run_guard(DemoGuard(), ctx, config).to_dict()
-    return gate_decision(result, required=False, fail_on="fail", waivers=[], sha256=None, today=dt.date.today())
+    return gate_decision(
+        result, required=False, fail_on="fail", waivers=[], sha256=None, today=dt.date.today()
+    )
 
 
 def sample_report(tmp: Path, hostile: bool = False) -> dict[str, Any]:
