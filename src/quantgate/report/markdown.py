@@ -16,7 +16,7 @@ MAX_PIES = 20  # Mermaid pies are heavy to render; past this many, the emoji bar
 
 def _cell(text: Any) -> str:
     """Table-safe and inert: artifact-controlled text can neither split a row nor open a tag."""
-    text = str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = str(text).replace("<", "&lt;")  # no tag can open; a lone `>` is plain text in a cell
     return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
