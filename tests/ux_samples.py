@@ -80,3 +80,7 @@ def sample_report(tmp: Path, hostile: bool = False) -> dict[str, Any]:
         report_only=False,
         fail_on="fail",
     )
+
+
+# lets a test register the double in the guard registry (GUARD_MODULES maps an id to a module)
+GUARD = DemoGuard()

@@ -156,7 +156,6 @@ _WAIVER = """
 """
 
 
-
 def starter_policy(paths: list[str] | None = None) -> str:
     """The commented starter policy, with a section for every guard this installation knows."""
     from quantgate.validators import all_guards

@@ -156,7 +156,7 @@ class ArtifactFile(pytest.File):
 
 
 def flatten(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """Scalar metrics as dotted (name, value) pairs: {"coverage": {"ops": {"int8": x}}} -> coverage.ops.int8."""
+    """Scalar metrics as dotted pairs: {"coverage": {"ops": {"int8": x}}} -> ("coverage.ops.int8", x)."""
     out: list[tuple[str, Any]] = []
     for key, value in metrics.items():
         name = f"{prefix}{key}"
