@@ -262,6 +262,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     target = session.config.getoption("quantgate_report")
     if report is None or not target or target.lower() == "none":
         return
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker holds only its share: it must not overwrite the report
     path = Path(target)
     if not path.is_absolute():
         path = session.config.invocation_params.dir / path
