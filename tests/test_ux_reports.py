@@ -13,6 +13,7 @@ from tests.conftest import run_cli
 from tests.test_gate_cli import make_release, policy_with
 from tests.ux_samples import HOSTILE, coverage_result, layers, sample_report
 
+from quantgate.cli import main
 from quantgate.cli_extras import starter_policy
 from quantgate.inventory import FLOAT, LINEAR, Layer
 from quantgate.jsonschemas import validate
@@ -231,16 +232,19 @@ def test_markdown_stays_under_githubs_summary_limit(tmp_path: Path) -> None:
 # render
 
 
-def test_render_round_trips(tmp_path: Path) -> None:
+def test_render_round_trips(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     release, policy = _mixed(tmp_path)
     outputs = {"json": "r.json", "junit": "r.xml", "markdown": "r.md", "html": "r.html", "text": "r.txt"}
     args = [a for fmt, name in outputs.items() for a in ("--output", f"{fmt}={name}")]
     proc = run_cli("run", str(release), "--policy", str(policy), *args, cwd=tmp_path)
     assert proc.returncode == 2
     for fmt, name in outputs.items():
-        again = run_cli("render", "r.json", "--format", fmt, cwd=tmp_path)
-        assert again.returncode == 0, again.stderr
-        assert again.stdout == (tmp_path / name).read_text(encoding="utf-8"), fmt
+        # the real CLI entry point, in-process (one subprocess below checks the process exit code)
+        monkeypatch.chdir(tmp_path)
+        assert main(["render", "r.json", "--format", fmt]) == 0
+        assert capsys.readouterr().out == (tmp_path / name).read_text(encoding="utf-8"), fmt
     done = run_cli("render", "r.json", "--format", "html", "--output", "sub/again.html", cwd=tmp_path)
     assert done.returncode == 0 and done.stdout == ""
     assert (tmp_path / "sub" / "again.html").read_text() == (tmp_path / "r.html").read_text()
@@ -365,9 +369,13 @@ def test_layers_of_unknown_precision_render(tmp_path: Path) -> None:
     path = tmp_path / "d.gguf"
     path.write_bytes(b"\x00")
     opaque = Layer("delegate.0", LINEAR, (8, 8), "opaque", None, FLOAT, None, 64)
-    result = coverage_result(path, layer_list=[*layers()[:2], opaque])
+    computed = layers()[:2]
+    computed[0].compute = "int8"  # an XNNPACK QS8 x QC8W node: integer compute is recorded
+    result = coverage_result(path, layer_list=[*computed, opaque])
     report = sample_report(tmp_path)
     report["results"][0] = {**result, "artifact": report["results"][0]["artifact"]}
     text = html_report.render(report)
     assert 'data-bits="unknown"' in text and "<td>unknown</td>" in text
+    assert "compute precision — ops: integer 33.3%, unknown 66.7%" in text
+    assert "<td>int8</td></tr>" in text  # the layer's compute column
     assert validate(report, "report") == []

@@ -198,6 +198,14 @@ def _mix(result: dict[str, Any]) -> str:
             f"<br>int4 {_pct(cov.get('int4'))}</td></tr>"
         )
     out.append("</tbody></table>")
+    compute = result.get("metrics", {}).get("compute_coverage") or {}
+    if compute:
+        # storage and compute precision are different facts (int8 weights can run in fp32)
+        cells = [
+            f"{_e(b)}: integer {_pct(c.get('integer'))}, unknown {_pct(c.get('unknown'))}"
+            for b, c in compute.items()
+        ]
+        out.append(f"<p>compute precision — {'; '.join(cells)}</p>")
     return "".join(out) + svg_legend(keys)
 
 
