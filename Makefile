@@ -48,3 +48,6 @@ bench: $(VENV)/.fixtures
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache benchmarks/.work
+
+fuzz: $(VENV)/.fixtures
+	$(BIN)/python benchmarks/fuzz.py --seconds $${FUZZ_SECONDS:-600} --output benchmarks/RESULTS.md

@@ -44,9 +44,7 @@ def run_json(*args: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
     try:
         return proc.returncode, json.loads(proc.stdout)
     except json.JSONDecodeError as exc:
-        raise AssertionError(
-            f"stdout is not JSON ({exc}); stderr:\n{proc.stderr}\nstdout:\n{proc.stdout}"
-        ) from None
+        raise AssertionError(f"stdout is not JSON ({exc}); stderr:\n{proc.stderr}\nstdout:\n{proc.stdout}") from None
 
 
 @pytest.fixture

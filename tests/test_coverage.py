@@ -52,9 +52,7 @@ def test_three_bases_to_the_layer() -> None:
     assert ops["int8"] == pytest.approx(1 / 6)  # fp8 is quantized but not int8
     assert ops["int4"] == pytest.approx(1 / 6)
     assert ops["unknown"] == pytest.approx(1 / 6)
-    assert ops["by_bits"] == pytest.approx(
-        {"4": 1 / 6, "8": 2 / 6, "16": 1 / 6, "32": 1 / 6, "unknown": 1 / 6}
-    )
+    assert ops["by_bits"] == pytest.approx({"4": 1 / 6, "8": 2 / 6, "16": 1 / 6, "32": 1 / 6, "unknown": 1 / 6})
     params = metrics["coverage"]["params"]
     assert params["quantized"] == pytest.approx(700 / 2100)
     assert params["int8"] == pytest.approx(100 / 2100)

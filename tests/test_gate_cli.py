@@ -75,6 +75,7 @@ def test_exit_0_pass(tmp_path: Path) -> None:
         "SKIP": 0,
         "ERROR": 0,
         "waived": 0,
+        "not_applicable": 0,
     }
 
 
@@ -142,9 +143,7 @@ def test_required_guard_that_cannot_run_is_error(reason: str, required: bool, ga
     from quantgate.gate import gate_decision
 
     result = {"status": "SKIP", "skip": {"reason": reason, "detail": "x"}}
-    decided = gate_decision(
-        result, required=required, fail_on="fail", waivers=[], sha256=None, today=dt.date.today()
-    )
+    decided = gate_decision(result, required=required, fail_on="fail", waivers=[], sha256=None, today=dt.date.today())
     assert decided["gate_status"] == gate_status
     assert decided["required"] is required
 
@@ -169,9 +168,7 @@ def test_error_beats_fail(tmp_path: Path) -> None:
         "version https://git-lfs.github.com/spec/v1\noid sha256:" + "a" * 64 + "\nsize 10\n", encoding="utf-8"
     )
     code, report = run_json("run", "--format", "json", str(release), "--policy", str(policy), cwd=tmp_path)
-    statuses = {
-        (r["artifact"]["path"].split("/")[-1], r["guard"]): r["gate_status"] for r in report["results"]
-    }
+    statuses = {(r["artifact"]["path"].split("/")[-1], r["guard"]): r["gate_status"] for r in report["results"]}
     assert statuses[("a.gguf", "size-heuristic")] == "FAIL"
     assert statuses[("c.onnx", "integrity")] == "ERROR"
     assert code == 2 and report["verdict"] == "ERROR"
@@ -378,3 +375,43 @@ def test_policy_paths_used_when_no_path_given(tmp_path: Path) -> None:
     )
     code, report = run_json("run", "--format", "json", "--guards", "size-heuristic", cwd=tmp_path)
     assert code == 0 and [a["path"] for a in report["artifacts"]] == ["release/a.gguf"]
+
+
+def test_merge_shard_reports_into_one_verdict(tmp_path: Path) -> None:
+    release = make_release(tmp_path, tuple(f"m{i}.gguf" for i in range(5)))
+    (release / "m2.gguf").write_bytes(b"\x01" * 4000)  # 32 bits per weight: fails
+    policy = str(policy_with(tmp_path, fail=9))
+    paths = []
+    for k in (1, 2, 3):
+        out = tmp_path / f"shard{k}.json"
+        proc = run_cli(
+            "run",
+            str(release),
+            "--guards",
+            "size-heuristic",
+            "--policy",
+            policy,
+            "--shard",
+            f"{k}/3",
+            "--output",
+            f"json={out}",
+            cwd=tmp_path,
+        )
+        assert proc.returncode in (0, 1)
+        paths.append(str(out))
+    code, merged = run_json("merge", "--format", "json", *paths, cwd=tmp_path)
+    whole_code, whole = gate(tmp_path, str(release), "--policy", policy)
+    assert code == whole_code == 1
+    assert merged["verdict"] == whole["verdict"] == "FAIL"
+    assert merged["summary"] == whole["summary"]
+    assert [a["path"] for a in merged["artifacts"]] == [a["path"] for a in whole["artifacts"]]
+    assert [m["shard"] for m in merged["merged_from"]] == ["1/3", "2/3", "3/3"]
+    from quantgate.jsonschemas import validate
+
+    assert validate(merged, "report") == []
+    # the same shard twice is an error of the matrix, not a double count
+    proc = run_cli("merge", paths[0], paths[0], cwd=tmp_path)
+    assert proc.returncode == 4 and "is in both" in proc.stderr
+    (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
+    proc = run_cli("merge", str(tmp_path / "bad.json"), cwd=tmp_path)
+    assert proc.returncode == 4 and "is not a quantgate report" in proc.stderr

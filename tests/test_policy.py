@@ -79,9 +79,7 @@ def test_malformed_bound(tmp_path: Path) -> None:
     )
     problems = _problems(tmp_path, text)
     assert len(problems) == 1
-    assert problems[0].startswith(
-        "guards.size-heuristic.warn[1] (line 14): malformed bound 'coverage.ops.int8 => 0.9'"
-    )
+    assert problems[0].startswith("guards.size-heuristic.warn[1] (line 14): malformed bound 'coverage.ops.int8 => 0.9'")
 
 
 def test_unknown_guard(tmp_path: Path) -> None:
@@ -106,14 +104,10 @@ def test_every_problem_reported_at_once(tmp_path: Path) -> None:
 
 
 def test_waiver_missing_fields_and_required_disabled(tmp_path: Path) -> None:
-    text = GOOD.replace('reason = "by design"\n', "").replace(
-        "required = true", "required = true\nenabled = false"
-    )
+    text = GOOD.replace('reason = "by design"\n', "").replace("required = true", "required = true\nenabled = false")
     problems = _problems(tmp_path, text)
     assert any("waivers[0] (line 16): 'reason' is a required property" in p for p in problems)
-    assert any(
-        p == "guards.integrity (line 7): a guard cannot be both required and disabled" for p in problems
-    )
+    assert any(p == "guards.integrity (line 7): a guard cannot be both required and disabled" for p in problems)
 
 
 def test_invalid_toml(tmp_path: Path) -> None:
@@ -137,9 +131,7 @@ enabled = "yes"
     path = _policy(tmp_path, text, "pyproject.toml")
     assert find_policy(None, tmp_path) == str(path)
     problems = _problems(tmp_path, text, "pyproject.toml")
-    assert problems == [
-        "tool.quantgate.guards.size-heuristic.enabled (line 10): 'yes' is not of type 'boolean'"
-    ]
+    assert problems == ["tool.quantgate.guards.size-heuristic.enabled (line 10): 'yes' is not of type 'boolean'"]
     policy = load_policy(str(_policy(tmp_path, text.replace('enabled = "yes"\n', ""), "pyproject.toml")))
     assert policy.fail_on == "warn"
     assert [str(b) for b in policy.guard_config("size-heuristic").require] == ["bits_per_weight <= 5"]

@@ -25,9 +25,7 @@ def _mixed_release(tmp: Path) -> tuple[Path, Path]:
 
 def test_json_report_is_schema_valid_and_complete(tmp_path: Path) -> None:
     release, policy = _mixed_release(tmp_path)
-    code, report = run_json(
-        "run", "--format", "json", str(release), "--policy", str(policy), "--sha256", cwd=tmp_path
-    )
+    code, report = run_json("run", "--format", "json", str(release), "--policy", str(policy), "--sha256", cwd=tmp_path)
     assert validate(report, "report") == []
     assert code == 2 and report["verdict"] == "ERROR" and report["exit_code"] == 2
     assert report["schema_version"] == "1" and report["tool"]["name"] == "quantgate"
@@ -41,12 +39,14 @@ def test_json_report_is_schema_valid_and_complete(tmp_path: Path) -> None:
     assert all(len(a["sha256"]) == 64 for a in report["artifacts"])
     for result in report["results"]:
         guard_result = {
-            k: v
-            for k, v in result.items()
-            if k not in ("gate_status", "required", "waiver", "waiver_rejected")
+            k: v for k, v in result.items() if k not in ("gate_status", "required", "waiver", "waiver_rejected")
         }
         assert validate(guard_result, "guard-result") == [], result
-    gates = {(r["artifact"]["path"], r["guard"]): r["gate_status"] for r in report["results"]}
+    gates = {
+        (r["artifact"]["path"], r["guard"]): r["gate_status"]
+        for r in report["results"]
+        if r.get("skip") is None or r["skip"]["reason"] != "not_applicable"
+    }
     assert gates == {
         ("release/fat.gguf", "integrity"): "FAIL",
         ("release/fat.gguf", "size-heuristic"): "FAIL",
@@ -57,13 +57,14 @@ def test_json_report_is_schema_valid_and_complete(tmp_path: Path) -> None:
     }
     assert report["summary"] == {
         "artifacts": 3,
-        "results": 6,
+        "results": 9,
         "PASS": 1,
         "FAIL": 3,
         "WARN": 0,
         "SKIP": 1,
         "ERROR": 1,
         "waived": 0,
+        "not_applicable": 3,
     }
 
 
@@ -158,9 +159,7 @@ def test_github_outputs_summary_and_annotations(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     json.loads(proc.stdout)  # annotations went to stderr, stdout stays JSON
-    assert (
-        "::error file=release/lfs.onnx,title=quantgate integrity%3A ERROR::release/lfs.onnx: " in proc.stderr
-    )
+    assert "::error file=release/lfs.onnx,title=quantgate integrity%3A ERROR::release/lfs.onnx: " in proc.stderr
     assert "::group::release/fat.gguf (unknown): FAIL" in proc.stderr
     assert summary.read_text().startswith("previous step\n## ⛔ quantgate: ERROR")
     values = dict(line.split("=", 1) for line in output.read_text().splitlines())

@@ -229,8 +229,6 @@ def test_no_input_is_exit_3(tmp_path: Path) -> None:
 def test_inputs_cannot_inject_commands(tmp_path: Path) -> None:
     make_release(tmp_path)
     marker = tmp_path / "pwned"
-    proc, out, _ = run_action(
-        tmp_path, paths=f"release $(touch {marker}) `touch {marker}`", guards="integrity"
-    )
+    proc, out, _ = run_action(tmp_path, paths=f"release $(touch {marker}) `touch {marker}`", guards="integrity")
     assert not marker.exists()
     assert proc.returncode == 4 and out["verdict"] == "USAGE"  # the odd words are just missing paths

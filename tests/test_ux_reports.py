@@ -181,9 +181,7 @@ def test_html_report_in_a_headless_browser(tmp_path: Path) -> None:
     page.write_text(render(sample_report(tmp_path, hostile=True), "html"), encoding="utf-8")
     args = [_browser() or "", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
     args += [f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run(
-        [*args, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90
-    ).stdout
+    dom = subprocess.run([*args, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90).stdout
     assert "quantgate audit report" in dom
     # the browser built the SVG bars and kept the hostile name as text (its DOM serialises it escaped)
     assert dom.count('class="mix"') == 6 and dom.count('class="seg"') >= 18
@@ -290,9 +288,7 @@ def test_init_writes_a_policy_that_loads_and_gates(tmp_path: Path) -> None:
     assert printed.stdout.startswith("# quantgate policy") and printed.stdout.endswith("\n")
 
 
-def test_starter_policy_has_bounds_for_coverage_guards(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_starter_policy_has_bounds_for_coverage_guards(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(GUARD_MODULES, "demo-dtypes", "tests.ux_samples")
     text = starter_policy()
     assert '[guards.demo-dtypes]\nrequire = ["coverage.ops.quantized >= 0.90"]' in text
@@ -344,10 +340,7 @@ def test_check_policy(tmp_path: Path) -> None:
 def test_pre_commit_hooks(tmp_path: Path) -> None:
     import yaml
 
-    hooks = {
-        h["id"]: h
-        for h in yaml.safe_load((Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text())
-    }
+    hooks = {h["id"]: h for h in yaml.safe_load((Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text())}
     assert set(hooks) == {"quantgate-fast", "quantgate-full", "quantgate-policy"}
     fast = hooks["quantgate-fast"]
     assert fast["entry"].split() == ["quantgate", "-q", "run", "--guards", "integrity", "--no-github"]

@@ -31,10 +31,7 @@ class DemoGuard(CoverageGuard):
 
 def layers(hostile: bool = False) -> list[Layer]:
     """4 linear int8 (1000 params each), 1 linear int4 (2000), 1 float embedding (4000), 1 float head."""
-    out = [
-        Layer(f"blk.{i}.ffn", LINEAR, (10, 100), "int8", 8, INT, True, 1000, weight_bytes=1040)
-        for i in range(4)
-    ]
+    out = [Layer(f"blk.{i}.ffn", LINEAR, (10, 100), "int8", 8, INT, True, 1000, weight_bytes=1040) for i in range(4)]
     out.append(Layer("blk.4.attn", LINEAR, (20, 100), "Q4_0", 4, INT, True, 2000, weight_bytes=1125))
     out.append(Layer("token_embd", EMBEDDING, (40, 100), "F32", 32, FLOAT, False, 4000, weight_bytes=16000))
     name = HOSTILE if hostile else "output"
@@ -49,13 +46,9 @@ def coverage_result(
     ctx = GuardContext(str(path), sniffed, path.stat().st_size, path.name)
     inv = Inventory("gguf", str(path), path.stat().st_size, layers=layer_list or layers(hostile))
     ctx._inventory, ctx._inventory_read = inv, True
-    config = GuardConfig(
-        require=[parse_bound(b, FAIL_LEVEL) for b in require], expect_unquantized=["kind:embedding"]
-    )
+    config = GuardConfig(require=[parse_bound(b, FAIL_LEVEL) for b in require], expect_unquantized=["kind:embedding"])
     result = run_guard(DemoGuard(), ctx, config).to_dict()
-    return gate_decision(
-        result, required=False, fail_on="fail", waivers=[], sha256=None, today=dt.date.today()
-    )
+    return gate_decision(result, required=False, fail_on="fail", waivers=[], sha256=None, today=dt.date.today())
 
 
 def sample_report(tmp: Path, hostile: bool = False) -> dict[str, Any]:

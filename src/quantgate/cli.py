@@ -19,7 +19,7 @@ from quantgate import __version__, cli_extras
 from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
 from quantgate.report import FORMATS, render
 
-SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", *cli_extras.SUBCOMMANDS)
+SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest", "merge", *cli_extras.SUBCOMMANDS)
 EXIT_CODES_HELP = """exit codes:
   0  every required guard reached a verdict and none failed
   1  at least one FAIL (0 with --report-only)
@@ -85,9 +85,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    run.add_argument(
-        "paths", nargs="*", metavar="PATH", help="files or folders (default: the policy's paths)"
-    )
+    run.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the policy's paths)")
     run.add_argument(
         "--policy",
         metavar="FILE",
@@ -103,15 +101,11 @@ def _parser() -> argparse.ArgumentParser:
         help="also write a report to FILE (repeatable)",
     )
     run.add_argument("--fail-on", choices=("fail", "warn"), help="what makes the gate fail (default: policy)")
-    run.add_argument(
-        "--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)"
-    )
+    run.add_argument("--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)")
     run.add_argument("--guards", metavar="ID,ID", help="run only these guards")
     run.add_argument("--jobs", type=int, default=1, metavar="N", help="artifacts gated in parallel processes")
     run.add_argument("--sha256", action="store_true", help="hash every artifact into the report")
-    run.add_argument(
-        "--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts"
-    )
+    run.add_argument("--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts")
     run.add_argument(
         "--no-github",
         action="store_true",
@@ -128,9 +122,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="EXPR",
         help="a bound that must hold, e.g. coverage.ops.int8>=0.9 (repeatable)",
     )
-    guard.add_argument(
-        "--warn", action="append", default=[], metavar="EXPR", help="a soft bound (repeatable)"
-    )
+    guard.add_argument("--warn", action="append", default=[], metavar="EXPR", help="a soft bound (repeatable)")
     guard.add_argument(
         "--param",
         action="append",
@@ -147,19 +139,33 @@ def _parser() -> argparse.ArgumentParser:
         help="a layer-name glob (or kind:embedding) that is meant to stay float",
     )
     guard.add_argument("--policy", metavar="FILE", help="take the guard's settings from this policy too")
-    guard.add_argument(
-        "--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage"
-    )
+    guard.add_argument("--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage")
     guard.add_argument("--timeout", type=float, metavar="SECONDS", help="time budget (default 300)")
 
-    inspect = sub.add_parser(
-        "inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits"
-    )
+    inspect = sub.add_parser("inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits")
     inspect.add_argument("path", metavar="PATH")
     inspect.add_argument("--format", choices=("text", "json"), default="text")
 
     guards = sub.add_parser("guards", help="list the guards, what each needs, and whether it can run here")
     guards.add_argument("--format", choices=("text", "json"), default="text")
+
+    manifest = sub.add_parser(
+        "manifest", help="measure artifacts and write a long-form release manifest that passes the manifest guard"
+    )
+    manifest.add_argument("paths", nargs="+", metavar="PATH", help="artifact files or folders")
+    manifest.add_argument("--model-id", required=True, metavar="ID", help="e.g. org/model-name")
+    manifest.add_argument(
+        "--output",
+        metavar="FILE",
+        help="where to write it (default: manifest.json in the artifacts' folder; - for stdout)",
+    )
+    manifest.add_argument("--basis", choices=("ops", "params", "flops"), default="ops", help="basis of `coverage`")
+
+    merge = sub.add_parser("merge", help="join the JSON reports of `run --shard K/N` into one verdict")
+    merge.add_argument("reports", nargs="+", metavar="REPORT.json")
+    merge.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
+    merge.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE")
+    merge.add_argument("--no-github", action="store_true")
 
     schema = sub.add_parser("schema", help="print a bundled JSON Schema")
     schema.add_argument("name", choices=("guard-result", "report", "policy", "manifest"))
@@ -248,7 +254,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         hash_all=args.sha256,
         shard=args.shard,
     )
-    report = run_gate(options, policy)
+    return _emit(run_gate(options, policy), args)
+
+
+def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
+    """Write the --output files, the GitHub integration and stdout; the report's exit code."""
     written: dict[str, str] = {}
     for fmt, path in args.output:
         try:
@@ -272,6 +282,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return int(report["exit_code"])
 
 
+def cmd_merge(args: argparse.Namespace) -> int:
+    from quantgate.merge import load_report, merge_reports
+
+    reports = [load_report(path) for path in args.reports]
+    return _emit(merge_reports(reports, args.reports), args)
+
+
 def cmd_guard(args: argparse.Namespace) -> int:
     from quantgate.bounds import FAIL_LEVEL, WARN_LEVEL, BoundSyntaxError, parse_bound
     from quantgate.formats.sniff import sniff
@@ -287,9 +304,7 @@ def cmd_guard(args: argparse.Namespace) -> int:
     if not path.exists():
         raise UsageError(f"path not found: {args.path}")
     if path.is_dir():
-        raise UsageError(
-            f"{args.path} is a folder; `quantgate guard` takes one file (use `quantgate run` for folders)"
-        )
+        raise UsageError(f"{args.path} is a folder; `quantgate guard` takes one file (use `quantgate run` for folders)")
     config = _load_policy(args.policy).guard_config(guard.id) if args.policy else GuardConfig(timeout_s=300.0)
     try:
         config.require += [parse_bound(b, FAIL_LEVEL) for b in args.require]
@@ -343,9 +358,7 @@ def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
     if inventory.layers:
         rows = [("#", "name", "kind", "shape", "dtype", "bits", "params", "bpw")]
         for i, layer in enumerate(inventory.layers):
-            bpw = (
-                f"{8 * layer.weight_bytes / layer.params:.3f}" if layer.weight_bytes and layer.params else ""
-            )
+            bpw = f"{8 * layer.weight_bytes / layer.params:.3f}" if layer.weight_bytes and layer.params else ""
             bits = "?" if layer.quantized is None else (f"{layer.bits:g}" if layer.bits is not None else "")
             rows.append(
                 (
@@ -361,9 +374,7 @@ def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
             )
         widths = [min(60, max(len(r[i]) for r in rows)) for i in range(len(rows[0]))]
         for row in rows:
-            lines.append(
-                "  " + "  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            )
+            lines.append("  " + "  ".join(cell[:60].ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     else:
         lines.append("  no weight-bearing layers")
     if metrics.get("weight_ops"):
@@ -376,9 +387,7 @@ def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
             lines.append(f"bits per weight (weight-bearing layers): {metrics['bits_per_weight']:.4f}")
     for finding in inventory.structural_findings + inventory.semantic_findings:
         where = finding.where()
-        lines.append(
-            f"{finding.severity.upper()} {finding.code}: {finding.message}" + (f" [{where}]" if where else "")
-        )
+        lines.append(f"{finding.severity.upper()} {finding.code}: {finding.message}" + (f" [{where}]" if where else ""))
     return "\n".join(lines) + "\n"
 
 
@@ -404,10 +413,51 @@ def cmd_guards(args: argparse.Namespace) -> int:
     width = max(len(r["id"]) for r in rows)
     for r in rows:
         state = "ready" if r["available"] else f"unavailable: {r['hint']}"
-        sys.stdout.write(
-            f"{r['id']:<{width}}  needs {r['needs']:<10} formats {','.join(r['formats']):<18} {state}\n"
-        )
+        sys.stdout.write(f"{r['id']:<{width}}  needs {r['needs']:<10} formats {','.join(r['formats']):<18} {state}\n")
         sys.stdout.write(f"{'':<{width}}  {r['description']}\n")
+    return 0
+
+
+def cmd_manifest(args: argparse.Namespace) -> int:
+    from quantgate.gate import discover
+    from quantgate.manifest import MANIFEST_VERSION, describe
+
+    artifacts = [a for a in discover(args.paths) if a.format != "manifest"]
+    if not artifacts:
+        raise UsageError("no artifacts found under the given paths")
+    if args.output and args.output != "-":
+        out = Path(args.output)
+        folder = out.resolve().parent
+    else:
+        out = None
+        parents = {Path(a.path).parent for a in artifacts}
+        folder = Path(os.path.commonpath([str(p) for p in parents]))
+        if args.output != "-":
+            out = folder / "manifest.json"
+    entries, problems = [], []
+    for artifact in artifacts:
+        entry, why = describe(Path(artifact.path), folder, args.basis)
+        if entry is None:
+            problems.append(why)
+        else:
+            entries.append(entry)
+    if problems:
+        for why in problems:
+            print(f"quantgate: cannot describe {why}", file=sys.stderr)
+        return 1
+    doc = {
+        "manifest_version": MANIFEST_VERSION,
+        "model_id": args.model_id,
+        "created_by": f"quantgate {__version__}",
+        "artifacts": entries,
+    }
+    text = json.dumps(doc, indent=2) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+        print(f"quantgate: wrote {out} ({len(entries)} artifact(s))", file=sys.stderr)
     return 0
 
 
@@ -427,5 +477,7 @@ COMMANDS = {
     "inspect": cmd_inspect,
     "guards": cmd_guards,
     "schema": cmd_schema,
+    "manifest": cmd_manifest,
+    "merge": cmd_merge,
     **cli_extras.COMMANDS,
 }

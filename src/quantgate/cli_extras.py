@@ -31,9 +31,7 @@ def add_parsers(sub: Any) -> None:
     rend.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
 
     init = sub.add_parser("init", help="write a commented starter policy that loads cleanly")
-    init.add_argument(
-        "--output", default="quantgate.toml", metavar="FILE", help="default: quantgate.toml (- = stdout)"
-    )
+    init.add_argument("--output", default="quantgate.toml", metavar="FILE", help="default: quantgate.toml (- = stdout)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.add_argument(
         "--path",

@@ -17,6 +17,8 @@ from quantgate.inventory import Layer
 
 BASES = ("ops", "params", "flops")
 DEFAULT_BASIS = "ops"
+# how far a manifest's claimed coverage may be from the measured one
+DEFAULT_COVERAGE_TOLERANCE = 0.01
 
 
 def _weight(basis: str) -> Callable[[Layer], int]:

@@ -17,13 +17,13 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from quantgate import SCHEMA_VERSION, __version__
-from quantgate.formats.sniff import LFS_POINTER, MODEL_EXTENSIONS, MODEL_FORMATS, Sniffed, sniff
+from quantgate.formats.sniff import LFS_POINTER, MANIFEST, MODEL_EXTENSIONS, MODEL_FORMATS, Sniffed, sniff
 from quantgate.hashing import sha256_file
 from quantgate.policy import Policy, Waiver
 from quantgate.progress import log
@@ -61,6 +61,8 @@ class Artifact:
     display: str  # as shown in reports: relative to the working directory where possible
     sniffed: Sniffed
     size: int
+    # what other files say about this artifact (a manifest's parameter count), for the guards
+    hints: dict[str, Any] = field(default_factory=dict)
 
     @property
     def format(self) -> str:
@@ -132,9 +134,28 @@ def discover(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[Artifact
 
 
 def _is_artifact(path: Path, sniffed: Sniffed) -> bool:
-    if sniffed.format in MODEL_FORMATS or sniffed.format == LFS_POINTER:
+    if sniffed.format in MODEL_FORMATS or sniffed.format in (LFS_POINTER, MANIFEST):
         return True
     return path.suffix.lower() in MODEL_EXTENSIONS
+
+
+def attach_manifest_hints(artifacts: Sequence[Artifact]) -> None:
+    """Give each artifact what a manifest beside it claims (its parameter count, for size-heuristic)."""
+    from quantgate.manifest import ManifestError, claimed_artifacts, load_manifest, resolve_inside
+
+    by_path = {a.path: a for a in artifacts}
+    for manifest in (a for a in artifacts if a.format == MANIFEST):
+        try:
+            doc, _ = load_manifest(manifest.path)
+        except (ManifestError, OSError):
+            continue  # the manifest guard reports it
+        folder = Path(manifest.path).parent
+        for claim in claimed_artifacts(doc):
+            target, problem = resolve_inside(folder, claim.path, claim.where)
+            if problem is None and target is not None and claim.parameters:
+                artifact = by_path.get(str(target.resolve()))
+                if artifact is not None:
+                    artifact.hints.setdefault("parameters", claim.parameters)
 
 
 def select_shard(artifacts: list[Artifact], shard: tuple[int, int] | None) -> list[Artifact]:
@@ -207,6 +228,7 @@ def evaluate_artifact(
     """Every selected guard on one artifact, with the gate's decision; never raises."""
     today = today or dt.date.today()
     ctx = GuardContext(artifact.path, artifact.sniffed, artifact.size, artifact.display)
+    ctx.hints.update(artifact.hints)
     waivers = _waivers_for(artifact, policy)
     if (hash_all or waivers) and artifact.format not in ("unreadable",):
         try:
@@ -247,9 +269,7 @@ def evaluate_artifact(
     return results
 
 
-def _crash_results(
-    artifact: Artifact, selected: Sequence[str], policy: Policy, why: str
-) -> list[dict[str, Any]]:
+def _crash_results(artifact: Artifact, selected: Sequence[str], policy: Policy, why: str) -> list[dict[str, Any]]:
     out = []
     for guard_id in selected:
         message = f"the worker reading {artifact.display} {why}"
@@ -301,9 +321,7 @@ def _run_parallel(
     on_done: Callable[[Artifact, list[dict[str, Any]]], None],
 ) -> dict[str, list[dict[str, Any]]]:
     """Artifacts in child processes, at most `jobs` at once; a crashing child costs only its own."""
-    ctx = multiprocessing.get_context(
-        "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    )
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     # the watchdog for a child stuck where signals cannot reach it (inside native code)
     deadline_s = sum(policy.guard_config(g).timeout_s or 0 for g in selected) + 60
     pending = list(artifacts)
@@ -333,11 +351,7 @@ def _run_parallel(
             conn.close()
             if out is None:
                 code = proc.exitcode
-                why = (
-                    f"was killed by signal {-code}"
-                    if code is not None and code < 0
-                    else f"exited with code {code}"
-                )
+                why = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
                 if time.monotonic() - started >= deadline_s:
                     why = f"overran its {deadline_s:g} s watchdog and was killed"
                 out = _crash_results(artifact, selected, policy, why)
@@ -362,6 +376,7 @@ def environment() -> dict[str, Any]:
 
 
 def summarize(results: Sequence[dict[str, Any]], artifacts: int) -> dict[str, int]:
+    """Counts by gate_status; guards that do not apply to a format are counted apart, not as skips."""
     summary = {
         "artifacts": artifacts,
         "results": len(results),
@@ -371,8 +386,12 @@ def summarize(results: Sequence[dict[str, Any]], artifacts: int) -> dict[str, in
         SKIP: 0,
         ERROR: 0,
         "waived": 0,
+        "not_applicable": 0,
     }
     for result in results:
+        if result["status"] == SKIP and result["skip"]["reason"] == NOT_APPLICABLE:
+            summary["not_applicable"] += 1
+            continue
         summary[result["gate_status"]] += 1
         if "waiver" in result:
             summary["waived"] += 1
@@ -380,9 +399,7 @@ def summarize(results: Sequence[dict[str, Any]], artifacts: int) -> dict[str, in
 
 
 def verdict_of(results: Sequence[dict[str, Any]], artifacts: int) -> str:
-    applied = [
-        r for r in results if not (r["status"] == SKIP and r["skip"]["reason"] in (NOT_APPLICABLE, DISABLED))
-    ]
+    applied = [r for r in results if not (r["status"] == SKIP and r["skip"]["reason"] in (NOT_APPLICABLE, DISABLED))]
     if artifacts == 0 or not applied:
         return "NO_INPUT"
     gates = {r["gate_status"] for r in results}
@@ -460,6 +477,7 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
     if not paths:
         raise UsageError("no PATH given and the policy lists no `paths`")
     artifacts = select_shard(discover(paths, policy.exclude), options.shard)
+    attach_manifest_hints(artifacts)
     total = len(artifacts)
     done = 0
 

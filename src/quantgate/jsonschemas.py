@@ -25,17 +25,22 @@ def load_schema(name: str) -> dict[str, Any]:
     return json.loads(schema_text(name))
 
 
-def validate(instance: Any, name: str) -> list[str]:
-    """Every schema error as `$.json.path: message` (empty when valid)."""
+def validate(instance: Any, name: str, definition: str | None = None) -> list[str]:
+    """Every schema error as `$.json.path: message` (empty when valid).
+
+    `definition` validates against one of the schema's `$defs` (e.g. the manifest's `long` form),
+    which gives precise messages where a `oneOf` would only say "matches none".
+    """
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
 
     registry = Registry().with_resources(
         (load_schema(n)["$id"], Resource.from_contents(load_schema(n))) for n in NAMES if _exists(n)
     )
-    validator = Draft202012Validator(
-        load_schema(name), registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER
-    )
+    schema = load_schema(name)
+    if definition is not None:
+        schema = {"$ref": f"{schema['$id']}#/$defs/{definition}"}
+    validator = Draft202012Validator(schema, registry=registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
     problems = []
     for err in sorted(validator.iter_errors(instance), key=lambda e: [str(p) for p in e.absolute_path]):
         path = "$" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from quantgate.bounds import FAIL_LEVEL, WARN_LEVEL, Bound, BoundSyntaxError, parse_bound
-from quantgate.coverage import DEFAULT_BASIS
+from quantgate.coverage import DEFAULT_BASIS, DEFAULT_COVERAGE_TOLERANCE
 from quantgate.jsonschemas import load_schema
 from quantgate.validators import guard_ids
 from quantgate.validators.base import GuardConfig
@@ -30,7 +30,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_TIMEOUT_S = 300.0
-DEFAULT_COVERAGE_TOLERANCE = 0.01
 POLICY_FILE = "quantgate.toml"
 PYPROJECT = "pyproject.toml"
 SETTINGS_KEYS = (
@@ -340,9 +339,7 @@ def _build(data: dict[str, Any], locator: _Locator, path: str) -> Policy:
                     where = locator.describe(("guards", guard_id, key, str(index)), str(text))
                     problems.append(f"{where}: {exc}")
         if gp.required and not gp.enabled:
-            problems.append(
-                f"{locator.describe(('guards', guard_id))}: a guard cannot be both required and disabled"
-            )
+            problems.append(f"{locator.describe(('guards', guard_id))}: a guard cannot be both required and disabled")
         policy.guards[guard_id] = gp
     for index, body in enumerate(data.get("waivers", []) if isinstance(data.get("waivers"), list) else []):
         if not isinstance(body, dict):

@@ -86,9 +86,7 @@ class _Session:
             raise pytest.UsageError(f"quantgate: invalid policy\n{exc}") from None
         requested = config.getoption("quantgate_guards")
         try:
-            self.guards = selected_guards(
-                [g.strip() for g in requested.split(",") if g.strip()] if requested else None
-            )
+            self.guards = selected_guards([g.strip() for g in requested.split(",") if g.strip()] if requested else None)
             self.artifacts = discover(config.getoption("quantgate_paths"), self.policy.exclude)
         except UsageError as exc:
             raise pytest.UsageError(f"quantgate: {exc}") from None
@@ -238,9 +236,7 @@ class GuardItem(pytest.Item):
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(
-    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
-) -> None:
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
     """Add the artifact items before -k / --deselect filter the collection."""
     state = config.stash.get(_STATE, None)
     if state is None:

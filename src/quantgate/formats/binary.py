@@ -60,8 +60,7 @@ class Budget:
         self.used += n
         if self.used > self.limit:
             raise BudgetExhausted(
-                f"read budget of {self.limit} records exhausted"
-                + (f" while reading {where}" if where else ""),
+                f"read budget of {self.limit} records exhausted" + (f" while reading {where}" if where else ""),
                 field=where,
             )
 

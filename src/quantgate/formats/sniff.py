@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass
 
@@ -27,12 +28,14 @@ EMPTY = "empty"
 UNKNOWN = "unknown"
 UNSUPPORTED = "unsupported"
 UNREADABLE = "unreadable"
+MANIFEST = "manifest"
 
 MODEL_FORMATS = (PTE, GGUF, SAFETENSORS, ONNX)
 # extensions that say "this file was meant to be a model" when its content is unrecognisable; they
 # never decide the format, only whether an unrecognised file in a scanned folder is reported
 MODEL_EXTENSIONS = (".pte", ".gguf", ".safetensors", ".onnx", ".ort")
 
+MANIFEST_NAME = re.compile(r"^(.*[._-])?manifest\.json$", re.IGNORECASE)
 LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
 HEAD_BYTES = 4096
 
@@ -97,7 +100,17 @@ def looks_like_onnx(head: bytes, size: int) -> bool:
     return True
 
 
-def sniff_bytes(head: bytes, size: int) -> Sniffed:
+def looks_like_manifest(head: bytes, name: str) -> bool:
+    """A release manifest: JSON named like one, or JSON carrying a manifest's own keys."""
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if MANIFEST_NAME.match(name):
+        return not text.startswith((b"GGUF",)) and b"ET12" not in head[4:8]
+    return text[:1] == b"{" and (b'"manifest_version"' in head or b'"pte_file"' in head)
+
+
+def sniff_bytes(head: bytes, size: int, name: str = "") -> Sniffed:
+    if looks_like_manifest(head, name):
+        return Sniffed(MANIFEST, "a release manifest")
     if size == 0:
         return Sniffed(EMPTY, "the file has zero bytes")
     if head.startswith(LFS_PREFIX):
@@ -115,9 +128,7 @@ def sniff_bytes(head: bytes, size: int) -> Sniffed:
     if looks_like_onnx(head, size):
         return Sniffed(ONNX)
     if head[:4] == b"PK\x03\x04":
-        return Sniffed(
-            UNSUPPORTED, "a zip archive (PyTorch .pt/.pth checkpoints are zips): not a supported format"
-        )
+        return Sniffed(UNSUPPORTED, "a zip archive (PyTorch .pt/.pth checkpoints are zips): not a supported format")
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return Sniffed(UNSUPPORTED, "a Python pickle: not a supported format, and never unpickled")
     if head[:4] in (b"lmgg", b"fmgg", b"tjgg"):
@@ -132,4 +143,4 @@ def sniff(path: str | os.PathLike[str]) -> Sniffed:
             head = handle.read(HEAD_BYTES)
     except OSError as exc:
         return Sniffed(UNREADABLE, exc.strerror or str(exc))
-    return sniff_bytes(head, size)
+    return sniff_bytes(head, size, os.path.basename(os.fspath(path)))

@@ -33,15 +33,10 @@ def annotations(report: dict[str, Any]) -> list[str]:
         for r in chosen[: ANNOTATIONS_PER_KIND - 1]:
             title = escape_property(f"quantgate {r['guard']}: {r['gate_status']}")
             path = escape_property(r["artifact"]["path"])
-            out.append(
-                f"::{kind} file={path},title={title}::"
-                + escape_data(f"{r['artifact']['path']}: {headline(r)}")
-            )
+            out.append(f"::{kind} file={path},title={title}::" + escape_data(f"{r['artifact']['path']}: {headline(r)}"))
         if len(chosen) >= ANNOTATIONS_PER_KIND:
             more = len(chosen) - (ANNOTATIONS_PER_KIND - 1)
-            out.append(
-                f"::{kind} title=quantgate::{more} more {kind}(s); see the job summary or the JSON report"
-            )
+            out.append(f"::{kind} title=quantgate::{more} more {kind}(s); see the job summary or the JSON report")
     return out
 
 

@@ -53,9 +53,7 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "", numeric: tup
         out.append("<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead>")
     out.append("<tbody>")
     for row in rows:
-        cells = "".join(
-            f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row)
-        )
+        cells = "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
         out.append(f"<tr>{cells}</tr>")
     out.append("</tbody></table>")
     return "".join(out)
@@ -91,9 +89,7 @@ def _provenance(report: dict[str, Any]) -> str:
     ]
     if report.get("shard"):
         rows.append(["shard", _e(report["shard"])])
-    packages = ", ".join(
-        f"{_e(name)} {_e(version)}" for name, version in env.get("packages", {}).items() if version
-    )
+    packages = ", ".join(f"{_e(name)} {_e(version)}" for name, version in env.get("packages", {}).items() if version)
     rows.append(["engines installed", packages or "none"])
     body = "".join(f"<tr><th>{_e(key)}</th><td>{value}</td></tr>" for key, value in rows)
     return f'<h2>Provenance</h2><table class="provenance"><tbody>{body}</tbody></table>'
@@ -173,8 +169,7 @@ def _all_results(rows: list[dict[str, Any]], hidden: int) -> str:
             ]
         )
     note = (
-        f'<p class="muted">{hidden} result(s) of guards that do not apply to the artifact\'s format '
-        "are not shown.</p>"
+        f'<p class="muted">{hidden} result(s) of guards that do not apply to the artifact\'s format are not shown.</p>'
         if hidden
         else ""
     )
@@ -202,8 +197,7 @@ def _mix(result: dict[str, Any]) -> str:
     if compute:
         # storage and compute precision are different facts (int8 weights can run in fp32)
         cells = [
-            f"{_e(b)}: integer {_pct(c.get('integer'))}, unknown {_pct(c.get('unknown'))}"
-            for b, c in compute.items()
+            f"{_e(b)}: integer {_pct(c.get('integer'))}, unknown {_pct(c.get('unknown'))}" for b, c in compute.items()
         ]
         out.append(f"<p>compute precision — {'; '.join(cells)}</p>")
     return "".join(out) + svg_legend(keys)
@@ -327,9 +321,7 @@ def _result_card(r: dict[str, Any]) -> str:
         parts.append(f'<p class="muted">skipped: {_e(r["skip"]["reason"])} — {_e(r["skip"]["detail"])}</p>')
     if r.get("error"):
         err = r["error"]
-        parts.append(
-            f"<p>error <code>{_e(err['type'])}</code>: {_e(err['message'])}<br>hint: {_e(err['hint'])}</p>"
-        )
+        parts.append(f"<p>error <code>{_e(err['type'])}</code>: {_e(err['message'])}<br>hint: {_e(err['hint'])}</p>")
     if "waiver" in r:
         w = r["waiver"]
         parts.append(

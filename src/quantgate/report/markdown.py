@@ -124,8 +124,7 @@ def render(report: dict[str, Any]) -> str:
     for r in rows:
         status = r["gate_status"] + (" (waived)" if "waiver" in r else "")
         out.append(
-            f"| {status} | {_cell(r['artifact']['path'])} | {r['guard']} | {_coverage_cell(r)} "
-            f"| {_cell(headline(r))} |"
+            f"| {status} | {_cell(r['artifact']['path'])} | {r['guard']} | {_coverage_cell(r)} | {_cell(headline(r))} |"
         )
     out += [
         "",

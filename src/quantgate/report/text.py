@@ -20,9 +20,7 @@ def render(report: dict[str, Any]) -> str:
         width_g = max(len(r["guard"]) for r in rows)
         for r in rows:
             status = r["gate_status"] + ("*" if "waiver" in r else "")
-            lines.append(
-                f"{status:<6} {r['artifact']['path']:<{width_a}}  {r['guard']:<{width_g}}  {headline(r)}"
-            )
+            lines.append(f"{status:<6} {r['artifact']['path']:<{width_a}}  {r['guard']:<{width_g}}  {headline(r)}")
             if r["gate_status"] in ("FAIL", "ERROR", "WARN") or r["status"] in ("FAIL", "WARN"):
                 extra = problems(r)
                 if len(extra) > 1:

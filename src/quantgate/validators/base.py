@@ -23,7 +23,7 @@ from quantgate.findings import ERROR as SEV_ERROR
 from quantgate.findings import WARNING as SEV_WARNING
 from quantgate.findings import Finding
 from quantgate.formats import read_inventory
-from quantgate.formats.sniff import MODEL_FORMATS, Sniffed
+from quantgate.formats.sniff import MANIFEST, MODEL_FORMATS, Sniffed
 from quantgate.inventory import Inventory
 from quantgate.result import (
     BLOCKED_BY_INTEGRITY,
@@ -120,7 +120,8 @@ class Guard:
     needs_structure: bool = True
 
     def applies_to(self, fmt: str) -> bool:
-        return self.formats is None or fmt in self.formats
+        # `formats = None` means every artifact; a manifest is a claim about artifacts, not one
+        return fmt != MANIFEST if self.formats is None else fmt in self.formats
 
     def missing_dependency(self) -> str | None:
         """None when the guard can run here, else the install hint."""
@@ -193,9 +194,7 @@ def decide_status(findings: Sequence[Finding], rows: Sequence[Mapping[str, Any]]
         r["outcome"] == bounds_mod.BROKEN and r["level"] == bounds_mod.FAIL_LEVEL for r in rows
     ):
         return FAIL
-    if any(f.severity == SEV_WARNING for f in findings) or any(
-        r["outcome"] == bounds_mod.BROKEN for r in rows
-    ):
+    if any(f.severity == SEV_WARNING for f in findings) or any(r["outcome"] == bounds_mod.BROKEN for r in rows):
         return WARN
     return PASS
 
@@ -208,9 +207,7 @@ def _message(status: str, outcome: Outcome, rows: Sequence[Mapping[str, Any]]) -
     severities = (SEV_ERROR,) if status in (FAIL, ERROR) else (SEV_WARNING,)
     broken_levels = (bounds_mod.FAIL_LEVEL,) if status in (FAIL, ERROR) else (bounds_mod.WARN_LEVEL,)
     problems += [
-        bounds_mod.describe(r)
-        for r in rows
-        if r["outcome"] == bounds_mod.BROKEN and r["level"] in broken_levels
+        bounds_mod.describe(r) for r in rows if r["outcome"] == bounds_mod.BROKEN and r["level"] in broken_levels
     ]
     for finding in outcome.findings:
         if finding.severity in severities:

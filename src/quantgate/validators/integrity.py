@@ -58,19 +58,13 @@ class IntegrityGuard(Guard):
                 error=("lfs_pointer", message, LFS_HINT),
             )
         if fmt == S.EMPTY:
-            return Outcome(
-                findings=[F.error("FILE_EMPTY", "the file has zero bytes; re-export or re-download it")]
-            )
+            return Outcome(findings=[F.error("FILE_EMPTY", "the file has zero bytes; re-export or re-download it")])
         if fmt == S.UNKNOWN:
-            return Outcome(
-                findings=[F.error("FORMAT_UNKNOWN", f"not a supported model format: {ctx.sniffed.detail}")]
-            )
+            return Outcome(findings=[F.error("FORMAT_UNKNOWN", f"not a supported model format: {ctx.sniffed.detail}")])
         if fmt == S.UNSUPPORTED:
             return Outcome(findings=[F.error("FORMAT_UNSUPPORTED", f"{ctx.sniffed.detail}")])
         if fmt not in S.MODEL_FORMATS:
-            return Outcome(
-                skip=("not_applicable", f"{fmt} files are checked through the artifact that uses them")
-            )
+            return Outcome(skip=("not_applicable", f"{fmt} files are checked through the artifact that uses them"))
         inventory = ctx.inventory()
         if inventory is None:
             return Outcome(

@@ -37,9 +37,7 @@ class SizeHeuristicGuard(Guard):
 
     def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
         if ctx.format in NOT_THE_ARTIFACT:
-            return Outcome(
-                skip=("blocked_by:integrity", f"the file is not the artifact's content ({ctx.format})")
-            )
+            return Outcome(skip=("blocked_by:integrity", f"the file is not the artifact's content ({ctx.format})"))
         quant_bits = _number(config.param("quant_bits", 8), "quant_bits")
         float_bits = _number(config.param("float_bits", 32), "float_bits")
         if quant_bits <= 0 or float_bits <= 0:
@@ -54,9 +52,7 @@ class SizeHeuristicGuard(Guard):
             if inventory is not None and inventory.params_total:
                 params, source = inventory.params_total, "artifact"
         if (not params or params <= 0) and ctx.structure_blocked():
-            return Outcome(
-                skip=("blocked_by:integrity", "no parameter count given, and the artifact failed integrity")
-            )
+            return Outcome(skip=("blocked_by:integrity", "no parameter count given, and the artifact failed integrity"))
         if not params or params <= 0:
             return Outcome(
                 skip=(

@@ -1,0 +1,209 @@
+"""The hostile-input campaign (`make fuzz`): mutate valid files of every format and feed them to the
+real readers, with a time and memory bound per input.
+
+Mutations: bit flips, stamped 0xFF words, huge counts stamped at aligned offsets, truncations,
+insertions and duplicated chunks. Every input must end as findings or a clean read: an exception, a
+timeout or a memory blow-up is a defect, and the input is kept under fixtures/fuzz-regressions/ so
+`tests/test_fuzz_regressions.py` replays it forever after.
+
+    python benchmarks/fuzz.py --seconds 600 --output benchmarks/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import os
+import random
+import resource
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from quantgate.formats import read_inventory  # noqa: E402
+from quantgate.formats.sniff import MODEL_FORMATS, sniff  # noqa: E402
+from quantgate.validators.base import GuardTimeout, time_budget  # noqa: E402
+
+REGRESSIONS = ROOT / "fixtures" / "fuzz-regressions"
+WORK = ROOT / "benchmarks" / ".work" / "fuzz"
+MEMORY_LIMIT = 2 << 30  # per worker: a reader that needs more on a small file is a defect
+TIME_LIMIT_S = 5.0
+EXT = {"gguf": ".gguf", "onnx": ".onnx", "safetensors": ".safetensors", "pte": ".pte"}
+HUGE = [0xFFFFFFFF, 0x7FFFFFFF, 0x80000000, 1 << 62, (1 << 64) - 1, 5_000_000, 1 << 31]
+
+
+def seeds() -> dict[str, list[Path]]:
+    """Valid fixture files of every format (the broken ones are already hostile)."""
+    out: dict[str, list[Path]] = {fmt: [] for fmt in MODEL_FORMATS}
+    for path in sorted((ROOT / "fixtures").rglob("*")):
+        if not path.is_file() or "broken" in path.parts or "fuzz-regressions" in path.parts:
+            continue
+        if path.stat().st_size > 4 << 20:
+            continue
+        fmt = sniff(path).format
+        if fmt in out:
+            out[fmt].append(path)
+    return out
+
+
+def mutate(data: bytes, rng: random.Random) -> bytes:
+    buf = bytearray(data)
+    for _ in range(rng.randint(1, 4)):
+        kind = rng.randrange(7)
+        n = len(buf)
+        if n == 0:
+            break
+        if kind == 0:  # bit flip
+            i = rng.randrange(n)
+            buf[i] ^= 1 << rng.randrange(8)
+        elif kind == 1:  # 0xFF word
+            i = rng.randrange(max(1, n - 4)) & ~3
+            buf[i : i + 4] = b"\xff\xff\xff\xff"
+        elif kind == 2:  # a huge count at an aligned offset (most counts are u32/u64 at 4/8 alignment)
+            width = rng.choice((4, 8))
+            i = rng.randrange(max(1, n - width)) & ~(width - 1)
+            buf[i : i + width] = (rng.choice(HUGE) & ((1 << (8 * width)) - 1)).to_bytes(width, "little")
+        elif kind == 3:  # truncation
+            del buf[rng.randrange(n) :]
+        elif kind == 4:  # insertion
+            i = rng.randrange(n)
+            buf[i:i] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 16)))
+        elif kind == 5:  # duplicated chunk
+            i = rng.randrange(n)
+            j = min(n, i + rng.randint(1, 64))
+            buf[j:j] = buf[i:j]
+        else:  # header-area byte (most structure lives in the first few KiB)
+            i = rng.randrange(min(n, 4096))
+            buf[i] = rng.randrange(256)
+    return bytes(buf)
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def check_one(task: tuple[str, str, bytes]) -> dict:
+    """Read one mutated input in this worker; classify the outcome."""
+    fmt, name, data = task
+    path = WORK / f"{os.getpid()}{EXT[fmt]}"
+    path.write_bytes(data)
+    started = time.perf_counter()
+    outcome, detail, findings = "ok", "", 0
+    try:
+        with time_budget(TIME_LIMIT_S):
+            inventory = read_inventory(str(path), fmt)
+        if inventory is not None:
+            findings = len(inventory.structural_findings) + len(inventory.semantic_findings)
+            outcome = "findings" if findings else "ok"
+    except GuardTimeout:
+        outcome, detail = "timeout", f"over {TIME_LIMIT_S:g} s"
+    except MemoryError:
+        outcome, detail = "memory", f"over {MEMORY_LIMIT >> 20} MiB"
+    except Exception as exc:  # the defect this campaign hunts
+        outcome = "exception"
+        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:300]
+    elapsed = time.perf_counter() - started
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {
+        "fmt": fmt,
+        "seed": name,
+        "outcome": outcome,
+        "detail": detail,
+        "findings": findings,
+        "seconds": elapsed,
+        "rss": rss,
+        "data": data if outcome in ("exception", "timeout", "memory") else b"",
+    }
+
+
+def run(seconds: float, jobs: int, seed: int) -> dict[str, dict]:
+    WORK.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    corpus = {fmt: [(p, p.read_bytes()) for p in paths] for fmt, paths in seeds().items() if paths}
+    stats: dict[str, dict] = {
+        fmt: {
+            "tried": 0,
+            "findings": 0,
+            "ok": 0,
+            "exception": 0,
+            "timeout": 0,
+            "memory": 0,
+            "slowest": (0.0, ""),
+            "rss": 0,
+            "seeds": len(files),
+            "kept": [],
+        }
+        for fmt, files in corpus.items()
+    }
+    deadline = time.monotonic() + seconds
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(jobs, initializer=_limit_memory, maxtasksperchild=500) as pool:
+        while time.monotonic() < deadline:
+            batch = []
+            for fmt, files in corpus.items():
+                for _ in range(20):
+                    path, data = rng.choice(files)
+                    batch.append((fmt, path.name, mutate(data, rng)))
+            for result in pool.imap_unordered(check_one, batch, chunksize=4):
+                s = stats[result["fmt"]]
+                s["tried"] += 1
+                s[result["outcome"]] += 1
+                s["rss"] = max(s["rss"], result["rss"])
+                if result["seconds"] > s["slowest"][0]:
+                    s["slowest"] = (result["seconds"], result["seed"])
+                if result["data"]:
+                    digest = hashlib.sha1(result["data"]).hexdigest()[:16]
+                    target = REGRESSIONS / result["fmt"] / f"{digest}{EXT[result['fmt']]}"
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(result["data"])
+                    s["kept"].append(f"{target.relative_to(ROOT)}: {result['outcome']} {result['detail']}")
+    return stats
+
+
+def markdown(stats: dict[str, dict], seconds: float, seed: int) -> str:
+    lines = [
+        "## Hostile-input campaign (`make fuzz`)",
+        "",
+        f"{seconds:g} s of mutation fuzzing (seed {seed}) through the real readers, each input bounded to "
+        f"{TIME_LIMIT_S:g} s and {MEMORY_LIMIT >> 20} MiB of address space.",
+        "",
+        "| format | seed files | inputs tried | with findings | clean reads | exceptions | timeouts | memory | "
+        "slowest input | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for fmt, s in sorted(stats.items()):
+        lines.append(
+            f"| {fmt} | {s['seeds']} | {s['tried']:,} | {s['findings']:,} | {s['ok']:,} | {s['exception']} | "
+            f"{s['timeout']} | {s['memory']} | {s['slowest'][0] * 1000:.1f} ms ({s['slowest'][1]}) | "
+            f"{s['rss'] / 2**20:.0f} MiB |"
+        )
+    kept = [k for s in stats.values() for k in s["kept"]]
+    lines += ["", "Inputs kept as regression fixtures: " + (", ".join(kept) if kept else "none (no defect found)."), ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--seed", type=int, default=20261123)
+    parser.add_argument("--output", help="append the results section to this markdown file")
+    args = parser.parse_args()
+    stats = run(args.seconds, args.jobs, args.seed)
+    text = markdown(stats, args.seconds, args.seed)
+    print(text)
+    if args.output:
+        from results import replace_section  # beside this script
+
+        replace_section(Path(args.output), "## Hostile-input campaign", text)
+    defects = sum(s["exception"] + s["timeout"] + s["memory"] for s in stats.values())
+    return 1 if defects else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""`make bench`: every benchmarks/bench_*.py, each printing a markdown section, into RESULTS.md.
+
+Each benchmark compares quantgate with the library a user would otherwise reach for, on the same
+large files, in separate processes (whole-process time, as a CI step pays it, and peak RSS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from results import machine, replace_section  # beside this script
+
+HERE = Path(__file__).resolve().parent
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
+    parser.add_argument("--only", help="run only bench_<NAME>.py")
+    args = parser.parse_args()
+    output = Path(args.output)
+    replace_section(output, "## Machine", "## Machine\n\n" + machine() + f"\n\nRun on {time.strftime('%Y-%m-%d')}.")
+    failed = 0
+    for script in sorted(HERE.glob("bench_*.py")):
+        if args.only and script.stem != f"bench_{args.only}":
+            continue
+        print(f"== {script.name}", file=sys.stderr, flush=True)
+        proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+        sys.stderr.write(proc.stderr[-4000:])
+        name = script.stem.removeprefix("bench_")
+        heading = f"## {name}"
+        body = (
+            proc.stdout.strip()
+            if proc.returncode == 0
+            else f"failed (exit {proc.returncode}):\n\n```\n{proc.stderr[-2000:]}\n```"
+        )
+        if not body.startswith("## "):
+            body = f"{heading}\n\n{body}"
+        else:
+            heading = body.splitlines()[0]
+        replace_section(output, heading, body)
+        failed += proc.returncode != 0
+    print(output.read_text(encoding="utf-8"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

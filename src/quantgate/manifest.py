@@ -1,0 +1,582 @@
+"""Release manifests: reading them safely, checking their claims, and writing them from measurement.
+
+A manifest is a contract: every claim in it (path, size, sha256, format, method, coverage, layer
+lists, parameter count) is checked against the file next to it. The same measurement writes one
+(`quantgate manifest`), so export scripts can stop writing claims by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from quantgate import findings as F
+from quantgate.coverage import coverage_metrics, matches_any
+from quantgate.findings import Finding
+from quantgate.formats import read_inventory
+from quantgate.formats.sniff import MODEL_FORMATS, sniff
+from quantgate.hashing import sha256_file
+from quantgate.inventory import FLOAT, Inventory, Layer
+
+MAX_MANIFEST_BYTES = 16 << 20
+MANIFEST_VERSION = 1
+INT8_METHODS = ("INT8", "W8A8")
+INT4_METHODS = ("INT4", "W4A8", "W4A16")
+FLOAT_METHODS = {"FP16": 16, "F16": 16, "BF16": 16, "FP32": 32, "F32": 32, "ALL_F32": 32}
+# a parameter count may be rounded by the export script ("1.23B"): 0.5 % is still the same model
+PARAMETERS_TOLERANCE = 0.005
+BPW_TOLERANCE = 0.05
+
+FINDING_CODES = {
+    "MANIFEST_NOT_JSON": "The manifest is not UTF-8 JSON.",
+    "MANIFEST_NOT_OBJECT": "The manifest's top level is not a JSON object.",
+    "MANIFEST_TOO_LARGE": "The manifest is larger than 16 MiB; it was not parsed.",
+    "MANIFEST_TOO_DEEP": "The manifest nests too deeply to be a manifest; it was not parsed.",
+    "MANIFEST_DUPLICATE_KEY": "A JSON object repeats a key (the last one would silently win).",
+    "MANIFEST_SCHEMA": "The manifest breaks schemas/manifest.schema.json (one finding per error, with its JSON path).",
+    "MANIFEST_PATH_ABSOLUTE": "An artifact path is absolute; paths are relative to the manifest's folder.",
+    "MANIFEST_PATH_ESCAPES": "An artifact path leaves the manifest's folder (`..`, or a link resolving outside).",
+    "MANIFEST_PATH_SYMLINK": "An artifact path goes through a symbolic link.",
+    "MANIFEST_FILE_MISSING": "A listed artifact does not exist.",
+    "MANIFEST_SIZE_MISMATCH": "The artifact's size differs from the claimed size_bytes.",
+    "MANIFEST_SHA256_MISMATCH": "The artifact's sha256 differs from the claimed one.",
+    "MANIFEST_FORMAT_MISMATCH": "The artifact's content is not the claimed format.",
+    "MANIFEST_ARTIFACT_BROKEN": "The artifact fails integrity, so its quantization claims cannot hold.",
+    "MANIFEST_METHOD_MISMATCH": "The claimed method is not what the artifact stores.",
+    "MANIFEST_COVERAGE_OVERCLAIMED": "The claimed coverage is above the measured one by more than the tolerance.",
+    "MANIFEST_COVERAGE_UNDERCLAIMED": "The claimed coverage is below the measured one by more than the tolerance.",
+    "MANIFEST_COVERAGE_UNMEASURABLE": "Coverage is claimed but the artifact has no weight-bearing ops to measure.",
+    "MANIFEST_PARAMETERS_MISMATCH": "The claimed parameter count differs from the artifact's by more than 0.5 %.",
+    "MANIFEST_BPW_MISMATCH": "The claimed bits_per_weight differs from the measured one by more than 0.05.",
+    "MANIFEST_LAYER_CLAIM_FALSE": "A layer claimed quantized is float, or one claimed fp32 is quantized.",
+    "MANIFEST_LAYER_UNKNOWN": "A claimed layer name matches no weight-bearing layer (norms and biases carry no "
+    "coverage).",
+}
+
+
+class ManifestError(Exception):
+    """The manifest cannot be read at all; `finding` says why."""
+
+    def __init__(self, finding: Finding):
+        super().__init__(finding.message)
+        self.finding = finding
+
+
+@dataclass
+class ClaimedArtifact:
+    """One artifact's claims, normalized from either form; `where` is its JSON path."""
+
+    where: str
+    path: str
+    format: str | None = None
+    sha256: str | None = None
+    size_bytes: int | None = None
+    parameters: int | None = None
+    quantization: dict[str, Any] = field(default_factory=dict)
+    int8_coverage: float | None = None  # the short form's top-level extra
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+def _no_duplicates(duplicates: list[str]):  # -> hook
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                duplicates.append(key)
+            out[key] = value
+        return out
+
+    return hook
+
+
+def load_manifest(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Finding]]:
+    """Parse a manifest defensively; raises ManifestError when there is nothing to check."""
+    size = os.path.getsize(path)
+    if size > MAX_MANIFEST_BYTES:
+        raise ManifestError(F.error("MANIFEST_TOO_LARGE", f"{size:,} bytes is larger than a manifest can be (16 MiB)"))
+    raw = Path(path).read_bytes()
+    duplicates: list[str] = []
+    try:
+        doc = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicates(duplicates))
+    except UnicodeDecodeError as exc:
+        raise ManifestError(
+            F.error("MANIFEST_NOT_JSON", f"not UTF-8 text at byte {exc.start}", offset=exc.start)
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ManifestError(
+            F.error(
+                "MANIFEST_NOT_JSON",
+                f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                offset=exc.pos,
+            )
+        ) from None
+    except RecursionError:
+        raise ManifestError(F.error("MANIFEST_TOO_DEEP", "the JSON nests too deeply to be a manifest")) from None
+    if not isinstance(doc, dict):
+        raise ManifestError(
+            F.error("MANIFEST_NOT_OBJECT", f"the top level is a JSON {type(doc).__name__}, not an object")
+        )
+    found = [F.warning("MANIFEST_DUPLICATE_KEY", f"key {k!r} appears more than once", field=k) for k in duplicates]
+    return doc, found
+
+
+def form_of(doc: dict[str, Any]) -> str:
+    return "short" if "pte_file" in doc and "manifest_version" not in doc and "artifacts" not in doc else "long"
+
+
+def schema_findings(doc: dict[str, Any]) -> list[Finding]:
+    from quantgate.jsonschemas import validate
+
+    return [
+        F.error("MANIFEST_SCHEMA", problem, field=problem.split(":", 1)[0])
+        for problem in validate(doc, "manifest", form_of(doc))
+    ]
+
+
+def _typed(entry: dict[str, Any], key: str, kind: type) -> Any:
+    value = entry.get(key)
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def claimed_artifacts(doc: dict[str, Any]) -> list[ClaimedArtifact]:
+    """Both forms as a list of claims (only well-typed entries; the schema reports the rest)."""
+    if form_of(doc) == "short":
+        quant = doc.get("quantization") if isinstance(doc.get("quantization"), dict) else {}
+        i8 = doc.get("int8_coverage")
+        return [
+            ClaimedArtifact(
+                where="$",
+                path=str(doc["pte_file"]),
+                format="pte",
+                quantization=quant,
+                int8_coverage=float(i8) if isinstance(i8, (int, float)) and not isinstance(i8, bool) else None,
+            )
+        ]
+    out = []
+    for index, entry in enumerate(doc.get("artifacts") or []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            continue
+
+        out.append(
+            ClaimedArtifact(
+                where=f"$.artifacts[{index}]",
+                path=entry["path"],
+                format=_typed(entry, "format", str),
+                sha256=_typed(entry, "sha256", str),
+                size_bytes=_typed(entry, "size_bytes", int),
+                parameters=_typed(entry, "parameters", int),
+                quantization=entry["quantization"] if isinstance(entry.get("quantization"), dict) else {},
+            )
+        )
+    return out
+
+
+def resolve_inside(folder: Path, relative: str, where: str) -> tuple[Path | None, Finding | None]:
+    """The artifact's path, confined to the manifest's folder (DESIGN §7), checked before any read."""
+    field_ = f"{where}.path"
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
+        return None, F.error(
+            "MANIFEST_PATH_ABSOLUTE",
+            f"{relative!r} is absolute; make it relative to the manifest's folder",
+            field=field_,
+        )
+    parts = Path(relative).parts
+    if ".." in parts:
+        return None, F.error(
+            "MANIFEST_PATH_ESCAPES",
+            f"{relative!r} contains '..'; artifacts must sit inside the manifest's folder",
+            field=field_,
+        )
+    root = folder.resolve()
+    candidate = folder
+    for part in parts:
+        candidate = candidate / part
+        if candidate.is_symlink():
+            target = candidate.resolve()
+            if target != root and root not in target.parents:
+                return None, F.error(
+                    "MANIFEST_PATH_ESCAPES",
+                    f"{relative!r} goes through the link {part!r} which resolves outside the manifest's folder",
+                    field=field_,
+                )
+            return None, F.error(
+                "MANIFEST_PATH_SYMLINK",
+                f"{relative!r} goes through the symbolic link {part!r}; ship the file itself",
+                field=field_,
+            )
+    return folder / relative, None
+
+
+# ---------------------------------------------------------------------------------------------
+# what the artifact stores
+
+
+def _share(layers: Sequence[Layer], test) -> float:
+    total = sum(x.params for x in layers)
+    return sum(x.params for x in layers if test(x)) / total if total else 0.0
+
+
+def precision_shares(layers: Sequence[Layer]) -> dict[str, float]:
+    """Share of weight params per storage family, to say which one dominates."""
+    return {
+        "int8": _share(layers, lambda x: x.is_int8),
+        "int4": _share(layers, lambda x: x.is_int4),
+        "fp8": _share(layers, lambda x: bool(x.quantized) and x.numeric == FLOAT and x.bits == 8),
+        "other_quantized": _share(
+            layers,
+            lambda x: (
+                bool(x.quantized) and not x.is_int8 and not x.is_int4 and not (x.numeric == FLOAT and x.bits == 8)
+            ),
+        ),
+        "bf16": _share(
+            layers, lambda x: x.quantized is False and "bf16" in x.dtype.lower().replace("bfloat16", "bf16")
+        ),
+        "fp16": _share(
+            layers,
+            lambda x: (
+                x.quantized is False and x.bits == 16 and "bf16" not in x.dtype.lower().replace("bfloat16", "bf16")
+            ),
+        ),
+        "fp32": _share(layers, lambda x: x.quantized is False and x.bits is not None and x.bits >= 32),
+        "unknown": _share(layers, lambda x: x.quantized is None),
+    }
+
+
+def dominant(shares: dict[str, float]) -> str:
+    return max(shares, key=lambda k: (shares[k], k))
+
+
+def gguf_type_bits(name: str) -> int | None:
+    """Nominal bits a GGUF file-type name promises: Q8_0 -> 8, Q4_K_M -> 4, IQ2_XS -> 2, MXFP4 -> 4."""
+    head = name.upper().removeprefix("MOSTLY_")
+    for prefix in ("IQ", "TQ", "Q"):
+        if head.startswith(prefix) and head[len(prefix) : len(prefix) + 1].isdigit():
+            return int(head[len(prefix)])
+    if head.startswith(("MXFP4", "NVFP4")):
+        return 4
+    return None
+
+
+def infer_method(inventory: Inventory) -> str:
+    """The method a manifest should claim for what the artifact stores."""
+    file_type = inventory.metrics.get("file_type")
+    if inventory.format == "gguf" and isinstance(file_type, str) and gguf_type_bits(file_type):
+        return file_type.upper().removeprefix("MOSTLY_")
+    shares = precision_shares(inventory.layers)
+    return {"int8": "INT8", "int4": "INT4", "fp8": "FP8", "bf16": "BF16", "fp16": "FP16", "fp32": "FP32"}.get(
+        dominant(shares), "FP32"
+    )
+
+
+def method_problem(method: str, inventory: Inventory, metrics: dict[str, Any]) -> str | None:
+    """Why the claimed method is not what is stored, or None when it is."""
+    layers = inventory.layers
+    if not layers:
+        return None if method in FLOAT_METHODS else f"{method} claimed, but the artifact has no weight-bearing ops"
+    shares = precision_shares(layers)
+    top = dominant(shares)
+    mix = ", ".join(f"{k} {v:.0%}" for k, v in shares.items() if v)
+    if method in INT8_METHODS:
+        if top != "int8":
+            return f"{method} claimed, but {top} weights dominate ({mix} of weight params)"
+        if method == "W8A8":
+            compute = metrics.get("compute_coverage", {}).get("params")
+            if compute and compute["integer"] == 0 and compute["unknown"] < 1:
+                return "W8A8 claimed, but no weight-bearing op computes with int8 activations"
+        return None
+    if method in INT4_METHODS:
+        return None if top == "int4" else f"{method} claimed, but {top} weights dominate ({mix} of weight params)"
+    if method == "FP8":
+        return None if top == "fp8" else f"FP8 claimed, but {top} weights dominate ({mix} of weight params)"
+    if method in FLOAT_METHODS:
+        quantized = metrics.get("params_quantized", 0)
+        if quantized:
+            return f"{method} claimed, but {quantized:,} weight params are stored quantized ({mix})"
+        wanted = {"FP16": "fp16", "F16": "fp16", "BF16": "bf16"}.get(method, "fp32")
+        return None if top == wanted else f"{method} claimed, but {top} weights dominate ({mix} of weight params)"
+    bits = gguf_type_bits(method)
+    if bits is None:
+        return f"unknown method {method!r}"
+    if inventory.format != "gguf":
+        return f"{method} is a GGUF file type, but the artifact is {inventory.format}"
+    file_type = inventory.metrics.get("file_type")
+    if isinstance(file_type, str):
+        same = file_type.upper().removeprefix("MOSTLY_") == method.upper().removeprefix("MOSTLY_")
+        return None if same else f"{method} claimed, but general.file_type says {file_type}"
+    weights = sum(x.params for x in layers)
+    at_bits = sum(x.params for x in layers if x.quantized and x.bits is not None and round(x.bits) == bits)
+    if at_bits < 0.5 * weights:
+        return f"{method} claimed, but only {at_bits / max(weights, 1):.0%} of weight params are {bits}-bit"
+    return None
+
+
+def coverage_key(method: str) -> str:
+    if method in INT8_METHODS:
+        return "int8"
+    if method in INT4_METHODS:
+        return "int4"
+    return "quantized"
+
+
+# ---------------------------------------------------------------------------------------------
+# checking
+
+
+def check_artifact(
+    claim: ClaimedArtifact, folder: Path, tolerance: float, label: str | None = None
+) -> tuple[list[Finding], dict[str, Any], int]:
+    """Every claim about one artifact, each its own finding; returns (findings, measured, claims checked)."""
+    out: list[Finding] = []
+    checked = 0
+    measured: dict[str, Any] = {"path": claim.path}
+    target, problem = resolve_inside(folder, claim.path, claim.where)
+    if problem:
+        return [problem], measured, 1
+    assert target is not None
+    if not target.is_file():
+        return (
+            [
+                F.error(
+                    "MANIFEST_FILE_MISSING",
+                    f"{claim.path} is listed but does not exist",
+                    field=f"{claim.where}.path",
+                )
+            ],
+            measured,
+            1,
+        )
+    size = target.stat().st_size
+    measured["size_bytes"] = size
+    if claim.size_bytes is not None:
+        checked += 1
+        if claim.size_bytes != size:
+            out.append(
+                F.error(
+                    "MANIFEST_SIZE_MISMATCH",
+                    f"{claim.path} is {size:,} bytes, the manifest says {claim.size_bytes:,}",
+                    field=f"{claim.where}.size_bytes",
+                )
+            )
+    if claim.sha256 is not None:
+        checked += 1
+        digest = sha256_file(target, label or claim.path)
+        measured["sha256"] = digest
+        if digest != claim.sha256.lower():
+            out.append(
+                F.error(
+                    "MANIFEST_SHA256_MISMATCH",
+                    f"{claim.path} has sha256 {digest[:16]}…, the manifest says {claim.sha256[:16]}…",
+                    field=f"{claim.where}.sha256",
+                )
+            )
+    sniffed = sniff(target)
+    measured["format"] = sniffed.format
+    if claim.format is not None:
+        checked += 1
+        if sniffed.format != claim.format:
+            out.append(
+                F.error(
+                    "MANIFEST_FORMAT_MISMATCH",
+                    f"{claim.path} is {sniffed.format}, the manifest says {claim.format}",
+                    field=f"{claim.where}.format",
+                )
+            )
+            return out, measured, checked
+    quant = claim.quantization
+    wants_structure = bool(quant) or claim.parameters is not None or claim.int8_coverage is not None
+    if not wants_structure:
+        return out, measured, checked
+    inventory = read_inventory(str(target), sniffed.format) if sniffed.format in MODEL_FORMATS else None
+    if inventory is None or not inventory.structurally_sound:
+        first = next((f for f in inventory.structural_findings if f.severity == F.ERROR), None) if inventory else None
+        why = f": {first.code}: {first.message}" if first else f" ({sniffed.format})"
+        out.append(F.error("MANIFEST_ARTIFACT_BROKEN", f"{claim.path} fails integrity{why}", field=claim.where))
+        return out, measured, checked + 1
+    basis = quant.get("basis", "ops") if quant.get("basis") in ("ops", "params", "flops") else "ops"
+    metrics, _ = coverage_metrics(inventory.layers, basis=basis)
+    measured["parameters"] = inventory.params_total
+    if claim.parameters is not None and inventory.params_total:
+        checked += 1
+        gap = abs(claim.parameters - inventory.params_total) / inventory.params_total
+        if gap > PARAMETERS_TOLERANCE:
+            out.append(
+                F.error(
+                    "MANIFEST_PARAMETERS_MISMATCH",
+                    f"{claim.path} stores {inventory.params_total:,} "
+                    f"parameters, the manifest says {claim.parameters:,}",
+                    field=f"{claim.where}.parameters",
+                )
+            )
+    method = quant.get("method") if isinstance(quant.get("method"), str) else None
+    if method:
+        checked += 1
+        measured["method"] = infer_method(inventory)
+        why = method_problem(method, inventory, metrics)
+        if why:
+            out.append(
+                F.error(
+                    "MANIFEST_METHOD_MISMATCH",
+                    f"{claim.path}: {why}",
+                    field=f"{claim.where}.quantization.method",
+                )
+            )
+    coverage_claims = []
+    if isinstance(quant.get("coverage"), (int, float)) and not isinstance(quant.get("coverage"), bool):
+        coverage_claims.append(
+            (
+                float(quant["coverage"]),
+                basis,
+                coverage_key(method or "INT8"),
+                f"{claim.where}.quantization.coverage",
+            )
+        )
+    if claim.int8_coverage is not None:
+        coverage_claims.append((claim.int8_coverage, "ops", "int8", f"{claim.where}.int8_coverage"))
+    for claimed, on_basis, key, where in coverage_claims:
+        checked += 1
+        cov_metrics = metrics if on_basis == basis else coverage_metrics(inventory.layers, basis=on_basis)[0]
+        basis_cov = cov_metrics["coverage"].get(on_basis)
+        if basis_cov is None:
+            out.append(
+                F.error(
+                    "MANIFEST_COVERAGE_UNMEASURABLE",
+                    f"{claim.path}: {claimed:.2%} {key} coverage "
+                    f"claimed, but there are no weight-bearing ops to measure on {on_basis}",
+                    field=where,
+                )
+            )
+            continue
+        actual = basis_cov[key]
+        measured.setdefault("coverage", {})[f"{on_basis}.{key}"] = actual
+        if claimed - actual > tolerance:
+            out.append(
+                F.error(
+                    "MANIFEST_COVERAGE_OVERCLAIMED",
+                    f"{claim.path}: {key} coverage on {on_basis} is "
+                    f"{actual:.2%}, the manifest claims {claimed:.2%} (tolerance {tolerance:g})",
+                    field=where,
+                )
+            )
+        elif actual - claimed > tolerance:
+            out.append(
+                F.error(
+                    "MANIFEST_COVERAGE_UNDERCLAIMED",
+                    f"{claim.path}: {key} coverage on {on_basis} is "
+                    f"{actual:.2%}, the manifest claims only {claimed:.2%} (tolerance {tolerance:g})",
+                    field=where,
+                )
+            )
+    bpw = quant.get("bits_per_weight")
+    if isinstance(bpw, (int, float)) and "bits_per_weight" in metrics:
+        checked += 1
+        if abs(bpw - metrics["bits_per_weight"]) > BPW_TOLERANCE:
+            out.append(
+                F.error(
+                    "MANIFEST_BPW_MISMATCH",
+                    f"{claim.path}: {metrics['bits_per_weight']:.3f} bits per weight measured, the manifest says {bpw}",
+                    field=f"{claim.where}.quantization.bits_per_weight",
+                )
+            )
+    for key, want_quantized in (("quantized_layers", True), ("fp32_layers", False)):
+        names = quant.get(key)
+        if not isinstance(names, list):
+            continue
+        for index, name in enumerate(n for n in names if isinstance(n, str)):
+            checked += 1
+            out += _layer_claim(
+                claim, inventory.layers, name, want_quantized, f"{claim.where}.quantization.{key}[{index}]"
+            )
+    return out, measured, checked
+
+
+def _layer_claim(
+    claim: ClaimedArtifact, layers: Sequence[Layer], name: str, want_quantized: bool, where: str
+) -> list[Finding]:
+    """A claimed layer name (a layer, a name fragment, a glob or a kind) against the measured layers."""
+    pattern = name if any(c in name for c in "*?[") else f"*{name}*"
+    matched = [x for x in layers if matches_any(x, [pattern]) or x.kind == name]
+    if not matched:
+        return [
+            F.info(
+                "MANIFEST_LAYER_UNKNOWN",
+                f"{claim.path}: {name!r} matches no weight-bearing layer",
+                field=where,
+            )
+        ]
+    wrong = [x for x in matched if x.quantized is (not want_quantized)]
+    if not wrong:
+        return []
+    state = "float" if want_quantized else "quantized"
+    sample = ", ".join(f"{x.name} ({x.dtype})" for x in wrong[:3]) + (
+        f" and {len(wrong) - 3} more" if len(wrong) > 3 else ""
+    )
+    claimed = "quantized" if want_quantized else "fp32"
+    return [
+        F.error(
+            "MANIFEST_LAYER_CLAIM_FALSE",
+            f"{claim.path}: {name!r} is claimed {claimed}, but "
+            f"{len(wrong)} of its {len(matched)} layer(s) are {state}: {sample}",
+            field=where,
+        )
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+MAX_LISTED_LAYERS = 1000
+
+
+def describe(path: Path, folder: Path, basis: str = "ops") -> tuple[dict[str, Any] | None, str | None]:
+    """A long-form artifact entry measured from the file, or (None, why) when it cannot be described."""
+    sniffed = sniff(path)
+    if sniffed.format not in MODEL_FORMATS:
+        return None, f"{path}: not a model artifact ({sniffed.format}: {sniffed.detail})"
+    inventory = read_inventory(str(path), sniffed.format)
+    if inventory is None:
+        return None, f"{path}: no reader for {sniffed.format}"
+    if not inventory.structurally_sound:
+        first = next(f for f in inventory.structural_findings if f.severity == F.ERROR)
+        return None, f"{path}: fails integrity ({first.code}: {first.message}); fix the artifact first"
+    try:
+        relative = path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return None, f"{path} is outside {folder}; a manifest lists only files in its own folder"
+    entry: dict[str, Any] = {
+        "path": relative.as_posix(),
+        "format": sniffed.format,
+        "sha256": sha256_file(path),
+        "size_bytes": path.stat().st_size,
+    }
+    if inventory.params_total:
+        entry["parameters"] = inventory.params_total
+    if inventory.layers:
+        method = infer_method(inventory)
+        metrics, _ = coverage_metrics(inventory.layers, basis=basis)
+        quant: dict[str, Any] = {
+            "method": method,
+            "coverage": round(metrics["coverage"][basis][coverage_key(method)], 6)
+            if basis in metrics["coverage"]
+            else 0.0,
+            "basis": basis,
+        }
+        if "bits_per_weight" in metrics:
+            quant["bits_per_weight"] = round(metrics["bits_per_weight"], 4)
+        quantized = [x.name for x in inventory.layers if x.quantized]
+        floats = [x.name for x in inventory.layers if x.quantized is False]
+        if len(quantized) <= MAX_LISTED_LAYERS:
+            quant["quantized_layers"] = quantized
+        if len(floats) <= MAX_LISTED_LAYERS:
+            quant["fp32_layers"] = floats
+        if basis not in metrics["coverage"]:
+            quant.pop("coverage")
+        entry["quantization"] = quant
+    return entry, None
