@@ -130,6 +130,8 @@ def test_html_report_is_self_contained_and_complete(tmp_path: Path) -> None:
     body = " ".join(doc.text)
     # provenance
     assert "quantgate 0.1.0" in body and report["environment"]["python"] in body
+    counts = [t for t, a in doc.tags if t == "table" and a.get("class") == "counts"]
+    assert len(counts) == 1 and "not applicable" in body
     assert "2026-11-23T19:00:00+00:00" in body
     # the hostile tensor name is text, never markup
     assert HOSTILE in body and "<script>" not in text
@@ -275,7 +277,7 @@ def test_init_writes_a_policy_that_loads_and_gates(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     policy = load_policy(str(tmp_path / "quantgate.toml"))
     assert policy.paths == ["dist/"] and policy.guard("integrity").required
-    assert not policy.guard("size-heuristic").enabled
+    assert not policy.guard("size-heuristic").enabled and policy.guard("manifest").required
     (tmp_path / "dist").mkdir()
     (tmp_path / "dist" / "m.gguf").write_bytes(b"\x01" * 100)
     ran = run_cli("run", "--format", "json", cwd=tmp_path)  # no PATH: the policy's paths

@@ -135,6 +135,14 @@ expect_unquantized = ["kind:embedding"]           # name globs (or kind:KIND) me
 # require = ["coverage.ops.int8 >= 0.90", "coverage.params.int4 >= 0.80", "bits_per_weight <= 5"]
 """
 
+_MANIFEST = """
+# The release manifest (manifest.json beside the artifacts, as `quantgate manifest` writes it): its
+# schema, then every claim (sha256, size, format, method, coverage) checked against the artifact.
+[guards.manifest]
+required = true
+params = { coverage_tolerance = 0.01 }   # claimed vs measured coverage
+"""
+
 _OTHER = """
 # {description}
 # [guards.{gid}]
@@ -167,6 +175,8 @@ def starter_policy(paths: list[str] | None = None) -> str:
             parts.append(_INTEGRITY)
         elif guard.id == "size-heuristic":
             parts.append(_SIZE)
+        elif guard.id == "manifest":
+            parts.append(_MANIFEST)
         elif isinstance(guard, CoverageGuard):
             parts.append(_COVERAGE.format(gid=guard.id, description=description))
         else:

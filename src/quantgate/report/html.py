@@ -99,6 +99,9 @@ def _counts(report: dict[str, Any]) -> str:
     s = report["summary"]
     header = ["artifacts", "passed", "failed", "warned", "errors", "skipped", "waived", "exit code"]
     values = [s["artifacts"], s["PASS"], s["FAIL"], s["WARN"], s["ERROR"], s["SKIP"], s["waived"]]
+    if "not_applicable" in s:  # guards that do not apply to a format: counted apart, never as skips
+        header.insert(6, "not applicable")
+        values.insert(6, s["not_applicable"])
     row = [_num(v) for v in [*values, report["exit_code"]]]
     return _table(header, [row], "counts", numeric=tuple(range(len(header))))
 
