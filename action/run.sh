@@ -45,6 +45,9 @@ is_true() {
 # ---------------------------------------------------------------------------------------------
 # install
 
+py=python3
+command -v python3 >/dev/null 2>&1 || py=python  # Windows runners name it python
+
 cmd=()
 if [ "${QUANTGATE_ACTION_SKIP_INSTALL:-}" = 1 ] || ! is_true "${QG_INSTALL:-true}"; then
   if [ -n "${QUANTGATE_PYTHON:-}" ]; then
@@ -52,7 +55,7 @@ if [ "${QUANTGATE_ACTION_SKIP_INSTALL:-}" = 1 ] || ! is_true "${QG_INSTALL:-true
   elif command -v quantgate >/dev/null 2>&1; then
     cmd=(quantgate)
   else
-    cmd=(python3 -m quantgate)
+    cmd=("$py" -m quantgate)
   fi
 else
   extras="${QG_EXTRAS:-}"
@@ -72,10 +75,12 @@ else
   fi
   venv="${RUNNER_TEMP:-${TMPDIR:-/tmp}}/quantgate-venv"
   note "installing $spec into $venv"
-  if ! { python3 -m venv "$venv" && "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$spec"; }; then
+  vpy="$venv/bin/python"
+  [ "$(uname -s 2>/dev/null | cut -c1-5)" = MINGW ] || [ "${RUNNER_OS:-}" = Windows ] && vpy="$venv/Scripts/python.exe"
+  if ! { "$py" -m venv "$venv" && "$vpy" -m pip install --quiet --disable-pip-version-check "$spec"; }; then
     finish "$EXIT_ERROR" ERROR "could not install $spec (see the log above)"
   fi
-  cmd=("$venv/bin/python" -m quantgate)
+  cmd=("$vpy" -m quantgate)
 fi
 
 # ---------------------------------------------------------------------------------------------
