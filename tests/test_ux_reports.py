@@ -226,6 +226,7 @@ def test_markdown_stays_under_githubs_summary_limit(tmp_path: Path) -> None:
     assert len(text.encode("utf-8")) <= markdown.MAX_BYTES
     assert text.count("```mermaid") <= markdown.MAX_PIES
     assert text.rstrip().endswith("the JSON report has everything)")
+    assert text.count("<details>") == text.count("</details>") and text.count("```") % 2 == 0
 
 
 # ---------------------------------------------------------------------------------------------

@@ -137,5 +137,9 @@ def render(report: dict[str, Any]) -> str:
     text = "\n".join(out)
     if len(text.encode("utf-8")) > MAX_BYTES:
         cut = text.encode("utf-8")[: MAX_BYTES - 200].decode("utf-8", errors="ignore")
-        text = cut + "\n\n… (summary cut to GitHub's 1 MiB limit; the JSON report has everything)\n"
+        cut = cut[: cut.rfind("\n") + 1]  # whole lines only
+        # close what the cut left open, so the rest of the page renders as written
+        closing = "```\n" if cut.count("```") % 2 else ""
+        closing += "\n</details>\n" * max(0, cut.count("<details>") - cut.count("</details>"))
+        text = cut + closing + "\n… (summary cut to GitHub's 1 MiB limit; the JSON report has everything)\n"
     return text
