@@ -34,7 +34,7 @@ code,.mono{font-family:ui-monospace,SFMono-Regular,Menlo,monospace;font-size:.92
 .verdict{font-size:1.3em}.muted{color:#656d76}.legend{margin:.2em 0 .8em}
 .swatch{margin-right:1em;white-space:nowrap}.swatch svg{vertical-align:middle}
 .card{border:1px solid #d0d7de;border-radius:6px;padding:.6em 1em;margin:.8em 0}
-svg.mix{display:block;margin:.2em 0;max-width:100%}tr.float td{background:#fff8c5}
+.nowrap{white-space:nowrap}svg.mix{display:block;margin:.2em 0;max-width:100%}tr.float td{background:#fff8c5}
 """
 
 
@@ -83,7 +83,7 @@ def _provenance(report: dict[str, Any]) -> str:
         ["policy sha256", f"<code>{_e(policy['sha256'])}</code>" if policy.get("sha256") else "—"],
         ["fail on", _e(policy.get("fail_on", "fail"))],
         ["coverage basis", _e(policy.get("coverage_basis", "ops"))],
-        ["report only", _e(report.get("report_only", False))],
+        ["report only", "yes (a FAIL exits 0)" if report.get("report_only") else "no"],
         ["python", _e(env["python"])],
         ["platform", _e(env["platform"])],
     ]
@@ -168,7 +168,7 @@ def _all_results(rows: list[dict[str, Any]], hidden: int) -> str:
                 f"<code>{_e(r['artifact']['path'])}</code>",
                 _e(r["guard"]),
                 _e(headline(r)),
-                _e(f"{r['duration_s']:.3f} s"),
+                f'<span class="nowrap">{r["duration_s"]:.3f} s</span>',
             ]
         )
     note = (
