@@ -15,11 +15,11 @@ import traceback
 from pathlib import Path
 from typing import Any, NoReturn
 
-from quantgate import __version__
+from quantgate import __version__, cli_extras
 from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
 from quantgate.report import FORMATS, render
 
-SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest", "merge")
+SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest", "merge", *cli_extras.SUBCOMMANDS)
 EXIT_CODES_HELP = """exit codes:
   0  every required guard reached a verdict and none failed
   1  at least one FAIL (0 with --report-only)
@@ -169,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print a bundled JSON Schema")
     schema.add_argument("name", choices=("guard-result", "report", "policy", "manifest"))
+    cli_extras.add_parsers(sub)
     return parser
 
 
@@ -478,4 +479,5 @@ COMMANDS = {
     "schema": cmd_schema,
     "manifest": cmd_manifest,
     "merge": cmd_merge,
+    **cli_extras.COMMANDS,
 }

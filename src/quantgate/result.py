@@ -50,9 +50,11 @@ class GuardResult:
     skip: dict[str, str] | None = None
     error: dict[str, str] | None = None
     duration_s: float = 0.0
+    layers: list[dict[str, Any]] | None = None  # optional: every weight-bearing layer (capped)
+    layers_omitted: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "schema_version": SCHEMA_VERSION,
             "guard": self.guard,
             "status": self.status,
@@ -66,3 +68,8 @@ class GuardResult:
             "error": self.error,
             "duration_s": round(self.duration_s, 6),
         }
+        if self.layers is not None:
+            out["layers"] = self.layers
+            if self.layers_omitted:
+                out["layers_omitted"] = self.layers_omitted
+        return out

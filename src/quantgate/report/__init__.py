@@ -11,6 +11,7 @@ RENDERERS = {
     "markdown": "quantgate.report.markdown",
     "junit": "quantgate.report.junit",
     "github": "quantgate.report.github",
+    "html": "quantgate.report.html",
 }
 FORMATS = tuple(RENDERERS)
 

@@ -6,23 +6,50 @@ from __future__ import annotations
 from typing import Any
 
 from quantgate.report.common import by_severity, counts_line, headline, precision_mix, problems, visible
+from quantgate.report.pictures import emoji_bar, emoji_legend
 
 ICON = {"PASS": "✅", "FAIL": "❌", "ERROR": "⛔", "NO_INPUT": "⚠️", "WARN": "⚠️", "SKIP": "⏭️"}
 MAX_BYTES = 1_000_000  # GitHub's step summary takes at most 1 MiB per step
 MAX_UNQUANTIZED = 25
+MAX_PIES = 20  # Mermaid pies are heavy to render; past this many, the emoji bars alone
 
 
 def _cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Table-safe and inert: artifact-controlled text can neither split a row nor open a tag."""
+    text = str(text).replace("<", "&lt;")  # no tag can open; a lone `>` is plain text in a cell
+    return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
 
 
 def _mermaid_pie(title: str, mix: dict[str, float]) -> list[str]:
-    lines = ["```mermaid", f"pie showData title {_cell(title)}"]
+    # Mermaid source inside a code fence: keep the title to characters that cannot end the fence
+    safe = "".join(c if c.isalnum() or c in " ._-/()+" else "_" for c in title)
+    lines = ["```mermaid", f"pie showData title {safe}"]
     for bits, share in mix.items():
         label = f"{bits}-bit" if bits != "unknown" else "unknown"
         lines.append(f'    "{label}" : {share * 100:.2f}')
     lines.append("```")
     return lines
+
+
+def _mix_table(result: dict[str, Any]) -> list[str]:
+    """One emoji bar per basis: a picture that renders in any markdown viewer."""
+    coverage = result.get("metrics", {}).get("coverage", {})
+    bases = [b for b in ("ops", "params", "flops") if coverage.get(b, {}).get("by_bits")]
+    if not bases:
+        return []
+    keys: list[str] = []
+    for b in bases:
+        keys += [k for k in coverage[b]["by_bits"] if k not in keys]
+    out = [
+        "| basis | precision mix | " + " | ".join(f"{k}-bit" if k != "unknown" else k for k in keys) + " |",
+        "|---|---|" + "---:|" * len(keys),
+    ]
+    for b in bases:
+        mix = coverage[b]["by_bits"]
+        cells = " | ".join(f"{mix[k]:.1%}" if k in mix else "" for k in keys)
+        out.append(f"| {b} | {emoji_bar(mix)} | {cells} |")
+    out += ["", f"<sub>{emoji_legend(keys)}</sub>"]
+    return out
 
 
 def _coverage_cell(result: dict[str, Any]) -> str:
@@ -61,11 +88,14 @@ def render(report: dict[str, Any]) -> str:
     coverage_rows = [r for r in rows if precision_mix(r)]
     if coverage_rows:
         out += ["### Precision mix", ""]
-        for r in coverage_rows:
+        for index, r in enumerate(coverage_rows):
             mix = precision_mix(r) or {}
             out.append(f"**{_cell(r['artifact']['path'])}** — `{r['guard']}`: {_coverage_cell(r)}")
             out.append("")
-            out += _mermaid_pie(f"{r['artifact']['path']} (share of weight params by bits)", mix)
+            out += _mix_table(r)
+            if index < MAX_PIES:
+                out.append("")
+                out += _mermaid_pie(f"{r['artifact']['path']} (share of weight params by bits)", mix)
             unq = r.get("unquantized", [])
             if unq:
                 out += [
@@ -107,5 +137,9 @@ def render(report: dict[str, Any]) -> str:
     text = "\n".join(out)
     if len(text.encode("utf-8")) > MAX_BYTES:
         cut = text.encode("utf-8")[: MAX_BYTES - 200].decode("utf-8", errors="ignore")
-        text = cut + "\n\n… (summary cut to GitHub's 1 MiB limit; the JSON report has everything)\n"
+        cut = cut[: cut.rfind("\n") + 1]  # whole lines only
+        # close what the cut left open, so the rest of the page renders as written
+        closing = "```\n" if cut.count("```") % 2 else ""
+        closing += "\n</details>\n" * max(0, cut.count("<details>") - cut.count("</details>"))
+        text = cut + closing + "\n… (summary cut to GitHub's 1 MiB limit; the JSON report has everything)\n"
     return text

@@ -99,6 +99,9 @@ class Outcome:
     metrics: dict[str, Any] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     unquantized: list[dict[str, Any]] = field(default_factory=list)
+    # every weight-bearing layer (bounded), for reports that show the full per-layer table
+    layers: list[dict[str, Any]] | None = None
+    layers_omitted: int = 0
     summary: str = ""
     skip: tuple[str, str] | None = None
     error: tuple[str, str, str] | None = None  # (type, message, hint)
@@ -266,6 +269,8 @@ def _run(guard: Guard, ctx: GuardContext, config: GuardConfig) -> GuardResult:
         bounds=rows,
         unquantized=outcome.unquantized,
         findings=outcome.findings,
+        layers=outcome.layers,
+        layers_omitted=outcome.layers_omitted,
     )
     if status == ERROR:
         missing_rows = [r for r in rows if r["outcome"] == bounds_mod.MISSING]

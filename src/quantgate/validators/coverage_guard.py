@@ -8,6 +8,10 @@ from quantgate.coverage import coverage_metrics
 from quantgate.inventory import Inventory
 from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
 
+# the per-layer table in a result is capped so a report stays a few MB even for huge graphs;
+# `layers_omitted` says how many were left out (`weight_ops` counts them all)
+MAX_LAYERS = 5000
+
 
 def coverage_summary(metrics: dict[str, Any]) -> str:
     if not metrics.get("weight_ops"):
@@ -42,7 +46,13 @@ class CoverageGuard(Guard):
             inventory.layers, basis=config.basis, expect_unquantized=config.expect_unquantized
         )
         metrics.update(inventory.metrics)
-        outcome = Outcome(metrics=metrics, findings=list(inventory.semantic_findings), unquantized=unquantized)
+        outcome = Outcome(
+            metrics=metrics,
+            findings=list(inventory.semantic_findings),
+            unquantized=unquantized,
+            layers=[layer.to_dict() for layer in inventory.layers[:MAX_LAYERS]],
+            layers_omitted=max(0, len(inventory.layers) - MAX_LAYERS),
+        )
         self.extra(inventory, config, outcome)
         outcome.summary = outcome.summary or coverage_summary(outcome.metrics)
         return outcome

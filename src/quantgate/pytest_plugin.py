@@ -1,0 +1,287 @@
+"""pytest plugin: `pytest --quantgate PATH...` gates artifacts inside an existing test run.
+
+One item per (artifact, guard), with node id `artifact::guard` (so `-k` and `--deselect` work):
+
+    gate_status PASS  -> passed           (a waived FAIL passes, with a QuantgateWarning)
+    gate_status WARN  -> passed, with a QuantgateWarning
+    gate_status FAIL  -> failed, with the guard's one-line message and its problems
+    gate_status ERROR -> error (raised in setup: pytest reports "error", not "failed")
+    gate_status SKIP  -> skipped, with the reason
+
+Guards that do not apply to an artifact's format get no item. Metrics go to `user_properties`,
+flattened (`int8_coverage`, `coverage.ops.int8`, ...), so pytest-json-report and JUnit carry them,
+and the canonical quantgate JSON report is written too (`--quantgate-report`).
+
+This is an adapter, not the gate: pytest exits 1 for failures and errors alike, so CI should gate
+on `quantgate run` (exit 1 FAIL, 2 ERROR). The plugin reuses the gate (discover,
+evaluate_artifact, build_report) and imports it only when `--quantgate` is given: registered through
+the `pytest11` entry point, it costs a pytest run without the flag nothing but this module.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DEFAULT_REPORT = "quantgate-reports/pytest-report.json"
+_STATE = pytest.StashKey["_Session"]()
+
+
+class QuantgateWarning(pytest.PytestWarning):
+    """A guard WARNed (a soft bound broke, an advisory finding) or a FAIL was waived."""
+
+
+class QuantgateFailure(Exception):
+    """A guard FAILed (after the policy's waivers)."""
+
+
+class QuantgateError(Exception):
+    """quantgate could not decide (crash, timeout, unreadable input, a missing metric...)."""
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("quantgate", "quantgate: gate quantized model artifacts")
+    group.addoption(
+        "--quantgate",
+        action="extend",
+        nargs="+",
+        default=[],
+        metavar="PATH",
+        dest="quantgate_paths",
+        help="gate the artifacts in these files or folders: one test per (artifact, guard)",
+    )
+    group.addoption(
+        "--quantgate-policy",
+        metavar="FILE",
+        help="policy file (default: ./quantgate.toml, else [tool.quantgate] in ./pyproject.toml)",
+    )
+    group.addoption(
+        "--quantgate-report",
+        default=DEFAULT_REPORT,
+        metavar="FILE",
+        help=f"write the canonical quantgate JSON report here (default: {DEFAULT_REPORT}; 'none': do not)",
+    )
+    group.addoption("--quantgate-guards", metavar="ID,ID", help="run only these guards")
+    group.addoption("--quantgate-sha256", action="store_true", help="hash every artifact into the report")
+
+
+class _Session:
+    """The gate's state for one pytest session: policy, artifacts, results as they are computed."""
+
+    def __init__(self, config: pytest.Config):
+        from quantgate.gate import UsageError, discover, selected_guards
+        from quantgate.policy import PolicyError, find_policy, load_policy
+
+        explicit = config.getoption("quantgate_policy")
+        if explicit and not Path(explicit).is_file():
+            raise pytest.UsageError(f"quantgate: policy file not found: {explicit}")
+        try:
+            self.policy = load_policy(find_policy(explicit))
+        except PolicyError as exc:
+            raise pytest.UsageError(f"quantgate: invalid policy\n{exc}") from None
+        requested = config.getoption("quantgate_guards")
+        try:
+            self.guards = selected_guards([g.strip() for g in requested.split(",") if g.strip()] if requested else None)
+            self.artifacts = discover(config.getoption("quantgate_paths"), self.policy.exclude)
+        except UsageError as exc:
+            raise pytest.UsageError(f"quantgate: {exc}") from None
+        self.hash_all = bool(config.getoption("quantgate_sha256"))
+        self.fail_on = self.policy.fail_on
+        self.results: dict[str, list[dict[str, Any]]] = {}
+        self.started = time.perf_counter()
+        self.started_at = _now()
+        self.report_path: str | None = None
+        self.report: dict[str, Any] | None = None
+
+    def results_for(self, artifact: Any) -> list[dict[str, Any]]:
+        """Every selected guard on the artifact, evaluated once by the gate (never raises)."""
+        from quantgate.gate import evaluate_artifact
+
+        if artifact.path not in self.results:
+            self.results[artifact.path] = evaluate_artifact(
+                artifact, self.policy, self.guards, self.hash_all, self.fail_on
+            )
+        return self.results[artifact.path]
+
+    def build(self) -> dict[str, Any] | None:
+        from quantgate.gate import build_report
+
+        evaluated = [a for a in self.artifacts if a.path in self.results]
+        if not evaluated:
+            return None
+        return build_report(
+            policy=self.policy,
+            artifacts=evaluated,
+            results=[r for a in evaluated for r in self.results[a.path]],
+            started=self.started,
+            started_at=self.started_at,
+            report_only=False,
+            fail_on=self.fail_on,
+        )
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("quantgate_paths", None):
+        config.stash[_STATE] = _Session(config)
+        config.addinivalue_line("markers", "quantgate: a quantgate guard on a model artifact")
+
+
+class ArtifactFile(pytest.File):
+    """One artifact; its items are the guards that apply to its format."""
+
+    artifact: Any
+
+    def collect(self):  # type: ignore[no-untyped-def]
+        from quantgate.validators import get_guard
+
+        state = self.config.stash[_STATE]
+        for guard_id in state.guards:
+            if get_guard(guard_id).applies_to(self.artifact.format):
+                item = GuardItem.from_parent(self, name=guard_id)
+                item.add_marker("quantgate")
+                yield item
+
+
+def flatten(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Scalar metrics as dotted pairs: {"coverage": {"ops": {"int8": x}}} -> ("coverage.ops.int8", x)."""
+    out: list[tuple[str, Any]] = []
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out += flatten(value, f"{name}.")
+        elif isinstance(value, (bool, int, float, str)) or value is None:
+            out.append((name, value))
+    return out
+
+
+class GuardItem(pytest.Item):
+    """One guard on one artifact; the gate decides, this maps its decision onto pytest outcomes."""
+
+    result: dict[str, Any]
+
+    def setup(self) -> None:
+        from quantgate.report.common import headline
+
+        state = self.config.stash[_STATE]
+        artifact = self.parent.artifact  # type: ignore[union-attr]
+        results = state.results_for(artifact)
+        self.result = next(r for r in results if r["guard"] == self.name)
+        r = self.result
+        self.user_properties += [
+            ("quantgate.status", r["status"]),
+            ("quantgate.gate_status", r["gate_status"]),
+            ("quantgate.message", headline(r)),
+            *flatten(r.get("metrics") or {}),
+        ]
+        if "waiver" in r:
+            self.user_properties.append(("quantgate.waiver", r["waiver"]["reason"]))
+        if r["gate_status"] == "ERROR":
+            raise QuantgateError(headline(r))
+        if r["gate_status"] == "SKIP":
+            skip = r.get("skip") or {"reason": "skipped", "detail": r["message"]}
+            reason = f"{skip['reason']}: {skip['detail']}"
+            try:  # report the artifact's location, not this module's line
+                raise pytest.skip.Exception(reason, _use_item_location=True)
+            except TypeError:  # pragma: no cover - a pytest without the keyword
+                pytest.skip(reason)
+
+    def runtest(self) -> None:
+        from quantgate.report.common import headline
+
+        r = self.result
+        where = f"{r['artifact']['path']}::{r['guard']}"
+        if r["gate_status"] == "FAIL":
+            raise QuantgateFailure(headline(r))
+        if r["gate_status"] == "WARN" or "waiver" in r:
+            # attributed to the artifact, so the warnings summary points at it, not at this module
+            warnings.warn_explicit(
+                QuantgateWarning(f"{where}: {headline(r)}"), QuantgateWarning, r["artifact"]["path"], 0
+            )
+
+    def _lines(self, exc: BaseException) -> str:
+        from quantgate.report.common import problems
+
+        r = getattr(self, "result", None)
+        head = f"{self.nodeid}: {exc}"
+        extra = problems(r) if r else []
+        if len(extra) > 1:
+            head += "\n" + "\n".join(f"  - {p}" for p in extra)
+        return head
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, (QuantgateFailure, QuantgateError)):
+            return self._lines(excinfo.value)
+        return super().repr_failure(excinfo, style)
+
+    def _repr_failure_py(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        # setup errors are rendered through here, not repr_failure: one line, not a traceback
+        if isinstance(excinfo.value, (QuantgateFailure, QuantgateError)):
+            return self._lines(excinfo.value)
+        return super()._repr_failure_py(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        # line 0 (shown as 1): a skip is reported at the artifact, which pytest requires a line for
+        return self.path, 0, f"{self.parent.name}::{self.name}"  # type: ignore[union-attr]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Add the artifact items before -k / --deselect filter the collection."""
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    added: list[pytest.Item] = []
+    for artifact in state.artifacts:
+        node = ArtifactFile.from_parent(session, path=Path(artifact.path), name=artifact.display)
+        node.artifact = artifact
+        added += list(session.genitems(node))
+    items[:0] = added
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(_STATE, None)
+    if state is None:
+        return
+    report = state.build()
+    state.report = report
+    target = session.config.getoption("quantgate_report")
+    if report is None or not target or target.lower() == "none":
+        return
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker holds only its share: it must not overwrite the report
+    path = Path(target)
+    if not path.is_absolute():
+        path = session.config.invocation_params.dir / path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    state.report_path = str(path)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(_STATE, None)
+    if state is None:
+        return
+    from quantgate.report.common import verdict_line
+
+    terminalreporter.section("quantgate")
+    if state.report is None:
+        terminalreporter.write_line("quantgate: no artifact item ran")
+        return
+    line = verdict_line(state.report)
+    if state.report_path:
+        line += f" (report: {state.report_path})"
+    terminalreporter.write_line(line)
+    terminalreporter.write_line(
+        "note: pytest exits 1 for a FAIL and an ERROR alike; gate CI on `quantgate run` (1 FAIL, 2 ERROR)"
+    )
