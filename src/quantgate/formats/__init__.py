@@ -11,7 +11,9 @@ import importlib
 from quantgate.inventory import Inventory
 
 # format id -> module implementing `read(path: str) -> Inventory`
-READERS: dict[str, str] = {}
+READERS: dict[str, str] = {
+    "safetensors": "quantgate.formats.safetensors",
+}
 
 
 def reader_for(fmt: str) -> str | None:
