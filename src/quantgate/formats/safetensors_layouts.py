@@ -280,20 +280,25 @@ def _ct_packed(ctx: Ctx, module: str, parts: dict[str, Any], packed: Any) -> Lay
     scale = parts.get("scale")
     nvfp4 = packed.dtype == "U8" and (gscale is not None or (scale is not None and scale.dtype in F8_DTYPES))
     numeric = FLOAT if nvfp4 or (spec and spec.numeric == FLOAT) else INT
-    bits = spec.bits if spec and spec.bits in (2, 3, 4, 8) else 4
-    per_word = (32 if packed.dtype == "I32" else packed.bits) // bits if packed.dtype in ("I32", "U8") else 1
+    container = 32 if packed.dtype == "I32" else 8 if packed.dtype == "U8" else 0
+    stored_shape = _read_weight_shape(ctx, parts.get("weight_shape"))
+    implied = None
+    if container and stored_shape and len(stored_shape) == 2 and len(packed.shape) == 2 and packed.shape[1]:
+        per = -(-stored_shape[1] // packed.shape[1])  # values per container element (last may be padded)
+        if per and container % per == 0 and container // per in (2, 3, 4, 8):
+            implied = container // per
+    bits = implied or (spec.bits if spec and spec.bits in (2, 3, 4, 8) else 4)
+    per_word = container // bits if container else 1
     derived: tuple[int, ...] | None = None
     if len(packed.shape) == 2:
         derived = (packed.shape[0], packed.shape[1] * per_word)
-    stored_shape = _read_weight_shape(ctx, parts.get("weight_shape"))
     shape = stored_shape or derived or packed.shape
-    if stored_shape is not None and derived is not None:
-        # the last column may be padded up to a whole word
-        if stored_shape[0] != derived[0] or not (derived[1] - per_word < stored_shape[1] <= derived[1]):
-            ctx.semantic.append(F.error(
-                "ST_WEIGHT_SHAPE_MISMATCH",
-                f"{name}: weight_shape {list(stored_shape)} does not fit {packed.name} {_tinfo(packed)} at "
-                f"{bits} bits ({per_word} per {packed.dtype} element → {list(derived)})", tensor=name))
+    if stored_shape is not None and derived is not None and (
+            stored_shape[0] != derived[0] or not derived[1] - per_word < stored_shape[1] <= derived[1]):
+        ctx.semantic.append(F.error(
+            "ST_WEIGHT_SHAPE_MISMATCH",
+            f"{name}: weight_shape {list(stored_shape)} does not fit {packed.name} {_tinfo(packed)} at "
+            f"{bits} bits ({per_word} per {packed.dtype} element → {list(derived)})", tensor=name))
     if scale is None:
         ctx.semantic.append(F.error("ST_COMPANION_MISSING", f"{packed.name} has no {module}.weight_scale",
                                     tensor=name))
@@ -303,7 +308,8 @@ def _ct_packed(ctx: Ctx, module: str, parts: dict[str, Any], packed: Any) -> Lay
     return Layer(name=name, kind=layer_kind(name, len(shape)), shape=tuple(shape),
                  dtype=f"{'fp' if numeric == FLOAT else 'int'}{bits}({packed.dtype})", bits=bits, numeric=numeric,
                  quantized=True, params=_numel(shape), weight_bytes=wbytes,
-                 detail={"layout": layout, "stored": _tinfo(packed)})
+                 detail={"layout": layout, "stored": _tinfo(packed),
+                         **({"implied_bits": implied} if implied else {})})
 
 
 def _read_weight_shape(ctx: Ctx, t: Any) -> tuple[int, ...] | None:
@@ -325,25 +331,28 @@ def _gptq_awq(ctx: Ctx, module: str, parts: dict[str, Any], qweight: Any) -> Lay
     scales, qzeros, g_idx = parts.get("scales"), parts.get("qzeros"), parts.get("g_idx")
     rows, cols = (qweight.shape + (1, 1))[:2] if len(qweight.shape) >= 2 else (qweight.numel, 1)
     cfg_bits = spec.bits if spec and spec.method in ("gptq", "awq") and spec.bits else None
-    # which dim is packed: g_idx or scales [groups, out] tell GPTQ ([in*bits/32, out]) from AWQ ([in, out*bits/32])
+    # which dim is packed: g_idx or scales [groups, out] tell GPTQ ([in*bits/32, out]) from AWQ
+    # ([in, out*bits/32]); config.json only decides when the shapes cannot
     if g_idx is not None:
         layout = "gptq"
+    elif scales is not None and len(scales.shape) == 2 and scales.shape[1] == cols:
+        layout = "gptq"
+    elif scales is not None and len(scales.shape) == 2 and cols and scales.shape[1] % cols == 0:
+        layout = "awq"
     elif spec and spec.method in ("gptq", "awq"):
         layout = spec.method
-    elif scales is not None and len(scales.shape) == 2 and scales.shape[1] != cols:
-        layout = "awq"
     else:
         layout = "gptq"
     bits = cfg_bits or 4
+    implied = None
     if layout == "gptq" and g_idx is not None and g_idx.numel and (rows * 32) % g_idx.numel == 0:
         implied = rows * 32 // g_idx.numel
-        if implied in (2, 3, 4, 8):
-            if cfg_bits and cfg_bits != implied:
-                ctx.semantic.append(F.error(
-                    "ST_BITS_MISMATCH",
-                    f"{name}: config.json says {cfg_bits} bits but qweight {list(qweight.shape)} with g_idx "
-                    f"[{g_idx.numel}] packs {implied} bits", tensor=name))
-            bits = implied
+    elif layout == "awq" and scales is not None and len(scales.shape) == 2 and cols:
+        implied = 32 * cols // scales.shape[1] if (32 * cols) % scales.shape[1] == 0 else None
+    if implied in (2, 3, 4, 8):
+        bits = implied
+    else:
+        implied = None
     if layout == "gptq":
         in_f, out_f = rows * 32 // bits, cols
     else:
@@ -380,7 +389,8 @@ def _gptq_awq(ctx: Ctx, module: str, parts: dict[str, Any], qweight: Any) -> Lay
     return Layer(name=name, kind=layer_kind(name, 2), shape=shape, dtype=f"int{bits}(I32)", bits=bits,
                  numeric=INT, quantized=True, params=_numel(shape), weight_bytes=wbytes,
                  detail={"layout": layout, "stored": _tinfo(qweight),
-                         **({} if cfg_bits or g_idx is not None else {"bits_assumed": True})})
+                         **({"implied_bits": implied} if implied else {}),
+                         **({} if cfg_bits or implied else {"bits_assumed": True})})
 
 
 # --- config.json ----------------------------------------------------------------------------------
@@ -508,11 +518,11 @@ def check_config(ctx: Ctx, layers: list[Layer]) -> None:
                 f"{layer.name} is stored as {layout} but config.json says quant_method={spec.method}"
                 + (f" ({want})" if want != spec.method else ""), tensor=layer.name))
             continue
-        if spec.bits is not None and layer.bits is not None and layer.bits != spec.bits and layout not in (
-                "gptq",):  # GPTQ bits were already checked against g_idx
+        if spec.bits is not None and layer.bits is not None and layer.bits != spec.bits:
+            how = "the packed shapes imply" if layer.detail.get("implied_bits") else "it is stored at"
             ctx.semantic.append(F.error(
                 "ST_BITS_MISMATCH",
-                f"{layer.name} is stored at {layer.bits:g} bits but config.json says {spec.bits}",
+                f"{layer.name}: {how} {layer.bits:g} bits but config.json says {spec.bits}",
                 tensor=layer.name))
         if want == "compressed-tensors":
             _check_ct_scale(ctx, layer, module)
