@@ -295,6 +295,7 @@ def _ct_packed(ctx: Ctx, module: str, parts: dict[str, Any], packed: Any) -> Lay
     shape = stored_shape or derived or packed.shape
     if stored_shape is not None and derived is not None and (
             stored_shape[0] != derived[0] or not derived[1] - per_word < stored_shape[1] <= derived[1]):
+        shape = derived  # the packed bytes are what is really there
         ctx.semantic.append(F.error(
             "ST_WEIGHT_SHAPE_MISMATCH",
             f"{name}: weight_shape {list(stored_shape)} does not fit {packed.name} {_tinfo(packed)} at "
@@ -569,6 +570,9 @@ def _check_ct_scale(ctx: Ctx, layer: Layer, module: str) -> None:
 
 # --- the sharded index ----------------------------------------------------------------------------
 
+_SHARD_NAME = re.compile(r"-\d{3,6}-of-\d{3,6}\.safetensors$")
+
+
 def _find_index(folder: str, base: str) -> tuple[str, dict[str, Any]] | None:
     """The `*.safetensors.index.json` beside the file whose weight_map names it (or, failing that, the
     index that shares its stem)."""
@@ -576,16 +580,21 @@ def _find_index(folder: str, base: str) -> tuple[str, dict[str, Any]] | None:
         names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors.index.json"))
     except OSError:
         return None
+    fallback = None
+    shard_like = _SHARD_NAME.search(base) is not None
     for name in names[:16]:
         doc, problem = _load_json(os.path.join(folder, name), INDEX_LIMIT)
         wm = doc.get("weight_map") if isinstance(doc, dict) else None
+        same_stem = base.startswith(name[: -len(".safetensors.index.json")])
         if problem is not None or not isinstance(wm, dict):
-            if base.startswith(name[: -len(".safetensors.index.json")]):
+            if same_stem:
                 return name, {"__invalid__": problem or "no weight_map object"}
             continue
-        if base in set(v for v in wm.values() if isinstance(v, str)):
+        if base in {v for v in wm.values() if isinstance(v, str)}:
             return name, doc
-    return None
+        if same_stem and shard_like and fallback is None:
+            fallback = name, doc  # a shard the index forgot: every tensor in it is unlisted
+    return fallback
 
 
 def check_index(folder: str, base: str, own: dict[str, Any], structural: list[Finding]) -> dict[str, Any] | None:
@@ -730,8 +739,9 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         inv.facts["quant_method"] = ctx.spec.method
         inv.metrics["quant_method"] = ctx.spec.method
         check_config(ctx, layers)
-    elif any(layer.detail.get("layout") in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized")
-             for layer in layers):
+    elif not any(f.code == "ST_CONFIG_INVALID" for f in inv.semantic_findings) and any(
+            layer.detail.get("layout") in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized")
+            for layer in layers):
         inv.semantic_findings.append(F.info(
             "ST_NO_QUANT_CONFIG",
             "packed quantized weights but no config.json with quantization_config beside the file: loaders "

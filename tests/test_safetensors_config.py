@@ -1,0 +1,288 @@
+"""config.json quantization_config against the stored layouts, and the sharded index against its
+shards. Each case copies a committed fixture into a temporary folder and edits one thing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import FIXTURES, run_json
+
+ST = FIXTURES / "safetensors"
+
+
+def copy_fixture(name: str, tmp_path: Path) -> Path:
+    dst = tmp_path / name
+    shutil.copytree(ST / name, dst)
+    return dst
+
+
+def edit_config(folder: Path, change) -> None:
+    cfg = json.loads((folder / "config.json").read_text())
+    change(cfg["quantization_config"])
+    (folder / "config.json").write_text(json.dumps(cfg))
+
+
+def dtypes_guard(folder: Path, file: str = "model.safetensors") -> tuple[int, dict[str, Any]]:
+    return run_json("guard", "safetensors-dtypes", str(folder / file))
+
+
+def codes(result: dict[str, Any]) -> dict[str, list[str | None]]:
+    out: dict[str, list[str | None]] = {}
+    for f in result["findings"]:
+        out.setdefault(f["code"], []).append(f["location"].get("tensor"))
+    return out
+
+
+def test_ignored_layer_stored_quantized(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w4a16", tmp_path)
+    edit_config(d, lambda q: q["ignore"].append("model.layers.0.mlp.down_proj"))
+    rc, result = dtypes_guard(d)
+    assert rc == 1 and result["status"] == "FAIL"
+    assert codes(result) == {"ST_IGNORED_LAYER_QUANTIZED": ["model.layers.0.mlp.down_proj.weight"]}
+
+
+def test_ct_regex_ignore(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w4a16", tmp_path)
+    edit_config(d, lambda q: q.update(ignore=["lm_head", "re:.*self_attn.*"]))
+    _, result = dtypes_guard(d)
+    assert sorted(codes(result)["ST_IGNORED_LAYER_QUANTIZED"]) == [
+        f"model.layers.0.self_attn.{p}_proj.weight" for p in "koqv"]
+
+
+def test_float_layer_not_in_ignore_list(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w4a16", tmp_path)
+    edit_config(d, lambda q: q.update(ignore=[]))
+    rc, result = dtypes_guard(d)
+    assert rc == 1
+    # lm_head is a Linear target once it leaves the ignore list; the embedding is never a target
+    assert codes(result) == {"ST_LAYER_NOT_QUANTIZED": ["lm_head.weight"]}
+
+
+def test_group_size_mismatch(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w4a16", tmp_path)
+    edit_config(d, lambda q: q["config_groups"]["group_0"]["weights"].update(group_size=64))
+    rc, result = dtypes_guard(d)
+    assert rc == 1
+    assert list(codes(result)) == ["ST_GROUP_SIZE_MISMATCH"] and len(codes(result)["ST_GROUP_SIZE_MISMATCH"]) == 7
+    assert "needs [256, 4]" in next(f["message"] for f in result["findings"] if "q_proj" in f["message"])
+
+
+def test_ct_bits_mismatch(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w4a16", tmp_path)
+    edit_config(d, lambda q: q["config_groups"]["group_0"]["weights"].update(num_bits=8))
+    rc, result = dtypes_guard(d)
+    assert rc == 1
+    assert list(codes(result)) == ["ST_BITS_MISMATCH"] and len(codes(result)["ST_BITS_MISMATCH"]) == 7
+
+
+def test_ct_weight_shape_tensor_disagrees(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w4a16", tmp_path)
+    path = d / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack_from("<Q", data, 0)
+    header = json.loads(data[8 : 8 + n])
+    begin, _ = header["model.layers.0.self_attn.q_proj.weight_shape"]["data_offsets"]
+    struct.pack_into("<qq", data, 8 + n + begin, 256, 300)  # no whole bit width packs 300 into 32 words
+    path.write_bytes(bytes(data))
+    rc, result = dtypes_guard(d)
+    assert rc == 1
+    assert codes(result) == {"ST_WEIGHT_SHAPE_MISMATCH": ["model.layers.0.self_attn.q_proj.weight"]}
+    struct.pack_into("<qq", data, 8 + n + begin, 256, 512)  # 16 per int32: 2-bit, but config says 4
+    path.write_bytes(bytes(data))
+    rc, result = dtypes_guard(d)
+    assert "ST_BITS_MISMATCH" in codes(result)
+    bits = next(f for f in result["findings"] if f["code"] == "ST_BITS_MISMATCH")
+    assert "imply 2 bits but config.json says 4" in bits["message"]
+
+
+def test_gptq_config_over_awq_layout(tmp_path: Path) -> None:
+    d = copy_fixture("awq_layout", tmp_path)
+    edit_config(d, lambda q: q.update(quant_method="gptq"))
+    rc, result = dtypes_guard(d)
+    assert rc == 1
+    assert list(codes(result)) == ["ST_QUANT_METHOD_MISMATCH"]
+    assert len(codes(result)["ST_QUANT_METHOD_MISMATCH"]) == 7
+
+
+def test_awq_config_over_gptq_layout(tmp_path: Path) -> None:
+    d = copy_fixture("gptq_layout", tmp_path)
+    edit_config(d, lambda q: q.update(quant_method="awq"))
+    _, result = dtypes_guard(d)
+    assert list(codes(result)) == ["ST_QUANT_METHOD_MISMATCH"]
+
+
+def test_gptq_bits_and_group_mismatch(tmp_path: Path) -> None:
+    d = copy_fixture("gptq_layout", tmp_path)
+    edit_config(d, lambda q: q.update(bits=8, group_size=64))
+    rc, result = dtypes_guard(d)
+    assert rc == 1
+    found = codes(result)
+    assert set(found) == {"ST_BITS_MISMATCH", "ST_GROUP_SIZE_MISMATCH"}
+    assert len(found["ST_BITS_MISMATCH"]) == 7 and len(found["ST_GROUP_SIZE_MISMATCH"]) == 7
+
+
+def test_bnb_skip_modules(tmp_path: Path) -> None:
+    d = copy_fixture("bnb_int8", tmp_path)
+    edit_config(d, lambda q: q.update(llm_int8_skip_modules=["q_proj"]))
+    _, result = dtypes_guard(d)
+    assert codes(result) == {"ST_IGNORED_LAYER_QUANTIZED": ["model.layers.0.self_attn.q_proj.weight"]}
+
+
+def test_bnb_config_says_4bit_over_int8(tmp_path: Path) -> None:
+    d = copy_fixture("bnb_int8", tmp_path)
+    edit_config(d, lambda q: q.update(load_in_8bit=False, load_in_4bit=True))
+    _, result = dtypes_guard(d)
+    assert list(codes(result)) == ["ST_QUANT_METHOD_MISMATCH"]
+
+
+def test_bnb_quant_state_corrupt(tmp_path: Path) -> None:
+    d = copy_fixture("bnb_nf4", tmp_path)
+    path = d / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack_from("<Q", data, 0)
+    header = json.loads(data[8 : 8 + n])
+    key = "model.layers.0.mlp.up_proj.weight.quant_state.bitsandbytes__nf4"
+    begin, end = header[key]["data_offsets"]
+    data[8 + n + begin : 8 + n + end] = b"\xff" * (end - begin)
+    path.write_bytes(bytes(data))
+    rc, result = dtypes_guard(d)
+    assert rc == 1
+    assert codes(result) == {"ST_BNB_QUANT_STATE_INVALID": [key]}
+
+
+def test_bnb_quant_state_shape_mismatch(tmp_path: Path) -> None:
+    d = copy_fixture("bnb_nf4", tmp_path)
+    path = d / "model.safetensors"
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack_from("<Q", data, 0)
+    header = json.loads(data[8 : 8 + n])
+    key = "model.layers.0.mlp.up_proj.weight.quant_state.bitsandbytes__nf4"
+    begin, end = header[key]["data_offsets"]
+    blob = bytes(data[8 + n + begin : 8 + n + end])
+    assert b"[512, 256]" in blob
+    data[8 + n + begin : 8 + n + end] = blob.replace(b"[512, 256]", b"[256, 512]").replace(b"[512,256]", b"[256,512]")
+    path.write_bytes(bytes(data))
+    _, result = dtypes_guard(d)
+    assert codes(result) == {}  # same element count: shape is plausible, only its order changed
+    data[8 + n + begin : 8 + n + end] = blob.replace(b"[512, 256]", b"[512, 128]")
+    path.write_bytes(bytes(data))
+    _, result = dtypes_guard(d)
+    assert codes(result) == {"ST_BNB_SHAPE_MISMATCH": ["model.layers.0.mlp.up_proj.weight"]}
+
+
+def test_no_config_beside_packed_weights(tmp_path: Path) -> None:
+    d = copy_fixture("gptq_layout", tmp_path)
+    (d / "config.json").unlink()
+    rc, result = dtypes_guard(d)
+    assert rc == 0 and result["status"] == "PASS"
+    assert codes(result) == {"ST_NO_QUANT_CONFIG": [None]}
+    assert result["metrics"]["quantized_ops"] == 7
+
+
+def test_unreadable_config_warns(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w4a16", tmp_path)
+    (d / "config.json").write_text("{not json")
+    rc, result = dtypes_guard(d)
+    assert rc == 0 and result["status"] == "WARN"
+    assert codes(result) == {"ST_CONFIG_INVALID": [None]}
+
+
+# --- the sharded index ---------------------------------------------------------------------------
+
+SHARDS = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
+
+
+def integrity(folder: Path, shard: str) -> tuple[int, dict[str, Any]]:
+    return run_json("guard", "integrity", str(folder / shard))
+
+
+def edit_index(folder: Path, change) -> None:
+    path = folder / "model.safetensors.index.json"
+    doc = json.loads(path.read_text())
+    change(doc)
+    path.write_text(json.dumps(doc))
+
+
+def test_sharded_checkpoint_is_clean() -> None:
+    for shard in SHARDS:
+        rc, result = integrity(ST / "sharded", shard)
+        assert rc == 0 and result["findings"] == [], shard
+    rc, inv = run_json("inspect", str(ST / "sharded" / SHARDS[0]), "--format", "json")
+    assert inv["facts"]["index"] == "model.safetensors.index.json"
+    assert inv["facts"]["shards"] == 4
+
+
+def test_index_shard_missing(tmp_path: Path) -> None:
+    d = copy_fixture("sharded", tmp_path)
+    (d / SHARDS[3]).unlink()
+    rc, result = integrity(d, SHARDS[0])
+    assert rc == 1
+    assert codes(result) == {"ST_INDEX_SHARD_MISSING": [None]}
+    assert SHARDS[3] in result["findings"][0]["message"]
+    rc, result = integrity(d, SHARDS[1])  # reported once, by the first shard
+    assert rc == 0 and result["findings"] == []
+
+
+def test_index_tensor_listed_but_absent(tmp_path: Path) -> None:
+    d = copy_fixture("sharded", tmp_path)
+    edit_index(d, lambda doc: doc["weight_map"].update({"model.layers.9.mlp.up_proj.weight": SHARDS[1]}))
+    rc, result = integrity(d, SHARDS[1])
+    assert rc == 1
+    assert codes(result) == {"ST_INDEX_TENSOR_MISSING": ["model.layers.9.mlp.up_proj.weight"]}
+
+
+def test_index_tensor_present_but_unlisted(tmp_path: Path) -> None:
+    d = copy_fixture("sharded", tmp_path)
+    edit_index(d, lambda doc: doc["weight_map"].pop("lm_head.weight"))
+    shard = json.loads((ST / "sharded" / "model.safetensors.index.json").read_text())["weight_map"]["lm_head.weight"]
+    rc, result = integrity(d, shard)
+    assert rc == 1
+    assert codes(result) == {"ST_INDEX_TENSOR_UNLISTED": ["lm_head.weight"]}
+
+
+def test_index_maps_tensor_to_wrong_shard(tmp_path: Path) -> None:
+    d = copy_fixture("sharded", tmp_path)
+    wm = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    name = next(k for k, v in wm.items() if v == SHARDS[2])
+    edit_index(d, lambda doc: doc["weight_map"].update({name: SHARDS[1]}))
+    _, r2 = integrity(d, SHARDS[1])
+    _, r3 = integrity(d, SHARDS[2])
+    assert codes(r2) == {"ST_INDEX_TENSOR_MISSING": [name]}
+    assert codes(r3) == {"ST_INDEX_TENSOR_UNLISTED": [name]}
+
+
+def test_index_total_size_mismatch_warns(tmp_path: Path) -> None:
+    d = copy_fixture("sharded", tmp_path)
+    edit_index(d, lambda doc: doc["metadata"].update(total_size=doc["metadata"]["total_size"] + 2))
+    rc, result = integrity(d, SHARDS[0])
+    assert rc == 0 and result["status"] == "WARN"
+    assert codes(result) == {"ST_INDEX_TOTAL_SIZE_MISMATCH": [None]}
+
+
+def test_index_shard_path_escapes(tmp_path: Path) -> None:
+    d = copy_fixture("sharded", tmp_path)
+    edit_index(d, lambda doc: doc["weight_map"].update({"extra.weight": "../elsewhere.safetensors"}))
+    rc, result = integrity(d, SHARDS[0])
+    assert rc == 1
+    assert codes(result) == {"ST_INDEX_SHARD_PATH_INVALID": [None]}
+
+
+def test_index_invalid_json(tmp_path: Path) -> None:
+    d = copy_fixture("sharded", tmp_path)
+    (d / "model.safetensors.index.json").write_text("{")
+    rc, result = integrity(d, SHARDS[0])
+    assert rc == 1 and codes(result) == {"ST_INDEX_INVALID": [None]}
+
+
+@pytest.mark.parametrize("fixture", ["ct_w4a16", "bnb_nf4"])
+def test_gate_run_on_folder(fixture: str) -> None:
+    rc, report = run_json("run", str(ST / fixture), "--format", "json", "--no-github")
+    assert rc == 0, report
+    statuses = {r["guard"]: r["status"] for r in report["results"]}
+    assert statuses["integrity"] == "PASS" and statuses["safetensors-dtypes"] == "PASS"
