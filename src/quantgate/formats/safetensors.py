@@ -147,21 +147,27 @@ class _Findings:
                 )
 
 
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 
 
-def _depth_exceeds(text: str, limit: int) -> int | None:
-    """Character index where nesting first exceeds `limit`, skipping strings; None when it never does."""
-    depth = 0
-    for match in _TOKEN.finditer(text):
-        tok = match.group()
-        if tok in ("{", "["):
-            depth += 1
-            if depth > limit:
-                return match.start()
-        elif tok in ("}", "]"):
-            depth -= 1
-    return None
+def _too_deep(text: str, limit: int) -> bool:
+    """True when brackets nest deeper than `limit` (outside strings). Each pass removes the innermost
+    level with C-speed string operations, so a 100 MB header costs `limit` linear passes."""
+    if not _levels_exceed(_NOT_BRACKET.sub("", text), limit):
+        return False  # brackets inside strings only add depth, so no string stripping is needed
+    return _levels_exceed(_NOT_BRACKET.sub("", _STRING.sub("", text)), limit)
+
+
+def _levels_exceed(brackets: str, limit: int) -> bool:
+    for _ in range(limit):
+        if not brackets:
+            return False
+        shorter = brackets.replace("[]", "").replace("{}", "")
+        if len(shorter) == len(brackets):
+            return False  # unbalanced: the JSON parser reports it
+        brackets = shorter
+    return bool(brackets) and ("[]" in brackets or "{}" in brackets)
 
 
 class _PairsRecorder:
@@ -180,7 +186,7 @@ class _PairsRecorder:
 
 
 def _is_uint(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= U64_MAX
+    return type(value) is int and 0 <= value <= U64_MAX  # bool is not an int here
 
 
 class _Locator:
@@ -237,11 +243,10 @@ def parse_header(view: View) -> Header:
                         offset=8 + exc.start, field="header"))
         return head
     head.text = text
-    deep = _depth_exceeds(text, MAX_DEPTH)
-    if deep is not None:
+    if _too_deep(text, MAX_DEPTH):
         out.add(F.error("ST_HEADER_TOO_DEEP",
                         f"the JSON header nests deeper than {MAX_DEPTH} levels; a safetensors header needs 3",
-                        offset=8 + len(text[:deep].encode()), field="header"))
+                        offset=8, field="header"))
         return head
     recorder = _PairsRecorder()
     try:

@@ -107,11 +107,18 @@ LAYOUT_CODES = {
 
 # --- tensors grouped by module --------------------------------------------------------------------
 
+_ROLE_BY_SUFFIX = dict(_SUFFIX_ROLES)
+# the last name component -> the suffixes that end with it (most names have one candidate)
+_CANDIDATES: dict[str, list[str]] = {}
+for _suffix, _ in _SUFFIX_ROLES:
+    _CANDIDATES.setdefault(_suffix.rsplit(".", 1)[-1], []).append(_suffix)
+
+
 def split_name(name: str) -> tuple[str, str | None]:
     """(module, role) for a known suffix, else (name, None)."""
-    for suffix, role in _SUFFIX_ROLES:
+    for suffix in _CANDIDATES.get(name.rpartition(".")[2], ()):
         if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], role
+            return name[: -len(suffix)], _ROLE_BY_SUFFIX[suffix]
     return name, None
 
 
@@ -392,6 +399,16 @@ def _gptq_awq(ctx: Ctx, module: str, parts: dict[str, Any], qweight: Any) -> Lay
                  detail={"layout": layout, "stored": _tinfo(qweight),
                          **({"implied_bits": implied} if implied else {}),
                          **({} if cfg_bits or implied else {"bits_assumed": True})})
+
+
+def _mxfp4_blocks(blocks: Any, scales: Any) -> Layer:
+    """gpt-oss style MXFP4: `X_blocks` U8 [..., out, in/32, 16] (two e2m1 values a byte) and `X_scales`
+    U8 [..., out, in/32] (e8m0 exponents, one per 32 values)."""
+    shape = (*blocks.shape[:-2], blocks.shape[-2] * blocks.shape[-1] * 2)
+    name = blocks.name[: -len("_blocks")]
+    return Layer(name=name, kind=layer_kind(name, 2), shape=shape, dtype="mxfp4(U8)", bits=4, numeric=FLOAT,
+                 quantized=True, params=_numel(shape), weight_bytes=blocks.nbytes + scales.nbytes,
+                 detail={"layout": "mxfp4-blocks", "stored": _tinfo(blocks)})
 
 
 # --- config.json ----------------------------------------------------------------------------------
@@ -720,12 +737,24 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         layers.append(layer)
         params_total += layer.params
         # a bias lives beside the weight as a loose tensor; the weight's own extras are not parameters
+    names = {t.name for t in loose}
     for t in loose:
+        if t.name.endswith("_scales") and t.name[: -len("_scales")] + "_blocks" in names:
+            continue  # the scales of an MXFP4 `_blocks` tensor, counted with it
+        if t.name.endswith("_blocks") and t.name[: -len("_blocks")] + "_scales" in names and t.dtype == "U8" \
+                and len(t.shape) >= 3:
+            layer = _mxfp4_blocks(t, head.tensors[t.name[: -len("_blocks")] + "_scales"])
+            layers.append(layer)
+            params_total += layer.params
+            continue
         params_total += t.numel
-        if len(t.shape) >= 2:  # a bare parameter of 2+ dims (an expert bank, a position table)
+        if _loose_is_op(t):  # a bare parameter of 2+ dims (an expert bank, a position table)
             layers.append(_plain(ctx, t.name, {}, t))
-    order = {t.name: i for i, t in enumerate(sorted(head.tensors.values(), key=lambda t: t.begin))}
-    layers.sort(key=lambda layer: _first_offset(layer, modules, order))
+    first: dict[str, int] = {}  # layers in file order: by the first byte of any of their tensors
+    for t in head.tensors.values():
+        module = split_name(t.name)[0]
+        first[module] = min(first.get(module, t.begin), t.begin)
+    layers.sort(key=lambda layer: first.get(_module_of(layer.name), first.get(layer.name, 0)))
     for i, layer in enumerate(layers):
         layer.position = i
     inv.layers = layers
@@ -756,9 +785,13 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     )
 
 
-def _first_offset(layer: Layer, modules: dict[str, dict[str, Any]], order: dict[str, int]) -> int:
-    module = layer.name[: -len(".weight")] if layer.name.endswith(".weight") else layer.name
-    parts = modules.get(module)
-    if parts:
-        return min(order.get(t.name, 0) for t in parts.values())
-    return order.get(layer.name, 0)
+def _loose_is_op(t: Any) -> bool:
+    """A tensor without a `.weight`-style suffix is an op when it has 2+ dims and could be a weight:
+    not a bias (`experts.down_proj_bias`), not an index buffer (`position_ids` I64)."""
+    if len(t.shape) < 2 or t.name.rsplit(".", 1)[-1].endswith("bias"):
+        return False
+    return t.dtype not in ("BOOL", "I16", "U16", "I32", "U32", "I64", "U64")
+
+
+def _module_of(layer_name: str) -> str:
+    return layer_name[: -len(".weight")] if layer_name.endswith(".weight") else layer_name
