@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,8 +115,8 @@ def measure(label: str, path: Path, repeat: int) -> dict[str, float]:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, str(path), "1"], capture_output=True, env=env, check=True)
     cold = time.perf_counter() - started  # a fresh process: interpreter, imports and one read
-    proc = subprocess.run([sys.executable, "-c", code, str(path), str(repeat)], capture_output=True, text=True,
-                          env=env, check=True)
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(repeat)], capture_output=True,
+                          text=True, env=env, check=True)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["process_s"] = cold
     return out
@@ -131,11 +131,12 @@ def main() -> None:
     data = make_file(path)
     with open(path, "rb") as handle:
         header_len = struct.unpack("<Q", handle.read(8))[0]
-    print(f"file: {path.name}, {path.stat().st_size / 1e9:.2f} GB ({data / 1e9:.2f} GB of F16 data as a sparse "
-          f"hole), header {header_len:,} bytes, 291 tensors")
+    print(f"file: {path.name}, {path.stat().st_size / 1e9:.2f} GB ({data / 1e9:.2f} GB of F16 data as a "
+          f"sparse hole), header {header_len:,} bytes, 291 tensors")
     results = {label: measure(label, path, args.repeat) for label in CHILD}
     q = results["quantgate"]
-    print(f"{'reader':<18} {'best read':>11} {'process':>10} {'peak RSS':>10}   quantgate/reader: read, process, RSS")
+    print(f"{'reader':<18} {'best read':>11} {'process':>10} {'peak RSS':>10}   "
+          "quantgate/reader: read, process, RSS")
     for label, r in results.items():
         ratio = "" if label in ("quantgate", "python (baseline)") else (
             f"   {q['best_s'] / r['best_s']:.2f}x, {q['process_s'] / r['process_s']:.2f}x, "

@@ -47,7 +47,7 @@ def bnb_int8(o: int, i: int) -> int:  # I8 weight + F32 SCB [out] + U8 weight_fo
     return o * i + o * 4 + 1
 
 
-def gptq(o: int, i: int) -> int:  # qweight I32 [in/8, out] + qzeros I32 [in/128, out/8] + F16 scales + I32 g_idx
+def gptq(o: int, i: int) -> int:  # qweight I32 [in/8, out] + qzeros [in/128, out/8] + F16 scales + g_idx
     return o * i // 2 + (i // 128) * (o // 8) * 4 + (i // 128) * o * 2 + i * 4
 
 
@@ -127,7 +127,7 @@ def test_bnb_nf4_exact() -> None:
     path = ST / "bnb_nf4" / "model.safetensors"
     with safetensors.safe_open(str(path), framework="pt") as f:
         blob = {k[: -len(".weight.quant_state.bitsandbytes__nf4")]: f.get_slice(k).get_shape()[0]
-                for k in f.keys() if k.endswith("bitsandbytes__nf4")}
+                for k in f.keys() if k.endswith("bitsandbytes__nf4")}  # noqa: SIM118 (safe_open, not a dict)
     total = 0
     for module, (o, i) in LINEARS.items():
         n = o * i

@@ -61,7 +61,8 @@ def damaged(draw: hs.DrawFn) -> tuple[str, bytes]:
         elif op == "insert":
             data[pos:pos] = draw(hs.binary(min_size=1, max_size=16))
         elif op == "huge" and len(data) >= 8:
-            struct.pack_into("<Q", data, 0, draw(hs.sampled_from([1 << 63, (1 << 64) - 1, 1 << 40, end + 1, 2])))
+            huge = draw(hs.sampled_from([1 << 63, (1 << 64) - 1, 1 << 40, end + 1, 2]))
+            struct.pack_into("<Q", data, 0, huge)
         elif op == "number":
             # replace one number in the header with a huge or negative one (shapes, offsets, counts)
             numbers = list(re.finditer(rb"\d+", bytes(data[8:limit])))

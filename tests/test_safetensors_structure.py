@@ -77,7 +77,7 @@ def test_locations_name_tensor_and_offset() -> None:
 
 
 def test_dtype_guard_blocked_on_broken_file() -> None:
-    rc, result = run_json("guard", "safetensors-dtypes", str(BROKEN / "gap.safetensors"))
+    _, result = run_json("guard", "safetensors-dtypes", str(BROKEN / "gap.safetensors"))
     assert result["status"] == "SKIP" and result["skip"]["reason"] == "blocked_by:integrity"
 
 

@@ -61,13 +61,13 @@ DTYPE_BITS: dict[str, int] = {
 
 STRUCTURE_CODES = {
     "ST_HEADER_TOO_SMALL": "The file is shorter than the 8-byte header length field.",
-    "ST_HEADER_TOO_LARGE": "The declared header length exceeds the 100,000,000-byte limit of the reference reader.",
+    "ST_HEADER_TOO_LARGE": "The declared header length exceeds the reference's 100,000,000-byte limit.",
     "ST_HEADER_PAST_EOF": "The declared header length runs past the end of the file.",
     "ST_HEADER_NOT_UTF8": "The JSON header is not valid UTF-8 (offset of the first bad byte).",
     "ST_HEADER_INVALID_JSON": "The header is not valid JSON (offset of the parse error).",
     "ST_HEADER_TOO_DEEP": "The JSON header nests deeper than a safetensors header can (hostile input).",
     "ST_HEADER_NOT_OBJECT": "The JSON header is not an object of tensor entries.",
-    "ST_DUPLICATE_KEY": "A JSON key appears twice in the same object (the reference keeps the last silently).",
+    "ST_DUPLICATE_KEY": "A JSON key appears twice in one object (the reference keeps the last, silently).",
     "ST_METADATA_INVALID": "`__metadata__` is not an object of string -> string.",
     "ST_ENTRY_INVALID": "A tensor entry is not an object, or lacks dtype, shape or data_offsets.",
     "ST_ENTRY_UNKNOWN_FIELD": "A tensor entry has a key other than dtype, shape and data_offsets (ignored by "
@@ -77,7 +77,7 @@ STRUCTURE_CODES = {
     "ST_SHAPE_OVERFLOW": "The tensor's byte size overflows 64 bits.",
     "ST_BAD_OFFSETS": "data_offsets is not [begin, end] with 0 <= begin <= end.",
     "ST_SUBBYTE_NOT_WHOLE_BYTES": "A sub-byte dtype (F4, F6) tensor does not fill a whole number of bytes.",
-    "ST_SIZE_MISMATCH": "end - begin differs from numel x bits / 8 (the dtype or shape does not match the bytes).",
+    "ST_SIZE_MISMATCH": "end - begin differs from numel x bits / 8: dtype or shape does not match the bytes.",
     "ST_TENSOR_GAP": "Unclaimed bytes between two tensors in the data buffer (tensors must be contiguous).",
     "ST_TENSOR_OVERLAP": "Two tensors claim the same bytes of the data buffer.",
     "ST_TRUNCATED": "The file ends before the last tensor's data: the number of missing bytes is given.",
@@ -224,7 +224,7 @@ def parse_header(view: View) -> Header:
     head.header_len = n
     if n > HEADER_LIMIT:
         out.add(F.error("ST_HEADER_TOO_LARGE",
-                        f"header length {n:,} exceeds the {HEADER_LIMIT:,}-byte limit of the reference reader",
+                        f"header length {n:,} exceeds the reference reader's {HEADER_LIMIT:,}-byte limit",
                         offset=0, field="header_len"))
         return head
     if 8 + n > size:
@@ -324,7 +324,8 @@ def _check_entry(name: str, entry: Any, out: _Findings, loc: _Locator) -> Tensor
     extra = sorted(k for k in entry if k not in ("dtype", "shape", "data_offsets"))
     if extra:
         out.add(F.warning("ST_ENTRY_UNKNOWN_FIELD",
-                          f"tensor {name!r}: unknown key(s) {', '.join(map(repr, extra))} (ignored by readers)",
+                          f"tensor {name!r}: unknown key(s) {', '.join(map(repr, extra))}, ignored by "
+                          "readers",
                           offset=loc.offset_of(name), tensor=name))
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     ok = True

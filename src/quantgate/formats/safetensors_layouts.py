@@ -10,8 +10,11 @@ every companion that encodes the weight (research §3.2, §3.3):
 | GPTQ | `qweight` I32 [in·bits/32, out], `qzeros`, `scales` [groups, out], `g_idx` [in] | [out, in] |
 | AWQ (GEMM) | `qweight` I32 [in, out·bits/32], `qzeros`, `scales` [groups, out], no g_idx | [out, in] |
 | bnb int8 | `weight` I8 [out, in] + `SCB` [out] (+ `weight_format`) | as stored |
-| bnb nf4/fp4 | `weight` U8 [n, 1] + `weight.absmax`, `.quant_map`, `.nested_*`, `.quant_state.bitsandbytes__nf4` (JSON) | from the JSON |
-| compressed-tensors packed | `weight_packed` I32 [out, in·bits/32] or U8 (NVFP4) + `weight_scale` (+ zero point, `weight_shape`, `weight_global_scale`) | `weight_shape`, else derived |
+| bnb nf4/fp4 | `weight` U8 [n, 1] + `weight.absmax`, `.quant_map`, `.nested_*`, | from the JSON |
+|   | `.quant_state.bitsandbytes__nf4` (a JSON blob) | |
+| compressed-tensors | `weight_packed` I32 [out, in·bits/32] or U8 (NVFP4), `weight_scale` | `weight_shape`, |
+|   | (+ `weight_zero_point`, `weight_shape`, `weight_global_scale`) | else derived |
+| MXFP4 (gpt-oss) | `X_blocks` U8 [..., out, in/32, 16] + `X_scales` U8 [..., out, in/32] | [..., out, in] |
 | int8 / fp8 with scale | `weight` I8/F8 [out, in] + `weight_scale` (or `weight_scale_inv`) | as stored |
 
 Activation parameters (`input_scale`, `k_scale`...) are quantization metadata of the activations:
@@ -84,15 +87,15 @@ LAYOUT_CODES = {
     "ST_COMPANION_MISSING": "A packed or low-bit weight lacks the tensor needed to decode it (scales, "
     "quant_state...).",
     "ST_COMPANION_SHAPE_MISMATCH": "A scale, zero-point or g_idx tensor's shape does not fit its weight.",
-    "ST_ORPHAN_COMPANION": "A quantization companion tensor (scales, qzeros, SCB...) has no weight beside it.",
-    "ST_QUANT_SCALE_MISSING": "An 8-bit or lower weight has no scale tensor: it cannot be dequantized as stored.",
+    "ST_ORPHAN_COMPANION": "A quantization companion (scales, qzeros, SCB...) has no weight beside it.",
+    "ST_QUANT_SCALE_MISSING": "An 8-bit or lower weight has no scale tensor: it cannot be dequantized.",
     "ST_BNB_QUANT_STATE_INVALID": "A bitsandbytes 4-bit quant_state blob is not the JSON it should be.",
     "ST_BNB_SHAPE_MISMATCH": "The bitsandbytes quant_state shape does not match the packed bytes or absmax.",
     "ST_WEIGHT_SHAPE_MISMATCH": "compressed-tensors `weight_shape` disagrees with the packed tensor's shape.",
     "ST_CONFIG_INVALID": "config.json beside the file is unreadable, too large, or not a JSON object.",
-    "ST_NO_QUANT_CONFIG": "Packed quantized weights but no quantization_config in a config.json beside the file.",
+    "ST_NO_QUANT_CONFIG": "Packed quantized weights but no config.json quantization_config beside the file.",
     "ST_QUANT_METHOD_MISMATCH": "A layer's stored layout is not the one config.json's quant_method produces.",
-    "ST_IGNORED_LAYER_QUANTIZED": "A layer config.json says to keep in float (ignore list) is stored quantized.",
+    "ST_IGNORED_LAYER_QUANTIZED": "A layer config.json keeps in float (ignore list) is stored quantized.",
     "ST_LAYER_NOT_QUANTIZED": "A layer config.json says is quantized is stored in float.",
     "ST_BITS_MISMATCH": "config.json bits disagree with the bits implied by the packed shapes.",
     "ST_GROUP_SIZE_MISMATCH": "config.json group_size disagrees with the scale tensor's shape.",
@@ -101,7 +104,7 @@ LAYOUT_CODES = {
     "ST_INDEX_TENSOR_UNLISTED": "The shard holds a tensor the index does not map to it.",
     "ST_INDEX_SHARD_MISSING": "The index names a shard file that is not beside it.",
     "ST_INDEX_SHARD_PATH_INVALID": "The index names a shard outside its folder (a path, `..`, or absolute).",
-    "ST_INDEX_TOTAL_SIZE_MISMATCH": "The index metadata total_size differs from the tensor bytes of its shards.",
+    "ST_INDEX_TOTAL_SIZE_MISMATCH": "The index metadata total_size differs from its shards' tensor bytes.",
 }
 
 
@@ -254,7 +257,7 @@ def _read_bnb_state(ctx: Ctx, t: Any) -> dict[str, Any] | None:
                                     tensor=t.name, offset=ctx.data_start + t.begin))
         return None
     if not isinstance(state, dict):
-        ctx.semantic.append(F.error("ST_BNB_QUANT_STATE_INVALID", f"{t.name} holds JSON that is not an object",
+        ctx.semantic.append(F.error("ST_BNB_QUANT_STATE_INVALID", f"{t.name} holds JSON that is no object",
                                     tensor=t.name, offset=ctx.data_start + t.begin))
         return None
     return state
@@ -266,7 +269,7 @@ def _check_bnb_shapes(ctx: Ctx, name: str, weight: Any, parts: dict[str, Any], s
     if (numel + 1) // 2 != weight.numel:
         ctx.semantic.append(F.error(
             "ST_BNB_SHAPE_MISMATCH",
-            f"{name}: quant_state shape {list(shape)} ({numel} weights) needs {(numel + 1) // 2} packed bytes "
+            f"{name}: quant_state shape {list(shape)} ({numel} weights) needs {(numel + 1) // 2} bytes "
             f"but the weight holds {weight.numel}", tensor=name))
         return
     absmax = parts.get("bnb_absmax")
@@ -314,7 +317,8 @@ def _ct_packed(ctx: Ctx, module: str, parts: dict[str, Any], packed: Any) -> Lay
     wbytes = sum(p.nbytes for r, p in parts.items() if r in wroles)
     layout = "ct-nvfp4-pack-quantized" if nvfp4 else "ct-pack-quantized"
     return Layer(name=name, kind=layer_kind(name, len(shape)), shape=tuple(shape),
-                 dtype=f"{'fp' if numeric == FLOAT else 'int'}{bits}({packed.dtype})", bits=bits, numeric=numeric,
+                 dtype=f"{'fp' if numeric == FLOAT else 'int'}{bits}({packed.dtype})", bits=bits,
+                 numeric=numeric,
                  quantized=True, params=_numel(shape), weight_bytes=wbytes,
                  detail={"layout": layout, "stored": _tinfo(packed),
                          **({"implied_bits": implied} if implied else {})})
@@ -337,13 +341,11 @@ def _gptq_awq(ctx: Ctx, module: str, parts: dict[str, Any], qweight: Any) -> Lay
     name = module + ".weight"
     spec = ctx.spec
     scales, qzeros, g_idx = parts.get("scales"), parts.get("qzeros"), parts.get("g_idx")
-    rows, cols = (qweight.shape + (1, 1))[:2] if len(qweight.shape) >= 2 else (qweight.numel, 1)
+    rows, cols = qweight.shape[:2] if len(qweight.shape) >= 2 else (qweight.numel, 1)
     cfg_bits = spec.bits if spec and spec.method in ("gptq", "awq") and spec.bits else None
     # which dim is packed: g_idx or scales [groups, out] tell GPTQ ([in*bits/32, out]) from AWQ
     # ([in, out*bits/32]); config.json only decides when the shapes cannot
-    if g_idx is not None:
-        layout = "gptq"
-    elif scales is not None and len(scales.shape) == 2 and scales.shape[1] == cols:
+    if g_idx is not None or (scales is not None and len(scales.shape) == 2 and scales.shape[1] == cols):
         layout = "gptq"
     elif scales is not None and len(scales.shape) == 2 and cols and scales.shape[1] % cols == 0:
         layout = "awq"
@@ -373,7 +375,8 @@ def _gptq_awq(ctx: Ctx, module: str, parts: dict[str, Any], qweight: Any) -> Lay
         if len(scales.shape) != 2 or scales.shape[1] != out_f:
             ctx.semantic.append(F.error(
                 "ST_COMPANION_SHAPE_MISMATCH",
-                f"{scales.name} is {list(scales.shape)}; {layout} with {bits}-bit qweight {list(qweight.shape)} "
+                f"{scales.name} is {list(scales.shape)}; {layout} with {bits}-bit qweight "
+                f"{list(qweight.shape)} "
                 f"needs [groups, {out_f}] (is the layout {'AWQ' if layout == 'gptq' else 'GPTQ'}?)",
                 tensor=scales.name))
         elif spec and spec.group_size is not None and spec.method in ("gptq", "awq"):
@@ -381,7 +384,7 @@ def _gptq_awq(ctx: Ctx, module: str, parts: dict[str, Any], qweight: Any) -> Lay
             if scales.shape[0] != groups:
                 ctx.semantic.append(F.error(
                     "ST_GROUP_SIZE_MISMATCH",
-                    f"{name}: group_size {spec.group_size} over {in_f} inputs needs {groups} scale row(s) but "
+                    f"{name}: group_size {spec.group_size} over {in_f} inputs needs {groups} scale row(s), "
                     f"{scales.name} has {scales.shape[0]}", tensor=name))
     if qzeros is not None and len(qzeros.shape) == 2 and scales is not None and len(scales.shape) == 2:
         want = (scales.shape[0], out_f * bits // 32)
@@ -518,7 +521,8 @@ def check_config(ctx: Ctx, layers: list[Layer]) -> None:
             ctx.semantic.append(F.error(
                 "ST_LAYER_NOT_QUANTIZED",
                 f"{layer.name} is stored as {layer.dtype} {list(layer.shape)} but config.json declares "
-                f"{spec.method} quantization and does not exclude it: add it to the ignore list or quantize it",
+                f"{spec.method} quantization and does not exclude it: add it to the ignore list or "
+                "quantize it",
                 tensor=layer.name))
             continue
         want = spec.layout
@@ -577,7 +581,8 @@ def _check_ct_scale(ctx: Ctx, layer: Layer, module: str) -> None:
     else:
         return
     if want is not None and tuple(scale.shape) != want:
-        code = "ST_GROUP_SIZE_MISMATCH" if strategy in ("group", "tensor_group") else "ST_COMPANION_SHAPE_MISMATCH"
+        grouped = strategy in ("group", "tensor_group")
+        code = "ST_GROUP_SIZE_MISMATCH" if grouped else "ST_COMPANION_SHAPE_MISMATCH"
         ctx.semantic.append(F.error(
             code,
             f"{scale.name} is {list(scale.shape)} but config.json strategy={strategy}"
@@ -614,7 +619,8 @@ def _find_index(folder: str, base: str) -> tuple[str, dict[str, Any]] | None:
     return fallback
 
 
-def check_index(folder: str, base: str, own: dict[str, Any], structural: list[Finding]) -> dict[str, Any] | None:
+def check_index(folder: str, base: str, own: dict[str, Any],
+                structural: list[Finding]) -> dict[str, Any] | None:
     """Check this shard against the index beside it. Every shard checks its own entries (listed but
     absent, present but unlisted); the first shard of the index (by name) also checks the whole set
     (missing shards, paths, total_size), so a folder scan reports those once."""
@@ -655,7 +661,8 @@ def check_index(folder: str, base: str, own: dict[str, Any], structural: list[Fi
         elif s not in present:
             n = sum(1 for v in wm.values() if v == s)
             structural.append(F.error(
-                "ST_INDEX_SHARD_MISSING", f"{index_name} names shard {s} ({n} tensor(s)) but it is not in the "
+                "ST_INDEX_SHARD_MISSING", f"{index_name} names shard {s} ({n} tensor(s)) but it is not in "
+                "the "
                 "folder: the checkpoint is incomplete", field=index_name))
     meta = doc.get("metadata")
     total = meta.get("total_size") if isinstance(meta, dict) else None
