@@ -102,6 +102,34 @@ def test_ct_weight_shape_tensor_disagrees(tmp_path: Path) -> None:
     assert "imply 2 bits but config.json says 4" in bits["message"]
 
 
+def test_ct_config_groups_by_target(tmp_path: Path) -> None:
+    """Two groups: the MLP at 4 bits by regex, every other Linear at 8 bits by class. The file stores
+    all seven at 4 bits, so exactly the four attention projections disagree."""
+    d = copy_fixture("ct_w4a16", tmp_path)
+
+    def two_groups(q: dict) -> None:
+        g0 = q["config_groups"]["group_0"]
+        g1 = json.loads(json.dumps(g0))
+        g0["targets"] = ["re:.*mlp.*"]
+        g1["targets"] = ["Linear"]
+        g1["weights"]["num_bits"] = 8
+        q["config_groups"]["group_1"] = g1
+
+    edit_config(d, two_groups)
+    _, result = dtypes_guard(d)
+    assert sorted(codes(result)["ST_BITS_MISMATCH"]) == [
+        f"model.layers.0.self_attn.{p}_proj.weight" for p in "koqv"]
+    assert list(codes(result)) == ["ST_BITS_MISMATCH"]
+
+
+def test_autogptq_quantize_config_json(tmp_path: Path) -> None:
+    d = copy_fixture("gptq_layout", tmp_path)
+    (d / "config.json").unlink()
+    (d / "quantize_config.json").write_text(json.dumps({"bits": 4, "group_size": 64, "desc_act": False}))
+    rc, result = dtypes_guard(d)
+    assert rc == 1 and list(codes(result)) == ["ST_GROUP_SIZE_MISMATCH"]
+
+
 def test_gptq_config_over_awq_layout(tmp_path: Path) -> None:
     d = copy_fixture("awq_layout", tmp_path)
     edit_config(d, lambda q: q.update(quant_method="gptq"))

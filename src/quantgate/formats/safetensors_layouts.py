@@ -132,7 +132,7 @@ def layer_kind(name: str, ndim: int) -> str:
         return LINEAR
     if "embed" in low or any(part in ("wte", "wpe") for part in last):
         return EMBEDDING
-    if ndim >= 3 and ("conv" in low or ndim == 4):
+    if ndim == 4 or "conv" in low:
         return CONV
     return LINEAR
 
@@ -149,6 +149,34 @@ class QuantSpec:
     ignore: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     strategy: str | None = None
+    # compressed-tensors config_groups: (targets, weights args) in config order
+    groups: list[tuple[list[str], dict[str, Any]]] = field(default_factory=list)
+
+    def for_module(self, module: str, kind: str) -> QuantSpec | None:
+        """The spec of the config group that targets this module; None when no group does. Name and
+        `re:` targets win over class targets (`Linear`), as they are the more specific."""
+        if not self.groups:
+            return self
+        by_class = None
+        for targets, weights in self.groups:
+            for t in targets:
+                if t in _CLASS_KINDS:
+                    if _CLASS_KINDS[t] == kind and by_class is None:
+                        by_class = weights
+                elif _matches(module, t):
+                    return self._with(weights)
+        return self._with(by_class) if by_class is not None else None
+
+    def _with(self, w: dict[str, Any]) -> QuantSpec:
+        strategy = w.get("strategy")
+        return QuantSpec(method=self.method, layout=self.layout, bits=_int_or_none(w.get("num_bits")),
+                         group_size=_int_or_none(w.get("group_size")),
+                         numeric=FLOAT if w.get("type") == "float" else INT, ignore=self.ignore,
+                         targets=self.targets, strategy=strategy if isinstance(strategy, str) else None)
+
+
+# compressed-tensors class-name targets and the layer kinds they cover
+_CLASS_KINDS = {"Linear": LINEAR, "Conv1d": CONV, "Conv2d": CONV, "Conv3d": CONV, "Embedding": EMBEDDING}
 
 
 @dataclass
@@ -160,6 +188,9 @@ class Ctx:
     semantic: list[Finding]
     config: dict[str, Any] | None = None  # quantization_config
     spec: QuantSpec | None = None
+
+    def spec_for(self, module: str, kind: str) -> QuantSpec | None:
+        return self.spec.for_module(module, kind) if self.spec is not None else None
 
     def readable(self, t: Any, limit: int) -> bool:
         return t.nbytes <= limit and self.data_start + t.end <= self.file_size
@@ -285,7 +316,7 @@ def _check_bnb_shapes(ctx: Ctx, name: str, weight: Any, parts: dict[str, Any], s
 
 def _ct_packed(ctx: Ctx, module: str, parts: dict[str, Any], packed: Any) -> Layer:
     name = module + ".weight"
-    spec = ctx.spec
+    spec = ctx.spec_for(module, layer_kind(name, 2))
     gscale = parts.get("global_scale")
     scale = parts.get("scale")
     nvfp4 = packed.dtype == "U8" and (gscale is not None or (scale is not None and scale.dtype in F8_DTYPES))
@@ -427,18 +458,32 @@ def _load_json(path: str, limit: int) -> tuple[Any, str | None]:
         return None, str(exc).splitlines()[0][:200]
 
 
+# the standalone files AutoGPTQ and AutoAWQ write beside a checkpoint (older exports have no
+# quantization_config in config.json), with the method they imply
+_SIDE_CONFIGS = (("quantize_config.json", "gptq"), ("quant_config.json", "awq"))
+
+
 def load_quant_config(folder: str, semantic: list[Finding]) -> dict[str, Any] | None:
+    qc: Any = None
     path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        return None
-    doc, problem = _load_json(path, CONFIG_LIMIT)
-    if problem is not None or not isinstance(doc, dict):
-        semantic.append(F.warning("ST_CONFIG_INVALID",
-                                  f"config.json beside the file is unusable ({problem or 'not an object'}); "
-                                  "quantization_config not checked", field="config.json"))
-        return None
-    qc = doc.get("quantization_config", doc.get("compression_config"))
+    if os.path.isfile(path):
+        doc, problem = _load_json(path, CONFIG_LIMIT)
+        if problem is not None or not isinstance(doc, dict):
+            semantic.append(F.warning("ST_CONFIG_INVALID",
+                                      f"config.json beside the file is unusable ({problem or 'no object'})"
+                                      "; quantization_config not checked", field="config.json"))
+            return None
+        qc = doc.get("quantization_config", doc.get("compression_config"))
     if qc is None:
+        for name, method in _SIDE_CONFIGS:
+            side = os.path.join(folder, name)
+            if os.path.isfile(side):
+                doc, problem = _load_json(side, CONFIG_LIMIT)
+                if problem is None and isinstance(doc, dict):
+                    return {"quant_method": method, **doc}
+                semantic.append(F.warning("ST_CONFIG_INVALID", f"{name} beside the file is unusable "
+                                          f"({problem or 'not an object'})", field=name))
+                return None
         return None
     if not isinstance(qc, dict):
         semantic.append(F.warning("ST_CONFIG_INVALID", "config.json quantization_config is not an object",
@@ -476,18 +521,11 @@ def spec_from_config(qc: dict[str, Any]) -> QuantSpec:
         spec.ignore = _str_list(qc.get("ignore"))
         groups = qc.get("config_groups")
         if isinstance(groups, dict):
-            # one group is the common case; with several, per-layer bits cannot be told without targets
-            weights = [g.get("weights") for g in groups.values() if isinstance(g, dict)]
-            weights = [w for w in weights if isinstance(w, dict)]
             for g in groups.values():
-                if isinstance(g, dict):
-                    spec.targets.extend(_str_list(g.get("targets")))
-            if len(weights) == 1:
-                w = weights[0]
-                spec.bits = _int_or_none(w.get("num_bits"))
-                spec.group_size = _int_or_none(w.get("group_size"))
-                spec.numeric = FLOAT if w.get("type") == "float" else INT
-                spec.strategy = w.get("strategy") if isinstance(w.get("strategy"), str) else None
+                if isinstance(g, dict) and isinstance(g.get("weights"), dict):
+                    targets = _str_list(g.get("targets"))
+                    spec.targets.extend(targets)
+                    spec.groups.append((targets, g["weights"]))
     return spec
 
 
@@ -502,11 +540,19 @@ def _matches(module: str, entry: str) -> bool:
 
 def check_config(ctx: Ctx, layers: list[Layer]) -> None:
     """config.json's quantization_config against each layer's stored layout, bits and group size."""
-    spec = ctx.spec
-    assert spec is not None
+    assert ctx.spec is not None
     for layer in layers:
-        module = layer.name[: -len(".weight")] if layer.name.endswith(".weight") else layer.name
-        ignored = any(_matches(module, e) for e in spec.ignore)
+        module = _module_of(layer.name)
+        ignored = any(_matches(module, e) for e in ctx.spec.ignore)
+        spec = ctx.spec_for(module, layer.kind)
+        if spec is None:  # compressed-tensors: no config group targets this layer
+            if layer.quantized and not ignored:
+                ctx.semantic.append(F.warning(
+                    "ST_QUANT_METHOD_MISMATCH",
+                    f"{layer.name} is stored quantized ({layer.dtype}) but no config_groups target matches "
+                    "it",
+                    tensor=layer.name))
+            continue
         layout = layer.detail.get("layout", "plain")
         if ignored:
             if layer.quantized:
@@ -547,26 +593,19 @@ def check_config(ctx: Ctx, layers: list[Layer]) -> None:
                 f"{layer.name}: {how} {layer.bits:g} bits but config.json says {spec.bits}",
                 tensor=layer.name))
         if want == "compressed-tensors":
-            _check_ct_scale(ctx, layer, module)
+            _check_ct_scale(ctx, spec, layer, module)
 
 
 def _excluded_by_default(spec: QuantSpec, layer: Layer, module: str) -> bool:
     if layer.kind == EMBEDDING:
         return True
     if spec.method == "compressed-tensors":
-        # targets name module classes ("Linear") or regexes; a conv is not a Linear
-        if not spec.targets:
-            return False
-        if layer.kind == CONV and "Linear" in spec.targets:
-            return not any(t.startswith("re:") and _matches(module, t) for t in spec.targets)
-        return False
+        return False  # untargeted layers never get here (for_module returned None)
     # GPTQ, AWQ and bitsandbytes loaders keep the output head in float unless told otherwise
     return module.rsplit(".", 1)[-1] in ("lm_head", "embed_out", "output")
 
 
-def _check_ct_scale(ctx: Ctx, layer: Layer, module: str) -> None:
-    spec = ctx.spec
-    assert spec is not None
+def _check_ct_scale(ctx: Ctx, spec: QuantSpec, layer: Layer, module: str) -> None:
     scale = ctx.tensors.get(module + ".weight_scale")
     if scale is None or len(layer.shape) != 2:
         return
