@@ -28,8 +28,23 @@ def edit_config(folder: Path, change) -> None:
     (folder / "config.json").write_text(json.dumps(cfg))
 
 
-def dtypes_guard(folder: Path, file: str = "model.safetensors") -> tuple[int, dict[str, Any]]:
-    return run_json("guard", "safetensors-dtypes", str(folder / file))
+def guard_in_process(guard_id: str, path: Path) -> tuple[int, dict[str, Any]]:
+    """What `quantgate guard ID PATH` prints and exits with, without a subprocess (the CLI path is
+    exercised by the tests marked `cli=True` and by test_safetensors_structure)."""
+    from quantgate.formats.sniff import sniff
+    from quantgate.validators import get_guard
+    from quantgate.validators.base import GuardConfig, GuardContext, run_guard
+
+    ctx = GuardContext(str(path.resolve()), sniff(path), path.stat().st_size)
+    result = run_guard(get_guard(guard_id), ctx, GuardConfig(timeout_s=300.0)).to_dict()
+    return {"PASS": 0, "WARN": 0, "SKIP": 0, "FAIL": 1, "ERROR": 2}[result["status"]], result
+
+
+def dtypes_guard(folder: Path, file: str = "model.safetensors",
+                 cli: bool = False) -> tuple[int, dict[str, Any]]:
+    if cli:
+        return run_json("guard", "safetensors-dtypes", str(folder / file))
+    return guard_in_process("safetensors-dtypes", folder / file)
 
 
 def codes(result: dict[str, Any]) -> dict[str, list[str | None]]:
@@ -42,7 +57,7 @@ def codes(result: dict[str, Any]) -> dict[str, list[str | None]]:
 def test_ignored_layer_stored_quantized(tmp_path: Path) -> None:
     d = copy_fixture("ct_w4a16", tmp_path)
     edit_config(d, lambda q: q["ignore"].append("model.layers.0.mlp.down_proj"))
-    rc, result = dtypes_guard(d)
+    rc, result = dtypes_guard(d, cli=True)
     assert rc == 1 and result["status"] == "FAIL"
     assert codes(result) == {"ST_IGNORED_LAYER_QUANTIZED": ["model.layers.0.mlp.down_proj.weight"]}
 
@@ -133,7 +148,7 @@ def test_autogptq_quantize_config_json(tmp_path: Path) -> None:
 def test_gptq_config_over_awq_layout(tmp_path: Path) -> None:
     d = copy_fixture("awq_layout", tmp_path)
     edit_config(d, lambda q: q.update(quant_method="gptq"))
-    rc, result = dtypes_guard(d)
+    rc, result = dtypes_guard(d, cli=True)
     assert rc == 1
     assert list(codes(result)) == ["ST_QUANT_METHOD_MISMATCH"]
     assert len(codes(result)["ST_QUANT_METHOD_MISMATCH"]) == 7
@@ -227,8 +242,10 @@ def test_unreadable_config_warns(tmp_path: Path) -> None:
 SHARDS = [f"model-0000{i}-of-00004.safetensors" for i in range(1, 5)]
 
 
-def integrity(folder: Path, shard: str) -> tuple[int, dict[str, Any]]:
-    return run_json("guard", "integrity", str(folder / shard))
+def integrity(folder: Path, shard: str, cli: bool = False) -> tuple[int, dict[str, Any]]:
+    if cli:
+        return run_json("guard", "integrity", str(folder / shard))
+    return guard_in_process("integrity", folder / shard)
 
 
 def edit_index(folder: Path, change) -> None:
@@ -250,7 +267,7 @@ def test_sharded_checkpoint_is_clean() -> None:
 def test_index_shard_missing(tmp_path: Path) -> None:
     d = copy_fixture("sharded", tmp_path)
     (d / SHARDS[3]).unlink()
-    rc, result = integrity(d, SHARDS[0])
+    rc, result = integrity(d, SHARDS[0], cli=True)
     assert rc == 1
     assert codes(result) == {"ST_INDEX_SHARD_MISSING": [None]}
     assert SHARDS[3] in result["findings"][0]["message"]

@@ -96,9 +96,15 @@ def test_reader_codes_for_unsniffable_files() -> None:
 
 @pytest.mark.parametrize("path", VALID_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_valid_files_pass_integrity(path: Path) -> None:
-    rc, result = run_json("guard", "integrity", str(path))
-    assert rc == 0 and result["status"] == "PASS", result["findings"]
-    assert result["findings"] == []
+    inv = st.read(str(path))
+    assert inv.structural_findings == []
+    assert inv.facts["summary"]
+
+
+def test_valid_file_passes_integrity_cli() -> None:
+    rc, result = run_json("guard", "integrity", str(ST / "ct_w4a16" / "model.safetensors"))
+    assert rc == 0 and result["status"] == "PASS" and result["findings"] == []
+    assert "9 weight ops (7 quantized" in result["message"]
 
 
 @pytest.mark.parametrize("path", VALID_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
