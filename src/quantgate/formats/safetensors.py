@@ -16,6 +16,7 @@ compressed-tensors `weight_shape`) are read only when the structure is sound.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -177,11 +178,13 @@ class _PairsRecorder:
         self.duplicates: list[tuple[str, dict[str, Any]]] = []  # (key, the object it was repeated in)
 
     def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in out:
-                self.duplicates.append((key, out))
-            out[key] = value
+        out = dict(pairs)  # the last value wins, as in serde
+        if len(out) != len(pairs):  # rare: find the repeated keys
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    self.duplicates.append((key, out))
+                seen.add(key)
         return out
 
 
@@ -190,28 +193,56 @@ def _is_uint(value: Any) -> bool:
 
 
 class _Locator:
-    """Byte offsets of tensor names in the header, computed only for the tensors that have findings."""
+    """Byte offsets of names in the header, looked up only for the findings that need one.
 
-    def __init__(self, text: str, base: int):
-        self.text = text
+    Entries are checked in header order, so each search starts where the previous one matched and
+    the usual cost is one pass over the header. A hostile header with thousands of findings cannot
+    turn this into thousands of passes: after LOCATE_LIMIT lookups the header start is reported.
+    """
+
+    LOCATE_LIMIT = 500
+
+    def __init__(self, raw: bytes, base: int):
+        self.raw = raw
         self.base = base
+        self.cursor = 0
+        self.calls = 0
 
     def offset_of(self, name: str, nth: int = 1) -> int:
-        needle = json.dumps(name, ensure_ascii=False)
-        pos = -1
-        for _ in range(nth):
-            pos = self.text.find(needle, pos + 1)
-            if pos < 0:
-                needle = json.dumps(name)  # a writer that escaped non-ASCII
-                pos = self.text.find(needle)
-                break
-        if pos < 0:
+        self.calls += 1
+        if self.calls > self.LOCATE_LIMIT:
             return self.base
-        return self.base + len(self.text[:pos].encode("utf-8", errors="replace"))
+        for needle in (json.dumps(name, ensure_ascii=False).encode(), json.dumps(name).encode()):
+            if nth == 1:
+                pos = self.raw.find(needle, self.cursor)
+                if pos < 0:
+                    pos = self.raw.find(needle)
+                if pos >= 0:
+                    self.cursor = max(self.cursor, pos)
+                    return self.base + pos
+            else:
+                pos = -1
+                for _ in range(nth):
+                    pos = self.raw.find(needle, pos + 1)
+                    if pos < 0:
+                        break
+                if pos >= 0:
+                    return self.base + pos
+        return self.base
 
 
 def parse_header(view: View) -> Header:
     """Parse and check the header and the data layout; never raises on bad input."""
+    enabled = gc.isenabled()
+    gc.disable()  # a header can hold a million small dicts; collecting them mid-parse only costs time
+    try:
+        return _parse_header(view)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _parse_header(view: View) -> Header:
     size = len(view)
     head = Header(file_size=size)
     out = _Findings(head.findings)
@@ -266,7 +297,7 @@ def parse_header(view: View) -> Header:
                         f"the header is a JSON {type(doc).__name__}, not an object of tensor entries",
                         offset=8, field="header"))
         return head
-    loc = _Locator(text, 8)
+    loc = _Locator(raw, 8)
     seen_dup: dict[str, int] = {}
     owners = {id(v): k for k, v in doc.items() if isinstance(v, dict)}
     for key, obj in recorder.duplicates:
@@ -310,23 +341,42 @@ def _check_metadata(meta: Any, present: bool, head: Header, out: _Findings, loc:
     head.metadata = {k: v for k, v in meta.items() if isinstance(v, str)}
 
 
-def _check_entry(name: str, entry: Any, out: _Findings, loc: _Locator) -> TensorEntry | None:
-    def err(code: str, message: str) -> None:
-        out.add(F.error(code, f"tensor {name!r}: {message}", offset=loc.offset_of(name), tensor=name))
+_ENTRY_KEYS = ("dtype", "shape", "data_offsets")
 
-    if not isinstance(entry, dict):
-        err("ST_ENTRY_INVALID", f"the entry is a JSON {type(entry).__name__}, not an object")
+
+def _check_entry(name: str, entry: Any, out: _Findings, loc: _Locator) -> TensorEntry | None:
+    # the happy path stays cheap: a header can hold a million entries
+    if type(entry) is not dict:
+        _entry_error(out, loc, name, "ST_ENTRY_INVALID",
+                     f"the entry is a JSON {type(entry).__name__}, not an object")
         return None
-    missing = [k for k in ("dtype", "shape", "data_offsets") if k not in entry]
+    if len(entry) != 3 or "dtype" not in entry or "shape" not in entry or "data_offsets" not in entry:
+        return _odd_entry(name, entry, out, loc)
+    return _typed_entry(name, entry, out, loc)
+
+
+def _entry_error(out: _Findings, loc: _Locator, name: str, code: str, message: str) -> None:
+    out.add(F.error(code, f"tensor {name!r}: {message}", offset=loc.offset_of(name), tensor=name))
+
+
+def _odd_entry(name: str, entry: dict[str, Any], out: _Findings, loc: _Locator) -> TensorEntry | None:
+    missing = [k for k in _ENTRY_KEYS if k not in entry]
     if missing:
-        err("ST_ENTRY_INVALID", f"the entry lacks {', '.join(missing)}")
+        _entry_error(out, loc, name, "ST_ENTRY_INVALID", f"the entry lacks {', '.join(missing)}")
         return None
-    extra = sorted(k for k in entry if k not in ("dtype", "shape", "data_offsets"))
+    extra = sorted(k for k in entry if k not in _ENTRY_KEYS)
     if extra:
         out.add(F.warning("ST_ENTRY_UNKNOWN_FIELD",
                           f"tensor {name!r}: unknown key(s) {', '.join(map(repr, extra))}, ignored by "
                           "readers",
                           offset=loc.offset_of(name), tensor=name))
+    return _typed_entry(name, entry, out, loc)
+
+
+def _typed_entry(name: str, entry: dict[str, Any], out: _Findings, loc: _Locator) -> TensorEntry | None:
+    def err(code: str, message: str) -> None:
+        _entry_error(out, loc, name, code, message)
+
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
     ok = True
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
