@@ -145,6 +145,21 @@ def test_autogptq_quantize_config_json(tmp_path: Path) -> None:
     assert rc == 1 and list(codes(result)) == ["ST_GROUP_SIZE_MISMATCH"]
 
 
+def test_gptq_lm_head_opt_in(tmp_path: Path) -> None:
+    d = copy_fixture("gptq_layout", tmp_path)
+    edit_config(d, lambda q: q.update(lm_head=True))
+    _, result = dtypes_guard(d)
+    assert codes(result) == {"ST_LAYER_NOT_QUANTIZED": ["lm_head.weight"]}
+
+
+def test_unchecked_method_is_info(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w4a16", tmp_path)
+    edit_config(d, lambda q: q.update(quant_method="hqq"))
+    rc, result = dtypes_guard(d)
+    assert rc == 0 and result["status"] == "PASS"
+    assert codes(result) == {"ST_QUANT_METHOD_UNCHECKED": [None]}
+
+
 def test_gptq_config_over_awq_layout(tmp_path: Path) -> None:
     d = copy_fixture("awq_layout", tmp_path)
     edit_config(d, lambda q: q.update(quant_method="gptq"))

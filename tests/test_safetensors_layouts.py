@@ -153,3 +153,18 @@ def test_bnb_4bit_without_quant_state(tmp_path: Path) -> None:
     p = write_st(tmp_path / "m.safetensors",
                  {"fc.weight": ("U8", [128, 1]), "fc.weight.absmax": ("F32", [4])})
     assert codes_of(p) == [("ST_COMPANION_MISSING", "fc.weight")]
+
+
+def test_fine_grained_fp8_with_scale_inv(tmp_path: Path) -> None:
+    """DeepSeek-V3 style: F8_E4M3 weights with block scales `weight_scale_inv` [out/128, in/128]."""
+    p = write_st(tmp_path / "model.safetensors", {
+        "model.layers.0.mlp.up_proj.weight": ("F8_E4M3", [256, 256]),
+        "model.layers.0.mlp.up_proj.weight_scale_inv": ("F32", [2, 2]),
+        "lm_head.weight": ("BF16", [64, 256]),
+    })
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}}))
+    assert codes_of(p) == []
+    layer = layers_of(p)["model.layers.0.mlp.up_proj.weight"]
+    assert layer["quantized"] and layer["bits"] == 8
+    assert layer["weight_bytes"] == 256 * 256 + 16

@@ -94,6 +94,7 @@ LAYOUT_CODES = {
     "ST_WEIGHT_SHAPE_MISMATCH": "compressed-tensors `weight_shape` disagrees with the packed tensor's shape.",
     "ST_CONFIG_INVALID": "config.json beside the file is unreadable, too large, or not a JSON object.",
     "ST_NO_QUANT_CONFIG": "Packed quantized weights but no config.json quantization_config beside the file.",
+    "ST_QUANT_METHOD_UNCHECKED": "config.json names a quant_method whose storage quantgate does not check.",
     "ST_QUANT_METHOD_MISMATCH": "A layer's stored layout is not the one config.json's quant_method produces.",
     "ST_IGNORED_LAYER_QUANTIZED": "A layer config.json keeps in float (ignore list) is stored quantized.",
     "ST_LAYER_NOT_QUANTIZED": "A layer config.json says is quantized is stored in float.",
@@ -149,6 +150,7 @@ class QuantSpec:
     ignore: list[str] = field(default_factory=list)
     targets: list[str] = field(default_factory=list)
     strategy: str | None = None
+    quantize_head: bool = False
     # compressed-tensors config_groups: (targets, weights args) in config order
     groups: list[tuple[list[str], dict[str, Any]]] = field(default_factory=list)
 
@@ -172,6 +174,7 @@ class QuantSpec:
         return QuantSpec(method=self.method, layout=self.layout, bits=_int_or_none(w.get("num_bits")),
                          group_size=_int_or_none(w.get("group_size")),
                          numeric=FLOAT if w.get("type") == "float" else INT, ignore=self.ignore,
+                         quantize_head=self.quantize_head,
                          targets=self.targets, strategy=strategy if isinstance(strategy, str) else None)
 
 
@@ -445,6 +448,9 @@ def _mxfp4_blocks(blocks: Any, scales: Any) -> Layer:
                  detail={"layout": "mxfp4-blocks", "stored": _tinfo(blocks)})
 
 
+CHECKED_METHODS = {"gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8"}
+
+
 # --- config.json ----------------------------------------------------------------------------------
 
 def _load_json(path: str, limit: int) -> tuple[Any, str | None]:
@@ -509,6 +515,10 @@ def spec_from_config(qc: dict[str, Any]) -> QuantSpec:
         spec.bits = _int_or_none(qc.get("bits") if "bits" in qc else qc.get("w_bit"))
         spec.group_size = _int_or_none(qc.get("group_size") if "group_size" in qc else qc.get("q_group_size"))
         spec.numeric = INT
+        spec.ignore = _str_list(qc.get("modules_to_not_convert"))
+        spec.quantize_head = qc.get("lm_head") is True  # GPTQModel's opt-in
+    elif method == "fp8":  # transformers' fine-grained FP8 (DeepSeek-V3 style, weight_scale_inv)
+        spec.layout, spec.bits, spec.numeric = "fp8", 8, FLOAT
         spec.ignore = _str_list(qc.get("modules_to_not_convert"))
     elif method == "bitsandbytes":
         if qc.get("load_in_4bit"):
@@ -576,6 +586,7 @@ def check_config(ctx: Ctx, layers: list[Layer]) -> None:
             want is None
             or (want in ("gptq", "awq") and layout == want)
             or (want == "bnb-int8" and layout == "bnb-int8")
+            or (want == "fp8" and layout == "fp8-scaled")
             or (want == "bnb-4bit" and layout.startswith("bnb-") and layout != "bnb-int8")
             or (want == "compressed-tensors" and (layout.startswith("ct-") or layout in (
                 "int8-scaled", "fp8-scaled", "lowbit-float")))
@@ -601,8 +612,8 @@ def _excluded_by_default(spec: QuantSpec, layer: Layer, module: str) -> bool:
         return True
     if spec.method == "compressed-tensors":
         return False  # untargeted layers never get here (for_module returned None)
-    # GPTQ, AWQ and bitsandbytes loaders keep the output head in float unless told otherwise
-    return module.rsplit(".", 1)[-1] in ("lm_head", "embed_out", "output")
+    # GPTQ, AWQ, bitsandbytes and FP8 loaders keep the output head in float unless told otherwise
+    return not spec.quantize_head and module.rsplit(".", 1)[-1] in ("lm_head", "embed_out", "output")
 
 
 def _check_ct_scale(ctx: Ctx, spec: QuantSpec, layer: Layer, module: str) -> None:
@@ -813,7 +824,13 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     if ctx.spec is not None:
         inv.facts["quant_method"] = ctx.spec.method
         inv.metrics["quant_method"] = ctx.spec.method
-        check_config(ctx, layers)
+        if ctx.spec.method in CHECKED_METHODS:
+            check_config(ctx, layers)
+        else:  # hqq, quanto, torchao...: their storage is not described here, so nothing is claimed
+            inv.semantic_findings.append(F.info(
+                "ST_QUANT_METHOD_UNCHECKED",
+                f"config.json quant_method {ctx.spec.method!r} is not one quantgate checks against the "
+                f"stored tensors ({', '.join(sorted(CHECKED_METHODS))})", field="config.json"))
     elif not any(f.code == "ST_CONFIG_INVALID" for f in inv.semantic_findings) and any(
             layer.detail.get("layout") in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized")
             for layer in layers):
