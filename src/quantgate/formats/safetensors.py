@@ -188,6 +188,14 @@ class _PairsRecorder:
         return out
 
 
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "integer", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
 def _is_uint(value: Any) -> bool:
     return type(value) is int and 0 <= value <= U64_MAX  # bool is not an int here
 
@@ -294,7 +302,7 @@ def _parse_header(view: View) -> Header:
         return head
     if not isinstance(doc, dict):
         out.add(F.error("ST_HEADER_NOT_OBJECT",
-                        f"the header is a JSON {type(doc).__name__}, not an object of tensor entries",
+                        f"the header is a JSON {_json_type(doc)}, not an object of tensor entries",
                         offset=8, field="header"))
         return head
     loc = _Locator(raw, 8)
@@ -330,14 +338,15 @@ def _check_metadata(meta: Any, present: bool, head: Header, out: _Findings, loc:
         return
     if not isinstance(meta, dict):
         out.add(F.error("ST_METADATA_INVALID",
-                        f"__metadata__ is a JSON {type(meta).__name__}, not an object of strings",
+                        f"__metadata__ is a JSON {_json_type(meta)}, not an object of strings",
                         offset=loc.offset_of("__metadata__"), field="__metadata__"))
         return
     bad = [k for k, v in meta.items() if not isinstance(v, str)]
     for key in bad:
         out.add(F.error("ST_METADATA_INVALID",
-                        f"__metadata__[{key!r}] is a {type(meta[key]).__name__}, not a string; the reference "
-                        "reader rejects the file", offset=loc.offset_of(key), field=f"__metadata__.{key}"))
+                        f"__metadata__[{key!r}] is a JSON {_json_type(meta[key])}, not a string; the "
+                        "reference reader rejects the file",
+                        offset=loc.offset_of(key), field=f"__metadata__.{key}"))
     head.metadata = {k: v for k, v in meta.items() if isinstance(v, str)}
 
 
@@ -348,7 +357,7 @@ def _check_entry(name: str, entry: Any, out: _Findings, loc: _Locator) -> Tensor
     # the happy path stays cheap: a header can hold a million entries
     if type(entry) is not dict:
         _entry_error(out, loc, name, "ST_ENTRY_INVALID",
-                     f"the entry is a JSON {type(entry).__name__}, not an object")
+                     f"the entry is a JSON {_json_type(entry)}, not an object")
         return None
     if len(entry) != 3 or "dtype" not in entry or "shape" not in entry or "data_offsets" not in entry:
         return _odd_entry(name, entry, out, loc)
