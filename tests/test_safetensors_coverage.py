@@ -31,6 +31,10 @@ def ct_w4a16(o: int, i: int) -> int:  # I32 packed + F32 scales [out, in/128] + 
     return o * i // 2 + o * (i // 128) * 4 + 16
 
 
+def ct_w4a16_asym(o: int, i: int) -> int:  # + zero points packed 8 per I32: [out/8, in/128]
+    return ct_w4a16(o, i) + (o // 8) * (i // 128) * 4
+
+
 def ct_w8a8(o: int, i: int) -> int:  # I8 weight + F32 channel scale [out, 1]
     return o * i + o * 4
 
@@ -58,6 +62,7 @@ def awq(o: int, i: int) -> int:  # qweight I32 [in, out/8] + qzeros I32 [in/128,
 CASES = {
     # fixture: (bytes per layer, nominal bits, int8?, float bytes of embed + lm_head)
     "ct_w4a16": (ct_w4a16, 4, False, FLOAT_BYTES),
+    "ct_w4a16_asym": (ct_w4a16_asym, 4, False, FLOAT_BYTES),
     "ct_w8a8": (ct_w8a8, 8, True, FLOAT_BYTES),
     "ct_fp8": (ct_fp8, 8, False, FLOAT_BYTES),
     "ct_nvfp4a16": (ct_nvfp4, 4, False, FLOAT_BYTES),
