@@ -162,3 +162,19 @@ def test_zero_sized_tensors_do_not_break_contiguity() -> None:
     raw = json.dumps(header).encode()
     head = st.parse_header(View(struct.pack("<Q", len(raw)) + raw + bytes(8)))
     assert head.findings == []
+
+
+def test_reader_imports_no_heavy_library() -> None:
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    code = (
+        "import sys; from quantgate.formats import safetensors as st; "
+        f"st.read({str(ST / 'bnb_nf4' / 'model.safetensors')!r}); "
+        "print(sorted(m for m in ('torch', 'numpy', 'safetensors', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
