@@ -168,3 +168,17 @@ def test_fine_grained_fp8_with_scale_inv(tmp_path: Path) -> None:
     layer = layers_of(p)["model.layers.0.mlp.up_proj.weight"]
     assert layer["quantized"] and layer["bits"] == 8
     assert layer["weight_bytes"] == 256 * 256 + 16
+
+
+def test_bnb_4bit_in_bf16_storage(tmp_path: Path) -> None:
+    """bnb_4bit_quant_storage=bfloat16: the same nibbles in a BF16 [n/4, 1] tensor."""
+    state = json.dumps({"quant_type": "nf4", "blocksize": 64, "shape": [16, 16]}).encode()
+    p = write_st(tmp_path / "m.safetensors", {
+        "fc.weight": ("BF16", [64, 1]),
+        "fc.weight.absmax": ("F32", [4]),
+        "fc.weight.quant_map": ("F32", [16]),
+        "fc.weight.quant_state.bitsandbytes__nf4": ("U8", [len(state)]),
+    }, blobs={"fc.weight.quant_state.bitsandbytes__nf4": state})
+    assert codes_of(p) == []
+    (layer,) = layers_of(p).values()
+    assert layer["shape"] == [16, 16] and layer["bits"] == 4 and layer["quantized"]

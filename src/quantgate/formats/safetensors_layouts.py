@@ -269,8 +269,8 @@ def _bnb4(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
             if shape is not None:
                 _check_bnb_shapes(ctx, name, weight, parts, shape, state)
     if shape is None:
-        shape = (weight.numel * 2,)
-        params = weight.numel * 2
+        shape = (weight.nbytes * 2,)
+        params = weight.nbytes * 2
     else:
         params = _numel(shape)
     return Layer(name=name, kind=layer_kind(name, len(shape)), shape=shape, dtype=f"{quant_type}(U8)", bits=4,
@@ -300,11 +300,11 @@ def _read_bnb_state(ctx: Ctx, t: Any) -> dict[str, Any] | None:
 def _check_bnb_shapes(ctx: Ctx, name: str, weight: Any, parts: dict[str, Any], shape: tuple[int, ...],
                       state: dict[str, Any]) -> None:
     numel = _numel(shape)
-    if (numel + 1) // 2 != weight.numel:
+    if (numel + 1) // 2 != weight.nbytes:
         ctx.semantic.append(F.error(
             "ST_BNB_SHAPE_MISMATCH",
             f"{name}: quant_state shape {list(shape)} ({numel} weights) needs {(numel + 1) // 2} bytes "
-            f"but the weight holds {weight.numel}", tensor=name))
+            f"but the weight holds {weight.nbytes}", tensor=name))
         return
     absmax = parts.get("bnb_absmax")
     block = state.get("blocksize")
@@ -784,7 +784,8 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
             layer = _gptq_awq(ctx, module, parts, main)
         elif main_role == "packed":
             layer = _ct_packed(ctx, module, parts, main)
-        elif main.dtype == "U8" and ("bnb_state" in parts or "bnb_absmax" in parts):
+        elif "bnb_state" in parts or (main.dtype == "U8" and "bnb_absmax" in parts):
+            # any dtype: bnb_4bit_quant_storage=bfloat16 (FSDP QLoRA) packs the nibbles into BF16
             layer = _bnb4(ctx, module, parts, main)
         else:
             layer = _plain(ctx, module, parts, main)
