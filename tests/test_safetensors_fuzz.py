@@ -113,3 +113,53 @@ def test_huge_header_length_is_rejected_fast(tmp_path: Path) -> None:
     inv = st.read(str(path))
     assert time.perf_counter() - started < 0.5
     assert [f.code for f in inv.structural_findings] == ["ST_HEADER_PAST_EOF"]
+
+
+INDEX = (ST / "sharded" / "model.safetensors.index.json").read_bytes()
+
+
+@hs.composite
+def damaged_index(draw: hs.DrawFn) -> bytes:
+    data = bytearray(INDEX)
+    for _ in range(draw(hs.integers(1, 4))):
+        if not data:
+            break
+        pos = draw(hs.integers(0, len(data) - 1))
+        op = draw(hs.sampled_from(["flip", "truncate", "insert", "swap"]))
+        if op == "flip":
+            data[pos] ^= 1 << draw(hs.integers(0, 7))
+        elif op == "truncate":
+            del data[pos:]
+        elif op == "insert":
+            junk = [b"null", b"[]", b"{}", b"1e999", b'"../x"', b'"a/b"', b"-1"]
+            data[pos:pos] = draw(hs.sampled_from(junk))
+        elif op == "swap" and data:  # a JSON value of another type where a shard name or size stood
+            text = bytes(data)
+            for old, new in ((b'"model-00002-of-00004.safetensors"', b"7"), (b"180864", b'"big"'),
+                             (b'"weight_map"', b'"weight_mop"')):
+                if old in text and draw(hs.booleans()):
+                    text = text.replace(old, new, 1)
+            data = bytearray(text)
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def sharded_copy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("sharded")
+    for p in (ST / "sharded").iterdir():
+        shutil.copy(p, d / p.name)
+    return d
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=damaged_index())
+def test_damaged_index_gives_findings(sharded_copy: Path, index: bytes) -> None:
+    (sharded_copy / "model.safetensors.index.json").write_bytes(index)
+    for shard in ("model-00001-of-00004.safetensors", "model-00002-of-00004.safetensors"):
+        path = sharded_copy / shard
+        started = time.perf_counter()
+        st.read(str(path))
+        result = run_guard(get_guard("integrity"), GuardContext(str(path), sniff(path), path.stat().st_size),
+                           GuardConfig())
+        assert result.status in ("PASS", "FAIL", "WARN"), result.error
+        assert time.perf_counter() - started < PER_EXAMPLE_S
