@@ -26,6 +26,7 @@ from typing import Any
 from quantgate import findings as F
 from quantgate.findings import Finding
 from quantgate.formats.binary import ReadError, View, file_size, mapped
+from quantgate.formats import safetensors_layouts as layouts
 from quantgate.formats.safetensors_layouts import LAYOUT_CODES
 from quantgate.inventory import Inventory
 
@@ -116,7 +117,6 @@ class Header:
     tensors: dict[str, TensorEntry] = field(default_factory=dict)
     metadata: dict[str, str] | None = None
     findings: list[Finding] = field(default_factory=list)
-    text: str = ""
 
     @property
     def sound(self) -> bool:
@@ -281,7 +281,6 @@ def _parse_header(view: View) -> Header:
                         f"the header is not valid UTF-8 at byte {8 + exc.start}: re-export the file",
                         offset=8 + exc.start, field="header"))
         return head
-    head.text = text
     if _too_deep(text, MAX_DEPTH):
         out.add(F.error("ST_HEADER_TOO_DEEP",
                         f"the JSON header nests deeper than {MAX_DEPTH} levels; a safetensors header needs 3",
@@ -470,8 +469,6 @@ def _check_layout(head: Header, out: _Findings, loc: _Locator, all_entries_valid
 
 def read(path: str) -> Inventory:
     """The inventory of one safetensors file; never raises on bad input."""
-    from quantgate.formats import safetensors_layouts as layouts
-
     try:
         size = file_size(path)
     except OSError as exc:
