@@ -25,8 +25,8 @@ from typing import Any
 
 from quantgate import findings as F
 from quantgate.findings import Finding
-from quantgate.formats.binary import ReadError, View, file_size, mapped
 from quantgate.formats import safetensors_layouts as layouts
+from quantgate.formats.binary import ReadError, View, file_size, mapped
 from quantgate.formats.safetensors_layouts import LAYOUT_CODES
 from quantgate.inventory import Inventory
 
