@@ -70,6 +70,13 @@ def test_ct_regex_ignore(tmp_path: Path) -> None:
         f"model.layers.0.self_attn.{p}_proj.weight" for p in "koqv"]
 
 
+def test_hostile_regex_is_not_evaluated(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w4a16", tmp_path)
+    edit_config(d, lambda q: q["ignore"].append("re:(a|aa)+(.*)*$"))
+    rc, result = dtypes_guard(d)
+    assert rc == 0 and result["findings"] == [] and result["duration_s"] < 5
+
+
 def test_float_layer_not_in_ignore_list(tmp_path: Path) -> None:
     d = copy_fixture("ct_w4a16", tmp_path)
     edit_config(d, lambda q: q.update(ignore=[]))
