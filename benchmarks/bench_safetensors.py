@@ -1,9 +1,10 @@
-"""quantgate's safetensors reader vs `safetensors.safe_open` on a Llama-2-7B-shaped checkpoint.
+"""quantgate's safetensors reader vs `safetensors.safe_open` on Llama-2-7B-shaped checkpoints.
 
     /work/venv/bin/python benchmarks/bench_safetensors.py [--repeat 20]
 
-The file has the real Llama-2-7B tensor names and shapes (291 tensors, F16, 13.5 GB) but its data is
-a sparse hole (`truncate`), so it costs no disk: both readers only touch the header. Each reader runs
+The files have the real Llama-2-7B tensor names and shapes (291 tensors, F16, 13.5 GB; then the same
+model in the 4-bit GPTQ layout, 963 tensors) but their data is a sparse hole (`truncate`), so they cost
+no disk: both readers only touch the header (quantgate also derives the layers and layouts). Each reader runs
 in its own subprocess; the time is the best of `--repeat` reads after the imports, and the peak RSS
 is the child's maximum resident set (imports included), so the ratios compare what a CI step pays.
 safe_open is native Rust, so parity is the goal here, not a win.
@@ -38,16 +39,32 @@ def llama2_7b_entries() -> list[tuple[str, list[int]]]:
     return out
 
 
-def make_file(path: Path) -> int:
+def gptq_entries() -> list[tuple[str, str, list[int]]]:
+    """The same model as a 4-bit g128 GPTQ checkpoint: each Linear but lm_head becomes qweight,
+    qzeros, scales and g_idx (as TheBloke-style Llama-2-7B-GPTQ files store it)."""
+    out: list[tuple[str, str, list[int]]] = []
+    for name, shape in llama2_7b_entries():
+        if len(shape) == 2 and "layers." in name:
+            module, (o, i) = name[: -len(".weight")], shape
+            out += [(f"{module}.qweight", "I32", [i // 8, o]),
+                    (f"{module}.qzeros", "I32", [i // 128, o // 8]),
+                    (f"{module}.scales", "F16", [i // 128, o]),
+                    (f"{module}.g_idx", "I32", [i])]
+        else:
+            out.append((name, "F16", shape))
+    return out
+
+
+def make_file(path: Path, gptq: bool = False) -> int:
     header: dict[str, object] = {"__metadata__": {"format": "pt"}}
     offset = 0
-    entries = llama2_7b_entries()
-    assert len(entries) == 291
-    for name, shape in entries:
-        n = 2
+    entries = gptq_entries() if gptq else [(n, "F16", s) for n, s in llama2_7b_entries()]
+    assert len(entries) == (291 + 224 * 3 if gptq else 291)
+    for name, dtype, shape in entries:
+        n = 4 if dtype in ("I32", "F32") else 2
         for d in shape:
             n *= d
-        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + n]}
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
@@ -63,6 +80,7 @@ CHILD = {
         def run():
             inv = read(PATH)
             assert inv.structurally_sound and len(inv.layers) == 226, inv.structural_findings
+            assert not inv.semantic_findings or inv.semantic_findings[0].code == "ST_NO_QUANT_CONFIG"
             return len(inv.layers)
     """,
     "safe_open(numpy)": """
@@ -127,13 +145,19 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
-    path = WORK / "llama2-7b-shaped.safetensors"
-    data = make_file(path)
+    for gptq in (False, True):
+        path = WORK / f"llama2-7b-shaped{'-gptq' if gptq else ''}.safetensors"
+        data = make_file(path, gptq)
+        bench(path, data, args.repeat, "4-bit GPTQ g128 layout, 963 tensors" if gptq else "F16, 291 tensors")
+        path.unlink()
+
+
+def bench(path: Path, data: int, repeat: int, what: str) -> None:
     with open(path, "rb") as handle:
         header_len = struct.unpack("<Q", handle.read(8))[0]
-    print(f"file: {path.name}, {path.stat().st_size / 1e9:.2f} GB ({data / 1e9:.2f} GB of F16 data as a "
-          f"sparse hole), header {header_len:,} bytes, 291 tensors")
-    results = {label: measure(label, path, args.repeat) for label in CHILD}
+    print(f"\nfile: {path.name}, {path.stat().st_size / 1e9:.2f} GB ({data / 1e9:.2f} GB of data as a "
+          f"sparse hole), header {header_len:,} bytes, {what}")
+    results = {label: measure(label, path, repeat) for label in CHILD}
     q = results["quantgate"]
     print(f"{'reader':<18} {'best read':>11} {'process':>10} {'peak RSS':>10}   "
           "quantgate/reader: read, process, RSS")
@@ -143,7 +167,6 @@ def main() -> None:
             f"{q['maxrss_kb'] / r['maxrss_kb']:.2f}x")
         print(f"{label:<18} {r['best_s'] * 1e3:>8.3f} ms {r['process_s'] * 1e3:>7.0f} ms "
               f"{r['maxrss_kb'] / 1024:>7.1f} MB{ratio}")
-    path.unlink()
 
 
 if __name__ == "__main__":
