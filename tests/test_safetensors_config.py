@@ -355,3 +355,55 @@ def test_gate_run_on_folder(fixture: str) -> None:
     assert rc == 0, report
     statuses = {r["guard"]: r["status"] for r in report["results"]}
     assert statuses["integrity"] == "PASS" and statuses["safetensors-dtypes"] == "PASS"
+
+
+# --- the opt-in scale scan ------------------------------------------------------------------------
+
+def poke(path: Path, tensor: str, index: int, fmt: str, value: float | int) -> None:
+    data = bytearray(path.read_bytes())
+    (n,) = struct.unpack_from("<Q", data, 0)
+    begin, _ = json.loads(data[8 : 8 + n])[tensor]["data_offsets"]
+    struct.pack_into(fmt, data, 8 + n + begin + index * struct.calcsize(fmt), value)
+    path.write_bytes(bytes(data))
+
+
+def test_scale_scan_clean_fixtures() -> None:
+    for fixture in ("ct_w4a16", "ct_nvfp4a16", "bnb_int8", "bnb_nf4", "gptq_layout"):
+        rc, result = run_json("guard", "safetensors-dtypes", str(ST / fixture / "model.safetensors"),
+                              "--param", "scan_scales=1")
+        assert rc == 0 and result["findings"] == [], fixture
+        assert result["metrics"]["scales_scanned"] >= 7
+
+
+def test_scale_scan_finds_nan_inf_and_zero(tmp_path: Path) -> None:
+    d = copy_fixture("ct_w8a8", tmp_path)
+    path = d / "model.safetensors"
+    poke(path, "model.layers.0.mlp.up_proj.weight_scale", 3, "<f", float("nan"))
+    poke(path, "model.layers.0.mlp.up_proj.weight_scale", 4, "<f", float("inf"))
+    poke(path, "model.layers.0.self_attn.q_proj.weight_scale", 0, "<f", 0.0)
+    rc, result = dtypes_guard(d)
+    assert rc == 0 and result["findings"] == []  # off by default: no tensor data is read
+    rc, result = run_json("guard", "safetensors-dtypes", str(path), "--param", "scan_scales=1")
+    assert rc == 1
+    assert codes(result) == {"ST_SCALE_NOT_FINITE": ["model.layers.0.mlp.up_proj.weight_scale"],
+                             "ST_SCALE_ZERO": ["model.layers.0.self_attn.q_proj.weight_scale"]}
+    assert any("2 NaN/infinite value(s) of 512" in f["message"] for f in result["findings"])
+
+
+def test_scale_scan_fp8_and_f16(tmp_path: Path) -> None:
+    d = copy_fixture("ct_nvfp4a16", tmp_path)
+    poke(d / "model.safetensors", "model.layers.0.mlp.down_proj.weight_scale", 5, "<B", 0x7F)  # e4m3fn NaN
+    _, result = run_json("guard", "safetensors-dtypes", str(d / "model.safetensors"),
+                         "--param", "scan_scales=1")
+    assert codes(result) == {"ST_SCALE_NOT_FINITE": ["model.layers.0.mlp.down_proj.weight_scale"]}
+    d = copy_fixture("gptq_layout", tmp_path)
+    poke(d / "model.safetensors", "model.layers.0.mlp.gate_proj.scales", 7, "<e", float("nan"))
+    _, result = run_json("guard", "safetensors-dtypes", str(d / "model.safetensors"),
+                         "--param", "scan_scales=1")
+    assert codes(result) == {"ST_SCALE_NOT_FINITE": ["model.layers.0.mlp.gate_proj.scales"]}
+
+
+def test_scale_scan_is_bounded(tmp_path: Path) -> None:
+    rc, result = run_json("guard", "safetensors-dtypes", str(ST / "ct_w4a16" / "model.safetensors"),
+                          "--param", "scan_scales=1", "--param", "scan_scales_limit=5000")
+    assert rc == 0 and result["metrics"]["scale_bytes_scanned"] <= 5000

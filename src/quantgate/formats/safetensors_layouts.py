@@ -100,6 +100,8 @@ LAYOUT_CODES = {
     "ST_LAYER_NOT_QUANTIZED": "A layer config.json says is quantized is stored in float.",
     "ST_BITS_MISMATCH": "config.json bits disagree with the bits implied by the packed shapes.",
     "ST_GROUP_SIZE_MISMATCH": "config.json group_size disagrees with the scale tensor's shape.",
+    "ST_SCALE_NOT_FINITE": "A scale tensor holds NaN or infinite values (opt-in: --param scan_scales=1).",
+    "ST_SCALE_ZERO": "A scale tensor holds zeros: the weights it scales decode to 0 (opt-in scan).",
     "ST_INDEX_INVALID": "The sharded index JSON is unreadable or has no weight_map.",
     "ST_INDEX_TENSOR_MISSING": "The index maps a tensor to this shard but the shard does not hold it.",
     "ST_INDEX_TENSOR_UNLISTED": "The shard holds a tensor the index does not map to it.",
