@@ -123,7 +123,9 @@ def sniff_bytes(head: bytes, size: int, name: str = "") -> Sniffed:
         return Sniffed(PTD, head[4:8].decode("ascii"))
     if len(head) >= 9:
         (header_len,) = struct.unpack_from("<Q", head, 0)
-        if 2 <= header_len <= size - 8 and head[8:].lstrip(b" ")[:1] == b"{":
+        # a length past the end still sniffs as safetensors when the JSON starts at byte 8, so that
+        # the reader can say "header runs past the end" instead of "unknown format"
+        if header_len >= 2 and head[8:].lstrip(b" ")[:1] == b"{":
             return Sniffed(SAFETENSORS)
     if looks_like_onnx(head, size):
         return Sniffed(ONNX)

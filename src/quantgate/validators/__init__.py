@@ -16,6 +16,7 @@ GUARD_MODULES: dict[str, str] = {
     "size-heuristic": "quantgate.validators.size_heuristic",
     "onnx-dtypes": "quantgate.validators.onnx_dtypes",
     "gguf-dtypes": "quantgate.validators.gguf_dtypes",
+    "safetensors-dtypes": "quantgate.validators.safetensors_dtypes",
     "manifest": "quantgate.validators.manifest",
 }
 

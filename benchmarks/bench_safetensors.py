@@ -1,0 +1,173 @@
+"""quantgate's safetensors reader vs `safetensors.safe_open` on Llama-2-7B-shaped checkpoints.
+
+    /work/venv/bin/python benchmarks/bench_safetensors.py [--repeat 20]
+
+The files have the real Llama-2-7B tensor names and shapes (291 tensors, F16, 13.5 GB; then the same
+model in the 4-bit GPTQ layout, 963 tensors) but their data is a sparse hole (`truncate`), so they cost
+no disk: both readers only touch the header (quantgate also derives the layers and layouts). Each reader runs
+in its own subprocess; the time is the best of `--repeat` reads after the imports, and the peak RSS
+is the child's maximum resident set (imports included), so the ratios compare what a CI step pays.
+safe_open is native Rust, so parity is the goal here, not a win.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(__file__).resolve().parent / ".work"
+
+
+def llama2_7b_entries() -> list[tuple[str, list[int]]]:
+    hidden, inter, vocab, layers = 4096, 11008, 32000, 32
+    out = [("model.embed_tokens.weight", [vocab, hidden])]
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        out += [(f"{p}.self_attn.{n}_proj.weight", [hidden, hidden]) for n in "qkvo"]
+        out += [(f"{p}.mlp.gate_proj.weight", [inter, hidden]), (f"{p}.mlp.up_proj.weight", [inter, hidden]),
+                (f"{p}.mlp.down_proj.weight", [hidden, inter])]
+        out += [(f"{p}.input_layernorm.weight", [hidden]), (f"{p}.post_attention_layernorm.weight", [hidden])]
+    out += [("model.norm.weight", [hidden]), ("lm_head.weight", [vocab, hidden])]
+    return out
+
+
+def gptq_entries() -> list[tuple[str, str, list[int]]]:
+    """The same model as a 4-bit g128 GPTQ checkpoint: each Linear but lm_head becomes qweight,
+    qzeros, scales and g_idx (as TheBloke-style Llama-2-7B-GPTQ files store it)."""
+    out: list[tuple[str, str, list[int]]] = []
+    for name, shape in llama2_7b_entries():
+        if len(shape) == 2 and "layers." in name:
+            module, (o, i) = name[: -len(".weight")], shape
+            out += [(f"{module}.qweight", "I32", [i // 8, o]),
+                    (f"{module}.qzeros", "I32", [i // 128, o // 8]),
+                    (f"{module}.scales", "F16", [i // 128, o]),
+                    (f"{module}.g_idx", "I32", [i])]
+        else:
+            out.append((name, "F16", shape))
+    return out
+
+
+def make_file(path: Path, gptq: bool = False) -> int:
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    entries = gptq_entries() if gptq else [(n, "F16", s) for n, s in llama2_7b_entries()]
+    assert len(entries) == (291 + 224 * 3 if gptq else 291)
+    for name, dtype, shape in entries:
+        n = 4 if dtype in ("I32", "F32") else 2
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        handle.truncate(8 + len(raw) + offset)  # a sparse hole: no data blocks written
+    return offset
+
+
+CHILD = {
+    "quantgate": """
+        from quantgate.formats.safetensors import read
+        def run():
+            inv = read(PATH)
+            assert inv.structurally_sound and len(inv.layers) == 226, inv.structural_findings
+            assert not inv.semantic_findings or inv.semantic_findings[0].code == "ST_NO_QUANT_CONFIG"
+            return len(inv.layers)
+    """,
+    "safe_open(numpy)": """
+        from safetensors import safe_open
+        def run():
+            with safe_open(PATH, framework="numpy") as f:
+                meta = f.metadata()
+                n = 0
+                for k in f.keys():
+                    s = f.get_slice(k)
+                    s.get_dtype(); s.get_shape()
+                    n += 1
+            return n
+    """,
+    "safe_open(pt)": """
+        from safetensors import safe_open
+        import torch  # what a PyTorch user's script has loaded anyway
+        def run():
+            with safe_open(PATH, framework="pt") as f:
+                meta = f.metadata()
+                n = 0
+                for k in f.keys():
+                    s = f.get_slice(k)
+                    s.get_dtype(); s.get_shape()
+                    n += 1
+            return n
+    """,
+    "python (baseline)": """
+        def run():
+            return 0
+    """,
+}
+
+TIMER = """
+import time, resource, json, sys
+PATH = sys.argv[1]
+{body}
+best = float("inf")
+for _ in range(int(sys.argv[2])):
+    t = time.perf_counter(); run(); best = min(best, time.perf_counter() - t)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork+exec from the parent
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({{"best_s": best, "maxrss_kb": hwm}}))
+"""
+
+
+def measure(label: str, path: Path, repeat: int) -> dict[str, float]:
+    code = TIMER.format(body=textwrap.dedent(CHILD[label]))
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(path), "1"], capture_output=True, env=env, check=True)
+    cold = time.perf_counter() - started  # a fresh process: interpreter, imports and one read
+    proc = subprocess.run([sys.executable, "-c", code, str(path), str(repeat)], capture_output=True,
+                          text=True, env=env, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["process_s"] = cold
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    WORK.mkdir(exist_ok=True)
+    for gptq in (False, True):
+        path = WORK / f"llama2-7b-shaped{'-gptq' if gptq else ''}.safetensors"
+        data = make_file(path, gptq)
+        bench(path, data, args.repeat, "4-bit GPTQ g128 layout, 963 tensors" if gptq else "F16, 291 tensors")
+        path.unlink()
+
+
+def bench(path: Path, data: int, repeat: int, what: str) -> None:
+    with open(path, "rb") as handle:
+        header_len = struct.unpack("<Q", handle.read(8))[0]
+    print(f"\nfile: {path.name}, {path.stat().st_size / 1e9:.2f} GB ({data / 1e9:.2f} GB of data as a "
+          f"sparse hole), header {header_len:,} bytes, {what}")
+    results = {label: measure(label, path, repeat) for label in CHILD}
+    q = results["quantgate"]
+    print(f"{'reader':<18} {'best read':>11} {'process':>10} {'peak RSS':>10}   "
+          "quantgate/reader: read, process, RSS")
+    for label, r in results.items():
+        ratio = "" if label in ("quantgate", "python (baseline)") else (
+            f"   {q['best_s'] / r['best_s']:.2f}x, {q['process_s'] / r['process_s']:.2f}x, "
+            f"{q['maxrss_kb'] / r['maxrss_kb']:.2f}x")
+        print(f"{label:<18} {r['best_s'] * 1e3:>8.3f} ms {r['process_s'] * 1e3:>7.0f} ms "
+              f"{r['maxrss_kb'] / 1024:>7.1f} MB{ratio}")
+
+
+if __name__ == "__main__":
+    main()

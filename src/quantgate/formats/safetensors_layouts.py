@@ -1,0 +1,873 @@
+"""Quantization layouts in safetensors checkpoints, told apart by tensor names, dtypes and shapes.
+
+safetensors has no quantized dtypes beyond 8-bit floats and F4/F6: int4 and NF4 weights are packed
+into I32/U8 tensors by convention and described by companion tensors. Each layout below turns its
+tensors into one Layer with the LOGICAL weight shape, the nominal bits, and `weight_bytes` counting
+every companion that encodes the weight (research §3.2, §3.3):
+
+| layout | stored | logical shape |
+|---|---|---|
+| GPTQ | `qweight` I32 [in·bits/32, out], `qzeros`, `scales` [groups, out], `g_idx` [in] | [out, in] |
+| AWQ (GEMM) | `qweight` I32 [in, out·bits/32], `qzeros`, `scales` [groups, out], no g_idx | [out, in] |
+| bnb int8 | `weight` I8 [out, in] + `SCB` [out] (+ `weight_format`) | as stored |
+| bnb nf4/fp4 | `weight` U8 [n, 1] + `weight.absmax`, `.quant_map`, `.nested_*`, | from the JSON |
+|   | `.quant_state.bitsandbytes__nf4` (a JSON blob) | |
+| compressed-tensors | `weight_packed` I32 [out, in·bits/32] or U8 (NVFP4), `weight_scale` | `weight_shape`, |
+|   | (+ `weight_zero_point`, `weight_shape`, `weight_global_scale`) | else derived |
+| MXFP4 (gpt-oss) | `X_blocks` U8 [..., out, in/32, 16] + `X_scales` U8 [..., out, in/32] | [..., out, in] |
+| int8 / fp8 with scale | `weight` I8/F8 [out, in] + `weight_scale` (or `weight_scale_inv`) | as stored |
+
+Activation parameters (`input_scale`, `k_scale`...) are quantization metadata of the activations:
+not ops, not weight bytes, not parameters.
+
+`config.json` beside the file (its `quantization_config`) is checked against what is stored, and a
+sharded checkpoint's `*.safetensors.index.json` against its shards; see `check_config` and
+`check_index`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantgate import findings as F
+from quantgate.findings import Finding
+from quantgate.formats.binary import View
+from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
+
+CONFIG_LIMIT = 8 << 20  # a config.json or index larger than this is not read
+INDEX_LIMIT = 64 << 20
+BNB_STATE_LIMIT = 64 << 10  # the quant_state JSON blob is ~170 bytes; anything huge is not read
+MAX_SIBLING_SHARDS = 10_000
+
+FLOAT_DTYPES = {"F16": 16, "BF16": 16, "F32": 32, "F64": 64}
+F8_DTYPES = {"F8_E5M2", "F8_E4M3", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ"}
+LOWBIT_FLOAT = {"F4": 4, "F6_E2M3": 6, "F6_E3M2": 6}
+
+# suffix -> role; longer suffixes are matched first
+_BNB4_STATE = (".weight.quant_state.bitsandbytes__nf4", ".weight.quant_state.bitsandbytes__fp4")
+_SUFFIX_ROLES: list[tuple[str, str]] = sorted(
+    [
+        (_BNB4_STATE[0], "bnb_state"),
+        (_BNB4_STATE[1], "bnb_state"),
+        (".weight.absmax", "bnb_absmax"),
+        (".weight.quant_map", "bnb_quant_map"),
+        (".weight.nested_absmax", "bnb_nested_absmax"),
+        (".weight.nested_quant_map", "bnb_nested_quant_map"),
+        (".SCB", "bnb_scb"),
+        (".weight_format", "bnb_weight_format"),
+        (".weight_packed", "packed"),
+        (".weight_scale", "scale"),
+        (".weight_scale_inv", "scale"),
+        (".weight_zero_point", "zero_point"),
+        (".weight_global_scale", "global_scale"),
+        (".weight_shape", "weight_shape"),
+        (".weight_g_idx", "g_idx"),
+        (".qweight", "qweight"),
+        (".qzeros", "qzeros"),
+        (".scales", "scales"),
+        (".g_idx", "g_idx"),
+        (".weight", "weight"),
+        (".input_scale", "act"),
+        (".input_zero_point", "act"),
+        (".input_global_scale", "act"),
+        (".output_scale", "act"),
+        (".k_scale", "act"),
+        (".v_scale", "act"),
+    ],
+    key=lambda item: -len(item[0]),
+)
+MAIN_ROLES = ("qweight", "packed", "weight")
+
+LAYOUT_CODES = {
+    "ST_COMPANION_MISSING": "A packed or low-bit weight lacks the tensor needed to decode it (scales, "
+    "quant_state...).",
+    "ST_COMPANION_SHAPE_MISMATCH": "A scale, zero-point or g_idx tensor's shape does not fit its weight.",
+    "ST_ORPHAN_COMPANION": "A quantization companion (scales, qzeros, SCB...) has no weight beside it.",
+    "ST_QUANT_SCALE_MISSING": "An 8-bit or lower weight has no scale tensor: it cannot be dequantized.",
+    "ST_BNB_QUANT_STATE_INVALID": "A bitsandbytes 4-bit quant_state blob is not the JSON it should be.",
+    "ST_BNB_SHAPE_MISMATCH": "The bitsandbytes quant_state shape does not match the packed bytes or absmax.",
+    "ST_WEIGHT_SHAPE_MISMATCH": "compressed-tensors `weight_shape` disagrees with the packed tensor's shape.",
+    "ST_CONFIG_INVALID": "config.json beside the file is unreadable, too large, or not a JSON object.",
+    "ST_NO_QUANT_CONFIG": "Packed quantized weights but no config.json quantization_config beside the file.",
+    "ST_QUANT_METHOD_UNCHECKED": "config.json names a quant_method whose storage quantgate does not check.",
+    "ST_QUANT_METHOD_MISMATCH": "A layer's stored layout is not the one config.json's quant_method produces.",
+    "ST_IGNORED_LAYER_QUANTIZED": "A layer config.json keeps in float (ignore list) is stored quantized.",
+    "ST_LAYER_NOT_QUANTIZED": "A layer config.json says is quantized is stored in float.",
+    "ST_BITS_MISMATCH": "config.json bits disagree with the bits implied by the packed shapes.",
+    "ST_GROUP_SIZE_MISMATCH": "config.json group_size disagrees with the scale tensor's shape.",
+    "ST_SCALE_NOT_FINITE": "A scale tensor holds NaN or infinite values (opt-in: --param scan_scales=1).",
+    "ST_SCALE_ZERO": "A scale tensor holds zeros: the weights it scales decode to 0 (opt-in scan).",
+    "ST_INDEX_INVALID": "The sharded index JSON is unreadable or has no weight_map.",
+    "ST_INDEX_TENSOR_MISSING": "The index maps a tensor to this shard but the shard does not hold it.",
+    "ST_INDEX_TENSOR_UNLISTED": "The shard holds a tensor the index does not map to it.",
+    "ST_INDEX_SHARD_MISSING": "The index names a shard file that is not beside it.",
+    "ST_INDEX_SHARD_PATH_INVALID": "The index names a shard outside its folder (a path, `..`, or absolute).",
+    "ST_INDEX_TOTAL_SIZE_MISMATCH": "The index metadata total_size differs from its shards' tensor bytes.",
+}
+
+
+# --- tensors grouped by module --------------------------------------------------------------------
+
+_ROLE_BY_SUFFIX = dict(_SUFFIX_ROLES)
+# the last name component -> the suffixes that end with it (most names have one candidate)
+_CANDIDATES: dict[str, list[str]] = {}
+for _suffix, _ in _SUFFIX_ROLES:
+    _CANDIDATES.setdefault(_suffix.rsplit(".", 1)[-1], []).append(_suffix)
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """(module, role) for a known suffix, else (name, None)."""
+    for suffix in _CANDIDATES.get(name.rpartition(".")[2], ()):
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], _ROLE_BY_SUFFIX[suffix]
+    return name, None
+
+
+def layer_kind(name: str, ndim: int) -> str:
+    low = name.lower()
+    last = low.rsplit(".", 2)
+    if "embed_out" in low or "lm_head" in low:
+        return LINEAR
+    if "embed" in low or any(part in ("wte", "wpe") for part in last):
+        return EMBEDDING
+    if ndim == 4 or "conv" in low:
+        return CONV
+    return LINEAR
+
+
+@dataclass
+class QuantSpec:
+    """What config.json's quantization_config says about one layer (None = it does not say)."""
+
+    method: str | None = None
+    layout: str | None = None  # the layout family the method writes
+    bits: int | None = None
+    group_size: int | None = None
+    numeric: str | None = None
+    ignore: list[str] = field(default_factory=list)
+    targets: list[str] = field(default_factory=list)
+    strategy: str | None = None
+    quantize_head: bool = False
+    # compressed-tensors config_groups: (targets, weights args) in config order
+    groups: list[tuple[list[str], dict[str, Any]]] = field(default_factory=list)
+
+    def for_module(self, module: str, kind: str) -> QuantSpec | None:
+        """The spec of the config group that targets this module; None when no group does. Name and
+        `re:` targets win over class targets (`Linear`), as they are the more specific."""
+        if not self.groups:
+            return self
+        by_class = None
+        for targets, weights in self.groups:
+            for t in targets:
+                if t in _CLASS_KINDS:
+                    if _CLASS_KINDS[t] == kind and by_class is None:
+                        by_class = weights
+                elif _matches(module, t):
+                    return self._with(weights)
+        return self._with(by_class) if by_class is not None else None
+
+    def _with(self, w: dict[str, Any]) -> QuantSpec:
+        strategy = w.get("strategy")
+        return QuantSpec(method=self.method, layout=self.layout, bits=_int_or_none(w.get("num_bits")),
+                         group_size=_int_or_none(w.get("group_size")),
+                         numeric=FLOAT if w.get("type") == "float" else INT, ignore=self.ignore,
+                         quantize_head=self.quantize_head,
+                         targets=self.targets, strategy=strategy if isinstance(strategy, str) else None)
+
+
+# compressed-tensors class-name targets and the layer kinds they cover
+_CLASS_KINDS = {"Linear": LINEAR, "Conv1d": CONV, "Conv2d": CONV, "Conv3d": CONV, "Embedding": EMBEDDING}
+
+
+@dataclass
+class Ctx:
+    view: View
+    data_start: int
+    file_size: int
+    tensors: dict[str, Any]
+    semantic: list[Finding]
+    config: dict[str, Any] | None = None  # quantization_config
+    spec: QuantSpec | None = None
+
+    def spec_for(self, module: str, kind: str) -> QuantSpec | None:
+        return self.spec.for_module(module, kind) if self.spec is not None else None
+
+    def readable(self, t: Any, limit: int) -> bool:
+        return t.nbytes <= limit and self.data_start + t.end <= self.file_size
+
+    def read(self, t: Any) -> bytes:
+        return self.view.bytes(self.data_start + t.begin, t.nbytes, t.name)
+
+
+def _numel(shape: tuple[int, ...] | list[int]) -> int:
+    return math.prod(shape) if shape else 1
+
+
+def _tinfo(t: Any) -> str:
+    return f"{t.dtype} {list(t.shape)}"
+
+
+# --- the layouts ----------------------------------------------------------------------------------
+
+def _plain(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
+    dtype = weight.dtype
+    scale = parts.get("scale") or parts.get("bnb_scb")
+    extras = [p for r, p in parts.items() if r in ("scale", "zero_point", "bnb_scb", "bnb_weight_format",
+                                                    "global_scale", "g_idx")]
+    wbytes = weight.nbytes + sum(p.nbytes for p in extras)
+    name = weight.name
+    layout = "plain"
+    if dtype in FLOAT_DTYPES:
+        bits, numeric, quantized = FLOAT_DTYPES[dtype], FLOAT, False
+    elif dtype in F8_DTYPES or dtype in LOWBIT_FLOAT:
+        bits, numeric, quantized = (8 if dtype in F8_DTYPES else LOWBIT_FLOAT[dtype]), FLOAT, True
+        layout = "fp8-scaled" if dtype in F8_DTYPES else "lowbit-float"
+    elif dtype in ("I8", "U8"):
+        bits, numeric, quantized = 8, INT, True
+        layout = "bnb-int8" if "bnb_scb" in parts else "int8-scaled"
+    else:  # 16/32/64-bit integers and BOOL: not a quantized weight format
+        bits, numeric, quantized = weight.bits, INT, False
+    if quantized and scale is None:
+        ctx.semantic.append(F.warning(
+            "ST_QUANT_SCALE_MISSING",
+            f"{name} is {dtype} with no {module}.weight_scale / SCB beside it: it cannot be dequantized "
+            "as stored (check the export)", tensor=name))
+    return Layer(name=name, kind=layer_kind(name, len(weight.shape)), shape=weight.shape, dtype=dtype,
+                 bits=bits, numeric=numeric, quantized=quantized, params=weight.numel, weight_bytes=wbytes,
+                 detail={"layout": layout})
+
+
+def _bnb4(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
+    state_t = parts.get("bnb_state")
+    name = module + ".weight"
+    extras = [p for r, p in parts.items() if r.startswith("bnb_")]
+    wbytes = weight.nbytes + sum(p.nbytes for p in extras)
+    quant_type = "nf4"
+    shape: tuple[int, ...] | None = None
+    if state_t is None:
+        ctx.semantic.append(F.error(
+            "ST_COMPANION_MISSING",
+            f"{name} is a bitsandbytes 4-bit weight ({_tinfo(weight)} + absmax) without its "
+            "quant_state.bitsandbytes__nf4/fp4 tensor: the logical shape is lost", tensor=name))
+    else:
+        quant_type = "fp4" if state_t.name.endswith("fp4") else "nf4"
+        state = _read_bnb_state(ctx, state_t)
+        if state is not None:
+            raw_shape = state.get("shape")
+            if isinstance(raw_shape, list) and raw_shape and all(
+                    isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in raw_shape):
+                shape = tuple(raw_shape)
+            else:
+                ctx.semantic.append(F.error(
+                    "ST_BNB_QUANT_STATE_INVALID", f"{state_t.name} has no valid 'shape' list: {raw_shape!r}",
+                    tensor=state_t.name))
+            if isinstance(state.get("quant_type"), str):
+                quant_type = state["quant_type"]
+            if shape is not None:
+                _check_bnb_shapes(ctx, name, weight, parts, shape, state)
+    if shape is None:
+        shape = (weight.nbytes * 2,)
+        params = weight.nbytes * 2
+    else:
+        params = _numel(shape)
+    return Layer(name=name, kind=layer_kind(name, len(shape)), shape=shape, dtype=f"{quant_type}(U8)", bits=4,
+                 numeric=FLOAT, quantized=True, params=params, weight_bytes=wbytes,
+                 detail={"layout": f"bnb-{quant_type}", "stored": _tinfo(weight)})
+
+
+def _read_bnb_state(ctx: Ctx, t: Any) -> dict[str, Any] | None:
+    if t.dtype != "U8" or not ctx.readable(t, BNB_STATE_LIMIT):
+        ctx.semantic.append(F.error(
+            "ST_BNB_QUANT_STATE_INVALID",
+            f"{t.name} is {_tinfo(t)}; expected a small U8 blob of JSON", tensor=t.name))
+        return None
+    try:
+        state = json.loads(ctx.read(t).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        ctx.semantic.append(F.error("ST_BNB_QUANT_STATE_INVALID", f"{t.name} is not UTF-8 JSON ({exc})",
+                                    tensor=t.name, offset=ctx.data_start + t.begin))
+        return None
+    if not isinstance(state, dict):
+        ctx.semantic.append(F.error("ST_BNB_QUANT_STATE_INVALID", f"{t.name} holds JSON that is no object",
+                                    tensor=t.name, offset=ctx.data_start + t.begin))
+        return None
+    return state
+
+
+def _check_bnb_shapes(ctx: Ctx, name: str, weight: Any, parts: dict[str, Any], shape: tuple[int, ...],
+                      state: dict[str, Any]) -> None:
+    numel = _numel(shape)
+    if (numel + 1) // 2 != weight.nbytes:
+        ctx.semantic.append(F.error(
+            "ST_BNB_SHAPE_MISMATCH",
+            f"{name}: quant_state shape {list(shape)} ({numel} weights) needs {(numel + 1) // 2} bytes "
+            f"but the weight holds {weight.nbytes}", tensor=name))
+        return
+    absmax = parts.get("bnb_absmax")
+    block = state.get("blocksize")
+    if absmax is not None and isinstance(block, int) and not isinstance(block, bool) and block > 0:
+        blocks = -(-numel // block)
+        if absmax.numel != blocks:
+            ctx.semantic.append(F.error(
+                "ST_BNB_SHAPE_MISMATCH",
+                f"{name}: {absmax.numel} absmax value(s) for {numel} weights in blocks of {block} "
+                f"(expected {blocks})", tensor=absmax.name))
+
+
+def _ct_packed(ctx: Ctx, module: str, parts: dict[str, Any], packed: Any) -> Layer:
+    name = module + ".weight"
+    spec = ctx.spec_for(module, layer_kind(name, 2))
+    gscale = parts.get("global_scale")
+    scale = parts.get("scale")
+    nvfp4 = packed.dtype == "U8" and (gscale is not None or (scale is not None and scale.dtype in F8_DTYPES))
+    numeric = FLOAT if nvfp4 or (spec and spec.numeric == FLOAT) else INT
+    container = 32 if packed.dtype == "I32" else 8 if packed.dtype == "U8" else 0
+    stored_shape = _read_weight_shape(ctx, parts.get("weight_shape"))
+    implied = None
+    if container and stored_shape and len(stored_shape) == 2 and len(packed.shape) == 2 and packed.shape[1]:
+        per = -(-stored_shape[1] // packed.shape[1])  # values per container element (last may be padded)
+        if per and container % per == 0 and container // per in (2, 3, 4, 8):
+            implied = container // per
+    bits = implied or (spec.bits if spec and spec.bits in (2, 3, 4, 8) else 4)
+    per_word = container // bits if container else 1
+    derived: tuple[int, ...] | None = None
+    if len(packed.shape) == 2:
+        derived = (packed.shape[0], packed.shape[1] * per_word)
+    shape = stored_shape or derived or packed.shape
+    if stored_shape is not None and derived is not None and (
+            stored_shape[0] != derived[0] or not derived[1] - per_word < stored_shape[1] <= derived[1]):
+        shape = derived  # the packed bytes are what is really there
+        ctx.semantic.append(F.error(
+            "ST_WEIGHT_SHAPE_MISMATCH",
+            f"{name}: weight_shape {list(stored_shape)} does not fit {packed.name} {_tinfo(packed)} at "
+            f"{bits} bits ({per_word} per {packed.dtype} element → {list(derived)})", tensor=name))
+    if scale is None:
+        ctx.semantic.append(F.error("ST_COMPANION_MISSING", f"{packed.name} has no {module}.weight_scale",
+                                    tensor=name))
+    wroles = ("packed", "scale", "zero_point", "global_scale", "weight_shape", "g_idx")
+    wbytes = sum(p.nbytes for r, p in parts.items() if r in wroles)
+    layout = "ct-nvfp4-pack-quantized" if nvfp4 else "ct-pack-quantized"
+    return Layer(name=name, kind=layer_kind(name, len(shape)), shape=tuple(shape),
+                 dtype=f"{'fp' if numeric == FLOAT else 'int'}{bits}({packed.dtype})", bits=bits,
+                 numeric=numeric,
+                 quantized=True, params=_numel(shape), weight_bytes=wbytes,
+                 detail={"layout": layout, "stored": _tinfo(packed),
+                         **({"implied_bits": implied} if implied else {})})
+
+
+def _read_weight_shape(ctx: Ctx, t: Any) -> tuple[int, ...] | None:
+    if t is None or t.dtype not in ("I64", "I32") or len(t.shape) != 1 or not 1 <= t.numel <= 8:
+        return None
+    if not ctx.readable(t, 64):
+        return None
+    raw = ctx.read(t)
+    size = 8 if t.dtype == "I64" else 4
+    dims = tuple(int.from_bytes(raw[i:i + size], "little", signed=True) for i in range(0, len(raw), size))
+    if any(d < 0 for d in dims):
+        return None
+    return dims
+
+
+def _gptq_awq(ctx: Ctx, module: str, parts: dict[str, Any], qweight: Any) -> Layer:
+    name = module + ".weight"
+    spec = ctx.spec
+    scales, qzeros, g_idx = parts.get("scales"), parts.get("qzeros"), parts.get("g_idx")
+    rows, cols = qweight.shape[:2] if len(qweight.shape) >= 2 else (qweight.numel, 1)
+    cfg_bits = spec.bits if spec and spec.method in ("gptq", "awq") and spec.bits else None
+    # which dim is packed: g_idx or scales [groups, out] tell GPTQ ([in*bits/32, out]) from AWQ
+    # ([in, out*bits/32]); config.json only decides when the shapes cannot
+    if g_idx is not None or (scales is not None and len(scales.shape) == 2 and scales.shape[1] == cols):
+        layout = "gptq"
+    elif scales is not None and len(scales.shape) == 2 and cols and scales.shape[1] % cols == 0:
+        layout = "awq"
+    elif spec and spec.method in ("gptq", "awq"):
+        layout = spec.method
+    else:
+        layout = "gptq"
+    bits = cfg_bits or 4
+    implied = None
+    if layout == "gptq" and g_idx is not None and g_idx.numel and (rows * 32) % g_idx.numel == 0:
+        implied = rows * 32 // g_idx.numel
+    elif layout == "awq" and scales is not None and len(scales.shape) == 2 and cols:
+        implied = 32 * cols // scales.shape[1] if (32 * cols) % scales.shape[1] == 0 else None
+    if implied in (2, 3, 4, 8):
+        bits = implied
+    else:
+        implied = None
+    if layout == "gptq":
+        in_f, out_f = rows * 32 // bits, cols
+    else:
+        in_f, out_f = rows, cols * 32 // bits
+    shape = (out_f, in_f)
+    if scales is None:
+        ctx.semantic.append(F.error("ST_COMPANION_MISSING", f"{qweight.name} has no {module}.scales: the "
+                                    "weight cannot be dequantized", tensor=name))
+    else:
+        if len(scales.shape) != 2 or scales.shape[1] != out_f:
+            ctx.semantic.append(F.error(
+                "ST_COMPANION_SHAPE_MISMATCH",
+                f"{scales.name} is {list(scales.shape)}; {layout} with {bits}-bit qweight "
+                f"{list(qweight.shape)} "
+                f"needs [groups, {out_f}] (is the layout {'AWQ' if layout == 'gptq' else 'GPTQ'}?)",
+                tensor=scales.name))
+        elif spec and spec.group_size is not None and spec.method in ("gptq", "awq"):
+            groups = 1 if spec.group_size <= 0 else -(-in_f // spec.group_size)
+            if scales.shape[0] != groups:
+                ctx.semantic.append(F.error(
+                    "ST_GROUP_SIZE_MISMATCH",
+                    f"{name}: group_size {spec.group_size} over {in_f} inputs needs {groups} scale row(s), "
+                    f"{scales.name} has {scales.shape[0]}", tensor=name))
+    if qzeros is not None and len(qzeros.shape) == 2 and scales is not None and len(scales.shape) == 2:
+        want = (scales.shape[0], out_f * bits // 32)
+        if tuple(qzeros.shape) != want:
+            ctx.semantic.append(F.error(
+                "ST_COMPANION_SHAPE_MISMATCH",
+                f"{qzeros.name} is {list(qzeros.shape)}, expected {list(want)}", tensor=qzeros.name))
+    if g_idx is not None and g_idx.numel != in_f:
+        ctx.semantic.append(F.error(
+            "ST_COMPANION_SHAPE_MISMATCH", f"{g_idx.name} has {g_idx.numel} entries for {in_f} inputs",
+            tensor=g_idx.name))
+    wbytes = sum(p.nbytes for r, p in parts.items() if r in ("qweight", "qzeros", "scales", "g_idx"))
+    return Layer(name=name, kind=layer_kind(name, 2), shape=shape, dtype=f"int{bits}(I32)", bits=bits,
+                 numeric=INT, quantized=True, params=_numel(shape), weight_bytes=wbytes,
+                 detail={"layout": layout, "stored": _tinfo(qweight),
+                         **({"implied_bits": implied} if implied else {}),
+                         **({} if cfg_bits or implied else {"bits_assumed": True})})
+
+
+def _mxfp4_blocks(blocks: Any, scales: Any) -> Layer:
+    """gpt-oss style MXFP4: `X_blocks` U8 [..., out, in/32, 16] (two e2m1 values a byte) and `X_scales`
+    U8 [..., out, in/32] (e8m0 exponents, one per 32 values)."""
+    shape = (*blocks.shape[:-2], blocks.shape[-2] * blocks.shape[-1] * 2)
+    name = blocks.name[: -len("_blocks")]
+    return Layer(name=name, kind=layer_kind(name, 2), shape=shape, dtype="mxfp4(U8)", bits=4, numeric=FLOAT,
+                 quantized=True, params=_numel(shape), weight_bytes=blocks.nbytes + scales.nbytes,
+                 detail={"layout": "mxfp4-blocks", "stored": _tinfo(blocks)})
+
+
+CHECKED_METHODS = {"gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8"}
+
+
+# --- config.json ----------------------------------------------------------------------------------
+
+def _load_json(path: str, limit: int) -> tuple[Any, str | None]:
+    try:
+        if os.path.getsize(path) > limit:
+            return None, f"larger than {limit:,} bytes; not read"
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+        return json.loads(data.decode("utf-8")), None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        return None, str(exc).splitlines()[0][:200]
+
+
+# the standalone files AutoGPTQ and AutoAWQ write beside a checkpoint (older exports have no
+# quantization_config in config.json), with the method they imply
+_SIDE_CONFIGS = (("quantize_config.json", "gptq"), ("quant_config.json", "awq"))
+
+
+def load_quant_config(folder: str, semantic: list[Finding]) -> dict[str, Any] | None:
+    qc: Any = None
+    path = os.path.join(folder, "config.json")
+    if os.path.isfile(path):
+        doc, problem = _load_json(path, CONFIG_LIMIT)
+        if problem is not None or not isinstance(doc, dict):
+            semantic.append(F.warning("ST_CONFIG_INVALID",
+                                      f"config.json beside the file is unusable ({problem or 'no object'})"
+                                      "; quantization_config not checked", field="config.json"))
+            return None
+        qc = doc.get("quantization_config", doc.get("compression_config"))
+    if qc is None:
+        for name, method in _SIDE_CONFIGS:
+            side = os.path.join(folder, name)
+            if os.path.isfile(side):
+                doc, problem = _load_json(side, CONFIG_LIMIT)
+                if problem is None and isinstance(doc, dict):
+                    return {"quant_method": method, **doc}
+                semantic.append(F.warning("ST_CONFIG_INVALID", f"{name} beside the file is unusable "
+                                          f"({problem or 'not an object'})", field=name))
+                return None
+        return None
+    if not isinstance(qc, dict):
+        semantic.append(F.warning("ST_CONFIG_INVALID", "config.json quantization_config is not an object",
+                                  field="config.json:quantization_config"))
+        return None
+    return qc
+
+
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _str_list(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def spec_from_config(qc: dict[str, Any]) -> QuantSpec:
+    method = qc.get("quant_method")
+    method = method.lower() if isinstance(method, str) else None
+    spec = QuantSpec(method=method)
+    if method in ("gptq", "awq"):
+        spec.layout = method
+        spec.bits = _int_or_none(qc.get("bits") if "bits" in qc else qc.get("w_bit"))
+        spec.group_size = _int_or_none(qc.get("group_size") if "group_size" in qc else qc.get("q_group_size"))
+        spec.numeric = INT
+        spec.ignore = _str_list(qc.get("modules_to_not_convert"))
+        spec.quantize_head = qc.get("lm_head") is True  # GPTQModel's opt-in
+    elif method == "fp8":  # transformers' fine-grained FP8 (DeepSeek-V3 style, weight_scale_inv)
+        spec.layout, spec.bits, spec.numeric = "fp8", 8, FLOAT
+        spec.ignore = _str_list(qc.get("modules_to_not_convert"))
+    elif method == "bitsandbytes":
+        if qc.get("load_in_4bit"):
+            spec.layout, spec.bits, spec.numeric = "bnb-4bit", 4, FLOAT
+        elif qc.get("load_in_8bit"):
+            spec.layout, spec.bits, spec.numeric = "bnb-int8", 8, INT
+        spec.ignore = _str_list(qc.get("llm_int8_skip_modules"))
+    elif method == "compressed-tensors":
+        spec.layout = "compressed-tensors"
+        spec.ignore = _str_list(qc.get("ignore"))
+        groups = qc.get("config_groups")
+        if isinstance(groups, dict):
+            for g in groups.values():
+                if isinstance(g, dict) and isinstance(g.get("weights"), dict):
+                    targets = _str_list(g.get("targets"))
+                    spec.targets.extend(targets)
+                    spec.groups.append((targets, g["weights"]))
+    return spec
+
+
+# a group that repeats and is itself repeated ("(a+)+", "(.*)*"): the shape of catastrophic backtracking
+_NESTED_QUANTIFIER = re.compile(r"\([^()]*[+*][^()]*\)[+*{]")
+
+
+def _matches(module: str, entry: str) -> bool:
+    """An ignore/target entry: `re:PATTERN` (re.match, as compressed-tensors does) or a module name
+    matched on whole dotted components. Patterns come from an untrusted config.json, so long ones and
+    ones with nested quantifiers are not evaluated (they match nothing)."""
+    if entry.startswith("re:"):
+        pattern = entry[3:]
+        if len(pattern) > 256 or _NESTED_QUANTIFIER.search(pattern):
+            return False
+        try:
+            return re.match(pattern, module) is not None
+        except (re.error, RecursionError):
+            return False
+    return f".{entry}." in f".{module}."
+
+
+def check_config(ctx: Ctx, layers: list[Layer]) -> None:
+    """config.json's quantization_config against each layer's stored layout, bits and group size."""
+    assert ctx.spec is not None
+    for layer in layers:
+        module = _module_of(layer.name)
+        ignored = any(_matches(module, e) for e in ctx.spec.ignore)
+        spec = ctx.spec_for(module, layer.kind)
+        if spec is None:  # compressed-tensors: no config group targets this layer
+            if layer.quantized and not ignored:
+                ctx.semantic.append(F.warning(
+                    "ST_QUANT_METHOD_MISMATCH",
+                    f"{layer.name} is stored quantized ({layer.dtype}) but no config_groups target matches "
+                    "it",
+                    tensor=layer.name))
+            continue
+        layout = layer.detail.get("layout", "plain")
+        if ignored:
+            if layer.quantized:
+                ctx.semantic.append(F.error(
+                    "ST_IGNORED_LAYER_QUANTIZED",
+                    f"{layer.name} is stored quantized ({layer.dtype}) but config.json quantization_config "
+                    "lists it as not converted: loaders will expect float", tensor=layer.name))
+            continue
+        if not layer.quantized:
+            if _excluded_by_default(spec, layer, module):
+                continue
+            ctx.semantic.append(F.error(
+                "ST_LAYER_NOT_QUANTIZED",
+                f"{layer.name} is stored as {layer.dtype} {list(layer.shape)} but config.json declares "
+                f"{spec.method} quantization and does not exclude it: add it to the ignore list or "
+                "quantize it",
+                tensor=layer.name))
+            continue
+        want = spec.layout
+        ok = (
+            want is None
+            or (want in ("gptq", "awq") and layout == want)
+            or (want == "bnb-int8" and layout == "bnb-int8")
+            or (want == "fp8" and layout == "fp8-scaled")
+            or (want == "bnb-4bit" and layout.startswith("bnb-") and layout != "bnb-int8")
+            or (want == "compressed-tensors" and (layout.startswith("ct-") or layout in (
+                "int8-scaled", "fp8-scaled", "lowbit-float")))
+        )
+        if not ok:
+            ctx.semantic.append(F.error(
+                "ST_QUANT_METHOD_MISMATCH",
+                f"{layer.name} is stored as {layout} but config.json says quant_method={spec.method}"
+                + (f" ({want})" if want != spec.method else ""), tensor=layer.name))
+            continue
+        if spec.bits is not None and layer.bits is not None and layer.bits != spec.bits:
+            how = "the packed shapes imply" if layer.detail.get("implied_bits") else "it is stored at"
+            ctx.semantic.append(F.error(
+                "ST_BITS_MISMATCH",
+                f"{layer.name}: {how} {layer.bits:g} bits but config.json says {spec.bits}",
+                tensor=layer.name))
+        if want == "compressed-tensors":
+            _check_ct_scale(ctx, spec, layer, module)
+
+
+def _excluded_by_default(spec: QuantSpec, layer: Layer, module: str) -> bool:
+    if layer.kind == EMBEDDING:
+        return True
+    if spec.method == "compressed-tensors":
+        return False  # untargeted layers never get here (for_module returned None)
+    # GPTQ, AWQ, bitsandbytes and FP8 loaders keep the output head in float unless told otherwise
+    return not spec.quantize_head and module.rsplit(".", 1)[-1] in ("lm_head", "embed_out", "output")
+
+
+def _check_ct_scale(ctx: Ctx, spec: QuantSpec, layer: Layer, module: str) -> None:
+    scale = ctx.tensors.get(module + ".weight_scale")
+    if scale is None or len(layer.shape) != 2:
+        return
+    out_f, in_f = layer.shape
+    strategy, gs = spec.strategy, spec.group_size
+    if strategy in ("group", "tensor_group") and gs:
+        want: tuple[int, ...] | None = (out_f, -(-in_f // gs))
+    elif strategy == "channel":
+        want = (out_f, 1)
+    elif strategy == "tensor":
+        want = None if scale.numel == 1 else (1,)
+    else:
+        return
+    if want is not None and tuple(scale.shape) != want:
+        grouped = strategy in ("group", "tensor_group")
+        code = "ST_GROUP_SIZE_MISMATCH" if grouped else "ST_COMPANION_SHAPE_MISMATCH"
+        ctx.semantic.append(F.error(
+            code,
+            f"{scale.name} is {list(scale.shape)} but config.json strategy={strategy}"
+            + (f" group_size={gs}" if gs else "") + f" over a {list(layer.shape)} weight needs {list(want)}",
+            tensor=scale.name))
+
+
+# --- the sharded index ----------------------------------------------------------------------------
+
+_SHARD_NAME = re.compile(r"-\d{3,6}-of-\d{3,6}\.safetensors$")
+
+
+def _find_index(folder: str, base: str) -> tuple[str, dict[str, Any]] | None:
+    """The `*.safetensors.index.json` beside the file whose weight_map names it (or, failing that, the
+    index that shares its stem)."""
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors.index.json"))
+    except OSError:
+        return None
+    fallback = None
+    shard_like = _SHARD_NAME.search(base) is not None
+    for name in names[:4]:
+        doc, problem = _load_json(os.path.join(folder, name), INDEX_LIMIT)
+        wm = doc.get("weight_map") if isinstance(doc, dict) else None
+        same_stem = base.startswith(name[: -len(".safetensors.index.json")])
+        if problem is not None or not isinstance(wm, dict):
+            if same_stem:
+                return name, {"__invalid__": problem or "no weight_map object"}
+            continue
+        if base in {v for v in wm.values() if isinstance(v, str)}:
+            return name, doc
+        if same_stem and shard_like and fallback is None:
+            fallback = name, doc  # a shard the index forgot: every tensor in it is unlisted
+    return fallback
+
+
+def check_index(folder: str, base: str, own: dict[str, Any],
+                structural: list[Finding]) -> dict[str, Any] | None:
+    """Check this shard against the index beside it. Every shard checks its own entries (listed but
+    absent, present but unlisted); the first shard of the index (by name) also checks the whole set
+    (missing shards, paths, total_size), so a folder scan reports those once."""
+    found = _find_index(folder, base)
+    if found is None:
+        return None
+    index_name, doc = found
+    if "__invalid__" in doc:
+        structural.append(F.error("ST_INDEX_INVALID", f"{index_name} is unusable: {doc['__invalid__']}",
+                                  field=index_name))
+        return {"index": index_name}
+    wm: dict[str, Any] = doc["weight_map"]
+    mine = {k for k, v in wm.items() if v == base}
+    missing = sorted(mine - own.keys())
+    unlisted = sorted(k for k in own if wm.get(k) != base)
+    for name in missing[:50]:
+        structural.append(F.error(
+            "ST_INDEX_TENSOR_MISSING",
+            f"{index_name} maps {name!r} to {base} but the shard does not hold it: loading will fail",
+            tensor=name, field=index_name))
+    for name in unlisted[:50]:
+        where = f"maps it to {wm[name]}" if name in wm else "does not list it"
+        structural.append(F.error(
+            "ST_INDEX_TENSOR_UNLISTED", f"{base} holds {name!r} but {index_name} {where}: loaders will not "
+            "find it here", tensor=name, field=index_name))
+    shards = sorted({v for v in wm.values() if isinstance(v, str)})
+    facts = {"index": index_name, "shards": len(shards), "index_tensors": len(wm)}
+    valid = [s for s in shards if _plain_name(s)]
+    present = [s for s in valid if os.path.isfile(os.path.join(folder, s))]
+    if present and present[0] != base:
+        return facts  # the whole-index checks are reported by the first shard
+    for s in shards:
+        if not _plain_name(s):
+            structural.append(F.error(
+                "ST_INDEX_SHARD_PATH_INVALID",
+                f"{index_name} names shard {s!r}: shards must be plain file names beside the index",
+                field=index_name))
+        elif s not in present:
+            n = sum(1 for v in wm.values() if v == s)
+            structural.append(F.error(
+                "ST_INDEX_SHARD_MISSING", f"{index_name} names shard {s} ({n} tensor(s)) but it is not in "
+                "the "
+                "folder: the checkpoint is incomplete", field=index_name))
+    meta = doc.get("metadata")
+    total = meta.get("total_size") if isinstance(meta, dict) else None
+    if _int_or_none(total) is not None and len(present) == len(shards) and len(shards) <= MAX_SIBLING_SHARDS:
+        actual = _shard_bytes(folder, present)
+        if actual is not None and actual != total:
+            structural.append(F.warning(
+                "ST_INDEX_TOTAL_SIZE_MISMATCH",
+                f"{index_name} metadata.total_size is {total:,} but its shards hold {actual:,} tensor bytes",
+                field=index_name))
+    return facts
+
+
+def _plain_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and ":" not in name
+
+
+def _shard_bytes(folder: str, shards: list[str]) -> int | None:
+    from quantgate.formats.binary import mapped
+    from quantgate.formats.safetensors import parse_header
+
+    total = 0
+    for s in shards:
+        try:
+            with mapped(os.path.join(folder, s)) as view:
+                head = parse_header(view)
+        except OSError:
+            return None
+        if not head.sound:
+            return None
+        total += sum(t.nbytes for t in head.tensors.values())
+    return total
+
+
+# --- putting it together --------------------------------------------------------------------------
+
+def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
+    """Layers, params_total, config and index checks for one parsed header."""
+    folder, base = os.path.split(abspath)
+    ctx = Ctx(view=view, data_start=head.data_start, file_size=head.file_size, tensors=head.tensors,
+              semantic=inv.semantic_findings)
+    qc = load_quant_config(folder, inv.semantic_findings)
+    if qc is not None:
+        ctx.config = qc
+        ctx.spec = spec_from_config(qc)
+    modules: dict[str, dict[str, Any]] = {}
+    loose: list[Any] = []
+    for t in head.tensors.values():
+        module, role = split_name(t.name)
+        if role is None:
+            loose.append(t)
+        else:
+            modules.setdefault(module, {})[role] = t
+    layers: list[Layer] = []
+    params_total = 0
+    for module, parts in modules.items():
+        main_role = next((r for r in MAIN_ROLES if r in parts), None)
+        if main_role is None:
+            for role, t in parts.items():
+                if role == "act":
+                    continue
+                ctx.semantic.append(F.warning(
+                    "ST_ORPHAN_COMPANION", f"{t.name} ({role}) has no weight beside it ({module}.weight, "
+                    ".qweight or .weight_packed)", tensor=t.name))
+                params_total += t.numel
+            continue
+        main = parts[main_role]
+        if main_role == "qweight":
+            layer = _gptq_awq(ctx, module, parts, main)
+        elif main_role == "packed":
+            layer = _ct_packed(ctx, module, parts, main)
+        elif "bnb_state" in parts or (main.dtype == "U8" and "bnb_absmax" in parts):
+            # any dtype: bnb_4bit_quant_storage=bfloat16 (FSDP QLoRA) packs the nibbles into BF16
+            layer = _bnb4(ctx, module, parts, main)
+        else:
+            layer = _plain(ctx, module, parts, main)
+        if main_role == "weight" and len(layer.shape) < 2:
+            params_total += main.numel  # a 1-D `.weight` (a norm): a parameter, not an op
+            continue
+        layers.append(layer)
+        params_total += layer.params
+        # a bias lives beside the weight as a loose tensor; the weight's own extras are not parameters
+    names = {t.name for t in loose}
+    for t in loose:
+        if t.name.endswith("_scales") and t.name[: -len("_scales")] + "_blocks" in names:
+            continue  # the scales of an MXFP4 `_blocks` tensor, counted with it
+        if t.name.endswith("_blocks") and t.name[: -len("_blocks")] + "_scales" in names and t.dtype == "U8" \
+                and len(t.shape) >= 3:
+            layer = _mxfp4_blocks(t, head.tensors[t.name[: -len("_blocks")] + "_scales"])
+            layers.append(layer)
+            params_total += layer.params
+            continue
+        params_total += t.numel
+        if _loose_is_op(t):  # a bare parameter of 2+ dims (an expert bank, a position table)
+            layers.append(_plain(ctx, t.name, {}, t))
+    first: dict[str, int] = {}  # layers in file order: by the first byte of any of their tensors
+    for t in head.tensors.values():
+        module = split_name(t.name)[0]
+        first[module] = min(first.get(module, t.begin), t.begin)
+    layers.sort(key=lambda layer: first.get(_module_of(layer.name), first.get(layer.name, 0)))
+    for i, layer in enumerate(layers):
+        layer.position = i
+    inv.layers = layers
+    inv.params_total = params_total
+    layouts: dict[str, int] = {}
+    for layer in layers:
+        key = layer.detail.get("layout", "plain")
+        layouts[key] = layouts.get(key, 0) + 1
+    inv.facts["layouts"] = layouts
+    if ctx.spec is not None:
+        inv.facts["quant_method"] = ctx.spec.method
+        inv.metrics["quant_method"] = ctx.spec.method
+        if ctx.spec.method in CHECKED_METHODS:
+            check_config(ctx, layers)
+        else:  # hqq, quanto, torchao...: their storage is not described here, so nothing is claimed
+            inv.semantic_findings.append(F.info(
+                "ST_QUANT_METHOD_UNCHECKED",
+                f"config.json quant_method {ctx.spec.method!r} is not one quantgate checks against the "
+                f"stored tensors ({', '.join(sorted(CHECKED_METHODS))})", field="config.json"))
+    elif not any(f.code == "ST_CONFIG_INVALID" for f in inv.semantic_findings) and any(
+            layer.detail.get("layout") in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized")
+            for layer in layers):
+        inv.semantic_findings.append(F.info(
+            "ST_NO_QUANT_CONFIG",
+            "packed quantized weights but no config.json with quantization_config beside the file: loaders "
+            "need it, and bits/group size were inferred from shapes", field="config.json"))
+    facts = check_index(folder, base, head.tensors, inv.structural_findings)
+    if facts:
+        inv.facts.update(facts)
+    quantized = sum(1 for layer in layers if layer.quantized)
+    inv.facts["summary"] = (
+        f"{len(head.tensors)} tensors, {len(layers)} weight ops ({quantized} quantized"
+        + (f", {', '.join(f'{k} {v}' for k, v in sorted(layouts.items()))}" if layouts else "") + ")"
+    )
+
+
+def _loose_is_op(t: Any) -> bool:
+    """A tensor without a `.weight`-style suffix is an op when it has 2+ dims and could be a weight:
+    not a bias (`experts.down_proj_bias`), not an index buffer (`position_ids` I64)."""
+    if len(t.shape) < 2 or t.name.rsplit(".", 1)[-1].endswith("bias"):
+        return False
+    return t.dtype not in ("BOOL", "I16", "U16", "I32", "U32", "I64", "U64")
+
+
+def _module_of(layer_name: str) -> str:
+    return layer_name[: -len(".weight")] if layer_name.endswith(".weight") else layer_name

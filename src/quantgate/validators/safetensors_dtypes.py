@@ -1,0 +1,51 @@
+"""`safetensors-dtypes`: stored dtypes and quantization layouts (GPTQ, AWQ, bitsandbytes,
+compressed-tensors) → coverage, bits per weight, and config.json consistency.
+
+The reader does the work (`formats/safetensors_layouts.py`); this guard adds the bits per weight
+without the embeddings and the output head, since tools differ on whether those count, and, with
+`--param scan_scales=1`, a bounded scan of the scale values (`formats/safetensors_scales.py`;
+`scan_scales_limit` caps the bytes read, 64 MiB by default).
+"""
+
+from __future__ import annotations
+
+from quantgate.coverage import bits_per_weight
+from quantgate.inventory import EMBEDDING, Inventory
+from quantgate.validators.base import GuardConfig, Outcome
+from quantgate.validators.coverage_guard import CoverageGuard
+
+HEAD_NAMES = ("lm_head", "embed_out")
+
+
+class SafetensorsDtypesGuard(CoverageGuard):
+    id = "safetensors-dtypes"
+    description = (
+        "stored dtypes and quantization layouts (GPTQ, AWQ, bitsandbytes, compressed-tensors) → coverage, "
+        "bits per weight, config.json quantization_config consistency"
+    )
+    formats = ("safetensors",)
+
+    def extra(self, inventory: Inventory, config: GuardConfig, outcome: Outcome) -> None:
+        body = [
+            layer for layer in inventory.layers
+            if layer.kind != EMBEDDING and not any(h in layer.name.split(".") for h in HEAD_NAMES)
+        ]
+        bpw = bits_per_weight(body)
+        if bpw is not None:
+            outcome.metrics["bits_per_weight_body"] = bpw
+        if inventory.params_total is not None:
+            outcome.metrics["params_stored"] = inventory.params_total
+        if _truthy(config.param("scan_scales")):
+            from quantgate.formats.safetensors_scales import DEFAULT_LIMIT, scan_scales
+
+            limit = int(config.param("scan_scales_limit", DEFAULT_LIMIT))
+            found, metrics = scan_scales(inventory.path, limit)
+            outcome.findings.extend(found)
+            outcome.metrics.update(metrics)
+
+
+def _truthy(value: object) -> bool:
+    return value is not None and str(value).lower() not in ("0", "false", "no", "off", "")
+
+
+GUARD = SafetensorsDtypesGuard()

@@ -1,0 +1,184 @@
+"""Layout rules on small crafted headers (zero-filled data): companions, kinds, loose tensors, MXFP4
+blocks, and the layout findings the real fixtures cannot show. Layout tests, not coverage claims."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from quantgate.formats import safetensors as st
+
+BITS = st.DTYPE_BITS
+
+
+def write_st(path: Path, tensors: dict[str, tuple[str, list[int]]], blobs: dict[str, bytes] | None = None,
+             extra: dict[str, dict] | None = None) -> Path:
+    """A valid, contiguous safetensors file; `blobs` fill chosen tensors, the rest is zeros."""
+    header: dict[str, object] = {}
+    body = b""
+    for name, (dtype, shape) in tensors.items():
+        n = 1
+        for d in shape:
+            n *= d
+        size = n * BITS[dtype] // 8
+        data = (blobs or {}).get(name, bytes(size))
+        assert len(data) == size, name
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(body), len(body) + size]}
+        if extra and name in extra:
+            header[name].update(extra[name])
+        body += data
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + body)
+    return path
+
+
+def layers_of(path: Path) -> dict[str, dict]:
+    inv = st.read(str(path))
+    return {layer.name: layer.to_dict() for layer in inv.layers}
+
+
+def codes_of(path: Path) -> list[tuple[str, str | None]]:
+    inv = st.read(str(path))
+    # ST_NO_QUANT_CONFIG (info) is expected here: these files have no config.json
+    found = inv.structural_findings + inv.semantic_findings
+    return [(f.code, f.tensor) for f in found if f.severity != "info"]
+
+
+def test_kinds_and_loose_tensors(tmp_path: Path) -> None:
+    p = write_st(tmp_path / "m.safetensors", {
+        "transformer.wte.weight": ("F16", [32, 8]),
+        "transformer.wpe.weight": ("F16", [16, 8]),
+        "encoder.conv1.weight": ("F16", [8, 4, 3]),
+        "vision.patch.weight": ("F16", [8, 3, 2, 2]),
+        "embed_out.weight": ("F16", [32, 8]),
+        "mlp.experts.down_proj": ("BF16", [2, 8, 8]),  # a bare expert bank: an op
+        "mlp.experts.down_proj_bias": ("BF16", [2, 8]),  # a bias, not an op
+        "embeddings.position_ids": ("I64", [1, 16]),  # an index buffer, not an op
+        "ln.weight": ("F32", [8]),
+    })
+    layers = layers_of(p)
+    assert {n: v["kind"] for n, v in layers.items()} == {
+        "transformer.wte.weight": "embedding",
+        "transformer.wpe.weight": "embedding",
+        "encoder.conv1.weight": "conv",
+        "vision.patch.weight": "conv",
+        "embed_out.weight": "linear",
+        "mlp.experts.down_proj": "linear",
+    }
+    inv = st.read(str(p))
+    assert inv.params_total == 32 * 8 + 16 * 8 + 8 * 4 * 3 + 8 * 3 * 4 + 32 * 8 + 128 + 16 + 16 + 8
+
+
+def test_mxfp4_blocks(tmp_path: Path) -> None:
+    p = write_st(tmp_path / "m.safetensors", {
+        "model.layers.0.mlp.experts.gate_up_proj_blocks": ("U8", [4, 64, 2, 16]),
+        "model.layers.0.mlp.experts.gate_up_proj_scales": ("U8", [4, 64, 2]),
+    })
+    (layer,) = layers_of(p).values()
+    assert layer["name"] == "model.layers.0.mlp.experts.gate_up_proj"
+    assert layer["shape"] == [4, 64, 64] and layer["bits"] == 4 and layer["quantized"]
+    assert layer["bits_per_weight"] == 4.25  # 4 + 8/32 for the e8m0 scale per 32 values
+
+
+def test_int8_and_fp8_without_scale_warn(tmp_path: Path) -> None:
+    p = write_st(tmp_path / "m.safetensors", {"a.weight": ("I8", [4, 4]), "b.weight": ("F8_E4M3", [4, 4]),
+                                              "c.weight": ("I8", [4, 4]), "c.weight_scale": ("F32", [4, 1])})
+    assert codes_of(p) == [("ST_QUANT_SCALE_MISSING", "a.weight"), ("ST_QUANT_SCALE_MISSING", "b.weight")]
+    layers = layers_of(p)
+    assert all(v["quantized"] for v in layers.values())
+    assert layers["c.weight"]["weight_bytes"] == 16 + 16
+
+
+def test_orphan_companion(tmp_path: Path) -> None:
+    p = write_st(tmp_path / "m.safetensors", {"fc.scales": ("F16", [2, 8]), "fc2.weight": ("F16", [8, 8])})
+    assert codes_of(p) == [("ST_ORPHAN_COMPANION", "fc.scales")]
+    assert list(layers_of(p)) == ["fc2.weight"]  # the orphan is not an op
+
+
+def test_gptq_without_scales_and_bad_qzeros(tmp_path: Path) -> None:
+    p = write_st(tmp_path / "m.safetensors", {
+        "a.qweight": ("I32", [32, 64]), "a.qzeros": ("I32", [2, 8]), "a.g_idx": ("I32", [256]),
+        "b.qweight": ("I32", [32, 64]), "b.qzeros": ("I32", [2, 4]), "b.scales": ("F16", [2, 64]),
+        "b.g_idx": ("I32", [256]),
+    })
+    assert codes_of(p) == [("ST_COMPANION_MISSING", "a.weight"), ("ST_COMPANION_SHAPE_MISMATCH", "b.qzeros")]
+    layers = layers_of(p)
+    assert layers["a.weight"]["shape"] == [64, 256] and layers["a.weight"]["detail"]["layout"] == "gptq"
+
+
+def test_gptq_bits_from_g_idx(tmp_path: Path) -> None:
+    # 3-bit GPTQ: qweight rows = in * 3 / 32 = 24 for in = 256; g_idx tells the input size
+    p = write_st(tmp_path / "m.safetensors", {
+        "a.qweight": ("I32", [24, 64]), "a.qzeros": ("I32", [2, 6]), "a.scales": ("F16", [2, 64]),
+        "a.g_idx": ("I32", [256]),
+    })
+    (layer,) = layers_of(p).values()
+    assert layer["bits"] == 3 and layer["shape"] == [64, 256]
+    assert codes_of(p) == []
+
+
+def test_awq_told_from_gptq_by_packed_dim(tmp_path: Path) -> None:
+    p = write_st(tmp_path / "m.safetensors", {
+        "a.qweight": ("I32", [256, 8]), "a.qzeros": ("I32", [2, 8]), "a.scales": ("F16", [2, 64]),
+    })
+    (layer,) = layers_of(p).values()
+    assert layer["detail"]["layout"] == "awq" and layer["shape"] == [64, 256] and layer["bits"] == 4
+    assert codes_of(p) == []
+
+
+def test_unknown_entry_field_warns(tmp_path: Path) -> None:
+    p = write_st(tmp_path / "m.safetensors", {"a.weight": ("F32", [2, 2])}, extra={"a.weight": {"note": "x"}})
+    inv = st.read(str(p))
+    found = [(f.code, f.severity) for f in inv.structural_findings]
+    assert found == [("ST_ENTRY_UNKNOWN_FIELD", "warning")]
+    assert inv.structurally_sound
+
+
+def test_bnb_absmax_count_mismatch(tmp_path: Path) -> None:
+    state = json.dumps({"quant_type": "nf4", "blocksize": 64, "dtype": "float32", "shape": [16, 16]}).encode()
+    p = write_st(tmp_path / "m.safetensors", {
+        "fc.weight": ("U8", [128, 1]),
+        "fc.weight.absmax": ("F32", [3]),  # 256 weights in blocks of 64 need 4
+        "fc.weight.quant_map": ("F32", [16]),
+        "fc.weight.quant_state.bitsandbytes__nf4": ("U8", [len(state)]),
+    }, blobs={"fc.weight.quant_state.bitsandbytes__nf4": state})
+    assert codes_of(p) == [("ST_BNB_SHAPE_MISMATCH", "fc.weight.absmax")]
+    (layer,) = layers_of(p).values()
+    assert layer["shape"] == [16, 16] and layer["bits"] == 4
+
+
+def test_bnb_4bit_without_quant_state(tmp_path: Path) -> None:
+    p = write_st(tmp_path / "m.safetensors",
+                 {"fc.weight": ("U8", [128, 1]), "fc.weight.absmax": ("F32", [4])})
+    assert codes_of(p) == [("ST_COMPANION_MISSING", "fc.weight")]
+
+
+def test_fine_grained_fp8_with_scale_inv(tmp_path: Path) -> None:
+    """DeepSeek-V3 style: F8_E4M3 weights with block scales `weight_scale_inv` [out/128, in/128]."""
+    p = write_st(tmp_path / "model.safetensors", {
+        "model.layers.0.mlp.up_proj.weight": ("F8_E4M3", [256, 256]),
+        "model.layers.0.mlp.up_proj.weight_scale_inv": ("F32", [2, 2]),
+        "lm_head.weight": ("BF16", [64, 256]),
+    })
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128]}}))
+    assert codes_of(p) == []
+    layer = layers_of(p)["model.layers.0.mlp.up_proj.weight"]
+    assert layer["quantized"] and layer["bits"] == 8
+    assert layer["weight_bytes"] == 256 * 256 + 16
+
+
+def test_bnb_4bit_in_bf16_storage(tmp_path: Path) -> None:
+    """bnb_4bit_quant_storage=bfloat16: the same nibbles in a BF16 [n/4, 1] tensor."""
+    state = json.dumps({"quant_type": "nf4", "blocksize": 64, "shape": [16, 16]}).encode()
+    p = write_st(tmp_path / "m.safetensors", {
+        "fc.weight": ("BF16", [64, 1]),
+        "fc.weight.absmax": ("F32", [4]),
+        "fc.weight.quant_map": ("F32", [16]),
+        "fc.weight.quant_state.bitsandbytes__nf4": ("U8", [len(state)]),
+    }, blobs={"fc.weight.quant_state.bitsandbytes__nf4": state})
+    assert codes_of(p) == []
+    (layer,) = layers_of(p).values()
+    assert layer["shape"] == [16, 16] and layer["bits"] == 4 and layer["quantized"]

@@ -1,0 +1,180 @@
+"""safetensors structure: each row of the research corruption table gives its own finding code
+through the real CLI, valid files pass, and the header agrees with `safetensors.safe_open`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, run_json
+from quantgate.formats import safetensors as st
+from quantgate.formats.binary import View
+
+ST = FIXTURES / "safetensors"
+BROKEN = ST / "broken"
+
+# fixture -> (finding code, extra check on the finding)
+BROKEN_CASES = {
+    "truncated_last_byte": "ST_TRUNCATED",
+    "header_only": "ST_TRUNCATED",
+    "end_past_buffer": "ST_TRUNCATED",
+    "trailing_16": "ST_TRAILING_BYTES",
+    "header_len_2_40": "ST_HEADER_TOO_LARGE",
+    "header_len_past_eof": "ST_HEADER_PAST_EOF",
+    "bad_json": "ST_HEADER_INVALID_JSON",
+    "non_utf8": "ST_HEADER_NOT_UTF8",
+    "deep_nesting": "ST_HEADER_TOO_DEEP",
+    "gap": "ST_TENSOR_GAP",
+    "overlap": "ST_TENSOR_OVERLAP",
+    "dtype_f16_for_f32": "ST_SIZE_MISMATCH",
+    "unknown_dtype_i4": "ST_UNKNOWN_DTYPE",
+    "f4_odd": "ST_SUBBYTE_NOT_WHOLE_BYTES",
+    "negative_dim": "ST_BAD_SHAPE",
+    "shape_overflow": "ST_SHAPE_OVERFLOW",
+    "bad_offsets": "ST_BAD_OFFSETS",
+    "missing_field": "ST_ENTRY_INVALID",
+    "metadata_int": "ST_METADATA_INVALID",
+    "duplicate_key": "ST_DUPLICATE_KEY",
+}
+VALID_BROKEN_DIR = ("valid_tiny", "leading_spaces", "f4_valid")
+# serde keeps the last of two identical entries and loads the file; quantgate reports the duplicate
+STRICTER_THAN_REFERENCE = ("duplicate_key",)
+
+VALID_FILES = sorted(p for p in ST.rglob("*.safetensors") if p.parent.name != "broken") + [
+    BROKEN / f"{n}.safetensors" for n in VALID_BROKEN_DIR
+]
+
+
+@pytest.mark.parametrize("name,code", sorted(BROKEN_CASES.items()))
+def test_broken_file_gives_its_code(name: str, code: str) -> None:
+    rc, result = run_json("guard", "integrity", str(BROKEN / f"{name}.safetensors"))
+    assert rc == 1, result
+    assert result["status"] == "FAIL"
+    codes = [f["code"] for f in result["findings"]]
+    assert codes == [code], codes  # exactly one finding: the defect, not its echoes
+    finding = result["findings"][0]
+    assert finding["severity"] == "error"
+    assert "offset" in finding["location"] or "field" in finding["location"]
+
+
+def test_locations_name_tensor_and_offset() -> None:
+    _, result = run_json("guard", "integrity", str(BROKEN / "truncated_last_byte.safetensors"))
+    f = result["findings"][0]
+    assert "1 byte(s) short" in f["message"]
+    assert f["location"]["tensor"] == "fc2.weight"
+    assert f["location"]["offset"] == (BROKEN / "truncated_last_byte.safetensors").stat().st_size
+    _, result = run_json("guard", "integrity", str(BROKEN / "trailing_16.safetensors"))
+    f = result["findings"][0]
+    assert "16 byte(s)" in f["message"]
+    assert f["location"]["offset"] == (BROKEN / "valid_tiny.safetensors").stat().st_size
+    _, result = run_json("guard", "integrity", str(BROKEN / "duplicate_key.safetensors"))
+    f = result["findings"][0]
+    assert f["location"]["tensor"] == "fc2.weight"
+    data = (BROKEN / "duplicate_key.safetensors").read_bytes()
+    first = data.find(b'"fc2.weight"')
+    assert f["location"]["offset"] == data.find(b'"fc2.weight"', first + 1)  # the second declaration
+
+
+def test_dtype_guard_blocked_on_broken_file() -> None:
+    _, result = run_json("guard", "safetensors-dtypes", str(BROKEN / "gap.safetensors"))
+    assert result["status"] == "SKIP" and result["skip"]["reason"] == "blocked_by:integrity"
+
+
+@pytest.mark.parametrize("name", ["seven_bytes", "not_object"])
+def test_unsniffable_files_fail_integrity(name: str) -> None:
+    rc, result = run_json("guard", "integrity", str(BROKEN / f"{name}.safetensors"))
+    assert rc == 1 and [f["code"] for f in result["findings"]] == ["FORMAT_UNKNOWN"]
+
+
+def test_reader_codes_for_unsniffable_files() -> None:
+    assert [f.code for f in st.read(str(BROKEN / "seven_bytes.safetensors")).structural_findings] == [
+        "ST_HEADER_TOO_SMALL"]
+    assert [f.code for f in st.read(str(BROKEN / "not_object.safetensors")).structural_findings] == [
+        "ST_HEADER_NOT_OBJECT"]
+
+
+@pytest.mark.parametrize("path", VALID_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_valid_files_pass_integrity(path: Path) -> None:
+    inv = st.read(str(path))
+    assert inv.structural_findings == []
+    assert inv.facts["summary"]
+
+
+def test_valid_file_passes_integrity_cli() -> None:
+    rc, result = run_json("guard", "integrity", str(ST / "ct_w4a16" / "model.safetensors"))
+    assert rc == 0 and result["status"] == "PASS" and result["findings"] == []
+    assert "9 weight ops (7 quantized" in result["message"]
+
+
+@pytest.mark.parametrize("path", VALID_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_differential_against_safe_open(path: Path) -> None:
+    safetensors = pytest.importorskip("safetensors")
+    with open(path, "rb") as handle:
+        head = st.parse_header(View(handle.read()))
+    with safetensors.safe_open(str(path), framework="numpy") as ref:
+        keys = set(ref.keys())
+        assert keys == set(head.tensors)
+        for k in keys:
+            s = ref.get_slice(k)
+            assert s.get_dtype() == head.tensors[k].dtype, k
+            assert tuple(s.get_shape()) == head.tensors[k].shape, k
+        assert (ref.metadata() or None) == (head.metadata or None)
+
+
+@pytest.mark.parametrize("path", sorted(BROKEN.glob("*.safetensors")), ids=lambda p: p.stem)
+def test_accept_reject_parity_with_safe_open(path: Path) -> None:
+    """Whatever safe_open rejects, quantgate rejects too (and the other way round)."""
+    safetensors = pytest.importorskip("safetensors")
+    try:
+        with safetensors.safe_open(str(path), framework="numpy") as ref:
+            list(ref.keys())
+        ref_ok = True
+    except Exception:
+        ref_ok = False
+    ours_ok = st.read(str(path)).structurally_sound
+    if path.stem in STRICTER_THAN_REFERENCE:
+        assert ref_ok and not ours_ok
+    else:
+        assert ours_ok == ref_ok
+
+
+def test_findings_are_capped() -> None:
+    """A header with thousands of bad entries gives a bounded list plus a summary line."""
+    import json
+    import struct
+
+    header = {f"t{i}": {"dtype": "I4", "shape": [1], "data_offsets": [0, 0]} for i in range(500)}
+    raw = json.dumps(header).encode()
+    head = st.parse_header(View(struct.pack("<Q", len(raw)) + raw))
+    codes = [f.code for f in head.findings]
+    assert codes.count("ST_UNKNOWN_DTYPE") == st.MAX_PER_CODE
+    assert codes[-1] == "ST_TOO_MANY_FINDINGS"
+
+
+def test_zero_sized_tensors_do_not_break_contiguity() -> None:
+    import json
+    import struct
+
+    header = {"a": {"dtype": "F32", "shape": [0, 4], "data_offsets": [0, 0]},
+              "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+              "c": {"dtype": "F32", "shape": [0], "data_offsets": [8, 8]}}
+    raw = json.dumps(header).encode()
+    head = st.parse_header(View(struct.pack("<Q", len(raw)) + raw + bytes(8)))
+    assert head.findings == []
+
+
+def test_reader_imports_no_heavy_library() -> None:
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    code = (
+        "import sys; from quantgate.formats import safetensors as st; "
+        f"st.read({str(ST / 'bnb_nf4' / 'model.safetensors')!r}); "
+        "print(sorted(m for m in ('torch', 'numpy', 'safetensors', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
