@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import re
@@ -117,16 +118,16 @@ def _captured_stderr(sink: list[str]) -> Iterator[None]:
 
 def _import_kernels(data: bytes, notes: list[str]) -> None:
     """Register the kernel libraries the program names (the portable_lib has neither by default)."""
-    if b"quantized_decomposed::" in data:
-        try:
-            import executorch.kernels.quantized  # noqa: F401
-        except Exception as exc:  # reported, the load then fails with OperatorMissing
-            notes.append(f"could not import executorch.kernels.quantized: {exc}")
-    if b"llama::" in data:
-        try:
-            import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
-        except Exception as exc:
-            notes.append(f"could not import executorch.extension.llm.custom_ops.custom_ops: {exc}")
+    wanted = [
+        (b"quantized_decomposed::", "executorch.kernels.quantized"),
+        (b"llama::", "executorch.extension.llm.custom_ops.custom_ops"),
+    ]
+    for marker, module in wanted:
+        if marker in data:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # reported; the load then fails with OperatorMissing
+                notes.append(f"could not import {module}: {exc}")
 
 
 def _make_input(torch: Any, dtype_id: int, sizes: list[int]) -> Any:

@@ -203,7 +203,9 @@ def _value(values: list[Any], index: int) -> list[Any] | None:
     return None
 
 
-def trace_weight(index: int, values: list[Any], producers: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+def trace_weight(
+    index: int, values: list[Any], producers: dict[int, dict[str, Any]]
+) -> dict[str, Any] | None:
     """Follow a weight operand back to its constant; None when it is an activation."""
     through: list[str] = []
     for _ in range(_TRACE_DEPTH):
@@ -375,8 +377,10 @@ def _runtime_metrics(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[Finding]) -> Outcome:
-    events = [e for e in entry.get("events") or [] if e.get("chain", -1) >= 0 and e.get("instruction", -1) >= 0]
-    total_ns = sum(e["duration_ns"] for e in entry.get("events") or [] if e.get("name") == "Method::execute")
+    every = entry.get("events") or []
+    # chain -1 events are the Method/Program wrappers; the rest map to chain-0 instructions
+    events = [e for e in every if e.get("chain", -1) >= 0 and e.get("instruction", -1) >= 0]
+    total_ns = sum(e["duration_ns"] for e in every if e.get("name") == "Method::execute")
     instructions = entry.get("instructions")
     values = entry.get("values")
     if instructions is None:
@@ -558,9 +562,9 @@ def run_runner(paths: list[str], *, timeout_s: float, method: str | None = None,
                           "program means the runtime is stuck on it")}
     stderr_tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:] if line.strip())
     if proc.returncode < 0:
-        return {"error": ("runtime_crash", f"the ExecuTorch runtime crashed with {_signal_name(proc.returncode)} "
-                          f"while loading or running the program" + (f" ({stderr_tail})" if stderr_tail else ""),
-                          CRASH_HINT)}
+        signame = _signal_name(proc.returncode)
+        return {"error": ("runtime_crash", f"the ExecuTorch runtime crashed with {signame} while loading or "
+                          "running the program" + (f" ({stderr_tail})" if stderr_tail else ""), CRASH_HINT)}
     try:
         document = json.loads(proc.stdout)
         results = document["results"]
