@@ -400,24 +400,35 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
     native_calls = delegate_calls = delegate_ops = 0
     profiled_delegates: set[int] = set()
     delegate_instructions: dict[int, int] = {}
+    # a kernel instruction gives a named event (`native_call_addmm.out`, or `llama::update_cache.out`
+    # for custom ops, none at all for some) and then its OPERATOR_CALL: the latter is the unit counted
+    pending: dict[int, dict[str, Any]] = {}
     for event in events:
         iid = event["instruction"]
         row = rows.get(iid)
-        if event.get("name") == "OPERATOR_CALL":
-            continue
-        if event.get("name") == "DELEGATE_CALL":
+        name = event.get("name") or ""
+        if name == "DELEGATE_CALL":
             delegate_calls += 1
             delegate_instructions[iid] = delegate_instructions.get(iid, 0) + 1
             continue
-        if event.get("name", "").startswith("native_call_"):
+        if not event.get("delegate_name") and name and name != "OPERATOR_CALL":
+            pending[iid] = event
+            by_name[name] = by_name.get(name, 0) + 1
+            continue
+        if name == "OPERATOR_CALL":
             native_calls += 1
-            op_name = row["op"] if row and row.get("op") else event["name"][len("native_call_"):]
-            label = op_name
-            by_name[event["name"]] = by_name.get(event["name"], 0) + 1
-            time_by_op[label] = time_by_op.get(label, 0) + event["duration_ns"]
+            named = pending.pop(iid, None)
+            duration = (named or event)["duration_ns"]
+            if row and row.get("op"):
+                op_name = row["op"]
+            elif named is not None:
+                op_name = named["name"].removeprefix("native_call_")
+            else:
+                op_name = f"instruction {iid}"
+            time_by_op[op_name] = time_by_op.get(op_name, 0) + duration
             if base_op(op_name) in NATIVE_WEIGHT_OPS:
                 layer, record = _native_layer(row if instructions is not None else None, op_name, iid,
-                                              values, producers, event["duration_ns"])
+                                              values, producers, duration)
                 if layer is not None:
                     layers.append(layer)
                     executed.append(record)
@@ -481,7 +492,7 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
     }
     metrics["executed_instructions"] = len({e["instruction"] for e in events})
     metrics["runtime"] = _runtime_metrics(entry)
-    if not layers and events:
+    if not layers and events and not set(delegate_instructions) - profiled_delegates:
         findings.append(F.info("PTE_RUNTIME_NO_WEIGHT_OPS",
                                "the run executed no weight-bearing op; coverage is not defined"))
     return Outcome(metrics=metrics, findings=findings, unquantized=unquantized, summary=_summary(metrics))
