@@ -291,7 +291,9 @@ def run_one(torch: Any, pl: Any, path: str, method: str | None, data_path: str |
         }
         for e in events
     ]
+    started = time.perf_counter()
     instructions, values, problem = _read_program(path, method)
+    timing["read_program"] = time.perf_counter() - started
     entry.update(instructions=instructions, values=values, program_error=problem, status="ok", stage="done")
     return entry
 
