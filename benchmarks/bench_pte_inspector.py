@@ -1,6 +1,6 @@
 """Benchmark: the pte-inspector guard against the ExecuTorch devtools flow a user would otherwise run.
 
-    /work/venv/bin/python benchmarks/bench_pte_inspector.py [--layers 64] [--repeat 3]
+    /work/venv/bin/python benchmarks/bench_pte_inspector.py [--layers 64] [--repeat 1]
 
 On the fly (into benchmarks/.work/) it exports a deep MLP (LAYERS x Linear(256,256) + ReLU) twice:
 PT2E int8 without a delegate (portable kernels: ~5 instructions per layer, 2 events each) and PT2E
@@ -23,7 +23,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -109,7 +108,7 @@ proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 wall = time.perf_counter() - t0
 rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
 print(json.dumps({"rc": proc.returncode, "wall_s": wall, "peak_rss_mb": rss_kb / 1024,
-                  "stdout": proc.stdout[-4000:], "stderr": proc.stderr[-2000:]}))
+                  "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}))
 """
 
 
@@ -135,7 +134,7 @@ def best(cmd: list[str], repeat: int) -> tuple[dict, dict | None]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     names = ["deep_int8_portable", "deep_int8_xnnpack"]
@@ -147,7 +146,7 @@ def main() -> int:
     for name in names:
         pte = WORK / f"{name}.pte"
         dump = WORK / f"{name}.etdp"
-        ref_run, ref_printed = best([PY, "-c", REFERENCE_RUN, str(pte), str(dump)], args.repeat)
+        ref_run, _ = best([PY, "-c", REFERENCE_RUN, str(pte), str(dump)], args.repeat)
         qg_run, qg_printed = best([PY, "-m", "quantgate", "guard", "pte-inspector", str(pte)], args.repeat)
         qp_run, qp = best([PY, "-c", PARSE_QUANTGATE, str(dump)], args.repeat)
         ip_run, ip = best([PY, "-c", PARSE_INSPECTOR, str(dump)], args.repeat)
@@ -176,8 +175,9 @@ def main() -> int:
         })
     for row in rows:
         p, w = row["parse"], row["whole"]
-        print(f"{row['file']}: {row['size_bytes']:,} B, ETDump {row['etdump_bytes']:,} B, {row['events']} events; "
-              f"guard {row['guard_status']} weight_ops={row['weight_ops']} int8={row['int8_coverage']}")
+        print(f"{row['file']}: {row['size_bytes']:,} B, ETDump {row['etdump_bytes']:,} B, "
+              f"{row['events']} events; guard {row['guard_status']} weight_ops={row['weight_ops']} "
+              f"int8={row['int8_coverage']}")
         print(f"  ETDump read : quantgate {p['quantgate_s'] * 1e3:8.2f} ms {p['quantgate_rss_mb']:7.1f} MB | "
               f"Inspector {p['inspector_s'] * 1e3:8.2f} ms {p['inspector_rss_mb']:7.1f} MB | "
               f"ratio time {p['time_ratio']:.3f} rss {p['rss_ratio']:.3f} "

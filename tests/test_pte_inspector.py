@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from conftest import FIXTURES, cli_env, run_cli, run_json
 from quantgate.bounds import FAIL_LEVEL, parse_bound
-from quantgate.runtime import etdump
+from quantgate.runtime import etdump, program_table
 from quantgate.runtime.pte_runner import error_code
 from quantgate.validators.base import GuardConfig, decide_status, evaluate_bounds
 from quantgate.validators.pte_inspector import (
@@ -90,6 +90,27 @@ EXPECTED_EXECUTED = {
     "int8_portable": [("portable", "aten::embedding.out"), ("portable", "aten::addmm.out"),
                       ("portable", "aten::addmm.out")],
 }
+
+
+def _damage(data: bytes, edits: list[tuple[int, str, int]]) -> bytes:
+    buf = bytearray(data)
+    for pos, kind, value in edits:
+        if not buf:
+            break
+        pos %= len(buf)
+        if kind == "flip":
+            buf[pos] ^= 1 << (value % 8)
+        elif kind == "ff":
+            buf[pos : pos + 4] = b"\xff\xff\xff\xff"
+        elif kind == "cut":
+            del buf[pos:]
+        else:
+            buf[pos:pos] = bytes([value]) * 8
+    return bytes(buf)
+
+
+EDITS = st.lists(st.tuples(st.integers(0, 1 << 20), st.sampled_from(["flip", "ff", "cut", "insert"]),
+                           st.integers(0, 255)), min_size=1, max_size=4)
 
 
 def _ops_key(record: dict[str, Any]) -> tuple[str, str]:
@@ -262,28 +283,37 @@ def test_etdump_reader_survives_damage(batch: dict[str, dict[str, Any]]) -> None
     assert len(etdump.parse(data)) == len(batch["int8_xnnpack"]["events"])
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-    @given(st.lists(st.tuples(st.integers(0, len(data) - 1), st.sampled_from(["flip", "ff", "cut", "insert"]),
-                              st.integers(0, 255)), min_size=1, max_size=4))
+    @given(EDITS)
     def damaged(edits: list[tuple[int, str, int]]) -> None:
-        buf = bytearray(data)
-        for pos, kind, value in edits:
-            if not buf:
-                break
-            pos %= len(buf)
-            if kind == "flip":
-                buf[pos] ^= 1 << (value % 8)
-            elif kind == "ff":
-                buf[pos : pos + 4] = b"\xff\xff\xff\xff"
-            elif kind == "cut":
-                del buf[pos:]
-            else:
-                buf[pos:pos] = bytes([value]) * 8
+        buf = _damage(data, edits)
         started = time.perf_counter()
         with contextlib.suppress(etdump.EtdumpError):
             etdump.parse(bytes(buf))
         assert time.perf_counter() - started < 1.0
 
     damaged()
+
+
+def test_program_table_matches_the_fixture() -> None:
+    instructions, values = program_table.read(str(PTE / "int8_portable.pte"))
+    dq = "quantized_decomposed::dequantize_per_channel.out"
+    assert [r.get("op") for r in instructions][:3] == [dq, dq, "aten::embedding.out"]
+    assert values[9] == [1, [64, 32], True, None]  # the int8 l1 weight, a constant
+    instructions, values = program_table.read(str(PTE / "ext" / "fp32_portable_extconst.pte"))
+    external = {v[3] for v in values if v and v[2]}
+    assert external == {"emb.weight", "ln.weight", "ln.bias", "l1.weight", "l1.bias", "l2.weight", "l2.bias"}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(name=st.sampled_from(["int8_portable", "int8_xnnpack", "qkv_cache_portable"]), edits=EDITS)
+def test_program_table_survives_damage(tmp_path_factory: pytest.TempPathFactory, name: str,
+                                       edits: list[tuple[int, str, int]]) -> None:
+    path = tmp_path_factory.mktemp("damaged") / f"{name}.pte"
+    path.write_bytes(_damage((PTE / f"{name}.pte").read_bytes(), edits))
+    started = time.perf_counter()
+    with contextlib.suppress(program_table.ProgramTableError):
+        program_table.read(str(path))
+    assert time.perf_counter() - started < 1.0
 
 
 # --- pure classification: no runtime needed ------------------------------------------------------

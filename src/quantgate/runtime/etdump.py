@@ -4,8 +4,7 @@ The runtime writes the ETDump as a size-prefixed flatbuffer (u32 size, root offs
 `ED00`; research §5). Only the fields the runtime guard needs are read: each run's profile events
 with their name, chain, instruction id, XNNPACK debug string and start/end times. Every read is
 bounds-checked (`View`) and every visit is budgeted, so a damaged dump gives an `EtdumpError`,
-never a crash or a hang. The private table walker below is the minimum this file needs; it can
-move onto a shared flatbuffer helper once one exists.
+never a crash or a hang.
 """
 
 from __future__ import annotations
@@ -13,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quantgate.formats.binary import Budget, ReadError, View
+from quantgate.runtime._fb import FlatbufferError, Tables
 
 IDENTIFIER = b"ED00"
 
@@ -37,69 +37,10 @@ class ProfileEvent:
         return max(0, self.end_time - self.start_time)
 
 
-class _Tables:
-    """Just enough flatbuffer: tables, vectors of tables, strings and scalars, all bounds-checked."""
-
-    def __init__(self, view: View, budget: Budget):
-        self.v = view
-        self.budget = budget
-
-    def field_pos(self, table: int, field_id: int) -> int | None:
-        vtable = table - self.v.i32(table, "soffset")
-        vlen = self.v.u16(vtable, "vtable")
-        tlen = self.v.u16(vtable + 2, "vtable")
-        if vlen < 4 or vlen % 2:
-            raise EtdumpError(f"bad vtable length {vlen} at offset {vtable}")
-        slot = 4 + 2 * field_id
-        if slot + 2 > vlen:
-            return None
-        rel = self.v.u16(vtable + slot, "vtable")
-        if rel == 0:
-            return None
-        if rel >= tlen:
-            raise EtdumpError(f"field {field_id} at {rel} lies outside its table at offset {table}")
-        return table + rel
-
-    def deref(self, pos: int) -> int:
-        target = pos + self.v.u32(pos, "uoffset")
-        self.v.check(target, 4, "uoffset")
-        return target
-
-    def table(self, table: int, field_id: int) -> int | None:
-        pos = self.field_pos(table, field_id)
-        return None if pos is None else self.deref(pos)
-
-    def vector(self, table: int, field_id: int, elem_size: int = 4) -> list[int]:
-        """Positions of the elements of a vector field (for tables: positions of their uoffsets)."""
-        pos = self.field_pos(table, field_id)
-        if pos is None:
-            return []
-        start = self.deref(pos)
-        count = self.v.u32(start, "vector length")
-        self.v.check(start + 4, count * elem_size, "vector")
-        self.budget.spend(count, "etdump vector")
-        return [start + 4 + i * elem_size for i in range(count)]
-
-    def string(self, table: int, field_id: int) -> str:
-        pos = self.field_pos(table, field_id)
-        if pos is None:
-            return ""
-        start = self.deref(pos)
-        size = self.v.u32(start, "string length")
-        self.budget.spend(1 + size // 16, "etdump string")
-        return self.v.text(start + 4, size, "string")
-
-    def scalar(self, table: int, field_id: int, kind: str, default: int) -> int:
-        pos = self.field_pos(table, field_id)
-        if pos is None:
-            return default
-        return int(getattr(self.v, kind)(pos, "scalar"))
-
-
 def parse(data: bytes) -> list[ProfileEvent]:
     """Every profile event of every run in the dump, in file order."""
     view = View(data)
-    t = _Tables(view, Budget.for_size(len(data)))
+    t = Tables(view, Budget.for_size(len(data)))
     try:
         if view.bytes(8, 4, "identifier") != IDENTIFIER:
             raise EtdumpError(f"not an ETDump: identifier {view.bytes(8, 4)!r}, expected {IDENTIFIER!r}")
@@ -131,3 +72,5 @@ def parse(data: bytes) -> list[ProfileEvent]:
         return events
     except ReadError as exc:
         raise EtdumpError(f"damaged ETDump: {exc.message}") from None
+    except FlatbufferError as exc:
+        raise EtdumpError(f"damaged ETDump: {exc}") from None

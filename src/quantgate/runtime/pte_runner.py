@@ -15,8 +15,8 @@ and Python warnings are sent to stderr), one entry per program:
 
 The events are parsed here with quantgate's own ETDump reader; the instruction table (chain 0 of
 the method: op name and args per instruction, which ones are DelegateCalls) and a compact value
-table (tensor dtype, sizes, constant or not) come from executorch's deserializer, read only after
-the runtime itself has accepted the program. Classification happens in the parent
+table (tensor dtype, sizes, constant or not) come from quantgate's own bounded program-table
+reader, run only after the runtime itself has accepted the program. Classification happens in the parent
 (`quantgate.validators.pte_inspector`), which needs neither torch nor executorch.
 
 `--fault segv|abort|hang|nojson|garbage` is for tests only: it makes the child fail in that way
@@ -145,52 +145,12 @@ def _make_input(torch: Any, dtype_id: int, sizes: list[int]) -> Any:
     raise ValueError(f"input dtype {dtype_id} is not supported")
 
 
-def _value_table(plan: Any) -> list[Any]:
-    """Compact values: None for non-tensors, else [scalar_type, sizes, constant, fqn]."""
-    out: list[Any] = []
-    for value in plan.values:
-        val = value.val
-        if type(val).__name__ != "Tensor":
-            out.append(None)
-            continue
-        extra = getattr(val, "extra_tensor_info", None)
-        fqn = getattr(extra, "fully_qualified_name", None) if extra is not None else None
-        external = extra is not None and int(getattr(extra, "location", 0) or 0) == 1
-        constant = (val.allocation_info is None and int(val.data_buffer_idx or 0) > 0) or external
-        out.append([int(val.scalar_type), [int(s) for s in val.sizes], bool(constant), fqn])
-    return out
-
-
-def _instruction_table(program: Any, method: str) -> tuple[list[dict[str, Any]], list[Any]]:
-    plan = next((p for p in program.execution_plan if p.name == method), None)
-    if plan is None:
-        raise ValueError(f"no execution plan named {method!r}")
-    instructions: list[dict[str, Any]] = []
-    chain = plan.chains[0] if plan.chains else None
-    for index, instruction in enumerate(chain.instructions if chain else []):
-        args = instruction.instr_args
-        kind = type(args).__name__
-        row: dict[str, Any] = {"index": index, "kind": kind}
-        if kind == "KernelCall":
-            op = plan.operators[args.op_index]
-            row["op"] = f"{op.name}.{op.overload}" if op.overload else op.name
-            row["args"] = [int(a) for a in args.args]
-        elif kind == "DelegateCall":
-            row["backend"] = plan.delegates[args.delegate_index].id
-            row["delegate_index"] = int(args.delegate_index)
-            row["args"] = [int(a) for a in args.args]
-        instructions.append(row)
-    return instructions, _value_table(plan)
-
-
 def _read_program(path: str, method: str) -> tuple[list[dict[str, Any]] | None, list[Any] | None, str | None]:
-    try:
-        from executorch.exir._serialize._program import deserialize_pte_binary
+    """The method's chain-0 instruction and value tables (read only once the runtime accepted the file)."""
+    from quantgate.runtime import program_table
 
-        with open(path, "rb") as handle:
-            pte = deserialize_pte_binary(handle.read())
-        program = getattr(pte, "program", pte)
-        instructions, values = _instruction_table(program, method)
+    try:
+        instructions, values = program_table.read(path, method)
         return instructions, values, None
     except Exception as exc:  # the parent falls back to event names and says so
         return None, None, f"{type(exc).__name__}: {exc}"
