@@ -405,7 +405,8 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
     pending: dict[int, dict[str, Any]] = {}
     for event in events:
         iid = event["instruction"]
-        row = rows.get(iid)
+        # the instruction table is chain 0's; events of other chains keep only their own names
+        row = rows.get(iid) if event.get("chain") == 0 else None
         name = event.get("name") or ""
         if name == "DELEGATE_CALL":
             delegate_calls += 1
