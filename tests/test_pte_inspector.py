@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from conftest import FIXTURES, cli_env, run_cli, run_json
 from quantgate.bounds import FAIL_LEVEL, parse_bound
+from quantgate.jsonschemas import validate
 from quantgate.runtime import etdump, program_table
 from quantgate.runtime.pte_runner import error_code
 from quantgate.validators.base import GuardConfig, decide_status, evaluate_bounds
@@ -421,6 +422,7 @@ def cli_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[int, d
 def test_cli_external_weights_program(cli_runs: dict[str, tuple[int, dict[str, Any]]]) -> None:
     code, result = cli_runs["ext"]
     assert (code, result["status"]) == (0, "PASS"), result
+    assert validate(result, "guard-result") == []
     m = result["metrics"]
     assert m["weight_ops"] == 3 and m["coverage"]["params"]["quantized"] == 0.0
     assert m["params_total"] == 5888
@@ -434,6 +436,7 @@ def test_cli_external_weights_program(cli_runs: dict[str, tuple[int, dict[str, A
 def test_cli_runtime_rejects_the_file(cli_runs: dict[str, tuple[int, dict[str, Any]]]) -> None:
     code, result = cli_runs["rejected"]
     assert (code, result["status"]) == (1, "FAIL"), result
+    assert validate(result, "guard-result") == []
     assert [f["code"] for f in result["findings"]] == ["PTE_RUNTIME_LOAD_FAILED"]
     assert "OperatorMissing" in result["message"]
 
@@ -454,6 +457,7 @@ def test_cli_child_faults_are_errors(fault: str, params: list[str], etype: str, 
     code, result = run_json("guard", "pte-inspector", str(PTE / "int8_xnnpack.pte"),
                             "--param", f"_fault={fault}", *params, timeout=120)
     assert (code, result["status"]) == (2, "ERROR"), result
+    assert validate(result, "guard-result") == []
     assert result["error"]["type"] == etype
     assert words in result["error"]["message"]
     assert result["error"]["hint"]

@@ -116,6 +116,17 @@ def _captured_stderr(sink: list[str]) -> Iterator[None]:
             sink.extend(kept[:_LOG_LINES])
 
 
+def _flatbuffer_bytes(path: str) -> bytes:
+    """The program's flatbuffer part (operator names live there), never the weight segments."""
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+        size = os.fstat(handle.fileno()).st_size
+        if len(head) >= 24 and head[8:12] == b"eh00":
+            size = min(size, int.from_bytes(head[16:24], "little"))
+        handle.seek(0)
+        return handle.read(min(size, 256 << 20))
+
+
 def _import_kernels(data: bytes, notes: list[str]) -> None:
     """Register the kernel libraries the program names (the portable_lib has neither by default)."""
     wanted = [
@@ -176,10 +187,8 @@ def run_one(torch: Any, pl: Any, path: str, method: str | None, data_path: str |
 
     timing: dict[str, float] = {}
     entry["timing_s"] = timing
-    with open(path, "rb") as handle:
-        raw = handle.read()
     notes: list[str] = []
-    _import_kernels(raw, notes)
+    _import_kernels(_flatbuffer_bytes(path), notes)
     entry["notes"] = notes
     log: list[str] = entry["log"]
     started = time.perf_counter()
