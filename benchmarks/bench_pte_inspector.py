@@ -124,10 +124,14 @@ def best(cmd: list[str], repeat: int) -> tuple[dict, dict | None]:
     """Fastest of `repeat` runs (wall), with the JSON the command printed."""
     runs = [measured(cmd) for _ in range(repeat)]
     run = min(runs, key=lambda r: r["wall_s"])
+    text = run["stdout"].strip()
     try:
-        printed = json.loads(run["stdout"].strip().splitlines()[-1]) if run["stdout"].strip() else None
+        printed = json.loads(text)  # `quantgate guard` prints one indented object
     except json.JSONDecodeError:
-        printed = None
+        try:
+            printed = json.loads(text.splitlines()[-1]) if text else None
+        except json.JSONDecodeError:
+            printed = None
     return run, printed
 
 
