@@ -157,7 +157,7 @@ DEQUANTIZE = {
     "dequantize_per_channel", "dequantize_per_tensor", "dequantize_per_channel_group",
     "dequantize_affine", "dequantize_per_token",
 }
-# ops without a weight that only live in the static guard's world; named for the event-only fallback
+# how many copies/dequantizes a weight may pass through between its constant and the GEMM
 _TRACE_DEPTH = 8
 
 # ScalarType id -> (dtype string, bits, numeric, integer storage that can be quantized)
