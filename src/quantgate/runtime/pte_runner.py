@@ -1,0 +1,317 @@
+"""Child process of the `pte-inspector` guard: run ExecuTorch programs once with ETDump enabled.
+
+    python -m quantgate.runtime.pte_runner [--method NAME] [--data FILE.ptd] [--workdir DIR] PTE ...
+
+The ExecuTorch loader can crash (SIGSEGV/SIGABRT) on malformed programs (research §6), so this
+never runs inside quantgate's own process: the guard starts it, bounds its time, and treats a
+death by signal as an ERROR. stdout carries exactly one JSON document (the C++ runtime's log lines
+and Python warnings are sent to stderr), one entry per program:
+
+    {"runner": {...versions, import time...},
+     "results": [{"path", "status": ok|load_failed|method_load_failed|execute_failed|input_unsupported|error,
+                  "stage", "error_code", "error_name", "message", "log", "method", "inputs",
+                  "instructions": [...] | null, "values": [...] | null, "program_error",
+                  "events": [...] | null, "timing_s": {...}}]}
+
+The events are parsed here with quantgate's own ETDump reader; the instruction table (chain 0 of
+the method: op name and args per instruction, which ones are DelegateCalls) and a compact value
+table (tensor dtype, sizes, constant or not) come from quantgate's own bounded program-table
+reader, run only after the runtime itself has accepted the program. Classification happens in the parent
+(`quantgate.validators.pte_inspector`), which needs neither torch nor executorch.
+
+`--fault segv|abort|hang|nojson|garbage` is for tests only: it makes the child fail in that way
+before the heavy imports, so the guard's crash, timeout and no-JSON paths can be tested cheaply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# runtime/core/error.h (executorch 1.5.1)
+ERROR_NAMES = {
+    0x00: "Ok",
+    0x01: "Internal",
+    0x02: "InvalidState",
+    0x03: "EndOfMethod",
+    0x10: "NotSupported",
+    0x11: "NotImplemented",
+    0x12: "InvalidArgument",
+    0x13: "InvalidType",
+    0x14: "OperatorMissing",
+    0x15: "RegistrationExceedingMaxKernels",
+    0x16: "RegistrationAlreadyRegistered",
+    0x20: "NotFound",
+    0x21: "MemoryAllocationFailed",
+    0x22: "AccessFailed",
+    0x23: "InvalidProgram",
+    0x24: "InvalidExternalData",
+    0x25: "OutOfResources",
+    0x30: "DelegateInvalidCompatibility",
+    0x31: "DelegateMemoryAllocationFailed",
+    0x32: "DelegateInvalidHandle",
+}
+# the pybindings spell the code "error 0x23", "error: 0x14" or "error: 0x:23"
+_CODE = re.compile(r"0x:?([0-9a-fA-F]+)")
+
+# ScalarType ids (scalar_type.fbs) for building inputs
+_INT_TYPES = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64"}
+_FLOAT_TYPES = {5: "float16", 6: "float32", 7: "float64", 15: "bfloat16"}
+_BOOL = 11
+
+_LOG_LINES = 40  # runtime log lines kept per program (the first ones name the cause)
+
+
+def error_code(message: str) -> int | None:
+    match = _CODE.search(message)
+    return int(match.group(1), 16) if match else None
+
+
+def _fault(kind: str) -> None:
+    """Test-only failure modes (see the module docstring)."""
+    if kind == "segv":
+        os.kill(os.getpid(), signal.SIGSEGV)
+    elif kind == "abort":
+        os.abort()
+    elif kind == "hang":
+        time.sleep(3600)
+    elif kind == "nojson":
+        sys.exit(0)
+    elif kind == "garbage":
+        sys.stdout.write("this is not json\n")
+        sys.exit(0)
+    raise SystemExit(f"unknown --fault {kind!r}")
+
+
+@contextlib.contextmanager
+def _captured_stderr(sink: list[str]) -> Iterator[None]:
+    """Collect what the C++ runtime writes to fd 2 (its log lines) and echo it to the real stderr."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            data = tmp.read()
+            os.write(2, data)
+            lines = data.decode("utf-8", errors="replace").splitlines()
+            # cpuinfo probing lines appear on every first load and say nothing about the program
+            kept = [line for line in lines if line.strip() and "cpuinfo" not in line]
+            sink.extend(kept[:_LOG_LINES])
+
+
+def _flatbuffer_bytes(path: str) -> bytes:
+    """The program's flatbuffer part (operator names live there), never the weight segments."""
+    with open(path, "rb") as handle:
+        head = handle.read(32)
+        size = os.fstat(handle.fileno()).st_size
+        if len(head) >= 24 and head[8:12] == b"eh00":
+            size = min(size, int.from_bytes(head[16:24], "little"))
+        handle.seek(0)
+        return handle.read(min(size, 256 << 20))
+
+
+def _import_kernels(data: bytes, notes: list[str]) -> None:
+    """Register the kernel libraries the program names (the portable_lib has neither by default)."""
+    wanted = [
+        (b"quantized_decomposed::", "executorch.kernels.quantized"),
+        (b"llama::", "executorch.extension.llm.custom_ops.custom_ops"),
+    ]
+    for marker, module in wanted:
+        if marker in data:
+            try:
+                importlib.import_module(module)
+            except Exception as exc:  # reported; the load then fails with OperatorMissing
+                notes.append(f"could not import {module}: {exc}")
+
+
+def _make_input(torch: Any, dtype_id: int, sizes: list[int]) -> Any:
+    """Deterministic inputs: integers (token ids, indices) are zeros, always in range; floats vary."""
+    if dtype_id in _INT_TYPES:
+        return torch.zeros(sizes, dtype=getattr(torch, _INT_TYPES[dtype_id]))
+    if dtype_id == _BOOL:
+        return torch.zeros(sizes, dtype=torch.bool)
+    if dtype_id in _FLOAT_TYPES:
+        numel = 1
+        for s in sizes:
+            numel *= s
+        values = (torch.arange(numel, dtype=torch.float32) % 17) / 17.0 - 0.5
+        return values.reshape(sizes).to(getattr(torch, _FLOAT_TYPES[dtype_id]))
+    raise ValueError(f"input dtype {dtype_id} is not supported")
+
+
+def _read_program(path: str, method: str) -> tuple[list[dict[str, Any]] | None, list[Any] | None, str | None]:
+    """The method's chain-0 instruction and value tables (read only once the runtime accepted the file)."""
+    from quantgate.runtime import program_table
+
+    try:
+        instructions, values = program_table.read(path, method)
+        return instructions, values, None
+    except Exception as exc:  # the parent falls back to event names and says so
+        return None, None, f"{type(exc).__name__}: {exc}"
+
+
+def _fail(entry: dict[str, Any], status: str, stage: str, exc: BaseException) -> dict[str, Any]:
+    message = str(exc)
+    code = error_code(message)
+    entry.update(
+        status=status,
+        stage=stage,
+        message=message,
+        error_code=code,
+        error_name=ERROR_NAMES.get(code, "unknown") if code is not None else None,
+    )
+    return entry
+
+
+def run_one(torch: Any, pl: Any, path: str, method: str | None, data_path: str | None,
+            workdir: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": path, "status": "error", "log": [], "method": method}
+    from quantgate.runtime import etdump
+
+    timing: dict[str, float] = {}
+    entry["timing_s"] = timing
+    notes: list[str] = []
+    _import_kernels(_flatbuffer_bytes(path), notes)
+    entry["notes"] = notes
+    log: list[str] = entry["log"]
+    started = time.perf_counter()
+    try:
+        with _captured_stderr(log):
+            program = pl._load_program(
+                path,
+                enable_etdump=True,
+                debug_buffer_size=0,
+                program_verification=pl.Verification.InternalConsistency,
+                data_path=data_path,
+            )
+    except Exception as exc:
+        return _fail(entry, "load_failed", "load_program", exc)
+    timing["load_program"] = time.perf_counter() - started
+    try:
+        names = [program.get_method_name(i) for i in range(program.num_methods())]
+    except Exception as exc:
+        return _fail(entry, "load_failed", "method_names", exc)
+    entry["methods"] = names
+    if method is None:
+        method = "forward" if "forward" in names or not names else names[0]
+    entry["method"] = method
+    started = time.perf_counter()
+    try:
+        with _captured_stderr(log):
+            loaded = program.load_method(method)
+            meta = loaded.method_meta()
+    except Exception as exc:
+        return _fail(entry, "method_load_failed", "load_method", exc)
+    timing["load_method"] = time.perf_counter() - started
+    inputs = []
+    described = []
+    try:
+        for i in range(meta.num_inputs()):
+            info = meta.input_tensor_meta(i)
+            dtype_id, sizes = int(info.dtype()), [int(s) for s in info.sizes()]
+            described.append({"dtype": dtype_id, "sizes": sizes})
+            inputs.append(_make_input(torch, dtype_id, sizes))
+    except Exception as exc:
+        entry["inputs"] = described
+        return _fail(entry, "input_unsupported", "inputs", exc)
+    entry["inputs"] = described
+    started = time.perf_counter()
+    try:
+        with _captured_stderr(log):
+            loaded.call(inputs)
+    except Exception as exc:
+        return _fail(entry, "execute_failed", "execute", exc)
+    timing["execute"] = time.perf_counter() - started
+    dump = os.path.join(workdir, f"{len(os.listdir(workdir))}.etdp")
+    try:
+        program.write_etdump_result_to_file(dump)
+        entry["etdump"] = dump
+        with open(dump, "rb") as handle:
+            events = etdump.parse(handle.read())
+    except Exception as exc:
+        return _fail(entry, "error", "etdump", exc)
+    entry["events"] = [
+        {
+            "name": e.name,
+            "chain": e.chain_index,
+            "instruction": e.instruction_id,
+            "delegate_name": e.delegate_debug_id_str,
+            "delegate_id": e.delegate_debug_id_int,
+            "start_ns": e.start_time,
+            "duration_ns": e.duration_ns,
+            "run": e.run,
+        }
+        for e in events
+    ]
+    started = time.perf_counter()
+    instructions, values, problem = _read_program(path, method)
+    timing["read_program"] = time.perf_counter() - started
+    entry.update(instructions=instructions, values=values, program_error=problem, status="ok", stage="done")
+    return entry
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quantgate.runtime.pte_runner")
+    parser.add_argument("paths", nargs="+")
+    parser.add_argument("--method")
+    parser.add_argument("--data", help="the .ptd file holding external weights")
+    parser.add_argument("--workdir")
+    parser.add_argument("--fault", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.fault:
+        _fault(args.fault)
+    # keep stdout for the one JSON document: everything else printed goes to stderr
+    sys.stdout.flush()
+    json_fd = os.dup(1)
+    os.dup2(2, 1)
+    started = time.perf_counter()
+    runner: dict[str, Any] = {"python": sys.version.split()[0]}
+    try:
+        import torch
+        from executorch.extension.pybindings import portable_lib as pl
+
+        runner["imports_s"] = round(time.perf_counter() - started, 3)
+        runner["torch"] = torch.__version__
+        try:
+            from importlib.metadata import version
+
+            runner["executorch"] = version("executorch")
+        except Exception:
+            runner["executorch"] = None
+        results = []
+        # with --workdir the ETDump files are kept there (tests fuzz them); otherwise they are temporary
+        with contextlib.ExitStack() as stack:
+            workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
+            for path in args.paths:
+                try:
+                    results.append(run_one(torch, pl, str(Path(path)), args.method, args.data, workdir))
+                except Exception as exc:  # one program's surprise must not lose the others' results
+                    results.append({"path": path, "status": "error", "stage": "runner",
+                                    "message": f"{type(exc).__name__}: {exc}"})
+        document: dict[str, Any] = {"runner": runner, "results": results}
+    except Exception as exc:
+        document = {"runner": runner, "error": f"{type(exc).__name__}: {exc}", "results": []}
+    with os.fdopen(json_fd, "w") as out:
+        out.write(json.dumps(document) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,650 @@
+"""`pte-inspector`: the ExecuTorch program run once by the real runtime, its executed ops classified.
+
+The static guard (`pte-program`) says what the file stores; this one says what the runtime ran.
+A child process (`quantgate.runtime.pte_runner`) loads the program with ETDump enabled, runs the
+method once on deterministic inputs built from its metadata, and reports the profile events and
+the instruction table as JSON. Here, with neither torch nor executorch imported, each executed
+weight-bearing op becomes a `Layer` and the shared coverage engine does the rest:
+
+* XNNPACK events (`Fully Connected (NC, QS8, QC8W) GEMM #1`, `Convolution (NHWC, QC8) DWConv #1`):
+  the parenthesised descriptor says the precision. QS8/QU8/QD8/QP8 → int8 activations (compute
+  "int8"); QC8W/QC8/QS8/QU8 → 8-bit weights, QC4W/QB4W → 4-bit weights; F32/F16/BF16 alone →
+  float. A descriptor without any of these leaves the op's precision unknown.
+* Native kernel calls (`native_call_addmm.out`, mapped to `aten::addmm.out` through
+  `instruction_id`): the weight operand is traced back through copies/permutes and `dequantize_*`
+  producers to its constant; quantized storage = an integer constant that is dequantized (or a
+  quantized kernel such as `embedding_byte`). The portable library has no integer GEMM, so native
+  ops always compute in floating point ("int8 storage, fp32 compute").
+
+Embedding lookups count as weight-bearing ops (DESIGN §4); `matmul_coverage` gives the same shares
+over the linear and conv ops only. Delegated ops carry no shapes in the ETDump, so when any
+executed weight op is delegated only the `ops` basis is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from quantgate import findings as F
+from quantgate.coverage import coverage_metrics
+from quantgate.findings import Finding
+from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Layer
+from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
+
+FINDING_CODES = {
+    "PTE_RUNTIME_LOAD_FAILED": "The ExecuTorch runtime rejected the program or its method at load time "
+    "(error code and name in the message: InvalidProgram, OperatorMissing...).",
+    "PTE_RUNTIME_EXECUTE_FAILED": "The ExecuTorch runtime loaded the method but running it once on "
+    "inputs built from its metadata failed (error code and name in the message).",
+    "PTE_RUNTIME_INPUT_UNSUPPORTED": "The method takes an input the runner cannot build (a non-tensor "
+    "or an unsupported dtype); the guard reports ERROR.",
+    "PTE_RUNTIME_PROGRAM_UNREAD": "The instruction table could not be read after the run; native ops "
+    "were classified by kernel name only and their weight storage is unknown.",
+    "PTE_RUNTIME_DELEGATE_UNPROFILED": "A delegate call ran without per-operator events (an opaque "
+    "backend); the weight ops inside it could not be classified.",
+    "PTE_RUNTIME_UNKNOWN_DESCRIPTOR": "An executed XNNPACK weight op has a descriptor quantgate does "
+    "not recognise; its precision counts as unknown.",
+    "PTE_RUNTIME_NO_EVENTS": "The ETDump holds no execution events for the method, so nothing could "
+    "be measured.",
+    "PTE_RUNTIME_NO_WEIGHT_OPS": "The run executed no weight-bearing op (e.g. a KV-cache-only "
+    "program); coverage is not defined.",
+}
+
+DEFAULT_TIMEOUT_S = 120.0
+RUNNER_MODULE = "quantgate.runtime.pte_runner"
+CRASH_HINT = (
+    "the ExecuTorch runtime crashed on this program; check it with the pte-program and integrity "
+    "guards, and re-export it"
+)
+
+# --- XNNPACK descriptors (research §5) ---------------------------------------------------------
+
+_XNN_EVENT = re.compile(r"^(?P<op>[^(#]+?)\s*\((?P<desc>[^)]*)\)\s*(?P<variant>[^#]*?)\s*(?:#\d+)?\s*$")
+_XNN_WEIGHT_OPS = {"Fully Connected": LINEAR, "Convolution": CONV, "Deconvolution": CONV}
+# a batch matmul carries a weight only when one operand is a constant; the event cannot say so
+# unless the descriptor names a quantized weight type
+_XNN_BMM = "Batch Matrix Multiply"
+INT8_ACTIVATIONS = ("QS8", "QU8", "QD8", "QP8")  # QC8 (conv) implies QS8 inputs
+WEIGHT_BITS = {"QC8W": 8, "QC8": 8, "QC4W": 4, "QB4W": 4, "QC4": 4}
+# static quantized operators (QS8/QU8 with no separate weight type) take 8-bit weights
+STATIC_8BIT = ("QS8", "QU8")
+FLOAT_BITS = {"F32": 32, "F16": 16, "BF16": 16}
+
+
+def parse_xnnpack_event(name: str) -> dict[str, Any] | None:
+    """Split `Fully Connected (NC, QD8, F32, QC8W) GEMM #2` into op, tokens and variant."""
+    match = _XNN_EVENT.match(name.strip())
+    if not match:
+        return None
+    tokens = [t.strip() for t in match.group("desc").split(",") if t.strip()]
+    return {
+        "op": match.group("op").strip(),
+        "descriptor": ", ".join(tokens),
+        "tokens": tokens,
+        "variant": match.group("variant").strip(),
+        "label": re.sub(r"\s*#\d+\s*$", "", name.strip()),
+    }
+
+
+def classify_descriptor(tokens: list[str]) -> dict[str, Any]:
+    """Activations, weights, bits, quantized and compute precision from descriptor tokens."""
+    upper = [t.upper() for t in tokens]
+    activations = next((t for t in upper if t in INT8_ACTIVATIONS), None)
+    weight = next((t for t in upper if t in WEIGHT_BITS), None)
+    floats = [t for t in upper if t in FLOAT_BITS]
+    if weight == "QC8" and activations is None:
+        activations = "QS8"  # conv descriptors name one type: qs8 inputs, per-channel qc8 filters
+    if weight is not None:
+        bits: float | None = WEIGHT_BITS[weight]
+        quantized: bool | None = True
+    elif activations in STATIC_8BIT:
+        weight, bits, quantized = activations, 8, True
+    elif floats and activations is None:
+        weight, bits, quantized = floats[0], FLOAT_BITS[floats[0]], False
+    else:
+        bits, quantized = None, None
+    if activations is not None:
+        compute = "int8"
+    elif floats:
+        compute = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}[floats[0]]
+    else:
+        compute = None
+    return {"activations": activations, "weights": weight, "bits": bits, "quantized": quantized,
+            "compute": compute}
+
+
+# --- native kernels --------------------------------------------------------------------------
+
+# base op name (namespace dropped) -> (kind, index of the weight operand)
+NATIVE_WEIGHT_OPS: dict[str, tuple[str, int]] = {
+    "addmm": (LINEAR, 2),
+    "mm": (LINEAR, 1),
+    "bmm": (LINEAR, 1),
+    "linear": (LINEAR, 1),
+    "mixed_linear": (LINEAR, 1),
+    "mixed_mm": (LINEAR, 1),
+    "_weight_int8pack_mm": (LINEAR, 1),
+    "_weight_int4pack_mm": (LINEAR, 1),
+    "convolution": (CONV, 1),
+    "embedding": (EMBEDDING, 0),
+    "embedding_byte": (EMBEDDING, 0),
+    "embedding_2bit": (EMBEDDING, 0),
+    "embedding_4bit": (EMBEDDING, 0),
+}
+# kernels that compute on a quantized weight themselves: nominal bits, logical elements per stored one
+QUANTIZED_KERNELS = {
+    "embedding_byte": (8, 1),
+    "embedding_4bit": (4, 2),
+    "embedding_2bit": (2, 4),
+    "_weight_int8pack_mm": (8, 1),
+    "_weight_int4pack_mm": (4, 2),
+    "mixed_linear": (8, 1),
+    "mixed_mm": (8, 1),
+}
+# ops a weight flows through unchanged on its way from the constant to the GEMM
+PASS_THROUGH = {
+    "permute_copy", "view_copy", "t_copy", "transpose_copy", "_to_dim_order_copy", "_clone_dim_order",
+    "clone", "expand_copy", "unsqueeze_copy", "squeeze_copy", "_to_copy", "alias_copy",
+}
+DEQUANTIZE = {
+    "dequantize_per_channel", "dequantize_per_tensor", "dequantize_per_channel_group",
+    "dequantize_affine", "dequantize_per_token",
+}
+# how many copies/dequantizes a weight may pass through between its constant and the GEMM
+_TRACE_DEPTH = 8
+
+# ScalarType id -> (dtype string, bits, numeric, integer storage that can be quantized)
+SCALAR_TYPES: dict[int, tuple[str, int, str]] = {
+    0: ("uint8", 8, INT), 1: ("int8", 8, INT), 2: ("int16", 16, INT), 3: ("int32", 32, INT),
+    4: ("int64", 64, INT), 5: ("float16", 16, FLOAT), 6: ("float32", 32, FLOAT), 7: ("float64", 64, FLOAT),
+    11: ("bool", 8, INT), 12: ("qint8", 8, INT), 13: ("quint8", 8, INT), 14: ("qint32", 32, INT),
+    15: ("bfloat16", 16, FLOAT), 16: ("quint4x2", 4, INT), 17: ("quint2x4", 2, INT),
+    23: ("float8_e5m2", 8, FLOAT), 24: ("float8_e4m3fn", 8, FLOAT),
+}
+_QUANTIZABLE = {0, 1, 12, 13, 16, 17, 23, 24}
+
+
+def base_op(op: str) -> str:
+    """`quantized_decomposed::embedding_byte.out` / `native_call_addmm.out` -> `embedding_byte` / `addmm`."""
+    name = op.split("::")[-1]
+    if name.startswith("native_call_"):
+        name = name[len("native_call_"):]
+    return name.split(".")[0]
+
+
+def _numel(sizes: list[int]) -> int:
+    n = 1
+    for s in sizes:
+        n *= max(0, int(s))
+    return n
+
+
+def _producers(instructions: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """value index -> the kernel instruction that writes it (the `out` argument comes last)."""
+    out: dict[int, dict[str, Any]] = {}
+    for row in instructions:
+        if row.get("kind") == "KernelCall" and row.get("args"):
+            out.setdefault(row["args"][-1], row)
+    return out
+
+
+def _value(values: list[Any], index: int) -> list[Any] | None:
+    if 0 <= index < len(values):
+        value = values[index]
+        if isinstance(value, list) and len(value) >= 3:
+            return value
+    return None
+
+
+def trace_weight(
+    index: int, values: list[Any], producers: dict[int, dict[str, Any]]
+) -> dict[str, Any] | None:
+    """Follow a weight operand back to its constant; None when it is an activation."""
+    through: list[str] = []
+    for _ in range(_TRACE_DEPTH):
+        value = _value(values, index)
+        if value is None:
+            return None
+        if value[2]:
+            return {"value": index, "scalar_type": int(value[0]), "sizes": list(value[1]),
+                    "fqn": value[3] if len(value) > 3 else None, "through": through}
+        producer = producers.get(index)
+        if producer is None:
+            return None
+        name = base_op(producer.get("op", ""))
+        if name not in PASS_THROUGH and name not in DEQUANTIZE:
+            return None
+        through.append(producer.get("op", name))
+        index = producer["args"][0]
+    return None
+
+
+# --- building the layers ---------------------------------------------------------------------
+
+def _native_layer(row: dict[str, Any] | None, op_name: str, instruction: int, values: list[Any] | None,
+                  producers: dict[int, dict[str, Any]], time_ns: int) -> tuple[Layer | None, dict[str, Any]]:
+    """One executed native kernel call -> a Layer (None when it carries no constant weight)."""
+    name = base_op(op_name)
+    kind, weight_arg = NATIVE_WEIGHT_OPS[name]
+    record: dict[str, Any] = {"instruction": instruction, "op": op_name, "backend": "portable",
+                              "kind": kind, "compute": "fp32", "time_ns": time_ns}
+    quant_kernel = QUANTIZED_KERNELS.get(name)
+    if row is None or values is None:
+        # event name only: quantized kernels say their storage, the others cannot be known
+        bits = quant_kernel[0] if quant_kernel else None
+        quantized = True if quant_kernel else None
+        if name in ("mm", "bmm"):
+            return None, record  # without the program, a matmul of activations is indistinguishable
+        record.update(weights=None, bits=bits, quantized=quantized, shape=None)
+        layer = Layer(name=f"instr {instruction}: {op_name}", kind=kind, shape=(), dtype="unknown",
+                      bits=bits, numeric=INT if quant_kernel else UNKNOWN, quantized=quantized, params=0,
+                      compute="fp32", position=instruction, detail={"shape_known": False})
+        return layer, record
+    args = row.get("args", [])
+    if weight_arg >= len(args):
+        return None, record
+    traced = trace_weight(args[weight_arg], values, producers)
+    if traced is None:
+        return None, record
+    scalar = traced["scalar_type"]
+    dtype, stored_bits, numeric = SCALAR_TYPES.get(scalar, (f"scalar_type_{scalar}", None, UNKNOWN))
+    dequantized = any(base_op(op) in DEQUANTIZE for op in traced["through"])
+    numel = _numel(traced["sizes"])
+    if quant_kernel is not None:
+        bits, per_stored = quant_kernel
+        quantized, params = True, numel * per_stored
+        dtype = {4: "int4", 2: "int2"}.get(bits, dtype)
+    elif dequantized and scalar in _QUANTIZABLE:
+        bits, quantized, params = stored_bits, True, numel
+    else:
+        bits, quantized, params = stored_bits, False, numel
+    shape = list(traced["sizes"])
+    if quant_kernel is not None and quant_kernel[1] > 1 and shape:
+        shape[-1] *= quant_kernel[1]
+    out_positions = None
+    out = _value(values, args[-1]) if args else None
+    if out is not None and kind != EMBEDDING and out[1]:
+        channels = out[1][1] if kind == CONV and len(out[1]) > 1 else out[1][-1]
+        out_positions = _numel(out[1]) // channels if channels else None
+    record.update(weights=dtype, bits=bits, quantized=quantized, shape=shape, dequantized=dequantized,
+                  weight_value=traced["value"], weight_name=traced["fqn"])
+    label = f"instr {instruction}: {op_name}" + (f" ({traced['fqn']})" if traced["fqn"] else "")
+    layer = Layer(name=label, kind=kind, shape=tuple(shape), dtype=dtype, bits=bits, numeric=numeric,
+                  quantized=quantized, params=params, out_positions=out_positions, compute="fp32",
+                  position=instruction, detail={"shape_known": True})
+    return layer, record
+
+
+def _xnn_layer(parsed: dict[str, Any], event_name: str, instruction: int, backend: str,
+               time_ns: int) -> tuple[Layer | None, dict[str, Any], bool]:
+    """One executed XNNPACK op -> a Layer; the bool says the descriptor was not understood."""
+    kind = _XNN_WEIGHT_OPS.get(parsed["op"])
+    cls = classify_descriptor(parsed["tokens"])
+    if kind is None and parsed["op"] == _XNN_BMM and cls["weights"] in WEIGHT_BITS:
+        kind = LINEAR
+    if kind is None:
+        return None, {}, False
+    record = {"instruction": instruction, "op": event_name, "backend": backend, "kind": kind,
+              "variant": parsed["variant"], "descriptor": parsed["descriptor"], **cls, "shape": None,
+              "time_ns": time_ns}
+    numeric = INT if cls["quantized"] else (FLOAT if cls["quantized"] is False else UNKNOWN)
+    layer = Layer(name=f"instr {instruction}: {event_name}", kind=kind, shape=(),
+                  dtype=(cls["weights"] or "unknown").lower(), bits=cls["bits"], numeric=numeric,
+                  quantized=cls["quantized"], params=0, compute=cls["compute"], position=instruction,
+                  detail={"shape_known": False, "descriptor": parsed["descriptor"]})
+    return layer, record, cls["quantized"] is None
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else 0.0
+
+
+def matmul_coverage(layers: list[Layer]) -> dict[str, Any]:
+    """Shares over the executed linear and conv ops only (embedding lookups left out)."""
+    ops = [x for x in layers if x.kind in (LINEAR, CONV)]
+    n = len(ops)
+    return {
+        "ops": n,
+        "quantized": _share(sum(1 for x in ops if x.quantized), n),
+        "int8": _share(sum(1 for x in ops if x.is_int8), n),
+        "int4": _share(sum(1 for x in ops if x.is_int4), n),
+        "integer_compute": _share(sum(1 for x in ops if x.compute_is_integer), n),
+    }
+
+
+def analyse(entry: dict[str, Any], config: GuardConfig | None = None) -> Outcome:
+    """A runner entry (one program's JSON) -> the guard's outcome. Pure: no torch, no executorch."""
+    config = config or GuardConfig()
+    status = entry.get("status")
+    findings: list[Finding] = []
+    log = [line for line in entry.get("log") or [] if "cpuinfo" not in line]
+    cause = f"; runtime log: {log[0]}" if log else ""
+    code = entry.get("error_code")
+    code_text = f"error 0x{code:02x} {entry.get('error_name')}" if code is not None else "no error code"
+    if status in ("load_failed", "method_load_failed"):
+        what = "program" if status == "load_failed" else f"method {entry.get('method')!r}"
+        findings.append(F.error(
+            "PTE_RUNTIME_LOAD_FAILED",
+            f"the ExecuTorch runtime rejected the {what} at {entry.get('stage')} ({code_text}){cause}; "
+            "re-export the program with a matching executorch version and its kernel libraries",
+            field=entry.get("stage"),
+        ))
+        return Outcome(metrics={"runtime": _runtime_metrics(entry)}, findings=findings,
+                       summary="the runtime rejected the program")
+    if status == "execute_failed":
+        findings.append(F.error(
+            "PTE_RUNTIME_EXECUTE_FAILED",
+            f"running method {entry.get('method')!r} once failed ({code_text}){cause}; "
+            "the program loads but does not run on inputs shaped by its metadata",
+            field="execute",
+        ))
+        return Outcome(metrics={"runtime": _runtime_metrics(entry)}, findings=findings,
+                       summary="the program failed to run")
+    if status == "input_unsupported":
+        findings.append(F.warning(
+            "PTE_RUNTIME_INPUT_UNSUPPORTED",
+            f"cannot build the inputs of method {entry.get('method')!r}: {entry.get('message')}",
+            field="inputs",
+        ))
+        return Outcome(findings=findings, error=(
+            "input_unsupported", f"pte-inspector cannot build the inputs: {entry.get('message')}",
+            "disable pte-inspector for this artifact; rely on pte-program"))
+    if status != "ok":
+        return Outcome(error=("runner", f"the runtime runner failed at {entry.get('stage')}: "
+                              f"{entry.get('message')}", "this is a quantgate bug; please report it"))
+    return _measure_events(entry, config, findings)
+
+
+def _runtime_metrics(entry: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"method": entry.get("method"), "status": entry.get("status")}
+    for key in ("error_code", "error_name", "stage"):
+        if entry.get(key) is not None:
+            out[key] = entry[key]
+    if entry.get("timing_s"):
+        out["timing_s"] = {k: round(v, 6) for k, v in entry["timing_s"].items()}
+    if entry.get("inputs") is not None:
+        out["inputs"] = entry["inputs"]
+    if entry.get("data_path"):
+        out["data_path"] = entry["data_path"]
+    return out
+
+
+def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[Finding]) -> Outcome:
+    every = entry.get("events") or []
+    # chain -1 events are the Method/Program wrappers; the rest map to chain-0 instructions
+    events = [e for e in every if e.get("chain", -1) >= 0 and e.get("instruction", -1) >= 0]
+    total_ns = sum(e["duration_ns"] for e in every if e.get("name") == "Method::execute")
+    instructions = entry.get("instructions")
+    values = entry.get("values")
+    if instructions is None:
+        findings.append(F.warning(
+            "PTE_RUNTIME_PROGRAM_UNREAD",
+            f"the instruction table could not be read ({entry.get('program_error')}); native ops were "
+            "classified by kernel name only",
+        ))
+    rows = {r["index"]: r for r in instructions or []}
+    producers = _producers(instructions or [])
+
+    layers: list[Layer] = []
+    executed: list[dict[str, Any]] = []
+    by_name: dict[str, int] = {}
+    by_descriptor: dict[str, int] = {}
+    time_by_op: dict[str, int] = {}
+    native_calls = delegate_calls = delegate_ops = 0
+    profiled_delegates: set[int] = set()
+    delegate_instructions: dict[int, int] = {}
+    # a kernel instruction gives a named event (`native_call_addmm.out`, or `llama::update_cache.out`
+    # for custom ops, none at all for some) and then its OPERATOR_CALL: the latter is the unit counted
+    pending: dict[int, dict[str, Any]] = {}
+    for event in events:
+        iid = event["instruction"]
+        # the instruction table is chain 0's; events of other chains keep only their own names
+        row = rows.get(iid) if event.get("chain") == 0 else None
+        name = event.get("name") or ""
+        if name == "DELEGATE_CALL":
+            delegate_calls += 1
+            delegate_instructions[iid] = delegate_instructions.get(iid, 0) + 1
+            continue
+        if not event.get("delegate_name") and name and name != "OPERATOR_CALL":
+            pending[iid] = event
+            by_name[name] = by_name.get(name, 0) + 1
+            continue
+        if name == "OPERATOR_CALL":
+            native_calls += 1
+            named = pending.pop(iid, None)
+            duration = (named or event)["duration_ns"]
+            if row and row.get("op"):
+                op_name = row["op"]
+            elif named is not None:
+                op_name = named["name"].removeprefix("native_call_")
+            else:
+                op_name = f"instruction {iid}"
+            time_by_op[op_name] = time_by_op.get(op_name, 0) + duration
+            if base_op(op_name) in NATIVE_WEIGHT_OPS:
+                layer, record = _native_layer(row if instructions is not None else None, op_name, iid,
+                                              values, producers, duration)
+                if layer is not None:
+                    layers.append(layer)
+                    executed.append(record)
+            continue
+        # a delegate's own operator event: XNNPACK puts its name in the debug string
+        name = event.get("delegate_name") or event.get("name") or ""
+        if not name:
+            continue
+        delegate_ops += 1
+        profiled_delegates.add(iid)
+        parsed = parse_xnnpack_event(name)
+        label = parsed["label"] if parsed else name
+        by_name[label] = by_name.get(label, 0) + 1
+        time_by_op[label] = time_by_op.get(label, 0) + event["duration_ns"]
+        if parsed is None:
+            continue
+        by_descriptor[parsed["descriptor"]] = by_descriptor.get(parsed["descriptor"], 0) + 1
+        backend = (row or {}).get("backend") or "delegate"
+        layer, record, unknown = _xnn_layer(parsed, name, iid, backend, event["duration_ns"])
+        if layer is not None:
+            layers.append(layer)
+            executed.append(record)
+            if unknown:
+                findings.append(F.warning(
+                    "PTE_RUNTIME_UNKNOWN_DESCRIPTOR",
+                    f"executed op {name!r} has a descriptor quantgate does not classify; its precision "
+                    "counts as unknown",
+                    op=name,
+                ))
+    for iid in sorted(set(delegate_instructions) - profiled_delegates):
+        backend = (rows.get(iid) or {}).get("backend") or "a delegate"
+        findings.append(F.warning(
+            "PTE_RUNTIME_DELEGATE_UNPROFILED",
+            f"delegate call at instruction {iid} ({backend}) ran without per-operator events; the weight "
+            "ops inside it are not counted",
+            op=f"instruction {iid}",
+        ))
+    if not events:
+        findings.append(F.warning("PTE_RUNTIME_NO_EVENTS",
+                                  "the ETDump holds no execution events; nothing was measured"))
+
+    metrics, unquantized = coverage_metrics(layers, basis=config.basis,
+                                            expect_unquantized=config.expect_unquantized)
+    if any(not layer.detail.get("shape_known") for layer in layers):
+        _restrict_to_ops(metrics)
+    metrics["matmul_coverage"] = matmul_coverage(layers)
+    metrics["executed_weight_ops"] = executed
+    metrics["compute"] = _compute_summary(layers)
+    metrics["time_ns"] = {
+        "total": total_ns,
+        "weight_ops": sum(r["time_ns"] for r in executed),
+        "by_op": dict(sorted(time_by_op.items(), key=lambda kv: -kv[1])),
+    }
+    metrics["events"] = {
+        "total": len(events),
+        "native_calls": native_calls,
+        "delegate_calls": delegate_calls,
+        "delegate_ops": delegate_ops,
+        "by_descriptor": dict(sorted(by_descriptor.items())),
+        "by_name": dict(sorted(by_name.items())),
+    }
+    metrics["executed_instructions"] = len({e["instruction"] for e in events})
+    metrics["runtime"] = _runtime_metrics(entry)
+    if not layers and events and not set(delegate_instructions) - profiled_delegates:
+        findings.append(F.info("PTE_RUNTIME_NO_WEIGHT_OPS",
+                               "the run executed no weight-bearing op; coverage is not defined"))
+    return Outcome(metrics=metrics, findings=findings, unquantized=unquantized, summary=_summary(metrics))
+
+
+def _restrict_to_ops(metrics: dict[str, Any]) -> None:
+    """Delegated ops have no shapes in the ETDump: params/flops shares would be partial, so drop them."""
+    for key in ("params", "flops"):
+        metrics["coverage"].pop(key, None)
+        if "compute_coverage" in metrics:
+            metrics["compute_coverage"].pop(key, None)
+    for key in ("params_total", "params_quantized", "bits_per_weight"):
+        metrics.pop(key, None)
+    metrics["flops_exact"] = False
+    metrics["shapes_known"] = False
+
+
+def _compute_summary(layers: list[Layer]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for layer in layers:
+        key = layer.compute or "unknown"
+        out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    n = metrics.get("weight_ops", 0)
+    if not n:
+        return f"ran {metrics['events']['total']} events; no weight-bearing op executed"
+    ops = metrics["coverage"].get("ops", {})
+    integer = metrics.get("compute_coverage", {}).get("ops", {}).get("integer", 0.0)
+    return (
+        f"executed {n} weight op(s): {metrics['quantized_ops']} with quantized weights "
+        f"(int8 {ops.get('int8', 0.0):.1%}, int4 {ops.get('int4', 0.0):.1%}), integer compute "
+        f"{integer:.1%}; method ran in {metrics['time_ns']['total'] / 1e6:.3f} ms"
+    )
+
+
+# --- the child process ---------------------------------------------------------------------------
+
+def _child_env() -> dict[str, str]:
+    """The child must import this very quantgate, installed or run from a source tree."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def run_runner(paths: list[str], *, timeout_s: float, method: str | None = None,
+               data_path: str | None = None, fault: str | None = None,
+               workdir: str | None = None) -> dict[str, Any]:
+    """Run the child on one or more programs. Returns {"results": {path: entry}} or {"error": (...)}."""
+    cmd = [sys.executable, "-m", RUNNER_MODULE]
+    if workdir:
+        cmd += ["--workdir", workdir]
+    if method:
+        cmd += ["--method", method]
+    if data_path:
+        cmd += ["--data", data_path]
+    if fault:
+        cmd += ["--fault", fault]
+    cmd += ["--", *paths]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env(),
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"error": ("timeout", f"the ExecuTorch runtime did not finish within {timeout_s:g} s "
+                          "(the child was killed)",
+                          "raise --param timeout=SECONDS if the model is large; a hang on a small "
+                          "program means the runtime is stuck on it")}
+    stderr_tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:] if line.strip())
+    if proc.returncode < 0:
+        signame = _signal_name(proc.returncode)
+        return {"error": ("runtime_crash", f"the ExecuTorch runtime crashed with {signame} while loading or "
+                          "running the program" + (f" ({stderr_tail})" if stderr_tail else ""), CRASH_HINT)}
+    try:
+        document = json.loads(proc.stdout)
+        results = document["results"]
+    except (ValueError, KeyError, TypeError):
+        return {"error": ("runtime_output", f"the runtime child exited with code {proc.returncode} and "
+                          "printed no JSON result" + (f" ({stderr_tail})" if stderr_tail else ""),
+                          "run `python -m quantgate.runtime.pte_runner FILE` to see the child's output")}
+    if document.get("error") and not results:
+        return {"error": ("runtime_import", f"the runtime child could not start: {document['error']}",
+                          "check the executorch install: pip install 'quantgate[executorch]'")}
+    return {"runner": document.get("runner", {}),
+            "results": {str(r.get("path")): r for r in results if isinstance(r, dict)}}
+
+
+def _sibling_ptd(path: str) -> str | None:
+    """External weights beside the program: used when exactly one .ptd sits in its folder."""
+    folder = Path(path).parent
+    try:
+        found = sorted(p for p in folder.iterdir() if p.suffix == ".ptd" and p.is_file())
+    except OSError:
+        return None
+    return str(found[0]) if len(found) == 1 else None
+
+
+def timeout_for(config: GuardConfig) -> float:
+    timeout = float(config.param("timeout", DEFAULT_TIMEOUT_S))
+    if config.timeout_s:
+        # leave the gate's own budget room to report the child's timeout itself
+        timeout = min(timeout, max(1.0, config.timeout_s * 0.9))
+    return timeout
+
+
+class PTEInspectorGuard(Guard):
+    id = "pte-inspector"
+    description = (
+        "the program run once by the ExecuTorch runtime with ETDump, in a child process: executed "
+        "weight ops classified (XNNPACK descriptors, native kernels) -> executed-op coverage, compute "
+        "precision, per-op time"
+    )
+    needs = "executorch"
+    requires_modules = ("executorch", "torch")
+    install_hint = "pip install 'quantgate[executorch]'"
+    formats = ("pte",)
+    needs_structure = True
+
+    def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
+        data_path = config.param("data") or _sibling_ptd(ctx.path)
+        if data_path:
+            data_path = str(Path(str(data_path)).resolve())
+        run = run_runner(
+            [ctx.path],
+            timeout_s=timeout_for(config),
+            method=config.param("method"),
+            data_path=data_path,
+            fault=config.param("_fault"),  # test-only: segv|abort|hang|nojson|garbage
+        )
+        if "error" in run:
+            return Outcome(error=run["error"])
+        entry = run["results"].get(ctx.path) or next(iter(run["results"].values()), None)
+        if entry is None:
+            return Outcome(error=("runtime_output", "the runtime child returned no result for the program",
+                                  "this is a quantgate bug; please report it"))
+        if data_path:
+            entry["data_path"] = data_path
+        outcome = analyse(entry, config)
+        if "runtime" in outcome.metrics:
+            outcome.metrics["runtime"]["runner"] = run.get("runner", {})
+        return outcome
+
+
+GUARD = PTEInspectorGuard()
