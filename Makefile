@@ -24,7 +24,7 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 	@touch $@
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(PIP) install --quiet -e '.[dev]'
+	$(PIP) install --quiet -e '.[dev,executorch]'
 	@touch $@
 
 $(VENV)/.fixtures: $(BIN)/python pyproject.toml

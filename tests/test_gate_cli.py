@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -415,3 +416,25 @@ def test_merge_shard_reports_into_one_verdict(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
     proc = run_cli("merge", str(tmp_path / "bad.json"), cwd=tmp_path)
     assert proc.returncode == 4 and "is not a quantgate report" in proc.stderr
+
+
+def test_required_guard_missing_its_dependency_exits_2(tmp_path: Path) -> None:
+    """pte-inspector needs the executorch extra: hidden here, a required inspector is an ERROR (exit 2)."""
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "sitecustomize.py").write_text("import sys\nsys.modules['executorch'] = None\n", encoding="utf-8")
+    from tests.conftest import FIXTURES, SRC
+
+    env = {"PYTHONPATH": f"{SRC}{os.pathsep}{hide}"}
+    program = str(FIXTURES / "pte" / "int8_xnnpack.pte")
+    required = write_policy(tmp_path, "[guards.pte-inspector]\nrequired = true\n")
+    proc = run_cli("run", "--format", "json", program, "--policy", str(required), cwd=tmp_path, env=env)
+    report = json.loads(proc.stdout)
+    inspector = next(r for r in report["results"] if r["guard"] == "pte-inspector")
+    assert (inspector["status"], inspector["gate_status"]) == ("SKIP", "ERROR")
+    assert inspector["skip"]["reason"] == "dependency_missing"
+    assert "pip install 'quantgate[executorch]'" in inspector["skip"]["detail"]
+    assert proc.returncode == 2 and report["verdict"] == "ERROR"
+    optional = write_policy(tmp_path, "[guards.pte-inspector]\nrequired = false\n")
+    proc = run_cli("run", "--format", "json", program, "--policy", str(optional), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:]

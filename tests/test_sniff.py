@@ -32,7 +32,8 @@ def _safetensors(header: bytes) -> bytes:
         (b"tjgg\x01\x00", "unsupported"),
         (b"hello world", "unknown"),
         (b"\x08\x00\x12", "unknown"),  # ir_version 0 is not a model
-        (struct.pack("<Q", 10**12) + b"{", "unknown"),  # header longer than the file
+        (struct.pack("<Q", 10**12) + b"{", "safetensors"),  # header past the end: the reader reports it
+        (struct.pack("<Q", 10**12) + b"x", "unknown"),
     ],
 )
 def test_sniff_bytes(data: bytes, fmt: str) -> None:
