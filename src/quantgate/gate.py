@@ -14,7 +14,6 @@ import fnmatch
 import multiprocessing
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -507,6 +506,3 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
         shard=options.shard,
     )
 
-
-def python_info() -> str:
-    return f"{sys.version.split()[0]} on {platform.system()}"
