@@ -1,0 +1,289 @@
+"""The cost curve: how quantgate's time and peak memory grow with tensor count, weight size and
+vocabulary size, next to the anchor library on the same files.
+
+    .venv/bin/python benchmarks/bench_curve.py [--runs 3] [--anchor-runs 1] [--quick]
+
+Every point is a file generated into benchmarks/.work/curve/ (gitignored) whose tensor data is a
+sparse hole, so a 200 GB file costs no disk; every measurement is a fresh process, as a CI step pays
+it: `quantgate guard <format>-dtypes FILE` (the CLI, imports and report included) against the
+anchor's open-and-list script (gguf-py's `GGUFReader`, `safetensors.safe_open` with every slice's
+dtype and shape), whole-process wall time and peak RSS (from a small wrapper's RUSAGE_CHILDREN).
+GGUF files come from bench_gguf.generate (gguf-py's own writer) with its Llama-3.2-1B shapes scaled;
+the anchors' scripts are bench_gguf's and bench_safetensors'.
+
+Series: tensor count (100 / 1,000 / 10,000 / 50,000 tensors, 32k SentencePiece-style vocabulary),
+weight size at a fixed 1,000 tensors (hidden 512 / 2048 / 8192), and GGUF vocabulary size
+(32k / 128k / 256k tokens with Llama-3's merges-per-token ratio). Prints a `## curve` section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import bench_gguf  # noqa: E402  (beside this script: the generator and gguf-py's script)
+import bench_safetensors  # noqa: E402
+
+ROOT = HERE.parent
+WORK = HERE / ".work" / "curve"
+LLAMA3_MERGES_PER_TOKEN = bench_gguf.MERGES / bench_gguf.VOCAB
+
+# a small wrapper process runs the command: its RUSAGE_CHILDREN is the command's peak RSS (floor: the
+# wrapper's own ~10 MB interpreter, below any Python process), its wall time the whole process
+WRAPPER = """
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+wall = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(json.dumps({"s": wall, "mib": rss, "rc": p.returncode, "out": p.stdout[:3000], "err": p.stderr[-3000:]}))
+"""
+
+
+@contextlib.contextmanager
+def patched(module: object, **values: object) -> Iterator[None]:
+    """Scale bench_gguf's module-level shapes for one generate() call."""
+    old = {k: getattr(module, k) for k in values}
+    for k, v in values.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(module, k, v)
+
+
+def gguf_file(blocks: int, hidden: int, vocab: int, merges: int) -> Path:
+    path = WORK / f"b{blocks}-h{hidden}-v{vocab}-m{merges}.gguf"
+    if not path.exists():
+        with patched(bench_gguf, BIG=path, **gguf_shape(blocks, hidden), VOCAB=vocab, MERGES=merges):
+            bench_gguf.generate()
+    return path
+
+
+def gguf_shape(blocks: int, hidden: int) -> dict[str, int]:
+    return {"BLOCKS": blocks, "HIDDEN": hidden, "FFN": 4 * hidden, "HEAD_DIM": hidden // bench_gguf.HEADS}
+
+
+def gguf_data_bytes(blocks: int, hidden: int, vocab: int) -> int:
+    """The data section generate() leaves as a hole: Q4_0 2-D weights, F32 norms, 32-byte aligned."""
+    with patched(bench_gguf, **gguf_shape(blocks, hidden), VOCAB=vocab):
+        shapes = bench_gguf.tensor_shapes()
+    total = 0
+    for _, shape in shapes:
+        nbytes = shape[0] * 4 if len(shape) == 1 else shape[0] * shape[1] // 32 * 18
+        total += nbytes + (-nbytes % 32)
+    return total
+
+
+def gguf_tensors(blocks: int) -> int:
+    with patched(bench_gguf, BLOCKS=blocks):
+        return len(bench_gguf.tensor_shapes())
+
+
+def safetensors_entries(layers: int, hidden: int, vocab: int = 32_000) -> list[tuple[str, list[int]]]:
+    """Llama-shaped F16 checkpoint: embeddings, 9 tensors per layer, final norm and lm_head."""
+    inter = 4 * hidden
+    out = [("model.embed_tokens.weight", [vocab, hidden])]
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        out += [(f"{p}.self_attn.{n}_proj.weight", [hidden, hidden]) for n in "qkvo"]
+        out += [(f"{p}.mlp.gate_proj.weight", [inter, hidden]), (f"{p}.mlp.up_proj.weight", [inter, hidden]),
+                (f"{p}.mlp.down_proj.weight", [hidden, inter])]
+        out += [(f"{p}.input_layernorm.weight", [hidden]), (f"{p}.post_attention_layernorm.weight", [hidden])]
+    return [*out, ("model.norm.weight", [hidden]), ("lm_head.weight", [vocab, hidden])]
+
+
+def safetensors_file(layers: int, hidden: int) -> Path:
+    path = WORK / f"l{layers}-h{hidden}.safetensors"
+    if path.exists():
+        return path
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for name, shape in safetensors_entries(layers, hidden):
+        n = 2
+        for d in shape:
+            n *= d
+        header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + n]}
+        offset += n
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(path, "wb") as handle:
+        handle.write(struct.pack("<Q", len(raw)) + raw)
+        handle.truncate(8 + len(raw) + offset)  # a sparse hole: no data blocks written
+    return path
+
+
+def metadata_bytes(path: Path, fmt: str) -> int:
+    """Bytes before the tensor data: the part of the file the readers parse."""
+    if fmt == "safetensors":
+        with open(path, "rb") as handle:
+            return 8 + struct.unpack("<Q", handle.read(8))[0]
+    parts = name_parts(path)
+    return path.stat().st_size - gguf_data_bytes(parts["b"], parts["h"], parts["v"])
+
+
+def name_parts(path: Path) -> dict[str, int]:
+    """b11-h2048-v32000-m0 -> {"b": 11, "h": 2048, ...}"""
+    return {p[0]: int(p[1:]) for p in path.stem.split("-")}
+
+
+def anchor_command(fmt: str, path: Path) -> list[str]:
+    if fmt == "gguf":
+        code = bench_gguf.CHILD["gguf-py"].format(path=str(path))
+        return [sys.executable, "-c", code]
+    code = bench_safetensors.TIMER.format(body=textwrap.dedent(bench_safetensors.CHILD["safe_open(numpy)"]))
+    return [sys.executable, "-c", code, str(path), "1"]
+
+
+def quantgate_command(fmt: str, path: Path) -> list[str]:
+    return [sys.executable, "-m", "quantgate", "-q", "guard", f"{fmt}-dtypes", str(path)]
+
+
+def measure(cmd: list[str], runs: int, check_status: bool = False) -> dict[str, float]:
+    """Fastest of `runs` fresh processes (time) and the largest peak RSS among them."""
+    best: dict[str, float] = {"s": float("inf"), "mib": 0.0}
+    for _ in range(runs):
+        proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, check=True,
+                              cwd=WORK)
+        r = json.loads(proc.stdout)
+        if check_status:
+            found = re.search(r'"status": "(\w+)"', r["out"])  # the guard result's own, near the top
+            status = found.group(1) if found else None
+            if status not in ("PASS", "WARN", "FAIL"):
+                raise SystemExit(f"{' '.join(cmd)}: status {status} rc {r['rc']}\n{r['out']}\n{r['err']}")
+        elif r["rc"] != 0:
+            raise SystemExit(f"{' '.join(cmd)}: exit {r['rc']}\n{r['err']}")
+        best["s"] = min(best["s"], r["s"])
+        best["mib"] = max(best["mib"], r["mib"])
+    return best
+
+
+def fmt_size(n: float) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n:,.0f} B"
+
+
+def ratio(a: float, b: float) -> str:
+    r = a / b
+    return f"{r:,.0f}×" if r >= 10 else f"{r:.1f}×"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="quantgate runs per point (fastest kept)")
+    parser.add_argument("--anchor-runs", type=int, default=1, help="anchor runs per point (they take minutes)")
+    parser.add_argument("--quick", action="store_true", help="the two smallest points of each series only")
+    parser.add_argument("--keep", action="store_true", help="keep the generated files")
+    args = parser.parse_args()
+    WORK.mkdir(parents=True, exist_ok=True)
+
+    counts = [11, 111, 1111, 5555]  # blocks/layers: ~100, 1,000, 10,000, 50,000 tensors
+    hiddens = [512, 2048, 8192]
+    vocabs = [32_000, 128_256, 256_000]
+    if args.quick:
+        counts, hiddens, vocabs = counts[:2], hiddens[:2], vocabs[:2]
+    points: list[tuple[str, str, Path]] = []  # (series, format, file)
+    for blocks in counts:
+        points.append(("tensors", "gguf", gguf_file(blocks, 2048, 32_000, 0)))
+        points.append(("tensors", "safetensors", safetensors_file(blocks, 2048)))
+    for hidden in hiddens:
+        points.append(("weights", "gguf", gguf_file(111, hidden, 32_000, 0)))
+        points.append(("weights", "safetensors", safetensors_file(111, hidden)))
+    for vocab in vocabs:
+        points.append(("vocab", "gguf", gguf_file(16, 2048, vocab, round(vocab * LLAMA3_MERGES_PER_TOKEN))))
+
+    bare = measure([sys.executable, "-c", "pass"], 3)
+    rows = []
+    for series, fmt, path in points:
+        print(f"curve: {series} {path.name}", file=sys.stderr, flush=True)
+        q = measure(quantgate_command(fmt, path), args.runs, check_status=True)
+        a = measure(anchor_command(fmt, path), args.anchor_runs)
+        rows.append((series, fmt, path, q, a))
+
+    anchors = {"gguf": "gguf-py GGUFReader", "safetensors": "safetensors.safe_open"}
+    print("## curve\n")
+    print(
+        "How the cost grows. Each point is a fresh process, as a CI step pays it: `quantgate guard "
+        "<format>-dtypes FILE` (CLI, imports, full guard and JSON report) vs the anchor opening the same file "
+        f"and listing every tensor ({anchors['gguf']}; {anchors['safetensors']}(numpy) with each slice's "
+        "dtype and shape). Tensor data is a sparse hole. Whole-process wall time (quantgate fastest of "
+        f"{args.runs}, anchor fastest of {args.anchor_runs}) and peak RSS; a bare `python -c pass` takes "
+        f"{bare['s']:.3f} s and {bare['mib']:.0f} MiB. Ratios are anchor / quantgate (higher is better "
+        "for quantgate).\n"
+    )
+    titles = {
+        "tensors": "Tensor count (Llama-shaped blocks, hidden 2048, 32k vocabulary)",
+        "weights": "Weight size at a fixed tensor count (111 blocks, ~1,000 tensors, 32k vocabulary)",
+        "vocab": "GGUF vocabulary size (Llama-3.2-1B shape, 16 blocks, tokens + scores + types + merges)",
+    }
+    for series, title in titles.items():
+        picked = [r for r in rows if r[0] == series]
+        if not picked:
+            continue
+        print(f"### {title}\n")
+        print("| format | tensors | vocab | metadata | file (sparse) | quantgate | quantgate RSS | anchor | "
+              "anchor RSS | time ratio | memory ratio |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for _, fmt, path, q, a in picked:
+            tensors, vocab = describe(fmt, path)
+            print(f"| {fmt} | {tensors:,} | {vocab} | {fmt_size(metadata_bytes(path, fmt))} | "
+                  f"{fmt_size(path.stat().st_size)} | {q['s']:.2f} s | {q['mib']:.0f} MiB | {a['s']:.2f} s | "
+                  f"{a['mib']:.0f} MiB | {ratio(a['s'], q['s'])} | {ratio(a['mib'], q['mib'])} |")
+        print()
+    print(summary(rows, bare))
+    if not args.keep:
+        shutil.rmtree(WORK, ignore_errors=True)
+    return 0
+
+
+def describe(fmt: str, path: Path) -> tuple[int, str]:
+    parts = name_parts(path)
+    if fmt == "gguf":
+        merges = f" + {parts['m'] / 1000:,.0f}k merges" if parts["m"] else ""
+        return gguf_tensors(parts["b"]), f"{parts['v'] / 1000:,.0f}k{merges}"
+    return len(safetensors_entries(parts["l"], parts["h"])), "—"
+
+
+def summary(rows: list, bare: dict[str, float]) -> str:
+    """One sentence per format and series: the growth from the first point to the last."""
+    out = []
+    for series in ("tensors", "weights", "vocab"):
+        for fmt in ("gguf", "safetensors"):
+            picked = [r for r in rows if r[0] == series and r[1] == fmt]
+            if len(picked) < 2:
+                continue
+            (_, _, p0, q0, a0), (_, _, p1, q1, a1) = picked[0], picked[-1]
+            m0, m1 = metadata_bytes(p0, fmt), metadata_bytes(p1, fmt)
+            grow = (
+                f"file {fmt_size(p0.stat().st_size)} → {fmt_size(p1.stat().st_size)}"
+                if series == "weights"
+                else f"metadata {fmt_size(m0)} → {fmt_size(m1)} ({m1 / m0:,.0f}×)"
+            )
+            out.append(
+                f"- {fmt}, {series}: {grow}; quantgate {q0['s']:.2f} → {q1['s']:.2f} s and "
+                f"{q0['mib'] - bare['mib']:.0f} → {q1['mib'] - bare['mib']:.0f} MiB above a bare interpreter; "
+                f"anchor {a0['s']:.2f} → {a1['s']:.2f} s and {a0['mib'] - bare['mib']:.0f} → "
+                f"{a1['mib'] - bare['mib']:.0f} MiB."
+            )
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    sys.exit(main())
