@@ -22,6 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results import headline  # beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(__file__).resolve().parent / ".work"
 BIG = WORK / "llama-3.2-1b-shaped-q4_0.gguf"
@@ -184,6 +186,8 @@ def main() -> None:
         f"{g_rss / q_rss:.1f}× less peak memory ({q_rss - base_rss:.1f} MiB vs {g_rss - base_rss:.1f} MiB "
         "above a bare interpreter)."
     )
+    print(headline("GGUF", f"Llama-3.2-1B shape, 128k vocab + 280k merges, {size / 1e9:.1f} GB", q_time, q_rss,
+                   "gguf-py GGUFReader", g_time, g_rss))
     if not args.keep:
         BIG.unlink()
 

@@ -15,6 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results import headline  # beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
 INLINE = WORK / "big_inline.onnx"
@@ -162,12 +164,13 @@ def main() -> None:
     # written in a child so that this process stays small
     subprocess.run([sys.executable, __file__, "--make-only"], check=True)
     print(
-        f"inline model: {INLINE.stat().st_size:,} bytes; external: {EXTERNAL.stat().st_size:,} bytes + "
+        f"- inline model: {INLINE.stat().st_size:,} bytes; external: {EXTERNAL.stat().st_size:,} bytes + "
         f"{(EXTERNAL.parent / 'big_external.onnx.data').stat().st_size:,} bytes of data"
     )
-    print(f"graph-heavy model: {GRAPH.stat().st_size:,} bytes, {4 * BLOCKS:,} nodes")
-    print(f"bare interpreter peak RSS: {baseline_mb():.0f} MB")
+    print(f"- graph-heavy model: {GRAPH.stat().st_size:,} bytes, {4 * BLOCKS:,} nodes")
+    print(f"- bare interpreter peak RSS: {baseline_mb():.0f} MB")
     rows = []
+    path_of = {"inline 1 GiB": INLINE, "external data": EXTERNAL, "16k-node graph": GRAPH}
     for label, path, others in (
         ("inline 1 GiB", INLINE, ["onnx.load", "onnx.checker"]),
         ("external data", EXTERNAL, ["onnx.load", "onnx.load(no external)", "onnx.checker"]),
@@ -178,19 +181,23 @@ def main() -> None:
         for kind in others:
             theirs = measure(kind, path, max(1, args.repeat - 1))
             rows.append((label, kind, theirs, ours))
-    print(
-        f"\n{'model':<15} {'reader':<24} {'time':>10} {'peak RSS':>10} {'time ratio':>11} "
-        f"{'RSS ratio':>10}  detail"
-    )
+    heads = []
+    print("\n| model | reader | time | peak RSS | time ratio | RSS ratio | detail |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for label, kind, r, ours in rows:
         ratio = float(r["seconds"]) / float(ours["seconds"]) if ours else 0.0
         t_ratio = (f"{ratio:,.0f}x" if ratio >= 10 else f"{ratio:.2f}x") if ours else ""
         m_ratio = f"{float(r['peak_mb']) / float(ours['peak_mb']):,.1f}x" if ours else ""
         print(
-            f"{label:<15} {kind:<24} {float(r['seconds']) * 1000:>8.1f}ms {float(r['peak_mb']):>8.0f}MB "
-            f"{t_ratio:>11} {m_ratio:>10}  {r['detail']}"
+            f"| {label} | {kind} | {float(r['seconds']) * 1000:.1f} ms | {float(r['peak_mb']):.0f} MB | "
+            f"{t_ratio} | {m_ratio} | {r['detail']} |"
         )
+        if ours and kind == "onnx.load" and label != "external data":
+            what = f"{INLINE.stat().st_size / 2**30:.1f} GiB inline" if path_of[label] == INLINE else label
+            heads.append(headline("ONNX", what, float(ours["seconds"]), float(ours["peak_mb"]), "onnx.load",
+                                  float(r["seconds"]), float(r["peak_mb"])))
     print("\nratios: the other reader's cost / quantgate's (higher is better for quantgate)")
+    print("\n".join(heads))
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from results import headline  # beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work" / "pte_inspector"
 PY = sys.executable
@@ -190,6 +192,13 @@ def main() -> int:
               f"reference {w['reference_s']:8.2f} s  {w['reference_rss_mb']:7.1f} MB | "
               f"ratio time {w['time_ratio']:.3f} rss {w['rss_ratio']:.3f}")
     (WORK / "results.json").write_text(json.dumps(rows, indent=2))
+    for row in rows[-1:]:  # the XNNPACK program
+        p, w = row["parse"], row["whole"]
+        print(headline("ETDump", f"{row['file']}: {row['events']} events, read", p["quantgate_s"],
+                       p["quantgate_rss_mb"], "executorch Inspector", p["inspector_s"], p["inspector_rss_mb"]))
+        print(headline("PTE run", f"{row['file']}: run once + ETDump + read, whole process", w["quantgate_s"],
+                       w["quantgate_rss_mb"], "pybindings + Inspector script", w["reference_s"],
+                       w["reference_rss_mb"]))
     return 0
 
 

@@ -22,6 +22,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from results import headline  # beside this script
+
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(__file__).resolve().parent / ".work"
 
@@ -155,18 +157,22 @@ def main() -> None:
 def bench(path: Path, data: int, repeat: int, what: str) -> None:
     with open(path, "rb") as handle:
         header_len = struct.unpack("<Q", handle.read(8))[0]
-    print(f"\nfile: {path.name}, {path.stat().st_size / 1e9:.2f} GB ({data / 1e9:.2f} GB of data as a "
-          f"sparse hole), header {header_len:,} bytes, {what}")
+    print(f"\n**{path.name}**, {path.stat().st_size / 1e9:.2f} GB ({data / 1e9:.2f} GB of data as a "
+          f"sparse hole), header {header_len:,} bytes, {what}\n")
     results = {label: measure(label, path, repeat) for label in CHILD}
     q = results["quantgate"]
-    print(f"{'reader':<18} {'best read':>11} {'process':>10} {'peak RSS':>10}   "
-          "quantgate/reader: read, process, RSS")
+    print("| reader | best read | process | peak RSS | quantgate / reader: read, process, RSS |")
+    print("|---|---:|---:|---:|---|")
     for label, r in results.items():
         ratio = "" if label in ("quantgate", "python (baseline)") else (
-            f"   {q['best_s'] / r['best_s']:.2f}x, {q['process_s'] / r['process_s']:.2f}x, "
+            f"{q['best_s'] / r['best_s']:.2f}x, {q['process_s'] / r['process_s']:.2f}x, "
             f"{q['maxrss_kb'] / r['maxrss_kb']:.2f}x")
-        print(f"{label:<18} {r['best_s'] * 1e3:>8.3f} ms {r['process_s'] * 1e3:>7.0f} ms "
-              f"{r['maxrss_kb'] / 1024:>7.1f} MB{ratio}")
+        print(f"| {label} | {r['best_s'] * 1e3:.3f} ms | {r['process_s'] * 1e3:.0f} ms | "
+              f"{r['maxrss_kb'] / 1024:.1f} MB | {ratio} |")
+    a = results["safe_open(numpy)"]
+    print(headline("safetensors", f"Llama-2-7B shape, {what}", q["process_s"], q["maxrss_kb"] / 1024,
+                   "safetensors.safe_open (numpy)", a["process_s"], a["maxrss_kb"] / 1024,
+                   "native Rust: parity is the goal"))
 
 
 if __name__ == "__main__":

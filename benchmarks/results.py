@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
+import re
 import subprocess
 from importlib import metadata
 from pathlib import Path
@@ -38,14 +40,109 @@ def machine() -> str:
     )
 
 
-def replace_section(path: Path, heading: str, text: str) -> None:
-    """Replace the section starting with `heading` (up to the next '## ') or append it."""
+def replace_section(path: Path, heading: str, text: str, top: bool = False) -> None:
+    """Replace the section starting with `heading` (up to the next '## ') or add it: at the end, or
+    before the first section when `top`."""
     old = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark and fuzzing results\n\n"
     lines = old.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
-    if start is None:
+    if start is None and top:
+        first = next((i for i, line in enumerate(lines) if line.startswith("## ")), len(lines))
+        new = "\n".join([*lines[:first], text.rstrip("\n"), "", *lines[first:]]).rstrip("\n") + "\n"
+    elif start is None:
         new = old.rstrip("\n") + "\n\n" + text.rstrip("\n") + "\n"
     else:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "\n".join([*lines[:start], text.rstrip("\n"), *lines[end:]]).rstrip("\n") + "\n"
+        gap = [""] if end < len(lines) else []
+        new = "\n".join([*lines[:start], text.rstrip("\n"), *gap, *lines[end:]]).rstrip("\n") + "\n"
     path.write_text(new, encoding="utf-8")
+
+
+# A benchmark states its headline comparison with headline(): an HTML comment inside its own section
+# (invisible when rendered), collected by rebuild_headline() into the table at the top of RESULTS.md.
+HEADLINE_RE = re.compile(r"<!-- headline (\{.*?\}) -->")
+
+
+def headline(
+    fmt: str,
+    file: str,
+    quantgate_s: float,
+    quantgate_mib: float | None,
+    anchor: str,
+    anchor_s: float,
+    anchor_mib: float | None,
+    note: str = "",
+) -> str:
+    """One row of the headline table, as the line a benchmark prints inside its section (after a blank
+    line, so that it never continues a table)."""
+    row = {"format": fmt, "file": file, "quantgate_s": quantgate_s, "quantgate_mib": quantgate_mib,
+           "anchor": anchor, "anchor_s": anchor_s, "anchor_mib": anchor_mib, "note": note}
+    return f"\n<!-- headline {json.dumps(row, ensure_ascii=False)} -->"
+
+
+def _ratio(anchor: float | None, ours: float | None) -> str:
+    if not anchor or not ours:
+        return "—"
+    r = anchor / ours
+    return f"**{r:,.0f}×**" if r >= 10 else f"{r:.2f}×"
+
+
+def _cost(seconds: float, mib: float | None) -> str:
+    t = f"{seconds * 1000:,.0f} ms" if seconds < 1 else f"{seconds:,.2f} s"
+    return t if mib is None else f"{t}, {mib:,.0f} MiB"
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def fence_plain(body: str) -> str:
+    """A section printed as fixed-width text (no markdown table) goes in a code block, headline rows
+    and the heading left outside, so it reads as printed."""
+    lines = body.splitlines()
+    head = lines[:1] if lines and lines[0].startswith("## ") else []
+    rest = lines[len(head):]
+    if any(line.startswith(("|", "```")) for line in rest) or not any(re.search(r"\S {3,}\S", x) for x in rest):
+        return body
+    keep = [x for x in rest if HEADLINE_RE.search(x)]
+    plain = [x for x in rest if not HEADLINE_RE.search(x)]
+    while plain and not plain[0].strip():
+        plain.pop(0)
+    while plain and not plain[-1].strip():
+        plain.pop()
+    return "\n".join([*head, "", "```text", *plain, "```", *keep])
+
+
+def rebuild_headline(path: Path) -> None:
+    """The `## Headline` table at the top, from every section's headline rows."""
+    text = path.read_text(encoding="utf-8")
+    rows = []
+    section = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        found = HEADLINE_RE.search(line)
+        if found and section != "Headline":
+            rows.append((section, json.loads(found.group(1))))
+    lines = [
+        "## Headline",
+        "",
+        "quantgate against the library a user would otherwise reach for, on the same files in the same run. "
+        "Ratios are the anchor's cost / quantgate's: above 1 quantgate is cheaper. Time and peak RSS are "
+        "measured as each section says (mostly a whole fresh process, as a CI step pays it).",
+        "",
+        "| format | file | quantgate (time, peak RSS) | anchor | anchor (time, peak RSS) | time ratio | "
+        "memory ratio | section |",
+        "|---|---|---:|---|---:|---:|---:|---|",
+    ]
+    for section, r in rows:
+        note = f" ({r['note']})" if r.get("note") else ""
+        lines.append(
+            f"| {r['format']} | {r['file']} | {_cost(r['quantgate_s'], r['quantgate_mib'])} | {r['anchor']} | "
+            f"{_cost(r['anchor_s'], r['anchor_mib'])} | {_ratio(r['anchor_s'], r['quantgate_s'])} | "
+            f"{_ratio(r['anchor_mib'], r['quantgate_mib'])}{note} | [{section}](#{_slug(section)}) |"
+        )
+    if not rows:
+        lines.append("| — | no benchmark has run yet | | | | | | |")
+    replace_section(path, "## Headline", "\n".join(lines), top=True)

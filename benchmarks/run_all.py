@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from results import machine, replace_section  # beside this script
+from results import fence_plain, machine, rebuild_headline, replace_section  # beside this script
 
 HERE = Path(__file__).resolve().parent
 
@@ -42,7 +42,8 @@ def main() -> int:
             body = f"{heading}\n\n{body}"
         else:
             heading = body.splitlines()[0]
-        replace_section(output, heading, body)
+        replace_section(output, heading, fence_plain(body))
+        rebuild_headline(output)
         failed += proc.returncode != 0
     print(output.read_text(encoding="utf-8"))
     return 1 if failed else 0
