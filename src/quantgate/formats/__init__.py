@@ -14,6 +14,7 @@ from quantgate.inventory import Inventory
 READERS: dict[str, str] = {
     "gguf": "quantgate.formats.gguf",
     "onnx": "quantgate.formats.onnx",
+    "pte": "quantgate.formats.pte",
     "safetensors": "quantgate.formats.safetensors",
 }
 

@@ -1,0 +1,669 @@
+"""ExecuTorch `.pte` reader: the program flatbuffer, its extended header and segments, without torch.
+
+Layout (research executorch-pte.md §1): root offset at 0, identifier `ET12` at 4, an optional
+extended header `eh00` at 8 (program size, segment base offset, segment data size), the program
+flatbuffer up to `program_size`, padding, then the segments (constants, delegate blobs, named data)
+from `segment_base_offset`. Only the flatbuffer tables are walked (bounded, budgeted, over mmap);
+segment bytes are touched only to hash named data (capped) and to read delegate payload headers.
+
+`parse(path)` gives the `Program` (plans, values, instructions, delegates, segments) and its
+structural findings; `read(path)` adds the weight-bearing layers (`pte_layers`) -> `Inventory`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from quantgate import findings as F
+from quantgate.findings import Finding
+from quantgate.formats import pte_schema as S
+from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View, mapped
+from quantgate.formats.flatbuffer import FlatBuffer
+from quantgate.inventory import Inventory
+
+FORMAT = "pte"
+FINDINGS_PER_CODE = 20
+MAX_DIMS = 16
+MAX_NUMEL = 1 << 48
+# named-data keys are checked against the SHA-256 of their bytes only up to this many bytes in total
+HASH_CAP_BYTES = 64 << 20
+_SHA_KEY = re.compile(r"^(?:[a-z_]+_)?([0-9a-f]{64})$")
+
+FINDING_CODES: dict[str, str] = {
+    "PTE_TRUNCATED": "The file is shorter than its header or extended header says (or than 8 bytes).",
+    "PTE_BAD_IDENTIFIER": "Bytes 4-8 are not the ExecuTorch program identifier `ET12`.",
+    "PTE_BAD_EXTENDED_HEADER": "The `eh00` extended header is damaged or inconsistent (length below 24, "
+    "program size beyond the segment base, segment base without segments...).",
+    "PTE_SEGMENT_OUT_OF_BOUNDS": "A data segment lies outside the file or outside the declared segment data.",
+    "PTE_SEGMENTS_WITHOUT_HEADER": "The program lists non-empty segments but the file has no extended header, "
+    "so the runtime cannot find them.",
+    "PTE_TRAILING_BYTES": "Bytes after the end of the segment data the extended header declares.",
+    "PTE_FLATBUFFER_INVALID": "The program flatbuffer is damaged: an offset, vtable, vector or string runs "
+    "outside the program.",
+    "PTE_INDEX_OUT_OF_RANGE": "An index in the program points past its table (operator, value, delegate, "
+    "segment, constant buffer, inline delegate data).",
+    "PTE_BAD_UNION_TAG": "A union or enum tag (instruction kind, value kind, data location, scalar type) "
+    "is not one the schema defines.",
+    "PTE_BAD_SHAPE": "A tensor has a negative dimension, too many dimensions or an absurd element count.",
+    "PTE_CONSTANT_OUT_OF_RANGE": "A constant tensor's bytes run past the end of the constant segment.",
+    "PTE_NAMED_DATA_HASH_MISMATCH": "A named-data key is a SHA-256 digest that does not match its bytes.",
+    "PTE_NO_EXECUTION_PLAN": "The program has no execution plan (no method to run).",
+    "PTE_EXTERNAL_DATA_MISSING": "Tensors are stored in an external `.ptd` file and none is beside the "
+    "program, or the `.ptd` files there lack some of them (warning).",
+    "PTE_DELEGATE_UNREADABLE": "An XNNPACK delegate payload could not be read; its layers are unknown.",
+}
+
+
+@dataclass
+class Tensor:
+    scalar_type: int
+    sizes: tuple[int, ...]
+    data_buffer_idx: int
+    allocated: bool
+    dynamism: int
+    fqn: str | None
+    external: bool
+
+    @property
+    def constant(self) -> bool:
+        return self.external or (not self.allocated and self.data_buffer_idx > 0)
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.sizes:
+            n *= max(d, 0)
+        return n
+
+    @property
+    def dtype(self) -> str:
+        return S.scalar_name(self.scalar_type)
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * S.STORAGE_BYTES.get(self.scalar_type, 1)
+
+
+@dataclass
+class Value:
+    kind: int  # KernelTypes tag
+    tensor: Tensor | None = None
+    items: list[int] | None = None  # IntList values, TensorList value indices
+    number: int | float | None = None  # Int / Double
+
+
+@dataclass
+class Instruction:
+    index: int
+    chain: int
+    kind: int  # InstructionArguments tag
+    target: int = -1  # op_index / delegate_index
+    args: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Delegate:
+    index: int
+    backend: str
+    location: int
+    data_index: int
+    span: tuple[int, int] | None = None  # (absolute offset, length) of the payload in the file
+
+
+@dataclass
+class Plan:
+    name: str
+    values: list[Value] = field(default_factory=list)
+    operators: list[str] = field(default_factory=list)
+    instructions: list[Instruction] = field(default_factory=list)
+    delegates: list[Delegate] = field(default_factory=list)
+    chains: int = 0
+
+
+@dataclass
+class Segment:
+    index: int
+    start: int  # absolute file offset
+    size: int
+
+
+@dataclass
+class Program:
+    path: str
+    size: int
+    has_header: bool = False
+    program_size: int = 0
+    segment_base: int = 0
+    segment_data_size: int = 0
+    segments: list[Segment] = field(default_factory=list)
+    constant_segment: int | None = None
+    constant_offsets: list[int] = field(default_factory=list)
+    legacy_constant_buffers: int = 0
+    named_data: list[tuple[str, int]] = field(default_factory=list)
+    inline_data: list[tuple[int, int]] = field(default_factory=list)
+    plans: list[Plan] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    complete: bool = False
+    facts: dict[str, Any] = field(default_factory=dict)
+    _per_code: dict[str, int] = field(default_factory=dict)
+
+    def add(self, finding: Finding) -> None:
+        n = self._per_code.get(finding.code, 0)
+        self._per_code[finding.code] = n + 1
+        if n < FINDINGS_PER_CODE:
+            self.findings.append(finding)
+        elif n == FINDINGS_PER_CODE:
+            self.findings.append(F.Finding(finding.code, finding.severity, f"further {finding.code} findings omitted"))
+
+    def segment_bytes(self, index: int) -> tuple[int, int] | None:
+        if 0 <= index < len(self.segments):
+            seg = self.segments[index]
+            return seg.start, seg.size
+        return None
+
+
+# -- header ------------------------------------------------------------------------------------
+def _header(view: View, prog: Program) -> bool:
+    """Identifier and extended header; False when nothing further can be read."""
+    size = len(view)
+    if size < 8:
+        prog.add(F.error("PTE_TRUNCATED", f"the file has {size} bytes, fewer than the 8 of a program header", offset=0))
+        return False
+    ident = view.bytes(4, 4)
+    if ident != S.IDENTIFIER:
+        prog.add(
+            F.error(
+                "PTE_BAD_IDENTIFIER",
+                f"identifier {ident!r} at offset 4 is not {S.IDENTIFIER!r}; the file is not an ExecuTorch "
+                "program of a version this tool reads (re-export it)",
+                offset=4,
+                field="identifier",
+            )
+        )
+        return False
+    prog.program_size = size
+    if size >= 16 and view.bytes(8, 4) == S.EXTENDED_HEADER_MAGIC:
+        prog.has_header = True
+        length = view.u32(12)
+        if length < S.EXTENDED_HEADER_MIN_LENGTH or 8 + length > size:
+            prog.add(
+                F.error(
+                    "PTE_BAD_EXTENDED_HEADER" if 8 + length <= size else "PTE_TRUNCATED",
+                    f"extended header length {length} at offset 12 is "
+                    + ("below 24" if length < S.EXTENDED_HEADER_MIN_LENGTH else f"past the end of the file ({size} B)"),
+                    offset=12,
+                    field="eh00.length",
+                )
+            )
+            return False
+        prog.program_size = view.u64(16)
+        prog.segment_base = view.u64(24)
+        prog.segment_data_size = view.u64(32) if length >= 32 else 0
+        if prog.program_size < 8 + length:
+            prog.add(
+                F.error(
+                    "PTE_BAD_EXTENDED_HEADER",
+                    f"program_size {prog.program_size} is smaller than the header itself",
+                    offset=16,
+                    field="eh00.program_size",
+                )
+            )
+            return False
+        if prog.program_size > size:
+            prog.add(
+                F.error(
+                    "PTE_TRUNCATED",
+                    f"the extended header says the program is {prog.program_size:,} bytes, the file has "
+                    f"{size:,}: the file was cut short (re-download or re-export it)",
+                    offset=16,
+                    field="eh00.program_size",
+                )
+            )
+            return False
+        if prog.segment_base and prog.segment_base < prog.program_size:
+            prog.add(
+                F.error(
+                    "PTE_BAD_EXTENDED_HEADER",
+                    f"segment_base_offset {prog.segment_base} lies inside the program (program_size "
+                    f"{prog.program_size})",
+                    offset=24,
+                    field="eh00.segment_base_offset",
+                )
+            )
+        end = prog.segment_base + prog.segment_data_size
+        if prog.segment_data_size and end > size:
+            prog.add(
+                F.error(
+                    "PTE_TRUNCATED",
+                    f"the extended header says the file is {end:,} bytes (segment base {prog.segment_base:,} + "
+                    f"{prog.segment_data_size:,} of segment data), it has {size:,}: "
+                    f"{end - size:,} bytes are missing",
+                    offset=32,
+                    field="eh00.segment_data_size",
+                )
+            )
+        elif prog.segment_data_size and size > end:
+            prog.add(
+                F.error(
+                    "PTE_TRAILING_BYTES",
+                    f"{size - end:,} bytes after the end of the segment data (offset {end:,}); strip them "
+                    "or find out what was appended",
+                    offset=end,
+                )
+            )
+        elif prog.segment_base > size:
+            prog.add(
+                F.error(
+                    "PTE_TRUNCATED",
+                    f"segment_base_offset {prog.segment_base:,} is past the end of the file ({size:,} bytes)",
+                    offset=24,
+                    field="eh00.segment_base_offset",
+                )
+            )
+    return True
+
+
+# -- flatbuffer tables ---------------------------------------------------------------------------
+def _tensor(fb: FlatBuffer, table: int) -> Tensor:
+    scalar_type = int(fb.scalar(table, S.TENSOR_SCALAR_TYPE, "i8", 0, "Tensor.scalar_type"))
+    sizes = tuple(fb.scalars(table, S.TENSOR_SIZES, "i32", "Tensor.sizes"))
+    data_buffer_idx = int(fb.scalar(table, S.TENSOR_DATA_BUFFER_IDX, "u32", 0, "Tensor.data_buffer_idx"))
+    allocated = fb.has(table, S.TENSOR_ALLOCATION_INFO)
+    dynamism = int(fb.scalar(table, S.TENSOR_SHAPE_DYNAMISM, "i8", 0, "Tensor.shape_dynamism"))
+    fqn, external = None, False
+    extra = fb.table(table, S.TENSOR_EXTRA_INFO, "Tensor.extra_tensor_info")
+    if extra is not None:
+        fqn = fb.string(extra, S.EXTRA_FQN, "", "ExtraTensorInfo.fully_qualified_name") or None
+        external = int(fb.scalar(extra, S.EXTRA_LOCATION, "i8", 0, "ExtraTensorInfo.location")) == 1
+    return Tensor(scalar_type, sizes, data_buffer_idx, allocated, dynamism, fqn, external)
+
+
+def _value(fb: FlatBuffer, table: int) -> Value:
+    tag, val = fb.union(table, S.EVALUE_VAL_TYPE, "EValue.val")
+    value = Value(tag)
+    if val is None:
+        return value
+    if tag == S.K_TENSOR:
+        value.tensor = _tensor(fb, val)
+    elif tag == S.K_INT:
+        value.number = int(fb.scalar(val, 0, "i64", 0, "Int.int_val"))
+    elif tag == S.K_DOUBLE:
+        value.number = float(fb.scalar(val, 0, "f64", 0.0, "Double.double_val"))
+    elif tag == S.K_INT_LIST:
+        value.items = fb.scalars(val, 0, "i64", "IntList.items")
+    elif tag in (S.K_TENSOR_LIST, S.K_OPTIONAL_TENSOR_LIST):
+        value.items = fb.scalars(val, 0, "i32", "TensorList.items")
+    return value
+
+
+def _plan(fb: FlatBuffer, table: int, prog: Program) -> Plan:
+    plan = Plan(fb.string(table, S.PLAN_NAME, "", "ExecutionPlan.name"))
+    for op in fb.tables(table, S.PLAN_OPERATORS, "ExecutionPlan.operators"):
+        name = fb.string(op, 0, "", "Operator.name")
+        overload = fb.string(op, 1, "", "Operator.overload")
+        plan.operators.append(f"{name}.{overload}" if overload else name)
+    plan.values = [_value(fb, v) for v in fb.tables(table, S.PLAN_VALUES, "ExecutionPlan.values")]
+    chains = fb.tables(table, S.PLAN_CHAINS, "ExecutionPlan.chains")
+    plan.chains = len(chains)
+    for chain_index, chain in enumerate(chains):
+        for ins in fb.tables(chain, S.CHAIN_INSTRUCTIONS, "Chain.instructions"):
+            tag, args = fb.union(ins, S.INSTRUCTION_ARGS_TYPE, "Instruction.instr_args")
+            instr = Instruction(len(plan.instructions), chain_index, tag)
+            if args is not None and tag in (S.KERNEL_CALL, S.DELEGATE_CALL):
+                instr.target = int(fb.scalar(args, 0, "i32", 0, "KernelCall.op_index"))
+                instr.args = fb.scalars(args, 1, "i32", "KernelCall.args")
+            elif args is not None and tag in (S.MOVE_CALL, S.JUMP_FALSE_CALL):
+                instr.args = [int(fb.scalar(args, 0, "i32", 0, "MoveCall.move_from"))]
+                if tag == S.MOVE_CALL:
+                    instr.args.append(int(fb.scalar(args, 1, "i32", 0, "MoveCall.move_to")))
+            elif args is not None and tag == S.FREE_CALL:
+                instr.args = [int(fb.scalar(args, 0, "i32", 0, "FreeCall.value_index"))]
+            plan.instructions.append(instr)
+    for index, d in enumerate(fb.tables(table, S.PLAN_DELEGATES, "ExecutionPlan.delegates")):
+        backend = fb.string(d, S.DELEGATE_ID, "", "BackendDelegate.id")
+        ref = fb.table(d, S.DELEGATE_PROCESSED, "BackendDelegate.processed")
+        location, data_index = -1, -1
+        if ref is not None:
+            location = int(fb.scalar(ref, S.DATAREF_LOCATION, "i8", 0, "BackendDelegateDataReference.location"))
+            data_index = int(fb.scalar(ref, S.DATAREF_INDEX, "u32", 0, "BackendDelegateDataReference.index"))
+        plan.delegates.append(Delegate(index, backend, location, data_index))
+    return plan
+
+
+def _tables(fb: FlatBuffer, prog: Program) -> None:
+    root = fb.root()
+    for i, seg in enumerate(fb.tables(root, S.PROGRAM_SEGMENTS, "Program.segments")):
+        offset = int(fb.scalar(seg, S.SEGMENT_OFFSET, "u64", 0, "DataSegment.offset"))
+        size = int(fb.scalar(seg, S.SEGMENT_SIZE, "u64", 0, "DataSegment.size"))
+        prog.segments.append(Segment(i, prog.segment_base + offset, size))
+    cseg = fb.table(root, S.PROGRAM_CONSTANT_SEGMENT, "Program.constant_segment")
+    if cseg is not None:
+        prog.constant_segment = int(fb.scalar(cseg, S.SUBSEGMENT_INDEX, "u32", 0, "constant_segment.segment_index"))
+        prog.constant_offsets = fb.scalars(cseg, S.SUBSEGMENT_OFFSETS, "u64", "constant_segment.offsets")
+    legacy = fb.vector(root, S.PROGRAM_CONSTANT_BUFFER, 4, "Program.constant_buffer")
+    prog.legacy_constant_buffers = legacy.count if legacy is not None else 0
+    for nd in fb.tables(root, S.PROGRAM_NAMED_DATA, "Program.named_data"):
+        key = fb.string(nd, S.NAMED_KEY, "", "NamedData.key", limit=1024)
+        prog.named_data.append((key, int(fb.scalar(nd, S.NAMED_SEGMENT, "u32", 0, "NamedData.segment_index"))))
+    for blob in fb.tables(root, S.PROGRAM_DELEGATE_DATA, "Program.backend_delegate_data"):
+        span = fb.byte_span(blob, S.INLINE_DATA, "BackendDelegateInlineData.data")
+        prog.inline_data.append(span if span is not None else (0, 0))
+    for plan in fb.tables(root, S.PROGRAM_PLANS, "Program.execution_plan"):
+        prog.plans.append(_plan(fb, plan, prog))
+
+
+# -- cross-references ----------------------------------------------------------------------------
+def _index_error(prog: Program, what: str, index: int, limit: int, where: str) -> None:
+    prog.add(
+        F.error(
+            "PTE_INDEX_OUT_OF_RANGE",
+            f"{what} {index} is out of range (0..{limit - 1}) in {where}; the program is damaged, re-export it",
+            field=where,
+        )
+    )
+
+
+def _check_segments(prog: Program) -> None:
+    size = len_end = prog.size
+    if prog.has_header and prog.segment_data_size:
+        len_end = min(size, prog.segment_base + prog.segment_data_size)
+    for seg in prog.segments:
+        if seg.size == 0:
+            continue
+        if not prog.has_header:
+            prog.add(
+                F.error(
+                    "PTE_SEGMENTS_WITHOUT_HEADER",
+                    f"segment {seg.index} has {seg.size:,} bytes but the file has no extended header to say "
+                    "where segments start",
+                    field=f"Program.segments[{seg.index}]",
+                )
+            )
+            continue
+        if seg.start + seg.size > len_end:
+            prog.add(
+                F.error(
+                    "PTE_SEGMENT_OUT_OF_BOUNDS",
+                    f"segment {seg.index} at offset {seg.start:,} ({seg.size:,} bytes) ends past "
+                    + ("the end of the file" if len_end == size else "the declared segment data")
+                    + f" ({len_end:,})",
+                    offset=seg.start,
+                    field=f"Program.segments[{seg.index}]",
+                )
+            )
+    if not prog.has_header and any(s.size for s in prog.segments):
+        prog.segments = [Segment(s.index, s.start, 0) for s in prog.segments]
+
+
+def _check_tensor(prog: Program, t: Tensor, where: str, const_span: tuple[int, int] | None) -> None:
+    if t.scalar_type not in S.SCALAR_TYPES:
+        prog.add(
+            F.error("PTE_BAD_UNION_TAG", f"scalar type {t.scalar_type} of {where} is not a ScalarType", field=where)
+        )
+    if len(t.sizes) > MAX_DIMS or any(d < 0 for d in t.sizes) or t.numel > MAX_NUMEL:
+        prog.add(F.error("PTE_BAD_SHAPE", f"{where} has shape {list(t.sizes)[:MAX_DIMS]}", field=where, tensor=t.fqn))
+        return
+    if not t.constant or t.external:
+        return
+    idx = t.data_buffer_idx
+    if prog.constant_segment is not None:
+        if idx >= len(prog.constant_offsets):
+            _index_error(prog, "data_buffer_idx", idx, len(prog.constant_offsets), where)
+        elif const_span is not None and prog.constant_offsets[idx] + t.nbytes > const_span[1]:
+            prog.add(
+                F.error(
+                    "PTE_CONSTANT_OUT_OF_RANGE",
+                    f"{where} ({t.nbytes:,} bytes at +{prog.constant_offsets[idx]:,}) runs past the end of the "
+                    f"constant segment ({const_span[1]:,} bytes)",
+                    offset=const_span[0] + min(prog.constant_offsets[idx], const_span[1]),
+                    field=where,
+                    tensor=t.fqn,
+                )
+            )
+    elif idx >= prog.legacy_constant_buffers:
+        _index_error(prog, "data_buffer_idx", idx, prog.legacy_constant_buffers, where)
+
+
+def _check_references(prog: Program) -> None:
+    nseg = len(prog.segments)
+    const_span = None
+    if prog.constant_segment is not None and prog.constant_offsets:
+        const_span = prog.segment_bytes(prog.constant_segment)
+        if const_span is None:
+            _index_error(prog, "constant segment index", prog.constant_segment, nseg, "Program.constant_segment")
+    for i, (_key, seg) in enumerate(prog.named_data):
+        if seg >= nseg:
+            _index_error(prog, "segment_index", seg, nseg, f"Program.named_data[{i}]")
+    if not prog.plans:
+        prog.add(F.error("PTE_NO_EXECUTION_PLAN", "the program has no execution plan: there is no method to run"))
+    for plan in prog.plans:
+        nvalues, nops, ndel = len(plan.values), len(plan.operators), len(plan.delegates)
+        for vi, value in enumerate(plan.values):
+            where = f"{plan.name}.values[{vi}]"
+            if value.kind not in S.KERNEL_TYPES and value.kind != 0:
+                prog.add(
+                    F.error(
+                        "PTE_BAD_UNION_TAG", f"value kind {value.kind} of {where} is not a KernelTypes tag", field=where
+                    )
+                )
+            if value.tensor is not None:
+                _check_tensor(prog, value.tensor, where, const_span)
+            if value.kind in (S.K_TENSOR_LIST, S.K_OPTIONAL_TENSOR_LIST):
+                bad = [x for x in value.items or [] if not (-1 <= x < nvalues)]
+                if bad:
+                    _index_error(prog, "value index", bad[0], nvalues, where)
+                    value.items = [x for x in value.items or [] if -1 <= x < nvalues]
+        for ins in plan.instructions:
+            where = f"{plan.name}.chains[{ins.chain}].instructions[{ins.index}]"
+            if ins.kind not in S.INSTRUCTION_KINDS:
+                prog.add(
+                    F.error(
+                        "PTE_BAD_UNION_TAG",
+                        f"instruction kind {ins.kind} of {where} is not one the schema defines",
+                        field=where,
+                    )
+                )
+                continue
+            if ins.kind == S.KERNEL_CALL and not 0 <= ins.target < nops:
+                _index_error(prog, "op_index", ins.target, nops, where)
+                ins.kind = 0
+            elif ins.kind == S.DELEGATE_CALL and not 0 <= ins.target < ndel:
+                _index_error(prog, "delegate_index", ins.target, ndel, where)
+                ins.kind = 0
+            check = ins.args[:1] if ins.kind == S.JUMP_FALSE_CALL else ins.args
+            bad = [a for a in check if not 0 <= a < nvalues]
+            if bad and ins.kind in (S.KERNEL_CALL, S.DELEGATE_CALL, S.MOVE_CALL, S.JUMP_FALSE_CALL, S.FREE_CALL):
+                _index_error(prog, "value index", bad[0], nvalues, where)
+                ins.kind = 0  # not traced further
+        for d in plan.delegates:
+            where = f"{plan.name}.delegates[{d.index}] ({d.backend})"
+            if d.location == S.LOC_SEGMENT:
+                span = prog.segment_bytes(d.data_index)
+                if span is None:
+                    _index_error(prog, "segment index", d.data_index, nseg, where)
+                d.span = span
+            elif d.location == S.LOC_INLINE:
+                if 0 <= d.data_index < len(prog.inline_data):
+                    d.span = prog.inline_data[d.data_index]
+                else:
+                    _index_error(prog, "inline data index", d.data_index, len(prog.inline_data), where)
+            else:
+                prog.add(
+                    F.error(
+                        "PTE_BAD_UNION_TAG",
+                        f"data location {d.location} of {where} is neither INLINE nor SEGMENT",
+                        field=where,
+                    )
+                )
+
+
+def _check_named_data(view: View, prog: Program) -> None:
+    """Keys that are SHA-256 digests must match their bytes; only while the total stays under the cap."""
+    budget = HASH_CAP_BYTES
+    checked = 0
+    for i, (key, seg) in enumerate(prog.named_data):
+        match = _SHA_KEY.match(key)
+        span = prog.segment_bytes(seg)
+        if match is None or span is None or span[0] + span[1] > len(view) or span[1] > budget:
+            continue
+        budget -= span[1]
+        digest = hashlib.sha256(memoryview(view.buf)[span[0] : span[0] + span[1]]).hexdigest()
+        checked += 1
+        if digest != match.group(1):
+            prog.add(
+                F.error(
+                    "PTE_NAMED_DATA_HASH_MISMATCH",
+                    f"named data {key[:24]}… (segment {seg}, offset {span[0]:,}) hashes to {digest[:16]}…: its "
+                    "bytes were changed after export",
+                    offset=span[0],
+                    field=f"Program.named_data[{i}]",
+                )
+            )
+    prog.facts["named_data_hashes_checked"] = checked
+
+
+def _check_external(prog: Program) -> None:
+    """External tensors live in a `.ptd` beside the program; say so when none carries them."""
+    wanted = {v.tensor.fqn for plan in prog.plans for v in plan.values if v.tensor is not None and v.tensor.external}
+    wanted.discard(None)
+    if not wanted:
+        return
+    prog.facts["external_tensors"] = len(wanted)
+    folder = os.path.dirname(os.path.abspath(prog.path))
+    found: set[str] = set()
+    names = []
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        entries = []
+    for entry in entries:
+        # only regular files in the program's own folder: no symlinks (DESIGN §7)
+        if not entry.name.endswith(".ptd") or entry.is_symlink() or not entry.is_file():
+            continue
+        names.append(entry.name)
+        found |= ptd_keys(entry.path)
+    prog.facts["ptd_files"] = names
+    missing = sorted(k for k in wanted if k is not None and k not in found)
+    if missing:
+        where = f"the .ptd files beside it ({', '.join(names)})" if names else "no .ptd file beside it"
+        prog.add(
+            F.warning(
+                "PTE_EXTERNAL_DATA_MISSING",
+                f"{len(missing)} external tensor(s) ({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}) "
+                f"are not in {where}; ship the .ptd with the program",
+                tensor=missing[0],
+            )
+        )
+
+
+def ptd_keys(path: str) -> set[str]:
+    """Named-data keys of a FlatTensor `.ptd` file (identifier FT01); empty when unreadable."""
+    try:
+        with mapped(path) as view:
+            fb = FlatBuffer(view, Budget.for_size(len(view)))
+            if len(view) < 8 or fb.identifier() != b"FT01":
+                return set()
+            root = fb.root()
+            return {fb.string(nd, 0, "", "NamedData.key", limit=1024) for nd in fb.tables(root, 2, "named_data")}
+    except (OSError, ReadError):
+        return set()
+
+
+def parse_view(view: View, path: str) -> Program:
+    """The program in `view`; never raises on bad content (defects are `prog.findings`)."""
+    prog = Program(path, len(view))
+    if not _header(view, prog):
+        return prog
+    fb_end = prog.program_size if prog.has_header else len(view)
+    try:
+        fb = FlatBuffer(view, Budget.for_size(fb_end), 0, fb_end)
+        _tables(fb, prog)
+        prog.complete = True
+    except BudgetExhausted as exc:
+        prog.add(
+            F.error(
+                "READ_BUDGET_EXHAUSTED",
+                f"{exc.message}; the program's tables reference each other far more often than a real export does",
+                field=exc.field,
+            )
+        )
+    except ReadError as exc:
+        prog.add(
+            F.error(
+                "PTE_FLATBUFFER_INVALID",
+                f"damaged program flatbuffer while reading {exc.field or 'a table'}: {exc.message}",
+                offset=exc.offset,
+                field=exc.field,
+            )
+        )
+    _check_segments(prog)
+    _check_references(prog)
+    _check_named_data(view, prog)
+    _check_external(prog)
+    return prog
+
+
+def parse(path: str) -> Program:
+    with mapped(path) as view:
+        return parse_view(view, path)
+
+
+def _facts(prog: Program) -> dict[str, Any]:
+    ops: dict[str, int] = {}
+    backends: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    for plan in prog.plans:
+        for ins in plan.instructions:
+            kinds[S.INSTRUCTION_KINDS.get(ins.kind, "invalid")] = (
+                kinds.get(S.INSTRUCTION_KINDS.get(ins.kind, "invalid"), 0) + 1
+            )
+            if ins.kind == S.KERNEL_CALL:
+                name = plan.operators[ins.target]
+                ops[name] = ops.get(name, 0) + 1
+            elif ins.kind == S.DELEGATE_CALL:
+                name = plan.delegates[ins.target].backend
+                backends[name] = backends.get(name, 0) + 1
+    facts: dict[str, Any] = {
+        "methods": [p.name for p in prog.plans],
+        "extended_header": prog.has_header,
+        "program_size": prog.program_size,
+        "segment_base_offset": prog.segment_base if prog.has_header else None,
+        "segment_data_size": prog.segment_data_size if prog.has_header else None,
+        "segments": len(prog.segments),
+        "named_data": len(prog.named_data),
+        "instructions": sum(len(p.instructions) for p in prog.plans),
+        "instruction_kinds": kinds,
+        "values": sum(len(p.values) for p in prog.plans),
+        "operators": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
+        "delegate_calls": backends,
+    }
+    facts.update(prog.facts)
+    n_ins = facts["instructions"]
+    facts["summary"] = (
+        f"{len(prog.plans)} method(s), {n_ins} instruction(s), "
+        f"{sum(backends.values())} delegate call(s), {len(prog.segments)} segment(s)"
+    )
+    return {k: v for k, v in facts.items() if v is not None}
+
+
+def read(path: str) -> Inventory:
+    """The program's inventory; never raises on bad content."""
+    try:
+        with mapped(path) as view:
+            prog = parse_view(view, path)
+            inv = Inventory(FORMAT, path, len(view))
+            inv.structural_findings = prog.findings
+            inv.facts = _facts(prog)
+            if prog.complete:
+                from quantgate.formats import pte_layers
+
+                pte_layers.attach(prog, view, inv)
+            return inv
+    except OSError as exc:
+        inv = Inventory(FORMAT, path, 0)
+        inv.structural_findings.append(F.error("FILE_UNREADABLE", f"cannot read the file: {exc.strerror or exc}"))
+        return inv

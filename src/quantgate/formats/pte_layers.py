@@ -1,0 +1,378 @@
+"""Weight-bearing layers of an ExecuTorch program (DESIGN §4), from kernels and XNNPACK payloads.
+
+Portable kernels: the weight argument of addmm/mm/linear/convolution/embedding (and the quantized
+embedding and linear kernels) is traced back through view, permute, dim-order copies and
+dequantize ops to the constant it comes from, so the *stored* dtype is known; the kernel's output
+dtype is its compute precision (an int8 weight dequantized for an fp32 addmm stores int8 and
+computes fp32). XNNPACK delegates: each fully connected, conv, depthwise, transposed conv and
+batch matmul with a constant operand, from `formats.xnnpack`; an integer activation with a
+quantized filter computes in int8. Other backends are opaque: one layer of unknown precision per
+delegate, never quantized and never float.
+
+A quantized KV cache (int8 mutable buffers written by `llama::update_cache` from a quantize op) has
+no weight-bearing op, so it gets its own metric, `kv_cache`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quantgate.formats import pte_schema as S
+from quantgate.formats.binary import Budget, View
+from quantgate.formats.pte import Plan, Program, Tensor
+from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
+
+XNNPACK = "XnnpackBackend"
+MAX_TRACE = 32  # producer hops followed from a weight argument to its constant
+
+# ops a weight passes through unchanged in meaning (layout, copies, dequantization)
+_PASS_THROUGH = {
+    "aten::permute_copy",
+    "aten::view_copy",
+    "aten::t_copy",
+    "aten::transpose_copy",
+    "aten::_reshape_alias_copy",
+    "aten::reshape",
+    "aten::clone",
+    "aten::expand_copy",
+    "aten::squeeze_copy",
+    "aten::unsqueeze_copy",
+    "aten::alias_copy",
+    "aten::_to_copy",
+    "aten::contiguous",
+    "dim_order_ops::_to_dim_order_copy",
+    "dim_order_ops::_clone_dim_order",
+}
+_DEQUANTIZE_PREFIXES = ("quantized_decomposed::dequantize_", "torchao::dequantize_")
+_QUANTIZE_PREFIXES = ("quantized_decomposed::quantize_", "torchao::quantize_")
+
+# op -> (kind, weight argument candidates in order, logical bits of a packed weight or None)
+_WEIGHT_OPS: dict[str, tuple[str, tuple[int, ...], float | None]] = {
+    "aten::addmm": (LINEAR, (2,), None),
+    "aten::mm": (LINEAR, (1, 0), None),
+    "aten::bmm": (LINEAR, (1, 0), None),
+    "aten::matmul": (LINEAR, (1, 0), None),
+    "aten::linear": (LINEAR, (1,), None),
+    "aten::convolution": (CONV, (1,), None),
+    "aten::conv1d": (CONV, (1,), None),
+    "aten::conv2d": (CONV, (1,), None),
+    "aten::embedding": (EMBEDDING, (0,), None),
+    "quantized_decomposed::embedding_byte": (EMBEDDING, (0,), 8),
+    "quantized_decomposed::embedding_4bit": (EMBEDDING, (0,), 4),
+    "quantized_decomposed::embedding_2bit": (EMBEDDING, (0,), 2),
+    "quantized_decomposed::mixed_linear": (LINEAR, (1,), None),
+    "quantized_decomposed::mixed_mm": (LINEAR, (1,), None),
+    "aten::_weight_int8pack_mm": (LINEAR, (1,), 8),
+    "aten::_weight_int4pack_mm": (LINEAR, (1,), 4),
+}
+_UPDATE_CACHE = ("llama::update_cache", "llama::update_cache_with_indices")
+
+
+def base_name(op: str) -> str:
+    """`ns::name.overload` -> `ns::name`."""
+    ns, _, rest = op.rpartition("::")
+    return f"{ns}::{rest.split('.', 1)[0]}" if ns else rest.split(".", 1)[0]
+
+
+class _PlanGraph:
+    """Producers of a plan's values, for tracing arguments back to constants."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.producer: dict[int, tuple[str, list[int]]] = {}
+        for ins in plan.instructions:
+            if ins.kind == S.KERNEL_CALL and ins.args:
+                self.producer[ins.args[-1]] = (base_name(plan.operators[ins.target]), ins.args)
+
+    def tensor(self, index: int) -> Tensor | None:
+        if 0 <= index < len(self.plan.values):
+            return self.plan.values[index].tensor
+        return None
+
+    def trace(self, index: int, through: tuple[str, ...] = ()) -> tuple[Tensor | None, list[str]]:
+        """The constant behind value `index` (through pass-through and `through` ops), and the ops crossed."""
+        crossed: list[str] = []
+        for _ in range(MAX_TRACE):
+            t = self.tensor(index)
+            if t is not None and t.constant:
+                return t, crossed
+            produced = self.producer.get(index)
+            if produced is None:
+                return None, crossed
+            op, args = produced
+            if op in _PASS_THROUGH or op.startswith(_DEQUANTIZE_PREFIXES) or op.startswith(through):
+                crossed.append(op)
+                index = args[0]
+                continue
+            return None, [*crossed, op]
+        return None, crossed
+
+
+def _positions(kind: str, out: Tensor | None) -> tuple[int | None, bool]:
+    if out is None or not out.sizes:
+        return None, False
+    exact = out.dynamism == S.STATIC
+    sizes = out.sizes
+    if kind == CONV and len(sizes) >= 3 and sizes[1] > 0:  # NCHW (dim order aside, sizes are logical)
+        return out.numel // sizes[1], exact
+    n = 1
+    for d in sizes[:-1]:
+        n *= d
+    return n, exact
+
+
+def _portable_layers(plan: Plan, graph: _PlanGraph, prefix: str) -> list[Layer]:
+    layers = []
+    for ins in plan.instructions:
+        if ins.kind != S.KERNEL_CALL:
+            continue
+        op = base_name(plan.operators[ins.target])
+        spec = _WEIGHT_OPS.get(op)
+        if spec is None:
+            continue
+        kind, candidates, packed_bits = spec
+        weight, crossed, arg = None, [], -1
+        for arg in candidates:
+            if arg < len(ins.args):
+                weight, crossed = graph.trace(ins.args[arg])
+                if weight is not None:
+                    break
+        if weight is None or len(weight.sizes) < 2:
+            continue  # two activations (attention scores) or a 1-D operand: no weight
+        name_s, bits, numeric = S.SCALAR_TYPES.get(weight.scalar_type, (weight.dtype, None, UNKNOWN))
+        shape = tuple(weight.sizes)
+        params = weight.numel
+        dtype = name_s
+        if packed_bits is not None and weight.scalar_type in S.INT8_LIKE and packed_bits < 8:
+            # packed sub-byte values in uint8 storage: the last dimension holds 8/bits values per byte
+            shape = (*shape[:-1], shape[-1] * int(8 // packed_bits))
+            params = weight.numel * int(8 // packed_bits)
+            bits, dtype = packed_bits, f"int{int(packed_bits)} (packed {name_s})"
+        elif packed_bits == 4 and weight.scalar_type == 3:  # _weight_int4pack_mm: 8 values per int32
+            params, bits, dtype = weight.numel * 8, 4, "int4 (packed int32)"
+        quantized = bits is not None and bits <= 8 and numeric in (INT, FLOAT) and weight.scalar_type != 11
+        scale_bytes = 0
+        for index in _scale_args(graph, ins.args[arg] if arg < len(ins.args) else -1, op, ins.args):
+            t = graph.tensor(index)
+            if t is not None and t.constant and t is not weight:
+                scale_bytes += t.nbytes
+        out = graph.tensor(ins.args[-1]) if ins.args else None
+        positions, exact = _positions(kind, out)
+        label = weight.fqn or f"{prefix}{ins.index}:{op}"
+        layers.append(
+            Layer(
+                name=label,
+                kind=kind,
+                shape=shape,
+                dtype=dtype,
+                bits=float(bits) if bits is not None else None,
+                numeric=numeric,
+                quantized=quantized,
+                params=params,
+                weight_bytes=weight.nbytes + scale_bytes,
+                out_positions=None if kind == EMBEDDING else positions,
+                out_positions_exact=exact,
+                compute=out.dtype if out is not None else None,
+                position=ins.index,
+                detail={"op": plan.operators[ins.target], "via": crossed, "method": plan.name}
+                if crossed
+                else {"op": plan.operators[ins.target], "method": plan.name},
+            )
+        )
+    return layers
+
+
+def _scale_args(graph: _PlanGraph, weight_arg: int, op: str, args: list[int]) -> list[int]:
+    """Value indices of the scales / zero points that encode a weight (for bits per weight)."""
+    if op.startswith("quantized_decomposed::embedding_") or op == "quantized_decomposed::mixed_linear":
+        return args[1:3] if op.startswith("quantized_decomposed::embedding_") else args[2:4]
+    out = []
+    index = weight_arg
+    for _ in range(MAX_TRACE):
+        produced = graph.producer.get(index)
+        if produced is None:
+            break
+        name, pargs = produced
+        if name.startswith(_DEQUANTIZE_PREFIXES):
+            out.extend(pargs[1:3])
+        elif name not in _PASS_THROUGH:
+            break
+        index = pargs[0]
+    return out
+
+
+def _xnnpack_layers(payload: Any, prefix: str, position: int, method: str) -> list[Layer]:
+    layers = []
+    for n, op in enumerate(payload.weight_ops()):
+        w = op.weight
+        if w is None or not op.weight_constant:
+            continue
+        scale_bytes = 0
+        q = w.quant
+        if q is not None and q.scale_buffer_idx and 0 <= q.scale_buffer_idx < len(payload.constant_data):
+            scale_bytes = payload.constant_data[q.scale_buffer_idx].size
+        positions = op.positions
+        kind = LINEAR if op.kind in ("fully_connected", "batch_matmul") else CONV
+        layers.append(
+            Layer(
+                name=f"{prefix}{op.kind}#{n}",
+                kind=kind,
+                shape=tuple(w.dims),
+                dtype=w.datatype,
+                bits=float(w.bits) if w.bits is not None else None,
+                numeric=w.numeric if w.numeric in (INT, FLOAT) else UNKNOWN,
+                quantized=w.quantized,
+                params=op.params,
+                weight_bytes=(w.constant_size + scale_bytes) if w.constant_size is not None else None,
+                out_positions=positions,
+                out_positions_exact=positions is not None,
+                compute=op.compute,
+                position=position,
+                detail={
+                    "backend": XNNPACK,
+                    "node": op.node.index,
+                    "input": op.input.datatype if op.input is not None else None,
+                    "method": method,
+                    **({"quant": q.to_dict()} if q is not None else {}),
+                },
+            )
+        )
+    return layers
+
+
+def _opaque_layer(prefix: str, backend: str, position: int, size: int | None, method: str) -> Layer:
+    """An opaque delegate: its share is `unknown`, never quantized, never float."""
+    return Layer(
+        name=prefix.rstrip("/"),
+        kind=LINEAR,
+        shape=(),
+        dtype="opaque",
+        bits=None,
+        numeric=UNKNOWN,
+        quantized=None,
+        params=0,
+        out_positions=None,
+        position=position,
+        detail={"backend": backend, "payload_bytes": size, "method": method},
+    )
+
+
+def _kv_cache(plan: Plan, graph: _PlanGraph) -> list[tuple[int, Tensor, bool, int]]:
+    """(value index, buffer, quantized, quantize ops) of the buffers `llama::update_cache` writes."""
+    out: dict[int, tuple[Tensor, bool, int]] = {}
+    for ins in plan.instructions:
+        if ins.kind != S.KERNEL_CALL or base_name(plan.operators[ins.target]) not in _UPDATE_CACHE:
+            continue
+        if len(ins.args) < 2:
+            continue
+        cache = graph.tensor(ins.args[1])
+        if cache is None:
+            continue
+        # the value written comes from a quantize op (through copies) -> a quantized cache
+        index, quantize_ops = ins.args[0], 0
+        for _ in range(MAX_TRACE):
+            produced = graph.producer.get(index)
+            if produced is None:
+                break
+            name, pargs = produced
+            if name.startswith(_QUANTIZE_PREFIXES):
+                quantize_ops = 1
+                break
+            if name not in _PASS_THROUGH:
+                break
+            index = pargs[0]
+        quantized = bool(quantize_ops) and cache.scalar_type in S.INT8_LIKE
+        prev = out.get(ins.args[1])
+        out[ins.args[1]] = (cache, quantized or (prev[1] if prev else False), quantize_ops + (prev[2] if prev else 0))
+    return [(i, *v) for i, v in out.items()]
+
+
+def _kv_metric(found: list[tuple[int, Tensor, bool, int]]) -> dict[str, Any] | None:
+    if not found:
+        return None
+    quantized = [f for f in found if f[2]]
+    # with a quantized cache, the other int8/fp buffers it writes are its zero points and scales
+    buffers = quantized or found
+    dtypes: dict[str, int] = {}
+    for _, t, _, _ in buffers:
+        dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
+    return {
+        "quantized": bool(quantized),
+        "buffers": len(buffers),
+        "elements": sum(t.numel for _, t, _, _ in buffers),
+        "bytes": sum(t.nbytes for _, t, _, _ in buffers),
+        "dtypes": dtypes,
+        "quantize_ops": sum(q for _, _, _, q in buffers),
+        "names": [t.fqn or f"value {i}" for i, t, _, _ in buffers][:64],
+        "auxiliary_buffers": len(found) - len(buffers),
+    }
+
+
+def _params_total(prog: Program) -> int:
+    seen: set[Any] = set()
+    total = 0
+    for plan in prog.plans:
+        for v in plan.values:
+            t = v.tensor
+            if t is None or not t.constant:
+                continue
+            key = ("fqn", t.fqn) if t.external else ("buf", t.data_buffer_idx)
+            if key not in seen:
+                seen.add(key)
+                total += t.numel
+    return total
+
+
+def attach(prog: Program, view: View, inv: Inventory) -> None:
+    """Fill `inv.layers`, `params_total` and the PTE metrics from a parsed program."""
+    layers: list[Layer] = []
+    metrics: dict[str, Any] = {}
+    delegates: dict[str, int] = {}
+    opaque_bytes = 0
+    xnn_params = 0
+    payloads: dict[tuple[int, int], Any] = {}
+    kv: list[tuple[int, Tensor, bool, int]] = []
+    multi = len(prog.plans) > 1
+    for plan in prog.plans:
+        graph = _PlanGraph(plan)
+        prefix = f"{plan.name}/" if multi else ""
+        layers.extend(_portable_layers(plan, graph, prefix))
+        kv.extend(_kv_cache(plan, graph))
+        called: dict[int, int] = {}
+        for ins in plan.instructions:
+            if ins.kind == S.DELEGATE_CALL:
+                called.setdefault(ins.target, ins.index)
+        for d_index, position in sorted(called.items(), key=lambda kv_: kv_[1]):
+            d = plan.delegates[d_index]
+            delegates[d.backend] = delegates.get(d.backend, 0) + 1
+            dprefix = f"{prefix}{position}:{d.backend}[{d_index}]/"
+            if d.backend != XNNPACK or d.span is None:
+                opaque_bytes += d.span[1] if d.span else 0
+                layers.append(_opaque_layer(dprefix, d.backend, position, d.span[1] if d.span else None, plan.name))
+                continue
+            payload = payloads.get(d.span)
+            if payload is None:
+                from quantgate.formats.xnnpack import read_payload
+
+                start, size = d.span
+                data = memoryview(view.buf)[start : start + size] if size else b""
+                payload = read_payload(data, base_offset=start, budget=Budget.for_size(size))
+                if isinstance(data, memoryview):
+                    data.release()  # the mmap cannot close while a view of it is exported
+                payloads[d.span] = payload
+                for finding in payload.findings:
+                    prog.add(finding)
+                xnn_params += sum(v.numel for v in payload.values if v.is_constant)
+            layers.extend(_xnnpack_layers(payload, dprefix, position, plan.name))
+    inv.layers = layers
+    inv.params_total = _params_total(prog) + xnn_params
+    if delegates:
+        metrics["delegates"] = delegates
+    unknown = [x for x in layers if x.quantized is None]
+    if unknown or delegates:
+        metrics["opaque_delegates"] = len(unknown)
+        metrics["opaque_delegate_bytes"] = opaque_bytes
+    kv_metric = _kv_metric(kv)
+    if kv_metric is not None:
+        metrics["kv_cache"] = kv_metric
+    inv.metrics = metrics
