@@ -14,10 +14,12 @@ from quantgate.validators.base import Guard
 GUARD_MODULES: dict[str, str] = {
     "integrity": "quantgate.validators.integrity",
     "size-heuristic": "quantgate.validators.size_heuristic",
+    "pte-program": "quantgate.validators.pte_program",
     "pte-inspector": "quantgate.validators.pte_inspector",
     "onnx-dtypes": "quantgate.validators.onnx_dtypes",
     "gguf-dtypes": "quantgate.validators.gguf_dtypes",
     "safetensors-dtypes": "quantgate.validators.safetensors_dtypes",
+    "fidelity": "quantgate.validators.fidelity",
     "manifest": "quantgate.validators.manifest",
 }
 
