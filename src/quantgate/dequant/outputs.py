@@ -1,0 +1,162 @@
+"""Output fidelity for ONNX: both models run by onnxruntime on the same seeded inputs.
+
+Inputs come from the reference's input signature: float inputs are standard normal, integer inputs
+(token ids, indices) are uniform in [0, high) where `high` is the smallest row count of the tables
+a Gather reads with them (so every id is in range), else 2; symbolic dims take `dynamic_dim`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from quantgate.dequant.metrics import Stats, top1_agreement
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+class OutputsError(Exception):
+    def __init__(self, code: str, message: str, side: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.side = side
+
+
+def index_ranges(path: str) -> dict[str, int]:
+    """Graph input name -> rows of the smallest constant table a Gather indexes with it."""
+    from quantgate.formats import onnx as reader
+
+    model, _ = reader.scan(path)
+    consts = {t.name: t for t in model.tensors}
+    produced = {out: n for n in model.nodes for out in n.outputs if out}
+    highs: dict[str, int] = {}
+    for node in model.nodes:
+        if node.op_type not in ("Gather", "GatherBlockQuantized") or len(node.inputs) < 2:
+            continue
+        source, depth = node.inputs[0], 0
+        while source not in consts and source in produced and depth < 8:  # through DequantizeLinear
+            source, depth = produced[source].inputs[0] if produced[source].inputs else "", depth + 1
+        table = consts.get(source)
+        axis = node.attr_int("gather_axis" if node.op_type == "GatherBlockQuantized" else "axis", 0) or 0
+        if table is not None and table.dims and 0 <= axis < len(table.dims) and table.dims[axis] > 0:
+            name = node.inputs[1]
+            highs[name] = min(highs.get(name, table.dims[axis]), table.dims[axis])
+    return highs
+
+
+def make_inputs(session: Any, highs: dict[str, int], rng: np.random.Generator, dynamic_dim: int) -> dict[str, Any]:
+    feeds: dict[str, Any] = {}
+    for arg in session.get_inputs():
+        dtype = _ORT_TYPES.get(arg.type)
+        if dtype is None:
+            raise OutputsError("FIDELITY_OUTPUTS_UNAVAILABLE", f"input {arg.name!r} has type {arg.type}, which "
+                               "the input builder does not make")
+        shape = [d if isinstance(d, int) and d > 0 else dynamic_dim for d in (arg.shape or [])]
+        if np.issubdtype(dtype, np.floating):
+            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype is np.bool_:
+            feeds[arg.name] = np.zeros(shape, dtype=np.bool_)
+        else:
+            high = max(1, min(highs.get(arg.name, 2), int(np.iinfo(dtype).max)))
+            feeds[arg.name] = rng.integers(0, high, size=shape).astype(dtype)
+    return feeds
+
+
+def _session(ort: Any, path: str, side: str) -> Any:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise OutputsError("FIDELITY_RUNTIME_FAILED", f"onnxruntime cannot load the {side}: {exc}", side) from None
+
+
+def compare_outputs(ref_runs: list[list[np.ndarray]], art_runs: list[list[np.ndarray]],
+                    names: list[str]) -> dict[str, Any]:
+    """Per output: cosine, SQNR, max abs error, top-1 agreement over all runs; then the worst of each."""
+    per_output = []
+    for i, name in enumerate(names):
+        stats = Stats()
+        agree: list[float] = []
+        for ref, art in zip(ref_runs, art_runs):
+            a, b = np.asarray(ref[i]), np.asarray(art[i])
+            if a.shape != b.shape:
+                raise OutputsError("FIDELITY_OUTPUT_MISMATCH", f"output {name!r} has shape {list(b.shape)} in the "
+                                   f"artifact and {list(a.shape)} in the reference")
+            if not np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_:
+                continue
+            stats.update(a.astype(np.float64), b.astype(np.float64))
+            if np.issubdtype(a.dtype, np.floating):
+                t1 = top1_agreement(a, b)
+                if t1 is not None:
+                    agree.append(t1)
+        row: dict[str, Any] = {"name": name, **stats.to_dict(), "elements": stats.count}
+        if stats.nonfinite:
+            row["nonfinite"] = stats.nonfinite
+        if agree:
+            row["top1_agreement"] = round(float(np.mean(agree)), 8)
+        per_output.append(row)
+    out: dict[str, Any] = {
+        "cosine": min(r["cosine"] for r in per_output),
+        "sqnr_db": min(r["sqnr_db"] for r in per_output),
+        "max_abs_error": max(r["max_abs_error"] for r in per_output),
+        "rel_error": max(r["rel_error"] for r in per_output),
+    }
+    t1s = [r["top1_agreement"] for r in per_output if "top1_agreement" in r]
+    if t1s:
+        out["top1_agreement"] = min(t1s)
+    out["count"] = len(per_output)
+    out["per_output"] = per_output
+    return out
+
+
+def onnx_outputs(ref_path: str, art_path: str, *, samples: int, seed: int, dynamic_dim: int,
+                 int_high: int | None = None) -> dict[str, Any]:
+    """Run both models `samples` times on the same seeded inputs; raises OutputsError."""
+    import onnxruntime as ort
+
+    ref = _session(ort, ref_path, "reference")
+    art = _session(ort, art_path, "artifact")
+    ref_inputs = {(a.name, a.type) for a in ref.get_inputs()}
+    art_inputs = {(a.name, a.type) for a in art.get_inputs()}
+    if ref_inputs != art_inputs:
+        raise OutputsError("FIDELITY_OUTPUT_MISMATCH", f"the models take different inputs: artifact "
+                           f"{sorted(art_inputs)}, reference {sorted(ref_inputs)}")
+    ref_names = [o.name for o in ref.get_outputs()]
+    art_names = [o.name for o in art.get_outputs()]
+    if len(ref_names) != len(art_names):
+        raise OutputsError("FIDELITY_OUTPUT_MISMATCH", f"the artifact has {len(art_names)} outputs, the "
+                           f"reference {len(ref_names)}")
+    highs = index_ranges(ref_path)
+    if int_high is not None:
+        highs = {k: min(v, int_high) for k, v in highs.items()} | {a.name: int_high for a in ref.get_inputs()
+                                                                  if a.name not in highs}
+    rng = np.random.default_rng(seed)
+    ref_runs, art_runs = [], []
+    for _ in range(samples):
+        feeds = make_inputs(ref, highs, rng, dynamic_dim)
+        for side, session, runs in (("reference", ref, ref_runs), ("artifact", art, art_runs)):
+            try:
+                runs.append(session.run(None, feeds))
+            except Exception as exc:
+                raise OutputsError("FIDELITY_RUNTIME_FAILED", f"onnxruntime failed to run the {side}: {exc}",
+                                   side) from None
+    names = art_names if art_names == ref_names else ref_names
+    result = compare_outputs(ref_runs, art_runs, names)
+    result["samples"] = samples
+    result["seed"] = seed
+    result["runtime"] = f"onnxruntime {ort.__version__}"
+    return result

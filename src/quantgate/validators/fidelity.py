@@ -1,0 +1,430 @@
+"""`fidelity`: how far a quantized artifact is from the float artifact it was made from.
+
+The reference is named, first match wins, by `--param reference=PATH` (relative to the working
+directory), by the policy (`[guards.fidelity] reference = "float.gguf"`, relative to the policy's
+folder, or `references = {"*-q8_0.gguf" = "{1}-f16.gguf"}`: the first glob matching the artifact's
+file name, its `*`/`?` captures as `{1}`, `{2}`..., `{name}` and `{stem}` for the file name with and
+without its extension, resolved in the artifact's folder), or by a release manifest beside it (an
+artifact entry's `reference`). With none the guard SKIPs `no_reference`.
+
+Weights: each weight tensor (2+ dims) of the artifact is paired by name with the reference's (GGUF
+tensor names, safetensors module names, ONNX initializer names with the quantizer's `_quantized` /
+`_Q4` / `_DQ_Q4` suffixes removed), both are dequantized to float (`quantgate.dequant`) and compared
+(`quantgate.dequant.metrics`: cosine, SQNR, relative L2 error, max abs error). A tensor above
+`max_elements` (default 2^22) is compared on evenly spaced rows, in chunks, so memory stays bounded
+whatever the model size; the result says which layers were sampled. Names or shapes that do not
+match, or weights that are unrelated (median cosine < 0.5), are FIDELITY_PAIR_MISMATCH and no
+number is reported.
+
+Outputs: ONNX pairs are run by onnxruntime on the same seeded inputs, `.pte` pairs by the ExecuTorch
+runtime in a child process (`quantgate.runtime.pte_outputs`): `outputs.cosine` (worst output),
+`outputs.sqnr_db`, `outputs.max_abs_error`, `outputs.top1_agreement` (argmax over the last axis).
+
+`size_ratio` = reference bytes / artifact bytes (ONNX external data included).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import statistics
+from pathlib import Path
+from typing import Any
+
+from quantgate import findings as F
+from quantgate.findings import Finding
+from quantgate.formats.sniff import MODEL_FORMATS
+from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
+
+NO_REFERENCE = "no_reference"
+DEFAULT_MAX_ELEMENTS = 1 << 22  # per layer; above it rows are sampled
+CHUNK_ELEMENTS = 1 << 20  # elements decoded at once per side
+TRANSPOSED_MAX_ELEMENTS = 1 << 24  # a pair stored transposed is compared whole, up to this size
+UNRELATED_COSINE = 0.5  # no real quantizer at >= 2 bits leaves the median layer this far off
+MIN_PAIRED_SHARE = 0.5
+MAX_PER_LAYER = 5000
+WORST_SHOWN = 3
+NAMES_SHOWN = 5
+
+FINDING_CODES = {
+    "FIDELITY_PAIR_MISMATCH": "The reference is not the model the artifact was made from: no weight names in "
+    "common, fewer than half of the artifact's weights paired, shapes that differ for the same name, or "
+    "unrelated weights (median layer cosine below 0.5). No fidelity number is reported.",
+    "FIDELITY_LAYER_UNPAIRED": "Some weights of the artifact have no counterpart in the reference, or the other "
+    "way round (warning): they are not measured.",
+    "FIDELITY_UNSUPPORTED_ENCODING": "A weight's storage has no dequantizer in quantgate (warning): the layer is "
+    "not measured.",
+    "FIDELITY_DEQUANT_FAILED": "A quantized weight cannot be decoded: its scales or zero points are missing or "
+    "have the wrong shape, or its bytes run past the data.",
+    "FIDELITY_NOT_FINITE": "Dequantized weights hold NaN or Inf values (e.g. an Inf scale).",
+    "FIDELITY_SAMPLED": "Layers above the size cap were compared on evenly spaced rows, not whole (info).",
+    "FIDELITY_WORST_LAYERS": "The layers furthest from the reference, by SQNR (info).",
+    "FIDELITY_OUTPUTS_UNAVAILABLE": "Output fidelity was not measured: no runtime for the format is installed, "
+    "the pair is not of one format, or an input cannot be built (info).",
+    "FIDELITY_RUNTIME_FAILED": "The runtime could not load or run the artifact (or the reference) on inputs "
+    "built from its signature.",
+    "FIDELITY_OUTPUT_MISMATCH": "The artifact and the reference take different inputs or give outputs of "
+    "different number or shape.",
+    "FIDELITY_WEIGHTS_UNAVAILABLE": "Weight fidelity is not implemented for this format (ExecuTorch .pte); "
+    "only outputs are compared (info).",
+}
+
+_ONNX_SUFFIX = re.compile(r"(?:_DQ)?(?:_quantized|_Q\d+|_q\d+)$")
+
+
+def onnx_key(name: str) -> str:
+    """`fc1.weight_quantized`, `fc1.weight_Q4`, `fc1.weight_DQ_Q4` -> `fc1.weight`."""
+    return _ONNX_SUFFIX.sub("", name) or name
+
+
+# ------------------------------------------------------------------------------------------------
+# the reference
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A shell glob whose `*` and `?` become capture groups ({1}, {2}... in the template)."""
+    out = []
+    for ch in pattern:
+        if ch == "*":
+            out.append("(.*)")
+        elif ch == "?":
+            out.append("(.)")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out) + r"\Z")
+
+
+def map_reference(artifact_path: str, references: dict[str, str]) -> str | None:
+    """The reference a `references` mapping gives for an artifact, or None when no pattern matches."""
+    name = os.path.basename(artifact_path)
+    for pattern, template in references.items():
+        match = _glob_regex(pattern).match(name)
+        if not match or not fnmatch.fnmatchcase(name, pattern):
+            continue
+        values = {"name": name, "stem": os.path.splitext(name)[0]}
+        values.update({str(i): g for i, g in enumerate(match.groups(), start=1)})
+        try:
+            target = str(template).format_map(values)
+        except (KeyError, IndexError, ValueError):
+            target = str(template)
+        return os.path.join(os.path.dirname(artifact_path), target)
+    return None
+
+
+def resolve_reference(ctx: GuardContext, config: GuardConfig) -> tuple[str | None, str]:
+    """(path, where it came from) or (None, why there is none)."""
+    given = config.param("reference")
+    if isinstance(given, str) and given:
+        return os.path.abspath(given), "param"
+    references = config.param("references")
+    if isinstance(references, dict) and references:
+        mapped = map_reference(ctx.path, references)
+        if mapped:
+            return os.path.abspath(mapped), "policy references"
+    hinted = ctx.hints.get("reference")
+    if isinstance(hinted, str) and hinted:
+        return hinted, "manifest"
+    return None, (
+        "no reference artifact: pass --param reference=FLOAT_FILE, set reference (or a references "
+        "pattern mapping) in [guards.fidelity], or add `reference` to the artifact's manifest entry"
+    )
+
+
+def _size_with_external(path: str, fmt: str) -> int:
+    size = os.path.getsize(path)
+    if fmt == "onnx":
+        from quantgate.formats import read_inventory
+
+        inventory = read_inventory(path, fmt)
+        folder = os.path.dirname(path)
+        for location in (inventory.facts.get("external_data_files") or []) if inventory else []:
+            candidate = os.path.join(folder, location)
+            if os.path.isfile(candidate):
+                size += os.path.getsize(candidate)
+    return size
+
+
+# ------------------------------------------------------------------------------------------------
+# weights
+
+
+def _sample_rows(rows: int, cols: int, max_elements: int) -> tuple[Any, bool]:
+    import numpy as np
+
+    if rows * cols <= max_elements:
+        return np.arange(rows, dtype=np.int64), False
+    n = max(1, min(rows, max_elements // max(1, cols)))
+    return np.unique(np.linspace(0, rows - 1, n).round().astype(np.int64)), True
+
+
+def _compare_pair(ref: Any, art: Any, max_elements: int) -> tuple[Any, int | None]:
+    """Stats of one pair and the number of rows compared when sampled (None when whole)."""
+    from quantgate.dequant.metrics import Stats
+
+    stats = Stats()
+    if ref.shape != art.shape:  # stored transposed (a 2-D pair across formats): compared whole
+        a = ref.load().reshape(ref.shape)
+        b = art.load().reshape(art.shape).T
+        stats.update(a, b)
+        return stats, None
+    rows, sampled = _sample_rows(ref.rows, ref.cols, max_elements)
+    step = max(1, CHUNK_ELEMENTS // max(1, ref.cols))
+    for start in range(0, len(rows), step):
+        chunk = rows[start:start + step]
+        stats.update(ref.load(chunk), art.load(chunk))
+    return stats, len(rows) if sampled else None
+
+
+def _shown(names: list[str]) -> str:
+    head = ", ".join(names[:NAMES_SHOWN])
+    return head + (f" (+{len(names) - NAMES_SHOWN} more)" if len(names) > NAMES_SHOWN else "")
+
+
+def weight_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, config: GuardConfig,
+                    findings: list[Finding]) -> dict[str, Any] | None:
+    """The `weights` metrics, or None when nothing could be measured (findings say why)."""
+    from quantgate.dequant import BROKEN, DequantError, open_weights
+
+    max_elements = int(config.param("max_elements", DEFAULT_MAX_ELEMENTS))
+    sets = []
+    for path, fmt, side in ((art_path, art_fmt, "artifact"), (ref_path, ref_fmt, "reference")):
+        try:
+            sets.append(open_weights(path, fmt))
+        except DequantError as exc:
+            findings.append(F.error(exc.code, f"the {side}'s weights cannot be read: {exc.message}"))
+            for ws in sets:
+                ws.close()
+            return None
+    art, ref = sets
+    try:
+        return _measure_weights(art, ref, max_elements, findings, BROKEN, DequantError)
+    finally:
+        art.close()
+        ref.close()
+
+
+def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Finding], broken_code: str,
+                     dequant_error: type[Exception]) -> dict[str, Any] | None:
+    for code, tensor, message in art.problems:
+        maker = F.error if code == broken_code else F.warning
+        findings.append(maker(code, message, tensor=tensor))
+    art_keys = list(art.weights)
+    common = [k for k in art_keys if k in ref.weights]
+    if not common:
+        findings.append(F.error(
+            "FIDELITY_PAIR_MISMATCH",
+            f"no weight of the artifact has a counterpart by name in the reference (artifact: "
+            f"{_shown(art_keys)}; reference: {_shown(list(ref.weights))}): is this the model it was made from?"))
+        return None
+    bad_shapes = []
+    for key in common:
+        a, r = art.weights[key], ref.weights[key]
+        transposed = len(a.shape) == 2 and tuple(reversed(a.shape)) == r.shape and a.numel <= TRANSPOSED_MAX_ELEMENTS
+        if a.shape != r.shape and not transposed:
+            bad_shapes.append(f"{key} {list(a.shape)} vs {list(r.shape)}")
+    if bad_shapes:
+        findings.append(F.error(
+            "FIDELITY_PAIR_MISMATCH",
+            f"{len(bad_shapes)} weight(s) have other shapes in the reference: {_shown(bad_shapes)}; the "
+            "reference is a different model"))
+        return None
+    if len(common) < MIN_PAIRED_SHARE * len(art_keys):
+        findings.append(F.error(
+            "FIDELITY_PAIR_MISMATCH",
+            f"only {len(common)} of the artifact's {len(art_keys)} weights have a counterpart in the reference"))
+        return None
+    unpaired = [k for k in art_keys if k not in ref.weights]
+    missing = [k for k in ref.weights if k not in art.weights]
+    if unpaired:
+        findings.append(F.warning("FIDELITY_LAYER_UNPAIRED", f"{len(unpaired)} weight(s) of the artifact are not "
+                                  f"in the reference and were not measured: {_shown(unpaired)}"))
+    if missing:
+        findings.append(F.warning("FIDELITY_LAYER_UNPAIRED", f"{len(missing)} weight(s) of the reference are not "
+                                  f"in the artifact: {_shown(missing)}"))
+
+    rows: list[dict[str, Any]] = []
+    total = None
+    sampled: list[str] = []
+    for key in common:
+        a, r = art.weights[key], ref.weights[key]
+        try:
+            stats, sampled_rows = _compare_pair(r, a, max_elements)
+        except dequant_error as exc:
+            code = getattr(exc, "code", broken_code)
+            maker = F.error if code == broken_code else F.warning
+            findings.append(maker(code, f"{key}: {getattr(exc, 'message', exc)}", tensor=key))
+            continue
+        except (ValueError, IndexError, TypeError) as exc:  # bytes that do not fit the layout
+            findings.append(F.error(broken_code, f"{key}: cannot be decoded: {exc}", tensor=key))
+            continue
+        row: dict[str, Any] = {"name": key, "shape": list(a.shape), "encoding": a.encoding,
+                               "reference_encoding": r.encoding, "quantized": a.quantized, **stats.to_dict()}
+        if sampled_rows is not None:
+            row["sampled_rows"] = sampled_rows
+            sampled.append(key)
+        if stats.nonfinite:
+            row["nonfinite"] = stats.nonfinite
+            findings.append(F.error("FIDELITY_NOT_FINITE", f"{key}: {stats.nonfinite} value(s) are NaN or Inf "
+                                    "after dequantization (left out of the numbers)", tensor=key))
+        rows.append(row)
+        if total is None:
+            total = stats
+        else:
+            total.merge(stats)
+    if not rows or total is None:
+        return None
+    cosines = [row["cosine"] for row in rows]
+    if len(rows) >= 1 and statistics.median(cosines) < UNRELATED_COSINE:
+        findings.append(F.error(
+            "FIDELITY_PAIR_MISMATCH",
+            f"the weights are unrelated to the reference's: median layer cosine {statistics.median(cosines):.3f} "
+            f"over {len(rows)} layers (a quantized copy stays near 1); is this the model it was made from?"))
+        return None
+    worst = sorted(rows, key=lambda row: row["sqnr_db"])[:WORST_SHOWN]
+    findings.append(F.info("FIDELITY_WORST_LAYERS", "worst layers by SQNR: " + "; ".join(
+        f"{row['name']} {row['sqnr_db']:.2f} dB (cosine {row['cosine']:.5f}, rel. error {row['rel_error']:.4g})"
+        for row in worst), tensor=worst[0]["name"]))
+    if sampled:
+        findings.append(F.info("FIDELITY_SAMPLED", f"{len(sampled)} layer(s) above {max_elements:,} elements were "
+                               f"compared on evenly spaced rows: {_shown(sampled)}"))
+    sqnrs = [row["sqnr_db"] for row in rows]
+    rels = [row["rel_error"] for row in rows]
+    return {
+        "layers": len(rows),
+        "quantized_layers": sum(1 for row in rows if row["quantized"]),
+        "sampled_layers": len(sampled),
+        "cosine": {"min": min(cosines), "mean": round(statistics.fmean(cosines), 8)},
+        "sqnr_db": {"min": min(sqnrs), "mean": round(statistics.fmean(sqnrs), 4),
+                    "overall": round(total.sqnr_db, 4)},
+        "rel_error": {"max": max(rels), "mean": round(statistics.fmean(rels), 8)},
+        "max_abs_error": max(row["max_abs_error"] for row in rows),
+        "worst": [row["name"] for row in worst],
+        "per_layer": rows[:MAX_PER_LAYER],
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+
+
+def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, config: GuardConfig,
+                    findings: list[Finding]) -> dict[str, Any] | None:
+    if str(config.param("outputs", "true")).lower() in ("false", "0", "no", "off"):
+        return None
+    if art_fmt != ref_fmt:
+        findings.append(F.info("FIDELITY_OUTPUTS_UNAVAILABLE", f"outputs are compared only between artifacts of one "
+                               f"format ({art_fmt} vs {ref_fmt})"))
+        return None
+    samples = max(1, int(config.param("samples", 4)))
+    seed = int(config.param("seed", 0))
+    if art_fmt == "onnx":
+        import importlib.util
+
+        if importlib.util.find_spec("onnxruntime") is None:
+            findings.append(F.info("FIDELITY_OUTPUTS_UNAVAILABLE", "onnxruntime is not installed: "
+                                   "pip install 'quantgate[fidelity]' to compare outputs"))
+            return None
+        from quantgate.dequant.outputs import OutputsError, onnx_outputs
+
+        int_high = config.param("int_high")
+        try:
+            return onnx_outputs(ref_path, art_path, samples=samples, seed=seed,
+                                dynamic_dim=int(config.param("dynamic_dim", 1)),
+                                int_high=int(int_high) if int_high is not None else None)
+        except OutputsError as exc:
+            maker = F.info if exc.code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
+            findings.append(maker(exc.code, exc.message))
+            return None
+    if art_fmt == "pte":
+        from quantgate.runtime.pte_outputs import run_outputs
+
+        run = run_outputs(ref_path, art_path, samples=samples, timeout_s=float(config.param("timeout", 300)),
+                          method=config.param("method"))
+        if "finding" in run:
+            code, message = run["finding"]
+            maker = F.info if code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
+            findings.append(maker(code, message))
+            return None
+        return run["outputs"]
+    return None
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def _summary(metrics: dict[str, Any]) -> str:
+    parts = []
+    w = metrics.get("weights")
+    if w:
+        parts.append(f"{w['layers']} layers vs the reference: cosine min {w['cosine']['min']:.5f}, SQNR min "
+                     f"{w['sqnr_db']['min']:.2f} dB / mean {w['sqnr_db']['mean']:.2f} dB (worst {w['worst'][0]})")
+    o = metrics.get("outputs")
+    if o:
+        top1 = f", top-1 {o['top1_agreement']:.3f}" if "top1_agreement" in o else ""
+        parts.append(f"outputs cosine {o['cosine']:.5f}, max abs error {o['max_abs_error']:.4g}{top1}")
+    if "size_ratio" in metrics:
+        parts.append(f"{metrics['size_ratio']:.2f}x smaller")
+    return "; ".join(parts) or "nothing measured"
+
+
+class FidelityGuard(Guard):
+    id = "fidelity"
+    description = ("distance from the float reference: weights dequantized and compared layer by layer "
+                   "(cosine, SQNR, relative error), outputs on seeded inputs (onnxruntime, ExecuTorch), size ratio")
+    needs = "fidelity"
+    requires_modules = ("numpy",)
+    install_hint = "pip install 'quantgate[fidelity]'"
+    formats = ("gguf", "onnx", "safetensors", "pte")
+    needs_structure = True
+
+    def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
+        ref_path, source = resolve_reference(ctx, config)
+        if ref_path is None:
+            return Outcome(skip=(NO_REFERENCE, source))
+        if not os.path.isfile(ref_path):
+            return Outcome(error=("reference_missing", f"the reference {ref_path} (from {source}) is not a file",
+                                  "fix the reference path; it is resolved as the README's fidelity section says"))
+        try:
+            if os.path.samefile(ref_path, ctx.path):
+                return Outcome(skip=("not_applicable", "this artifact is the fidelity reference itself"))
+        except OSError:
+            pass
+        from quantgate.formats import read_inventory
+        from quantgate.formats.sniff import sniff
+
+        ref_fmt = sniff(Path(ref_path)).format
+        if ref_fmt not in MODEL_FORMATS:
+            return Outcome(error=("reference_unreadable", f"the reference {ref_path} is not a model file ({ref_fmt})",
+                                  "point the reference at the float model the artifact was made from"))
+        ref_inventory = read_inventory(ref_path, ref_fmt)
+        if ref_inventory is not None and not ref_inventory.structurally_sound:
+            first = next(f for f in ref_inventory.structural_findings if f.severity == F.ERROR)
+            return Outcome(error=("reference_broken", f"the reference {ref_path} fails integrity: {first.code}: "
+                                  f"{first.message}", "run `quantgate guard integrity` on the reference"))
+
+        findings: list[Finding] = []
+        metrics: dict[str, Any] = {}
+        art_size = _size_with_external(ctx.path, ctx.format)
+        ref_size = _size_with_external(ref_path, ref_fmt)
+        metrics["reference"] = {"path": ref_path, "format": ref_fmt, "size_bytes": ref_size, "source": source}
+        if art_size:
+            metrics["size_ratio"] = round(ref_size / art_size, 6)
+        if str(config.param("weights", "true")).lower() not in ("false", "0", "no", "off"):
+            if "pte" in (ctx.format, ref_fmt):
+                findings.append(F.info("FIDELITY_WEIGHTS_UNAVAILABLE", "weight fidelity is not implemented for "
+                                       ".pte programs; outputs are compared instead"))
+            else:
+                weights = weight_fidelity(ctx.path, ctx.format, ref_path, ref_fmt, config, findings)
+                if weights is not None:
+                    metrics["weights"] = weights
+        if not any(f.code == "FIDELITY_PAIR_MISMATCH" for f in findings):
+            outputs = output_fidelity(ctx.path, ctx.format, ref_path, ref_fmt, config, findings)
+            if outputs is not None:
+                metrics["outputs"] = outputs
+        outcome = Outcome(metrics=metrics, findings=findings)
+        outcome.summary = _summary(metrics)
+        return outcome
+
+
+GUARD = FidelityGuard()
