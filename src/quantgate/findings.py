@@ -89,6 +89,10 @@ FINDING_CODES = {
 }
 
 
+# format helpers that are not readers themselves but emit their own codes (a delegate payload in a .pte)
+HELPER_MODULES = ("quantgate.formats.xnnpack",)
+
+
 def all_finding_codes() -> dict[str, str]:
     """Every stable finding code: the shared ones, each reader's and each guard's FINDING_CODES."""
     import importlib
@@ -97,6 +101,6 @@ def all_finding_codes() -> dict[str, str]:
     from quantgate.validators import GUARD_MODULES
 
     codes = dict(FINDING_CODES)
-    for module_name in [*READERS.values(), *GUARD_MODULES.values()]:
+    for module_name in [*READERS.values(), *GUARD_MODULES.values(), *HELPER_MODULES]:
         codes.update(getattr(importlib.import_module(module_name), "FINDING_CODES", {}))
     return codes

@@ -1,0 +1,721 @@
+"""XNNPACK delegate payloads inside a `.pte`: the `XH00` header and the `XN01` graph, read bounded.
+
+ExecuTorch stores each XNNPACK-delegated subgraph as an opaque blob (`BackendDelegate.processed`,
+inline in `Program.backend_delegate_data` or in a segment). The blob is a 32-byte header
+(4 zero bytes, `XH00`, u16 header length, u32 flatbuffer offset, u32 flatbuffer size, u32 constant
+data offset, u64 constant data size) followed by an `XN01` flatbuffer (`XNNGraph`, the schema in
+executorch/backends/xnnpack/serialization/schema.fbs, 1.5.1) and an optional constant region. Older
+blobs are a bare flatbuffer whose identifier sits where the header magic would.
+
+API, for the PTE reader:
+
+    payload = read_payload(blob, base_offset=<file offset of the blob>, budget=<shared Budget>)
+    payload.findings          every defect, offsets in file coordinates (base_offset + blob position)
+    payload.values            [XValue]: id (id_out), datatype (name), dims, constant_buffer_idx,
+                              named_key / constant_size (from constant_data), flags, external_id,
+                              quant (QuantParams: scheme per_tensor | per_channel | per_channel_group
+                              (group_size = block size) | dynamic, num_scales, channel_dim...),
+                              bits (nominal), quantized (<= 8 bits with scales), numel, is_constant
+    payload.value(id)         the XValue nodes refer to by that id, or None
+    payload.nodes             [XNode]: kind (fully_connected, conv2d, depthwise_conv2d,
+                              conv_transpose2d, batch_matmul, or the union name, e.g. XNNConvert),
+                              ids (every *_id field of the node table), input_id / filter_id /
+                              bias_id / output_id (None when the node has no such field), flags
+    payload.weight_ops()      [WeightOp] for FC / conv / depthwise / transposed conv, and batch
+                              matmul with a constant operand: kind, weight / input / bias / output
+                              XValues, weight_constant, activation_quantized (qint8, quint8, qdint8
+                              or qpint8 input: integer compute with a quantized weight), compute
+                              ("int8", "fp32"...), params (weight elements, packed 4-bit counted
+                              logically) and positions (output positions: 2 x params x positions
+                              = flops; None when the shapes do not say)
+    payload.num_externs, payload.input_ids, payload.output_ids, payload.constant_data
+
+Nothing here raises on bad input: every defect becomes a finding (codes in FINDING_CODES, prefix
+`XNNPACK_`; a visit budget overrun is the shared `READ_BUDGET_EXHAUSTED`), and what was read before
+it stays usable (`payload.complete` says whether the whole graph was read).
+"""
+
+from __future__ import annotations
+
+import mmap
+from dataclasses import dataclass, field
+
+from quantgate import findings as F
+from quantgate.findings import Finding
+from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View
+from quantgate.formats.flatbuffer import FlatBuffer
+
+HEADER_MAGIC = b"XH00"
+IDENTIFIER = b"XN01"  # the 1.5.1 runtime accepts only this identifier
+OLD_IDENTIFIERS = (b"XN00",)  # runtime_schema.fbs; read, but reported
+HEADER_FIELDS_END = 30  # the header's fields end here (padded to 32 by the writer)
+NO_OFFSET = (1 << 64) - 1  # ConstantDataOffset.offset when the data is in the named-data store
+INVALID_ID = (1 << 32) - 1  # XNN_INVALID_VALUE_ID: an absent operand (a FC without bias)
+MAX_DIMS = 16  # XNNPACK's own limit is 6; more is a corrupt value
+FINDINGS_PER_CODE = 20
+
+FINDING_CODES: dict[str, str] = {
+    "XNNPACK_BAD_MAGIC": "An XNNPACK delegate blob has neither the XH00 header nor an XNNPACK flatbuffer identifier.",
+    "XNNPACK_HEADER_INVALID": "The XH00 header is shorter than its fields, declares a header length below 30 "
+    "bytes, or an empty flatbuffer.",
+    "XNNPACK_HEADER_OUT_OF_RANGE": "The XH00 header puts the flatbuffer or the constant data outside the blob, "
+    "over the header, or the constant data before the end of the flatbuffer.",
+    "XNNPACK_BAD_IDENTIFIER": "The delegate graph's flatbuffer identifier is not XN01 (the runtime rejects it).",
+    "XNNPACK_FLATBUFFER_INVALID": "The XNNGraph flatbuffer is malformed: an offset, vtable, vector or string "
+    "outside it, or a misaligned table (the field is named).",
+    "XNNPACK_BAD_UNION_TAG": "A node, value or quantization-parameter union tag that the XNNPACK schema does "
+    "not define.",
+    "XNNPACK_BAD_DATATYPE": "A value's datatype is not an XNNPACK datatype (or is xnn_datatype_invalid).",
+    "XNNPACK_BAD_SHAPE": "A value declares more than 16 dimensions, or num_dims disagrees with its dims (warning).",
+    "XNNPACK_VALUE_ID_OUT_OF_RANGE": "A node, input_ids or output_ids refers to a value id that no value defines.",
+    "XNNPACK_DUPLICATE_VALUE_ID": "Two values declare the same id.",
+    "XNNPACK_CONSTANT_INDEX_OUT_OF_RANGE": "A value's constant_buffer_idx or scale_buffer_idx is beyond the "
+    "graph's constant_data table.",
+    "XNNPACK_CONSTANT_OUT_OF_RANGE": "A constant_data entry's offset and size run past the blob's constant "
+    "region, or it has neither an offset nor a named key.",
+    "XNNPACK_CONSTANT_SIZE_MISMATCH": "A constant value's data is smaller than its shape and datatype need.",
+    "XNNPACK_TOO_MANY_FINDINGS": "More findings of one code than are worth listing; the rest were counted (info).",
+}
+
+# XNNDatatype -> (name, nominal bits, numeric family, quantized): quantized = 8 or fewer bits with
+# scales (DESIGN §4); the 32-bit quantized types are biases
+DATATYPES: dict[int, tuple[str, int, str, bool]] = {
+    1: ("fp32", 32, "float", False),
+    2: ("fp16", 16, "float", False),
+    3: ("qint8", 8, "int", True),
+    4: ("quint8", 8, "int", True),
+    5: ("qint32", 32, "int", False),
+    6: ("qcint8", 8, "int", True),
+    7: ("qcint32", 32, "int", False),
+    8: ("qcint4", 4, "int", True),
+    9: ("qdint8", 8, "int", True),
+    10: ("qbint4", 4, "int", True),
+    11: ("qpint8", 8, "int", True),
+    12: ("int32", 32, "int", False),
+    13: ("pfp32", 32, "float", False),
+    14: ("bf16", 16, "float", False),
+}
+# activations in these types make an FC/conv with a quantized weight an integer kernel (QS8/QU8/QD8/QP8)
+INT_ACTIVATIONS = frozenset({"qint8", "quint8", "qdint8", "qpint8"})
+
+QUANT_SCHEMES = {1: "per_channel", 2: "per_tensor", 3: "dynamic", 4: "per_channel_group"}
+
+# node table layouts: field names in schema order (field id = position)
+_2X1 = ("input1_id", "input2_id", "output_id", "flags")
+_1X1 = ("input_id", "output_id", "flags")
+_FC = ("input1_id", "filter_id", "bias_id", "output_id", "flags")
+_CONV = (
+    "padding_top", "padding_right", "padding_bottom", "padding_left", "kernel_height", "kernel_width",
+    "subsampling_height", "subsampling_width", "dilation_height", "dilation_width", "group_input_channels",
+    "group_output_channels", "groups", "adjustment_height", "adjustment_width",
+    "input1_id", "filter_id", "bias_id", "output_id", "flags",
+)  # fmt: skip
+_POOL = (
+    "padding_top", "padding_right", "padding_bottom", "padding_left", "pooling_height", "pooling_width",
+    "stride_height", "stride_width", "dilation_height", "dilation_width", "input_id", "output_id", "flags",
+)  # fmt: skip
+_TRANSPOSE = ("num_dims", "perm", "input_id", "output_id", "flags")
+_RESIZE = ("new_height", "new_width", "input_id", "output_id", "flags")
+_PAD = ("pre_paddings", "post_paddings", "padding_value", "input_id", "output_id", "flags")
+_RESHAPE = ("num_dims", "new_shape", "input_id", "output_id", "flags")
+_ARGMAX = (
+    "padding_top", "padding_right", "padding_bottom", "padding_left", "pooling_height", "pooling_width",
+    "input_id", "output_value_id", "output_index_id", "flags",
+)  # fmt: skip
+_SLOPE = ("slope", "input_id", "output_id", "flags")  # LeakyReLU negative_slope, ELU alpha
+_CAT = ("axis", "input1_id", "input2_id", "input3_id", "input4_id", "output_id", "flags", "input5_id")
+_SLICE = ("num_dims", "offsets", "sizes", "input_id", "output_id", "flags")
+_SDPA = ("query_id", "key_id", "value_id", "scale_id", "mask_id", "output_id", "flags")
+
+# XNodeUnion tag -> (union name, table layout)
+NODE_TYPES: dict[int, tuple[str, tuple[str, ...]]] = {
+    1: ("XNNAdd", _2X1), 2: ("XNNFullyConnected", _FC), 3: ("XNNSoftmax", _1X1), 4: ("XNNSigmoid", _1X1),
+    5: ("XNNStaticTranspose", _TRANSPOSE), 6: ("XNNClamp", _1X1), 7: ("XNNConv2d", _CONV), 8: ("XNNDiv", _2X1),
+    9: ("XNNStaticResizeBilinear2D", _RESIZE), 10: ("XNNStaticConstantPad", _PAD),
+    11: ("XNNAvgPooling2d", _POOL), 12: ("XNNMinimum", _2X1), 13: ("XNNDepthwiseConv2d", _CONV),
+    14: ("XNNMaxPooling2d", _POOL), 15: ("XNNMultiply", _2X1), 16: ("XNNSubtract", _2X1), 17: ("XNNFloor", _1X1),
+    18: ("XNNConvert", _1X1), 19: ("XNNGlobalAvgPooling2d", _1X1), 20: ("XNNStaticReshape", _RESHAPE),
+    21: ("XNNArgMaxPooling2d", _ARGMAX), 22: ("XNNSquareRoot", _1X1), 23: ("XNNCeiling", _1X1),
+    24: ("XNNHardswish", _1X1), 25: ("XNNLeakyReLU", _SLOPE), 26: ("XNNMaximum", _2X1), 27: ("XNNNegate", _1X1),
+    28: ("XNNSquare", _1X1), 29: ("XNNELU", _SLOPE), 30: ("XNNAbs", _1X1), 31: ("XNNPReLU", _2X1),
+    32: ("XNNConcatenate2", _CAT), 33: ("XNNConcatenate3", _CAT), 34: ("XNNConcatenate4", _CAT),
+    35: ("XNNStaticSlice", _SLICE), 36: ("XNNScaledDotProductAttention", _SDPA),
+    37: ("XNNBatchMatrixMultiply", _2X1), 38: ("XNNConcatenate5", _CAT), 39: ("XNNConvTranspose2d", _CONV),
+    40: ("XNNReciprocalSquareRoot", _1X1), 41: ("XNNLog", _1X1), 42: ("XNNGelu", _1X1), 43: ("XNNTanh", _1X1),
+    44: ("XNNExp", _1X1), 45: ("XNNSin", _1X1), 46: ("XNNCopy", _1X1), 47: ("XNNCos", _1X1),
+}  # fmt: skip
+FULLY_CONNECTED, CONV2D, DEPTHWISE_CONV2D, CONV_TRANSPOSE2D, BATCH_MATMUL = (
+    "fully_connected", "conv2d", "depthwise_conv2d", "conv_transpose2d", "batch_matmul",
+)  # fmt: skip
+WEIGHT_KINDS = {2: FULLY_CONNECTED, 7: CONV2D, 13: DEPTHWISE_CONV2D, 39: CONV_TRANSPOSE2D, 37: BATCH_MATMUL}
+# u32 fields read from node tables besides the ids
+_NODE_SCALARS = frozenset({"flags", "kernel_height", "kernel_width", "groups", "group_input_channels",
+                           "group_output_channels", "num_dims", "axis"})  # fmt: skip
+_CAT_INPUTS = {32: 2, 33: 3, 34: 4, 38: 5}  # ConcatenateN uses input1..inputN only
+XNN_FLAG_TRANSPOSE_WEIGHTS = 0x1  # FC filter stored [in, out] instead of [out, in]
+
+
+@dataclass(slots=True)
+class QuantParams:
+    scheme: str  # per_tensor | per_channel | per_channel_group | dynamic
+    num_scales: int | None = None  # per_tensor: 1; dynamic: None (computed at run time)
+    channel_dim: int | None = None
+    group_size: int | None = None  # per_channel_group: the block size along the input dimension
+    scale_buffer_idx: int | None = None  # constant_data entry of the scale table (0 = inline scales)
+    scale: float | None = None  # per_tensor
+    zero_point: int | None = None  # per_tensor
+    num_nonbatch_dims: int | None = None  # dynamic
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__slots__ if getattr(self, k) is not None}
+
+
+@dataclass(slots=True)
+class XValue:
+    index: int  # position in XNNGraph.xvalues
+    offset: int  # file offset of the value's table
+    id: int  # id_out: what nodes refer to
+    datatype_code: int
+    dims: tuple[int, ...]
+    constant_buffer_idx: int = 0
+    external_id: int = INVALID_ID
+    flags: int = 0  # 1 external input, 2 external output
+    quant: QuantParams | None = None
+    named_key: str | None = None  # filled from constant_data
+    constant_size: int | None = None  # bytes, from constant_data (known even when stored elsewhere)
+
+    @property
+    def datatype(self) -> str:
+        entry = DATATYPES.get(self.datatype_code)
+        return entry[0] if entry else f"datatype{self.datatype_code}"
+
+    @property
+    def bits(self) -> int | None:
+        entry = DATATYPES.get(self.datatype_code)
+        return entry[1] if entry else None
+
+    @property
+    def numeric(self) -> str:
+        entry = DATATYPES.get(self.datatype_code)
+        return entry[2] if entry else "unknown"
+
+    @property
+    def quantized(self) -> bool:
+        entry = DATATYPES.get(self.datatype_code)
+        return bool(entry and entry[3])
+
+    @property
+    def is_constant(self) -> bool:
+        return self.constant_buffer_idx > 0
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.dims:
+            n *= d
+        return n
+
+    def to_dict(self) -> dict:
+        out = {"id": self.id, "datatype": self.datatype, "dims": list(self.dims), "bits": self.bits,
+               "quantized": self.quantized, "constant": self.is_constant, "flags": self.flags}  # fmt: skip
+        if self.constant_buffer_idx:
+            out["constant_buffer_idx"] = self.constant_buffer_idx
+            out["constant_size"] = self.constant_size
+            if self.named_key:
+                out["named_key"] = self.named_key
+        if self.quant is not None:
+            out["quant"] = self.quant.to_dict()
+        return out
+
+
+@dataclass(slots=True)
+class XNode:
+    index: int
+    offset: int
+    tag: int
+    union_name: str
+    ids: dict[str, int] = field(default_factory=dict)  # every *_id field of the node's table
+    params: dict[str, int] = field(default_factory=dict)  # flags, kernel sizes, groups...
+    debug_handle: int = 0
+
+    @property
+    def kind(self) -> str:
+        return WEIGHT_KINDS.get(self.tag, self.union_name)
+
+    @property
+    def flags(self) -> int:
+        return self.params.get("flags", 0)
+
+    def _id(self, name: str) -> int | None:
+        value = self.ids.get(name)
+        return None if value is None or value == INVALID_ID else value
+
+    @property
+    def input_id(self) -> int | None:
+        return self._id("input1_id") if "input1_id" in self.ids else self._id("input_id")
+
+    @property
+    def filter_id(self) -> int | None:
+        return self._id("filter_id") if self.tag != 37 else self._id("input2_id")
+
+    @property
+    def bias_id(self) -> int | None:
+        return self._id("bias_id")
+
+    @property
+    def output_id(self) -> int | None:
+        return self._id("output_id")
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "ids": dict(self.ids), "params": dict(self.params)}
+
+
+@dataclass(slots=True)
+class ConstantData:
+    index: int
+    offset: int  # relative to the constant region; NO_OFFSET when named
+    size: int
+    named_key: str
+
+    @property
+    def named(self) -> bool:
+        return self.offset == NO_OFFSET
+
+
+@dataclass(slots=True)
+class WeightOp:
+    """A weight-bearing XNNPACK node with its operands resolved (DESIGN §4)."""
+
+    node: XNode
+    kind: str
+    weight: XValue | None
+    input: XValue | None
+    bias: XValue | None
+    output: XValue | None
+
+    @property
+    def weight_constant(self) -> bool:
+        return self.weight is not None and self.weight.is_constant
+
+    @property
+    def weight_quantized(self) -> bool:
+        return self.weight is not None and self.weight.quantized
+
+    @property
+    def activation_quantized(self) -> bool:
+        return self.input is not None and self.input.datatype in INT_ACTIVATIONS
+
+    @property
+    def compute(self) -> str | None:
+        """'int8' for an integer kernel (QS8/QD8 x quantized weight), else the activation type."""
+        if self.input is None:
+            return None
+        if self.activation_quantized and self.weight_quantized:
+            return "int8"
+        return self.input.datatype
+
+    @property
+    def params(self) -> int:
+        return self.weight.numel if self.weight is not None else 0
+
+    @property
+    def positions(self) -> int | None:
+        """Output positions: flops = 2 x params x positions (MACs = params x positions)."""
+        if self.weight is None or self.output is None or not self.output.dims or not self.params:
+            return None
+        out = self.output.dims
+        if self.kind in (FULLY_CONNECTED, CONV2D, DEPTHWISE_CONV2D):
+            n = 1
+            for d in out[:-1]:  # NHWC / [..., out_features]
+                n *= d
+            return n
+        if self.kind == CONV_TRANSPOSE2D:
+            # each input pixel scatters the whole kernel: MACs = input N*H*W x params
+            if self.input is None or not self.input.dims:
+                return None
+            n = 1
+            for d in self.input.dims[:-1]:
+                n *= d
+            return n
+        if self.kind == BATCH_MATMUL and len(self.weight.dims) >= 2:
+            # weight [..., K, N], output [..., M, N]: MACs = numel(out) x K = params x positions
+            k = self.weight.dims[-2]
+            total = self.output.numel * k
+            return total // self.params if total % self.params == 0 else None
+        return None
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "node": self.node.index,
+            "weight": self.weight.to_dict() if self.weight else None,
+            "input": self.input.datatype if self.input else None,
+            "output_dims": list(self.output.dims) if self.output else None,
+            "compute": self.compute,
+            "params": self.params,
+            "positions": self.positions,
+        }
+
+
+@dataclass
+class XnnpackPayload:
+    base_offset: int
+    size: int
+    has_header: bool = False
+    header_length: int | None = None
+    flatbuffer_offset: int = 0
+    flatbuffer_size: int = 0
+    constant_data_offset: int = 0
+    constant_data_size: int = 0
+    identifier: bytes = b""
+    version: str = ""
+    num_externs: int = 0
+    input_ids: list[int] = field(default_factory=list)
+    output_ids: list[int] = field(default_factory=list)
+    values: list[XValue] = field(default_factory=list)
+    nodes: list[XNode] = field(default_factory=list)
+    constant_data: list[ConstantData] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+    complete: bool = False  # the whole graph was read
+    _by_id: dict[int, XValue] = field(default_factory=dict, repr=False)
+
+    @property
+    def ok(self) -> bool:
+        return not F.has_errors(self.findings)
+
+    def value(self, value_id: int | None) -> XValue | None:
+        if value_id is None:
+            return None
+        return self._by_id.get(value_id)
+
+    def weight_ops(self) -> list[WeightOp]:
+        """FC, conv, depthwise and transposed conv nodes, and batch matmuls with a constant operand."""
+        out = []
+        for node in self.nodes:
+            kind = WEIGHT_KINDS.get(node.tag)
+            if kind is None:
+                continue
+            inp, weight = self.value(node.input_id), self.value(node.filter_id)
+            if kind == BATCH_MATMUL and (weight is None or not weight.is_constant):
+                if inp is None or not inp.is_constant:
+                    continue  # two activations (attention scores): no weight
+                inp, weight = weight, inp
+            out.append(WeightOp(node, kind, weight, inp, self.value(node.bias_id), self.value(node.output_id)))
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "has_header": self.has_header,
+            "flatbuffer": [self.flatbuffer_offset, self.flatbuffer_size],
+            "constant_data": [self.constant_data_offset, self.constant_data_size],
+            "identifier": self.identifier.decode("ascii", "replace"),
+            "num_externs": self.num_externs,
+            "input_ids": self.input_ids,
+            "output_ids": self.output_ids,
+            "nodes": [n.kind for n in self.nodes],
+            "values": len(self.values),
+            "weight_ops": [w.to_dict() for w in self.weight_ops()],
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+class _Found:
+    """Findings with a per-code cap, so a blob with a million bad ids gives a readable report."""
+
+    def __init__(self, out: list[Finding]):
+        self.out = out
+        self.counts: dict[str, int] = {}
+
+    def add(self, finding: Finding) -> None:
+        n = self.counts.get(finding.code, 0) + 1
+        self.counts[finding.code] = n
+        if n <= FINDINGS_PER_CODE:
+            self.out.append(finding)
+
+    def close(self) -> None:
+        for code, n in self.counts.items():
+            if n > FINDINGS_PER_CODE:
+                self.out.append(F.info("XNNPACK_TOO_MANY_FINDINGS", f"{n - FINDINGS_PER_CODE} more {code} not listed"))
+
+
+class _Reader:
+    def __init__(self, data: bytes | bytearray | memoryview | mmap.mmap, base: int, budget: Budget | None):
+        self.v = View(data)
+        self.base = base
+        self.p = XnnpackPayload(base_offset=base, size=len(self.v))
+        self.found = _Found(self.p.findings)
+        self.budget = budget if budget is not None else Budget.for_size(len(self.v))
+
+    def err(self, code: str, message: str, pos: int | None = None, **loc) -> None:
+        self.found.add(F.error(code, message, offset=None if pos is None else self.base + pos, **loc))
+
+    def warn(self, code: str, message: str, pos: int | None = None, **loc) -> None:
+        self.found.add(F.warning(code, message, offset=None if pos is None else self.base + pos, **loc))
+
+    def fb_error(self, exc: ReadError, what: str) -> None:
+        pos = exc.offset if isinstance(exc.offset, int) else None
+        self.err("XNNPACK_FLATBUFFER_INVALID", f"{what}: {exc.message}", pos, field=exc.field or what)
+
+    # -- header ------------------------------------------------------------------------------
+    def header(self) -> tuple[int, int] | None:
+        """The flatbuffer window, or None when the blob cannot be read further."""
+        v, p, n = self.v, self.p, len(self.v)
+        magic = v.buf[4:8] if n >= 8 else b""
+        if magic == HEADER_MAGIC:
+            p.has_header = True
+            if n < HEADER_FIELDS_END:
+                self.err("XNNPACK_HEADER_INVALID", f"the blob ({n} bytes) is shorter than the XH00 header (30)", 0)
+                return None
+            p.header_length = v.u16(8)
+            p.flatbuffer_offset, p.flatbuffer_size = v.u32(10), v.u32(14)
+            p.constant_data_offset, p.constant_data_size = v.u32(18), v.u64(22)
+            fb_end = p.flatbuffer_offset + p.flatbuffer_size
+            if p.header_length < HEADER_FIELDS_END or p.header_length > n:
+                self.err("XNNPACK_HEADER_INVALID", f"header length {p.header_length} (the fields need 30, "
+                         f"the blob has {n} bytes)", 8)  # fmt: skip
+            if p.flatbuffer_size == 0:
+                self.err("XNNPACK_HEADER_INVALID", "the header declares an empty flatbuffer", 14)
+                return None
+            if p.flatbuffer_offset < HEADER_FIELDS_END or fb_end > n:
+                self.err("XNNPACK_HEADER_OUT_OF_RANGE", f"flatbuffer [{p.flatbuffer_offset}, {fb_end}) lies outside "
+                         f"the blob after its header ([30, {n}))", 10)  # fmt: skip
+                return None
+            cd_end = p.constant_data_offset + p.constant_data_size
+            if p.constant_data_offset < fb_end or cd_end > n:
+                self.err("XNNPACK_HEADER_OUT_OF_RANGE", f"constant data [{p.constant_data_offset}, {cd_end}) is not "
+                         f"between the flatbuffer's end ({fb_end}) and the blob's ({n})", 18)  # fmt: skip
+                p.constant_data_size = 0  # no inline constant is trusted
+            return p.flatbuffer_offset, fb_end
+        if magic == IDENTIFIER or magic in OLD_IDENTIFIERS:
+            # a bare flatbuffer (blobs written before the header existed): no constant region
+            p.flatbuffer_offset, p.flatbuffer_size = 0, n
+            return 0, n
+        shown = bytes(magic).hex() if magic else "nothing"
+        self.err("XNNPACK_BAD_MAGIC", f"bytes 4-7 are {shown}, neither XH00 nor an XNNPACK flatbuffer identifier", 4)
+        return None
+
+    # -- graph -------------------------------------------------------------------------------
+    def graph(self, start: int, end: int) -> None:
+        p = self.p
+        try:
+            fb = FlatBuffer(self.v, self.budget, start, end)
+            p.identifier = fb.identifier()
+            if p.identifier != IDENTIFIER:
+                self.err("XNNPACK_BAD_IDENTIFIER", f"flatbuffer identifier {p.identifier!r}, expected b'XN01'",
+                         start + 4)  # fmt: skip
+            root = fb.root()
+            p.version = fb.string(root, 0, field="XNNGraph.version", limit=64)
+            p.num_externs = int(fb.scalar(root, 3, "u32", field="XNNGraph.num_externs"))
+            p.input_ids = [int(x) for x in fb.scalars(root, 4, "u32", field="XNNGraph.input_ids")]
+            p.output_ids = [int(x) for x in fb.scalars(root, 5, "u32", field="XNNGraph.output_ids")]
+            self.constants(fb, root)
+            self.values(fb, root)
+            self.nodes(fb, root)
+        except BudgetExhausted as exc:
+            self.found.add(F.error("READ_BUDGET_EXHAUSTED", f"XNNPACK graph: {exc.message}", field=exc.field))
+            return
+        except ReadError as exc:
+            self.fb_error(exc, "XNNGraph")
+            return
+        self.cross_check()
+        p.complete = True
+
+    def constants(self, fb: FlatBuffer, root: int) -> None:
+        p = self.p
+        for i, t in enumerate(fb.tables(root, 8, field="XNNGraph.constant_data")):
+            try:
+                entry = ConstantData(
+                    i,
+                    int(fb.scalar(t, 0, "u64", field="ConstantDataOffset.offset")),
+                    int(fb.scalar(t, 1, "u64", field="ConstantDataOffset.size")),
+                    fb.string(t, 2, field="ConstantDataOffset.named_key", limit=256),
+                )
+            except BudgetExhausted:
+                raise
+            except ReadError as exc:
+                self.fb_error(exc, f"constant_data[{i}]")
+                entry = ConstantData(i, NO_OFFSET, 0, "")
+            p.constant_data.append(entry)
+            if i == 0 or (entry.size == 0 and not entry.named_key):
+                continue  # entry 0 is the reserved "not constant" slot
+            if entry.named:
+                if not entry.named_key:
+                    self.err("XNNPACK_CONSTANT_OUT_OF_RANGE", f"constant_data[{i}] has neither an offset nor a named "
+                             "key", t, field=f"constant_data[{i}]")  # fmt: skip
+            elif entry.offset + entry.size > p.constant_data_size:
+                self.err("XNNPACK_CONSTANT_OUT_OF_RANGE", f"constant_data[{i}] [{entry.offset}, "
+                         f"{entry.offset + entry.size}) runs past the constant region ({p.constant_data_size} bytes)",
+                         t, field=f"constant_data[{i}]")  # fmt: skip
+
+    def values(self, fb: FlatBuffer, root: int) -> None:
+        for i, t in enumerate(fb.tables(root, 2, field="XNNGraph.xvalues")):
+            try:
+                value = self.value(fb, t, i)
+            except BudgetExhausted:
+                raise
+            except ReadError as exc:
+                self.fb_error(exc, f"xvalues[{i}]")
+                continue
+            if value is not None:
+                self.p.values.append(value)
+
+    def value(self, fb: FlatBuffer, t: int, i: int) -> XValue | None:
+        where = f"xvalues[{i}]"
+        tag, inner = fb.union(t, 0, field=f"{where}.xvalue_union")
+        if tag not in (1, 2) or inner is None:
+            self.err("XNNPACK_BAD_UNION_TAG", f"{where}: XValueUnion tag {tag}", t, field=where)
+            return None
+        quant = None
+        tensor: int | None = inner
+        if tag == 2:
+            tensor = fb.table(inner, 0, field=f"{where}.tensor_value")
+            qtag, qtable = fb.union(inner, 1, field=f"{where}.quant_params")
+            if qtag != 0:
+                quant = self.quant(fb, qtag, qtable, where, inner)
+            if tensor is None:
+                self.err("XNNPACK_FLATBUFFER_INVALID", f"{where}: quantized value without a tensor_value", inner,
+                         field=where)  # fmt: skip
+                return None
+        assert tensor is not None
+        dt = int(fb.scalar(tensor, 0, "i16", field=f"{where}.datatype"))
+        num_dims = int(fb.scalar(tensor, 1, "u32", field=f"{where}.num_dims"))
+        dims_vec = fb.vector(tensor, 2, 4, field=f"{where}.dims")
+        if dims_vec is not None and dims_vec.count > MAX_DIMS:
+            self.err("XNNPACK_BAD_SHAPE", f"{where}: {dims_vec.count} dims (at most {MAX_DIMS})", tensor, field=where)
+            dims: tuple[int, ...] = ()
+        else:
+            dims = tuple(int(d) for d in fb.scalars(tensor, 2, "u32", field=f"{where}.dims"))
+            if num_dims != len(dims):
+                self.warn("XNNPACK_BAD_SHAPE", f"{where}: num_dims {num_dims} but {len(dims)} dims", tensor,
+                          field=where)  # fmt: skip
+        if dt not in DATATYPES:
+            self.err("XNNPACK_BAD_DATATYPE", f"{where}: datatype {dt}", tensor, field=where)
+        return XValue(
+            index=i,
+            offset=self.base + t,
+            id=int(fb.scalar(tensor, 6, "u32", field=f"{where}.id_out")),
+            datatype_code=dt,
+            dims=dims,
+            constant_buffer_idx=int(fb.scalar(tensor, 3, "u32", field=f"{where}.constant_buffer_idx")),
+            external_id=int(fb.scalar(tensor, 4, "u32", field=f"{where}.external_id")),
+            flags=int(fb.scalar(tensor, 5, "u32", field=f"{where}.flags")),
+            quant=quant,
+        )
+
+    def quant(self, fb: FlatBuffer, tag: int, q: int | None, where: str, pos: int) -> QuantParams | None:
+        scheme = QUANT_SCHEMES.get(tag)
+        if scheme is None or q is None:
+            self.err("XNNPACK_BAD_UNION_TAG", f"{where}: XNNQuantParams tag {tag}", pos, field=f"{where}.quant_params")
+            return None
+        f = f"{where}.quant_params"
+        if scheme == "per_tensor":
+            return QuantParams(scheme, 1, scale=float(fb.scalar(q, 0, "f32", field=f)),
+                               zero_point=int(fb.scalar(q, 1, "i32", field=f)))  # fmt: skip
+        if scheme == "dynamic":
+            return QuantParams(scheme, None, num_nonbatch_dims=int(fb.scalar(q, 0, "i32", field=f)))
+        # per-channel (scale, channel_dim, scale_buffer_idx, num_scales) and per-channel-group (scale,
+        # channel_dim, group_size, scale_bf16 (deprecated), scale_buffer_idx, num_scales)
+        grouped = scheme == "per_channel_group"
+        inline = fb.vector(q, 0, 4, field=f)
+        num_scales = int(fb.scalar(q, 5 if grouped else 3, "u32", field=f))
+        if not num_scales and inline is not None:
+            num_scales = inline.count  # older blobs kept the scales inline
+        return QuantParams(
+            scheme,
+            num_scales,
+            channel_dim=int(fb.scalar(q, 1, "i32", field=f)),
+            group_size=int(fb.scalar(q, 2, "i32", field=f)) if grouped else None,
+            scale_buffer_idx=int(fb.scalar(q, 4 if grouped else 2, "u32", field=f)),
+        )
+
+    def nodes(self, fb: FlatBuffer, root: int) -> None:
+        for i, t in enumerate(fb.tables(root, 1, field="XNNGraph.xnodes")):
+            where = f"xnodes[{i}]"
+            try:
+                tag, inner = fb.union(t, 0, field=f"{where}.xnode_union")
+                entry = NODE_TYPES.get(tag)
+                if entry is None or inner is None:
+                    self.err("XNNPACK_BAD_UNION_TAG", f"{where}: XNodeUnion tag {tag}", t, field=where)
+                    continue
+                name, layout = entry
+                node = XNode(i, self.base + t, tag, name, debug_handle=int(fb.scalar(t, 2, "u32", field=where)))
+                n_cat = _CAT_INPUTS.get(tag)
+                for fid, fname in enumerate(layout):
+                    if fname.endswith("_id"):
+                        if n_cat and fname.startswith("input") and int(fname[5]) > n_cat:
+                            continue
+                        # flatc omits fields equal to their default, so an absent id is id 0
+                        node.ids[fname] = int(fb.scalar(inner, fid, "u32", field=f"{where}.{fname}"))
+                    elif fname in _NODE_SCALARS:
+                        node.params[fname] = int(fb.scalar(inner, fid, "u32", field=f"{where}.{fname}"))
+            except BudgetExhausted:
+                raise
+            except ReadError as exc:
+                self.fb_error(exc, where)
+                continue
+            self.p.nodes.append(node)
+
+    # -- cross references ------------------------------------------------------------------------
+    def cross_check(self) -> None:
+        p = self.p
+        n_const = len(p.constant_data)
+        for value in p.values:
+            if value.id in p._by_id:
+                self.err("XNNPACK_DUPLICATE_VALUE_ID", f"xvalues[{value.index}] repeats id {value.id}",
+                         value.offset - self.base, field=f"xvalues[{value.index}]")  # fmt: skip
+                continue
+            p._by_id[value.id] = value
+            where = f"xvalues[{value.index}]"
+            for what, idx in (("constant_buffer_idx", value.constant_buffer_idx),
+                              ("scale_buffer_idx", value.quant.scale_buffer_idx if value.quant else None)):  # fmt: skip
+                if idx and idx >= n_const:
+                    self.err("XNNPACK_CONSTANT_INDEX_OUT_OF_RANGE", f"{where}.{what} {idx} but the graph has "
+                             f"{n_const} constant_data entries", value.offset - self.base, field=where)  # fmt: skip
+            if value.constant_buffer_idx and value.constant_buffer_idx < n_const:
+                entry = p.constant_data[value.constant_buffer_idx]
+                value.constant_size = entry.size
+                value.named_key = entry.named_key or None
+                need = self.needed_bytes(value)
+                if need is not None and entry.size < need:
+                    self.err("XNNPACK_CONSTANT_SIZE_MISMATCH", f"{where} ({value.datatype} {list(value.dims)}) needs "
+                             f"{need} bytes, its constant data has {entry.size}", value.offset - self.base,
+                             field=where)  # fmt: skip
+        for node in p.nodes:
+            for fname, vid in node.ids.items():
+                if vid != INVALID_ID and vid not in p._by_id:
+                    self.err("XNNPACK_VALUE_ID_OUT_OF_RANGE", f"xnodes[{node.index}] ({node.union_name}).{fname} "
+                             f"= {vid}: no value has that id", node.offset - self.base,
+                             field=f"xnodes[{node.index}].{fname}", op=node.union_name)  # fmt: skip
+        for what, ids in (("input_ids", p.input_ids), ("output_ids", p.output_ids)):
+            for vid in ids:
+                if vid not in p._by_id:
+                    self.err("XNNPACK_VALUE_ID_OUT_OF_RANGE", f"XNNGraph.{what} names id {vid}: no value has that id",
+                             field=f"XNNGraph.{what}")  # fmt: skip
+
+    @staticmethod
+    def needed_bytes(value: XValue) -> int | None:
+        """Bytes a constant of this shape and type must have (packed 4-bit: two per byte)."""
+        bits = value.bits
+        if bits is None or not value.dims:
+            return None
+        return (value.numel * bits + 7) // 8
+
+
+def read_payload(
+    data: bytes | bytearray | memoryview | mmap.mmap, base_offset: int = 0, budget: Budget | None = None
+) -> XnnpackPayload:
+    """Read one XNNPACK delegate blob; `base_offset` is its position in the file (for finding offsets).
+
+    Pass the PTE reader's `budget` to charge this blob's visits to the whole file's budget.
+    """
+    reader = _Reader(data, base_offset, budget)
+    try:
+        window = reader.header()
+        if window is not None:
+            reader.graph(*window)
+    except BudgetExhausted as exc:
+        reader.found.add(F.error("READ_BUDGET_EXHAUSTED", f"XNNPACK blob: {exc.message}", field=exc.field))
+    except ReadError as exc:  # a header read past the end: the checks above make this unreachable
+        reader.err("XNNPACK_HEADER_INVALID", exc.message, exc.offset)
+    reader.found.close()
+    return reader.p
