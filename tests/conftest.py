@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 SRC = ROOT / "src"
+# the CLI runs from an empty folder unless a test says otherwise, so the repo's own quantgate.toml
+# (the sample release policy) never leaks into a test
+NEUTRAL_CWD = tempfile.mkdtemp(prefix="quantgate-test-cwd-")
 
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -31,7 +35,7 @@ def run_cli(
     """`python -m quantgate ARGS` in a subprocess: the real entry point, real exit codes."""
     return subprocess.run(
         [sys.executable, "-m", "quantgate", *args],
-        cwd=cwd,
+        cwd=NEUTRAL_CWD if cwd is None else cwd,
         env=cli_env(env),
         capture_output=True,
         text=True,
