@@ -155,6 +155,19 @@ def attach_manifest_hints(artifacts: Sequence[Artifact]) -> None:
                 artifact = by_path.get(str(target.resolve()))
                 if artifact is not None:
                     artifact.hints.setdefault("parameters", claim.parameters)
+        # an entry's `reference` names the float artifact the fidelity guard compares it with
+        for index, entry in enumerate(doc.get("artifacts") or [] if isinstance(doc.get("artifacts"), list) else []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                continue
+            if not isinstance(entry.get("reference"), str):
+                continue
+            where = f"$.artifacts[{index}]"
+            target, problem = resolve_inside(folder, entry["path"], where)
+            ref, ref_problem = resolve_inside(folder, entry["reference"], where)
+            if problem is None and ref_problem is None and target is not None and ref is not None:
+                artifact = by_path.get(str(target.resolve()))
+                if artifact is not None:
+                    artifact.hints.setdefault("reference", str(ref.resolve()))
 
 
 def select_shard(artifacts: list[Artifact], shard: tuple[int, int] | None) -> list[Artifact]:

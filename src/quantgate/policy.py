@@ -64,6 +64,13 @@ class GuardPolicy:
     expect_unquantized: list[str] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
     timeout_s: float | None = None
+    # fidelity only: the float reference (relative to the policy's folder) or glob -> template mapping
+    reference: str | None = None
+    references: dict[str, str] = field(default_factory=dict)
+
+
+# guard-specific policy keys: which guards take them
+GUARD_ONLY_KEYS = {"reference": "fidelity", "references": "fidelity"}
 
 
 @dataclass
@@ -116,6 +123,11 @@ class Policy:
         gp = self.guard(guard_id)
         params = dict(gp.params)
         params.setdefault("coverage_tolerance", self.coverage_tolerance)
+        reference = gp.reference or params.get("reference")
+        if isinstance(reference, str) and reference:
+            params["reference"] = str(self.root / reference)  # relative to the policy's folder
+        if gp.references:
+            params["references"] = dict(gp.references)
         return GuardConfig(
             require=list(gp.require),
             warn=list(gp.warn),
@@ -330,6 +342,11 @@ def _build(data: dict[str, Any], locator: _Locator, path: str) -> Policy:
         gp = GuardPolicy(required=guard_id in REQUIRED_BY_DEFAULT)
         for key in ("enabled", "required", "expect_unquantized", "params", "timeout_s"):
             if key in body:
+                setattr(gp, key, body[key])
+        for key, owner in GUARD_ONLY_KEYS.items():
+            if key in body and guard_id != owner:
+                problems.append(f"{locator.describe(('guards', guard_id, key))}: only [guards.{owner}] takes {key}")
+            elif key in body:
                 setattr(gp, key, body[key])
         for key, level in (("require", FAIL_LEVEL), ("warn", WARN_LEVEL)):
             for index, text in enumerate(body.get(key, []) if isinstance(body.get(key), list) else []):

@@ -91,7 +91,7 @@ def compare_outputs(ref_runs: list[list[np.ndarray]], art_runs: list[list[np.nda
     for i, name in enumerate(names):
         stats = Stats()
         agree: list[float] = []
-        for ref, art in zip(ref_runs, art_runs):
+        for ref, art in zip(ref_runs, art_runs, strict=True):
             a, b = np.asarray(ref[i]), np.asarray(art[i])
             if a.shape != b.shape:
                 raise OutputsError("FIDELITY_OUTPUT_MISMATCH", f"output {name!r} has shape {list(b.shape)} in the "

@@ -188,9 +188,12 @@ def evaluate_bounds(config: GuardConfig, metrics: Mapping[str, Any]) -> list[dic
 
 
 def decide_status(findings: Sequence[Finding], rows: Sequence[Mapping[str, Any]]) -> str:
-    if any(r["outcome"] == bounds_mod.MISSING for r in rows):
+    # a metric a bound needs is missing: we could not decide (ERROR), unless an error finding already
+    # says the artifact is bad (a fidelity pair that is not the same model has no numbers): then FAIL
+    has_errors = any(f.severity == SEV_ERROR for f in findings)
+    if any(r["outcome"] == bounds_mod.MISSING for r in rows) and not has_errors:
         return ERROR
-    if any(f.severity == SEV_ERROR for f in findings) or any(
+    if has_errors or any(
         r["outcome"] == bounds_mod.BROKEN and r["level"] == bounds_mod.FAIL_LEVEL for r in rows
     ):
         return FAIL

@@ -1,0 +1,300 @@
+"""safetensors weights as float32: plain floats and the quantized layouts the reader recognises.
+
+Each weight comes back in its logical [out, in] shape, keyed `<module>.weight`:
+
+* plain F32/F16/BF16/F64 tensors;
+* compressed-tensors `int-quantized` (I8 `weight` + `weight_scale` per tensor, channel or group, optional
+  `weight_zero_point`): x = (q - zp) * scale;
+* compressed-tensors `float-quantized` (F8_E4M3/F8_E5M2 `weight` + `weight_scale`): x = f8 * scale;
+* compressed-tensors `pack-quantized` (I32 `weight_packed`, values packed densely from bit 0 of each
+  little-endian word with an offset of 2^(bits-1), `weight_scale` [out, groups], optional
+  `weight_zero_point` packed the same way along the output dim, `weight_shape`): x = (q - zp) * scale;
+* GPTQ (I32 `qweight` [in*bits/32, out] packed along the input, `qzeros` [groups, out*bits/32] stored
+  minus one unless `checkpoint_format` is gptq_v2, `scales` [groups, out], `g_idx` [in]):
+  x[o, i] = scales[g, o] * (q - (z + 1)), g = g_idx[i];
+* AWQ GEMM (I32 `qweight` [in, out/8], nibble k of a word holding output 8j + (0,2,4,6,1,3,5,7)[k], `qzeros`
+  packed the same way, `scales` [groups, out]): x = scales * (q - z);
+* bitsandbytes int8 (I8 `weight` + F32 `SCB` [out]): x = q * SCB / 127.
+
+bitsandbytes 4-bit, NVFP4 and MXFP4 are reported as not dequantized.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from quantgate.dequant import BROKEN, UNSUPPORTED, DequantError, WeightRef, WeightSet
+from quantgate.formats import safetensors as reader
+from quantgate.formats import safetensors_layouts as layouts
+from quantgate.formats.binary import mapped
+
+_NP = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "i1", "U8": "u1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
+       "U16": "<u2", "U32": "<u4"}
+FLOATS = ("F32", "F16", "BF16", "F64")
+
+
+def _fp8_table(exp_bits: int, man_bits: int, fn: bool) -> np.ndarray:
+    """float32 value of every fp8 byte (E4M3FN: no Inf, 0x7F/0xFF NaN; E5M2: IEEE-like)."""
+    bias = (1 << (exp_bits - 1)) - 1
+    out = np.empty(256, np.float32)
+    for byte in range(256):
+        sign = -1.0 if byte & 0x80 else 1.0
+        exp = (byte >> man_bits) & ((1 << exp_bits) - 1)
+        man = byte & ((1 << man_bits) - 1)
+        if fn and exp == (1 << exp_bits) - 1 and man == (1 << man_bits) - 1:
+            out[byte] = np.nan
+        elif not fn and exp == (1 << exp_bits) - 1:
+            out[byte] = sign * np.inf if man == 0 else np.nan
+        elif exp == 0:
+            out[byte] = sign * (man / (1 << man_bits)) * 2.0 ** (1 - bias)
+        else:
+            out[byte] = sign * (1 + man / (1 << man_bits)) * 2.0 ** (exp - bias)
+    return out
+
+
+FP8 = {"F8_E4M3": _fp8_table(4, 3, True), "F8_E5M2": _fp8_table(5, 2, False)}
+
+
+class _File:
+    """Typed, bounded views of one file's tensors over a memory map."""
+
+    def __init__(self, path: str, head: Any):
+        self.head = head
+        self.mm = np.memmap(path, dtype=np.uint8, mode="r")
+
+    def raw(self, t: Any) -> np.ndarray:
+        start = self.head.data_start + t.begin
+        end = self.head.data_start + t.end
+        if end > len(self.mm) or start > end:
+            raise DequantError(BROKEN, f"{t.name}: data runs past the end of the file")
+        return self.mm[start:end]
+
+    def array(self, t: Any) -> np.ndarray:
+        """The stored values with their stored dtype and shape (BF16 and FP8 as float32 on access)."""
+        raw = self.raw(t)
+        if t.dtype in _NP:
+            return raw.view(_NP[t.dtype]).reshape(t.shape)
+        if t.dtype == "BF16":
+            return raw.view("<u2").reshape(t.shape)
+        if t.dtype in FP8:
+            return raw.reshape(t.shape)
+        raise DequantError(UNSUPPORTED, f"{t.name}: dtype {t.dtype} is not decoded here")
+
+
+def _to_float(dtype: str, values: np.ndarray) -> np.ndarray:
+    if dtype == "BF16":
+        return (np.asarray(values).astype(np.uint32) << 16).view(np.float32)
+    if dtype in FP8:
+        return FP8[dtype][np.asarray(values)]
+    return np.asarray(values).astype(np.float32)
+
+
+def _unpack_dense(words: np.ndarray, bits: int, count: int) -> np.ndarray:
+    """int32 words [..., W] -> unsigned values [..., count]: element i at bits [i*bits, (i+1)*bits)."""
+    raw = np.ascontiguousarray(words).astype("<i4").view(np.uint8).reshape(*words.shape[:-1], -1)
+    bitsarr = np.unpackbits(raw, axis=-1, bitorder="little")[..., : count * bits]
+    bitsarr = bitsarr.reshape(*words.shape[:-1], count, bits).astype(np.int32)
+    return (bitsarr << np.arange(bits, dtype=np.int32)).sum(axis=-1)
+
+
+def _broadcast_scale(scale: np.ndarray, rows: np.ndarray, cols: int, name: str) -> np.ndarray:
+    """A scale of [1], [out], [out, 1] or [out, groups] for the selected rows -> [len(rows), cols]."""
+    s = np.asarray(scale, dtype=np.float32)
+    if s.size == 1:
+        return np.full((len(rows), cols), s.reshape(-1)[0], np.float32)
+    if s.ndim == 1:
+        s = s.reshape(-1, 1)
+    picked = s[rows]
+    groups = picked.shape[1]
+    if groups == 1:
+        return np.broadcast_to(picked, (len(rows), cols))
+    if cols % groups:
+        raise DequantError(BROKEN, f"{name}: {groups} scale groups do not divide {cols} columns")
+    return np.repeat(picked, cols // groups, axis=1)
+
+
+def open_weights(path: str) -> WeightSet:
+    with mapped(path) as view:
+        head = reader.parse_header(view)
+    if not head.sound:
+        raise DequantError(BROKEN, "the safetensors header is not sound")
+    ws = WeightSet("safetensors")
+    f = _File(path, head)
+    ws.closers.append(lambda: getattr(f.mm, "_mmap", None) and f.mm._mmap.close())
+    semantic: list[Any] = []
+    qc = layouts.load_quant_config(os.path.dirname(os.path.abspath(path)), semantic)
+    spec = layouts.spec_from_config(qc) if qc else None
+    modules: dict[str, dict[str, Any]] = {}
+    loose = []
+    for t in head.tensors.values():
+        module, role = layouts.split_name(t.name)
+        if role is None:
+            loose.append(t)
+        else:
+            modules.setdefault(module, {})[role] = t
+    for module, parts in modules.items():
+        name = module + ".weight"
+        try:
+            ref = _module_ref(f, module, parts, qc or {}, spec)
+        except DequantError as exc:
+            ws.problems.append((exc.code, name, exc.message))
+            continue
+        if ref is not None:
+            ws.add(ref)
+    for t in loose:
+        if len(t.shape) >= 2 and t.dtype in FLOATS:
+            ws.add(_plain(f, t.name, t))
+    return ws
+
+
+def _plain(f: _File, name: str, t: Any) -> WeightRef:
+    shape = tuple(t.shape)
+    cols = shape[-1]
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        table = f.array(t).reshape(-1, cols)
+        return _to_float(t.dtype, table[rows])
+
+    return WeightRef(name=name, shape=shape, encoding=t.dtype, quantized=False, loader=load)
+
+
+def _module_ref(f: _File, module: str, parts: dict[str, Any], qc: dict[str, Any], spec: Any) -> WeightRef | None:
+    name = module + ".weight"
+    if "qweight" in parts:
+        return _gptq_awq(f, name, parts, qc, spec)
+    if "packed" in parts:
+        return _ct_packed(f, name, parts)
+    weight = parts.get("weight")
+    if weight is None or len(weight.shape) < 2:
+        return None
+    if "bnb_state" in parts or "bnb_absmax" in parts:
+        raise DequantError(UNSUPPORTED, f"{name}: bitsandbytes 4-bit is not dequantized here")
+    if weight.dtype in FLOATS:
+        return _plain(f, name, weight)
+    shape = tuple(weight.shape)
+    cols = shape[-1]
+    if weight.dtype == "I8" and "bnb_scb" in parts:
+        scb = parts["bnb_scb"]
+
+        def load_bnb(rows: np.ndarray) -> np.ndarray:
+            q = f.array(weight).reshape(-1, cols)[rows].astype(np.float32)
+            s = _to_float(scb.dtype, f.array(scb)).reshape(-1)
+            return q * (s[rows] / 127.0)[:, None]
+
+        return WeightRef(name, shape, "int8 (bitsandbytes SCB)", True, load_bnb)
+    scale = parts.get("scale")
+    if scale is None:
+        raise DequantError(BROKEN, f"{name}: {weight.dtype} weight without a weight_scale")
+    zp = parts.get("zero_point")
+    if weight.dtype not in ("I8", "U8", *FP8):
+        raise DequantError(UNSUPPORTED, f"{name}: {weight.dtype} weight with a scale is not decoded here")
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        q = _to_float(weight.dtype, f.array(weight).reshape(-1, cols)[rows])
+        s = _broadcast_scale(_to_float(scale.dtype, f.array(scale)), rows, cols, name)
+        if zp is not None:
+            z = _broadcast_scale(_to_float(zp.dtype, f.array(zp)), rows, cols, name)
+            q = q - z
+        return q * s
+
+    kind = "fp8" if weight.dtype in FP8 else "int8"
+    return WeightRef(name, shape, f"{kind} ({weight.dtype} + {list(scale.shape)} scale)", True, load)
+
+
+def _read_shape(f: _File, t: Any | None) -> tuple[int, ...] | None:
+    if t is None or t.dtype not in ("I64", "I32") or len(t.shape) != 1 or not 1 <= t.numel <= 8:
+        return None
+    return tuple(int(x) for x in f.array(t))
+
+
+def _ct_packed(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
+    packed = parts["packed"]
+    scale, zp = parts.get("scale"), parts.get("zero_point")
+    if packed.dtype != "I32" or len(packed.shape) != 2:
+        raise DequantError(UNSUPPORTED, f"{name}: {packed.dtype} weight_packed (NVFP4?) is not decoded here")
+    if scale is None:
+        raise DequantError(BROKEN, f"{name}: weight_packed without weight_scale")
+    shape = _read_shape(f, parts.get("weight_shape")) or None
+    out_f = packed.shape[0]
+    if shape is None or len(shape) != 2 or shape[0] != out_f or not packed.shape[1]:
+        raise DequantError(BROKEN, f"{name}: weight_shape is missing or does not fit {list(packed.shape)}")
+    in_f = shape[1]
+    bits = next((b for b in (4, 8, 2, 3, 5, 6, 7, 1) if -(-in_f * b // 32) == packed.shape[1]), None)
+    if bits is None:
+        raise DequantError(BROKEN, f"{name}: {list(packed.shape)} packs no whole bit width for {in_f} inputs")
+    offset = 1 << (bits - 1)
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        q = _unpack_dense(np.asarray(f.array(packed)[rows]), bits, in_f) - offset
+        s = _broadcast_scale(_to_float(scale.dtype, f.array(scale)), rows, in_f, name)
+        x = q.astype(np.float32)
+        if zp is not None:
+            groups = zp.shape[1] if len(zp.shape) == 2 else 1
+            zall = _unpack_dense(np.asarray(f.array(zp)).reshape(-1, groups).T, bits, out_f) - offset  # [groups, out]
+            x = x - _broadcast_scale(zall.T.astype(np.float32), rows, in_f, name)
+        return x * s
+
+    return WeightRef(name, (out_f, in_f), f"int{bits} packed (compressed-tensors)", True, load)
+
+
+def _gptq_awq(f: _File, name: str, parts: dict[str, Any], qc: dict[str, Any], spec: Any) -> WeightRef:
+    qweight, scales, qzeros, g_idx = parts["qweight"], parts.get("scales"), parts.get("qzeros"), parts.get("g_idx")
+    if qweight.dtype != "I32" or len(qweight.shape) != 2 or scales is None or len(scales.shape) != 2:
+        raise DequantError(BROKEN, f"{name}: qweight/scales are missing or not 2-D I32")
+    rows_q, cols_q = qweight.shape
+    bits = int(qc.get("bits") or qc.get("w_bit") or 4)
+    if g_idx is not None or scales.shape[1] == cols_q:
+        layout, in_f, out_f = "gptq", rows_q * 32 // bits, cols_q
+    else:
+        layout, in_f, out_f = "awq", rows_q, cols_q * 32 // bits
+    if bits != 4 and layout == "awq":
+        raise DequantError(UNSUPPORTED, f"{name}: AWQ with {bits} bits is not decoded here")
+    groups = scales.shape[0]
+    if scales.shape[1] != out_f or not groups or in_f % groups:
+        raise DequantError(BROKEN, f"{name}: scales {list(scales.shape)} do not fit [{in_f} in, {out_f} out]")
+    group = in_f // groups
+    v2 = str(qc.get("checkpoint_format", "")).lower() == "gptq_v2"
+    mask = (1 << bits) - 1
+    order = np.array([0, 2, 4, 6, 1, 3, 5, 7])
+
+    def zeros_all() -> np.ndarray:  # [groups, out]
+        if qzeros is None:
+            return np.full((groups, out_f), 1 << (bits - 1), np.int64) - (0 if layout == "awq" or v2 else 1)
+        z = np.asarray(f.array(qzeros)).astype(np.int64) & 0xFFFFFFFF
+        per = 32 // bits
+        if layout == "gptq":
+            vals = np.stack([(z >> (bits * j)) & mask for j in range(per)], axis=-1).reshape(groups, -1)
+        else:
+            vals = np.empty((groups, z.shape[1] * 8), np.int64)
+            for k in range(8):
+                vals[:, order[k]::8] = (z >> (4 * k)) & 0xF
+        return vals[:, :out_f]
+
+    def gidx() -> np.ndarray:
+        if g_idx is not None and layout == "gptq":
+            g = np.asarray(f.array(g_idx)).astype(np.int64).reshape(-1)
+            if g.size != in_f or g.min(initial=0) < 0 or g.max(initial=0) >= groups:
+                raise DequantError(BROKEN, f"{name}: g_idx does not index the {groups} scale groups")
+            return g
+        return np.arange(in_f) // group
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        qw = np.asarray(f.array(qweight)).astype(np.int64) & 0xFFFFFFFF
+        if layout == "gptq":
+            cols = qw[:, rows]  # [in*bits/32, n]
+            per = 32 // bits
+            q = np.stack([(cols >> (bits * j)) & mask for j in range(per)], axis=1).reshape(in_f, len(rows))
+        else:
+            q = np.empty((in_f, len(rows)), np.int64)
+            word, nib = rows // 8, np.argsort(order)[rows % 8]
+            q[:] = (qw[:, word] >> (4 * nib)) & 0xF
+        g = gidx()
+        z = zeros_all()[:, rows] + (0 if layout == "awq" or v2 else 1)  # [groups, n]
+        s = _to_float(scales.dtype, f.array(scales))[:, rows]  # [groups, n]
+        x = (q - z[g]).astype(np.float32) * s[g]
+        return x.T
+
+    return WeightRef(name, (out_f, in_f), f"int{bits} {layout.upper()}", True, load)
