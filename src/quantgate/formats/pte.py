@@ -54,7 +54,6 @@ FINDING_CODES: dict[str, str] = {
     "PTE_NO_EXECUTION_PLAN": "The program has no execution plan (no method to run).",
     "PTE_EXTERNAL_DATA_MISSING": "Tensors are stored in an external `.ptd` file and none is beside the "
     "program, or the `.ptd` files there lack some of them (warning).",
-    "PTE_DELEGATE_UNREADABLE": "An XNNPACK delegate payload could not be read; its layers are unknown.",
 }
 
 
@@ -438,7 +437,7 @@ def _check_references(prog: Program) -> None:
     for i, (_key, seg) in enumerate(prog.named_data):
         if seg >= nseg:
             _index_error(prog, "segment_index", seg, nseg, f"Program.named_data[{i}]")
-    if not prog.plans:
+    if not prog.plans and prog.complete:
         prog.add(F.error("PTE_NO_EXECUTION_PLAN", "the program has no execution plan: there is no method to run"))
     for plan in prog.plans:
         nvalues, nops, ndel = len(plan.values), len(plan.operators), len(plan.delegates)
