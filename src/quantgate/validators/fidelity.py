@@ -70,14 +70,6 @@ FINDING_CODES = {
     "only outputs are compared (info).",
 }
 
-_ONNX_SUFFIX = re.compile(r"(?:_DQ)?(?:_quantized|_Q\d+|_q\d+)$")
-
-
-def onnx_key(name: str) -> str:
-    """`fc1.weight_quantized`, `fc1.weight_Q4`, `fc1.weight_DQ_Q4` -> `fc1.weight`."""
-    return _ONNX_SUFFIX.sub("", name) or name
-
-
 # ------------------------------------------------------------------------------------------------
 # the reference
 
@@ -342,16 +334,10 @@ def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
             findings.append(maker(exc.code, exc.message))
             return None
     if art_fmt == "pte":
-        from quantgate.runtime.pte_outputs import run_outputs
-
-        run = run_outputs(ref_path, art_path, samples=samples, timeout_s=float(config.param("timeout", 300)),
-                          method=config.param("method"))
-        if "finding" in run:
-            code, message = run["finding"]
-            maker = F.info if code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
-            findings.append(maker(code, message))
-            return None
-        return run["outputs"]
+        # running both programs in the ExecuTorch child (as pte-inspector does) is not built yet
+        findings.append(F.info("FIDELITY_OUTPUTS_UNAVAILABLE", "output fidelity for .pte programs is not "
+                               "implemented in this version"))
+        return None
     return None
 
 

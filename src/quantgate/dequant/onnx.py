@@ -1,0 +1,402 @@
+"""ONNX weights as float32, read through the streaming reader's offsets (never `onnx.load`).
+
+Each weight-bearing op's constant operand is returned as the float tensor the op consumes, keyed by
+its initializer name without the quantizer's suffix (`fc1.weight_quantized` -> `fc1.weight`):
+
+* a float initializer as it is;
+* DequantizeLinear (opset 21 semantics): y = (x - zero_point) * scale, per tensor, per `axis`, or
+  blocked (`block_size`: scale holds one value per block along `axis`), INT8/UINT8/INT16/UINT16/INT4/UINT4
+  and FP8 inputs;
+* QLinearConv / QLinearMatMul / QGemm / DynamicQuantizeMatMul / MatMulIntegerToFloat weights with their
+  scale and zero point inputs (per-tensor, or per output channel: axis 0 for a conv or a transB Gemm,
+  the last axis for a MatMul B); MatMulInteger / ConvInteger / integer Gather tables with ORT's
+  `<name>_scale` / `<name>_zero_point` companions;
+* MatMulNBits: B [N, K/block, block*bits/8] uint8, scales [N * K/block], optional zero points (packed
+  uint8 for bits < 8, default 2^(bits-1)) -> the [K, N] weight a float MatMul would hold;
+* GatherBlockQuantized (INT4/UINT4 or uint8-packed data, blocked along `quantize_axis`).
+
+Tensor bytes come from `raw_data`, packed `float_data`, or external data confined to the model's
+folder; other typed fields (int32_data varints...) are reported as not decoded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+
+import numpy as np
+
+from quantgate.dequant import BROKEN, UNSUPPORTED, DequantError, WeightRef, WeightSet
+from quantgate.dequant.safetensors import FP8
+from quantgate.formats import onnx as reader
+from quantgate.formats import protobuf as pb
+from quantgate.formats.binary import Budget, View
+from quantgate.formats.onnx_proto import Node, Tensor
+
+_DTYPES = {1: "<f4", 10: "<f2", 11: "<f8", 2: "u1", 3: "i1", 4: "<u2", 5: "<i2", 6: "<i4", 7: "<i8", 12: "<u4",
+           13: "<u8"}
+_FP8 = {17: "F8_E4M3", 19: "F8_E5M2"}
+_FLOAT_TYPES = (1, 10, 11, 16)
+TYPED_LIMIT = 1 << 20  # values decoded from typed varint fields (zero points are tiny)
+_PASS = ("Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
+MS = "com.microsoft"
+_SUFFIX = re.compile(r"(?:_DQ)?(?:_quantized|_Q\d+|_q\d+)$")
+
+
+def onnx_key(name: str) -> str:
+    """`fc1.weight_quantized`, `fc1.weight_Q4`, `fc1.weight_DQ_Q4` -> `fc1.weight` (the float model's name)."""
+    return _SUFFIX.sub("", name) or name
+
+
+class _Model:
+    def __init__(self, path: str):
+        self.path = path
+        self.folder = os.path.dirname(os.path.abspath(path))
+        self.model, findings = reader.scan(path)
+        if any(f.severity == "error" for f in findings):
+            raise DequantError(BROKEN, "the ONNX model could not be scanned")
+        self.mm = np.memmap(path, dtype=np.uint8, mode="r")
+        self.consts: dict[str, Tensor] = {}
+        for t in self.model.tensors:
+            self.consts.setdefault(t.name, t)
+        self.producer: dict[str, Node] = {}
+        self.consumers: dict[str, list[Node]] = {}
+        for n in self.model.nodes:
+            for out in n.outputs:
+                self.producer.setdefault(out, n)
+            for name in n.inputs:
+                self.consumers.setdefault(name, []).append(n)
+        self.cache: dict[str, np.ndarray] = {}
+
+    def close(self) -> None:
+        mm = getattr(self.mm, "_mmap", None)
+        if mm is not None:
+            mm.close()
+
+    def raw(self, t: Tensor) -> np.ndarray:
+        """The stored bytes of a tensor (a memory-mapped view)."""
+        if t.raw is not None:
+            off, length = t.raw
+            return self.mm[off:off + length]
+        if t.is_external:
+            loc = t.external.get("location", "")
+            real = os.path.realpath(os.path.join(self.folder, loc))
+            if os.path.isabs(loc) or ".." in loc.replace("\\", "/").split("/") or \
+                    os.path.commonpath([real, os.path.realpath(self.folder)]) != os.path.realpath(self.folder):
+                raise DequantError(BROKEN, f"{t.name}: external data outside the model's folder")
+            off = int(t.external.get("offset", "0") or 0)
+            length = t.external.get("length")
+            size = os.path.getsize(real)
+            end = off + int(length) if length and length.isdigit() else size
+            if off < 0 or end > size:
+                raise DequantError(BROKEN, f"{t.name}: external data range past the end of {loc}")
+            return np.memmap(real, dtype=np.uint8, mode="r", offset=off, shape=(end - off,))
+        if t.float_data is not None and t.data_type == 1:
+            off, length = t.float_data
+            return self.mm[off:off + length]
+        if not t.numel:
+            return np.zeros(0, np.uint8)
+        typed = self.typed_ints(t)
+        if typed is not None:
+            return typed
+        raise DequantError(UNSUPPORTED, f"{t.name}: values stored in typed fields ({', '.join(t.typed_counts)}) "
+                           "are not decoded here")
+
+    def typed_ints(self, t: Tensor) -> np.ndarray | None:
+        """int32_data / int64_data of a small integer tensor (ORT writes zero points this way), as the
+        tensor's own little-endian bytes; None for anything else."""
+        dt = t.data_type
+        key = "int64_data" if dt == 7 else "int32_data" if dt in (2, 3, 4, 5, 6, *_FP8, 18, 20, 21, 22) else None
+        n = t.numel or 0
+        entries = (n + 1) // 2 if dt in (21, 22) else n  # 4-bit values: two per int32 entry
+        if key is None or t.typed_counts.get(key) != entries or n > TYPED_LIMIT:
+            return None
+        scanner = pb.Scanner(View(memoryview(self.mm)), Budget(10_000 + 4 * n))
+        _, pos = scanner.varint(t.offset, len(self.mm))
+        length, start = scanner.varint(pos, len(self.mm))
+        number = 5 if key == "int32_data" else 7
+        out: list[int] = []
+        for f in scanner.fields(start, start + length):
+            if f.number != number:
+                continue
+            if f.wire == pb.LEN:
+                out.extend(scanner.packed_varints(f.value, f.length, key, n))
+            elif f.wire == pb.VARINT:
+                out.append(f.value)
+        values = np.array([pb.to_signed64(v) for v in out[:entries]], dtype=np.int64)
+        if dt in _DTYPES:
+            return values.astype(_DTYPES[dt]).view(np.uint8)
+        return (values & 0xFF).astype(np.uint8)  # fp8 bit patterns, or two 4-bit values a byte
+
+    def values(self, t: Tensor) -> np.ndarray:
+        """The tensor's values with their dims (4-bit types unpacked, FP8/BF16 as float32)."""
+        raw = self.raw(t)
+        n = t.numel or 0
+        dt = t.data_type
+        if dt in _DTYPES:
+            out = np.asarray(raw).view(_DTYPES[dt])[:n]
+        elif dt == 16:
+            out = (np.asarray(raw).view("<u2")[:n].astype(np.uint32) << 16).view(np.float32)
+        elif dt in _FP8:
+            out = FP8[_FP8[dt]][np.asarray(raw)[:n]]
+        elif dt in (21, 22):
+            b = np.asarray(raw)
+            nib = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(-1)[:n].astype(np.int8)
+            out = np.where(nib > 7, nib - 16, nib).astype(np.int8) if dt == 22 else nib.astype(np.uint8)
+        else:
+            raise DequantError(UNSUPPORTED, f"{t.name}: {t.dtype_name} values are not decoded here")
+        if out.size != n:
+            raise DequantError(BROKEN, f"{t.name}: {out.size} stored values for dims {t.dims}")
+        return out.reshape(t.dims)
+
+    def small(self, name: str) -> np.ndarray | None:
+        """A companion tensor (scale, zero point) by value name, through Identity-like ops."""
+        t = self.const(name)
+        if t is None:
+            return None
+        if name not in self.cache:
+            self.cache[name] = np.asarray(self.values(t))
+        return self.cache[name]
+
+    def const(self, name: str) -> Tensor | None:
+        depth = 0
+        while name and name not in self.consts and depth < 8:
+            node = self.producer.get(name)
+            if node is None or node.op_type not in _PASS or not node.inputs:
+                return None
+            name, depth = node.inputs[0], depth + 1
+        return self.consts.get(name) if name else None
+
+    def trace(self, name: str) -> tuple[Tensor | None, Node | None]:
+        """The stored constant behind a weight operand and the DequantizeLinear on the way, if any."""
+        dq = None
+        for _ in range(8):
+            if name in self.consts:
+                return self.consts[name], dq
+            node = self.producer.get(name)
+            if node is None or not node.inputs:
+                return None, None
+            if node.op_type == "DequantizeLinear" and dq is None:
+                dq = node
+            elif node.op_type not in _PASS:
+                return None, None
+            name = node.inputs[0]
+        return None, None
+
+
+def dequantize_linear(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int,
+                      block_size: int, name: str) -> np.ndarray:
+    """ONNX DequantizeLinear on whole arrays, float32 out."""
+    x = q.astype(np.float32)
+    s = np.asarray(scale, dtype=np.float32)
+    z = None if zp is None else np.asarray(zp).astype(np.float32)
+    if s.size == 1:
+        return (x - (z.reshape(-1)[0] if z is not None and z.size else 0.0)) * s.reshape(-1)[0]
+    axis = axis % q.ndim
+    if block_size > 0:
+        if s.ndim != q.ndim:
+            raise DequantError(BROKEN, f"{name}: blocked scale {list(s.shape)} for weight {list(q.shape)}")
+        s = np.repeat(s, block_size, axis=axis).take(range(q.shape[axis]), axis=axis)
+        if z is not None:
+            z = np.repeat(z, block_size, axis=axis).take(range(q.shape[axis]), axis=axis)
+        if s.shape != q.shape:
+            raise DequantError(BROKEN, f"{name}: blocked scale {list(scale.shape)} does not cover {list(q.shape)}")
+        return (x - (z if z is not None else 0.0)) * s
+    if s.ndim != 1 or s.size != q.shape[axis]:
+        raise DequantError(BROKEN, f"{name}: scale of {s.size} values for axis {axis} of {list(q.shape)}")
+    shape = [1] * q.ndim
+    shape[axis] = -1
+    if z is not None:
+        x = x - z.reshape(shape)
+    return x * s.reshape(shape)
+
+
+def _whole(shape: tuple[int, ...], decode: Callable[[], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """A loader that decodes the tensor once per call and returns the selected rows of its 2-D view."""
+    cols = shape[-1]
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(decode(), dtype=np.float32).reshape(-1, cols)[rows]
+
+    return load
+
+
+class _Builder:
+    def __init__(self, m: _Model, ws: WeightSet):
+        self.m = m
+        self.ws = ws
+
+    def add(self, t: Tensor, encoding: str, quantized: bool, shape: tuple[int, ...],
+            decode: Callable[[], np.ndarray]) -> None:
+        key = onnx_key(t.name)
+        if key in self.ws.weights or len(shape) < 2:
+            return
+        self.ws.add(WeightRef(name=t.name, key=key, shape=shape, encoding=encoding, quantized=quantized,
+                              loader=_whole(shape, decode)))
+
+    def float_or_dq(self, node: Node, index: int, min_rank: int = 2) -> None:
+        t, dq = self.m.trace(node.input(index))
+        if t is None or len(t.dims) < min_rank:
+            return
+        if dq is None:
+            if t.data_type in _FLOAT_TYPES:
+                self.add(t, t.dtype_name, False, tuple(t.dims), lambda: self.m.values(t))
+            return
+        axis = dq.attr_int("axis", 1) or 0
+        block = dq.attr_int("block_size", 0) or 0
+        enc = f"{t.dtype_name} DequantizeLinear" + (f" block {block}" if block else "")
+
+        def decode() -> np.ndarray:
+            scale = self.m.small(dq.input(1))
+            if scale is None:
+                raise DequantError(UNSUPPORTED, f"{t.name}: DequantizeLinear scale {dq.input(1)!r} is not a constant")
+            zp = self.m.small(dq.input(2)) if dq.input(2) else None
+            return dequantize_linear(self.m.values(t), scale, zp, axis if dq.attr_int("axis") is not None else 1,
+                                     block, t.name)
+
+        self.add(t, enc, True, tuple(t.dims), decode)
+
+    def qlinear(self, node: Node, w: int, s: int, z: int | None, axis: int, min_rank: int = 2,
+                companions: bool = False) -> None:
+        t = self.m.const(node.input(w))
+        if t is None or len(t.dims) < min_rank:
+            return
+        scale_name = node.input(s) if s >= 0 else ""
+        zp_name = node.input(z) if z is not None else ""
+        if companions:
+            base = t.name[: -len("_quantized")] if t.name.endswith("_quantized") else t.name
+            scale_name = scale_name or (base + "_scale")
+            zp_name = zp_name or (base + "_zero_point")
+        if t.data_type in _FLOAT_TYPES:
+            self.add(t, t.dtype_name, False, tuple(t.dims), lambda: self.m.values(t))
+            return
+
+        def decode() -> np.ndarray:
+            scale = self.m.small(scale_name) if scale_name else None
+            if scale is None:
+                raise DequantError(UNSUPPORTED, f"{t.name}: no constant weight scale ({scale_name or 'none named'}; "
+                                   "a runtime-fused graph may have folded it into a product)")
+            zp = self.m.small(zp_name) if zp_name else None
+            return dequantize_linear(self.m.values(t), scale, zp, axis, 0, t.name)
+
+        self.add(t, f"{t.dtype_name} {node.op_type}", True, tuple(t.dims), decode)
+
+    def matmulnbits(self, node: Node) -> None:
+        b = self.m.consts.get(node.input(1))
+        k, n, bits, block = (node.attr_int(a) for a in ("K", "N", "bits", "block_size"))
+        bits = bits or 4
+        if b is None or not (k and n and block) or bits not in (2, 4, 8):
+            return
+        blocks = -(-k // block)
+
+        def decode() -> np.ndarray:
+            raw = np.asarray(self.m.values(b)).astype(np.uint8).reshape(n, blocks, -1)
+            per = 8 // bits
+            vals = np.stack([(raw >> (bits * j)) & ((1 << bits) - 1) for j in range(per)], axis=-1)
+            q = vals.reshape(n, blocks * block)[:, :k].astype(np.float32)
+            scales = self.m.small(node.input(2))
+            if scales is None or scales.size != n * blocks:
+                raise DequantError(BROKEN, f"{b.name}: MatMulNBits scales do not hold N x K/block = {n * blocks}")
+            s = np.asarray(scales, np.float32).reshape(n, blocks)
+            zname = node.input(3)
+            zt = self.m.consts.get(zname) if zname else None
+            if zt is None:
+                z = np.full((n, blocks), float(1 << (bits - 1)), np.float32)
+            elif zt.data_type == 2:  # packed like B, padded per row
+                zr = np.asarray(self.m.values(zt)).astype(np.uint8).reshape(n, -1)
+                zv = np.stack([(zr >> (bits * j)) & ((1 << bits) - 1) for j in range(per)], axis=-1)
+                z = zv.reshape(n, -1)[:, :blocks].astype(np.float32)
+            else:  # float zero points (same type as the scales)
+                z = np.asarray(self.m.values(zt), np.float32).reshape(n, blocks)
+            w = (q - np.repeat(z, block, axis=1)[:, :k]) * np.repeat(s, block, axis=1)[:, :k]
+            return w.T  # [K, N], as the float MatMul's B
+
+        self.add(b, f"{bits}-bit MatMulNBits block {block}", True, (k, n), decode)
+
+    def gather_block_quantized(self, node: Node) -> None:
+        data = self.m.consts.get(node.input(0))
+        if data is None or len(data.dims) != 2:
+            return
+        bits = node.attr_int("bits", 4) or 4
+        block = node.attr_int("block_size", 128) or 128
+        qaxis = (node.attr_int("quantize_axis", 1) or 0) % 2
+        dims = list(data.dims)
+        if data.data_type == 2 and bits < 8:
+            dims[1] = dims[1] * 8 // bits
+
+        def decode() -> np.ndarray:
+            v = np.asarray(self.m.values(data))
+            if data.data_type == 2 and bits < 8:
+                per = 8 // bits
+                v = np.stack([(v >> (bits * j)) & ((1 << bits) - 1) for j in range(per)], axis=-1).reshape(dims)
+                zp_default = 1 << (bits - 1)
+            else:
+                zp_default = 0 if data.data_type == 22 else 1 << (bits - 1)
+            scales = self.m.small(node.input(2))
+            if scales is None:
+                raise DequantError(UNSUPPORTED, f"{data.name}: GatherBlockQuantized scales are not a constant")
+            zp = self.m.small(node.input(3)) if node.input(3) else None
+            if zp is None:
+                zp = np.full(scales.shape, zp_default, np.float32)
+            elif zp.dtype == np.uint8 and bits < 8 and zp.size * (8 // bits) == scales.size:
+                per = 8 // bits
+                zp = np.stack([(zp >> (bits * j)) & ((1 << bits) - 1) for j in range(per)], -1).reshape(scales.shape)
+            return dequantize_linear(v, scales, zp, qaxis, block, data.name)
+
+        self.add(data, f"{data.dtype_name} GatherBlockQuantized block {block}", True, tuple(dims), decode)
+
+    def node(self, node: Node) -> None:
+        op, dom = node.op_type, node.domain
+        std, ms = dom in ("", "ai.onnx"), dom == MS
+        if std and op in ("MatMul", "Gemm"):
+            self.float_or_dq(node, 1)
+            self.float_or_dq(node, 0)
+        elif (std or ms) and op in ("Conv", "ConvTranspose", "FusedConv"):
+            self.float_or_dq(node, 1, 3)
+        elif std and op == "Gather":
+            t, dq = self.m.trace(node.input(0))
+            if t is not None and dq is None and t.data_type in (2, 3):
+                self.qlinear(node, 0, -1, None, 0, companions=True)
+            else:
+                self.float_or_dq(node, 0)
+        elif std and op == "MatMulInteger":
+            self.qlinear(node, 1, -1, 3, 1, companions=True)
+        elif std and op == "ConvInteger":
+            self.qlinear(node, 1, -1, 3, 0, 3, companions=True)
+        elif std and op == "QLinearConv":
+            self.qlinear(node, 3, 4, 5, 0, 3)
+        elif (std or ms) and op == "QLinearMatMul":
+            self.qlinear(node, 3, 4, 5, 1)
+        elif ms and op == "QGemm":
+            self.qlinear(node, 3, 4, 5, 0 if node.attr_int("transB", 0) else 1)
+        elif ms and op == "DynamicQuantizeMatMul":
+            self.qlinear(node, 1, 2, 3, 1)
+        elif ms and op == "MatMulIntegerToFloat":
+            self.qlinear(node, 1, 3, 5, 1)
+        elif ms and op == "FusedMatMul":
+            self.float_or_dq(node, 1)
+        elif ms and op == "MatMulNBits":
+            self.matmulnbits(node)
+        elif ms and op == "GatherBlockQuantized":
+            self.gather_block_quantized(node)
+        elif ms and op in ("MatMulBnb4", "QAttention"):
+            t = self.m.consts.get(node.input(1))
+            if t is not None:
+                self.ws.problems.append((UNSUPPORTED, t.name, f"{t.name}: {op} weights are not dequantized here"))
+
+
+def open_weights(path: str) -> WeightSet:
+    m = _Model(path)
+    ws = WeightSet("onnx")
+    ws.closers.append(m.close)
+    builder = _Builder(m, ws)
+    for node in m.model.nodes:
+        if node.scope == "training":
+            continue
+        try:
+            builder.node(node)
+        except DequantError as exc:
+            ws.problems.append((exc.code, node.label, exc.message))
+    ws.facts["tensors"] = len(ws.weights)
+    return ws
