@@ -241,7 +241,12 @@ def _xnnpack_layers(payload: Any, prefix: str, position: int, method: str) -> li
 
 
 def _opaque_layer(prefix: str, backend: str, position: int, size: int | None, method: str) -> Layer:
-    """An opaque delegate: its share is `unknown`, never quantized, never float."""
+    """An opaque delegate: its share is `unknown`, never quantized, never float.
+
+    Its weights cannot be counted, so its payload bytes stand in for its params (one byte per
+    weight is the 8-bit case; a float payload is then over-weighted, never hidden): a model mostly
+    inside an opaque delegate shows a large unknown share on every basis, not just by ops.
+    """
     return Layer(
         name=prefix.rstrip("/"),
         kind=LINEAR,
@@ -250,10 +255,10 @@ def _opaque_layer(prefix: str, backend: str, position: int, size: int | None, me
         bits=None,
         numeric=UNKNOWN,
         quantized=None,
-        params=0,
+        params=size or 0,
         out_positions=None,
         position=position,
-        detail={"backend": backend, "payload_bytes": size, "method": method},
+        detail={"backend": backend, "payload_bytes": size, "method": method, "params": "estimated from payload bytes"},
     )
 
 
