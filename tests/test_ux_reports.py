@@ -181,7 +181,9 @@ def _browser() -> str | None:
 def test_html_report_in_a_headless_browser(tmp_path: Path) -> None:
     page = tmp_path / "report.html"
     page.write_text(render(sample_report(tmp_path, hostile=True), "html"), encoding="utf-8")
-    args = [_browser() or "", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"]
+    args = [_browser() or "", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-quic"]
+    # the machine has no network: stop the browser's background connections
+    args += ["--disable-background-networking", "--disable-component-update", "--disable-sync"]
     args += [f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*args, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=90).stdout
     assert "quantgate audit report" in dom
