@@ -453,7 +453,8 @@ class _Reader:
         self.found.add(F.warning(code, message, offset=None if pos is None else self.base + pos, **loc))
 
     def fb_error(self, exc: ReadError, what: str) -> None:
-        pos = exc.offset if isinstance(exc.offset, int) else None
+        # a bad offset can point anywhere (even before the blob): keep only positions inside it
+        pos = exc.offset if isinstance(exc.offset, int) and 0 <= exc.offset < len(self.v) else None
         self.err("XNNPACK_FLATBUFFER_INVALID", f"{what}: {exc.message}", pos, field=exc.field or what)
 
     # -- header ------------------------------------------------------------------------------
@@ -490,8 +491,12 @@ class _Reader:
             # a bare flatbuffer (blobs written before the header existed): no constant region
             p.flatbuffer_offset, p.flatbuffer_size = 0, n
             return 0, n
-        shown = bytes(magic).hex() if magic else "nothing"
-        self.err("XNNPACK_BAD_MAGIC", f"bytes 4-7 are {shown}, neither XH00 nor an XNNPACK flatbuffer identifier", 4)
+        if n < 8:
+            self.err("XNNPACK_BAD_MAGIC", f"the blob has {n} bytes, too few for a header or a flatbuffer",
+                     0 if n else None)  # fmt: skip
+            return None
+        self.err("XNNPACK_BAD_MAGIC", f"bytes 4-7 are {bytes(magic).hex()}, neither XH00 nor an XNNPACK "
+                 "flatbuffer identifier", 4)  # fmt: skip
         return None
 
     # -- graph -------------------------------------------------------------------------------
