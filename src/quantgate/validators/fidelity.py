@@ -96,10 +96,7 @@ def map_reference(artifact_path: str, references: dict[str, str]) -> str | None:
             continue
         values = {"name": name, "stem": os.path.splitext(name)[0]}
         values.update({str(i): g for i, g in enumerate(match.groups(), start=1)})
-        try:
-            target = str(template).format_map(values)
-        except (KeyError, IndexError, ValueError):
-            target = str(template)
+        target = re.sub(r"\{(\w+)\}", lambda m, v=values: v.get(m.group(1), m.group(0)), str(template))
         return os.path.join(os.path.dirname(artifact_path), target)
     return None
 

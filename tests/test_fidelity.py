@@ -1,0 +1,360 @@
+"""The `fidelity` guard: dequantizers checked against the libraries, numbers against direct numpy
+computations on independently dequantized tensors, damaged and mismatched pairs through the gate."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+np = pytest.importorskip("numpy")
+gguf = pytest.importorskip("gguf")
+
+from quantgate.bounds import FAIL_LEVEL, parse_bound  # noqa: E402
+from quantgate.findings import Finding  # noqa: E402
+from quantgate.formats.sniff import sniff  # noqa: E402
+from quantgate.validators.base import GuardConfig, GuardContext, decide_status, evaluate_bounds, run_guard  # noqa: E402
+from quantgate.validators.fidelity import GUARD, map_reference  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+FID = ROOT / "fixtures" / "fidelity"
+ONNX = ROOT / "fixtures" / "onnx"
+F16 = FID / "gguf" / "tiny-f16.gguf"
+
+
+def run(path: Path, reference: Path | str | None = None, *bounds: str, hints: dict[str, Any] | None = None,
+        **params: Any) -> dict[str, Any]:
+    config = GuardConfig(require=[parse_bound(b, FAIL_LEVEL) for b in bounds], timeout_s=300)
+    if reference is not None:
+        config.params["reference"] = str(reference)
+    config.params.update(params)
+    ctx = GuardContext(str(path), sniff(path), path.stat().st_size)
+    ctx.hints.update(hints or {})
+    return run_guard(GUARD, ctx, config).to_dict()
+
+
+def codes(result: dict[str, Any], severity: str | None = None) -> list[str]:
+    return [f["code"] for f in result["findings"] if severity is None or f["severity"] == severity]
+
+
+def layer_stats(a: Any, b: Any) -> dict[str, float]:
+    """The definitions, straight: a = reference, b = dequantized artifact."""
+    a = np.asarray(a, np.float64).ravel()
+    b = np.asarray(b, np.float64).ravel()
+    err = float(np.sum((a - b) ** 2))
+    return {
+        "cosine": float(np.dot(a, b) / math.sqrt(np.dot(a, a) * np.dot(b, b))),
+        "sqnr_db": 10 * math.log10(float(np.dot(a, a)) / err) if err else 150.0,
+        "rel_error": math.sqrt(err / float(np.dot(a, a))),
+        "max_abs_error": float(np.max(np.abs(a - b))),
+    }
+
+
+def check_layers(result: dict[str, Any], expected: dict[str, dict[str, float]]) -> None:
+    rows = {row["name"]: row for row in result["metrics"]["weights"]["per_layer"]}
+    assert set(rows) == set(expected)
+    for name, want in expected.items():
+        for key, value in want.items():
+            assert rows[name][key] == pytest.approx(value, rel=1e-5, abs=1e-6), (name, key)
+
+
+# --- GGUF ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16", "BF16", "F32"])
+def test_gguf_decoders_equal_gguf_py_on_quantized_data(name: str) -> None:
+    from gguf.quants import dequantize, quantize
+
+    from quantgate.dequant import gguf as dg
+    from quantgate.formats.gguf_types import GGML_TYPE_BY_NAME
+
+    qtype = gguf.GGMLQuantizationType[name]
+    x = np.random.default_rng(3).standard_normal((4, 256)).astype(np.float32)
+    q = quantize(x, qtype)
+    size = GGML_TYPE_BY_NAME[name].size
+    ours = dg.DECODERS[name](np.ascontiguousarray(q).view(np.uint8).reshape(-1, size))
+    assert np.array_equal(ours.reshape(x.shape), dequantize(q, qtype))
+
+
+@pytest.mark.parametrize("name", ["Q4_K", "Q5_K", "Q6_K"])
+def test_gguf_k_decoders_equal_gguf_py_on_random_blocks(name: str) -> None:
+    from gguf.quants import dequantize
+
+    from quantgate.dequant import gguf as dg
+    from quantgate.formats.gguf_types import GGML_TYPE_BY_NAME
+
+    size = GGML_TYPE_BY_NAME[name].size
+    blocks = np.random.default_rng(5).integers(0, 256, (8, size), dtype=np.uint8)
+    half = np.frombuffer(np.float16(0.01).tobytes(), np.uint8)
+    if name == "Q6_K":
+        blocks[:, 208:210] = half
+    else:
+        blocks[:, 0:2] = half
+        blocks[:, 2:4] = half
+    want = dequantize(blocks.reshape(-1), gguf.GGMLQuantizationType[name]).reshape(8, -1)
+    assert np.array_equal(dg.DECODERS[name](blocks), want)
+
+
+def gguf_float_tensors(path: Path) -> dict[str, Any]:
+    """Every 2-D tensor of a GGUF, dequantized by gguf-py, in [rows, cols]."""
+    from gguf.quants import dequantize
+
+    reader = gguf.GGUFReader(str(path))
+    return {t.name: dequantize(t.data, t.tensor_type).reshape(tuple(int(n) for n in reversed(t.shape)))
+            for t in reader.tensors if len(t.shape) >= 2}
+
+
+@pytest.mark.parametrize("quantized", ["tiny-q8_0.gguf", "tiny-q4_0.gguf"])
+def test_gguf_pair_numbers_equal_numpy(quantized: str) -> None:
+    result = run(FID / "gguf" / quantized, F16)
+    assert result["status"] == "PASS", result["message"]
+    ref, art = gguf_float_tensors(F16), gguf_float_tensors(FID / "gguf" / quantized)
+    expected = {name: layer_stats(ref[name], art[name]) for name in art}
+    check_layers(result, expected)
+    w = result["metrics"]["weights"]
+    assert w["layers"] == w["quantized_layers"] == 16
+    assert w["cosine"]["min"] == pytest.approx(min(e["cosine"] for e in expected.values()), rel=1e-6)
+    assert w["sqnr_db"]["mean"] == pytest.approx(np.mean([e["sqnr_db"] for e in expected.values()]), rel=1e-5)
+    noise = sum(float(np.sum((ref[n].astype(np.float64) - art[n]) ** 2)) for n in art)
+    signal = sum(float(np.sum(ref[n].astype(np.float64) ** 2)) for n in art)
+    assert w["sqnr_db"]["overall"] == pytest.approx(10 * math.log10(signal / noise), rel=1e-5)
+    size = (FID / "gguf" / quantized).stat().st_size
+    assert result["metrics"]["size_ratio"] == pytest.approx(F16.stat().st_size / size)
+    assert "FIDELITY_WORST_LAYERS" in codes(result, "info")
+
+
+def test_gguf_row_sampling_is_bounded_and_said() -> None:
+    result = run(FID / "gguf" / "tiny-q8_0.gguf", F16, max_elements=4096)
+    w = result["metrics"]["weights"]
+    assert w["sampled_layers"] == 8  # token_embd, ffn_gate/up/down x2, output: > 4096 elements
+    assert "FIDELITY_SAMPLED" in codes(result, "info")
+    ref, art = gguf_float_tensors(F16), gguf_float_tensors(FID / "gguf" / "tiny-q8_0.gguf")
+    row = next(r for r in w["per_layer"] if r["name"] == "blk.0.ffn_down.weight")  # 64 x 256: 16 rows kept
+    assert row["sampled_rows"] == 16
+    picked = np.unique(np.linspace(0, 63, 16).round().astype(int))
+    name = "blk.0.ffn_down.weight"
+    want = layer_stats(ref[name][picked], art[name][picked])
+    assert row["sqnr_db"] == pytest.approx(want["sqnr_db"], rel=1e-5)
+
+
+def test_damaged_gguf_caught_through_the_gate(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "quantgate", "-q", "run", str(FID / "gguf"), str(FID / "gguf-damaged"),
+         str(FID / "gguf-mismatch"), "--policy", str(FID / "policy-gguf.toml"), "--guards", "fidelity",
+         "--format", "json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 1, out.stderr
+    report = json.loads(out.stdout)
+    by_name = {Path(r["artifact"]["path"]).name: r for r in report["results"]}
+    assert by_name["tiny-q8_0.gguf"]["status"] == "PASS"
+    assert by_name["tiny-q4_0.gguf"]["status"] == "PASS"
+    assert by_name["tiny-f16.gguf"]["skip"]["reason"] == "no_reference"
+    scaled = by_name["tiny-q8_0-scales-x4.gguf"]
+    assert scaled["status"] == "FAIL"
+    broken = {b["metric"]: b["actual"] for b in scaled["bounds"] if b["outcome"] == "broken"}
+    assert set(broken) == {"weights.sqnr_db.min"}
+    assert broken["weights.sqnr_db.min"] == pytest.approx(20 * math.log10(1 / 3), abs=0.02)  # error = 3x signal
+    assert scaled["metrics"]["weights"]["worst"][0] == "blk.1.ffn_down.weight"
+    shuffled = by_name["tiny-q8_0-shuffled.gguf"]
+    assert shuffled["status"] == "FAIL"
+    assert {b["metric"] for b in shuffled["bounds"] if b["outcome"] == "broken"} == {
+        "weights.cosine.min", "weights.sqnr_db.min"}
+    assert shuffled["metrics"]["weights"]["worst"][0] == "blk.0.attn_q.weight"
+    for name in ("seed1-q8_0.gguf", "ffn128-q8_0.gguf"):
+        mismatch = by_name[name]
+        # an error finding decides: FAIL, not ERROR for the metrics it could not produce
+        assert mismatch["status"] == "FAIL", mismatch["message"]
+        assert "FIDELITY_PAIR_MISMATCH" in codes(mismatch, "error")
+        assert "weights" not in mismatch["metrics"]
+
+
+def test_mismatched_pairs_fail_without_numbers() -> None:
+    result = run(ONNX / "mlp_gemm.onnx", ONNX / "float.onnx", "weights.cosine.min >= 0.99")
+    assert result["status"] == "FAIL"
+    assert codes(result, "error") == ["FIDELITY_PAIR_MISMATCH"]
+    assert "weights" not in result["metrics"] and "outputs" not in result["metrics"]
+
+
+def test_decide_status_error_finding_beats_missing_metric() -> None:
+    config = GuardConfig(require=[parse_bound("weights.cosine.min >= 0.99")])
+    rows = evaluate_bounds(config, {})
+    assert decide_status([], rows) == "ERROR"
+    assert decide_status([Finding("FIDELITY_PAIR_MISMATCH", "error", "x")], rows) == "FAIL"
+    assert decide_status([Finding("FIDELITY_SAMPLED", "info", "x")], rows) == "ERROR"
+
+
+def test_no_reference_skips_with_a_hint() -> None:
+    result = run(FID / "gguf" / "tiny-q8_0.gguf")
+    assert result["status"] == "SKIP"
+    assert result["skip"]["reason"] == "no_reference"
+    assert "--param reference=" in result["skip"]["detail"]
+
+
+def test_missing_reference_is_an_error() -> None:
+    result = run(FID / "gguf" / "tiny-q8_0.gguf", FID / "gguf" / "nope.gguf")
+    assert result["status"] == "ERROR" and result["error"]["type"] == "reference_missing"
+
+
+def test_the_reference_itself_is_not_applicable() -> None:
+    result = run(F16, F16)
+    assert result["status"] == "SKIP" and result["skip"]["reason"] == "not_applicable"
+
+
+def test_reference_mapping_and_manifest_hint(tmp_path: Path) -> None:
+    assert map_reference("/x/tiny-q8_0.gguf", {"tiny-q*.gguf": "tiny-f16.gguf"}) == "/x/tiny-f16.gguf"
+    assert map_reference("/x/llama-q4_0.gguf", {"*-q?_0.gguf": "{1}-f16.gguf"}) == "/x/llama-f16.gguf"
+    assert map_reference("/x/m.onnx", {"*-q8.onnx": "x"}) is None
+    release = tmp_path / "release"
+    release.mkdir()
+    for name in ("tiny-q8_0.gguf", "tiny-f16.gguf"):
+        shutil.copy(FID / "gguf" / name, release / name)
+    manifest = {"manifest_version": 1, "model_id": "t/tiny", "artifacts": [
+        {"path": "tiny-q8_0.gguf", "format": "gguf", "reference": "tiny-f16.gguf"},
+        {"path": "tiny-f16.gguf", "format": "gguf"}]}
+    (release / "manifest.json").write_text(json.dumps(manifest))
+    out = subprocess.run([sys.executable, "-m", "quantgate", "-q", "run", str(release), "--guards", "fidelity",
+                          "--format", "json"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    report = json.loads(out.stdout)
+    by_name = {Path(r["artifact"]["path"]).name: r for r in report["results"]}
+    assert by_name["tiny-q8_0.gguf"]["status"] == "PASS"
+    assert by_name["tiny-q8_0.gguf"]["metrics"]["reference"]["source"] == "manifest"
+    assert by_name["tiny-f16.gguf"]["skip"]["reason"] == "no_reference"
+
+
+def test_policy_reference_is_relative_to_the_policy(tmp_path: Path) -> None:
+    from quantgate.policy import PolicyError, load_policy
+
+    policy = tmp_path / "sub" / "quantgate.toml"
+    policy.parent.mkdir()
+    policy.write_text('[quantgate]\nversion = 1\n[guards.fidelity]\nreference = "../float.gguf"\n'
+                      'references = { "*-q8_0.gguf" = "{1}-f16.gguf" }\n')
+    config = load_policy(str(policy)).guard_config("fidelity")
+    assert config.params["reference"] == str(tmp_path / "sub" / ".." / "float.gguf")
+    assert config.params["references"] == {"*-q8_0.gguf": "{1}-f16.gguf"}
+    policy.write_text('[quantgate]\nversion = 1\n[guards.gguf-dtypes]\nreference = "x.gguf"\n')
+    with pytest.raises(PolicyError, match=r"only \[guards.fidelity\] takes reference"):
+        load_policy(str(policy))
+
+
+# --- ONNX ------------------------------------------------------------------------------------------
+
+
+def onnx_arrays(path: Path) -> dict[str, Any]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+
+
+def test_onnx_qdq_numbers_equal_numpy() -> None:
+    result = run(ONNX / "static_qdq.onnx", ONNX / "float.onnx")
+    assert result["status"] == "PASS", result["message"]
+    ref, art = onnx_arrays(ONNX / "float.onnx"), onnx_arrays(ONNX / "static_qdq.onnx")
+    expected = {}
+    for name in ("embed.weight", "conv.weight", "fc1.weight", "fc2.weight", "head.weight"):
+        q = art[name + "_quantized"].astype(np.float32)
+        scale, zp = art[name + "_scale"], art[name + "_zero_point"].astype(np.float32)
+        expected[name] = layer_stats(ref[name], (q - zp) * scale)
+    check_layers(result, expected)
+
+
+def test_onnx_blocked_int4_numbers_equal_numpy() -> None:
+    result = run(ONNX / "qdq_blocked_int4.onnx", ONNX / "float.onnx")
+    ref, art = onnx_arrays(ONNX / "float.onnx"), onnx_arrays(ONNX / "qdq_blocked_int4.onnx")
+    expected = {n: layer_stats(ref[n], ref[n]) for n in ("embed.weight", "conv.weight")}  # kept float
+    for name in ("fc1.weight", "fc2.weight", "head.weight"):
+        q = art[name + "_DQ_Q4"].astype(np.float32)  # numpy_helper unpacks INT4
+        scale = np.repeat(art[name + "_DQ_scales"], 32, axis=0)  # axis 0, block 32
+        expected[name] = layer_stats(ref[name], q * scale)
+    check_layers(result, expected)
+    assert result["metrics"]["weights"]["identical_layers"] == 2
+
+
+def test_onnx_matmulnbits_equals_the_blocked_qdq_of_the_same_quantizer() -> None:
+    # MatMulNBitsQuantizer wrote the same 4-bit blocks both ways: one [N, K/32, 16] uint8, one INT4 QDQ
+    a = run(ONNX / "matmulnbits4.onnx", ONNX / "float.onnx")["metrics"]["weights"]["per_layer"]
+    b = run(ONNX / "qdq_blocked_int4.onnx", ONNX / "float.onnx")["metrics"]["weights"]["per_layer"]
+    rows_b = {r["name"]: r for r in b}
+    for row in a:
+        if row["name"].startswith("fc") or row["name"] == "head.weight":
+            assert row["sqnr_db"] == pytest.approx(rows_b[row["name"]]["sqnr_db"], rel=1e-6)
+
+
+def test_onnx_output_fidelity_equals_onnxruntime_directly() -> None:
+    ort = pytest.importorskip("onnxruntime")
+    result = run(ONNX / "static_qdq.onnx", ONNX / "float.onnx", samples=3, seed=11)
+    outputs = result["metrics"]["outputs"]
+    rng = np.random.default_rng(11)
+    sessions = [ort.InferenceSession(str(p), providers=["CPUExecutionProvider"])
+                for p in (ONNX / "float.onnx", ONNX / "static_qdq.onnx")]
+    refs, arts = [], []
+    for _ in range(3):
+        ids = rng.integers(0, 128, size=[1, 16]).astype(np.int64)  # 128 = rows of the embedding
+        refs.append(sessions[0].run(None, {"ids": ids})[0])
+        arts.append(sessions[1].run(None, {"ids": ids})[0])
+    a, b = np.concatenate(refs), np.concatenate(arts)
+    want = layer_stats(a, b)
+    assert outputs["cosine"] == pytest.approx(want["cosine"], rel=1e-6)
+    assert outputs["sqnr_db"] == pytest.approx(want["sqnr_db"], rel=1e-5)
+    assert outputs["max_abs_error"] == pytest.approx(want["max_abs_error"], rel=1e-5)
+    top1 = np.mean([np.mean(r.argmax(-1) == t.argmax(-1)) for r, t in zip(refs, arts, strict=True)])
+    assert outputs["top1_agreement"] == pytest.approx(top1)
+    assert outputs["samples"] == 3
+
+
+def test_damaged_onnx_caught_through_the_gate(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    out = subprocess.run(
+        [sys.executable, "-m", "quantgate", "-q", "run", str(FID / "onnx"), str(ONNX / "static_qdq.onnx"),
+         "--policy", str(FID / "policy-onnx.toml"), "--guards", "fidelity", "--format", "json"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 1, out.stderr
+    by_name = {Path(r["artifact"]["path"]).name: r for r in json.loads(out.stdout)["results"]}
+    assert by_name["static_qdq.onnx"]["status"] == "PASS"
+    scaled = by_name["static_qdq-scales-x4.onnx"]
+    assert {b["metric"] for b in scaled["bounds"] if b["outcome"] == "broken"} == {"outputs.cosine"}
+    assert scaled["metrics"]["weights"]["worst"][0] == "fc1.weight"
+    assert scaled["metrics"]["weights"]["sqnr_db"]["min"] == pytest.approx(20 * math.log10(1 / 3), abs=0.02)
+    shuffled = by_name["static_qdq-shuffled.onnx"]
+    assert {b["metric"] for b in shuffled["bounds"] if b["outcome"] == "broken"} == {
+        "weights.cosine.min", "outputs.cosine"}
+
+
+# --- safetensors -----------------------------------------------------------------------------------
+
+
+def test_safetensors_ct_int8_numbers_equal_numpy() -> None:
+    from safetensors.numpy import load_file
+
+    folder = FID / "safetensors"
+    result = run(folder / "ct_w8a8" / "model.safetensors", folder / "float" / "model.safetensors")
+    assert result["status"] == "PASS", result["message"]
+    ref = load_file(str(folder / "float" / "model.safetensors"))
+    art = load_file(str(folder / "ct_w8a8" / "model.safetensors"))
+    expected = {}
+    for name, value in ref.items():
+        if value.ndim < 2:
+            continue
+        module = name[: -len(".weight")]
+        if module + ".weight_scale" in art:
+            deq = art[name].astype(np.float32) * art[module + ".weight_scale"]  # [out, 1] channel scales
+        else:
+            deq = art[name]
+        expected[name] = layer_stats(value, deq)
+    check_layers(result, expected)
+    w = result["metrics"]["weights"]
+    assert (w["layers"], w["quantized_layers"], w["identical_layers"]) == (9, 7, 2)
+
+
+def test_safetensors_damaged_scale_is_the_worst_layer() -> None:
+    folder = FID / "safetensors"
+    result = run(folder / "ct_w8a8-scales-x4" / "model.safetensors", folder / "float" / "model.safetensors",
+                 "weights.sqnr_db.min >= 25")
+    assert result["status"] == "FAIL"
+    assert result["metrics"]["weights"]["worst"][0] == "model.layers.0.mlp.up_proj.weight"
