@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quantgate.formats.binary import Budget, ReadError, View
-from quantgate.runtime._fb import FlatbufferError, Tables
+from quantgate.formats.flatbuffer import FlatBuffer
 
 IDENTIFIER = b"ED00"
 
@@ -40,17 +40,16 @@ class ProfileEvent:
 def parse(data: bytes) -> list[ProfileEvent]:
     """Every profile event of every run in the dump, in file order."""
     view = View(data)
-    t = Tables(view, Budget.for_size(len(data)))
     try:
-        if view.bytes(8, 4, "identifier") != IDENTIFIER:
-            raise EtdumpError(f"not an ETDump: identifier {view.bytes(8, 4)!r}, expected {IDENTIFIER!r}")
-        root = 4 + view.u32(4, "root offset")
+        # size-prefixed: the flatbuffer proper starts after the u32 size, so its window starts at 4
+        t = FlatBuffer(view, Budget.for_size(len(data)), start=4)
+        if t.identifier() != IDENTIFIER:
+            raise EtdumpError(f"not an ETDump: identifier {t.identifier()!r}, expected {IDENTIFIER!r}")
+        root = t.root()
         events: list[ProfileEvent] = []
         # ETDump {0 version, 1 run_data}; RunData {0 name, 1 bundled_input_index, 2 allocators, 3 events}
-        for run_index, run_pos in enumerate(t.vector(root, 1)):
-            run = t.deref(run_pos)
-            for event_pos in t.vector(run, 3):
-                event = t.deref(event_pos)
+        for run_index, run in enumerate(t.tables(root, 1)):
+            for event in t.tables(run, 3):
                 # Event {0 profile_event, 1 allocation_event, 2 debug_event}
                 profile = t.table(event, 0)
                 if profile is None:
@@ -60,17 +59,15 @@ def parse(data: bytes) -> list[ProfileEvent]:
                 events.append(
                     ProfileEvent(
                         name=t.string(profile, 0),
-                        chain_index=t.scalar(profile, 1, "i32", 0),
-                        instruction_id=t.scalar(profile, 2, "i32", -1),
-                        delegate_debug_id_int=t.scalar(profile, 3, "i32", -1),
+                        chain_index=int(t.scalar(profile, 1, "i32", 0)),
+                        instruction_id=int(t.scalar(profile, 2, "i32", -1)),
+                        delegate_debug_id_int=int(t.scalar(profile, 3, "i32", -1)),
                         delegate_debug_id_str=t.string(profile, 4),
-                        start_time=t.scalar(profile, 6, "u64", 0),
-                        end_time=t.scalar(profile, 7, "u64", 0),
+                        start_time=int(t.scalar(profile, 6, "u64", 0)),
+                        end_time=int(t.scalar(profile, 7, "u64", 0)),
                         run=run_index,
                     )
                 )
         return events
     except ReadError as exc:
         raise EtdumpError(f"damaged ETDump: {exc.message}") from None
-    except FlatbufferError as exc:
-        raise EtdumpError(f"damaged ETDump: {exc}") from None

@@ -6,7 +6,8 @@ dtype and sizes, to trace a GEMM's weight back to the constant it comes from. On
 tables are touched (memory-mapped, bounded, budgeted): never the segments holding the weights, so
 the cost follows the program's structure, not its size. Field ids: research §2 (program.fbs).
 
-It is deliberately minimal and private to the runtime guard; the shared PTE reader can replace it.
+It is deliberately minimal (chain 0 of one method, no segment checks), on the shared bounded
+flatbuffer reader; `formats.pte` is the full structural reader.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from quantgate.formats.binary import Budget, ReadError, mapped
-from quantgate.runtime._fb import FlatbufferError, Tables
+from quantgate.formats.flatbuffer import FlatBuffer
 
 IDENTIFIER = b"ET12"
 # InstructionArguments union tags
@@ -28,12 +29,12 @@ class ProgramTableError(Exception):
     pass
 
 
-def _tensor(t: Tables, table: int) -> list[Any]:
+def _tensor(t: FlatBuffer, table: int) -> list[Any]:
     """[scalar_type, sizes, constant, fqn] of one Tensor table."""
     scalar_type = t.scalar(table, 0, "u8", 0)
-    sizes = t.ints(table, 2)
+    sizes = t.scalars(table, 2, "i32")
     data_buffer_idx = t.scalar(table, 5, "u32", 0)
-    allocated = t.field_pos(table, 6) is not None
+    allocated = t.has(table, 6)
     fqn = None
     external = False
     extra = t.table(table, 9)
@@ -47,48 +48,35 @@ def _tensor(t: Tables, table: int) -> list[Any]:
 def read(path: str, method: str = "forward") -> tuple[list[dict[str, Any]], list[Any]]:
     """(instructions, values) of `method`'s chain 0, in the runner's JSON form."""
     with mapped(path) as view:
-        t = Tables(view, Budget.for_size(len(view)))
         try:
-            if view.bytes(4, 4, "identifier") != IDENTIFIER:
-                raise ProgramTableError(f"identifier {view.bytes(4, 4)!r} is not {IDENTIFIER!r}")
-            root = view.u32(0, "root offset")
+            t = FlatBuffer(view, Budget.for_size(len(view)))
+            if t.identifier() != IDENTIFIER:
+                raise ProgramTableError(f"identifier {t.identifier()!r} is not {IDENTIFIER!r}")
+            root = t.root()
             # Program {1 execution_plan}; ExecutionPlan {0 name, 2 values, 5 chains, 6 operators, 7 delegates}
-            plan = None
-            for pos in t.vector(root, 1):
-                candidate = t.deref(pos)
-                if t.string(candidate, 0) == method:
-                    plan = candidate
-                    break
+            plan = next((p for p in t.tables(root, 1) if t.string(p, 0) == method), None)
             if plan is None:
                 raise ProgramTableError(f"no execution plan named {method!r}")
             operators = []
-            for pos in t.vector(plan, 6):
-                op = t.deref(pos)
+            for op in t.tables(plan, 6):
                 name, overload = t.string(op, 0), t.string(op, 1)
                 operators.append(f"{name}.{overload}" if overload else name)
-            delegates = [t.string(t.deref(pos), 0) for pos in t.vector(plan, 7)]
+            delegates = [t.string(d, 0) for d in t.tables(plan, 7)]
             values: list[Any] = []
-            for pos in t.vector(plan, 2):
-                evalue = t.deref(pos)
-                if t.scalar(evalue, 0, "u8", 0) != _TENSOR:
-                    values.append(None)
-                    continue
-                tensor = t.table(evalue, 1)
-                values.append(None if tensor is None else _tensor(t, tensor))
+            for evalue in t.tables(plan, 2):
+                tag, tensor = t.union(evalue, 0)
+                values.append(_tensor(t, tensor) if tag == _TENSOR and tensor is not None else None)
             instructions: list[dict[str, Any]] = []
-            chains = t.vector(plan, 5)
+            chains = t.tables(plan, 5)
             if chains:
-                chain = t.deref(chains[0])
                 # Chain {2 instructions}; Instruction {0 instr_args_type, 1 instr_args}
-                for index, pos in enumerate(t.vector(chain, 2)):
-                    instruction = t.deref(pos)
-                    tag = t.scalar(instruction, 0, "u8", 0)
+                for index, instruction in enumerate(t.tables(chains[0], 2)):
+                    tag, args_table = t.union(instruction, 0)
                     row: dict[str, Any] = {"index": index, "kind": _INSTRUCTION_KINDS.get(tag, f"tag {tag}")}
-                    args_table = t.table(instruction, 1)
                     if args_table is not None and tag in (_KERNEL_CALL, _DELEGATE_CALL):
                         # KernelCall {0 op_index, 1 args}; DelegateCall {0 delegate_index, 1 args}
                         target = t.scalar(args_table, 0, "i32", 0)
-                        row["args"] = t.ints(args_table, 1)
+                        row["args"] = t.scalars(args_table, 1, "i32")
                         if tag == _KERNEL_CALL:
                             row["op"] = operators[target] if 0 <= target < len(operators) else None
                         else:
@@ -96,5 +84,5 @@ def read(path: str, method: str = "forward") -> tuple[list[dict[str, Any]], list
                             row["backend"] = delegates[target] if 0 <= target < len(delegates) else None
                     instructions.append(row)
             return instructions, values
-        except (ReadError, FlatbufferError) as exc:
-            raise ProgramTableError(f"damaged program: {getattr(exc, 'message', exc)}") from None
+        except ReadError as exc:
+            raise ProgramTableError(f"damaged program: {exc.message}") from None
