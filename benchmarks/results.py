@@ -31,10 +31,15 @@ def machine() -> str:
     for name in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
             versions.append(f"{name} {metadata.version(name)}")
+    try:
+        load = "load average {:.1f} / {:.1f} / {:.1f} (1/5/15 min) when the run started".format(*os.getloadavg())
+    except OSError:
+        load = "load average unknown"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return (
         f"Machine: {cpu}, {os.cpu_count()} cores, {mem:.0f} GiB; Python {platform.python_version()} on "
-        f"{platform.system()} {platform.release()}; commit {commit or 'unknown'}.\n\nVersions: "
+        f"{platform.system()} {platform.release()}; commit {commit or 'unknown'}; {load} (the machine is shared, "
+        "so timings carry noise; ratios are taken within one run).\n\nVersions: "
         + ", ".join(versions)
         + "."
     )
