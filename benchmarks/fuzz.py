@@ -33,6 +33,7 @@ REGRESSIONS = ROOT / "fixtures" / "fuzz-regressions"
 WORK = ROOT / "benchmarks" / ".work" / "fuzz"
 MEMORY_LIMIT = 2 << 30  # per worker: a reader that needs more on a small file is a defect
 TIME_LIMIT_S = 5.0
+HANG_S = 60.0  # no result from any worker for this long: a reader ignored its time budget
 EXT = {"gguf": ".gguf", "onnx": ".onnx", "safetensors": ".safetensors", "pte": ".pte"}
 HUGE = [0xFFFFFFFF, 0x7FFFFFFF, 0x80000000, 1 << 62, (1 << 64) - 1, 5_000_000, 1 << 31]
 
@@ -87,11 +88,30 @@ def _limit_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
+def _reset_peak_rss() -> None:
+    """Start this input's peak RSS afresh (Linux: `5` in clear_refs resets VmHWM)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """Bytes: the worker's VmHWM since the last reset, else its lifetime maximum."""
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+    except (OSError, StopIteration, ValueError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def check_one(task: tuple[str, str, bytes]) -> dict:
     """Read one mutated input in this worker; classify the outcome."""
     fmt, name, data = task
     path = WORK / f"{os.getpid()}{EXT[fmt]}"
     path.write_bytes(data)
+    _reset_peak_rss()
     started = time.perf_counter()
     outcome, detail, findings = "ok", "", 0
     try:
@@ -108,7 +128,8 @@ def check_one(task: tuple[str, str, bytes]) -> dict:
         outcome = "exception"
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()[:300]
     elapsed = time.perf_counter() - started
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rss = _peak_rss()
+    path.unlink(missing_ok=True)  # what is left in WORK is in flight: a hung worker's input
     return {
         "fmt": fmt,
         "seed": name,
@@ -123,6 +144,8 @@ def check_one(task: tuple[str, str, bytes]) -> dict:
 
 def run(seconds: float, jobs: int, seed: int) -> dict[str, dict]:
     WORK.mkdir(parents=True, exist_ok=True)
+    for stale in WORK.glob("*"):
+        stale.unlink()
     rng = random.Random(seed)
     corpus = {fmt: [(p, p.read_bytes()) for p in paths] for fmt, paths in seeds().items() if paths}
     stats: dict[str, dict] = {
@@ -149,7 +172,23 @@ def run(seconds: float, jobs: int, seed: int) -> dict[str, dict]:
                 for _ in range(20):
                     path, data = rng.choice(files)
                     batch.append((fmt, path.name, mutate(data, rng)))
-            for result in pool.imap_unordered(check_one, batch, chunksize=4):
+            results = pool.imap_unordered(check_one, batch)  # chunksize 1: only its iterator has a timeout
+            while True:
+                try:
+                    # the per-input budget is a signal; a reader stuck where signals wait (native code)
+                    # would stall the pool: past this backstop, the inputs in flight are kept as hangs
+                    result = results.next(timeout=HANG_S)
+                except StopIteration:
+                    break
+                except multiprocessing.TimeoutError:
+                    pool.terminate()
+                    for stuck in WORK.glob("*"):
+                        fmt = next((f for f, e in EXT.items() if stuck.name.endswith(e)), None)
+                        if fmt in stats:
+                            stats[fmt]["tried"] += 1
+                            stats[fmt]["timeout"] += 1
+                            stats[fmt]["kept"].append(keep(fmt, stuck.read_bytes(), "hang", f"over {HANG_S:g} s"))
+                    return stats
                 s = stats[result["fmt"]]
                 s["tried"] += 1
                 s[result["outcome"]] += 1
@@ -157,12 +196,18 @@ def run(seconds: float, jobs: int, seed: int) -> dict[str, dict]:
                 if result["seconds"] > s["slowest"][0]:
                     s["slowest"] = (result["seconds"], result["seed"])
                 if result["data"]:
-                    digest = hashlib.sha1(result["data"]).hexdigest()[:16]
-                    target = REGRESSIONS / result["fmt"] / f"{digest}{EXT[result['fmt']]}"
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(result["data"])
-                    s["kept"].append(f"{target.relative_to(ROOT)}: {result['outcome']} {result['detail']}")
+                    s["kept"].append(keep(result["fmt"], result["data"], result["outcome"], result["detail"]))
     return stats
+
+
+def keep(fmt: str, data: bytes, outcome: str, detail: str) -> str:
+    """Save a defect-triggering input under fixtures/fuzz-regressions/<format>/ (named by its hash)."""
+    digest = hashlib.sha1(data).hexdigest()[:16]
+    target = REGRESSIONS / fmt / f"{digest}{EXT[fmt]}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    shown = target.relative_to(ROOT) if target.is_relative_to(ROOT) else target
+    return f"`{shown}`: {outcome} {detail}"
 
 
 def markdown(stats: dict[str, dict], seconds: float, seed: int) -> str:
@@ -183,7 +228,22 @@ def markdown(stats: dict[str, dict], seconds: float, seed: int) -> str:
             f"{s['rss'] / 2**20:.0f} MiB |"
         )
     kept = [k for s in stats.values() for k in s["kept"]]
-    lines += ["", "Inputs kept as regression fixtures: " + (", ".join(kept) if kept else "none (no defect found)."), ""]
+    tried = sum(s["tried"] for s in stats.values())
+    defects = {k: sum(s[k] for s in stats.values()) for k in ("exception", "timeout", "memory")}
+    earlier = sorted(p for p in REGRESSIONS.rglob("*") if p.is_file() and p.parent != REGRESSIONS)
+    lines += [
+        "",
+        f"Total: {tried:,} inputs, {defects['exception']} exceptions, {defects['timeout']} timeouts, "
+        f"{defects['memory']} memory blow-ups (each must be 0). Peak RSS is the worst single input's "
+        "(the worker's VmHWM, reset before each input; the interpreter and the imported readers included). "
+        "The slowest input is named by the valid file it was mutated from.",
+        "",
+        "Inputs kept as regression fixtures in this run: "
+        + ("; ".join(kept) if kept else "none (no defect found)."),
+        f"`fixtures/fuzz-regressions/` holds {len(earlier)} input(s) from every run so far, replayed by "
+        "`tests/test_fuzz_regressions.py`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
