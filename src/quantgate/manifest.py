@@ -267,12 +267,27 @@ def gguf_type_bits(name: str) -> int | None:
 def infer_method(inventory: Inventory) -> str:
     """The method a manifest should claim for what the artifact stores."""
     file_type = inventory.metrics.get("file_type")
-    if inventory.format == "gguf" and isinstance(file_type, str) and gguf_type_bits(file_type):
-        return file_type.upper().removeprefix("MOSTLY_")
+    if inventory.format == "gguf" and isinstance(file_type, str):
+        name = file_type.upper().removeprefix("MOSTLY_")
+        if gguf_type_bits(name) or name in FLOAT_METHODS:  # GGUF's own names: Q4_K_M, F16, ALL_F32
+            return name
     shares = precision_shares(inventory.layers)
     return {"int8": "INT8", "int4": "INT4", "fp8": "FP8", "bf16": "BF16", "fp16": "FP16", "fp32": "FP32"}.get(
-        dominant(shares), "FP32"
+        method_family(shares), "FP32"
     )
+
+
+QUANTIZED_FAMILIES = ("int8", "int4", "fp8", "other_quantized")
+
+
+def method_family(shares: dict[str, float]) -> str:
+    """The storage family a method names: the dominant quantized one when anything is quantized.
+
+    A small model whose int8 linears hold fewer params than its float embedding is still an INT8 model
+    (how much of it is quantized is the coverage claim's business); calling it FP32 would be false.
+    """
+    quantized = {k: shares[k] for k in QUANTIZED_FAMILIES if shares.get(k)}
+    return dominant(quantized) if quantized else dominant(shares)
 
 
 def method_problem(method: str, inventory: Inventory, metrics: dict[str, Any]) -> str | None:
@@ -281,7 +296,7 @@ def method_problem(method: str, inventory: Inventory, metrics: dict[str, Any]) -
     if not layers:
         return None if method in FLOAT_METHODS else f"{method} claimed, but the artifact has no weight-bearing ops"
     shares = precision_shares(layers)
-    top = dominant(shares)
+    top = method_family(shares)
     mix = ", ".join(f"{k} {v:.0%}" for k, v in shares.items() if v)
     if method in INT8_METHODS:
         if top != "int8":
