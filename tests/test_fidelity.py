@@ -358,3 +358,40 @@ def test_safetensors_damaged_scale_is_the_worst_layer() -> None:
                  "weights.sqnr_db.min >= 25")
     assert result["status"] == "FAIL"
     assert result["metrics"]["weights"]["worst"][0] == "model.layers.0.mlp.up_proj.weight"
+
+
+# --- ExecuTorch ------------------------------------------------------------------------------------
+
+
+def test_pte_output_fidelity_equals_the_runtime_directly() -> None:
+    pytest.importorskip("executorch")
+    torch = pytest.importorskip("torch")
+    from executorch.extension.pybindings import portable_lib as pl
+
+    pte = FID / "pte"
+    result = run(pte / "tiny-dq8-xnnpack.pte", pte / "tiny-fp32.pte", samples=2, seed=5)
+    assert result["status"] == "PASS", result["message"]
+    outputs = result["metrics"]["outputs"]
+    assert outputs["int_high"] == 100  # the embedding table's rows, from the reference's inventory
+    assert "FIDELITY_WEIGHTS_UNAVAILABLE" in codes(result, "info")
+    gen = torch.Generator().manual_seed(5)
+    methods = [pl._load_program(str(pte / name)).load_method("forward") for name in ("tiny-fp32.pte",
+                                                                                     "tiny-dq8-xnnpack.pte")]
+    refs, arts = [], []
+    for _ in range(2):
+        tokens = torch.randint(0, 100, [1, 8], generator=gen).to(torch.int64)
+        refs.append(methods[0].call([tokens.clone()])[0].numpy())
+        arts.append(methods[1].call([tokens.clone()])[0].numpy())
+    want = layer_stats(np.concatenate(refs), np.concatenate(arts))
+    assert outputs["cosine"] == pytest.approx(want["cosine"], rel=1e-6)
+    assert outputs["max_abs_error"] == pytest.approx(want["max_abs_error"], rel=1e-5)
+    top1 = np.mean([np.mean(r.argmax(-1) == t.argmax(-1)) for r, t in zip(refs, arts, strict=True)])
+    assert outputs["top1_agreement"] == pytest.approx(top1)
+
+
+def test_pte_programs_of_other_models_fail() -> None:
+    pytest.importorskip("executorch")
+    result = run(ROOT / "fixtures" / "pte" / "emb8_portable.pte", FID / "pte" / "tiny-fp32.pte",
+                 "outputs.cosine >= 0.98")
+    assert result["status"] == "FAIL"
+    assert "FIDELITY_OUTPUT_MISMATCH" in codes(result, "error")

@@ -302,6 +302,19 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
 # outputs
 
 
+def _int_high(ref_path: str, config: GuardConfig) -> int:
+    """Token ids stay below the smallest embedding table of the reference (else 2) unless int_high says."""
+    given = config.param("int_high")
+    if given is not None:
+        return max(1, int(given))
+    from quantgate.formats import read_inventory
+
+    inventory = read_inventory(ref_path, "pte")
+    rows = [layer.shape[0] for layer in (inventory.layers if inventory else []) if layer.kind == "embedding"
+            and layer.shape and layer.shape[0] > 0]
+    return min(rows) if rows else 2
+
+
 def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, config: GuardConfig,
                     findings: list[Finding]) -> dict[str, Any] | None:
     if str(config.param("outputs", "true")).lower() in ("false", "0", "no", "off"):
@@ -331,10 +344,16 @@ def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
             findings.append(maker(exc.code, exc.message))
             return None
     if art_fmt == "pte":
-        # running both programs in the ExecuTorch child (as pte-inspector does) is not built yet
-        findings.append(F.info("FIDELITY_OUTPUTS_UNAVAILABLE", "output fidelity for .pte programs is not "
-                               "implemented in this version"))
-        return None
+        from quantgate.runtime.pte_outputs import run_outputs
+
+        run = run_outputs(ref_path, art_path, samples=samples, seed=seed, int_high=_int_high(ref_path, config),
+                          timeout_s=float(config.param("timeout", 300)), method=config.param("method"))
+        if "finding" in run:
+            code, message = run["finding"]
+            maker = F.info if code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
+            findings.append(maker(code, message))
+            return None
+        return run["outputs"]
     return None
 
 

@@ -1,0 +1,172 @@
+"""Child process of the `fidelity` guard for `.pte` pairs: run the reference and the artifact on the
+same seeded inputs with the ExecuTorch runtime and compare their outputs.
+
+    python -m quantgate.runtime.pte_outputs [--method NAME] [--samples N] [--seed S] [--int-high H] REF ART
+
+Like `pte_runner` (whose loading helpers it reuses), it runs outside quantgate's own process because
+the runtime's loader can crash on a malformed program. stdout carries one JSON document:
+`{"outputs": {...metrics...}}` or `{"finding": [CODE, message]}`; runtime log lines go to stderr.
+Inputs come from the reference method's metadata: floats standard normal, integers uniform in
+[0, int_high), booleans false, from a torch generator seeded with `--seed`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+from typing import Any
+
+_FLOATS = {5: "float16", 6: "float32", 7: "float64", 15: "bfloat16"}
+_INTS = {0: "uint8", 1: "int8", 2: "int16", 3: "int32", 4: "int64"}
+
+
+def _load(pl: Any, path: str, method: str | None, side: str) -> tuple[Any, Any]:
+    from quantgate.runtime import pte_runner as runner
+
+    notes: list[str] = []
+    runner._import_kernels(runner._flatbuffer_bytes(path), notes)
+    log: list[str] = []
+    try:
+        with runner._captured_stderr(log):
+            program = pl._load_program(path, enable_etdump=False, debug_buffer_size=0,
+                                       program_verification=pl.Verification.InternalConsistency)
+            names = [program.get_method_name(i) for i in range(program.num_methods())]
+            name = method or ("forward" if "forward" in names or not names else names[0])
+            loaded = program.load_method(name)
+    except Exception as exc:
+        raise RuntimeError(f"the ExecuTorch runtime cannot load the {side}: {exc}") from None
+    return program, loaded
+
+
+def _inputs(torch: Any, meta: Any, gen: Any, int_high: int) -> list[Any]:
+    out = []
+    for i in range(meta.num_inputs()):
+        info = meta.input_tensor_meta(i)
+        dtype, sizes = int(info.dtype()), [int(s) for s in info.sizes()]
+        if dtype in _FLOATS:
+            out.append(torch.randn(sizes, generator=gen).to(getattr(torch, _FLOATS[dtype])))
+        elif dtype in _INTS:
+            out.append(torch.randint(0, max(1, int_high), sizes, generator=gen).to(getattr(torch, _INTS[dtype])))
+        elif dtype == 11:
+            out.append(torch.zeros(sizes, dtype=torch.bool))
+        else:
+            raise ValueError(f"input {i} has ScalarType {dtype}, which the input builder does not make")
+    return out
+
+
+def _signature(meta: Any) -> list[tuple[int, list[int]]]:
+    return [(int(meta.input_tensor_meta(i).dtype()), [int(s) for s in meta.input_tensor_meta(i).sizes()])
+            for i in range(meta.num_inputs())]
+
+
+def compare(ref: str, art: str, *, samples: int, seed: int, int_high: int, method: str | None) -> dict[str, Any]:
+    import numpy as np
+    import torch
+    from executorch.extension.pybindings import portable_lib as pl
+
+    from quantgate.dequant.outputs import OutputsError, compare_outputs
+
+    try:
+        _, ref_method = _load(pl, ref, method, "reference")
+        _, art_method = _load(pl, art, method, "artifact")
+    except RuntimeError as exc:
+        return {"finding": ["FIDELITY_RUNTIME_FAILED", str(exc)]}
+    ref_meta, art_meta = ref_method.method_meta(), art_method.method_meta()
+    if _signature(ref_meta) != _signature(art_meta):
+        return {"finding": ["FIDELITY_OUTPUT_MISMATCH", f"the programs take different inputs: artifact "
+                            f"{_signature(art_meta)}, reference {_signature(ref_meta)}"]}
+    gen = torch.Generator().manual_seed(seed)
+    ref_runs, art_runs = [], []
+    for _ in range(samples):
+        try:
+            inputs = _inputs(torch, ref_meta, gen, int_high)
+        except ValueError as exc:
+            return {"finding": ["FIDELITY_OUTPUTS_UNAVAILABLE", str(exc)]}
+        for side, loaded, runs in (("reference", ref_method, ref_runs), ("artifact", art_method, art_runs)):
+            try:
+                outs = loaded.call([t.clone() for t in inputs])
+            except Exception as exc:
+                return {"finding": ["FIDELITY_RUNTIME_FAILED", f"the ExecuTorch runtime failed to run the {side}: "
+                                    f"{exc}"]}
+            runs.append([np.asarray(o.float().numpy() if hasattr(o, "numpy") else o) for o in outs])
+    if len(ref_runs[0]) != len(art_runs[0]):
+        return {"finding": ["FIDELITY_OUTPUT_MISMATCH", f"the artifact has {len(art_runs[0])} outputs, the "
+                            f"reference {len(ref_runs[0])}"]}
+    try:
+        result = compare_outputs(ref_runs, art_runs, [f"output{i}" for i in range(len(ref_runs[0]))])
+    except OutputsError as exc:
+        return {"finding": [exc.code, exc.message]}
+    from importlib.metadata import version
+
+    result.update(samples=samples, seed=seed, int_high=int_high, runtime=f"executorch {version('executorch')}")
+    return {"outputs": result}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quantgate.runtime.pte_outputs")
+    parser.add_argument("reference")
+    parser.add_argument("artifact")
+    parser.add_argument("--method")
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--int-high", type=int, default=2)
+    args = parser.parse_args(argv)
+    sys.stdout.flush()
+    json_fd = os.dup(1)
+    os.dup2(2, 1)  # stdout is kept for the one JSON document
+    try:
+        document = compare(args.reference, args.artifact, samples=max(1, args.samples), seed=args.seed,
+                           int_high=args.int_high, method=args.method)
+    except Exception as exc:
+        document = {"finding": ["FIDELITY_RUNTIME_FAILED", f"{type(exc).__name__}: {exc}"]}
+    with os.fdopen(json_fd, "w") as out:
+        out.write(json.dumps(document) + "\n")
+    return 0
+
+
+# --- the parent side ------------------------------------------------------------------------------
+
+
+def run_outputs(ref: str, art: str, *, samples: int, seed: int, int_high: int, timeout_s: float,
+                method: str | None = None) -> dict[str, Any]:
+    """Run the child; {"outputs": ...} or {"finding": (code, message)}; never raises."""
+    import importlib.util
+
+    if importlib.util.find_spec("executorch") is None or importlib.util.find_spec("torch") is None:
+        return {"finding": ("FIDELITY_OUTPUTS_UNAVAILABLE", "the ExecuTorch runtime is not installed: "
+                            "pip install 'quantgate[executorch]' to compare .pte outputs")}
+    from quantgate.validators.pte_inspector import _child_env
+
+    cmd = [sys.executable, "-m", "quantgate.runtime.pte_outputs", "--samples", str(samples), "--seed", str(seed),
+           "--int-high", str(int_high)]
+    if method:
+        cmd += ["--method", method]
+    cmd += ["--", ref, art]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env(),
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"the ExecuTorch runtime did not finish within {timeout_s:g} s")}
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"the ExecuTorch runtime crashed with {name} running the pair")}
+    try:
+        document = json.loads(proc.stdout)
+    except ValueError:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"the runtime child printed no result ({tail})")}
+    if "finding" in document:
+        code, message = document["finding"]
+        return {"finding": (str(code), str(message))}
+    return {"outputs": document.get("outputs", {})}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
