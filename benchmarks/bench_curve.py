@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_gguf  # noqa: E402  (beside this script: the generator and gguf-py's script)
 import bench_safetensors  # noqa: E402
+from results import headline  # noqa: E402
 
 ROOT = HERE.parent
 WORK = HERE / ".work" / "curve"
@@ -253,6 +254,11 @@ def main() -> int:
                   f"{a['mib']:.0f} MiB | {ratio(a['s'], q['s'])} | {ratio(a['mib'], q['mib'])} |")
         print()
     print(summary(rows, bare))
+    for fmt in ("gguf", "safetensors"):  # the largest tensor count, for the headline table
+        last = [r for r in rows if r[0] == "tensors" and r[1] == fmt][-1:]
+        for _, _, path, q, a in last:
+            print(headline(fmt.upper() if fmt == "gguf" else fmt, f"{describe(fmt, path)[0]:,} tensors (CPU time)",
+                           q["s"], q["mib"], anchors[fmt], a["s"], a["mib"]))
     if not args.keep:
         shutil.rmtree(WORK, ignore_errors=True)
     return 0

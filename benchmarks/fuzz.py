@@ -258,9 +258,10 @@ def main() -> int:
     text = markdown(stats, args.seconds, args.seed)
     print(text)
     if args.output:
-        from results import replace_section  # beside this script
+        from results import order_sections, replace_section  # beside this script
 
         replace_section(Path(args.output), "## Hostile-input campaign", text)
+        order_sections(Path(args.output))
     defects = sum(s["exception"] + s["timeout"] + s["memory"] for s in stats.values())
     return 1 if defects else 0
 

@@ -45,6 +45,34 @@ def machine() -> str:
     )
 
 
+# the reading order of RESULTS.md: the headline, the machine, each format against its anchor, then the
+# cross-cutting runs (hashing, the cost curve, fidelity, the fuzz campaign); unknown sections follow
+ORDER = ("Headline", "Machine", "gguf", "onnx", "safetensors", "pte", "pte_inspector", "hash", "curve", "fidelity",
+         "Hostile-input campaign")
+
+
+def order_sections(path: Path) -> None:
+    """Put the `## ` sections of `path` in ORDER (stable for the others)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    starts = [i for i, line in enumerate(lines) if line.startswith("## ")]
+    if not starts:
+        return
+    preamble = lines[: starts[0]]
+    sections = [lines[a:b] for a, b in zip(starts, [*starts[1:], len(lines)], strict=True)]
+
+    def rank(section: list[str]) -> int:
+        title = section[0][3:].strip()
+        return next((i for i, name in enumerate(ORDER) if title == name or title.startswith(name + " ")),
+                    len(ORDER))
+
+    out = list(preamble)
+    for section in sorted(sections, key=rank):
+        while section and not section[-1].strip():
+            section = section[:-1]
+        out += [*section, ""]
+    path.write_text("\n".join(out).rstrip("\n") + "\n", encoding="utf-8")
+
+
 def replace_section(path: Path, heading: str, text: str, top: bool = False) -> None:
     """Replace the section starting with `heading` (up to the next '## ') or add it: at the end, or
     before the first section when `top`."""
@@ -93,7 +121,10 @@ def _ratio(anchor: float | None, ours: float | None) -> str:
 
 
 def _cost(seconds: float, mib: float | None) -> str:
-    t = f"{seconds * 1000:,.0f} ms" if seconds < 1 else f"{seconds:,.2f} s"
+    if seconds < 0.01:
+        t = f"{seconds * 1000:.1f} ms"
+    else:
+        t = f"{seconds * 1000:,.0f} ms" if seconds < 1 else f"{seconds:,.2f} s"
     return t if mib is None else f"{t}, {mib:,.0f} MiB"
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from results import fence_plain, machine, rebuild_headline, replace_section  # beside this script
+from results import fence_plain, machine, order_sections, rebuild_headline, replace_section  # beside this script
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,8 +43,9 @@ def main() -> int:
         else:
             heading = body.splitlines()[0]
         replace_section(output, heading, fence_plain(body))
-        rebuild_headline(output)
         failed += proc.returncode != 0
+        order_sections(output)
+        rebuild_headline(output)
     print(output.read_text(encoding="utf-8"))
     return 1 if failed else 0
 
