@@ -74,8 +74,10 @@ def patched(module: object, **values: object) -> Iterator[None]:
 def gguf_file(blocks: int, hidden: int, vocab: int, merges: int) -> Path:
     path = WORK / f"b{blocks}-h{hidden}-v{vocab}-m{merges}.gguf"
     if not path.exists():
-        with patched(bench_gguf, BIG=path, **gguf_shape(blocks, hidden), VOCAB=vocab, MERGES=merges):
+        partial = path.with_suffix(".partial")  # renamed when complete: an interrupted run leaves no bad file
+        with patched(bench_gguf, BIG=partial, **gguf_shape(blocks, hidden), VOCAB=vocab, MERGES=merges):
             bench_gguf.generate()
+        partial.rename(path)
     return path
 
 
@@ -126,9 +128,11 @@ def safetensors_file(layers: int, hidden: int) -> Path:
         offset += n
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)
-    with open(path, "wb") as handle:
+    partial = path.with_suffix(".partial")
+    with open(partial, "wb") as handle:
         handle.write(struct.pack("<Q", len(raw)) + raw)
         handle.truncate(8 + len(raw) + offset)  # a sparse hole: no data blocks written
+    partial.rename(path)
     return path
 
 
