@@ -13,6 +13,7 @@ help:
 	@echo "make lint      - ruff"
 	@echo "make fixtures  - re-export every fixture with the real exporters and quantizers"
 	@echo "make bench     - benchmarks against the reference readers -> benchmarks/RESULTS.md"
+	@echo "make fuzz      - mutation fuzzing of every reader (FUZZ_SECONDS=600) -> benchmarks/RESULTS.md"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
