@@ -504,3 +504,44 @@ def test_damaged_blobs_give_findings_not_exceptions(which: int, ops: list[tuple[
 @functools.cache
 def all_finding_codes_cached() -> dict[str, str]:
     return all_finding_codes()
+
+
+def shared_table_bomb(n: int) -> bytes:
+    """A valid XN01 graph whose xvalues vector repeats one value table n times (shared offsets)."""
+    flatbuffers = pytest.importorskip("flatbuffers")
+    b = flatbuffers.Builder(1024)
+    b.StartVector(4, 2, 4)
+    b.PrependUint32(4096)
+    b.PrependUint32(4096)
+    dims = b.EndVector()
+    b.StartObject(7)  # XNNTensorValue: qcint8 [4096, 4096], constant 1
+    b.PrependInt16Slot(0, 6, 0)
+    b.PrependUint32Slot(1, 2, 0)
+    b.PrependUOffsetTRelativeSlot(2, dims, 0)
+    b.PrependUint32Slot(3, 1, 0)
+    tensor = b.EndObject()
+    b.StartObject(2)  # XValue { XNNTensorValue }
+    b.PrependUint8Slot(0, 1, 0)
+    b.PrependUOffsetTRelativeSlot(1, tensor, 0)
+    value = b.EndObject()
+    b.StartVector(4, n, 4)
+    for _ in range(n):
+        b.PrependUOffsetTRelative(value)
+    values = b.EndVector()
+    b.StartObject(9)
+    b.PrependUOffsetTRelativeSlot(2, values, 0)
+    b.Finish(b.EndObject(), file_identifier=b"XN01")
+    graph = bytes(b.Output())
+    return b"\0\0\0\0XH00" + struct.pack("<HIIIQ", 30, 32, len(graph), 32 + len(graph), 0) + b"\0\0" + graph
+
+
+def test_shared_table_bomb_is_read_once() -> None:
+    blob = shared_table_bomb(20_000)
+    assert len(blob) < 100_000
+    start = time.perf_counter()
+    p = read_payload(blob, 0)
+    assert time.perf_counter() - start < 5.0
+    assert len(p.values) == 1 and p.values[0].dims == (4096, 4096)
+    assert [f.code for f in p.findings].count("XNNPACK_DUPLICATE_VALUE_ID") == 20  # then capped
+    assert p.findings[-1].code == "XNNPACK_TOO_MANY_FINDINGS"
+    assert "19979 more XNNPACK_DUPLICATE_VALUE_ID" in p.findings[-1].message

@@ -37,13 +37,15 @@ it stays usable (`payload.complete` says whether the whole graph was read).
 
 from __future__ import annotations
 
+import dataclasses
 import mmap
+import struct
 from dataclasses import dataclass, field
 
 from quantgate import findings as F
 from quantgate.findings import Finding
 from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View
-from quantgate.formats.flatbuffer import FlatBuffer
+from quantgate.formats.flatbuffer import FlatBuffer, FlatbufferError
 
 HEADER_MAGIC = b"XH00"
 IDENTIFIER = b"XN01"  # the 1.5.1 runtime accepts only this identifier
@@ -438,6 +440,55 @@ class _Found:
                 self.out.append(F.info("XNNPACK_TOO_MANY_FINDINGS", f"{n - FINDINGS_PER_CODE} more {code} not listed"))
 
 
+class _Fields:
+    """A table's field positions from one vtable read: the hot path reads each value's or node's
+    fields once instead of re-reading the vtable per field (flatbuffer.py checks the vtable)."""
+
+    __slots__ = ("fb", "field", "pos")
+
+    def __init__(self, fb: FlatBuffer, table: int, n: int, field: str):
+        self.fb, self.field = fb, field
+        vtable, vlen, tlen = fb._vtable(table, field)  # bounds and lengths checked there
+        k = min(n, (vlen - 4) // 2)
+        rels = struct.unpack_from(f"<{k}H", fb.v.buf, vtable + 4) if k > 0 else ()
+        pos: list[int | None] = []
+        for fid, rel in enumerate(rels):
+            if rel and (rel < 4 or rel >= tlen):
+                raise FlatbufferError(f"field {fid} at +{rel} lies outside its table at offset {table} (length "
+                                      f"{tlen})", offset=table, field=field)  # fmt: skip
+            pos.append(table + rel if rel else None)
+        self.pos = pos + [None] * (n - len(pos))
+
+    def scalar(self, fid: int, kind: str, default: int | float = 0) -> int | float:
+        p = self.pos[fid]
+        return default if p is None else self.fb.read(kind, p, self.field)
+
+    def table(self, fid: int) -> int | None:
+        p = self.pos[fid]
+        if p is None:
+            return None
+        target = self.fb.deref(p, self.field)
+        self.fb._check_table(target, self.field)  # alignment, and one visit of the budget
+        return target
+
+    def union(self, fid: int) -> tuple[int, int | None]:
+        tag = int(self.scalar(fid, "u8"))
+        return (tag, self.table(fid + 1)) if tag else (0, None)
+
+    def u32s(self, fid: int, limit: int) -> tuple[int, ...] | int:
+        """A [uint] vector (budgeted), or its length when it is longer than `limit`."""
+        p = self.pos[fid]
+        if p is None:
+            return ()
+        start = self.fb.deref(p, self.field)
+        count = int(self.fb.read("u32", start, self.field))
+        self.fb.check(start + 4, 4 * count, self.field)
+        if count > limit:
+            return count
+        self.fb.budget.spend(1 + count // 4, self.field)
+        return struct.unpack_from(f"<{count}I", self.fb.v.buf, start + 4)
+
+
 class _Reader:
     def __init__(self, data: bytes | bytearray | memoryview | mmap.mmap, base: int, budget: Budget | None):
         self.v = View(data)
@@ -445,6 +496,9 @@ class _Reader:
         self.p = XnnpackPayload(base_offset=base, size=len(self.v))
         self.found = _Found(self.p.findings)
         self.budget = budget if budget is not None else Budget.for_size(len(self.v))
+        # table position -> what was read there: a table shared by many references (legal in a
+        # flatbuffer, and the way a small hostile file describes millions of values) is read once
+        self.memo: dict[tuple[str, int], object] = {}
 
     def err(self, code: str, message: str, pos: int | None = None, **loc) -> None:
         self.found.add(F.error(code, message, offset=None if pos is None else self.base + pos, **loc))
@@ -566,15 +620,23 @@ class _Reader:
 
     def value(self, fb: FlatBuffer, t: int, i: int) -> XValue | None:
         where = f"xvalues[{i}]"
-        tag, inner = fb.union(t, 0, field=f"{where}.xvalue_union")
+        seen = self.memo.get(("value", t))
+        if seen is not None:  # the same table again declares the same id again: O(1), not re-read
+            if isinstance(seen, XValue):
+                self.err("XNNPACK_DUPLICATE_VALUE_ID", f"{where} is the table of xvalues[{seen.index}] again "
+                         f"(id {seen.id})", t, field=where)  # fmt: skip
+            return None
+        self.memo[("value", t)] = False  # a table that fails is reported once
+        tag, inner = _Fields(fb, t, 2, where).union(0)
         if tag not in (1, 2) or inner is None:
             self.err("XNNPACK_BAD_UNION_TAG", f"{where}: XValueUnion tag {tag}", t, field=where)
             return None
         quant = None
         tensor: int | None = inner
         if tag == 2:
-            tensor = fb.table(inner, 0, field=f"{where}.tensor_value")
-            qtag, qtable = fb.union(inner, 1, field=f"{where}.quant_params")
+            qv = _Fields(fb, inner, 3, where)
+            tensor = qv.table(0)
+            qtag, qtable = qv.union(1)
             if qtag != 0:
                 quant = self.quant(fb, qtag, qtable, where, inner)
             if tensor is None:
@@ -582,83 +644,102 @@ class _Reader:
                          field=where)  # fmt: skip
                 return None
         assert tensor is not None
-        dt = int(fb.scalar(tensor, 0, "i16", field=f"{where}.datatype"))
-        num_dims = int(fb.scalar(tensor, 1, "u32", field=f"{where}.num_dims"))
-        dims_vec = fb.vector(tensor, 2, 4, field=f"{where}.dims")
-        if dims_vec is not None and dims_vec.count > MAX_DIMS:
-            self.err("XNNPACK_BAD_SHAPE", f"{where}: {dims_vec.count} dims (at most {MAX_DIMS})", tensor, field=where)
-            dims: tuple[int, ...] = ()
-        else:
-            dims = tuple(int(d) for d in fb.scalars(tensor, 2, "u32", field=f"{where}.dims"))
-            if num_dims != len(dims):
-                self.warn("XNNPACK_BAD_SHAPE", f"{where}: num_dims {num_dims} but {len(dims)} dims", tensor,
-                          field=where)  # fmt: skip
+        first = self.memo.get(("tensor", tensor))
+        if first is not None:  # another value sharing this tensor table declares its id again
+            self.err("XNNPACK_DUPLICATE_VALUE_ID", f"{where} shares its tensor table with xvalues[{first}]", t,
+                     field=where)  # fmt: skip
+            return None
+        self.memo[("tensor", tensor)] = i
+        tv = _Fields(fb, tensor, 7, where)
+        dt = int(tv.scalar(0, "i16"))
+        num_dims = int(tv.scalar(1, "u32"))
+        dims = tv.u32s(2, MAX_DIMS)
+        if isinstance(dims, int):
+            self.err("XNNPACK_BAD_SHAPE", f"{where}: {dims} dims (at most {MAX_DIMS})", tensor, field=where)
+            dims = ()
+        elif num_dims != len(dims):
+            self.warn("XNNPACK_BAD_SHAPE", f"{where}: num_dims {num_dims} but {len(dims)} dims", tensor, field=where)
         if dt not in DATATYPES:
             self.err("XNNPACK_BAD_DATATYPE", f"{where}: datatype {dt}", tensor, field=where)
-        return XValue(
+        value = XValue(
             index=i,
             offset=self.base + t,
-            id=int(fb.scalar(tensor, 6, "u32", field=f"{where}.id_out")),
+            id=int(tv.scalar(6, "u32")),
             datatype_code=dt,
             dims=dims,
-            constant_buffer_idx=int(fb.scalar(tensor, 3, "u32", field=f"{where}.constant_buffer_idx")),
-            external_id=int(fb.scalar(tensor, 4, "u32", field=f"{where}.external_id")),
-            flags=int(fb.scalar(tensor, 5, "u32", field=f"{where}.flags")),
+            constant_buffer_idx=int(tv.scalar(3, "u32")),
+            external_id=int(tv.scalar(4, "u32")),
+            flags=int(tv.scalar(5, "u32")),
             quant=quant,
         )
+        self.memo[("value", t)] = value
+        return value
 
     def quant(self, fb: FlatBuffer, tag: int, q: int | None, where: str, pos: int) -> QuantParams | None:
         scheme = QUANT_SCHEMES.get(tag)
         if scheme is None or q is None:
             self.err("XNNPACK_BAD_UNION_TAG", f"{where}: XNNQuantParams tag {tag}", pos, field=f"{where}.quant_params")
             return None
-        f = f"{where}.quant_params"
+        qf = _Fields(fb, q, 6, f"{where}.quant_params")
         if scheme == "per_tensor":
-            return QuantParams(scheme, 1, scale=float(fb.scalar(q, 0, "f32", field=f)),
-                               zero_point=int(fb.scalar(q, 1, "i32", field=f)))  # fmt: skip
+            return QuantParams(scheme, 1, scale=float(qf.scalar(0, "f32")), zero_point=int(qf.scalar(1, "i32")))
         if scheme == "dynamic":
-            return QuantParams(scheme, None, num_nonbatch_dims=int(fb.scalar(q, 0, "i32", field=f)))
+            return QuantParams(scheme, None, num_nonbatch_dims=int(qf.scalar(0, "i32")))
         # per-channel (scale, channel_dim, scale_buffer_idx, num_scales) and per-channel-group (scale,
         # channel_dim, group_size, scale_bf16 (deprecated), scale_buffer_idx, num_scales)
         grouped = scheme == "per_channel_group"
-        inline = fb.vector(q, 0, 4, field=f)
-        num_scales = int(fb.scalar(q, 5 if grouped else 3, "u32", field=f))
-        if not num_scales and inline is not None:
-            num_scales = inline.count  # older blobs kept the scales inline
+        num_scales = int(qf.scalar(5 if grouped else 3, "u32"))
+        if not num_scales and qf.pos[0] is not None:
+            inline = fb.vector(q, 0, 4, field=f"{where}.quant_params.scale")
+            num_scales = inline.count if inline is not None else 0  # older blobs kept the scales inline
         return QuantParams(
             scheme,
             num_scales,
-            channel_dim=int(fb.scalar(q, 1, "i32", field=f)),
-            group_size=int(fb.scalar(q, 2, "i32", field=f)) if grouped else None,
-            scale_buffer_idx=int(fb.scalar(q, 4 if grouped else 2, "u32", field=f)),
+            channel_dim=int(qf.scalar(1, "i32")),
+            group_size=int(qf.scalar(2, "i32")) if grouped else None,
+            scale_buffer_idx=int(qf.scalar(4 if grouped else 2, "u32")),
         )
 
     def nodes(self, fb: FlatBuffer, root: int) -> None:
         for i, t in enumerate(fb.tables(root, 1, field="XNNGraph.xnodes")):
-            where = f"xnodes[{i}]"
             try:
-                tag, inner = fb.union(t, 0, field=f"{where}.xnode_union")
-                entry = NODE_TYPES.get(tag)
-                if entry is None or inner is None:
-                    self.err("XNNPACK_BAD_UNION_TAG", f"{where}: XNodeUnion tag {tag}", t, field=where)
-                    continue
-                name, layout = entry
-                node = XNode(i, self.base + t, tag, name, debug_handle=int(fb.scalar(t, 2, "u32", field=where)))
-                n_cat = _CAT_INPUTS.get(tag)
-                for fid, fname in enumerate(layout):
-                    if fname.endswith("_id"):
-                        if n_cat and fname.startswith("input") and int(fname[5]) > n_cat:
-                            continue
-                        # flatc omits fields equal to their default, so an absent id is id 0
-                        node.ids[fname] = int(fb.scalar(inner, fid, "u32", field=f"{where}.{fname}"))
-                    elif fname in _NODE_SCALARS:
-                        node.params[fname] = int(fb.scalar(inner, fid, "u32", field=f"{where}.{fname}"))
+                node = self.node(fb, t, i)
             except BudgetExhausted:
                 raise
             except ReadError as exc:
-                self.fb_error(exc, where)
+                self.fb_error(exc, f"xnodes[{i}]")
                 continue
-            self.p.nodes.append(node)
+            if node is not None:
+                self.p.nodes.append(node)
+
+    def node(self, fb: FlatBuffer, t: int, i: int) -> XNode | None:
+        where = f"xnodes[{i}]"
+        seen = self.memo.get(("node", t))
+        if seen is not None:  # a shared table: read once
+            if not isinstance(seen, XNode):
+                return None
+            return dataclasses.replace(seen, index=i, ids=dict(seen.ids), params=dict(seen.params))
+        self.memo[("node", t)] = False
+        xf = _Fields(fb, t, 4, where)
+        tag, inner = xf.union(0)
+        entry = NODE_TYPES.get(tag)
+        if entry is None or inner is None:
+            self.err("XNNPACK_BAD_UNION_TAG", f"{where}: XNodeUnion tag {tag}", t, field=where)
+            return None
+        name, layout = entry
+        node = XNode(i, self.base + t, tag, name, debug_handle=int(xf.scalar(2, "u32")))
+        nf = _Fields(fb, inner, len(layout), where)
+        n_cat = _CAT_INPUTS.get(tag)
+        for fid, fname in enumerate(layout):
+            if fname.endswith("_id"):
+                if n_cat and fname.startswith("input") and int(fname[5]) > n_cat:
+                    continue
+                # flatc omits fields equal to their default, so an absent id is id 0
+                node.ids[fname] = int(nf.scalar(fid, "u32"))
+            elif fname in _NODE_SCALARS:
+                node.params[fname] = int(nf.scalar(fid, "u32"))
+        self.memo[("node", t)] = node
+        return node
 
     # -- cross references ------------------------------------------------------------------------
     def cross_check(self) -> None:
