@@ -213,8 +213,11 @@ def _row_loader(mm: np.memmap, start: int, row_bytes: int, size: int, block: int
     def load(rows: np.ndarray) -> np.ndarray:
         if not len(rows):
             return np.zeros((0, cols), np.float32)
-        table = mm[start:start + (int(rows.max()) + 1) * row_bytes].reshape(-1, row_bytes)
-        picked = np.asarray(table[rows])  # copies only the selected rows' bytes
+        first, last = int(rows[0]), int(rows[-1])
+        if last - first + 1 == len(rows):  # a run of rows: a view of the map, no copy
+            picked = np.asarray(mm[start + first * row_bytes:start + (last + 1) * row_bytes]).reshape(-1, row_bytes)
+        else:  # sampled rows: copies only the selected rows' bytes
+            picked = np.asarray(mm[start:start + (int(rows.max()) + 1) * row_bytes].reshape(-1, row_bytes)[rows])
         with np.errstate(all="ignore"):
             out = decode(picked.reshape(-1, size))
         return out.reshape(len(rows), cols)

@@ -34,18 +34,22 @@ class Stats:
     def update(self, a: np.ndarray, b: np.ndarray) -> None:
         a = np.asarray(a, dtype=np.float64).ravel()
         b = np.asarray(b, dtype=np.float64).ravel()
-        finite = np.isfinite(b) & np.isfinite(a)
-        bad = int(finite.size - np.count_nonzero(finite))
-        if bad:
-            self.nonfinite += bad
-            a, b = a[finite], b[finite]
         d = a - b
-        self.dot += float(np.dot(a, b))
-        self.aa += float(np.dot(a, a))
-        self.bb += float(np.dot(b, b))
-        self.err += float(np.dot(d, d))
+        sums = (float(np.dot(a, b)), float(np.dot(a, a)), float(np.dot(b, b)), float(np.dot(d, d)))
+        if not all(math.isfinite(x) for x in sums):
+            # NaN/Inf somewhere (squares of float32 values cannot overflow float64 sums): count them
+            # and measure the finite positions only; the fast path above skips this scan
+            finite = np.isfinite(a) & np.isfinite(b)
+            self.nonfinite += int(finite.size - np.count_nonzero(finite))
+            a, b = a[finite], b[finite]
+            d = a - b
+            sums = (float(np.dot(a, b)), float(np.dot(a, a)), float(np.dot(b, b)), float(np.dot(d, d)))
+        self.dot += sums[0]
+        self.aa += sums[1]
+        self.bb += sums[2]
+        self.err += sums[3]
         if d.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
+            self.max_abs = max(self.max_abs, float(d.max()), -float(d.min()))
         self.count += int(a.size)
 
     def merge(self, other: Stats) -> None:
