@@ -153,17 +153,13 @@ def test_no_kv_cache_metric_without_a_cache() -> None:
     assert "kv_cache" not in inventory("int8_xnnpack.pte").metrics
 
 
-def test_opaque_delegate_counts_as_unknown(tmp_path: Path) -> None:
-    # the real int8 export with its backend id renamed (same length): a backend quantgate cannot open
-    data = (PTE / "int8_xnnpack.pte").read_bytes()
-    assert data.count(b"XnnpackBackend") == 1
-    path = tmp_path / "opaque.pte"
-    path.write_bytes(data.replace(b"XnnpackBackend", b"MysteryBackend"))
-    inv = reader.read(str(path))
+def test_opaque_delegate_counts_as_unknown() -> None:
+    # relu(x @ w + b) lowered to executorch's own test backend, then a portable Linear(64, 10)
+    inv = inventory("more/opaque_demo_backend.pte")
     assert inv.structural_findings == []
-    opaque = [x for x in inv.layers if x.quantized is None]
-    assert [(x.name, x.dtype, x.detail["backend"]) for x in opaque] == [
-        ("2:MysteryBackend[0]", "opaque", "MysteryBackend")
+    assert [(x.name, x.dtype, x.quantized, x.params) for x in inv.layers] == [
+        ("1:BackendWithCompilerDemo[0]", "opaque", None, 155),  # params stand-in: the payload's bytes
+        ("3:aten::addmm", "fp32", False, 640),
     ]
     metrics, unquantized = coverage_metrics(inv.layers)
     assert metrics["coverage"]["ops"] == {
@@ -173,12 +169,43 @@ def test_opaque_delegate_counts_as_unknown(tmp_path: Path) -> None:
         "unknown": 0.5,
         "by_bits": {"32": 0.5, "unknown": 0.5},
     }
+    assert metrics["coverage"]["params"]["unknown"] == pytest.approx(155 / 795)
     assert metrics["flops_exact"] is False
-    assert [u["name"] for u in unquantized] == ["0:aten::embedding"]
-    assert inv.metrics["opaque_delegates"] == 1
-    code, result = run_json("guard", "pte-program", str(path), "--require", "coverage.ops.unknown<=0")
+    assert [u["name"] for u in unquantized] == ["3:aten::addmm"]
+    assert (inv.metrics["opaque_delegates"], inv.metrics["opaque_delegate_bytes"]) == (1, 155)
+    assert inv.metrics["delegates"] == {"BackendWithCompilerDemo": 1}
+    code, result = run_json(
+        "guard", "pte-program", str(PTE / "more" / "opaque_demo_backend.pte"), "--require", "coverage.ops.unknown<=0"
+    )
     assert (code, result["status"]) == (1, "FAIL")
     assert [f["code"] for f in result["findings"]] == ["PTE_OPAQUE_DELEGATE"]
+
+
+@pytest.mark.parametrize("name", ["more/dynamic_portable.pte", "more/dynamic_xnnpack.pte"])
+def test_dynamic_shapes_give_upper_bound_flops(name: str) -> None:
+    """A batch of 1..32: sizes are upper bounds, so flops use 32 positions and are not exact."""
+    layers = inventory(name).layers
+    assert [(x.shape, x.params, x.out_positions) for x in layers] == [
+        ((128, 64), 8192, 32),
+        ((64, 128), 8192, 32),
+        ((256, 64), 16384, 32),
+    ]
+    metrics, _ = coverage_metrics(layers)
+    assert metrics["flops_exact"] is False
+    assert sum(x.flops for x in layers) == 2 * 32768 * 32
+
+
+def test_a_weight_shared_by_two_methods_counts_once() -> None:
+    inv = inventory("more/two_methods.pte")
+    assert inv.facts["methods"] == ["encode", "forward"]
+    assert [(x.name, x.shape, x.detail.get("also_in")) for x in inv.layers] == [
+        ("encode/0:aten::embedding", (100, 32), ["forward"]),
+        ("encode/3:aten::addmm", (64, 32), ["forward"]),
+        ("forward/6:aten::addmm", (10, 64), None),
+    ]
+    metrics, _ = coverage_metrics(inv.layers)
+    assert (metrics["weight_ops"], metrics["params_total"]) == (3, 5888)
+    assert inv.params_total == 6026  # every constant once: weights, biases, LayerNorm
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,7 @@ def kernel_call(data: bytes) -> int:
     return fb.union(ins, S.INSTRUCTION_ARGS_TYPE)[1]
 
 
-@pytest.mark.parametrize("name", [*sorted(p.name for p in PTE.glob("*.pte")), "ext/fp32_portable_extconst.pte"])
+@pytest.mark.parametrize("name", [str(p.relative_to(PTE)) for p in sorted(PTE.rglob("*.pte"))])
 def test_every_fixture_is_sound(tmp_path: Path, name: str) -> None:
     inv = reader.read(str(PTE / name))
     assert inv.structural_findings == []

@@ -17,7 +17,7 @@ from quantgate.formats import pte as reader
 from quantgate.formats import pte_schema as S
 
 PTE = FIXTURES / "pte"
-NAMES = [*sorted(p.name for p in PTE.glob("*.pte")), "ext/fp32_portable_extconst.pte"]
+NAMES = [str(p.relative_to(PTE)) for p in sorted(PTE.rglob("*.pte"))]
 
 
 def test_header_of_a_program_with_segments() -> None:

@@ -174,9 +174,12 @@ def _portable_layers(plan: Plan, graph: _PlanGraph, prefix: str) -> list[Layer]:
                 out_positions_exact=exact,
                 compute=out.dtype if out is not None else None,
                 position=ins.index,
-                detail={"op": plan.operators[ins.target], "via": crossed, "method": plan.name}
-                if crossed
-                else {"op": plan.operators[ins.target], "method": plan.name},
+                detail={
+                    "op": plan.operators[ins.target],
+                    **({"via": crossed} if crossed else {}),
+                    "method": plan.name,
+                    "constant": weight.fqn if weight.external else f"buffer {weight.data_buffer_idx}",
+                },
             )
         )
     return layers
@@ -201,7 +204,8 @@ def _scale_args(graph: _PlanGraph, weight_arg: int, op: str, args: list[int]) ->
     return out
 
 
-def _xnnpack_layers(payload: Any, prefix: str, position: int, method: str) -> list[Layer]:
+def _xnnpack_layers(payload: Any, prefix: str, position: int, method: str, dynamic: bool) -> list[Layer]:
+    """The payload's weight ops; `dynamic`: the call's tensors are dynamic, so its dims are upper bounds."""
     layers = []
     for n, op in enumerate(payload.weight_ops()):
         w = op.weight
@@ -225,7 +229,7 @@ def _xnnpack_layers(payload: Any, prefix: str, position: int, method: str) -> li
                 params=op.params,
                 weight_bytes=(w.constant_size + scale_bytes) if w.constant_size is not None else None,
                 out_positions=positions,
-                out_positions_exact=positions is not None,
+                out_positions_exact=positions is not None and not dynamic,
                 compute=op.compute,
                 position=position,
                 detail={
@@ -233,6 +237,7 @@ def _xnnpack_layers(payload: Any, prefix: str, position: int, method: str) -> li
                     "node": op.node.index,
                     "input": op.input.datatype if op.input is not None else None,
                     "method": method,
+                    **({"constant": w.named_key} if w.named_key else {}),
                     **({"quant": q.to_dict()} if q is not None else {}),
                 },
             )
@@ -313,6 +318,28 @@ def _kv_metric(found: list[tuple[int, Tensor, bool, int]]) -> dict[str, Any] | N
     }
 
 
+def _dedupe_across_methods(layers: list[Layer]) -> list[Layer]:
+    """A weight used by several methods (prefill and decode, say) counts once, where it is first used.
+
+    Within one method a shared constant stays two layers (a tied embedding and LM head are two ops).
+    """
+    first: dict[tuple[str, str], Layer] = {}
+    out = []
+    for layer in layers:
+        constant = layer.detail.get("constant")
+        key = (str(layer.detail.get("backend", "portable")), str(constant))
+        seen = first.get(key) if constant else None
+        if seen is not None and seen.detail.get("method") != layer.detail.get("method"):
+            also = seen.detail.setdefault("also_in", [])
+            if layer.detail.get("method") not in also:
+                also.append(layer.detail.get("method"))
+            continue
+        if constant:
+            first.setdefault(key, layer)
+        out.append(layer)
+    return out
+
+
 def _params_total(prog: Program) -> int:
     seen: set[Any] = set()
     total = 0
@@ -341,6 +368,7 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
     for plan in prog.plans:
         graph = _PlanGraph(plan)
         prefix = f"{plan.name}/" if multi else ""
+        plan_start = len(layers)
         layers.extend(_portable_layers(plan, graph, prefix))
         kv.extend(_kv_cache(plan, graph))
         called: dict[int, int] = {}
@@ -361,15 +389,25 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
 
                 start, size = d.span
                 data = memoryview(view.buf)[start : start + size] if size else b""
-                payload = read_payload(data, base_offset=start, budget=Budget.for_size(size))
-                if isinstance(data, memoryview):
-                    data.release()  # the mmap cannot close while a view of it is exported
+                try:
+                    payload = read_payload(data, base_offset=start, budget=Budget.for_size(size))
+                finally:
+                    if isinstance(data, memoryview):
+                        data.release()  # the mmap cannot close while a view of it is exported
                 payloads[d.span] = payload
                 for finding in payload.findings:
                     prog.add(finding)
                 xnn_params += sum(v.numel for v in payload.values if v.is_constant)
-            layers.extend(_xnnpack_layers(payload, dprefix, position, plan.name))
-    inv.layers = layers
+            dynamic = any(
+                (t := graph.tensor(a)) is not None and t.dynamism != S.STATIC
+                for i in plan.instructions
+                if i.kind == S.DELEGATE_CALL and i.target == d_index
+                for a in i.args
+            )
+            layers.extend(_xnnpack_layers(payload, dprefix, position, plan.name, dynamic))
+        # in execution order (kernels and delegate calls were collected apart)
+        layers[plan_start:] = sorted(layers[plan_start:], key=lambda x: x.position or 0)
+    inv.layers = _dedupe_across_methods(layers)
     inv.params_total = _params_total(prog) + xnn_params
     if delegates:
         metrics["delegates"] = delegates
