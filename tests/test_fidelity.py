@@ -395,3 +395,21 @@ def test_pte_programs_of_other_models_fail() -> None:
                  "outputs.cosine >= 0.98")
     assert result["status"] == "FAIL"
     assert "FIDELITY_OUTPUT_MISMATCH" in codes(result, "error")
+
+
+def test_inf_scale_is_an_error_finding(tmp_path: Path) -> None:
+    from quantgate.formats import gguf as reader
+
+    src = FID / "gguf" / "tiny-q8_0.gguf"
+    gf = reader.parse(str(src))
+    t = next(t for t in gf.tensors if t.name == "blk.0.attn_q.weight")
+    data = bytearray(src.read_bytes())
+    start = gf.data_start + t.offset
+    data[start:start + 2] = np.array([np.inf], np.float16).tobytes()  # the first block's scale d
+    damaged = tmp_path / "inf-scale-q8_0.gguf"
+    damaged.write_bytes(bytes(data))
+    result = run(damaged, F16)
+    assert result["status"] == "FAIL"
+    assert codes(result, "error") == ["FIDELITY_NOT_FINITE"]
+    row = next(r for r in result["metrics"]["weights"]["per_layer"] if r["name"] == "blk.0.attn_q.weight")
+    assert row["nonfinite"] == 32  # one Q8_0 block; the other 4,064 values are still measured

@@ -43,6 +43,7 @@ class WeightRef:
     quantized: bool
     loader: Callable[[np.ndarray], np.ndarray]  # sorted row indices -> float32 [len(rows), cols]
     key: str = ""  # the name used to pair it with the reference (normalized); defaults to name
+    release: Callable[[], None] | None = None  # drops a decoded copy the loader keeps between chunks
 
     @property
     def rows(self) -> int:

@@ -212,14 +212,21 @@ def dequantize_linear(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, a
     return x * s.reshape(shape)
 
 
-def _whole(shape: tuple[int, ...], decode: Callable[[], np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """A loader that decodes the tensor once per call and returns the selected rows of its 2-D view."""
+def _whole(shape: tuple[int, ...], decode: Callable[[], np.ndarray]) -> tuple[Callable[[np.ndarray], np.ndarray],
+                                                                            Callable[[], None]]:
+    """A loader that decodes the whole tensor once (kept until `release`) and returns rows of its 2-D view.
+
+    ONNX scales follow the op's axis, not a row, so a quantized weight is decoded whole, one layer at a
+    time; float initializers are views of the map and cost nothing until rows are taken."""
     cols = shape[-1]
+    cache: list[np.ndarray] = []
 
     def load(rows: np.ndarray) -> np.ndarray:
-        return np.asarray(decode(), dtype=np.float32).reshape(-1, cols)[rows]
+        if not cache:
+            cache.append(np.asarray(decode(), dtype=np.float32).reshape(-1, cols))
+        return cache[0][rows]
 
-    return load
+    return load, cache.clear
 
 
 class _Builder:
@@ -232,8 +239,18 @@ class _Builder:
         key = onnx_key(t.name)
         if key in self.ws.weights or len(shape) < 2:
             return
+        if not quantized:  # a float initializer: rows straight from the map
+            cols = shape[-1]
+
+            def rows_of(rows: np.ndarray) -> np.ndarray:
+                return np.asarray(decode()).reshape(-1, cols)[rows].astype(np.float32)
+
+            self.ws.add(WeightRef(name=t.name, key=key, shape=shape, encoding=encoding, quantized=False,
+                                  loader=rows_of))
+            return
+        loader, release = _whole(shape, decode)
         self.ws.add(WeightRef(name=t.name, key=key, shape=shape, encoding=encoding, quantized=quantized,
-                              loader=_whole(shape, decode)))
+                              loader=loader, release=release))
 
     def float_or_dq(self, node: Node, index: int, min_rank: int = 2) -> None:
         t, dq = self.m.trace(node.input(index))

@@ -248,6 +248,10 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
         except (ValueError, IndexError, TypeError) as exc:  # bytes that do not fit the layout
             findings.append(F.error(broken_code, f"{key}: cannot be decoded: {exc}", tensor=key))
             continue
+        finally:
+            for ref_or_art in (a, r):
+                if ref_or_art.release is not None:
+                    ref_or_art.release()
         row: dict[str, Any] = {"name": key, "shape": list(a.shape), "encoding": a.encoding,
                                "reference_encoding": r.encoding, "quantized": a.quantized, **stats.to_dict()}
         if sampled_rows is not None:
