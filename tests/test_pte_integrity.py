@@ -121,6 +121,15 @@ def test_segment_outside_the_file(tmp_path: Path) -> None:
     assert codes_of(tmp_path, patch(INT8_XNN, pos, "<Q", 1 << 30)) == ["PTE_SEGMENT_OUT_OF_BOUNDS"]
 
 
+def test_overlapping_segments(tmp_path: Path) -> None:
+    fb, root, _ = fb_of(INT8_XNN)
+    segments = fb.tables(root, S.PROGRAM_SEGMENTS)
+    second = fb.scalar(segments[1], S.SEGMENT_OFFSET, "u64", 0)
+    pos = fb.field_pos(segments[2], S.SEGMENT_OFFSET)
+    codes = codes_of(tmp_path, patch(INT8_XNN, pos, "<Q", second))
+    assert codes[0] == "PTE_SEGMENTS_OVERLAP"
+
+
 def test_non_empty_segments_without_an_extended_header(tmp_path: Path) -> None:
     data = INT8_XNN[:8] + b"xx00" + INT8_XNN[12:]
     assert "PTE_SEGMENTS_WITHOUT_HEADER" in codes_of(tmp_path, data)
