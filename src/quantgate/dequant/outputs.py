@@ -1,5 +1,9 @@
 """Output fidelity for ONNX: both models run by onnxruntime on the same seeded inputs.
 
+onnxruntime runs in a child process (`python -m quantgate.dequant.outputs REF ART ...`, one JSON
+document on stdout), like the ExecuTorch runner: a model that crashes the runtime costs this one
+result, never the gate.
+
 Inputs come from the reference's input signature: float inputs are standard normal, integer inputs
 (token ids, indices) are uniform in [0, high) where `high` is the smallest row count of the tables
 a Gather reads with them (so every id is in range), else 2; symbolic dims take `dynamic_dim`.
@@ -7,6 +11,11 @@ a Gather reads with them (so every id is in range), else 2; symbolic dims take `
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -160,3 +169,66 @@ def onnx_outputs(ref_path: str, art_path: str, *, samples: int, seed: int, dynam
     result["seed"] = seed
     result["runtime"] = f"onnxruntime {ort.__version__}"
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m quantgate.dequant.outputs")
+    parser.add_argument("reference")
+    parser.add_argument("artifact")
+    parser.add_argument("--samples", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dynamic-dim", type=int, default=1)
+    parser.add_argument("--int-high", type=int)
+    args = parser.parse_args(argv)
+    sys.stdout.flush()
+    json_fd = os.dup(1)
+    os.dup2(2, 1)  # stdout is kept for the one JSON document
+    try:
+        document: dict[str, Any] = {"outputs": onnx_outputs(
+            args.reference, args.artifact, samples=max(1, args.samples), seed=args.seed,
+            dynamic_dim=args.dynamic_dim, int_high=args.int_high)}
+    except OutputsError as exc:
+        document = {"finding": [exc.code, exc.message]}
+    except Exception as exc:
+        document = {"finding": ["FIDELITY_RUNTIME_FAILED", f"{type(exc).__name__}: {exc}"]}
+    with os.fdopen(json_fd, "w") as out:
+        out.write(json.dumps(document) + "\n")
+    return 0
+
+
+def run_child(ref: str, art: str, *, samples: int, seed: int, dynamic_dim: int, int_high: int | None,
+              timeout_s: float) -> dict[str, Any]:
+    """{"outputs": ...} or {"finding": (code, message)} from the child; never raises."""
+    from quantgate.validators.pte_inspector import _child_env
+
+    cmd = [sys.executable, "-m", "quantgate.dequant.outputs", "--samples", str(samples), "--seed", str(seed),
+           "--dynamic-dim", str(dynamic_dim)]
+    if int_high is not None:
+        cmd += ["--int-high", str(int_high)]
+    cmd += ["--", ref, art]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env(),
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"onnxruntime did not finish within {timeout_s:g} s")}
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"onnxruntime crashed with {name} running the pair")}
+    try:
+        document = json.loads(proc.stdout)
+    except ValueError:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"the onnxruntime child printed no result ({tail})")}
+    if "finding" in document:
+        code, message = document["finding"]
+        return {"finding": (str(code), str(message))}
+    return {"outputs": document.get("outputs", {})}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

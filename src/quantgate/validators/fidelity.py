@@ -306,6 +306,14 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
 # outputs
 
 
+def _child_timeout(config: GuardConfig) -> float:
+    """`--param timeout` (default 120 s), kept under the gate's own budget so the child's overrun is
+    reported by this guard."""
+    from quantgate.validators.pte_inspector import timeout_for
+
+    return timeout_for(config)
+
+
 def _int_high(ref_path: str, config: GuardConfig) -> int:
     """Token ids stay below the smallest embedding table of the reference (else 2) unless int_high says."""
     given = config.param("int_high")
@@ -336,22 +344,24 @@ def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
             findings.append(F.info("FIDELITY_OUTPUTS_UNAVAILABLE", "onnxruntime is not installed: "
                                    "pip install 'quantgate[fidelity]' to compare outputs"))
             return None
-        from quantgate.dequant.outputs import OutputsError, onnx_outputs
+        from quantgate.dequant.outputs import run_child
 
         int_high = config.param("int_high")
-        try:
-            return onnx_outputs(ref_path, art_path, samples=samples, seed=seed,
-                                dynamic_dim=int(config.param("dynamic_dim", 1)),
-                                int_high=int(int_high) if int_high is not None else None)
-        except OutputsError as exc:
-            maker = F.info if exc.code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
-            findings.append(maker(exc.code, exc.message))
+        run = run_child(ref_path, art_path, samples=samples, seed=seed,
+                        dynamic_dim=int(config.param("dynamic_dim", 1)),
+                        int_high=int(int_high) if int_high is not None else None,
+                        timeout_s=_child_timeout(config))
+        if "finding" in run:
+            code, message = run["finding"]
+            maker = F.info if code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
+            findings.append(maker(code, message))
             return None
+        return run["outputs"]
     if art_fmt == "pte":
         from quantgate.runtime.pte_outputs import run_outputs
 
         run = run_outputs(ref_path, art_path, samples=samples, seed=seed, int_high=_int_high(ref_path, config),
-                          timeout_s=float(config.param("timeout", 300)), method=config.param("method"))
+                          timeout_s=_child_timeout(config), method=config.param("method"))
         if "finding" in run:
             code, message = run["finding"]
             maker = F.info if code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
