@@ -413,3 +413,51 @@ def test_inf_scale_is_an_error_finding(tmp_path: Path) -> None:
     assert codes(result, "error") == ["FIDELITY_NOT_FINITE"]
     row = next(r for r in result["metrics"]["weights"]["per_layer"] if r["name"] == "blk.0.attn_q.weight")
     assert row["nonfinite"] == 32  # one Q8_0 block; the other 4,064 values are still measured
+
+
+# --- hostile bytes ---------------------------------------------------------------------------------
+
+
+def _data_region(path: Path) -> tuple[int, int]:
+    """Where flipping bytes keeps the structure valid: the tensor data (GGUF, safetensors) or the whole
+    file past the first kilobyte (ONNX: payloads dominate; a broken record is integrity's finding)."""
+    fmt = sniff(path).format
+    if fmt == "gguf":
+        from quantgate.formats import gguf as reader
+
+        return reader.parse(str(path)).data_start or 0, path.stat().st_size
+    if fmt == "safetensors":
+        head = int.from_bytes(path.read_bytes()[:8], "little")
+        return 8 + head, path.stat().st_size
+    return 1024, path.stat().st_size
+
+
+@pytest.mark.parametrize("artifact,reference", [
+    (FID / "gguf" / "tiny-q4_0.gguf", F16),
+    (FID / "safetensors" / "ct_w4a16" / "model.safetensors", FID / "safetensors" / "float" / "model.safetensors"),
+    (ONNX / "matmulnbits4.onnx", ONNX / "float.onnx"),
+])
+def test_flipped_bytes_never_crash_the_guard(tmp_path: Path, artifact: Path, reference: Path) -> None:
+    hypothesis = pytest.importorskip("hypothesis")
+    from hypothesis import strategies as st
+
+    start, end = _data_region(artifact)
+    original = artifact.read_bytes()
+    target = tmp_path / artifact.name
+    for extra in artifact.parent.glob("config.json"):
+        shutil.copy(extra, tmp_path / extra.name)
+
+    @hypothesis.settings(max_examples=15, deadline=None, derandomize=True)
+    @hypothesis.given(st.lists(st.tuples(st.integers(start, end - 1), st.integers(0, 255)), min_size=1, max_size=40))
+    def check(edits: list[tuple[int, int]]) -> None:
+        data = bytearray(original)
+        for pos, value in edits:
+            data[pos] = value
+        target.write_bytes(bytes(data))
+        result = run(target, reference, outputs="false")
+        # a verdict on the artifact (or integrity's block on a broken record), never a crash
+        assert result["status"] in ("PASS", "WARN", "FAIL", "SKIP"), result["message"]
+        if result["status"] == "SKIP":
+            assert result["skip"]["reason"] == "blocked_by:integrity"
+
+    check()
