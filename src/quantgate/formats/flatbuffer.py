@@ -85,6 +85,9 @@ class FlatBuffer:
         if start < 0 or start > self.end:
             raise FlatbufferError(f"flatbuffer window [{start}, {end}) lies outside the data", offset=start)
         self.budget = budget if budget is not None else Budget.for_size(self.end - self.start)
+        # table -> (vtable, vtable length, table length): a table's fields are usually read together,
+        # so its vtable is checked once; entries are bounded by the visit budget
+        self._vtables: dict[int, tuple[int, int, int]] = {}
 
     # -- raw reads, all inside the window -------------------------------------------------------
     def check(self, pos: int, size: int, field: str | None = None) -> None:
@@ -97,7 +100,8 @@ class FlatBuffer:
 
     def read(self, kind: str, pos: int, field: str | None = None) -> int | float | bool:
         fmt = _KINDS[kind]
-        self.check(pos, fmt.size, field)
+        if pos < self.start or pos + fmt.size > self.end:
+            self.check(pos, fmt.size, field)  # raises with the message
         try:
             value = fmt.unpack_from(self.v.buf, pos)[0]
         except (struct.error, ValueError, IndexError) as exc:  # a mmap closed under us, a short buffer
@@ -130,6 +134,9 @@ class FlatBuffer:
         self.budget.spend(1, field)
 
     def _vtable(self, table: int, field: str | None) -> tuple[int, int, int]:
+        cached = self._vtables.get(table)
+        if cached is not None:
+            return cached
         soffset = int(self.read("i32", table, field))
         vtable = table - soffset
         self.check(vtable, 4, field)
@@ -141,6 +148,7 @@ class FlatBuffer:
         if tlen < 4:
             raise FlatbufferError(f"bad table length {tlen} at offset {table}", offset=table, field=field)
         self.check(table, tlen, field)
+        self._vtables[table] = (vtable, vlen, tlen)
         return vtable, vlen, tlen
 
     def field_pos(self, table: int, field_id: int, field: str | None = None) -> int | None:
