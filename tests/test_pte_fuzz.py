@@ -26,6 +26,9 @@ SOURCES = {
         "conv_int8_xnnpack.pte",
         "qkv_cache_portable.pte",
         "ext/fp32_portable_extconst.pte",
+        "more/opaque_demo_backend.pte",
+        "more/two_methods.pte",
+        "more/dynamic_xnnpack.pte",
     )
 }
 KNOWN = {*reader.FINDING_CODES, *xnnpack.FINDING_CODES, "READ_BUDGET_EXHAUSTED", "FILE_UNREADABLE"}
