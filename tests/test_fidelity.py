@@ -461,3 +461,30 @@ def test_flipped_bytes_never_crash_the_guard(tmp_path: Path, artifact: Path, ref
             assert result["skip"]["reason"] == "blocked_by:integrity"
 
     check()
+
+
+@pytest.mark.parametrize("folder,preset", [("ct_nvfp4a16", "NVFP4A16"), ("ct_w4a16", "W4A16")])
+def test_safetensors_packed_decode_equals_compressed_tensors(folder: str, preset: str) -> None:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("compressed_tensors")
+    from compressed_tensors.compressors import NVFP4PackedCompressor, PackedQuantizationCompressor
+    from compressed_tensors.quantization import preset_name_to_scheme
+    from safetensors.torch import load_file
+
+    from quantgate.dequant import open_weights
+
+    path = FID / "safetensors" / folder / "model.safetensors"
+    state = load_file(str(path))
+    scheme = preset_name_to_scheme(preset, ["Linear"])
+    compressor = NVFP4PackedCompressor if preset.startswith("NVFP4") else PackedQuantizationCompressor
+    ws = open_weights(str(path), "safetensors")
+    try:
+        module = "model.layers.0.mlp.down_proj"
+        local = {k[len(module) + 1:]: v for k, v in state.items() if k.startswith(module + ".weight")}
+        want = compressor.decompress(local, scheme)["weight"].to(torch.float32).numpy()
+        ours = ws.weights[module + ".weight"].load()
+        assert ours.shape == want.shape
+        # compressed-tensors dequantizes in bf16 (NVFP4) or the scale's dtype: equal up to its rounding
+        assert np.allclose(ours, want, rtol=1 / 128, atol=1e-6)
+    finally:
+        ws.close()

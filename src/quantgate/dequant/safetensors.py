@@ -14,9 +14,11 @@ Each weight comes back in its logical [out, in] shape, keyed `<module>.weight`:
   x[o, i] = scales[g, o] * (q - (z + 1)), g = g_idx[i];
 * AWQ GEMM (I32 `qweight` [in, out/8], nibble k of a word holding output 8j + (0,2,4,6,1,3,5,7)[k], `qzeros`
   packed the same way, `scales` [groups, out]): x = scales * (q - z);
+* compressed-tensors `nvfp4-pack-quantized` (U8 `weight_packed`, two E2M1 codes a byte, low nibble
+  first; fp8 `weight_scale` per 16 inputs; F32 `weight_global_scale`): x = fp4 * scale / global_scale;
 * bitsandbytes int8 (I8 `weight` + F32 `SCB` [out]): x = q * SCB / 127.
 
-bitsandbytes 4-bit, NVFP4 and MXFP4 are reported as not dequantized.
+bitsandbytes 4-bit and MXFP4 blocks are reported as not dequantized.
 """
 
 from __future__ import annotations
@@ -213,8 +215,10 @@ def _read_shape(f: _File, t: Any | None) -> tuple[int, ...] | None:
 def _ct_packed(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
     packed = parts["packed"]
     scale, zp = parts.get("scale"), parts.get("zero_point")
+    if packed.dtype == "U8" and len(packed.shape) == 2 and scale is not None:
+        return _ct_nvfp4(f, name, parts)
     if packed.dtype != "I32" or len(packed.shape) != 2:
-        raise DequantError(UNSUPPORTED, f"{name}: {packed.dtype} weight_packed (NVFP4?) is not decoded here")
+        raise DequantError(UNSUPPORTED, f"{name}: {packed.dtype} weight_packed is not decoded here")
     if scale is None:
         raise DequantError(BROKEN, f"{name}: weight_packed without weight_scale")
     shape = _read_shape(f, parts.get("weight_shape")) or None
@@ -238,6 +242,30 @@ def _ct_packed(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
         return x * s
 
     return WeightRef(name, (out_f, in_f), f"int{bits} packed (compressed-tensors)", True, load)
+
+
+E2M1 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0], np.float32)
+
+
+def _ct_nvfp4(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
+    """compressed-tensors `nvfp4-pack-quantized`: two FP4 (E2M1) codes a byte, low nibble first; an fp8
+    scale per group of 16 along the input, divided by the F32 `weight_global_scale`."""
+    packed, scale, gscale = parts["packed"], parts["scale"], parts.get("global_scale")
+    out_f, in_f = packed.shape[0], packed.shape[1] * 2
+    shape = _read_shape(f, parts.get("weight_shape"))
+    if shape is not None and (len(shape) != 2 or shape[0] != out_f or not in_f - 1 <= shape[1] <= in_f):
+        raise DequantError(BROKEN, f"{name}: weight_shape {list(shape)} does not fit {list(packed.shape)} U8")
+    cols = shape[1] if shape else in_f
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        b = np.asarray(f.array(packed)[rows])
+        codes = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(len(rows), -1)[:, :cols]
+        s = _to_float(scale.dtype, f.array(scale))
+        if gscale is not None:
+            s = s / _to_float(gscale.dtype, f.array(gscale)).reshape(-1)[0]
+        return E2M1[codes] * _broadcast_scale(s, rows, cols, name)
+
+    return WeightRef(name, (out_f, cols), "fp4 E2M1 (NVFP4, compressed-tensors)", True, load)
 
 
 def _gptq_awq(f: _File, name: str, parts: dict[str, Any], qc: dict[str, Any], spec: Any) -> WeightRef:
