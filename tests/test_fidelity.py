@@ -488,3 +488,30 @@ def test_safetensors_packed_decode_equals_compressed_tensors(folder: str, preset
         assert np.allclose(ours, want, rtol=1 / 128, atol=1e-6)
     finally:
         ws.close()
+
+
+@pytest.mark.parametrize("axis,block,scale_shape", [
+    (1, 0, (1,)), (0, 0, (12,)), (1, 0, (40,)), (0, 4, (3, 40)), (1, 8, (12, 5)), (1, 16, (12, 3)),
+])
+def test_onnx_row_decoding_equals_whole_dequantize_linear(axis: int, block: int, scale_shape: tuple) -> None:
+    from quantgate.dequant.onnx import dequantize_linear, dequantize_rows
+
+    rng = np.random.default_rng(1)
+    q = rng.integers(-8, 8, (12, 40)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.1, scale_shape).astype(np.float32)
+    zp = rng.integers(-2, 3, scale_shape).astype(np.int8)
+    whole = dequantize_linear(q, scale, zp, axis, block, "w")
+    rows = np.array([0, 3, 4, 11])
+    assert np.array_equal(dequantize_rows(q[rows], rows, q.shape, scale, zp, axis, block, "w"), whole[rows])
+
+
+def test_onnx_sampled_rows_equal_numpy_on_the_same_rows() -> None:
+    result = run(ONNX / "qdq_blocked_int4.onnx", ONNX / "float.onnx", max_elements=2048, outputs="false")
+    ref, art = onnx_arrays(ONNX / "float.onnx"), onnx_arrays(ONNX / "qdq_blocked_int4.onnx")
+    row = next(r for r in result["metrics"]["weights"]["per_layer"] if r["name"] == "fc2.weight")  # [128, 64]
+    picked = np.unique(np.linspace(0, 127, 32).round().astype(int))
+    assert row["sampled_rows"] == len(picked)
+    deq = art["fc2.weight_DQ_Q4"].astype(np.float32) * np.repeat(art["fc2.weight_DQ_scales"], 32, axis=0)
+    want = layer_stats(ref["fc2.weight"][picked], deq[picked])
+    assert row["sqnr_db"] == pytest.approx(want["sqnr_db"], rel=1e-5)
+    assert row["cosine"] == pytest.approx(want["cosine"], rel=1e-6)

@@ -15,8 +15,11 @@ its initializer name without the quantizer's suffix (`fc1.weight_quantized` -> `
   uint8 for bits < 8, default 2^(bits-1)) -> the [K, N] weight a float MatMul would hold;
 * GatherBlockQuantized (INT4/UINT4 or uint8-packed data, blocked along `quantize_axis`).
 
-Tensor bytes come from `raw_data`, packed `float_data`, or external data confined to the model's
-folder; other typed fields (int32_data varints...) are reported as not decoded.
+Tensor bytes come from `raw_data`, packed `float_data`, `int32_data`/`int64_data` varints (small
+tensors: zero points), or external data confined to the model's folder. 2-D weights are decoded row
+by row (only the requested rows' bytes are read, with the scale rows or columns they need; a
+MatMulNBits row of the logical [K, N] is a column of B), so memory follows the chunk; convolution
+kernels are decoded whole, one layer at a time.
 """
 
 from __future__ import annotations
@@ -150,6 +153,19 @@ class _Model:
             raise DequantError(BROKEN, f"{t.name}: {out.size} stored values for dims {t.dims}")
         return out.reshape(t.dims)
 
+    def q_rows(self, t: Tensor, rows: np.ndarray) -> np.ndarray:
+        """The stored codes of the selected rows of a 2-D tensor, reading only those rows' bytes."""
+        cols = t.dims[-1]
+        dt = t.data_type
+        stored = t.raw is not None or t.is_external  # bytes in the map (not typed fields)
+        if dt in (21, 22) and cols % 2 == 0 and stored:
+            b = np.asarray(self.raw(t)).reshape(-1, cols // 2)[rows]
+            nib = np.stack([b & 0x0F, b >> 4], axis=-1).reshape(len(rows), cols).astype(np.int8)
+            return np.where(nib > 7, nib - 16, nib).astype(np.int8) if dt == 22 else nib.astype(np.uint8)
+        if dt in _FP8 and stored:
+            return FP8[_FP8[dt]][np.asarray(self.raw(t)).reshape(-1, cols)[rows]]
+        return np.asarray(self.values(t)).reshape(-1, cols)[rows]
+
     def small(self, name: str) -> np.ndarray | None:
         """A companion tensor (scale, zero point) by value name, through Identity-like ops."""
         t = self.const(name)
@@ -212,6 +228,33 @@ def dequantize_linear(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, a
     return x * s.reshape(shape)
 
 
+def dequantize_rows(q: np.ndarray, rows: np.ndarray, shape: tuple[int, ...], scale: np.ndarray,
+                    zp: np.ndarray | None, axis: int, block_size: int, name: str) -> np.ndarray:
+    """DequantizeLinear on the selected rows of a 2-D weight: the same arithmetic as
+    `dequantize_linear`, with the scale (and zero point) rows or columns those rows need."""
+    n_rows, cols = shape
+    s = np.asarray(scale, dtype=np.float32)
+    z = None if zp is None else np.asarray(zp).astype(np.float32)
+    x = q.astype(np.float32)
+    if s.size == 1:
+        return (x - (z.reshape(-1)[0] if z is not None and z.size else 0.0)) * s.reshape(-1)[0]
+    axis %= 2
+
+    def pick(a: np.ndarray) -> np.ndarray:
+        if block_size > 0:
+            want = (-(-n_rows // block_size), cols) if axis == 0 else (n_rows, -(-cols // block_size))
+            if a.shape != want:
+                raise DequantError(BROKEN, f"{name}: blocked scale {list(a.shape)} for weight {list(shape)}")
+            return a[rows // block_size] if axis == 0 else np.repeat(a[rows], block_size, axis=1)[:, :cols]
+        if a.ndim != 1 or a.size != shape[axis]:
+            raise DequantError(BROKEN, f"{name}: scale of {a.size} values for axis {axis} of {list(shape)}")
+        return a[rows][:, None] if axis == 0 else a[None, :]
+
+    if z is not None:
+        x = x - pick(z)
+    return x * pick(s)
+
+
 def _whole(shape: tuple[int, ...], decode: Callable[[], np.ndarray]) -> tuple[Callable[[np.ndarray], np.ndarray],
                                                                             Callable[[], None]]:
     """A loader that decodes the whole tensor once (kept until `release`) and returns rows of its 2-D view.
@@ -235,9 +278,13 @@ class _Builder:
         self.ws = ws
 
     def add(self, t: Tensor, encoding: str, quantized: bool, shape: tuple[int, ...],
-            decode: Callable[[], np.ndarray]) -> None:
+            decode: Callable[[], np.ndarray], rows: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         key = onnx_key(t.name)
         if key in self.ws.weights or len(shape) < 2:
+            return
+        if rows is not None and len(shape) == 2:  # decoded row by row: memory follows the chunk
+            self.ws.add(WeightRef(name=t.name, key=key, shape=shape, encoding=encoding, quantized=quantized,
+                                  loader=rows))
             return
         if not quantized:  # a float initializer: rows straight from the map
             cols = shape[-1]
@@ -272,7 +319,15 @@ class _Builder:
             return dequantize_linear(self.m.values(t), scale, zp, axis if dq.attr_int("axis") is not None else 1,
                                      block, t.name)
 
-        self.add(t, enc, True, tuple(t.dims), decode)
+        def decode_rows(rows: np.ndarray) -> np.ndarray:
+            scale = self.m.small(dq.input(1))
+            if scale is None:
+                raise DequantError(UNSUPPORTED, f"{t.name}: DequantizeLinear scale {dq.input(1)!r} is not a constant")
+            zp = self.m.small(dq.input(2)) if dq.input(2) else None
+            return dequantize_rows(self.m.q_rows(t, rows), rows, tuple(t.dims), scale, zp,
+                                   axis if dq.attr_int("axis") is not None else 1, block, t.name)
+
+        self.add(t, enc, True, tuple(t.dims), decode, decode_rows)
 
     def qlinear(self, node: Node, w: int, s: int, z: int | None, axis: int, min_rank: int = 2,
                 companions: bool = False) -> None:
@@ -297,7 +352,15 @@ class _Builder:
             zp = self.m.small(zp_name) if zp_name else None
             return dequantize_linear(self.m.values(t), scale, zp, axis, 0, t.name)
 
-        self.add(t, f"{t.dtype_name} {node.op_type}", True, tuple(t.dims), decode)
+        def decode_rows(rows: np.ndarray) -> np.ndarray:
+            scale = self.m.small(scale_name) if scale_name else None
+            if scale is None:
+                raise DequantError(UNSUPPORTED, f"{t.name}: no constant weight scale ({scale_name or 'none named'}; "
+                                   "a runtime-fused graph may have folded it into a product)")
+            zp = self.m.small(zp_name) if zp_name else None
+            return dequantize_rows(self.m.q_rows(t, rows), rows, tuple(t.dims), scale, zp, axis, 0, t.name)
+
+        self.add(t, f"{t.dtype_name} {node.op_type}", True, tuple(t.dims), decode, decode_rows)
 
     def matmulnbits(self, node: Node) -> None:
         b = self.m.consts.get(node.input(1))
@@ -329,7 +392,27 @@ class _Builder:
             w = (q - np.repeat(z, block, axis=1)[:, :k]) * np.repeat(s, block, axis=1)[:, :k]
             return w.T  # [K, N], as the float MatMul's B
 
-        self.add(b, f"{bits}-bit MatMulNBits block {block}", True, (k, n), decode)
+        def decode_rows(rows: np.ndarray) -> np.ndarray:  # rows of the logical [K, N]: columns of B
+            per, mask = 8 // bits, (1 << bits) - 1
+            raw = np.asarray(self.m.values(b)).view(np.uint8).reshape(n, blocks, -1)
+            blk, pos = rows // block, rows % block
+            codes = (raw[:, blk, pos // per] >> (bits * (pos % per)).astype(np.uint8)) & mask  # [N, rows]
+            scales = self.m.small(node.input(2))
+            if scales is None or scales.size != n * blocks:
+                raise DequantError(BROKEN, f"{b.name}: MatMulNBits scales do not hold N x K/block = {n * blocks}")
+            s = np.asarray(scales, np.float32).reshape(n, blocks)[:, blk]
+            zname = node.input(3)
+            zt = self.m.consts.get(zname) if zname else None
+            if zt is None:
+                z = np.float32(1 << (bits - 1))
+            elif zt.data_type == 2:
+                zr = np.asarray(self.m.values(zt)).astype(np.uint8).reshape(n, -1)
+                z = ((zr[:, blk // per] >> (bits * (blk % per)).astype(np.uint8)) & mask).astype(np.float32)
+            else:
+                z = np.asarray(self.m.values(zt), np.float32).reshape(n, blocks)[:, blk]
+            return ((codes.astype(np.float32) - z) * s).T
+
+        self.add(b, f"{bits}-bit MatMulNBits block {block}", True, (k, n), decode, decode_rows)
 
     def gather_block_quantized(self, node: Node) -> None:
         data = self.m.consts.get(node.input(0))
@@ -342,26 +425,39 @@ class _Builder:
         if data.data_type == 2 and bits < 8:
             dims[1] = dims[1] * 8 // bits
 
-        def decode() -> np.ndarray:
-            v = np.asarray(self.m.values(data))
-            if data.data_type == 2 and bits < 8:
-                per = 8 // bits
-                v = np.stack([(v >> (bits * j)) & ((1 << bits) - 1) for j in range(per)], axis=-1).reshape(dims)
-                zp_default = 1 << (bits - 1)
-            else:
-                zp_default = 0 if data.data_type == 22 else 1 << (bits - 1)
+        packed = data.data_type == 2 and bits < 8
+        per, mask = 8 // bits, (1 << bits) - 1
+
+        def unpack(v: np.ndarray) -> np.ndarray:  # uint8 [r, c] -> [r, c * per], low bits first
+            return np.stack([(v >> (bits * j)) & mask for j in range(per)], axis=-1).reshape(v.shape[0], -1)
+
+        def params() -> tuple[np.ndarray, np.ndarray]:
             scales = self.m.small(node.input(2))
             if scales is None:
                 raise DequantError(UNSUPPORTED, f"{data.name}: GatherBlockQuantized scales are not a constant")
             zp = self.m.small(node.input(3)) if node.input(3) else None
             if zp is None:
-                zp = np.full(scales.shape, zp_default, np.float32)
-            elif zp.dtype == np.uint8 and bits < 8 and zp.size * (8 // bits) == scales.size:
-                per = 8 // bits
-                zp = np.stack([(zp >> (bits * j)) & ((1 << bits) - 1) for j in range(per)], -1).reshape(scales.shape)
-            return dequantize_linear(v, scales, zp, qaxis, block, data.name)
+                default = 0 if data.data_type == 22 and not packed else 1 << (bits - 1)
+                zp = np.full(scales.shape, default, np.float32)
+            elif zp.dtype == np.uint8 and bits < 8 and zp.size * per == scales.size:
+                zp = unpack(zp.reshape(scales.shape[0], -1)).reshape(scales.shape)
+            return scales, zp
 
-        self.add(data, f"{data.dtype_name} GatherBlockQuantized block {block}", True, tuple(dims), decode)
+        def decode() -> np.ndarray:
+            v = np.asarray(self.m.values(data))
+            scales, zp = params()
+            return dequantize_linear(unpack(v) if packed else v, scales, zp, qaxis, block, data.name)
+
+        def decode_rows(rows: np.ndarray) -> np.ndarray:
+            if packed:
+                q = unpack(np.asarray(self.m.values(data)).reshape(-1, data.dims[1])[rows])
+            else:
+                q = self.m.q_rows(data, rows)
+            scales, zp = params()
+            return dequantize_rows(q, rows, tuple(dims), scales, zp, qaxis, block, data.name)
+
+        self.add(data, f"{data.dtype_name} GatherBlockQuantized block {block}", True, tuple(dims), decode,
+                 decode_rows)
 
     def node(self, node: Node) -> None:
         op, dom = node.op_type, node.domain
