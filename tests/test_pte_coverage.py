@@ -149,6 +149,37 @@ def test_quantized_kv_cache_is_its_own_metric() -> None:
     assert kv["quantize_ops"] == 2
 
 
+@pytest.mark.parametrize(
+    ("name", "quantized", "elements", "nbytes", "dtypes", "names"),
+    [
+        ("more/float_kv_cache_portable.pte", False, 256, 1024, {"fp32": 1}, ["k_cache"]),
+        ("more/int8_kv_index_copy_portable.pte", True, 256, 256, {"int8": 1}, ["value 0"]),
+    ],
+)
+def test_kv_cache_written_back_by_copy(name: str, quantized: bool, elements: int, nbytes: int, dtypes, names) -> None:
+    """index_copy_ into a buffer: `aten::index_put` then the `aten::copy_` write-back."""
+    inv = inventory(name)
+    assert inv.layers == [] and inv.structural_findings == []
+    kv = inv.metrics["kv_cache"]
+    assert (kv["quantized"], kv["buffers"], kv["elements"], kv["bytes"]) == (quantized, 1, elements, nbytes)
+    assert (kv["dtypes"], kv["names"], kv["quantize_ops"]) == (dtypes, names, int(quantized))
+
+
+def test_kv_cache_bound_through_the_guard() -> None:
+    code, result = run_json(
+        "guard",
+        "pte-program",
+        str(PTE / "more" / "float_kv_cache_portable.pte"),
+        "--require",
+        "kv_cache.quantized_buffers>=1",
+    )
+    assert (code, result["status"]) == (1, "FAIL")
+    assert result["message"] == "kv_cache.quantized_buffers 0 < 1 (required)"
+    code, result = run_json("guard", "pte-program", str(PTE / "more" / "float_kv_cache_portable.pte"))
+    assert (code, result["status"]) == (0, "PASS")
+    assert result["message"] == "no weight-bearing ops found; KV cache not quantized (1 buffer(s), 1,024 bytes)"
+
+
 def test_no_kv_cache_metric_without_a_cache() -> None:
     assert "kv_cache" not in inventory("int8_xnnpack.pte").metrics
 

@@ -124,6 +124,7 @@ class Plan:
     instructions: list[Instruction] = field(default_factory=list)
     delegates: list[Delegate] = field(default_factory=list)
     chains: int = 0
+    inputs: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -309,6 +310,7 @@ def _plan(fb: FlatBuffer, table: int, prog: Program) -> Plan:
         overload = fb.string(op, 1, "", "Operator.overload")
         plan.operators.append(f"{name}.{overload}" if overload else name)
     plan.values = [_value(fb, v) for v in fb.tables(table, S.PLAN_VALUES, "ExecutionPlan.values")]
+    plan.inputs = fb.scalars(table, S.PLAN_INPUTS, "i32", "ExecutionPlan.inputs")
     chains = fb.tables(table, S.PLAN_CHAINS, "ExecutionPlan.chains")
     plan.chains = len(chains)
     for chain_index, chain in enumerate(chains):

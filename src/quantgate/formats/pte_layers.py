@@ -65,7 +65,9 @@ _WEIGHT_OPS: dict[str, tuple[str, tuple[int, ...], float | None]] = {
     "aten::_weight_int8pack_mm": (LINEAR, (1,), 8),
     "aten::_weight_int4pack_mm": (LINEAR, (1,), 4),
 }
-_UPDATE_CACHE = ("llama::update_cache", "llama::update_cache_with_indices")
+_UPDATE_CACHE = ("llama::update_cache", "llama::update_cache_with_indices")  # (value, cache, ...)
+# ops that write a value into a buffer: the argument holding the written values
+_SCATTER_VALUE = {"aten::index_put": 2, "aten::index_put_": 2, "aten::index_copy": 3, "aten::slice_scatter": 1}
 
 
 def base_name(op: str) -> str:
@@ -267,33 +269,59 @@ def _opaque_layer(prefix: str, backend: str, position: int, size: int | None, me
     )
 
 
+def _written_from_quantize(graph: _PlanGraph, index: int) -> bool:
+    """Whether the values written into a buffer come from a quantize op (through scatters and copies)."""
+    for _ in range(MAX_TRACE):
+        produced = graph.producer.get(index)
+        if produced is None:
+            return False
+        name, pargs = produced
+        if name.startswith(_QUANTIZE_PREFIXES):
+            return True
+        if name in _SCATTER_VALUE and _SCATTER_VALUE[name] < len(pargs):
+            index = pargs[_SCATTER_VALUE[name]]
+        elif name in _PASS_THROUGH and pargs:
+            index = pargs[0]
+        else:
+            return False
+    return False
+
+
 def _kv_cache(plan: Plan, graph: _PlanGraph) -> list[tuple[int, Tensor, bool, int]]:
-    """(value index, buffer, quantized, quantize ops) of the buffers `llama::update_cache` writes."""
+    """(value index, buffer, quantized, quantize ops) of the KV-cache buffers a method writes.
+
+    A cache is a buffer `llama::update_cache` writes, or a mutable buffer of 3+ dims written back by
+    `aten::copy_` (index_put/index_copy caches) that is not a method input and, when the program
+    carries buffer names, is named like a cache. It is quantized when it stores 8-bit integers
+    written from a quantize op.
+    """
+    inputs = set(plan.inputs)
     out: dict[int, tuple[Tensor, bool, int]] = {}
     for ins in plan.instructions:
-        if ins.kind != S.KERNEL_CALL or base_name(plan.operators[ins.target]) not in _UPDATE_CACHE:
+        if ins.kind != S.KERNEL_CALL or len(ins.args) < 2:
             continue
-        if len(ins.args) < 2:
+        op = base_name(plan.operators[ins.target])
+        if op in _UPDATE_CACHE:
+            cache_index, value_index = ins.args[1], ins.args[0]
+        elif op == "aten::copy_":
+            cache_index, value_index = ins.args[0], ins.args[1]
+        else:
             continue
-        cache = graph.tensor(ins.args[1])
-        if cache is None:
+        cache = graph.tensor(cache_index)
+        if cache is None or cache.constant:
             continue
-        # the value written comes from a quantize op (through copies) -> a quantized cache
-        index, quantize_ops = ins.args[0], 0
-        for _ in range(MAX_TRACE):
-            produced = graph.producer.get(index)
-            if produced is None:
-                break
-            name, pargs = produced
-            if name.startswith(_QUANTIZE_PREFIXES):
-                quantize_ops = 1
-                break
-            if name not in _PASS_THROUGH:
-                break
-            index = pargs[0]
-        quantized = bool(quantize_ops) and cache.scalar_type in S.INT8_LIKE
-        prev = out.get(ins.args[1])
-        out[ins.args[1]] = (cache, quantized or (prev[1] if prev else False), quantize_ops + (prev[2] if prev else 0))
+        if op == "aten::copy_":
+            named_like_cache = cache.fqn is None or "cache" in cache.fqn.lower()
+            if cache_index in inputs or not cache.allocated or len(cache.sizes) < 3 or not named_like_cache:
+                continue
+        from_quantize = _written_from_quantize(graph, value_index)
+        quantized = from_quantize and cache.scalar_type in S.INT8_LIKE
+        prev = out.get(cache_index)
+        out[cache_index] = (
+            cache,
+            quantized or (prev[1] if prev else False),
+            int(from_quantize) + (prev[2] if prev else 0),
+        )
     return [(i, *v) for i, v in out.items()]
 
 
@@ -308,6 +336,8 @@ def _kv_metric(found: list[tuple[int, Tensor, bool, int]]) -> dict[str, Any] | N
         dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
     return {
         "quantized": bool(quantized),
+        # a number a policy can bound (a bool is not one): `kv_cache.quantized_buffers >= 1`
+        "quantized_buffers": len(quantized),
         "buffers": len(buffers),
         "elements": sum(t.numel for _, t, _, _ in buffers),
         "bytes": sum(t.nbytes for _, t, _, _ in buffers),
