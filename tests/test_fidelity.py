@@ -515,3 +515,34 @@ def test_onnx_sampled_rows_equal_numpy_on_the_same_rows() -> None:
     want = layer_stats(ref["fc2.weight"][picked], deq[picked])
     assert row["sqnr_db"] == pytest.approx(want["sqnr_db"], rel=1e-5)
     assert row["cosine"] == pytest.approx(want["cosine"], rel=1e-6)
+
+
+@pytest.mark.parametrize("folder", ["gptq_layout", "awq_layout"])
+def test_gptq_awq_layouts_decode_to_the_minmax_quantization(tmp_path: Path, folder: str) -> None:
+    """fixtures/safetensors packs its tiny Llama with AutoGPTQ's / AutoAWQ's real packers from min-max
+    4-bit group-128 parameters; rebuilt here, the float model quantized with the same parameters must be
+    what the decoder reads out of the packed layout (up to the F16 scales and a rounding step)."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("st_fixtures", ROOT / "fixtures" / "safetensors" / "make_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    mod = module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    model = mod.tiny_llama(64, 256, 512, 1, torch.float32)
+    model.save_pretrained(tmp_path / "base")
+    result = run(ROOT / "fixtures" / "safetensors" / folder / "model.safetensors",
+                 tmp_path / "base" / "model.safetensors")
+    rows = {r["name"]: r for r in result["metrics"]["weights"]["per_layer"]}
+    for name, linear in model.named_modules():
+        if not isinstance(linear, torch.nn.Linear) or name == "lm_head":
+            continue
+        w = linear.weight.data.float()
+        scale, zero = mod.minmax_qparams(w, 128, 4)
+        scale = scale.half().float()
+        g = torch.arange(w.shape[1]) // 128
+        q = torch.round(w / scale[:, g] + zero[:, g]).clamp(0, 15)
+        want = layer_stats(w.numpy(), ((q - zero[:, g]) * scale[:, g]).numpy())
+        assert rows[name + ".weight"]["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.3), name

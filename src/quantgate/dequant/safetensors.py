@@ -310,15 +310,15 @@ def _gptq_awq(f: _File, name: str, parts: dict[str, Any], qc: dict[str, Any], sp
         return np.arange(in_f) // group
 
     def load(rows: np.ndarray) -> np.ndarray:
-        qw = np.asarray(f.array(qweight)).astype(np.int64) & 0xFFFFFFFF
+        stored = f.array(qweight)
         if layout == "gptq":
-            cols = qw[:, rows]  # [in*bits/32, n]
+            cols = np.asarray(stored[:, rows]).astype(np.int64) & 0xFFFFFFFF  # [in*bits/32, n]: only these
             per = 32 // bits
             q = np.stack([(cols >> (bits * j)) & mask for j in range(per)], axis=1).reshape(in_f, len(rows))
         else:
             q = np.empty((in_f, len(rows)), np.int64)
             word, nib = rows // 8, np.argsort(order)[rows % 8]
-            q[:] = (qw[:, word] >> (4 * nib)) & 0xF
+            q[:] = (np.asarray(stored[:, word]).astype(np.int64) & 0xFFFFFFFF) >> (4 * nib) & 0xF
         g = gidx()
         z = zeros_all()[:, rows] + (0 if layout == "awq" or v2 else 1)  # [groups, n]
         s = _to_float(scales.dtype, f.array(scales))[:, rows]  # [groups, n]
