@@ -546,3 +546,17 @@ def test_gptq_awq_layouts_decode_to_the_minmax_quantization(tmp_path: Path, fold
         q = torch.round(w / scale[:, g] + zero[:, g]).clamp(0, 15)
         want = layer_stats(w.numpy(), ((q - zero[:, g]) * scale[:, g]).numpy())
         assert rows[name + ".weight"]["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.3), name
+
+
+def test_manifest_reference_for_a_single_guard_run(tmp_path: Path) -> None:
+    for name in ("tiny-q4_0.gguf", "tiny-f16.gguf"):
+        shutil.copy(FID / "gguf" / name, tmp_path / name)
+    manifest = {"manifest_version": 1, "model_id": "t/tiny", "artifacts": [
+        {"path": "tiny-q4_0.gguf", "format": "gguf", "reference": "tiny-f16.gguf"}]}
+    (tmp_path / "release.manifest.json").write_text(json.dumps(manifest))
+    result = run(tmp_path / "tiny-q4_0.gguf")
+    assert result["status"] == "PASS"
+    assert result["metrics"]["reference"]["source"] == "manifest"
+    manifest["artifacts"][0]["reference"] = "../outside.gguf"  # confined to the manifest's folder
+    (tmp_path / "release.manifest.json").write_text(json.dumps(manifest))
+    assert run(tmp_path / "tiny-q4_0.gguf")["skip"]["reason"] == "no_reference"

@@ -101,6 +101,40 @@ def map_reference(artifact_path: str, references: dict[str, str]) -> str | None:
     return None
 
 
+MAX_MANIFESTS = 20
+
+
+def manifest_reference(artifact_path: str) -> str | None:
+    """The `reference` a release manifest beside the artifact gives it (`manifest.json` or
+    `*.manifest.json` in its folder), for runs that did not scan the manifest (`quantgate guard`)."""
+    from quantgate.manifest import ManifestError, load_manifest, resolve_inside
+
+    folder = Path(artifact_path).parent
+    try:
+        names = sorted(p for p in os.listdir(folder) if p == "manifest.json" or p.endswith(".manifest.json"))
+    except OSError:
+        return None
+    target = Path(artifact_path).resolve()
+    for name in names[:MAX_MANIFESTS]:
+        try:
+            doc, _ = load_manifest(folder / name)
+        except (ManifestError, OSError):
+            continue
+        entries = doc.get("artifacts")
+        for index, entry in enumerate(entries if isinstance(entries, list) else []):
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
+                    or not isinstance(entry.get("reference"), str):
+                continue
+            where = f"$.artifacts[{index}]"
+            path, problem = resolve_inside(folder, entry["path"], where)
+            if problem is not None or path is None or path.resolve() != target:
+                continue
+            ref, ref_problem = resolve_inside(folder, entry["reference"], where)
+            if ref_problem is None and ref is not None:
+                return str(ref.resolve())
+    return None
+
+
 def resolve_reference(ctx: GuardContext, config: GuardConfig) -> tuple[str | None, str]:
     """(path, where it came from) or (None, why there is none)."""
     given = config.param("reference")
@@ -111,7 +145,7 @@ def resolve_reference(ctx: GuardContext, config: GuardConfig) -> tuple[str | Non
         mapped = map_reference(ctx.path, references)
         if mapped:
             return os.path.abspath(mapped), "policy references"
-    hinted = ctx.hints.get("reference")
+    hinted = ctx.hints.get("reference") or manifest_reference(ctx.path)
     if isinstance(hinted, str) and hinted:
         return hinted, "manifest"
     return None, (
