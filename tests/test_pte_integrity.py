@@ -299,6 +299,15 @@ def test_shared_offset_bomb_is_stopped_by_the_budget(tmp_path: Path) -> None:
     assert codes == ["READ_BUDGET_EXHAUSTED"]
 
 
+def test_layer_count_is_capped_by_the_file_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # delegate calls x nodes of one shared payload grow with the square of the file size
+    from quantgate.formats import pte_layers
+
+    monkeypatch.setattr(pte_layers, "MAX_LAYERS_BASE", 2)
+    monkeypatch.setattr(pte_layers, "BYTES_PER_LAYER", 1 << 40)
+    assert codes_of(tmp_path, (PTE / "conv_int8_xnnpack.pte").read_bytes()) == ["READ_BUDGET_EXHAUSTED"]
+
+
 def test_integrity_guard_fails_and_pte_program_is_blocked(tmp_path: Path) -> None:
     path = tmp_path / "bad.pte"
     path.write_bytes(INT8_XNN + b"junk")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from quantgate import findings as F
 from quantgate.formats import pte_schema as S
 from quantgate.formats.binary import Budget, View
 from quantgate.formats.pte import Plan, Program, Tensor
@@ -24,6 +25,10 @@ from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, In
 
 XNNPACK = "XnnpackBackend"
 MAX_TRACE = 32  # producer hops followed from a weight argument to its constant
+# layers a program may yield: delegate calls x nodes of a shared payload grows with the square of
+# the file size, so the total is capped in proportion to it (real programs are far below)
+MAX_LAYERS_BASE = 10_000
+BYTES_PER_LAYER = 16
 
 # ops a weight passes through unchanged in meaning (layout, copies, dequantization)
 _PASS_THROUGH = {
@@ -395,6 +400,7 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
     payloads: dict[tuple[int, int], Any] = {}
     kv: list[tuple[int, Tensor, bool, int]] = []
     multi = len(prog.plans) > 1
+    max_layers = MAX_LAYERS_BASE + prog.size // BYTES_PER_LAYER
     for plan in prog.plans:
         graph = _PlanGraph(plan)
         prefix = f"{plan.name}/" if multi else ""
@@ -434,7 +440,18 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
                 if i.kind == S.DELEGATE_CALL and i.target == d_index
                 for a in i.args
             )
-            layers.extend(_xnnpack_layers(payload, dprefix, position, plan.name, dynamic))
+            new = _xnnpack_layers(payload, dprefix, position, plan.name, dynamic)
+            if len(layers) + len(new) > max_layers:
+                prog.add(
+                    F.error(
+                        "READ_BUDGET_EXHAUSTED",
+                        f"more than {max_layers:,} weight-bearing layers in a {prog.size:,}-byte program "
+                        f"({d.backend} delegate {d_index} of {plan.name!r}); the rest were not read",
+                        field=f"{plan.name}.delegates[{d_index}]",
+                    )
+                )
+                break
+            layers.extend(new)
         # in execution order (kernels and delegate calls were collected apart)
         layers[plan_start:] = sorted(layers[plan_start:], key=lambda x: x.position or 0)
     inv.layers = _dedupe_across_methods(layers)
