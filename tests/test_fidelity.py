@@ -110,11 +110,13 @@ def gguf_float_tensors(path: Path) -> dict[str, Any]:
             for t in reader.tensors if len(t.shape) >= 2}
 
 
+@pytest.mark.parametrize("reference", ["tiny-f16.gguf", "tiny-f32.gguf"])
 @pytest.mark.parametrize("quantized", ["tiny-q8_0.gguf", "tiny-q4_0.gguf"])
-def test_gguf_pair_numbers_equal_numpy(quantized: str) -> None:
-    result = run(FID / "gguf" / quantized, F16)
+def test_gguf_pair_numbers_equal_numpy(quantized: str, reference: str) -> None:
+    ref_path = FID / "gguf" / reference
+    result = run(FID / "gguf" / quantized, ref_path)
     assert result["status"] == "PASS", result["message"]
-    ref, art = gguf_float_tensors(F16), gguf_float_tensors(FID / "gguf" / quantized)
+    ref, art = gguf_float_tensors(ref_path), gguf_float_tensors(FID / "gguf" / quantized)
     expected = {name: layer_stats(ref[name], art[name]) for name in art}
     check_layers(result, expected)
     w = result["metrics"]["weights"]
@@ -125,7 +127,7 @@ def test_gguf_pair_numbers_equal_numpy(quantized: str) -> None:
     signal = sum(float(np.sum(ref[n].astype(np.float64) ** 2)) for n in art)
     assert w["sqnr_db"]["overall"] == pytest.approx(10 * math.log10(signal / noise), rel=1e-5)
     size = (FID / "gguf" / quantized).stat().st_size
-    assert result["metrics"]["size_ratio"] == pytest.approx(F16.stat().st_size / size)
+    assert result["metrics"]["size_ratio"] == pytest.approx(ref_path.stat().st_size / size)
     assert "FIDELITY_WORST_LAYERS" in codes(result, "info")
 
 
