@@ -35,6 +35,7 @@ TABLE = {
     "conv_fp32_xnnpack.pte": (0, 0, 0, 0, 0, 0, 3, 10816, 315392),
     "conv_int8_xnnpack.pte": (1.0, 1.0, 0, 1.0, 1.0, 1.0, 3, 10816, 315392),
     "ext/fp32_portable_extconst.pte": (0, 0, 0, 0, 0, 0, 3, 5888, 43008),
+    "more/extw/tinylm_xnnpack_extw.pte": (0, 0, 0, 0, 0, 0, 3, 5888, 43008),
 }
 
 # file -> the unquantized layers: (name, kind, shape, dtype)
@@ -71,6 +72,11 @@ UNQUANTIZED = {
         ("0:XnnpackBackend[0]/fully_connected#2", "linear", [10, 1024], "fp32"),
     ],
     "conv_int8_xnnpack.pte": [],
+    "more/extw/tinylm_xnnpack_extw.pte": [
+        EMB32,
+        ("2:XnnpackBackend[0]/fully_connected#0", "linear", [64, 32], "fp32"),
+        ("2:XnnpackBackend[0]/fully_connected#1", "linear", [10, 64], "fp32"),
+    ],
     "ext/fp32_portable_extconst.pte": [
         ("emb.weight", "embedding", [100, 32], "fp32"),
         ("l1.weight", "linear", [64, 32], "fp32"),

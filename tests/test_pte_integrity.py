@@ -259,6 +259,17 @@ def test_external_tensors_without_their_ptd(tmp_path: Path) -> None:
     assert reader.read(str(tmp_path / "m.pte")).structural_findings == []
 
 
+def test_xnnpack_constants_in_a_ptd(tmp_path: Path) -> None:
+    extw = PTE / "more" / "extw"
+    inv = reader.read(str(extw / "tinylm_xnnpack_extw.pte"))
+    assert inv.structural_findings == []
+    assert (inv.facts["external_named_data"], inv.facts["ptd_files"]) == (4, ["weights.ptd"])
+    shutil.copy(extw / "tinylm_xnnpack_extw.pte", tmp_path)
+    found = reader.read(str(tmp_path / "tinylm_xnnpack_extw.pte")).structural_findings
+    assert [(f.code, f.severity) for f in found] == [("PTE_EXTERNAL_DATA_MISSING", "warning")]
+    assert "4 XNNPACK constant(s)" in found[0].message and "no .ptd file is beside it" in found[0].message
+
+
 def test_external_ptd_behind_a_symlink_is_not_followed(tmp_path: Path) -> None:
     shutil.copy(PTE / "ext" / "fp32_portable_extconst.pte", tmp_path / "m.pte")
     (tmp_path / "w.ptd").symlink_to(PTE / "ext" / "_default_external_constant.ptd")

@@ -55,8 +55,8 @@ FINDING_CODES: dict[str, str] = {
     "PTE_CONSTANT_OUT_OF_RANGE": "A constant tensor's bytes run past the end of the constant segment.",
     "PTE_NAMED_DATA_HASH_MISMATCH": "A named-data key is a SHA-256 digest that does not match its bytes.",
     "PTE_NO_EXECUTION_PLAN": "The program has no execution plan (no method to run).",
-    "PTE_EXTERNAL_DATA_MISSING": "Tensors are stored in an external `.ptd` file and none is beside the "
-    "program, or the `.ptd` files there lack some of them (warning).",
+    "PTE_EXTERNAL_DATA_MISSING": "Tensors (by FQN) or XNNPACK constants (by named key) stored outside the "
+    "program are in no `.ptd` file beside it (warning).",
 }
 
 
@@ -546,13 +546,11 @@ def _check_named_data(view: View, prog: Program) -> None:
     prog.facts["named_data_hashes_checked"] = checked
 
 
-def _check_external(prog: Program) -> None:
-    """External tensors live in a `.ptd` beside the program; say so when none carries them."""
-    wanted = {v.tensor.fqn for plan in prog.plans for v in plan.values if v.tensor is not None and v.tensor.external}
-    wanted.discard(None)
-    if not wanted:
-        return
-    prog.facts["external_tensors"] = len(wanted)
+def _ptd_beside(prog: Program) -> tuple[list[str], set[str]]:
+    """Names and named-data keys of the `.ptd` files in the program's folder (read once)."""
+    cached = prog.facts.get("_ptd")
+    if cached is not None:
+        return cached
     folder = os.path.dirname(os.path.abspath(prog.path))
     found: set[str] = set()
     names = []
@@ -566,18 +564,39 @@ def _check_external(prog: Program) -> None:
             continue
         names.append(entry.name)
         found |= ptd_keys(entry.path)
+    prog.facts["_ptd"] = (names, found)
     prog.facts["ptd_files"] = names
-    missing = sorted(k for k in wanted if k is not None and k not in found)
+    return names, found
+
+
+def check_external_keys(prog: Program, wanted: set[str], what: str) -> None:
+    """Keys the program needs from outside itself must be in a `.ptd` beside it (a warning if not)."""
+    names, found = _ptd_beside(prog)
+    missing = sorted(k for k in wanted if k not in found)
     if missing:
-        where = f"the .ptd files beside it ({', '.join(names)})" if names else "no .ptd file beside it"
+        listed = f"{', '.join(k[:24] for k in missing[:3])}{'…' if len(missing) > 3 else ''}"
+        where = (
+            f"are not in the .ptd files beside it ({', '.join(names)})"
+            if names
+            else "live outside the program and no .ptd file is beside it"
+        )
         prog.add(
             F.warning(
                 "PTE_EXTERNAL_DATA_MISSING",
-                f"{len(missing)} external tensor(s) ({', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}) "
-                f"are not in {where}; ship the .ptd with the program",
+                f"{len(missing)} {what} ({listed}) {where}; ship the .ptd with the program",
                 tensor=missing[0],
             )
         )
+
+
+def _check_external(prog: Program) -> None:
+    """External tensors live in a `.ptd` beside the program; say so when none carries them."""
+    wanted = {v.tensor.fqn for plan in prog.plans for v in plan.values if v.tensor is not None and v.tensor.external}
+    wanted.discard(None)
+    if not wanted:
+        return
+    prog.facts["external_tensors"] = len(wanted)
+    check_external_keys(prog, {k for k in wanted if k is not None}, "external tensor(s)")
 
 
 def ptd_keys(path: str) -> set[str]:
@@ -661,7 +680,7 @@ def _facts(prog: Program) -> dict[str, Any]:
         "operators": dict(sorted(ops.items(), key=lambda kv: -kv[1])),
         "delegate_calls": backends,
     }
-    facts.update(prog.facts)
+    facts.update({k: v for k, v in prog.facts.items() if not k.startswith("_")})
     n_ins = facts["instructions"]
     facts["summary"] = (
         f"{len(prog.plans)} method(s), {n_ins} instruction(s), "

@@ -454,6 +454,15 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
             layers.extend(new)
         # in execution order (kernels and delegate calls were collected apart)
         layers[plan_start:] = sorted(layers[plan_start:], key=lambda x: x.position or 0)
+    # XNNPACK constants stored under a named key: in the program's named data, or in a .ptd beside it
+    needed = {c.named_key for payload in payloads.values() for c in payload.constant_data if c.named and c.named_key}
+    outside = needed - {key for key, _ in prog.named_data}
+    if outside:
+        from quantgate.formats.pte import check_external_keys
+
+        inv.facts["external_named_data"] = len(outside)
+        check_external_keys(prog, outside, "XNNPACK constant(s)")
+        inv.facts["ptd_files"] = prog.facts.get("ptd_files", [])
     inv.layers = _dedupe_across_methods(layers)
     inv.params_total = _params_total(prog) + xnn_params
     if delegates:
