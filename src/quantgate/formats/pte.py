@@ -76,6 +76,8 @@ class Tensor:
 
     @property
     def numel(self) -> int:
+        if len(self.sizes) > MAX_DIMS:  # a damaged shape (PTE_BAD_SHAPE): no product of a million dims
+            return 0
         n = 1
         for d in self.sizes:
             n *= max(d, 0)
