@@ -158,9 +158,9 @@ def export(blocks: int, dim: int) -> Path:
     if not path.exists():
         WORK.mkdir(parents=True, exist_ok=True)
         print(f"exporting {path.name} (once; cached) ...", file=sys.stderr, flush=True)
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")  # a concurrent `make bench` exports its own copy
         subprocess.run([PY, "-c", EXPORT, str(blocks), str(dim), str(tmp)], env=ENV, check=True)
-        tmp.rename(path)
+        tmp.replace(path)  # atomic: a reader never sees a half-written program
     return path
 
 
