@@ -375,7 +375,6 @@ def test_pte_output_fidelity_equals_the_runtime_directly() -> None:
     assert result["status"] == "PASS", result["message"]
     outputs = result["metrics"]["outputs"]
     assert outputs["int_high"] == 100  # the embedding table's rows, from the reference's inventory
-    assert "FIDELITY_WEIGHTS_UNAVAILABLE" in codes(result, "info")
     gen = torch.Generator().manual_seed(5)
     methods = [pl._load_program(str(pte / name)).load_method("forward") for name in ("tiny-fp32.pte",
                                                                                      "tiny-dq8-xnnpack.pte")]
@@ -395,8 +394,9 @@ def test_pte_programs_of_other_models_fail() -> None:
     pytest.importorskip("executorch")
     result = run(ROOT / "fixtures" / "pte" / "emb8_portable.pte", FID / "pte" / "tiny-fp32.pte",
                  "outputs.cosine >= 0.98")
-    assert result["status"] == "FAIL"
-    assert "FIDELITY_OUTPUT_MISMATCH" in codes(result, "error")
+    assert result["status"] == "FAIL"  # WideLM vs TinyLM: weights of other shapes at the same positions
+    assert "FIDELITY_PAIR_MISMATCH" in codes(result, "error")
+    assert "outputs" not in result["metrics"]
 
 
 def test_inf_scale_is_an_error_finding(tmp_path: Path) -> None:
@@ -562,3 +562,28 @@ def test_manifest_reference_for_a_single_guard_run(tmp_path: Path) -> None:
     manifest["artifacts"][0]["reference"] = "../outside.gguf"  # confined to the manifest's folder
     (tmp_path / "release.manifest.json").write_text(json.dumps(manifest))
     assert run(tmp_path / "tiny-q4_0.gguf")["skip"]["reason"] == "no_reference"
+
+
+def test_pte_weights_pair_by_position_and_equal_per_channel_int8_of_the_reference() -> None:
+    """The reference's constants read by ExecuTorch's own deserializer; XNNPACKQuantizer's symmetric
+    per-channel int8 (scale = max|w| / 127, q in [-127, 127]) recomputed from them."""
+    pytest.importorskip("executorch")
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = FID / "pte"
+    result = run(pte / "tiny-dq8-xnnpack.pte", pte / "tiny-fp32.pte", outputs="false")
+    rows = {r["name"]: r for r in result["metrics"]["weights"]["per_layer"]}
+    assert [(k, rows[k]["encoding"]) for k in sorted(rows)] == [
+        ("#0", "fp32"), ("#1", "int8 per-channel (XNNPACK QC8W)"), ("#2", "int8 per-channel (XNNPACK QC8W)")]
+    program = deserialize_pte_binary((pte / "tiny-fp32.pte").read_bytes()).program
+    buffers = {1: (100, 32), 4: (64, 32), 6: (10, 64)}  # embedding, l1, l2 (fixtures/pte's TinyLM)
+    weights = {i: np.frombuffer(program.constant_buffer[i].storage, np.float32).reshape(shape)
+               for i, shape in buffers.items()}
+    assert rows["#0"]["sqnr_db"] == 150.0  # the embedding stays fp32: bit-identical
+    for key, index in (("#1", 4), ("#2", 6)):
+        w = weights[index].astype(np.float64)
+        scale = np.abs(w).max(axis=1, keepdims=True) / 127
+        deq = np.clip(np.round(w / scale), -127, 127) * scale
+        want = layer_stats(w, deq)
+        assert rows[key]["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.05), key
+        assert rows[key]["cosine"] == pytest.approx(want["cosine"], abs=1e-6), key

@@ -102,4 +102,8 @@ def open_weights(path: str, fmt: str) -> WeightSet:
         from quantgate.dequant import safetensors
 
         return safetensors.open_weights(path)
+    if fmt == "pte":
+        from quantgate.dequant import pte
+
+        return pte.open_weights(path)
     raise DequantError(UNSUPPORTED, f"weight fidelity is not implemented for {fmt} artifacts")

@@ -9,8 +9,9 @@ artifact entry's `reference`). With none the guard SKIPs `no_reference`.
 
 Weights: each weight tensor (2+ dims) of the artifact is paired by name with the reference's (GGUF
 tensor names, safetensors module names, ONNX initializer names with the quantizer's `_quantized` /
-`_Q4` / `_DQ_Q4` suffixes removed), both are dequantized to float (`quantgate.dequant`) and compared
-(`quantgate.dequant.metrics`: cosine, SQNR, relative L2 error, max abs error). A tensor above
+`_Q4` / `_DQ_Q4` suffixes removed; `.pte` layers by position in execution order and shape), both
+are dequantized to float (`quantgate.dequant`) and compared (`quantgate.dequant.metrics`: cosine,
+SQNR, relative L2 error, max abs error). A tensor above
 `max_elements` (default 2^22) is compared on evenly spaced rows, in chunks, so memory stays bounded
 whatever the model size; the result says which layers were sampled. Names or shapes that do not
 match, or weights that are unrelated (median cosine < 0.5), are FIDELITY_PAIR_MISMATCH and no
@@ -66,8 +67,8 @@ FINDING_CODES = {
     "built from its signature.",
     "FIDELITY_OUTPUT_MISMATCH": "The artifact and the reference take different inputs or give outputs of "
     "different number or shape.",
-    "FIDELITY_WEIGHTS_UNAVAILABLE": "Weight fidelity is not implemented for this format (ExecuTorch .pte); "
-    "only outputs are compared (info).",
+    "FIDELITY_WEIGHTS_UNAVAILABLE": "Weights cannot be paired across these formats (a .pte program pairs by "
+    "position only with another .pte); only outputs and size are compared (info).",
 }
 
 # ------------------------------------------------------------------------------------------------
@@ -286,7 +287,8 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
             for ref_or_art in (a, r):
                 if ref_or_art.release is not None:
                     ref_or_art.release()
-        row: dict[str, Any] = {"name": key, "shape": list(a.shape), "encoding": a.encoding,
+        row: dict[str, Any] = {"name": key, **({"stored_as": a.name} if a.name != key else {}),
+                               "shape": list(a.shape), "encoding": a.encoding,
                                "reference_encoding": r.encoding, "quantized": a.quantized, **stats.to_dict()}
         if sampled_rows is not None:
             row["sampled_rows"] = sampled_rows
@@ -310,8 +312,11 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
             f"over {len(rows)} layers (a quantized copy stays near 1); is this the model it was made from?"))
         return None
     worst = sorted(rows, key=lambda row: row["sqnr_db"])[:WORST_SHOWN]
+    def label(row: dict[str, Any]) -> str:
+        return row["name"] + (f" ({row['stored_as']})" if "stored_as" in row else "")
+
     findings.append(F.info("FIDELITY_WORST_LAYERS", "worst layers by SQNR: " + "; ".join(
-        f"{row['name']} {row['sqnr_db']:.2f} dB (cosine {row['cosine']:.5f}, rel. error {row['rel_error']:.4g})"
+        f"{label(row)} {row['sqnr_db']:.2f} dB (cosine {row['cosine']:.5f}, rel. error {row['rel_error']:.4g})"
         for row in worst), tensor=worst[0]["name"]))
     if sampled:
         findings.append(F.info("FIDELITY_SAMPLED", f"{len(sampled)} layer(s) above {max_elements:,} elements were "
@@ -466,9 +471,9 @@ class FidelityGuard(Guard):
         if art_size:
             metrics["size_ratio"] = round(ref_size / art_size, 6)
         if str(config.param("weights", "true")).lower() not in ("false", "0", "no", "off"):
-            if "pte" in (ctx.format, ref_fmt):
-                findings.append(F.info("FIDELITY_WEIGHTS_UNAVAILABLE", "weight fidelity is not implemented for "
-                                       ".pte programs; outputs are compared instead"))
+            if "pte" in (ctx.format, ref_fmt) and ctx.format != ref_fmt:
+                findings.append(F.info("FIDELITY_WEIGHTS_UNAVAILABLE", "a .pte program's weights pair by position "
+                                       "only with another .pte program's"))
             else:
                 weights = weight_fidelity(ctx.path, ctx.format, ref_path, ref_fmt, config, findings)
                 if weights is not None:

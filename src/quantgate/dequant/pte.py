@@ -1,0 +1,149 @@
+"""ExecuTorch `.pte` weights as float32, paired by position (a program has no weight names that
+survive lowering): the i-th weight-bearing layer of the reader's inventory, in execution order, is
+keyed `#i` and compared with the reference's `#i` when the shapes agree.
+
+Decoded: float constants (fp32, fp16, bf16) in the constant segment or in named data, XNNPACK float
+filters, and XNNPACK per-channel int8 filters (QC8W: int8 [out, in] times one fp32 scale per output
+channel, read from the blob's constant data or named data). Other encodings (portable int8 behind a
+`dequantize_per_channel`, 4-bit embeddings, XNNPACK per-group 4-bit) are reported as not decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+
+from quantgate.dequant import BROKEN, UNSUPPORTED, DequantError, WeightRef, WeightSet
+from quantgate.findings import has_errors
+
+_FLOAT = {"fp32": "<f4", "fp16": "<f2", "bf16": "bf16"}
+_DELEGATE = re.compile(r"\[(\d+)\]/")
+
+
+def _floats(raw: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "bf16":
+        return (np.asarray(raw).view("<u2").astype(np.uint32) << 16).view(np.float32)
+    return np.asarray(raw).view(kind).astype(np.float32)
+
+
+class _Program:
+    def __init__(self, path: str):
+        from quantgate.formats import pte as reader
+
+        self.prog = reader.parse(path)
+        if has_errors(self.prog.findings):
+            raise DequantError(BROKEN, "the program could not be read")
+        self.inventory = reader.read(path)
+        self.mm = np.memmap(path, dtype=np.uint8, mode="r")
+        self.named: dict[str, tuple[int, int]] = {}
+        for key, seg in self.prog.named_data:
+            span = self.prog.segment_bytes(seg)
+            if span is not None:
+                self.named.setdefault(key, span)
+        self.payloads: dict[tuple[str, int], Any] = {}
+
+    def close(self) -> None:
+        mm = getattr(self.mm, "_mmap", None)
+        if mm is not None:
+            mm.close()
+
+    def span(self, start: int, size: int, what: str) -> np.ndarray:
+        if start < 0 or size < 0 or start + size > len(self.mm):
+            raise DequantError(BROKEN, f"{what}: {size} bytes at {start} run past the end of the file")
+        return self.mm[start:start + size]
+
+    def constant(self, locator: str, nbytes: int, what: str) -> np.ndarray:
+        """The bytes a layer's `constant` names: `buffer N` (constant segment) or a named-data key."""
+        if locator.startswith("buffer "):
+            index = int(locator.split()[1])
+            prog = self.prog
+            if prog.constant_segment is None or not 0 <= index < len(prog.constant_offsets):
+                raise DequantError(UNSUPPORTED, f"{what}: constant buffer {index} is not in a constant segment")
+            seg = prog.segment_bytes(prog.constant_segment)
+            if seg is None:
+                raise DequantError(BROKEN, f"{what}: the constant segment is missing")
+            return self.span(seg[0] + prog.constant_offsets[index], nbytes, what)
+        if locator in self.named:
+            start, size = self.named[locator]
+            if nbytes > size:
+                raise DequantError(BROKEN, f"{what}: named data {locator[:16]}... holds {size} bytes, needs {nbytes}")
+            return self.span(start, nbytes, what)
+        raise DequantError(UNSUPPORTED, f"{what}: constant {locator[:40]!r} is not stored in this file")
+
+    def payload(self, method: str, index: int) -> Any:
+        from quantgate.formats import xnnpack
+
+        key = (method, index)
+        if key not in self.payloads:
+            plan = next((p for p in self.prog.plans if p.name == method), None)
+            delegate = plan.delegates[index] if plan is not None and 0 <= index < len(plan.delegates) else None
+            if delegate is None or delegate.span is None:
+                raise DequantError(UNSUPPORTED, f"delegate {index} of {method} has no payload in the file")
+            start, size = delegate.span
+            self.payloads[key] = (start, xnnpack.read_payload(memoryview(self.span(start, size, "delegate")),
+                                                              base_offset=start))
+        return self.payloads[key]
+
+    def scales(self, method: str, index: int, buffer_idx: int, count: int, what: str) -> np.ndarray:
+        start, payload = self.payload(method, index)
+        entry = next((c for c in payload.constant_data if c.index == buffer_idx), None)
+        if entry is None:
+            raise DequantError(BROKEN, f"{what}: scale buffer {buffer_idx} is not in the XNNPACK constant data")
+        if entry.named:
+            raw = self.constant(entry.named_key, count * 4, what)
+        else:
+            raw = self.span(start + payload.constant_data_offset + entry.offset, count * 4, what)
+        return _floats(raw, "<f4")
+
+
+def open_weights(path: str) -> WeightSet:
+    p = _Program(path)
+    ws = WeightSet("pte")
+    ws.closers.append(p.close)
+    for position, layer in enumerate(p.inventory.layers):
+        key = f"#{position}"
+        shape = tuple(int(d) for d in layer.shape)
+        locator = str(layer.detail.get("constant") or "")
+        method = str(layer.detail.get("method") or "forward")
+        numel = int(np.prod(shape)) if shape else 0
+        try:
+            ref = _layer_ref(p, layer.name, key, shape, numel, layer.dtype, locator, method, layer.detail)
+        except DequantError as exc:
+            ws.problems.append((exc.code, key, f"{layer.name}: {exc.message}"))
+            continue
+        ws.add(ref)
+    return ws
+
+
+def _layer_ref(p: _Program, name: str, key: str, shape: tuple[int, ...], numel: int, dtype: str, locator: str,
+               method: str, detail: dict[str, Any]) -> WeightRef:
+    if len(shape) < 2 or not locator:
+        raise DequantError(UNSUPPORTED, "no constant weight to read")
+    cols = shape[-1]
+    if dtype in _FLOAT:
+        size = numel * (4 if dtype == "fp32" else 2)
+        kind = _FLOAT[dtype]
+
+        def load_float(rows: np.ndarray) -> np.ndarray:
+            return _floats(p.constant(locator, size, name), kind).reshape(-1, cols)[rows]
+
+        return WeightRef(name=name, key=key, shape=shape, encoding=dtype, quantized=False, loader=load_float)
+    quant = detail.get("quant") or {}
+    match = _DELEGATE.search(name)
+    if dtype == "qcint8" and quant.get("scheme") == "per_channel" and match and quant.get("channel_dim", 0) == 0:
+        delegate = int(match.group(1))
+        count = int(quant.get("num_scales") or 0)
+        if count != shape[0]:
+            raise DequantError(BROKEN, f"{count} channel scales for {shape[0]} output channels")
+
+        def load_qc8(rows: np.ndarray) -> np.ndarray:
+            q = np.asarray(p.constant(locator, numel, name)).view(np.int8).reshape(-1, cols)[rows]
+            s = p.scales(method, delegate, int(quant.get("scale_buffer_idx") or 0), count, name)
+            return q.astype(np.float32) * s[rows][:, None]
+
+        return WeightRef(name=name, key=key, shape=shape, encoding="int8 per-channel (XNNPACK QC8W)",
+                         quantized=True, loader=load_qc8)
+    raise DequantError(UNSUPPORTED, f"{dtype} weights ({quant.get('scheme') or detail.get('op')}) are not "
+                       "decoded here")
