@@ -570,14 +570,12 @@ class _Reader:
             self.constants(fb, root)
             self.values(fb, root)
             self.nodes(fb, root)
+            p.complete = True
         except BudgetExhausted as exc:
             self.found.add(F.error("READ_BUDGET_EXHAUSTED", f"XNNPACK graph: {exc.message}", field=exc.field))
-            return
         except ReadError as exc:
             self.fb_error(exc, "XNNGraph")
-            return
-        self.cross_check()
-        p.complete = True
+        self.cross_check()  # on what was read too, so that a partial graph still resolves its ids
 
     def constants(self, fb: FlatBuffer, root: int) -> None:
         p = self.p
@@ -766,6 +764,8 @@ class _Reader:
                     self.err("XNNPACK_CONSTANT_SIZE_MISMATCH", f"{where} ({value.datatype} {list(value.dims)}) needs "
                              f"{need} bytes, its constant data has {entry.size}", value.offset - self.base,
                              field=where)  # fmt: skip
+        if not p.complete:
+            return  # an unread value is not a dangling reference
         for node in p.nodes:
             for fname, vid in node.ids.items():
                 if vid != INVALID_ID and vid not in p._by_id:
