@@ -396,7 +396,7 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
     metrics: dict[str, Any] = {}
     delegates: dict[str, int] = {}
     opaque_bytes = 0
-    xnn_params = 0
+    xnn_constants: dict[Any, int] = {}  # named key (or blob and index) -> elements: shared keys count once
     payloads: dict[tuple[int, int], Any] = {}
     kv: list[tuple[int, Tensor, bool, int]] = []
     multi = len(prog.plans) > 1
@@ -433,7 +433,9 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
                 payloads[d.span] = payload
                 for finding in payload.findings:
                     prog.add(finding)
-                xnn_params += sum(v.numel for v in payload.values if v.is_constant)
+                for v in payload.values:
+                    if v.is_constant:
+                        xnn_constants[v.named_key or (d.span, v.constant_buffer_idx)] = v.numel
             dynamic = any(
                 (t := graph.tensor(a)) is not None and t.dynamism != S.STATIC
                 for i in plan.instructions
@@ -464,7 +466,7 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
         check_external_keys(prog, outside, "XNNPACK constant(s)")
         inv.facts["ptd_files"] = prog.facts.get("ptd_files", [])
     inv.layers = _dedupe_across_methods(layers)
-    inv.params_total = _params_total(prog) + xnn_params
+    inv.params_total = _params_total(prog) + sum(xnn_constants.values())
     if delegates:
         metrics["delegates"] = delegates
     unknown = [x for x in layers if x.quantized is None]
