@@ -101,3 +101,49 @@ def test_every_truncation_of_a_small_program_is_a_finding() -> None:
     for cut in range(0, len(data), 97):
         inv = _read(data[:cut])
         assert inv.structural_findings, cut
+
+
+# -- the shared flatbuffer walker on arbitrary bytes: only ReadError subclasses escape ----------------
+def _walk(fb, table: int, depth: int = 0) -> None:
+    """Touch every field id 0..9 as each kind a schema could give it, recursing into tables."""
+    from quantgate.formats.flatbuffer import SIZES
+
+    for fid in range(10):
+        for kind in SIZES:
+            fb.scalar(table, fid, kind, 0)
+        fb.string(table, fid)
+        fb.byte_span(table, fid)
+        fb.scalars(table, fid, "i64")
+        fb.union(table, fid)
+        if depth < 3:
+            sub = fb.table(table, fid)
+            if sub is not None:
+                _walk(fb, sub, depth + 1)
+            for t in fb.tables(table, fid)[:4]:
+                _walk(fb, t, depth + 1)
+
+
+def _walk_guarded(data: bytes, start: int = 0) -> None:
+    from quantgate.formats.binary import ReadError, View
+    from quantgate.formats.flatbuffer import FlatBuffer
+
+    try:
+        fb = FlatBuffer(View(data), start=start)
+        fb.identifier()
+        _walk(fb, fb.root())
+    except ReadError:
+        pass
+
+
+@SETTINGS
+@given(st.binary(min_size=0, max_size=512), st.integers(0, 16))
+def test_flatbuffer_walker_on_random_bytes(data: bytes, start: int) -> None:
+    _walk_guarded(data, start)
+
+
+@SETTINGS
+@given(damaged())
+def test_flatbuffer_walker_on_damaged_programs(data: bytes) -> None:
+    started = time.perf_counter()
+    _walk_guarded(data)
+    assert time.perf_counter() - started < LIMIT_S
