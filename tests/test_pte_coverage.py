@@ -287,3 +287,17 @@ def test_expect_unquantized_embedding(tmp_path: Path) -> None:
     statuses = {r["guard"]: r["status"] for r in report["results"]}
     assert statuses == {"integrity": "PASS", "pte-program": "PASS"}
     assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "codes"),
+    [
+        ("int8_portable.pte", ["PTE_QUANTIZED_STORAGE_FLOAT_COMPUTE"]),  # addmm on dequantized int8
+        ("emb8_portable.pte", []),  # a quantized embedding is a lookup: no float multiply to report
+        ("8da4w_emb4_xnnpack.pte", []),
+        ("int8_xnnpack.pte", []),
+    ],
+)
+def test_float_compute_finding_only_for_multiplies(name: str, codes: list[str]) -> None:
+    _, result = run_json("guard", "pte-program", str(PTE / name))
+    assert [f["code"] for f in result["findings"]] == codes

@@ -11,7 +11,7 @@ named in info findings, so a person sees why compute coverage is below storage c
 from __future__ import annotations
 
 from quantgate import findings as F
-from quantgate.inventory import Inventory
+from quantgate.inventory import EMBEDDING, Inventory
 from quantgate.validators.base import GuardConfig, Outcome
 from quantgate.validators.coverage_guard import CoverageGuard
 
@@ -33,8 +33,11 @@ class PteProgramGuard(CoverageGuard):
     formats = ("pte",)
 
     def extra(self, inventory: Inventory, config: GuardConfig, outcome: Outcome) -> None:
+        # embeddings are lookups (no multiply), so a dequantized table is not "float compute"
         float_compute = [
-            x for x in inventory.layers if x.quantized and x.compute is not None and x.compute_is_integer is False
+            x
+            for x in inventory.layers
+            if x.quantized and x.kind != EMBEDDING and x.compute is not None and x.compute_is_integer is False
         ]
         if float_compute:
             names = ", ".join(x.name for x in float_compute[:3]) + ("…" if len(float_compute) > 3 else "")
