@@ -587,3 +587,26 @@ def test_pte_weights_pair_by_position_and_equal_per_channel_int8_of_the_referenc
         want = layer_stats(w, deq)
         assert rows[key]["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.05), key
         assert rows[key]["cosine"] == pytest.approx(want["cosine"], abs=1e-6), key
+
+
+def test_pte_per_group_int4_equals_symmetric_int4_of_the_reference() -> None:
+    """torchao 8da4w weights (symmetric int4 in groups of 32: scale = max|w| / 7.5, q in [-8, 7], scales
+    kept in bf16 by the XNNPACK lowering) recomputed from the fp32 program's constants."""
+    pytest.importorskip("executorch")
+    torch = pytest.importorskip("torch")
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = FID / "pte"
+    result = run(pte / "wide-8da4w-xnnpack.pte", pte / "wide-fp32.pte", outputs="false")
+    rows = {r["name"]: r for r in result["metrics"]["weights"]["per_layer"]}
+    assert rows["#1"]["encoding"] == "int4 per-group 32 (XNNPACK QB4W)"
+    program = deserialize_pte_binary((pte / "wide-fp32.pte").read_bytes()).program
+    for key, index, shape in (("#1", 4, (128, 64)), ("#2", 6, (64, 128))):
+        w = np.frombuffer(program.constant_buffer[index].storage, np.float32).reshape(shape).astype(np.float64)
+        groups = w.reshape(shape[0], -1, 32)
+        scale = np.abs(groups).max(axis=-1, keepdims=True) / 7.5
+        scale = torch.tensor(scale, dtype=torch.float32).to(torch.bfloat16).to(torch.float64).numpy()
+        deq = (np.clip(np.round(groups / scale), -8, 7) * scale).reshape(shape)
+        want = layer_stats(w, deq)
+        assert rows[key]["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.1), key
+        assert rows[key]["cosine"] == pytest.approx(want["cosine"], abs=1e-4), key

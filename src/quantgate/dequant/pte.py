@@ -3,9 +3,10 @@ survive lowering): the i-th weight-bearing layer of the reader's inventory, in e
 keyed `#i` and compared with the reference's `#i` when the shapes agree.
 
 Decoded: float constants (fp32, fp16, bf16) in the constant segment or in named data, XNNPACK float
-filters, and XNNPACK per-channel int8 filters (QC8W: int8 [out, in] times one fp32 scale per output
-channel, read from the blob's constant data or named data). Other encodings (portable int8 behind a
-`dequantize_per_channel`, 4-bit embeddings, XNNPACK per-group 4-bit) are reported as not decoded.
+filters, XNNPACK per-channel int8 filters (QC8W: int8 [out, in] times one fp32 scale per output
+channel) and per-group 4-bit filters (QB4W: two codes a byte, low nibble first, zero point 8, one bf16
+scale per group of inputs), scales read from the blob's constant data or named data. Other encodings
+(portable int8 behind a `dequantize_per_channel`, 4-bit embeddings) are reported as not decoded.
 """
 
 from __future__ import annotations
@@ -87,15 +88,17 @@ class _Program:
         return self.payloads[key]
 
     def scales(self, method: str, index: int, buffer_idx: int, count: int, what: str) -> np.ndarray:
+        """A scale table of the blob: fp32, or bf16 when its entry holds 2 bytes a scale (per-group 4-bit)."""
         start, payload = self.payload(method, index)
         entry = next((c for c in payload.constant_data if c.index == buffer_idx), None)
         if entry is None:
             raise DequantError(BROKEN, f"{what}: scale buffer {buffer_idx} is not in the XNNPACK constant data")
+        width = 2 if entry.size == count * 2 else 4
         if entry.named:
-            raw = self.constant(entry.named_key, count * 4, what)
+            raw = self.constant(entry.named_key, count * width, what)
         else:
-            raw = self.span(start + payload.constant_data_offset + entry.offset, count * 4, what)
-        return _floats(raw, "<f4")
+            raw = self.span(start + payload.constant_data_offset + entry.offset, count * width, what)
+        return _floats(raw, "bf16" if width == 2 else "<f4")
 
 
 def open_weights(path: str) -> WeightSet:
@@ -145,5 +148,22 @@ def _layer_ref(p: _Program, name: str, key: str, shape: tuple[int, ...], numel: 
 
         return WeightRef(name=name, key=key, shape=shape, encoding="int8 per-channel (XNNPACK QC8W)",
                          quantized=True, loader=load_qc8)
+    group = int(quant.get("group_size") or 0)
+    if dtype == "qbint4" and quant.get("scheme") == "per_channel_group" and match and group > 0 \
+            and cols % group == 0 and cols % 2 == 0 and quant.get("channel_dim", 0) == 0:
+        delegate = int(match.group(1))
+        count = int(quant.get("num_scales") or 0)
+        if count != shape[0] * (cols // group):
+            raise DequantError(BROKEN, f"{count} group scales for {shape[0]} channels x {cols // group} groups")
+
+        def load_qb4(rows: np.ndarray) -> np.ndarray:
+            # two 4-bit codes a byte, low nibble first, stored with a zero point of 8 (uint4)
+            raw = np.asarray(p.constant(locator, numel // 2, name)).reshape(-1, cols // 2)[rows]
+            q = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(len(rows), cols).astype(np.float32) - 8.0
+            s = p.scales(method, delegate, int(quant.get("scale_buffer_idx") or 0), count, name)
+            return q * np.repeat(s.reshape(shape[0], -1)[rows], group, axis=1)
+
+        return WeightRef(name=name, key=key, shape=shape, encoding=f"int4 per-group {group} (XNNPACK QB4W)",
+                         quantized=True, loader=load_qb4)
     raise DequantError(UNSUPPORTED, f"{dtype} weights ({quant.get('scheme') or detail.get('op')}) are not "
                        "decoded here")
