@@ -407,10 +407,13 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
         plan_start = len(layers)
         layers.extend(_portable_layers(plan, graph, prefix))
         kv.extend(_kv_cache(plan, graph))
-        called: dict[int, int] = {}
+        called: dict[int, int] = {}  # delegate index -> first calling instruction
+        dynamic_calls: set[int] = set()  # delegates called on a dynamic-shape tensor
         for ins in plan.instructions:
             if ins.kind == S.DELEGATE_CALL:
                 called.setdefault(ins.target, ins.index)
+                if any((t := graph.tensor(a)) is not None and t.dynamism != S.STATIC for a in ins.args):
+                    dynamic_calls.add(ins.target)
         for d_index, position in sorted(called.items(), key=lambda kv_: kv_[1]):
             d = plan.delegates[d_index]
             delegates[d.backend] = delegates.get(d.backend, 0) + 1
@@ -436,13 +439,7 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
                 for v in payload.values:
                     if v.is_constant:
                         xnn_constants[v.named_key or (d.span, v.constant_buffer_idx)] = v.numel
-            dynamic = any(
-                (t := graph.tensor(a)) is not None and t.dynamism != S.STATIC
-                for i in plan.instructions
-                if i.kind == S.DELEGATE_CALL and i.target == d_index
-                for a in i.args
-            )
-            new = _xnnpack_layers(payload, dprefix, position, plan.name, dynamic)
+            new = _xnnpack_layers(payload, dprefix, position, plan.name, d_index in dynamic_calls)
             if len(layers) + len(new) > max_layers:
                 prog.add(
                     F.error(
