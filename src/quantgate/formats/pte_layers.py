@@ -211,10 +211,12 @@ def _scale_args(graph: _PlanGraph, weight_arg: int, op: str, args: list[int]) ->
     return out
 
 
-def _xnnpack_layers(payload: Any, prefix: str, position: int, method: str, dynamic: bool) -> list[Layer]:
+def _xnnpack_layers(
+    payload: Any, weight_ops: list[Any], prefix: str, position: int, method: str, dynamic: bool
+) -> list[Layer]:
     """The payload's weight ops; `dynamic`: the call's tensors are dynamic, so its dims are upper bounds."""
     layers = []
-    for n, op in enumerate(payload.weight_ops()):
+    for n, op in enumerate(weight_ops):
         w = op.weight
         if w is None or not op.weight_constant:
             continue
@@ -398,6 +400,7 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
     opaque_bytes = 0
     xnn_constants: dict[Any, int] = {}  # named key (or blob and index) -> elements: shared keys count once
     payloads: dict[tuple[int, int], Any] = {}
+    weight_ops: dict[tuple[int, int], list[Any]] = {}
     kv: list[tuple[int, Tensor, bool, int]] = []
     multi = len(prog.plans) > 1
     max_layers = MAX_LAYERS_BASE + prog.size // BYTES_PER_LAYER
@@ -434,12 +437,13 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
                     if isinstance(data, memoryview):
                         data.release()  # the mmap cannot close while a view of it is exported
                 payloads[d.span] = payload
+                weight_ops[d.span] = payload.weight_ops()  # once per blob, however many delegates share it
                 for finding in payload.findings:
                     prog.add(finding)
                 for v in payload.values:
                     if v.is_constant:
                         xnn_constants[v.named_key or (d.span, v.constant_buffer_idx)] = v.numel
-            new = _xnnpack_layers(payload, dprefix, position, plan.name, d_index in dynamic_calls)
+            new = _xnnpack_layers(payload, weight_ops[d.span], dprefix, position, plan.name, d_index in dynamic_calls)
             if len(layers) + len(new) > max_layers:
                 prog.add(
                     F.error(
