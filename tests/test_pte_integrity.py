@@ -310,6 +310,81 @@ def test_shared_offset_bomb_is_stopped_by_the_budget(tmp_path: Path) -> None:
     assert codes == ["READ_BUDGET_EXHAUSTED"]
 
 
+def _shared_blob_program(blob: bytes, n: int) -> bytes:
+    """A valid program whose n delegates (each called once) all reference one inline XNNPACK blob."""
+    import flatbuffers
+
+    b = flatbuffers.Builder(1024)
+    data = b.CreateByteVector(blob)
+    b.StartObject(1)
+    b.PrependUOffsetTRelativeSlot(S.INLINE_DATA, data, 0)
+    inline = b.EndObject()
+    backend = b.CreateString("XnnpackBackend")
+    b.StartObject(2)
+    b.PrependInt8Slot(S.DATAREF_LOCATION, S.LOC_INLINE, 9)
+    b.PrependUint32Slot(S.DATAREF_INDEX, 0, 9)
+    ref = b.EndObject()
+    b.StartObject(3)
+    b.PrependUOffsetTRelativeSlot(S.DELEGATE_ID, backend, 0)
+    b.PrependUOffsetTRelativeSlot(S.DELEGATE_PROCESSED, ref, 0)
+    delegate = b.EndObject()
+    calls = []
+    for i in range(n):
+        b.StartObject(2)
+        b.PrependInt32Slot(0, i, -1)
+        call = b.EndObject()
+        b.StartObject(2)
+        b.PrependUint8Slot(S.INSTRUCTION_ARGS_TYPE, S.DELEGATE_CALL, 0)
+        b.PrependUOffsetTRelativeSlot(S.INSTRUCTION_ARGS_TYPE + 1, call, 0)
+        calls.append(b.EndObject())
+    b.StartVector(4, n, 4)
+    for call in reversed(calls):
+        b.PrependUOffsetTRelative(call)
+    instructions = b.EndVector()
+    b.StartObject(4)
+    b.PrependUOffsetTRelativeSlot(S.CHAIN_INSTRUCTIONS, instructions, 0)
+    chain = b.EndObject()
+    b.StartVector(4, 1, 4)
+    b.PrependUOffsetTRelative(chain)
+    chains = b.EndVector()
+    b.StartVector(4, n, 4)
+    for _ in range(n):
+        b.PrependUOffsetTRelative(delegate)
+    delegates = b.EndVector()
+    name = b.CreateString("forward")
+    b.StartObject(10)
+    b.PrependUOffsetTRelativeSlot(S.PLAN_NAME, name, 0)
+    b.PrependUOffsetTRelativeSlot(S.PLAN_CHAINS, chains, 0)
+    b.PrependUOffsetTRelativeSlot(S.PLAN_DELEGATES, delegates, 0)
+    plan = b.EndObject()
+    b.StartVector(4, 1, 4)
+    b.PrependUOffsetTRelative(plan)
+    plans = b.EndVector()
+    b.StartVector(4, 1, 4)
+    b.PrependUOffsetTRelative(inline)
+    inlines = b.EndVector()
+    b.StartObject(8)
+    b.PrependUOffsetTRelativeSlot(S.PROGRAM_PLANS, plans, 0)
+    b.PrependUOffsetTRelativeSlot(S.PROGRAM_DELEGATE_DATA, inlines, 0)
+    root = b.EndObject()
+    b.Finish(root, file_identifier=S.IDENTIFIER)
+    return bytes(b.Output())
+
+
+def test_many_delegates_sharing_one_blob_stay_linear(tmp_path: Path) -> None:
+    prog = reader.parse_view(View(INLINE), "x")
+    start, size = prog.inline_data[0]
+    data = _shared_blob_program(INLINE[start : start + size], 3000)
+    path = tmp_path / "shared.pte"
+    path.write_bytes(data)
+    started = time.perf_counter()
+    inv = reader.read(str(path))
+    assert time.perf_counter() - started < 2.0
+    assert len(inv.layers) == 3000 * 2  # the blob is read once; each delegate is its own two FC layers
+    # the blob's weights are named data this hand-built program does not carry
+    assert [(f.code, f.severity) for f in inv.structural_findings] == [("PTE_EXTERNAL_DATA_MISSING", "warning")]
+
+
 def test_layer_count_is_capped_by_the_file_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # delegate calls x nodes of one shared payload grow with the square of the file size
     from quantgate.formats import pte_layers
