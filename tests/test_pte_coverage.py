@@ -127,6 +127,9 @@ def test_packed_4bit_embedding_counts_logical_elements() -> None:
     emb = inventory("8da4w_emb4_xnnpack.pte").layers[0]
     assert (emb.kind, emb.shape, emb.bits, emb.params) == ("embedding", (100, 64), 4.0, 6400)
     assert emb.dtype == "int4 (packed uint8)"
+    # every stored parameter once, the packed table by its logical elements: embedding 6400 + its scales
+    # [100, 2] + LayerNorm 2 x 64 + FC filters 8192 x 2 + FC biases 128 + 64
+    assert inventory("8da4w_emb4_xnnpack.pte").params_total == 6400 + 200 + 128 + 16384 + 192
     fc = inventory("8da4w_emb4_xnnpack.pte").layers[1]
     assert (fc.dtype, fc.compute, fc.detail["input"], fc.detail["quant"]["group_size"]) == (
         "qbint4",

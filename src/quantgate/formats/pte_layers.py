@@ -185,7 +185,7 @@ def _portable_layers(plan: Plan, graph: _PlanGraph, prefix: str) -> list[Layer]:
                     "op": plan.operators[ins.target],
                     **({"via": crossed} if crossed else {}),
                     "method": plan.name,
-                    "constant": weight.fqn if weight.external else f"buffer {weight.data_buffer_idx}",
+                    "constant": _constant_key(weight),
                 },
             )
         )
@@ -377,19 +377,24 @@ def _dedupe_across_methods(layers: list[Layer]) -> list[Layer]:
     return out
 
 
-def _params_total(prog: Program) -> int:
-    seen: set[Any] = set()
-    total = 0
+def _constant_key(t: Tensor) -> str:
+    """The program-global identity of a constant (shared across methods)."""
+    return str(t.fqn) if t.external else f"buffer {t.data_buffer_idx}"
+
+
+def _params_total(prog: Program, layers: list[Layer]) -> int:
+    """Elements of every program-level constant once; a packed weight counts its logical elements."""
+    elements: dict[str, int] = {}
     for plan in prog.plans:
         for v in plan.values:
             t = v.tensor
-            if t is None or not t.constant:
-                continue
-            key = ("fqn", t.fqn) if t.external else ("buf", t.data_buffer_idx)
-            if key not in seen:
-                seen.add(key)
-                total += t.numel
-    return total
+            if t is not None and t.constant:
+                elements.setdefault(_constant_key(t), t.numel)
+    for layer in layers:
+        key = layer.detail.get("constant")
+        if "backend" not in layer.detail and key in elements:
+            elements[key] = layer.params  # packed 4-bit in uint8: twice the stored elements
+    return sum(elements.values())
 
 
 def attach(prog: Program, view: View, inv: Inventory) -> None:
@@ -467,7 +472,7 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
         check_external_keys(prog, outside, "XNNPACK constant(s)")
         inv.facts["ptd_files"] = prog.facts.get("ptd_files", [])
     inv.layers = _dedupe_across_methods(layers)
-    inv.params_total = _params_total(prog) + sum(xnn_constants.values())
+    inv.params_total = _params_total(prog, inv.layers) + sum(xnn_constants.values())
     if delegates:
         metrics["delegates"] = delegates
     unknown = [x for x in layers if x.quantized is None]
