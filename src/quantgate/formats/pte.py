@@ -102,11 +102,12 @@ class Value:
 
 @dataclass
 class Instruction:
-    index: int
+    index: int  # position among all of the plan's instructions (chains in order): a layer's `position`
     chain: int
     kind: int  # InstructionArguments tag
     target: int = -1  # op_index / delegate_index
     args: list[int] = field(default_factory=list)
+    in_chain: int = 0  # position within its chain (what ETDump's instruction_id counts)
 
 
 @dataclass
@@ -316,9 +317,9 @@ def _plan(fb: FlatBuffer, table: int, prog: Program) -> Plan:
     chains = fb.tables(table, S.PLAN_CHAINS, "ExecutionPlan.chains")
     plan.chains = len(chains)
     for chain_index, chain in enumerate(chains):
-        for ins in fb.tables(chain, S.CHAIN_INSTRUCTIONS, "Chain.instructions"):
+        for in_chain, ins in enumerate(fb.tables(chain, S.CHAIN_INSTRUCTIONS, "Chain.instructions")):
             tag, args = fb.union(ins, S.INSTRUCTION_ARGS_TYPE, "Instruction.instr_args")
-            instr = Instruction(len(plan.instructions), chain_index, tag)
+            instr = Instruction(len(plan.instructions), chain_index, tag, in_chain=in_chain)
             if args is not None and tag in (S.KERNEL_CALL, S.DELEGATE_CALL):
                 instr.target = int(fb.scalar(args, 0, "i32", 0, "KernelCall.op_index"))
                 instr.args = fb.scalars(args, 1, "i32", "KernelCall.args")
@@ -480,7 +481,7 @@ def _check_references(prog: Program) -> None:
                     _index_error(prog, "value index", bad[0], nvalues, where)
                     value.items = [x for x in value.items or [] if -1 <= x < nvalues]
         for ins in plan.instructions:
-            where = f"{plan.name}.chains[{ins.chain}].instructions[{ins.index}]"
+            where = f"{plan.name}.chains[{ins.chain}].instructions[{ins.in_chain}]"
             if ins.kind not in S.INSTRUCTION_KINDS:
                 prog.add(
                     F.error(
