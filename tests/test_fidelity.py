@@ -564,17 +564,21 @@ def test_manifest_reference_for_a_single_guard_run(tmp_path: Path) -> None:
     assert run(tmp_path / "tiny-q4_0.gguf")["skip"]["reason"] == "no_reference"
 
 
-def test_pte_weights_pair_by_position_and_equal_per_channel_int8_of_the_reference() -> None:
+@pytest.mark.parametrize("artifact,encoding", [
+    ("tiny-dq8-xnnpack.pte", "int8 per-channel (XNNPACK QC8W)"),  # filters and scales in the delegate blob
+    ("tiny-int8-portable.pte", "int8 per-channel (portable)"),  # int8 constants -> dequantize_per_channel
+])
+def test_pte_weights_pair_by_position_and_equal_per_channel_int8_of_the_reference(artifact: str,
+                                                                                   encoding: str) -> None:
     """The reference's constants read by ExecuTorch's own deserializer; XNNPACKQuantizer's symmetric
     per-channel int8 (scale = max|w| / 127, q in [-127, 127]) recomputed from them."""
     pytest.importorskip("executorch")
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     pte = FID / "pte"
-    result = run(pte / "tiny-dq8-xnnpack.pte", pte / "tiny-fp32.pte", outputs="false")
+    result = run(pte / artifact, pte / "tiny-fp32.pte", outputs="false")
     rows = {r["name"]: r for r in result["metrics"]["weights"]["per_layer"]}
-    assert [(k, rows[k]["encoding"]) for k in sorted(rows)] == [
-        ("#0", "fp32"), ("#1", "int8 per-channel (XNNPACK QC8W)"), ("#2", "int8 per-channel (XNNPACK QC8W)")]
+    assert [(k, rows[k]["encoding"]) for k in sorted(rows)] == [("#0", "fp32"), ("#1", encoding), ("#2", encoding)]
     program = deserialize_pte_binary((pte / "tiny-fp32.pte").read_bytes()).program
     buffers = {1: (100, 32), 4: (64, 32), 6: (10, 64)}  # embedding, l1, l2 (fixtures/pte's TinyLM)
     weights = {i: np.frombuffer(program.constant_buffer[i].storage, np.float32).reshape(shape)

@@ -6,7 +6,9 @@ Decoded: float constants (fp32, fp16, bf16) in the constant segment or in named 
 filters, XNNPACK per-channel int8 filters (QC8W: int8 [out, in] times one fp32 scale per output
 channel) and per-group 4-bit filters (QB4W: two codes a byte, low nibble first, zero point 8, one bf16
 scale per group of inputs), scales read from the blob's constant data or named data. Other encodings
-(portable int8 behind a `dequantize_per_channel`, 4-bit embeddings) are reported as not decoded.
+(4-bit and byte embeddings...) are reported as not decoded. Portable int8 constants behind a
+`quantized_decomposed::dequantize_per_channel` / `_per_tensor` are decoded with that instruction's
+scale and zero-point operands.
 """
 
 from __future__ import annotations
@@ -133,6 +135,9 @@ def _layer_ref(p: _Program, name: str, key: str, shape: tuple[int, ...], numel: 
             return _floats(p.constant(locator, size, name), kind).reshape(-1, cols)[rows]
 
         return WeightRef(name=name, key=key, shape=shape, encoding=dtype, quantized=False, loader=load_float)
+    via = [str(v) for v in detail.get("via") or []]
+    if dtype in ("int8", "uint8") and locator.startswith("buffer ") and any("dequantize_per_" in v for v in via):
+        return _portable_dequantized(p, name, key, shape, numel, dtype, int(locator.split()[1]), method)
     quant = detail.get("quant") or {}
     match = _DELEGATE.search(name)
     if dtype == "qcint8" and quant.get("scheme") == "per_channel" and match and quant.get("channel_dim", 0) == 0:
@@ -167,3 +172,66 @@ def _layer_ref(p: _Program, name: str, key: str, shape: tuple[int, ...], numel: 
                          quantized=True, loader=load_qb4)
     raise DequantError(UNSUPPORTED, f"{dtype} weights ({quant.get('scheme') or detail.get('op')}) are not "
                        "decoded here")
+
+
+def _portable_dequantized(p: _Program, name: str, key: str, shape: tuple[int, ...], numel: int, dtype: str,
+                          buffer: int, method: str) -> WeightRef:
+    """A portable int8 constant that a `quantized_decomposed::dequantize_per_channel` (or `_per_tensor`)
+    instruction turns into the float weight: its scale and zero-point operands are read from the same
+    instruction (constant tensors per channel, or scalar values per tensor)."""
+    plan = next((pl for pl in p.prog.plans if pl.name == method), None)
+    if plan is None:
+        raise DequantError(UNSUPPORTED, f"no execution plan {method!r}")
+
+    def value(index: int) -> Any:
+        return plan.values[index] if 0 <= index < len(plan.values) else None
+
+    found = None
+    for ins in plan.instructions:
+        op = plan.operators[ins.target] if 0 <= ins.target < len(plan.operators) else ""
+        source = value(ins.args[0]) if ins.args else None
+        if op.startswith("quantized_decomposed::dequantize_per_") and len(ins.args) >= 4 and source is not None \
+                and source.tensor is not None and source.tensor.data_buffer_idx == buffer:
+            found = (op, ins)
+            break
+    if found is None:
+        raise DequantError(UNSUPPORTED, "the dequantize instruction of this constant could not be read")
+    op, ins = found
+    cols = shape[-1]
+    storage = "i1" if dtype == "int8" else "u1"
+    if op.startswith("quantized_decomposed::dequantize_per_tensor"):
+        scale, zero = value(ins.args[1]), value(ins.args[2])
+        if scale is None or zero is None or scale.number is None or zero.number is None:
+            raise DequantError(UNSUPPORTED, "per-tensor scale or zero point is not a constant value")
+        s, z = float(scale.number), float(zero.number)
+
+        def load_tensor(rows: np.ndarray) -> np.ndarray:
+            q = np.asarray(p.constant(f"buffer {buffer}", numel, name)).view(storage).reshape(-1, cols)[rows]
+            return (q.astype(np.float32) - z) * s
+
+        return WeightRef(name=name, key=key, shape=shape, encoding=f"{dtype} per-tensor (portable)",
+                         quantized=True, loader=load_tensor)
+    scales, zeros, axis = value(ins.args[1]), value(ins.args[2]), value(ins.args[3])
+    if scales is None or scales.tensor is None or axis is None or axis.number is None or int(axis.number) != 0:
+        raise DequantError(UNSUPPORTED, "per-channel scales are not a constant tensor along axis 0")
+    channels = shape[0]
+
+    def table(v: Any, what: str) -> np.ndarray:
+        t = v.tensor
+        if t.numel != channels or t.data_buffer_idx <= 0:
+            raise DequantError(BROKEN, f"{what} of {t.numel} values for {channels} channels")
+        kind, width = {"int64": ("<i8", 8), "int32": ("<i4", 4), "fp32": ("<f4", 4), "fp64": ("<f8", 8)}.get(
+            t.dtype, ("", 0))
+        if not kind:
+            raise DequantError(UNSUPPORTED, f"{what} stored as {t.dtype}")
+        raw = p.constant(f"buffer {t.data_buffer_idx}", channels * width, name)
+        return np.asarray(raw).view(kind).astype(np.float64)
+
+    def load_channel(rows: np.ndarray) -> np.ndarray:
+        q = np.asarray(p.constant(f"buffer {buffer}", numel, name)).view(storage).reshape(channels, -1)[rows]
+        sc = table(scales, "scales")[rows][:, None]
+        zp = table(zeros, "zero points")[rows][:, None] if zeros is not None and zeros.tensor is not None else 0.0
+        return ((q.astype(np.float64) - zp) * sc).astype(np.float32).reshape(len(rows), -1)
+
+    return WeightRef(name=name, key=key, shape=shape, encoding=f"{dtype} per-channel (portable)",
+                     quantized=True, loader=load_channel)
