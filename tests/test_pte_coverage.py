@@ -235,6 +235,16 @@ def test_dynamic_shapes_give_upper_bound_flops(name: str) -> None:
     assert sum(x.flops for x in layers) == 2 * 32768 * 32
 
 
+def test_control_flow_branches_each_count() -> None:
+    """`torch.cond` with a Linear(16,16) per branch: both are weight-bearing ops of the program."""
+    inv = inventory("more/cond_portable.pte")
+    assert inv.facts["instruction_kinds"] == {"KernelCall": 6, "JumpFalseCall": 2, "MoveCall": 2}
+    assert [(x.name, x.shape, x.out_positions, x.flops) for x in inv.layers] == [
+        ("4:aten::addmm", (16, 16), 4, 2048),
+        ("8:aten::addmm", (16, 16), 4, 2048),
+    ]
+
+
 def test_a_weight_shared_by_two_methods_counts_once() -> None:
     inv = inventory("more/two_methods.pte")
     assert inv.facts["methods"] == ["encode", "forward"]

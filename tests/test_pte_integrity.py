@@ -164,6 +164,17 @@ def test_delegate_index_out_of_range(tmp_path: Path) -> None:
     assert set(codes) == {"PTE_INDEX_OUT_OF_RANGE"}
 
 
+def test_jump_destination_out_of_range(tmp_path: Path) -> None:
+    data = (PTE / "more" / "cond_portable.pte").read_bytes()
+    fb, _, plan = fb_of(data)
+    for ins in fb.tables(fb.tables(plan, S.PLAN_CHAINS)[0], S.CHAIN_INSTRUCTIONS):
+        tag, args = fb.union(ins, S.INSTRUCTION_ARGS_TYPE)
+        if tag == S.JUMP_FALSE_CALL:
+            break
+    pos = fb.field_pos(args, 1)
+    assert codes_of(tmp_path, patch(data, pos, "<i", 999)) == ["PTE_INDEX_OUT_OF_RANGE"]
+
+
 def test_delegate_segment_index_out_of_range(tmp_path: Path) -> None:
     fb, _, plan = fb_of(INT8_XNN)
     ref = fb.table(fb.tables(plan, S.PLAN_DELEGATES)[0], S.DELEGATE_PROCESSED)

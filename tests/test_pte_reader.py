@@ -101,6 +101,12 @@ def _kinds(plan) -> list[tuple]:
                 rows.append((S.KERNEL_CALL, args.op_index, list(args.args)))
             elif hasattr(args, "delegate_index"):
                 rows.append((S.DELEGATE_CALL, args.delegate_index, list(args.args)))
+            elif hasattr(args, "move_from"):
+                rows.append((S.MOVE_CALL, -1, [args.move_from, args.move_to]))
+            elif hasattr(args, "destination_instruction"):
+                rows.append((S.JUMP_FALSE_CALL, args.destination_instruction, [args.cond_value_index]))
+            elif hasattr(args, "value_index"):
+                rows.append((S.FREE_CALL, -1, [args.value_index]))
             else:
                 rows.append((type(args).__name__,))
     return rows

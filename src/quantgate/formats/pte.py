@@ -323,10 +323,14 @@ def _plan(fb: FlatBuffer, table: int, prog: Program) -> Plan:
             if args is not None and tag in (S.KERNEL_CALL, S.DELEGATE_CALL):
                 instr.target = int(fb.scalar(args, 0, "i32", 0, "KernelCall.op_index"))
                 instr.args = fb.scalars(args, 1, "i32", "KernelCall.args")
-            elif args is not None and tag in (S.MOVE_CALL, S.JUMP_FALSE_CALL):
-                instr.args = [int(fb.scalar(args, 0, "i32", 0, "MoveCall.move_from"))]
-                if tag == S.MOVE_CALL:
-                    instr.args.append(int(fb.scalar(args, 1, "i32", 0, "MoveCall.move_to")))
+            elif args is not None and tag == S.MOVE_CALL:
+                instr.args = [
+                    int(fb.scalar(args, 0, "i32", 0, "MoveCall.move_from")),
+                    int(fb.scalar(args, 1, "i32", 0, "MoveCall.move_to")),
+                ]
+            elif args is not None and tag == S.JUMP_FALSE_CALL:
+                instr.args = [int(fb.scalar(args, 0, "i32", 0, "JumpFalseCall.cond_value_index"))]
+                instr.target = int(fb.scalar(args, 1, "i32", 0, "JumpFalseCall.destination_instruction"))
             elif args is not None and tag == S.FREE_CALL:
                 instr.args = [int(fb.scalar(args, 0, "i32", 0, "FreeCall.value_index"))]
             plan.instructions.append(instr)
@@ -465,6 +469,9 @@ def _check_references(prog: Program) -> None:
         prog.add(F.error("PTE_NO_EXECUTION_PLAN", "the program has no execution plan: there is no method to run"))
     for plan in prog.plans:
         nvalues, nops, ndel = len(plan.values), len(plan.operators), len(plan.delegates)
+        chain_lengths: dict[int, int] = {}
+        for ins in plan.instructions:
+            chain_lengths[ins.chain] = chain_lengths.get(ins.chain, 0) + 1
         for vi, value in enumerate(plan.values):
             where = f"{plan.name}.values[{vi}]"
             if value.kind not in S.KERNEL_TYPES and value.kind != 0:
@@ -491,13 +498,18 @@ def _check_references(prog: Program) -> None:
                     )
                 )
                 continue
-            if ins.kind == S.KERNEL_CALL and not 0 <= ins.target < nops:
+            chain_length = chain_lengths.get(ins.chain, 0)
+            # a jump to one past the last instruction ends the chain
+            if ins.kind == S.JUMP_FALSE_CALL and not 0 <= ins.target <= chain_length:
+                _index_error(prog, "destination_instruction", ins.target, chain_length + 1, where)
+                ins.kind = 0
+            elif ins.kind == S.KERNEL_CALL and not 0 <= ins.target < nops:
                 _index_error(prog, "op_index", ins.target, nops, where)
                 ins.kind = 0
             elif ins.kind == S.DELEGATE_CALL and not 0 <= ins.target < ndel:
                 _index_error(prog, "delegate_index", ins.target, ndel, where)
                 ins.kind = 0
-            check = ins.args[:1] if ins.kind == S.JUMP_FALSE_CALL else ins.args
+            check = ins.args
             bad = [a for a in check if not 0 <= a < nvalues]
             if bad and ins.kind in (S.KERNEL_CALL, S.DELEGATE_CALL, S.MOVE_CALL, S.JUMP_FALSE_CALL, S.FREE_CALL):
                 _index_error(prog, "value index", bad[0], nvalues, where)
