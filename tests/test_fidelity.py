@@ -614,3 +614,25 @@ def test_pte_per_group_int4_equals_symmetric_int4_of_the_reference() -> None:
         want = layer_stats(w, deq)
         assert rows[key]["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.1), key
         assert rows[key]["cosine"] == pytest.approx(want["cosine"], abs=1e-4), key
+
+
+@pytest.mark.parametrize("artifact,bits", [("wide-emb4-8da4w-xnnpack.pte", 4), ("wide-emb8-portable.pte", 8)])
+def test_pte_quantized_embeddings_equal_symmetric_group_quantization(artifact: str, bits: int) -> None:
+    """torchao IntxWeightOnlyConfig on the embedding (groups of 32, symmetric: scale = max|w| / (2^bits - 1)
+    * 2, q in [-2^(bits-1), 2^(bits-1) - 1]) -> quantized_decomposed::embedding_4bit / embedding_byte."""
+    pytest.importorskip("executorch")
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    pte = FID / "pte"
+    result = run(pte / artifact, pte / "wide-fp32.pte", outputs="false")
+    row = next(r for r in result["metrics"]["weights"]["per_layer"] if r["name"] == "#0")
+    assert row["encoding"] == f"int{bits} embedding, groups of 32 (portable)"
+    program = deserialize_pte_binary((pte / "wide-fp32.pte").read_bytes()).program
+    w = np.frombuffer(program.constant_buffer[1].storage, np.float32).reshape(100, 64).astype(np.float64)
+    groups = w.reshape(100, -1, 32)
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    scale = np.abs(groups).max(axis=-1, keepdims=True) / ((qmax - qmin) / 2)
+    deq = (np.clip(np.round(groups / scale), qmin, qmax) * scale).reshape(w.shape)
+    want = layer_stats(w, deq)
+    assert row["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.1)
+    assert row["cosine"] == pytest.approx(want["cosine"], abs=1e-4)

@@ -5,8 +5,9 @@ keyed `#i` and compared with the reference's `#i` when the shapes agree.
 Decoded: float constants (fp32, fp16, bf16) in the constant segment or in named data, XNNPACK float
 filters, XNNPACK per-channel int8 filters (QC8W: int8 [out, in] times one fp32 scale per output
 channel) and per-group 4-bit filters (QB4W: two codes a byte, low nibble first, zero point 8, one bf16
-scale per group of inputs), scales read from the blob's constant data or named data. Other encodings
-(4-bit and byte embeddings...) are reported as not decoded. Portable int8 constants behind a
+scale per group of inputs), scales read from the blob's constant data or named data; quantized
+embedding tables (`embedding_byte`, `embedding_4bit`: int8 or two codes a byte, high nibble first,
+with the instruction's group scales). Portable int8 constants behind a
 `quantized_decomposed::dequantize_per_channel` / `_per_tensor` are decoded with that instruction's
 scale and zero-point operands.
 """
@@ -135,6 +136,10 @@ def _layer_ref(p: _Program, name: str, key: str, shape: tuple[int, ...], numel: 
             return _floats(p.constant(locator, size, name), kind).reshape(-1, cols)[rows]
 
         return WeightRef(name=name, key=key, shape=shape, encoding=dtype, quantized=False, loader=load_float)
+    op_name = str(detail.get("op") or "")
+    if op_name.startswith(("quantized_decomposed::embedding_byte", "quantized_decomposed::embedding_4bit")) \
+            and locator.startswith("buffer "):
+        return _portable_embedding(p, name, key, shape, op_name, int(locator.split()[1]), method)
     via = [str(v) for v in detail.get("via") or []]
     if dtype in ("int8", "uint8") and locator.startswith("buffer ") and any("dequantize_per_" in v for v in via):
         return _portable_dequantized(p, name, key, shape, numel, dtype, int(locator.split()[1]), method)
@@ -235,3 +240,55 @@ def _portable_dequantized(p: _Program, name: str, key: str, shape: tuple[int, ..
 
     return WeightRef(name=name, key=key, shape=shape, encoding=f"{dtype} per-channel (portable)",
                      quantized=True, loader=load_channel)
+
+
+def _portable_embedding(p: _Program, name: str, key: str, shape: tuple[int, ...], op_name: str, buffer: int,
+                        method: str) -> WeightRef:
+    """`quantized_decomposed::embedding_byte` / `embedding_4bit`: the table (int8, or two 4-bit codes a byte
+    with the high nibble first, stored as q - quant_min), per-row group scales and optional zero points
+    are the instruction's operands."""
+    plan = next((pl for pl in p.prog.plans if pl.name == method), None)
+    if plan is None:
+        raise DequantError(UNSUPPORTED, f"no execution plan {method!r}")
+
+    def value(index: int) -> Any:
+        return plan.values[index] if 0 <= index < len(plan.values) else None
+
+    ins = next((i for i in plan.instructions if 0 <= i.target < len(plan.operators)
+                and plan.operators[i.target].split(".")[0] == op_name.split(".")[0] and len(i.args) >= 5
+                and value(i.args[0]) is not None and value(i.args[0]).tensor is not None
+                and value(i.args[0]).tensor.data_buffer_idx == buffer), None)
+    if ins is None:
+        raise DequantError(UNSUPPORTED, "the embedding instruction of this table could not be read")
+    table, scales, zeros, qmin = (value(a) for a in ins.args[:4])
+    if scales is None or scales.tensor is None or scales.tensor.data_buffer_idx <= 0:
+        raise DequantError(UNSUPPORTED, "embedding scales are not a constant tensor")
+    rows_n, cols = shape
+    four = "4bit" in op_name
+    groups = scales.tensor.numel // rows_n if rows_n else 0
+    if groups <= 0 or scales.tensor.numel != rows_n * groups or cols % groups:
+        raise DequantError(BROKEN, f"{scales.tensor.numel} scales for a [{rows_n}, {cols}] table")
+    offset = float(qmin.number) if four and qmin is not None and qmin.number is not None else 0.0
+    kinds = {"fp32": ("<f4", 4), "fp16": ("<f2", 2), "bf16": ("bf16", 2)}
+
+    def floats(v: Any, what: str) -> np.ndarray:
+        t = v.tensor
+        kind, width = kinds.get(t.dtype, ("", 0))
+        if not kind:
+            raise DequantError(UNSUPPORTED, f"{what} stored as {t.dtype}")
+        return _floats(p.constant(f"buffer {t.data_buffer_idx}", t.numel * width, name), kind).reshape(rows_n, -1)
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        if four:
+            raw = np.asarray(p.constant(f"buffer {buffer}", rows_n * cols // 2, name)).reshape(rows_n, -1)[rows]
+            q = np.stack([raw >> 4, raw & 0x0F], axis=-1).reshape(len(rows), cols).astype(np.float32) + offset
+        else:
+            stored = "i1" if table.tensor.dtype == "int8" else "u1"
+            q = np.asarray(p.constant(f"buffer {buffer}", rows_n * cols, name)).view(stored).reshape(rows_n, -1)
+            q = q[rows].astype(np.float32)
+        if zeros is not None and zeros.tensor is not None and zeros.tensor.data_buffer_idx > 0:
+            q = q - np.repeat(floats(zeros, "zero points")[rows], cols // groups, axis=1)
+        return q * np.repeat(floats(scales, "scales")[rows], cols // groups, axis=1)
+
+    return WeightRef(name=name, key=key, shape=shape, encoding=f"{'int4' if four else 'int8'} embedding, "
+                     f"groups of {cols // groups} (portable)", quantized=True, loader=load)
