@@ -431,6 +431,10 @@ def _data_region(path: Path) -> tuple[int, int]:
     if fmt == "safetensors":
         head = int.from_bytes(path.read_bytes()[:8], "little")
         return 8 + head, path.stat().st_size
+    if fmt == "pte":  # the segments: constants, named data and the delegate blob
+        from quantgate.formats import pte as reader
+
+        return reader.parse(str(path)).segment_base, path.stat().st_size
     return 1024, path.stat().st_size
 
 
@@ -438,6 +442,7 @@ def _data_region(path: Path) -> tuple[int, int]:
     (FID / "gguf" / "tiny-q4_0.gguf", F16),
     (FID / "safetensors" / "ct_w4a16" / "model.safetensors", FID / "safetensors" / "float" / "model.safetensors"),
     (ONNX / "matmulnbits4.onnx", ONNX / "float.onnx"),
+    (FID / "pte" / "wide-emb4-8da4w-xnnpack.pte", FID / "pte" / "wide-fp32.pte"),
 ])
 def test_flipped_bytes_never_crash_the_guard(tmp_path: Path, artifact: Path, reference: Path) -> None:
     hypothesis = pytest.importorskip("hypothesis")
