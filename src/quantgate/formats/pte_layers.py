@@ -70,7 +70,13 @@ _WEIGHT_OPS: dict[str, tuple[str, tuple[int, ...], float | None]] = {
     "aten::_weight_int8pack_mm": (LINEAR, (1,), 8),
     "aten::_weight_int4pack_mm": (LINEAR, (1,), 4),
 }
-_UPDATE_CACHE = ("llama::update_cache", "llama::update_cache_with_indices")  # (value, cache, ...)
+# llama custom ops that write a cache: op -> [(cache argument, written-value argument)]
+# (schemas in executorch/extension/llm/custom_ops/custom_ops.py; sdpa_with_kv_cache from source only)
+_CACHE_WRITERS: dict[str, list[tuple[int, int]]] = {
+    "llama::update_cache": [(1, 0)],
+    "llama::update_cache_with_indices": [(1, 0)],
+    "llama::sdpa_with_kv_cache": [(3, 1), (4, 2)],
+}
 # ops that write a value into a buffer: the argument holding the written values
 _SCATTER_VALUE = {"aten::index_put": 2, "aten::index_put_": 2, "aten::index_copy": 3, "aten::slice_scatter": 1}
 
@@ -297,10 +303,10 @@ def _written_from_quantize(graph: _PlanGraph, index: int) -> bool:
 def _kv_cache(plan: Plan, graph: _PlanGraph) -> list[tuple[int, Tensor, bool, int]]:
     """(value index, buffer, quantized, quantize ops) of the KV-cache buffers a method writes.
 
-    A cache is a buffer `llama::update_cache` writes, or a mutable buffer of 3+ dims written back by
-    `aten::copy_` (index_put/index_copy caches) that is not a method input and, when the program
-    carries buffer names, is named like a cache. It is quantized when it stores 8-bit integers
-    written from a quantize op.
+    A cache is a buffer `llama::update_cache` or `llama::sdpa_with_kv_cache` writes, or a mutable
+    buffer of 3+ dims written back by `aten::copy_` (index_put/index_copy caches) that is not a method
+    input and, when the program carries buffer names, is named like a cache. It is quantized when it
+    stores 8-bit integers written from a quantize op.
     """
     inputs = set(plan.inputs)
     out: dict[int, tuple[Tensor, bool, int]] = {}
@@ -308,27 +314,28 @@ def _kv_cache(plan: Plan, graph: _PlanGraph) -> list[tuple[int, Tensor, bool, in
         if ins.kind != S.KERNEL_CALL or len(ins.args) < 2:
             continue
         op = base_name(plan.operators[ins.target])
-        if op in _UPDATE_CACHE:
-            cache_index, value_index = ins.args[1], ins.args[0]
+        if op in _CACHE_WRITERS:
+            pairs = [(ins.args[c], ins.args[v]) for c, v in _CACHE_WRITERS[op] if max(c, v) < len(ins.args)]
         elif op == "aten::copy_":
-            cache_index, value_index = ins.args[0], ins.args[1]
+            pairs = [(ins.args[0], ins.args[1])]
         else:
             continue
-        cache = graph.tensor(cache_index)
-        if cache is None or cache.constant:
-            continue
-        if op == "aten::copy_":
-            named_like_cache = cache.fqn is None or "cache" in cache.fqn.lower()
-            if cache_index in inputs or not cache.allocated or len(cache.sizes) < 3 or not named_like_cache:
+        for cache_index, value_index in pairs:
+            cache = graph.tensor(cache_index)
+            if cache is None or cache.constant:
                 continue
-        from_quantize = _written_from_quantize(graph, value_index)
-        quantized = from_quantize and cache.scalar_type in S.INT8_LIKE
-        prev = out.get(cache_index)
-        out[cache_index] = (
-            cache,
-            quantized or (prev[1] if prev else False),
-            int(from_quantize) + (prev[2] if prev else 0),
-        )
+            if op == "aten::copy_":
+                named_like_cache = cache.fqn is None or "cache" in cache.fqn.lower()
+                if cache_index in inputs or not cache.allocated or len(cache.sizes) < 3 or not named_like_cache:
+                    continue
+            from_quantize = _written_from_quantize(graph, value_index)
+            quantized = from_quantize and cache.scalar_type in S.INT8_LIKE
+            prev = out.get(cache_index)
+            out[cache_index] = (
+                cache,
+                quantized or (prev[1] if prev else False),
+                int(from_quantize) + (prev[2] if prev else 0),
+            )
     return [(i, *v) for i, v in out.items()]
 
 
