@@ -440,23 +440,36 @@ class _Found:
                 self.out.append(F.info("XNNPACK_TOO_MANY_FINDINGS", f"{n - FINDINGS_PER_CODE} more {code} not listed"))
 
 
+MAX_SLOTS = 24  # the widest table read here (a conv node) has 20 fields
+
+
 class _Fields:
-    """A table's field positions from one vtable read: the hot path reads each value's or node's
-    fields once instead of re-reading the vtable per field (flatbuffer.py checks the vtable)."""
+    """A table's field positions from one vtable read, with each vtable parsed once per blob (flatc
+    shares one vtable among all tables of a shape): the hot path of values and nodes."""
 
     __slots__ = ("fb", "field", "pos")
 
-    def __init__(self, fb: FlatBuffer, table: int, n: int, field: str):
+    def __init__(self, fb: FlatBuffer, table: int, n: int, field: str, vtables: dict[int, tuple[int, tuple]]):
         self.fb, self.field = fb, field
-        vtable, vlen, tlen = fb._vtable(table, field)  # bounds and lengths checked there
-        k = min(n, (vlen - 4) // 2)
-        rels = struct.unpack_from(f"<{k}H", fb.v.buf, vtable + 4) if k > 0 else ()
-        pos: list[int | None] = []
-        for fid, rel in enumerate(rels):
-            if rel and (rel < 4 or rel >= tlen):
-                raise FlatbufferError(f"field {fid} at +{rel} lies outside its table at offset {table} (length "
-                                      f"{tlen})", offset=table, field=field)  # fmt: skip
-            pos.append(table + rel if rel else None)
+        vtable = table - int(fb.read("i32", table, field))
+        cached = vtables.get(vtable)
+        if cached is None:
+            fb.check(vtable, 4, field)
+            vlen, tlen = struct.unpack_from("<HH", fb.v.buf, vtable)
+            if vlen < 4 or vlen % 2 or tlen < 4:
+                raise FlatbufferError(f"bad vtable (length {vlen}, table length {tlen}) at offset {vtable}",
+                                      offset=vtable, field=field)  # fmt: skip
+            fb.check(vtable, vlen, field)
+            k = min((vlen - 4) // 2, MAX_SLOTS)  # only the slots read here: a long vtable costs nothing more
+            rels = struct.unpack_from(f"<{k}H", fb.v.buf, vtable + 4)
+            for fid, rel in enumerate(rels):
+                if rel and (rel < 4 or rel >= tlen):
+                    raise FlatbufferError(f"field {fid} at +{rel} lies outside tables of length {tlen} (vtable at "
+                                          f"offset {vtable})", offset=vtable, field=field)  # fmt: skip
+            cached = vtables[vtable] = (tlen, rels)
+        tlen, rels = cached
+        fb.check(table, tlen, field)
+        pos = [table + rel if rel else None for rel in rels[:n]]
         self.pos = pos + [None] * (n - len(pos))
 
     def scalar(self, fid: int, kind: str, default: int | float = 0) -> int | float:
@@ -474,6 +487,17 @@ class _Fields:
     def union(self, fid: int) -> tuple[int, int | None]:
         tag = int(self.scalar(fid, "u8"))
         return (tag, self.table(fid + 1)) if tag else (0, None)
+
+    def string(self, fid: int, limit: int) -> str:
+        """A string field (budgeted), decoded with replacement, cut at `limit` bytes."""
+        p = self.pos[fid]
+        if p is None:
+            return ""
+        start = self.fb.deref(p, self.field)
+        size = int(self.fb.read("u32", start, self.field))
+        self.fb.check(start + 4, size, self.field)
+        self.fb.budget.spend(1 + size // 16, self.field)
+        return bytes(self.fb.v.buf[start + 4 : start + 4 + min(size, limit)]).decode("utf-8", errors="replace")
 
     def u32s(self, fid: int, limit: int) -> tuple[int, ...] | int:
         """A [uint] vector (budgeted), or its length when it is longer than `limit`."""
@@ -499,6 +523,7 @@ class _Reader:
         # table position -> what was read there: a table shared by many references (legal in a
         # flatbuffer, and the way a small hostile file describes millions of values) is read once
         self.memo: dict[tuple[str, int], object] = {}
+        self.vtables: dict[int, tuple[int, tuple]] = {}
 
     def err(self, code: str, message: str, pos: int | None = None, **loc) -> None:
         self.found.add(F.error(code, message, offset=None if pos is None else self.base + pos, **loc))
@@ -581,12 +606,8 @@ class _Reader:
         p = self.p
         for i, t in enumerate(fb.tables(root, 8, field="XNNGraph.constant_data")):
             try:
-                entry = ConstantData(
-                    i,
-                    int(fb.scalar(t, 0, "u64", field="ConstantDataOffset.offset")),
-                    int(fb.scalar(t, 1, "u64", field="ConstantDataOffset.size")),
-                    fb.string(t, 2, field="ConstantDataOffset.named_key", limit=256),
-                )
+                cf = _Fields(fb, t, 3, f"constant_data[{i}]", self.vtables)
+                entry = ConstantData(i, int(cf.scalar(0, "u64")), int(cf.scalar(1, "u64")), cf.string(2, 256))
             except BudgetExhausted:
                 raise
             except ReadError as exc:
@@ -625,14 +646,14 @@ class _Reader:
                          f"(id {seen.id})", t, field=where)  # fmt: skip
             return None
         self.memo[("value", t)] = False  # a table that fails is reported once
-        tag, inner = _Fields(fb, t, 2, where).union(0)
+        tag, inner = _Fields(fb, t, 2, where, self.vtables).union(0)
         if tag not in (1, 2) or inner is None:
             self.err("XNNPACK_BAD_UNION_TAG", f"{where}: XValueUnion tag {tag}", t, field=where)
             return None
         quant = None
         tensor: int | None = inner
         if tag == 2:
-            qv = _Fields(fb, inner, 3, where)
+            qv = _Fields(fb, inner, 3, where, self.vtables)
             tensor = qv.table(0)
             qtag, qtable = qv.union(1)
             if qtag != 0:
@@ -648,7 +669,7 @@ class _Reader:
                      field=where)  # fmt: skip
             return None
         self.memo[("tensor", tensor)] = i
-        tv = _Fields(fb, tensor, 7, where)
+        tv = _Fields(fb, tensor, 7, where, self.vtables)
         dt = int(tv.scalar(0, "i16"))
         num_dims = int(tv.scalar(1, "u32"))
         dims = tv.u32s(2, MAX_DIMS)
@@ -678,7 +699,7 @@ class _Reader:
         if scheme is None or q is None:
             self.err("XNNPACK_BAD_UNION_TAG", f"{where}: XNNQuantParams tag {tag}", pos, field=f"{where}.quant_params")
             return None
-        qf = _Fields(fb, q, 6, f"{where}.quant_params")
+        qf = _Fields(fb, q, 6, f"{where}.quant_params", self.vtables)
         if scheme == "per_tensor":
             return QuantParams(scheme, 1, scale=float(qf.scalar(0, "f32")), zero_point=int(qf.scalar(1, "i32")))
         if scheme == "dynamic":
@@ -718,7 +739,7 @@ class _Reader:
                 return None
             return dataclasses.replace(seen, index=i, ids=dict(seen.ids), params=dict(seen.params))
         self.memo[("node", t)] = False
-        xf = _Fields(fb, t, 4, where)
+        xf = _Fields(fb, t, 4, where, self.vtables)
         tag, inner = xf.union(0)
         entry = NODE_TYPES.get(tag)
         if entry is None or inner is None:
@@ -726,7 +747,7 @@ class _Reader:
             return None
         name, layout = entry
         node = XNode(i, self.base + t, tag, name, debug_handle=int(xf.scalar(2, "u32")))
-        nf = _Fields(fb, inner, len(layout), where)
+        nf = _Fields(fb, inner, len(layout), where, self.vtables)
         n_cat = _CAT_INPUTS.get(tag)
         for fid, fname in enumerate(layout):
             if fname.endswith("_id"):
