@@ -524,11 +524,9 @@ def test_onnx_sampled_rows_equal_numpy_on_the_same_rows() -> None:
     assert row["cosine"] == pytest.approx(want["cosine"], rel=1e-6)
 
 
-@pytest.mark.parametrize("folder", ["gptq_layout", "awq_layout"])
-def test_gptq_awq_layouts_decode_to_the_minmax_quantization(tmp_path: Path, folder: str) -> None:
-    """fixtures/safetensors packs its tiny Llama with AutoGPTQ's / AutoAWQ's real packers from min-max
-    4-bit group-128 parameters; rebuilt here, the float model quantized with the same parameters must be
-    what the decoder reads out of the packed layout (up to the F16 scales and a rounding step)."""
+@pytest.fixture(scope="module")
+def st_base(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Path]:
+    """fixtures/safetensors' float tiny Llama (transformers, seed 0), rebuilt: (module, model, folder)."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
     from importlib.util import module_from_spec, spec_from_file_location
@@ -539,9 +537,20 @@ def test_gptq_awq_layouts_decode_to_the_minmax_quantization(tmp_path: Path, fold
     sys.modules[spec.name] = mod
     spec.loader.exec_module(mod)
     model = mod.tiny_llama(64, 256, 512, 1, torch.float32)
-    model.save_pretrained(tmp_path / "base")
-    result = run(ROOT / "fixtures" / "safetensors" / folder / "model.safetensors",
-                 tmp_path / "base" / "model.safetensors")
+    folder = tmp_path_factory.mktemp("st_base")
+    model.save_pretrained(folder)
+    return mod, model, folder
+
+
+@pytest.mark.parametrize("folder", ["gptq_layout", "awq_layout"])
+def test_gptq_awq_layouts_decode_to_the_minmax_quantization(st_base: tuple[Any, Any, Path], folder: str) -> None:
+    """fixtures/safetensors packs its tiny Llama with AutoGPTQ's / AutoAWQ's real packers from min-max
+    4-bit group-128 parameters; rebuilt here, the float model quantized with the same parameters must be
+    what the decoder reads out of the packed layout (up to the F16 scales and a rounding step)."""
+    import torch
+
+    mod, model, base = st_base
+    result = run(ROOT / "fixtures" / "safetensors" / folder / "model.safetensors", base / "model.safetensors")
     rows = {r["name"]: r for r in result["metrics"]["weights"]["per_layer"]}
     for name, linear in model.named_modules():
         if not isinstance(linear, torch.nn.Linear) or name == "lm_head":
@@ -641,3 +650,43 @@ def test_pte_quantized_embeddings_equal_symmetric_group_quantization(artifact: s
     want = layer_stats(w, deq)
     assert row["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.1)
     assert row["cosine"] == pytest.approx(want["cosine"], abs=1e-4)
+
+
+def test_bitsandbytes_nf4_decodes_to_blockwise_nf4_of_the_reference(st_base: tuple[Any, Any, Path]) -> None:
+    """bitsandbytes 0.50 `load_in_4bit` nf4 with double quantization (fixtures/safetensors/bnb_nf4): each
+    block of 64 values is the nearest NF4 code times the block's absmax; the double-quantized absmax adds
+    a small error, hence the tolerance."""
+    import torch
+    from safetensors.numpy import load_file
+
+    _, model, base = st_base
+    path = ROOT / "fixtures" / "safetensors" / "bnb_nf4" / "model.safetensors"
+    result = run(path, base / "model.safetensors")
+    assert result["status"] == "PASS"
+    rows = {r["name"]: r for r in result["metrics"]["weights"]["per_layer"]}
+    table = load_file(str(path))["model.layers.0.self_attn.q_proj.weight.quant_map"].astype(np.float64)
+    for name, linear in model.named_modules():
+        if not isinstance(linear, torch.nn.Linear) or name == "lm_head":
+            continue
+        w = linear.weight.data.double().numpy()
+        blocks = w.reshape(-1, 64)
+        absmax = np.abs(blocks).max(axis=1, keepdims=True)
+        codes = np.abs(blocks[..., None] / absmax[..., None] - table).argmin(axis=-1)
+        want = layer_stats(w, (table[codes] * absmax).reshape(w.shape))
+        assert rows[name + ".weight"]["encoding"] == "nf4 (bitsandbytes, block 64)"
+        assert rows[name + ".weight"]["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.3), name
+
+
+def test_bitsandbytes_int8_decodes_to_rowwise_absmax_int8(st_base: tuple[Any, Any, Path]) -> None:
+    """bitsandbytes LLM.int8 storage: per output row, q = round(127 w / max|w|), SCB = max|w|."""
+    import torch
+
+    _, model, base = st_base
+    result = run(ROOT / "fixtures" / "safetensors" / "bnb_int8" / "model.safetensors", base / "model.safetensors")
+    rows = {r["name"]: r for r in result["metrics"]["weights"]["per_layer"]}
+    for name, linear in model.named_modules():
+        if isinstance(linear, torch.nn.Linear) and name != "lm_head":
+            w = linear.weight.data.double().numpy()
+            scb = np.abs(w).max(axis=1, keepdims=True)
+            want = layer_stats(w, np.round(w * 127 / scb) * scb / 127)
+            assert rows[name + ".weight"]["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.05), name

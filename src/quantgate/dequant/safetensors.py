@@ -18,7 +18,10 @@ Each weight comes back in its logical [out, in] shape, keyed `<module>.weight`:
   first; fp8 `weight_scale` per 16 inputs; F32 `weight_global_scale`): x = fp4 * scale / global_scale;
 * bitsandbytes int8 (I8 `weight` + F32 `SCB` [out]): x = q * SCB / 127.
 
-bitsandbytes 4-bit and MXFP4 blocks are reported as not dequantized.
+* bitsandbytes 4-bit NF4/FP4 (U8 codes, high nibble first; `quant_map`; block `absmax`, double-quantized
+  through `nested_quant_map`/`nested_absmax`/`nested_offset`): x = quant_map[code] * absmax[block].
+
+MXFP4 blocks are reported as not dequantized.
 """
 
 from __future__ import annotations
@@ -173,7 +176,7 @@ def _module_ref(f: _File, module: str, parts: dict[str, Any], qc: dict[str, Any]
     if weight is None or len(weight.shape) < 2:
         return None
     if "bnb_state" in parts or "bnb_absmax" in parts:
-        raise DequantError(UNSUPPORTED, f"{name}: bitsandbytes 4-bit is not dequantized here")
+        return _bnb4(f, name, parts)
     if weight.dtype in FLOATS:
         return _plain(f, name, weight)
     shape = tuple(weight.shape)
@@ -204,6 +207,62 @@ def _module_ref(f: _File, module: str, parts: dict[str, Any], qc: dict[str, Any]
 
     kind = "fp8" if weight.dtype in FP8 else "int8"
     return WeightRef(name, shape, f"{kind} ({weight.dtype} + {list(scale.shape)} scale)", True, load)
+
+
+BNB_STATE_LIMIT = 64 << 10
+
+
+def _bnb4(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
+    """bitsandbytes 4-bit (NF4/FP4) as transformers saves it: U8 `weight` with two codes a byte, the
+    high nibble first, over the flattened weight; `quant_map` (the 16 code values); `absmax` per block of
+    `blocksize` values, itself quantized (U8 codes through `nested_quant_map`, times `nested_absmax` per
+    `nested_blocksize` blocks, plus `nested_offset`) under double quantization; the shape in the
+    quant_state JSON."""
+    import json
+
+    weight, state, absmax, qmap = (parts.get(r) for r in ("weight", "bnb_state", "bnb_absmax", "bnb_quant_map"))
+    if state is None or absmax is None or qmap is None or weight.dtype != "U8":
+        raise DequantError(UNSUPPORTED, f"{name}: bitsandbytes 4-bit without its quant_state, absmax and "
+                           "quant_map (or not U8 storage) is not decoded here")
+    if state.nbytes > BNB_STATE_LIMIT:
+        raise DequantError(BROKEN, f"{name}: the quant_state blob is {state.nbytes:,} bytes")
+    try:
+        info = json.loads(bytes(np.asarray(f.raw(state))).decode("utf-8"))
+        shape = tuple(int(d) for d in info["shape"])
+        blocksize = int(info["blocksize"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DequantError(BROKEN, f"{name}: unreadable quant_state ({exc})") from None
+    numel = int(np.prod(shape)) if shape else 0
+    if len(shape) != 2 or blocksize <= 0 or numel != 2 * weight.numel or shape[1] % 2:
+        raise DequantError(BROKEN, f"{name}: quant_state shape {list(shape)} does not fit {weight.numel} bytes")
+    cols = shape[1]
+    nested = parts.get("bnb_nested_absmax"), parts.get("bnb_nested_quant_map")
+
+    def absmax_values() -> np.ndarray:
+        if absmax.dtype == "U8":
+            if nested[0] is None or nested[1] is None:
+                raise DequantError(BROKEN, f"{name}: U8 absmax without nested_absmax / nested_quant_map")
+            codes = np.asarray(f.array(absmax)).reshape(-1)
+            nblock = int(info.get("nested_blocksize", 256))
+            outer = _to_float(nested[0].dtype, f.array(nested[0])).reshape(-1)
+            table = _to_float(nested[1].dtype, f.array(nested[1])).reshape(-1)
+            index = np.arange(codes.size) // max(1, nblock)
+            if table.size < 256 or index.max(initial=0) >= outer.size:
+                raise DequantError(BROKEN, f"{name}: nested absmax tables do not cover {codes.size} blocks")
+            return table[codes] * outer[index] + float(info.get("nested_offset", 0.0))
+        return _to_float(absmax.dtype, f.array(absmax)).reshape(-1)
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        packed = np.asarray(f.array(weight)).reshape(shape[0], cols // 2)[rows]
+        codes = np.stack([packed >> 4, packed & 0x0F], axis=-1).reshape(len(rows), cols)
+        table = _to_float(qmap.dtype, f.array(qmap)).reshape(-1)
+        scales = absmax_values()
+        block = (rows[:, None] * cols + np.arange(cols)[None, :]) // blocksize
+        if table.size < 16 or block.max(initial=0) >= scales.size:
+            raise DequantError(BROKEN, f"{name}: absmax or quant_map too short for {list(shape)}")
+        return table[codes] * scales[block]
+
+    return WeightRef(name, shape, f"{info.get('quant_type', '4-bit')} (bitsandbytes, block {blocksize})", True, load)
 
 
 def _read_shape(f: _File, t: Any | None) -> tuple[int, ...] | None:
