@@ -690,3 +690,17 @@ def test_bitsandbytes_int8_decodes_to_rowwise_absmax_int8(st_base: tuple[Any, An
             scb = np.abs(w).max(axis=1, keepdims=True)
             want = layer_stats(w, np.round(w * 127 / scb) * scb / 127)
             assert rows[name + ".weight"]["sqnr_db"] == pytest.approx(want["sqnr_db"], abs=0.05), name
+
+
+def test_across_formats_without_common_names_weights_are_unavailable_not_a_mismatch() -> None:
+    result = run(FID / "gguf" / "tiny-q8_0.gguf", FID / "safetensors" / "float" / "model.safetensors",
+                 "weights.cosine.min >= 0.99")
+    assert result["status"] == "ERROR"  # the bound cannot be evaluated, and nothing says the artifact is bad
+    assert result["error"]["type"] == "missing_metric"
+    assert "FIDELITY_WEIGHTS_UNAVAILABLE" in codes(result, "info")
+    assert "size_ratio" in result["metrics"]
+
+
+def test_bad_numeric_param_is_an_error_not_a_crash() -> None:
+    result = run(FID / "gguf" / "tiny-q8_0.gguf", F16, max_elements="lots")
+    assert result["status"] == "ERROR" and result["error"]["type"] == "bad_param"

@@ -210,18 +210,26 @@ def weight_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
     """The `weights` metrics, or None when nothing could be measured (findings say why)."""
     from quantgate.dequant import BROKEN, DequantError, open_weights
 
-    max_elements = int(config.param("max_elements", DEFAULT_MAX_ELEMENTS))
+    max_elements = max(1, int(float(config.param("max_elements", DEFAULT_MAX_ELEMENTS))))
     sets = []
     for path, fmt, side in ((art_path, art_fmt, "artifact"), (ref_path, ref_fmt, "reference")):
         try:
             sets.append(open_weights(path, fmt))
         except DequantError as exc:
-            findings.append(F.error(exc.code, f"the {side}'s weights cannot be read: {exc.message}"))
+            # the artifact's fault is an error; the reference's leaves the metrics absent (a bound on them
+            # is then an ERROR: nothing could be decided)
+            maker = F.error if side == "artifact" else F.warning
+            findings.append(maker(exc.code, f"the {side}'s weights cannot be read: {exc.message}"))
             for ws in sets:
                 ws.close()
             return None
     art, ref = sets
     try:
+        if art_fmt != ref_fmt and not any(k in ref.weights for k in art.weights):
+            findings.append(F.info("FIDELITY_WEIGHTS_UNAVAILABLE", f"no {art_fmt} weight name matches a {ref_fmt} "
+                                   "one of the reference: weights are compared across formats only where names "
+                                   "match (an ONNX export keeps PyTorch's names; GGUF renames them)"))
+            return None
         return _measure_weights(art, ref, max_elements, findings, BROKEN, DequantError)
     finally:
         art.close()
@@ -357,7 +365,7 @@ def _int_high(ref_path: str, config: GuardConfig) -> int:
     """Token ids stay below the smallest embedding table of the reference (else 2) unless int_high says."""
     given = config.param("int_high")
     if given is not None:
-        return max(1, int(given))
+        return max(1, int(float(given)))
     from quantgate.formats import read_inventory
 
     inventory = read_inventory(ref_path, "pte")
@@ -374,8 +382,8 @@ def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
         findings.append(F.info("FIDELITY_OUTPUTS_UNAVAILABLE", f"outputs are compared only between artifacts of one "
                                f"format ({art_fmt} vs {ref_fmt})"))
         return None
-    samples = max(1, int(config.param("samples", 4)))
-    seed = int(config.param("seed", 0))
+    samples = max(1, int(float(config.param("samples", 4))))
+    seed = int(float(config.param("seed", 0)))
     if art_fmt == "onnx":
         import importlib.util
 
@@ -387,8 +395,8 @@ def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
 
         int_high = config.param("int_high")
         run = run_child(ref_path, art_path, samples=samples, seed=seed,
-                        dynamic_dim=int(config.param("dynamic_dim", 1)),
-                        int_high=int(int_high) if int_high is not None else None,
+                        dynamic_dim=max(1, int(float(config.param("dynamic_dim", 1)))),
+                        int_high=int(float(int_high)) if int_high is not None else None,
                         timeout_s=_child_timeout(config))
         if "finding" in run:
             code, message = run["finding"]
@@ -463,6 +471,14 @@ class FidelityGuard(Guard):
             return Outcome(error=("reference_broken", f"the reference {ref_path} fails integrity: {first.code}: "
                                   f"{first.message}", "run `quantgate guard integrity` on the reference"))
 
+        for key in ("max_elements", "samples", "seed", "dynamic_dim", "int_high", "timeout"):
+            given = config.param(key)
+            try:
+                if given is not None and (float(given) != int(float(given)) or int(float(given)) < 0):
+                    raise ValueError
+            except (TypeError, ValueError):
+                return Outcome(error=("bad_param", f"--param {key}={given} is not a non-negative integer",
+                                      "see the README's fidelity section for the parameters"))
         findings: list[Finding] = []
         metrics: dict[str, Any] = {}
         art_size = _size_with_external(ctx.path, ctx.format)
