@@ -704,3 +704,13 @@ def test_across_formats_without_common_names_weights_are_unavailable_not_a_misma
 def test_bad_numeric_param_is_an_error_not_a_crash() -> None:
     result = run(FID / "gguf" / "tiny-q8_0.gguf", F16, max_elements="lots")
     assert result["status"] == "ERROR" and result["error"]["type"] == "bad_param"
+
+
+def test_core_install_lists_the_guard_and_skips_without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
+    out = subprocess.run([sys.executable, "-c", "import sys; from quantgate.validators import all_guards; "
+                          "all_guards(); print('numpy' in sys.modules)"], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False"  # importing and listing the guard loads no numpy
+    monkeypatch.setattr(GUARD, "requires_modules", ("numpy_missing_here",))
+    result = run(FID / "gguf" / "tiny-q8_0.gguf", F16)
+    assert result["skip"]["reason"] == "dependency_missing"
+    assert "pip install 'quantgate[fidelity]'" in result["skip"]["detail"]
