@@ -171,6 +171,13 @@ def _portable_layers(plan: Plan, graph: _PlanGraph, prefix: str) -> list[Layer]:
                 scale_bytes += t.nbytes
         out = graph.tensor(ins.args[-1]) if ins.args else None
         positions, exact = _positions(kind, out)
+        batch = 1
+        for d in weight.sizes[:-2]:
+            batch *= max(d, 1)
+        if kind == LINEAR and positions is not None and batch > 1:
+            # a batched constant operand [B, K, N]: every batch has its own weights, so each output
+            # position uses one batch's K x N (flops = 2 x params x positions stays right)
+            positions //= batch
         label = weight.fqn or f"{prefix}{ins.index}:{op}"
         layers.append(
             Layer(
