@@ -169,16 +169,15 @@ def rebuild_headline(path: Path) -> None:
         "measured as each section says (mostly a whole fresh process, as a CI step pays it).",
         "",
         "| format | file | quantgate (time, peak RSS) | anchor | anchor (time, peak RSS) | time ratio | "
-        "memory ratio | section |",
-        "|---|---|---:|---|---:|---:|---:|---|",
+        "memory ratio | note | section |",
+        "|---|---|---:|---|---:|---:|---:|---|---|",
     ]
     for section, r in rows:
-        note = f" ({r['note']})" if r.get("note") else ""
         lines.append(
             f"| {r['format']} | {r['file']} | {_cost(r['quantgate_s'], r['quantgate_mib'])} | {r['anchor']} | "
             f"{_cost(r['anchor_s'], r['anchor_mib'])} | {_ratio(r['anchor_s'], r['quantgate_s'])} | "
-            f"{_ratio(r['anchor_mib'], r['quantgate_mib'])}{note} | [{section}](#{_slug(section)}) |"
+            f"{_ratio(r['anchor_mib'], r['quantgate_mib'])} | {r.get('note') or ''} | [{section}](#{_slug(section)}) |"
         )
     if not rows:
-        lines.append("| — | no benchmark has run yet | | | | | | |")
+        lines.append("| — | no benchmark has run yet | | | | | | | |")
     replace_section(path, "## Headline", "\n".join(lines), top=True)
