@@ -187,7 +187,7 @@ def main() -> None:
         "above a bare interpreter)."
     )
     print(headline("GGUF", f"Llama-3.2-1B shape, 128k vocab + 280k merges, {size / 1e9:.1f} GB", q_time, q_rss,
-                   "gguf-py GGUFReader", g_time, g_rss))
+                   "gguf-py GGUFReader", g_time, g_rss, "time: import + open + parse, interpreter start excluded"))
     if not args.keep:
         BIG.unlink()
 
