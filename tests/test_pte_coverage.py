@@ -245,6 +245,15 @@ def test_control_flow_branches_each_count() -> None:
     ]
 
 
+def test_batched_constant_operand_and_activation_matmul() -> None:
+    """x [2,4,8] bmm a constant [2,8,16] is a layer (2x4x8x16 MACs); h bmm h^T of activations is not."""
+    inv = inventory("more/bmm_portable.pte")
+    assert inv.facts["operators"]["aten::bmm.out"] == 2
+    assert [(x.name, x.kind, x.shape, x.params, x.out_positions, x.flops) for x in inv.layers] == [
+        ("0:aten::bmm", "linear", (2, 8, 16), 256, 4, 2 * 2 * 4 * 8 * 16)
+    ]
+
+
 def test_a_weight_shared_by_two_methods_counts_once() -> None:
     inv = inventory("more/two_methods.pte")
     assert inv.facts["methods"] == ["encode", "forward"]
