@@ -36,6 +36,7 @@ TABLE = {
     "conv_int8_xnnpack.pte": (1.0, 1.0, 0, 1.0, 1.0, 1.0, 3, 10816, 315392),
     "ext/fp32_portable_extconst.pte": (0, 0, 0, 0, 0, 0, 3, 5888, 43008),
     "more/extw/tinylm_xnnpack_extw.pte": (0, 0, 0, 0, 0, 0, 3, 5888, 43008),
+    "more/conv_int8_portable.pte": (1.0, 1.0, 0, 1.0, 1.0, 0, 3, 10816, 315392),
 }
 
 # file -> the unquantized layers: (name, kind, shape, dtype)
@@ -77,6 +78,7 @@ UNQUANTIZED = {
         ("2:XnnpackBackend[0]/fully_connected#0", "linear", [64, 32], "fp32"),
         ("2:XnnpackBackend[0]/fully_connected#1", "linear", [10, 64], "fp32"),
     ],
+    "more/conv_int8_portable.pte": [],
     "ext/fp32_portable_extconst.pte": [
         ("emb.weight", "embedding", [100, 32], "fp32"),
         ("l1.weight", "linear", [64, 32], "fp32"),
@@ -121,6 +123,16 @@ def test_int8_portable_stores_int8_and_computes_fp32() -> None:
     assert linear[0].detail["via"] == ["aten::permute_copy", "quantized_decomposed::dequantize_per_channel"]
     # int8 values + fp32 per-channel scales + int64 zero points: 2048 + 64*4 + 64*8
     assert linear[0].weight_bytes == 2048 + 256 + 512
+
+
+def test_int8_portable_convolutions_are_traced_through_dequantize() -> None:
+    layers = inventory("more/conv_int8_portable.pte").layers
+    assert [(x.name, x.kind, x.shape, x.dtype, x.out_positions, x.compute) for x in layers] == [
+        ("5:aten::convolution", "conv", (16, 3, 3, 3), "int8", 256, "fp32"),
+        ("9:aten::convolution", "conv", (16, 1, 3, 3), "int8", 256, "fp32"),
+        ("18:aten::addmm", "linear", (10, 1024), "int8", 1, "fp32"),
+    ]
+    assert layers[0].detail["via"] == ["quantized_decomposed::dequantize_per_channel"]
 
 
 def test_packed_4bit_embedding_counts_logical_elements() -> None:
