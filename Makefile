@@ -19,9 +19,9 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 
-# the core install: what `make validate` needs, and nothing heavy
+# the core install plus the fidelity extra (numpy, onnxruntime): what `make validate` needs, no torch
 $(VENV)/.core: $(BIN)/python pyproject.toml
-	$(PIP) install --quiet -e .
+	$(PIP) install --quiet -e '.[fidelity]'
 	@touch $@
 
 $(STAMP): $(BIN)/python pyproject.toml

@@ -10,12 +10,20 @@ from tests.conftest import FIXTURES, ROOT, run_cli
 RELEASE = FIXTURES / "release"
 
 
-def _artifacts() -> dict:
+def _module():
     spec = importlib.util.spec_from_file_location("make_release", RELEASE / "make_release.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.ARTIFACTS
+    return module
+
+
+def _artifacts() -> dict:
+    return _module().ARTIFACTS
+
+
+def module_references() -> dict:
+    return _module().REFERENCES
 
 
 def test_release_copies_match_their_fixtures() -> None:
@@ -26,6 +34,8 @@ def test_release_copies_match_their_fixtures() -> None:
         assert (RELEASE / name).read_bytes() == source.read_bytes(), f"re-run fixtures/release/make_release.py ({name})"
     manifest = json.loads((RELEASE / "manifest.json").read_text(encoding="utf-8"))
     assert sorted(a["path"] for a in manifest["artifacts"]) == sorted(artifacts)
+    assert sorted(module_references()) == sorted(artifacts)
+    assert all(path.is_file() for path in module_references().values())
 
 
 def test_release_passes_the_repository_policy() -> None:
@@ -35,4 +45,6 @@ def test_release_passes_the_repository_policy() -> None:
     assert report["verdict"] in ("PASS", "WARN")
     ran = {(r["artifact"]["path"], r["guard"]): r["status"] for r in report["results"] if r["status"] != "SKIP"}
     assert ran[("fixtures/release/manifest.json", "manifest")] == "PASS"
-    assert ran[("fixtures/release/tiny-lm-int8-xnnpack.pte", "pte-program")] == "PASS"
+    assert ran[("fixtures/release/tiny-lm-dq8-xnnpack.pte", "pte-program")] == "PASS"
+    fidelity = {path for (path, guard), status in ran.items() if guard == "fidelity" and status == "PASS"}
+    assert len(fidelity) == 4  # every artifact against its float parent
