@@ -111,7 +111,7 @@ from quantgate.formats import gguf
 inv = gguf.read({path!r})
 elapsed = time.perf_counter() - t
 assert not inv.structural_findings, inv.structural_findings
-print(elapsed, len(inv.layers), inv.params_total)
+print(elapsed, len(inv.layers), inv.params_stored)
 """,
     "gguf-py": """
 import time

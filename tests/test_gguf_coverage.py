@@ -151,7 +151,7 @@ def test_inspect_layers() -> None:
     )
     assert layers["blk.0.ffn_gate.weight"]["bits_per_weight"] == 4.25  # MXFP4: 17 bytes / 32
     assert layers["blk.0.ffn_gate.weight"]["quantized"] is True
-    assert inv["params_total"] == ALL_PARAMS
+    assert inv["params_stored"] == ALL_PARAMS
     assert inv["facts"]["hparams"] == {
         "context_length": 2048,
         "block_count": 2,

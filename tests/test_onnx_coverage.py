@@ -134,8 +134,8 @@ def test_layers_and_kinds_through_inspect() -> None:
     assert fc2["bits"] == 4 and fc2["params"] == 8192
     assert fc2["bits_per_weight"] == pytest.approx(5.0)  # 4 bits + an FP32 scale per 32 weights
     assert layers["embed.weight_Q4"]["dtype"] == "INT4"
-    # params_total counts every stored element, with packed B at its logical K x N
-    assert inv["params_total"] == 45056 + 256 + 3 * 256 + 256  # + biases + MatMulNBits scales + gather scales
+    # params_stored counts every stored element, with packed B at its logical K x N
+    assert inv["params_stored"] == 45056 + 256 + 3 * 256 + 256  # + biases + MatMulNBits scales + gather scales
     assert inv["metrics"]["quant_ops"] == {
         "com.microsoft:GatherBlockQuantized": 1,
         "com.microsoft:MatMulNBits": 3,

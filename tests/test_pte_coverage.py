@@ -141,7 +141,7 @@ def test_packed_4bit_embedding_counts_logical_elements() -> None:
     assert emb.dtype == "int4 (packed uint8)"
     # every stored parameter once, the packed table by its logical elements: embedding 6400 + its scales
     # [100, 2] + LayerNorm 2 x 64 + FC filters 8192 x 2 + FC biases 128 + 64
-    assert inventory("8da4w_emb4_xnnpack.pte").params_total == 6400 + 200 + 128 + 16384 + 192
+    assert inventory("8da4w_emb4_xnnpack.pte").params_stored == 6400 + 200 + 128 + 16384 + 192
     fc = inventory("8da4w_emb4_xnnpack.pte").layers[1]
     assert (fc.dtype, fc.compute, fc.detail["input"], fc.detail["quant"]["group_size"]) == (
         "qbint4",
@@ -276,7 +276,7 @@ def test_a_weight_shared_by_two_methods_counts_once() -> None:
     ]
     metrics, _ = coverage_metrics(inv.layers)
     assert (metrics["weight_ops"], metrics["params_total"]) == (3, 5888)
-    assert inv.params_total == 6026  # every constant once: weights, biases, LayerNorm
+    assert inv.params_stored == 6026  # every constant once: weights, biases, LayerNorm
 
 
 @pytest.mark.parametrize(

@@ -117,7 +117,7 @@ class Inventory:
     # semantic checks that belong to the format's dtype guard (file_type vs tensors, bad scales...)
     semantic_findings: list[Finding] = field(default_factory=list)
     # every parameter the artifact stores (1-D tensors included), when the reader can count them
-    params_total: int | None = None
+    params_stored: int | None = None
     # reader-specific metrics merged into the format guard's result (memory estimates, ...)
     metrics: dict[str, Any] = field(default_factory=dict)
     # format facts worth showing in `quantgate inspect` (versions, metadata keys, op counts)
@@ -132,7 +132,7 @@ class Inventory:
             "format": self.format,
             "path": self.path,
             "size_bytes": self.size_bytes,
-            "params_total": self.params_total,
+            "params_stored": self.params_stored,
             "facts": self.facts,
             "metrics": self.metrics,
             "layers": [layer.to_dict() for layer in self.layers],

@@ -416,15 +416,15 @@ def check_artifact(
         return out, measured, checked + 1
     basis = quant.get("basis", "ops") if quant.get("basis") in ("ops", "params", "flops") else "ops"
     metrics, _ = coverage_metrics(inventory.layers, basis=basis)
-    measured["parameters"] = inventory.params_total
-    if claim.parameters is not None and inventory.params_total:
+    measured["parameters"] = inventory.params_stored
+    if claim.parameters is not None and inventory.params_stored:
         checked += 1
-        gap = abs(claim.parameters - inventory.params_total) / inventory.params_total
+        gap = abs(claim.parameters - inventory.params_stored) / inventory.params_stored
         if gap > PARAMETERS_TOLERANCE:
             out.append(
                 F.error(
                     "MANIFEST_PARAMETERS_MISMATCH",
-                    f"{claim.path} stores {inventory.params_total:,} "
+                    f"{claim.path} stores {inventory.params_stored:,} "
                     f"parameters, the manifest says {claim.parameters:,}",
                     field=f"{claim.where}.parameters",
                 )
@@ -571,8 +571,8 @@ def describe(path: Path, folder: Path, basis: str = "ops") -> tuple[dict[str, An
         "sha256": sha256_file(path),
         "size_bytes": path.stat().st_size,
     }
-    if inventory.params_total:
-        entry["parameters"] = inventory.params_total
+    if inventory.params_stored:
+        entry["parameters"] = inventory.params_stored
     if inventory.layers:
         method = infer_method(inventory)
         metrics, _ = coverage_metrics(inventory.layers, basis=basis)

@@ -1051,7 +1051,7 @@ def read(path: str) -> Inventory:
     sized = [t for t in gf.tensors if t.nbytes is not None]
     layers = [_layer(t) for t in sized if len(t.ne) >= 2]
     inv.layers = layers
-    inv.params_total = sum(t.elements or 0 for t in sized)
+    inv.params_stored = sum(t.elements or 0 for t in sized)
     if gf.complete:
         _semantics(gf, layers)
     inv.semantic_findings = gf.semantic

@@ -348,7 +348,7 @@ class _Analysis:
             total += t.numel or 0
             if t.kind != "sparse":
                 self.check_size(t)
-        self.inv.params_total = total
+        self.inv.params_stored = total
 
     def check_size(self, t: Tensor) -> None:
         n = t.numel
@@ -444,7 +444,7 @@ class _Analysis:
                 )
         self.fix_positions()
         # packed weights (MatMulNBits B, bnb4, uint8-packed GatherBlockQuantized) count their logical
-        # elements in params_total, not their storage bytes
+        # elements in params_stored, not their storage bytes
         adjusted: set[str] = set()
         for layer in self.inv.layers:
             stored = self.consts.get(layer.name)
@@ -455,7 +455,7 @@ class _Analysis:
                 and layer.name not in adjusted
             ):
                 adjusted.add(layer.name)
-                self.inv.params_total = (self.inv.params_total or 0) + layer.params - stored.numel
+                self.inv.params_stored = (self.inv.params_stored or 0) + layer.params - stored.numel
 
     def layer_for(self, node: Node, position: int) -> None:
         op, dom = node.op_type, node.domain
@@ -969,7 +969,7 @@ class _Analysis:
             inv.facts["function_nodes"] = m.function_nodes
         inv.facts["summary"] = (
             f"IR {m.ir_version}, opset {default_opset}, {len(m.nodes)} nodes, {initializers} initializers, "
-            f"{inv.params_total or 0:,} params" + (f", producer {m.producer}" if m.producer else "")
+            f"{inv.params_stored or 0:,} params" + (f", producer {m.producer}" if m.producer else "")
         )
         inv.metrics["quant_ops"] = quant_ops
         inv.metrics["quant_representations"] = representations

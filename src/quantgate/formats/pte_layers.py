@@ -396,7 +396,7 @@ def _constant_key(t: Tensor) -> str:
     return str(t.fqn) if t.external else f"buffer {t.data_buffer_idx}"
 
 
-def _params_total(prog: Program, layers: list[Layer]) -> int:
+def _params_stored(prog: Program, layers: list[Layer]) -> int:
     """Elements of every program-level constant once; a packed weight counts its logical elements."""
     elements: dict[str, int] = {}
     for plan in prog.plans:
@@ -486,7 +486,7 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
         check_external_keys(prog, outside, "XNNPACK constant(s)")
         inv.facts["ptd_files"] = prog.facts.get("ptd_files", [])
     inv.layers = _dedupe_across_methods(layers)
-    inv.params_total = _params_total(prog, inv.layers) + sum(xnn_constants.values())
+    inv.params_stored = _params_stored(prog, inv.layers) + sum(xnn_constants.values())
     if delegates:
         metrics["delegates"] = delegates
     unknown = [x for x in layers if x.quantized is None]

@@ -762,7 +762,7 @@ def _shard_bytes(folder: str, shards: list[str]) -> int | None:
 # --- putting it together --------------------------------------------------------------------------
 
 def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
-    """Layers, params_total, config and index checks for one parsed header."""
+    """Layers, params_stored, config and index checks for one parsed header."""
     folder, base = os.path.split(abspath)
     ctx = Ctx(view=view, data_start=head.data_start, file_size=head.file_size, tensors=head.tensors,
               semantic=inv.semantic_findings)
@@ -779,7 +779,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         else:
             modules.setdefault(module, {})[role] = t
     layers: list[Layer] = []
-    params_total = 0
+    params_stored = 0
     for module, parts in modules.items():
         main_role = next((r for r in MAIN_ROLES if r in parts), None)
         if main_role is None:
@@ -789,7 +789,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
                 ctx.semantic.append(F.warning(
                     "ST_ORPHAN_COMPANION", f"{t.name} ({role}) has no weight beside it ({module}.weight, "
                     ".qweight or .weight_packed)", tensor=t.name))
-                params_total += t.numel
+                params_stored += t.numel
             continue
         main = parts[main_role]
         if main_role == "qweight":
@@ -802,10 +802,10 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         else:
             layer = _plain(ctx, module, parts, main)
         if main_role == "weight" and len(layer.shape) < 2:
-            params_total += main.numel  # a 1-D `.weight` (a norm): a parameter, not an op
+            params_stored += main.numel  # a 1-D `.weight` (a norm): a parameter, not an op
             continue
         layers.append(layer)
-        params_total += layer.params
+        params_stored += layer.params
         # a bias lives beside the weight as a loose tensor; the weight's own extras are not parameters
     names = {t.name for t in loose}
     for t in loose:
@@ -815,9 +815,9 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
                 and len(t.shape) >= 3:
             layer = _mxfp4_blocks(t, head.tensors[t.name[: -len("_blocks")] + "_scales"])
             layers.append(layer)
-            params_total += layer.params
+            params_stored += layer.params
             continue
-        params_total += t.numel
+        params_stored += t.numel
         if _loose_is_op(t):  # a bare parameter of 2+ dims (an expert bank, a position table)
             layers.append(_plain(ctx, t.name, {}, t))
     first: dict[str, int] = {}  # layers in file order: by the first byte of any of their tensors
@@ -828,7 +828,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     for i, layer in enumerate(layers):
         layer.position = i
     inv.layers = layers
-    inv.params_total = params_total
+    inv.params_stored = params_stored
     layouts: dict[str, int] = {}
     for layer in layers:
         key = layer.detail.get("layout", "plain")

@@ -33,8 +33,8 @@ class SafetensorsDtypesGuard(CoverageGuard):
         bpw = bits_per_weight(body)
         if bpw is not None:
             outcome.metrics["bits_per_weight_body"] = bpw
-        if inventory.params_total is not None:
-            outcome.metrics["params_stored"] = inventory.params_total
+        if inventory.params_stored is not None:
+            outcome.metrics["params_stored"] = inventory.params_stored
         if _truthy(config.param("scan_scales")):
             from quantgate.formats.safetensors_scales import DEFAULT_LIMIT, scan_scales
 

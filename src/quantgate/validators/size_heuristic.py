@@ -49,8 +49,8 @@ class SizeHeuristicGuard(Guard):
             params, source = int(ctx.hints["parameters"]), "manifest"
         elif not ctx.structure_blocked():
             inventory = ctx.inventory()
-            if inventory is not None and inventory.params_total:
-                params, source = inventory.params_total, "artifact"
+            if inventory is not None and inventory.params_stored:
+                params, source = inventory.params_stored, "artifact"
         if (not params or params <= 0) and ctx.structure_blocked():
             return Outcome(skip=("blocked_by:integrity", "no parameter count given, and the artifact failed integrity"))
         if not params or params <= 0:
