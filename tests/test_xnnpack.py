@@ -545,3 +545,53 @@ def test_shared_table_bomb_is_read_once() -> None:
     assert [f.code for f in p.findings].count("XNNPACK_DUPLICATE_VALUE_ID") == 20  # then capped
     assert p.findings[-1].code == "XNNPACK_TOO_MANY_FINDINGS"
     assert "19979 more XNNPACK_DUPLICATE_VALUE_ID" in p.findings[-1].message
+
+
+@pytest.fixture(scope="module")
+def deconv_bmm_program(tmp_path_factory) -> bytes:
+    """A real export with a transposed conv, a batch matmul with a parameter and one of two activations."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("executorch")
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up = torch.nn.ConvTranspose2d(4, 8, 3, stride=2, padding=1, output_padding=1)
+            self.w = torch.nn.Parameter(torch.randn(2, 16, 32))
+
+        def forward(self, x, y):
+            return self.up(x), torch.bmm(y, self.w), torch.bmm(y, y.transpose(1, 2))
+
+    torch.manual_seed(0)
+    args = (torch.randn(1, 4, 5, 5), torch.randn(2, 8, 16))
+    ep = torch.export.export(Model().eval(), args)
+    return to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()]).to_executorch().buffer
+
+
+def test_conv_transpose_and_batch_matmul(deconv_bmm_program: bytes) -> None:
+    program_mod = pytest.importorskip("executorch.exir._serialize._program")
+    data = deconv_bmm_program
+    program = program_mod.deserialize_pte_binary(data).program
+    plan = program.execution_plan[0]
+    (delegate,) = plan.delegates
+    blob = bytes(program.backend_delegate_data[delegate.processed.index].data)
+    p = read_payload(blob, data.find(blob))
+    assert p.findings == []
+    assert [n.kind for n in p.nodes] == [
+        "XNNStaticTranspose", "conv_transpose2d", "XNNStaticTranspose", "batch_matmul", "XNNStaticTranspose",
+        "batch_matmul",
+    ]  # fmt: skip
+    deconv, bmm = p.weight_ops()  # the bmm of two activations is not a weight op
+    # OHWI [8, 3, 3, 4]; each of the 5x5 input pixels scatters the whole kernel
+    assert (deconv.kind, deconv.weight.dims, deconv.params, deconv.positions) == ("conv_transpose2d", (8, 3, 3, 4),
+                                                                                   288, 25)  # fmt: skip
+    assert deconv.weight_constant and deconv.output.dims == (1, 10, 10, 8)
+    # XNNPACK takes the parameter as a delegate input: the DelegateCall argument names the program constant
+    assert (bmm.kind, bmm.weight.dims, bmm.weight_constant, bmm.weight_external) == (
+        "batch_matmul", (2, 16, 32), False, True)  # fmt: skip
+    (call,) = [i.instr_args for c in plan.chains for i in c.instructions]
+    operand = plan.values[call.args[bmm.weight.external_id]].val
+    assert list(operand.sizes) == [2, 16, 32] and operand.data_buffer_idx > 0 and operand.allocation_info is None
+    assert (bmm.params, bmm.positions) == (1024, 8)  # MACs 2 x 8 x 16 x 32 = 1024 x 8

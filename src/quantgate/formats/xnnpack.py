@@ -23,8 +23,12 @@ API, for the PTE reader:
                               bias_id / output_id (None when the node has no such field), flags
     payload.weight_ops()      [WeightOp] for FC / conv / depthwise / transposed conv, and batch
                               matmul with a constant operand: kind, weight / input / bias / output
-                              XValues, weight_constant, activation_quantized (qint8, quint8, qdint8
-                              or qpint8 input: integer compute with a quantized weight), compute
+                              XValues, weight_constant, weight_external (a batch matmul whose second
+                              operand is a delegate input, e.g. a program constant the partitioner
+                              left outside the blob: args[weight.external_id] of the DelegateCall
+                              says which program value; skip it unless that value is a constant),
+                              activation_quantized (a qint8, quint8, qdint8 or qpint8 input:
+                              integer compute with a quantized weight), compute
                               ("int8", "fp32"...), params (weight elements, packed 4-bit counted
                               logically) and positions (output positions: 2 x params x positions
                               = flops; None when the shapes do not say)
@@ -211,6 +215,11 @@ class XValue:
         return self.constant_buffer_idx > 0
 
     @property
+    def is_external_input(self) -> bool:
+        """Fed by the delegate call: `external_id` is the index into the DelegateCall's args."""
+        return bool(self.flags & 1)
+
+    @property
     def numel(self) -> int:
         n = 1
         for d in self.dims:
@@ -298,6 +307,11 @@ class WeightOp:
     @property
     def weight_constant(self) -> bool:
         return self.weight is not None and self.weight.is_constant
+
+    @property
+    def weight_external(self) -> bool:
+        """The weight is a delegate input: a program constant or an activation, the caller decides."""
+        return self.weight is not None and not self.weight.is_constant and self.weight.is_external_input
 
     @property
     def weight_quantized(self) -> bool:
@@ -399,9 +413,12 @@ class XnnpackPayload:
                 continue
             inp, weight = self.value(node.input_id), self.value(node.filter_id)
             if kind == BATCH_MATMUL and (weight is None or not weight.is_constant):
-                if inp is None or not inp.is_constant:
+                if inp is not None and inp.is_constant:
+                    inp, weight = weight, inp
+                elif weight is None or not weight.is_external_input:
                     continue  # two activations (attention scores): no weight
-                inp, weight = weight, inp
+                # else: the second operand comes from outside the blob (XNNPACK feeds a program constant
+                # to a batch matmul that way); listed with weight_constant False, weight_external True
             out.append(WeightOp(node, kind, weight, inp, self.value(node.bias_id), self.value(node.output_id)))
         return out
 
