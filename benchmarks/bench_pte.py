@@ -1,6 +1,6 @@
 """Benchmark: quantgate's static PTE reader (`pte-program`) vs executorch's `deserialize_pte_binary`.
 
-    .venv/bin/python benchmarks/bench_pte.py [--blocks 32] [--dim 512] [--runs 3]
+    .venv/bin/python benchmarks/bench_pte.py [--blocks 32] [--dim 512] [--runs 3] [--curve 2x128,8x512]
 
 The program is exported once (cached in benchmarks/.work/pte/) by executorch + torchao: a
 transformer-shaped stack (embedding, BLOCKS x [RMSNorm, q/k/v/o projections, softmax attention over
@@ -17,7 +17,9 @@ from getrusage(RUSAGE_CHILDREN) of a wrapper), best of --runs:
    `deserialize_pte_binary` on the file's bytes (the anchor: what executorch's own tools use);
 2. the read alone, in-process, imports excluded: `quantgate.formats.pte.read(path)` vs
    `deserialize_pte_binary(open(path).read())`;
-3. a bare interpreter, for scale.
+3. a bare interpreter, for scale;
+4. the cost curve: the same on the smaller programs of --curve (exported once too), so that time and
+   memory can be read against the number of delegates and the file size.
 """
 
 from __future__ import annotations
@@ -166,57 +168,68 @@ def export(blocks: int, dim: int) -> Path:
     return path
 
 
+def measure(path: Path, runs: int) -> dict[str, tuple[dict, dict]]:
+    return {
+        "anchor process": best([PY, "-c", ANCHOR_PROCESS, str(path)], runs),
+        "anchor read": best([PY, "-c", READ_ANCHOR, str(path)], runs),
+        "guard process": best([PY, "-m", "quantgate", "guard", "pte-program", str(path)], runs),
+        "quantgate read": best([PY, "-c", READ_QUANTGATE, str(path)], runs),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=32)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--anchor-only", action="store_true", help="skip quantgate (for a first look)")
+    parser.add_argument("--curve", default="2x128,8x512", help="smaller programs, BLOCKSxDIM,... ('' for none)")
     args = parser.parse_args()
-    path = export(args.blocks, args.dim)
-    size = path.stat().st_size
-    linears = 7 * args.blocks + 1
+    shapes = [tuple(int(x) for x in item.split("x")) for item in args.curve.split(",") if item]
+    shapes = [s for s in shapes if s != (args.blocks, args.dim)] + [(args.blocks, args.dim)]
+    baseline, _ = best([PY, "-c", BASELINE], args.runs)
+    results = [(blocks, dim, export(blocks, dim)) for blocks, dim in shapes]
+    measured_rows = [(blocks, dim, path, measure(path, args.runs)) for blocks, dim, path in results]
 
-    rows: dict[str, tuple[dict, dict]] = {}
-    rows["baseline"] = best([PY, "-c", BASELINE], args.runs)
-    rows["anchor process"] = best([PY, "-c", ANCHOR_PROCESS, str(path)], args.runs)
-    rows["anchor read"] = best([PY, "-c", READ_ANCHOR, str(path)], args.runs)
-    if not args.anchor_only:
-        rows["guard process"] = best([PY, "-m", "quantgate", "guard", "pte-program", str(path)], args.runs)
-        rows["quantgate read"] = best([PY, "-c", READ_QUANTGATE, str(path)], args.runs)
+    blocks, dim, path, rows = measured_rows[-1]
+    size, linears = path.stat().st_size, 7 * blocks + 1
     delegates = rows["anchor process"][1]["delegates"]
-
-    print(f"## pte\n\n`{path.name}`: {size:,} bytes, a {args.blocks}-block transformer-shaped LM (dim {args.dim}, "
+    print(f"## pte\n\n`{path.name}`: {size:,} bytes, a {blocks}-block transformer-shaped LM (dim {dim}, "
           f"{TOKENS} tokens, vocab {VOCAB}) with {linears} linears quantized 8da4w by torchao and lowered to "
           f"XNNPACK in {delegates} delegate blobs, exported by executorch. Best of {args.runs} runs, each in a "
           "fresh process.\n")
     print("| what | quantgate | deserialize_pte_binary | ratio |")
     print("|---|---|---|---|")
-    base_rss = rows["baseline"][0]["peak_rss_mb"]
+    base_rss = baseline["peak_rss_mb"]
     anchor_run, _ = rows["anchor process"]
-    if "guard process" in rows:
-        guard_run, guard = rows["guard process"]
-        q_read, a_read = rows["quantgate read"][1], rows["anchor read"][1]
-        print(f"| whole process (import + read), s | {guard_run['wall_s']:.3f} | {anchor_run['wall_s']:.3f} | "
-              f"{anchor_run['wall_s'] / guard_run['wall_s']:.1f}× faster |")
-        print(f"| peak RSS, MiB | {guard_run['peak_rss_mb']:.1f} | {anchor_run['peak_rss_mb']:.1f} | "
-              f"{anchor_run['peak_rss_mb'] / guard_run['peak_rss_mb']:.1f}× less |")
-        print(f"| peak RSS above a bare interpreter ({base_rss:.1f} MiB), MiB | "
-              f"{guard_run['peak_rss_mb'] - base_rss:.1f} | {anchor_run['peak_rss_mb'] - base_rss:.1f} | |")
-        print(f"| the read alone (in-process, imports excluded), s | {q_read['call_s']:.4f} | "
-              f"{a_read['call_s']:.4f} | {a_read['call_s'] / q_read['call_s']:.1f}× faster |")
-        m = guard.get("metrics", {})
-        print(f"\nThe guard: {guard.get('status')}, weight_ops {m.get('weight_ops')} (the {linears} linears + the "
-              f"embedding), quantized {m.get('quantized_ops')}, int8_coverage {m.get('int8_coverage')}, "
-              f"coverage.ops.int4 {m.get('coverage', {}).get('ops', {}).get('int4')}; structural errors in the "
-              f"read: {q_read['errors'] or 'none'}. The anchor decodes the whole object tree (and imports torch); "
-              "quantgate walks the tables it needs over mmap and never imports torch.")
-        print(headline("PTE", f"{args.blocks}-block 8da4w LM, {linears} XNNPACK linears, {size / 1e6:.0f} MB",
-                       guard_run["wall_s"], guard_run["peak_rss_mb"], "deserialize_pte_binary",
-                       anchor_run["wall_s"], anchor_run["peak_rss_mb"], "whole process"))
-    else:
-        print(f"| whole process, s | – | {anchor_run['wall_s']:.3f} | |")
-        print(f"| read alone, s | – | {rows['anchor read'][1]['call_s']:.4f} | |")
+    guard_run, guard = rows["guard process"]
+    q_read, a_read = rows["quantgate read"][1], rows["anchor read"][1]
+    print(f"| whole process (import + read), s | {guard_run['wall_s']:.3f} | {anchor_run['wall_s']:.3f} | "
+          f"{anchor_run['wall_s'] / guard_run['wall_s']:.1f}× faster |")
+    print(f"| peak RSS, MiB | {guard_run['peak_rss_mb']:.1f} | {anchor_run['peak_rss_mb']:.1f} | "
+          f"{anchor_run['peak_rss_mb'] / guard_run['peak_rss_mb']:.1f}× less |")
+    print(f"| peak RSS above a bare interpreter ({base_rss:.1f} MiB), MiB | "
+          f"{guard_run['peak_rss_mb'] - base_rss:.1f} | {anchor_run['peak_rss_mb'] - base_rss:.1f} | |")
+    print(f"| the read alone (in-process, imports excluded), s | {q_read['call_s']:.4f} | "
+          f"{a_read['call_s']:.4f} | {a_read['call_s'] / q_read['call_s']:.1f}× faster |")
+    m = guard.get("metrics", {})
+    print(f"\nThe guard: {guard.get('status')}, weight_ops {m.get('weight_ops')} (the {linears} linears + the "
+          f"embedding), quantized {m.get('quantized_ops')}, int8_coverage {m.get('int8_coverage')}, "
+          f"coverage.ops.int4 {m.get('coverage', {}).get('ops', {}).get('int4')}; structural errors in the "
+          f"read: {q_read['errors'] or 'none'}. The anchor decodes the whole object tree (and imports torch); "
+          "quantgate walks the tables it needs over mmap and never imports torch.")
+    if len(measured_rows) > 1:
+        print("\nCost curve (same model family; whole process / read alone):\n")
+        print("| program | bytes | delegates | linears | quantgate s | quantgate MiB | quantgate read s "
+              "| anchor s | anchor MiB | anchor read s |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for b, d, pth, r in measured_rows:
+            g, a = r["guard process"][0], r["anchor process"][0]
+            print(f"| {b} blocks × {d} | {pth.stat().st_size:,} | {r['anchor process'][1]['delegates']} | {7 * b + 1} "
+                  f"| {g['wall_s']:.3f} | {g['peak_rss_mb']:.1f} | {r['quantgate read'][1]['call_s']:.4f} "
+                  f"| {a['wall_s']:.3f} | {a['peak_rss_mb']:.1f} | {r['anchor read'][1]['call_s']:.4f} |")
+    print(headline("PTE", f"{blocks}-block 8da4w LM, {linears} XNNPACK linears, {size / 1e6:.0f} MB",
+                   guard_run["wall_s"], guard_run["peak_rss_mb"], "deserialize_pte_binary",
+                   anchor_run["wall_s"], anchor_run["peak_rss_mb"], "whole process"))
     return 0
 
 
