@@ -377,3 +377,12 @@ def test_layers_of_unknown_precision_render(tmp_path: Path) -> None:
     assert "compute precision — ops: integer 33.3%, unknown 66.7%" in text
     assert "<td>int8</td></tr>" in text  # the layer's compute column
     assert validate(report, "report") == []
+
+
+def test_starter_fidelity_section_works_once_uncommented(tmp_path: Path) -> None:
+    text = starter_policy()
+    section = text[text.index("# [guards.fidelity]") :].split("\n\n")[0]
+    enabled = "\n".join(line.removeprefix("# ") for line in section.splitlines())
+    (tmp_path / "quantgate.toml").write_text(text.replace(section, enabled), encoding="utf-8")
+    fidelity = load_policy(str(tmp_path / "quantgate.toml")).guard("fidelity")
+    assert fidelity.enabled and len(fidelity.require) == 3 and len(fidelity.warn) == 1

@@ -143,6 +143,17 @@ required = true
 params = { coverage_tolerance = 0.01 }   # claimed vs measured coverage
 """
 
+_FIDELITY = """
+# How far each artifact is from the float model it was quantized from (the `fidelity` extra): weights
+# dequantized and compared layer by layer, outputs on seeded inputs where a runtime is installed.
+# Off until you name the references: an artifact file-name glob -> its float file, resolved in the
+# artifact's folder ({1} is what the first * matched), or `reference = "path"` for a single one.
+# [guards.fidelity]
+# references = { "*-q8_0.gguf" = "{1}-f16.gguf", "*-int8.onnx" = "{1}-fp32.onnx" }
+# require = ["weights.cosine.min >= 0.99", "weights.sqnr_db.mean >= 25", "size_ratio >= 1.9"]
+# warn = ["outputs.cosine >= 0.98"]
+"""
+
 _OTHER = """
 # {description}
 # [guards.{gid}]
@@ -177,6 +188,8 @@ def starter_policy(paths: list[str] | None = None) -> str:
             parts.append(_SIZE)
         elif guard.id == "manifest":
             parts.append(_MANIFEST)
+        elif guard.id == "fidelity":
+            parts.append(_FIDELITY)
         elif isinstance(guard, CoverageGuard):
             parts.append(_COVERAGE.format(gid=guard.id, description=description))
         else:
