@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import random
 import resource
+import subprocess
 import sys
 import time
 import traceback
@@ -33,6 +34,7 @@ REGRESSIONS = ROOT / "fixtures" / "fuzz-regressions"
 WORK = ROOT / "benchmarks" / ".work" / "fuzz"
 MEMORY_LIMIT = 2 << 30  # per worker: a reader that needs more on a small file is a defect
 TIME_LIMIT_S = 5.0
+HEADING = "## Hostile-input campaign (`make fuzz`)"
 HANG_S = 60.0  # no result from any worker for this long: a reader ignored its time budget
 EXT = {"gguf": ".gguf", "onnx": ".onnx", "safetensors": ".safetensors", "pte": ".pte"}
 HUGE = [0xFFFFFFFF, 0x7FFFFFFF, 0x80000000, 1 << 62, (1 << 64) - 1, 5_000_000, 1 << 31]
@@ -142,12 +144,16 @@ def check_one(task: tuple[str, str, bytes]) -> dict:
     }
 
 
-def run(seconds: float, jobs: int, seed: int) -> dict[str, dict]:
+def run(seconds: float, jobs: int, seed: int, formats: set[str] | None = None) -> dict[str, dict]:
     WORK.mkdir(parents=True, exist_ok=True)
     for stale in WORK.glob("*"):
         stale.unlink()
     rng = random.Random(seed)
-    corpus = {fmt: [(p, p.read_bytes()) for p in paths] for fmt, paths in seeds().items() if paths}
+    corpus = {
+        fmt: [(p, p.read_bytes()) for p in paths]
+        for fmt, paths in seeds().items()
+        if paths and (not formats or fmt in formats)
+    }
     stats: dict[str, dict] = {
         fmt: {
             "tried": 0,
@@ -210,9 +216,9 @@ def keep(fmt: str, data: bytes, outcome: str, detail: str) -> str:
     return f"`{shown}`: {outcome} {detail}"
 
 
-def markdown(stats: dict[str, dict], seconds: float, seed: int) -> str:
+def markdown(stats: dict[str, dict], seconds: float, seed: int, heading: str = HEADING) -> str:
     lines = [
-        "## Hostile-input campaign (`make fuzz`)",
+        heading,
         "",
         f"{seconds:g} s of mutation fuzzing (seed {seed}) through the real readers, each input bounded to "
         f"{TIME_LIMIT_S:g} s and {MEMORY_LIMIT >> 20} MiB of address space.",
@@ -252,15 +258,23 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--seed", type=int, default=20261123)
+    parser.add_argument("--formats", help="fuzz only these formats (gguf,onnx,pte,safetensors): a separate section")
     parser.add_argument("--output", help="append the results section to this markdown file")
     args = parser.parse_args()
-    stats = run(args.seconds, args.jobs, args.seed)
-    text = markdown(stats, args.seconds, args.seed)
+    formats = set(args.formats.split(",")) if args.formats else None
+    stats = run(args.seconds, args.jobs, args.seed, formats)
+    # a campaign on some formats only is its own section, beside the full campaign's
+    heading = f"## Fuzz rerun: {', '.join(sorted(formats))}" if formats else HEADING
+    text = markdown(stats, args.seconds, args.seed, heading)
+    if formats:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+        text = text.rstrip("\n") + f"\n\nRun on {time.strftime('%Y-%m-%d %H:%M')} UTC at commit " \
+            f"{commit.stdout.strip() or 'unknown'}, with the readers as they were then.\n"
     print(text)
     if args.output:
         from results import order_sections, replace_section  # beside this script
 
-        replace_section(Path(args.output), "## Hostile-input campaign", text)
+        replace_section(Path(args.output), heading.split(" (")[0], text)
         order_sections(Path(args.output))
     defects = sum(s["exception"] + s["timeout"] + s["memory"] for s in stats.values())
     return 1 if defects else 0

@@ -14,6 +14,16 @@ from pathlib import Path
 PACKAGES = ("quantgate", "gguf", "onnx", "onnxruntime", "safetensors", "executorch", "torch", "numpy")
 
 
+def rerun() -> str:
+    """Commit and load for a section rerun after the whole run."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    try:
+        load = "load average {:.1f} / {:.1f} / {:.1f}".format(*os.getloadavg())
+    except OSError:
+        load = "load average unknown"
+    return f"commit {commit or 'unknown'}, {load}"
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -48,7 +58,7 @@ def machine() -> str:
 # the reading order of RESULTS.md: the headline, the machine, each format against its anchor, then the
 # cross-cutting runs (hashing, the cost curve, fidelity, the fuzz campaign); unknown sections follow
 ORDER = ("Headline", "Machine", "gguf", "onnx", "safetensors", "pte", "pte_inspector", "hash", "curve", "fidelity",
-         "Hostile-input campaign")
+         "Hostile-input campaign", "Fuzz rerun")
 
 
 def order_sections(path: Path) -> None:

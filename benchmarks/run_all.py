@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from results import fence_plain, machine, order_sections, rebuild_headline, replace_section  # beside this script
+from results import fence_plain, machine, order_sections, rebuild_headline, replace_section, rerun  # beside this script
 
 HERE = Path(__file__).resolve().parent
 
@@ -20,13 +20,14 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--output", default=str(HERE / "RESULTS.md"))
-    parser.add_argument("--only", help="run only bench_<NAME>.py")
+    parser.add_argument("--only", help="run only bench_<NAME>.py (NAME,NAME... for several)")
     args = parser.parse_args()
     output = Path(args.output)
-    replace_section(output, "## Machine", "## Machine\n\n" + machine() + f"\n\nRun on {time.strftime('%Y-%m-%d')}.")
+    if not args.only:  # a rerun of one section leaves the machine line of the whole run and says so itself
+        replace_section(output, "## Machine", "## Machine\n\n" + machine() + f"\n\nRun on {time.strftime('%Y-%m-%d')}.")
     failed = 0
     for script in sorted(HERE.glob("bench_*.py")):
-        if args.only and script.stem != f"bench_{args.only}":
+        if args.only and script.stem.removeprefix("bench_") not in args.only.split(","):
             continue
         print(f"== {script.name}", file=sys.stderr, flush=True)
         proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
@@ -42,8 +43,15 @@ def main() -> int:
             body = f"{heading}\n\n{body}"
         else:
             heading = body.splitlines()[0]
-        replace_section(output, heading, fence_plain(body))
         failed += proc.returncode != 0
+        if args.only and proc.returncode != 0:
+            print(f"{script.name} failed: its section in {output} is left as it was", file=sys.stderr)
+            continue
+        body = fence_plain(body)
+        if args.only:
+            stamp = time.strftime("%Y-%m-%d %H:%M")
+            body += f"\n\n_Rerun on its own (`run_all.py --only {name}`) on {stamp} UTC: {rerun()}._"
+        replace_section(output, heading, body)
         order_sections(output)
         rebuild_headline(output)
     print(output.read_text(encoding="utf-8"))
