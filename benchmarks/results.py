@@ -190,4 +190,8 @@ def rebuild_headline(path: Path) -> None:
         )
     if not rows:
         lines.append("| — | no benchmark has run yet | | | | | | | |")
+    slower = [f"{r['format']} {r['file']} ({r['anchor_s'] / r['quantgate_s']:.2f}×)" for _, r in rows
+              if r["quantgate_s"] and r["anchor_s"] / r["quantgate_s"] < 1]
+    if slower:
+        lines += ["", "Where quantgate is slower than its anchor: " + "; ".join(slower) + "."]
     replace_section(path, "## Headline", "\n".join(lines), top=True)
