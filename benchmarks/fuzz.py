@@ -1,10 +1,11 @@
 """The hostile-input campaign (`make fuzz`): mutate valid files of every format and feed them to the
 real readers, with a time and memory bound per input.
 
-Mutations: bit flips, stamped 0xFF words, huge counts stamped at aligned offsets, truncations,
-insertions and duplicated chunks. Every input must end as findings or a clean read: an exception, a
-timeout or a memory blow-up is a defect, and the input is kept under fixtures/fuzz-regressions/ so
-`tests/test_fuzz_regressions.py` replays it forever after.
+Mutations: bit flips, stamped 0xFF words, huge counts stamped at aligned offsets, huge protobuf
+varints, truncations, insertions, duplicated chunks and splices of two files of the same format.
+Every input must end as findings or a clean read: an exception, a timeout or a memory blow-up is a
+defect, and the input is kept under fixtures/fuzz-regressions/ so `tests/test_fuzz_regressions.py`
+replays it forever after.
 
     python benchmarks/fuzz.py --seconds 600 --output benchmarks/RESULTS.md
 """
@@ -54,10 +55,19 @@ def seeds() -> dict[str, list[Path]]:
     return out
 
 
-def mutate(data: bytes, rng: random.Random) -> bytes:
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        out.append(low | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def mutate(data: bytes, rng: random.Random, other: bytes = b"") -> bytes:
     buf = bytearray(data)
     for _ in range(rng.randint(1, 4)):
-        kind = rng.randrange(7)
+        kind = rng.randrange(9 if other else 8)
         n = len(buf)
         if n == 0:
             break
@@ -80,9 +90,16 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
             i = rng.randrange(n)
             j = min(n, i + rng.randint(1, 64))
             buf[j:j] = buf[i:j]
-        else:  # header-area byte (most structure lives in the first few KiB)
+        elif kind == 6:  # header-area byte (most structure lives in the first few KiB)
             i = rng.randrange(min(n, 4096))
             buf[i] = rng.randrange(256)
+        elif kind == 7:  # a huge protobuf varint (ONNX lengths and counts), replacing one of the same size
+            i = rng.randrange(n)
+            old_len = next((k + 1 for k in range(min(10, n - i)) if not buf[i + k] & 0x80), 1)
+            buf[i : i + old_len] = _varint(rng.choice(HUGE))
+        else:  # splice: the head of this file with the tail of another file of the same format
+            i, j = rng.randrange(n), rng.randrange(len(other))
+            buf[i:] = other[j:]
     return bytes(buf)
 
 
@@ -177,7 +194,7 @@ def run(seconds: float, jobs: int, seed: int, formats: set[str] | None = None) -
             for fmt, files in corpus.items():
                 for _ in range(20):
                     path, data = rng.choice(files)
-                    batch.append((fmt, path.name, mutate(data, rng)))
+                    batch.append((fmt, path.name, mutate(data, rng, rng.choice(files)[1])))
             results = pool.imap_unordered(check_one, batch)  # chunksize 1: only its iterator has a timeout
             while True:
                 try:
