@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from quantgate import __version__, cli_extras
 from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
 from quantgate.report import FORMATS, render
+from quantgate.report.jsonfmt import dumps
 
 SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest", "merge", *cli_extras.SUBCOMMANDS)
 EXIT_CODES_HELP = """exit codes:
@@ -321,7 +322,7 @@ def cmd_guard(args: argparse.Namespace) -> int:
     size = path.stat().st_size if sniffed.format != "unreadable" else 0
     ctx = GuardContext(str(path.resolve()), sniffed, size, display_path(path))
     result = run_guard(guard, ctx, config)
-    sys.stdout.write(json.dumps(result.to_dict(), indent=2) + "\n")
+    sys.stdout.write(dumps(result.to_dict()))
     return {"PASS": 0, "WARN": 0, "SKIP": 0, "FAIL": 1, "ERROR": 2}[result.status]
 
 
@@ -345,7 +346,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.format == "json":
         out = inventory.to_dict()
         out["coverage_metrics"] = metrics
-        sys.stdout.write(json.dumps(out, indent=2) + "\n")
+        sys.stdout.write(dumps(out))
     else:
         sys.stdout.write(_inventory_text(inventory, metrics))
     return 1 if not inventory.structurally_sound else 0
