@@ -458,13 +458,15 @@ class _Found:
 
 
 MAX_SLOTS = 24  # the widest table read here (a conv node) has 20 fields
+_SCALARS = {kind: struct.Struct("<" + code) for kind, code in
+            (("u8", "B"), ("i16", "h"), ("u32", "I"), ("i32", "i"), ("u64", "Q"), ("f32", "f"))}  # fmt: skip
 
 
 class _Fields:
     """A table's field positions from one vtable read, with each vtable parsed once per blob (flatc
     shares one vtable among all tables of a shape): the hot path of values and nodes."""
 
-    __slots__ = ("fb", "field", "pos")
+    __slots__ = ("buf", "end", "fb", "field", "pos")
 
     def __init__(self, fb: FlatBuffer, table: int, n: int, field: str, vtables: dict[int, tuple[int, tuple]]):
         self.fb, self.field = fb, field
@@ -486,12 +488,19 @@ class _Fields:
             cached = vtables[vtable] = (tlen, rels)
         tlen, rels = cached
         fb.check(table, tlen, field)
+        self.buf, self.end = fb.v.buf, table + tlen
         pos = [table + rel if rel else None for rel in rels[:n]]
         self.pos = pos + [None] * (n - len(pos))
 
     def scalar(self, fid: int, kind: str, default: int | float = 0) -> int | float:
         p = self.pos[fid]
-        return default if p is None else self.fb.read(kind, p, self.field)
+        if p is None:
+            return default
+        fmt = _SCALARS[kind]
+        if p + fmt.size > self.end:  # the table is inside the window; its fields must be inside the table
+            raise FlatbufferError(f"field {fid} ({kind}) at offset {p} runs past the end of its table",
+                                  offset=p, field=self.field)  # fmt: skip
+        return fmt.unpack_from(self.buf, p)[0]
 
     def table(self, fid: int) -> int | None:
         p = self.pos[fid]
