@@ -20,7 +20,8 @@ API, for the PTE reader:
     payload.nodes             [XNode]: kind (fully_connected, conv2d, depthwise_conv2d,
                               conv_transpose2d, batch_matmul, or the union name, e.g. XNNConvert),
                               ids (every *_id field of the node table), input_id / filter_id /
-                              bias_id / output_id (None when the node has no such field), flags
+                              bias_id / output_id (None when the node's table has no such field or
+                              it holds XNN_INVALID_VALUE_ID; an absent field is id 0), flags
     payload.weight_ops()      [WeightOp] for FC / conv / depthwise / transposed conv, and batch
                               matmul with a constant operand: kind, weight / input / bias / output
                               XValues, weight_constant, weight_external (a batch matmul whose second
