@@ -266,6 +266,16 @@ def test_batched_constant_operand_and_activation_matmul() -> None:
     ]
 
 
+def test_xnnpack_batch_matmul_weight_fed_as_a_delegate_input() -> None:
+    """Lowered to XNNPACK, the constant [2,8,16] is not blob data but a delegate input (args[external_id]):
+    it is still a float layer, never silently dropped from the coverage."""
+    inv = inventory("more/bmm_xnnpack.pte")
+    rows = [(x.name, x.kind, x.shape, x.dtype, x.quantized, x.params, x.out_positions, x.flops) for x in inv.layers]
+    assert rows == [("0:XnnpackBackend[0]/batch_matmul#0", "linear", (2, 8, 16), "fp32", False, 256, 4, 2048)]
+    assert inv.layers[0].detail["weight_from"] == "delegate input"
+    assert inv.params_stored == 256
+
+
 def test_a_weight_shared_by_two_methods_counts_once() -> None:
     inv = inventory("more/two_methods.pte")
     assert inv.facts["methods"] == ["encode", "forward"]

@@ -224,13 +224,65 @@ def _scale_args(graph: _PlanGraph, weight_arg: int, op: str, args: list[int]) ->
     return out
 
 
+def _external_weight_layer(
+    op: Any, n: int, graph: _PlanGraph, call_args: list[int], prefix: str, position: int, method: str, dynamic: bool
+) -> Layer | None:
+    """A node whose weight is a delegate input (XNNPACK feeds a batch matmul's constant operand that
+    way): args[external_id] of the DelegateCall, traced to the program constant; None for an activation."""
+    ext = op.weight.external_id
+    if not 0 <= ext < len(call_args):
+        return None
+    weight, crossed = graph.trace(call_args[ext])
+    if weight is None or len(weight.sizes) < 2:
+        return None  # two activations (attention scores): no weight
+    name_s, bits, numeric = S.SCALAR_TYPES.get(weight.scalar_type, (weight.dtype, None, UNKNOWN))
+    quantized = bits is not None and bits <= 8 and numeric in (INT, FLOAT) and weight.scalar_type != 11
+    positions = op.positions
+    return Layer(
+        name=weight.fqn or f"{prefix}{op.kind}#{n}",
+        kind=LINEAR,
+        shape=tuple(weight.sizes),
+        dtype=name_s,
+        bits=float(bits) if bits is not None else None,
+        numeric=numeric,
+        quantized=quantized,
+        params=weight.numel,
+        weight_bytes=weight.nbytes,
+        out_positions=positions,
+        out_positions_exact=positions is not None and not dynamic,
+        compute=op.compute,
+        position=position,
+        detail={
+            "backend": XNNPACK,
+            "node": op.node.index,
+            "input": op.input.datatype if op.input is not None else None,
+            "method": method,
+            "weight_from": "delegate input",
+            **({"via": crossed} if crossed else {}),
+            "constant": _constant_key(weight),
+        },
+    )
+
+
 def _xnnpack_layers(
-    payload: Any, weight_ops: list[Any], prefix: str, position: int, method: str, dynamic: bool
+    payload: Any,
+    weight_ops: list[Any],
+    prefix: str,
+    position: int,
+    method: str,
+    dynamic: bool,
+    graph: _PlanGraph,
+    call_args: list[int],
 ) -> list[Layer]:
     """The payload's weight ops; `dynamic`: the call's tensors are dynamic, so its dims are upper bounds."""
     layers = []
     for n, op in enumerate(weight_ops):
         w = op.weight
+        if w is not None and op.weight_external:
+            layer = _external_weight_layer(op, n, graph, call_args, prefix, position, method, dynamic)
+            if layer is not None:
+                layers.append(layer)
+            continue
         if w is None or not op.weight_constant:
             continue
         scale_bytes = 0
@@ -430,10 +482,12 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
         layers.extend(_portable_layers(plan, graph, prefix))
         kv.extend(_kv_cache(plan, graph))
         called: dict[int, int] = {}  # delegate index -> first calling instruction
+        call_args: dict[int, list[int]] = {}  # delegate index -> that instruction's args
         dynamic_calls: set[int] = set()  # delegates called on a dynamic-shape tensor
         for ins in plan.instructions:
             if ins.kind == S.DELEGATE_CALL:
                 called.setdefault(ins.target, ins.index)
+                call_args.setdefault(ins.target, ins.args)
                 if any((t := graph.tensor(a)) is not None and t.dynamism != S.STATIC for a in ins.args):
                     dynamic_calls.add(ins.target)
         for d_index, position in sorted(called.items(), key=lambda kv_: kv_[1]):
@@ -462,7 +516,16 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
                 for v in payload.values:
                     if v.is_constant:
                         xnn_constants[v.named_key or (d.span, v.constant_buffer_idx)] = v.numel
-            new = _xnnpack_layers(payload, weight_ops[d.span], dprefix, position, plan.name, d_index in dynamic_calls)
+            new = _xnnpack_layers(
+                payload,
+                weight_ops[d.span],
+                dprefix,
+                position,
+                plan.name,
+                d_index in dynamic_calls,
+                graph,
+                call_args.get(d_index, []),
+            )
             if len(layers) + len(new) > max_layers:
                 prog.add(
                     F.error(
