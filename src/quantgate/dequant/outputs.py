@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -201,33 +199,14 @@ def main(argv: list[str] | None = None) -> int:
 def run_child(ref: str, art: str, *, samples: int, seed: int, dynamic_dim: int, int_high: int | None,
               timeout_s: float) -> dict[str, Any]:
     """{"outputs": ...} or {"finding": (code, message)} from the child; never raises."""
-    from quantgate.validators.pte_inspector import _child_env
-
     cmd = [sys.executable, "-m", "quantgate.dequant.outputs", "--samples", str(samples), "--seed", str(seed),
            "--dynamic-dim", str(dynamic_dim)]
     if int_high is not None:
         cmd += ["--int-high", str(int_high)]
     cmd += ["--", ref, art]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env(),
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"onnxruntime did not finish within {timeout_s:g} s")}
-    if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"onnxruntime crashed with {name} running the pair")}
-    try:
-        document = json.loads(proc.stdout)
-    except ValueError:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"the onnxruntime child printed no result ({tail})")}
-    if "finding" in document:
-        code, message = document["finding"]
-        return {"finding": (str(code), str(message))}
-    return {"outputs": document.get("outputs", {})}
+    from quantgate.runtime.child import run_json_child
+
+    return run_json_child(cmd, "onnxruntime", timeout_s)
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 from typing import Any
 
@@ -139,33 +137,14 @@ def run_outputs(ref: str, art: str, *, samples: int, seed: int, int_high: int, t
     if importlib.util.find_spec("executorch") is None or importlib.util.find_spec("torch") is None:
         return {"finding": ("FIDELITY_OUTPUTS_UNAVAILABLE", "the ExecuTorch runtime is not installed: "
                             "pip install 'quantgate[executorch]' to compare .pte outputs")}
-    from quantgate.validators.pte_inspector import _child_env
-
     cmd = [sys.executable, "-m", "quantgate.runtime.pte_outputs", "--samples", str(samples), "--seed", str(seed),
            "--int-high", str(int_high)]
     if method:
         cmd += ["--method", method]
     cmd += ["--", ref, art]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env(),
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"the ExecuTorch runtime did not finish within {timeout_s:g} s")}
-    if proc.returncode < 0:
-        try:
-            name = signal.Signals(-proc.returncode).name
-        except ValueError:
-            name = f"signal {-proc.returncode}"
-        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"the ExecuTorch runtime crashed with {name} running the pair")}
-    try:
-        document = json.loads(proc.stdout)
-    except ValueError:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        return {"finding": ("FIDELITY_RUNTIME_FAILED", f"the runtime child printed no result ({tail})")}
-    if "finding" in document:
-        code, message = document["finding"]
-        return {"finding": (str(code), str(message))}
-    return {"outputs": document.get("outputs", {})}
+    from quantgate.runtime.child import run_json_child
+
+    return run_json_child(cmd, "the ExecuTorch runtime", timeout_s)
 
 
 if __name__ == "__main__":
