@@ -10,6 +10,7 @@ each basis the metrics are `quantized` (stored in <= 8 bits with scales), `int8`
 from __future__ import annotations
 
 import fnmatch
+import gc
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -35,21 +36,52 @@ def _share(part: int, whole: int) -> float:
 
 def basis_coverage(layers: Sequence[Layer], basis: str) -> dict[str, Any] | None:
     """Coverage fractions on one basis, or None when the basis has nothing to count."""
-    weigh = _weight(basis)
-    total = sum(weigh(layer) for layer in layers)
-    if total <= 0:
-        return None
-    by_bits: dict[str, int] = {}
+    return all_bases_coverage(layers).get(basis)
+
+
+# per basis: total, quantized, int8, int4, unknown (sums of integer weights, so order does not matter)
+_TOTAL, _QUANTIZED, _INT8, _INT4, _UNKNOWN = range(5)
+
+
+def all_bases_coverage(layers: Sequence[Layer]) -> dict[str, dict[str, Any]]:
+    """`basis_coverage` of every basis in BASES that has something to count, in one pass over the layers."""
+    sums = [[0] * 5 for _ in BASES]  # ops, params, flops
+    by_bits: list[dict[str, int]] = [{}, {}, {}]
+    keys: dict[tuple[bool, Any], str] = {}  # bits_key() depends on (quantized is None, bits) only
     for layer in layers:
-        key = layer.bits_key()
-        by_bits[key] = by_bits.get(key, 0) + weigh(layer)
-    return {
-        "quantized": _share(sum(weigh(x) for x in layers if x.quantized), total),
-        "int8": _share(sum(weigh(x) for x in layers if x.is_int8), total),
-        "int4": _share(sum(weigh(x) for x in layers if x.is_int4), total),
-        "unknown": _share(sum(weigh(x) for x in layers if x.quantized is None), total),
-        "by_bits": {k: _share(v, total) for k, v in sorted(by_bits.items(), key=_bits_order)},
-    }
+        weights = (1, layer.params, layer.flops)
+        quantized = layer.quantized
+        flags = ()
+        if quantized:  # is_int8 and is_int4 are False for a layer that is not quantized
+            flags = (_QUANTIZED, *((_INT8,) if layer.is_int8 else ()), *((_INT4,) if layer.is_int4 else ()))
+        elif quantized is None:
+            flags = (_UNKNOWN,)
+        cache = (quantized is None, layer.bits)
+        key = keys.get(cache)
+        if key is None:
+            key = keys[cache] = layer.bits_key()
+        for b in range(3):
+            w = weights[b]
+            acc = sums[b]
+            acc[_TOTAL] += w
+            for f in flags:
+                acc[f] += w
+            hist = by_bits[b]
+            hist[key] = hist.get(key, 0) + w
+    out: dict[str, dict[str, Any]] = {}
+    for b, basis in enumerate(BASES):
+        acc = sums[b]
+        total = acc[_TOTAL]
+        if total <= 0:
+            continue
+        out[basis] = {
+            "quantized": _share(acc[_QUANTIZED], total),
+            "int8": _share(acc[_INT8], total),
+            "int4": _share(acc[_INT4], total),
+            "unknown": _share(acc[_UNKNOWN], total),
+            "by_bits": {k: _share(v, total) for k, v in sorted(by_bits[b].items(), key=_bits_order)},
+        }
+    return out
 
 
 def _bits_order(item: tuple[str, int]) -> tuple[int, float]:
@@ -104,32 +136,57 @@ def coverage_metrics(
     expect_unquantized: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The shared metrics of every coverage guard, and the unquantized layers by name."""
-    coverage = {b: c for b in BASES if (c := basis_coverage(layers, b)) is not None}
+    enabled = gc.isenabled()
+    gc.disable()  # tens of thousands of small dicts, no cycles: collecting them mid-loop only costs time
+    try:
+        return _coverage_metrics(layers, basis, expect_unquantized)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _coverage_metrics(
+    layers: Sequence[Layer], basis: str, expect_unquantized: Sequence[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    coverage = all_bases_coverage(layers)
     unquantized = []
+    quantized_ops = unknown_ops = params_total = params_quantized = expected = 0
+    flops_exact = True
     for layer in layers:
-        if layer.quantized is False:
-            unquantized.append(
-                {
-                    "name": layer.name,
-                    "kind": layer.kind,
-                    "shape": list(layer.shape),
-                    "dtype": layer.dtype,
-                    "params": layer.params,
-                    "expected": matches_any(layer, expect_unquantized),
-                    **({"position": layer.position} if layer.position is not None else {}),
-                }
-            )
+        quantized = layer.quantized
+        params = layer.params
+        params_total += params
+        if quantized:
+            quantized_ops += 1
+            params_quantized += params
+        elif quantized is None:
+            unknown_ops += 1
+        if flops_exact and not layer.flops_exact:
+            flops_exact = False
+        if quantized is False:
+            entry = {
+                "name": layer.name,
+                "kind": layer.kind,
+                "shape": list(layer.shape),
+                "dtype": layer.dtype,
+                "params": params,
+                "expected": bool(expect_unquantized) and matches_any(layer, expect_unquantized),
+            }
+            if layer.position is not None:
+                entry["position"] = layer.position
+            expected += entry["expected"]
+            unquantized.append(entry)
     metrics: dict[str, Any] = {
         "coverage": coverage,
         "coverage_basis": basis,
         "weight_ops": len(layers),
-        "quantized_ops": sum(1 for x in layers if x.quantized),
-        "unknown_ops": sum(1 for x in layers if x.quantized is None),
-        "params_total": sum(x.params for x in layers),
-        "params_quantized": sum(x.params for x in layers if x.quantized),
-        "unexpected_unquantized": sum(1 for u in unquantized if not u["expected"]),
-        "expected_unquantized": sum(1 for u in unquantized if u["expected"]),
-        "flops_exact": all(x.flops_exact for x in layers),
+        "quantized_ops": quantized_ops,
+        "unknown_ops": unknown_ops,
+        "params_total": params_total,
+        "params_quantized": params_quantized,
+        "unexpected_unquantized": len(unquantized) - expected,
+        "expected_unquantized": expected,
+        "flops_exact": flops_exact,
     }
     if basis in coverage:
         metrics["int8_coverage"] = coverage[basis]["int8"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import json
+import operator
 import os
 import re
 from dataclasses import dataclass, field
@@ -89,7 +90,7 @@ STRUCTURE_CODES = {
 }
 
 
-@dataclass
+@dataclass(slots=True)
 class TensorEntry:
     name: str
     dtype: str
@@ -150,12 +151,20 @@ class _Findings:
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+# every byte but the four brackets: brackets are ASCII, and no byte of a multi-byte UTF-8 sequence is
+# ASCII, so deleting the other bytes of the UTF-8 text keeps exactly its brackets
+_NON_BRACKET_BYTES = bytes(b for b in range(256) if b not in b"[]{}")
 
 
-def _too_deep(text: str, limit: int) -> bool:
+def _too_deep(text: str, limit: int, raw: bytes | None = None) -> bool:
     """True when brackets nest deeper than `limit` (outside strings). Each pass removes the innermost
-    level with C-speed string operations, so a 100 MB header costs `limit` linear passes."""
-    if not _levels_exceed(_NOT_BRACKET.sub("", text), limit):
+    level with C-speed string operations, so a 100 MB header costs `limit` linear passes. `raw`, the
+    UTF-8 bytes of `text` when the caller has them, makes the first bracket scan a byte translation."""
+    if raw is not None:
+        brackets = raw.translate(None, _NON_BRACKET_BYTES).decode("ascii")
+    else:
+        brackets = _NOT_BRACKET.sub("", text)
+    if not _levels_exceed(brackets, limit):
         return False  # brackets inside strings only add depth, so no string stripping is needed
     return _levels_exceed(_NOT_BRACKET.sub("", _STRING.sub("", text)), limit)
 
@@ -281,7 +290,7 @@ def _parse_header(view: View) -> Header:
                         f"the header is not valid UTF-8 at byte {8 + exc.start}: re-export the file",
                         offset=8 + exc.start, field="header"))
         return head
-    if _too_deep(text, MAX_DEPTH):
+    if _too_deep(text, MAX_DEPTH, raw):
         out.add(F.error("ST_HEADER_TOO_DEEP",
                         f"the JSON header nests deeper than {MAX_DEPTH} levels; a safetensors header needs 3",
                         offset=8, field="header"))
@@ -306,7 +315,7 @@ def _parse_header(view: View) -> Header:
         return head
     loc = _Locator(raw, 8)
     seen_dup: dict[str, int] = {}
-    owners = {id(v): k for k, v in doc.items() if isinstance(v, dict)}
+    owners = {id(v): k for k, v in doc.items() if isinstance(v, dict)} if recorder.duplicates else {}
     for key, obj in recorder.duplicates:
         if obj is doc:
             seen_dup[key] = seen_dup.get(key, 1) + 1
@@ -381,44 +390,60 @@ def _odd_entry(name: str, entry: dict[str, Any], out: _Findings, loc: _Locator) 
     return _typed_entry(name, entry, out, loc)
 
 
-def _typed_entry(name: str, entry: dict[str, Any], out: _Findings, loc: _Locator) -> TensorEntry | None:
-    def err(code: str, message: str) -> None:
-        _entry_error(out, loc, name, code, message)
+_BIG = U64_MAX + 1  # a running element count clamps here: past it the size overflows unless a dim is 0
 
+
+def _typed_entry(name: str, entry: dict[str, Any], out: _Findings, loc: _Locator) -> TensorEntry | None:
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    ok = True
-    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        err("ST_UNKNOWN_DTYPE",
-            f"unknown dtype {dtype!r}; safetensors has no I4/U4 (int4 is packed into I32 or U8)")
-        ok = False
-    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
-        err("ST_BAD_SHAPE", f"shape {_short(shape)} is not a list of non-negative integers")
-        ok = False
-    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets)
-            or offsets[0] > offsets[1]):
-        err("ST_BAD_OFFSETS", f"data_offsets {_short(offsets)} is not [begin, end] with 0 <= begin <= end")
-        ok = False
-    if not ok:
+    # the happy path in one pass: JSON values have exact types, so `type() is` is the isinstance test
+    bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None
+    numel: int | None = None
+    if type(shape) is list:
+        numel = 1
+        for d in shape:
+            if type(d) is not int or d < 0 or d > U64_MAX:  # bool is not an int here
+                numel = None
+                break
+            numel *= d
+            if numel > U64_MAX:
+                numel = _BIG  # bounded: a hostile shape of a million huge dims stays a small integer
+    begin = end = -1
+    if type(offsets) is list and len(offsets) == 2:
+        begin, end = offsets
+        if type(begin) is not int or type(end) is not int or not 0 <= begin <= end <= U64_MAX:
+            begin = end = -1
+    if bits is None or numel is None or begin < 0:
+        _bad_entry(name, dtype, shape, offsets, out, loc)
         return None
-    numel = 1
-    for d in shape:
-        numel *= d
-    bits = DTYPE_BITS[dtype]
     if numel * bits > U64_MAX:
-        err("ST_SHAPE_OVERFLOW", f"shape {shape} x {bits} bits overflows 64 bits")
+        _entry_error(out, loc, name, "ST_SHAPE_OVERFLOW", f"shape {shape} x {bits} bits overflows 64 bits")
         return None
-    begin, end = offsets
     if (numel * bits) % 8:
-        err("ST_SUBBYTE_NOT_WHOLE_BYTES",
-            f"{numel} element(s) of {dtype} ({bits} bits) is not a whole number of bytes")
+        _entry_error(out, loc, name, "ST_SUBBYTE_NOT_WHOLE_BYTES",
+                     f"{numel} element(s) of {dtype} ({bits} bits) is not a whole number of bytes")
         return None
     expected = numel * bits // 8
     if end - begin != expected:
-        err("ST_SIZE_MISMATCH",
-            f"data_offsets [{begin}, {end}] hold {end - begin} byte(s) but {dtype} {shape} needs {expected}: "
-            "the dtype or shape does not match the stored bytes")
+        _entry_error(out, loc, name, "ST_SIZE_MISMATCH",
+                     f"data_offsets [{begin}, {end}] hold {end - begin} byte(s) but {dtype} {shape} needs "
+                     f"{expected}: the dtype or shape does not match the stored bytes")
         return None
     return TensorEntry(name, dtype, tuple(shape), begin, end, numel)
+
+
+def _bad_entry(name: str, dtype: Any, shape: Any, offsets: Any, out: _Findings, loc: _Locator) -> None:
+    """Every defect of an entry whose dtype, shape or offsets is malformed, one finding each."""
+    def err(code: str, message: str) -> None:
+        _entry_error(out, loc, name, code, message)
+
+    if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
+        err("ST_UNKNOWN_DTYPE",
+            f"unknown dtype {dtype!r}; safetensors has no I4/U4 (int4 is packed into I32 or U8)")
+    if not isinstance(shape, list) or not all(_is_uint(d) for d in shape):
+        err("ST_BAD_SHAPE", f"shape {_short(shape)} is not a list of non-negative integers")
+    if (not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_uint(o) for o in offsets)
+            or offsets[0] > offsets[1]):
+        err("ST_BAD_OFFSETS", f"data_offsets {_short(offsets)} is not [begin, end] with 0 <= begin <= end")
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -428,7 +453,7 @@ def _short(value: Any, limit: int = 60) -> str:
 
 def _check_layout(head: Header, out: _Findings, loc: _Locator, all_entries_valid: bool) -> None:
     """Contiguity from 0, then the buffer end against the file length."""
-    ordered = sorted(head.tensors.values(), key=lambda t: (t.begin, t.end, t.name))
+    ordered = sorted(head.tensors.values(), key=operator.attrgetter("begin", "end", "name"))
     cursor = 0
     last: TensorEntry | None = None
     for t in ordered:
@@ -481,7 +506,13 @@ def read(path: str) -> Inventory:
             head = parse_header(view)
             inv.structural_findings.extend(head.findings)
             inv.facts.update(_facts(head))
-            layouts.interpret(view, head, inv, os.path.abspath(path))
+            enabled = gc.isenabled()
+            gc.disable()  # a layer and a dict per tensor, no cycles: as in parse_header
+            try:
+                layouts.interpret(view, head, inv, os.path.abspath(path))
+            finally:
+                if enabled:
+                    gc.enable()
     except ReadError as exc:
         inv.structural_findings.append(
             F.error("ST_OUT_OF_BOUNDS", f"{exc.message}", offset=exc.offset, field=exc.field))

@@ -130,11 +130,14 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 def layer_kind(name: str, ndim: int) -> str:
     low = name.lower()
-    last = low.rsplit(".", 2)
     if "embed_out" in low or "lm_head" in low:
         return LINEAR
-    if "embed" in low or any(part in ("wte", "wpe") for part in last):
+    if "embed" in low:
         return EMBEDDING
+    if "wte" in low or "wpe" in low:  # cheap pre-test: as one of the last three name components
+        last = low.rsplit(".", 2)
+        if "wte" in last or "wpe" in last:
+            return EMBEDDING
     if ndim == 4 or "conv" in low:
         return CONV
     return LINEAR
@@ -214,12 +217,16 @@ def _tinfo(t: Any) -> str:
 
 # --- the layouts ----------------------------------------------------------------------------------
 
+_PLAIN_EXTRAS = frozenset(("scale", "zero_point", "bnb_scb", "bnb_weight_format", "global_scale", "g_idx"))
+
+
 def _plain(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
     dtype = weight.dtype
-    scale = parts.get("scale") or parts.get("bnb_scb")
-    extras = [p for r, p in parts.items() if r in ("scale", "zero_point", "bnb_scb", "bnb_weight_format",
-                                                    "global_scale", "g_idx")]
-    wbytes = weight.nbytes + sum(p.nbytes for p in extras)
+    wbytes = weight.end - weight.begin
+    scale = None
+    if len(parts) > 1:  # most float checkpoints: the weight alone
+        scale = parts.get("scale") or parts.get("bnb_scb")
+        wbytes += sum(p.end - p.begin for r, p in parts.items() if r in _PLAIN_EXTRAS)
     name = weight.name
     layout = "plain"
     if dtype in FLOAT_DTYPES:
@@ -237,9 +244,8 @@ def _plain(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
             "ST_QUANT_SCALE_MISSING",
             f"{name} is {dtype} with no {module}.weight_scale / SCB beside it: it cannot be dequantized "
             "as stored (check the export)", tensor=name))
-    return Layer(name=name, kind=layer_kind(name, len(weight.shape)), shape=weight.shape, dtype=dtype,
-                 bits=bits, numeric=numeric, quantized=quantized, params=weight.numel, weight_bytes=wbytes,
-                 detail={"layout": layout})
+    return Layer(name, layer_kind(name, len(weight.shape)), weight.shape, dtype, bits, numeric, quantized,
+                 weight.numel, wbytes, detail={"layout": layout})
 
 
 def _bnb4(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
@@ -772,16 +778,32 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         ctx.spec = spec_from_config(qc)
     modules: dict[str, dict[str, Any]] = {}
     loose: list[Any] = []
+    first: dict[str, int] = {}  # layers in file order: by the first byte of any of their tensors
+    candidates, roles = _CANDIDATES, _ROLE_BY_SUFFIX
     for t in head.tensors.values():
-        module, role = split_name(t.name)
+        name = t.name
+        module, role = name, None  # split_name, inline: it runs once per tensor
+        for suffix in candidates.get(name.rpartition(".")[2], ()):
+            if name.endswith(suffix) and len(name) > len(suffix):
+                module, role = name[: -len(suffix)], roles[suffix]
+                break
         if role is None:
             loose.append(t)
         else:
-            modules.setdefault(module, {})[role] = t
+            parts = modules.get(module)
+            if parts is None:
+                modules[module] = {role: t}
+            else:
+                parts[role] = t
+        begin = t.begin
+        at = first.get(module)
+        if at is None or begin < at:
+            first[module] = begin
     layers: list[Layer] = []
     params_stored = 0
     for module, parts in modules.items():
-        main_role = next((r for r in MAIN_ROLES if r in parts), None)
+        main_role = ("qweight" if "qweight" in parts else "packed" if "packed" in parts
+                     else "weight" if "weight" in parts else None)  # MAIN_ROLES, in order
         if main_role is None:
             for role, t in parts.items():
                 if role == "act":
@@ -799,6 +821,9 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         elif "bnb_state" in parts or (main.dtype == "U8" and "bnb_absmax" in parts):
             # any dtype: bnb_4bit_quant_storage=bfloat16 (FSDP QLoRA) packs the nibbles into BF16
             layer = _bnb4(ctx, module, parts, main)
+        elif len(main.shape) < 2 and main.dtype in FLOAT_DTYPES:
+            params_stored += main.numel  # a float 1-D `.weight` (a norm): as below, without building a layer
+            continue
         else:
             layer = _plain(ctx, module, parts, main)
         if main_role == "weight" and len(layer.shape) < 2:
@@ -820,11 +845,11 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         params_stored += t.numel
         if _loose_is_op(t):  # a bare parameter of 2+ dims (an expert bank, a position table)
             layers.append(_plain(ctx, t.name, {}, t))
-    first: dict[str, int] = {}  # layers in file order: by the first byte of any of their tensors
-    for t in head.tensors.values():
-        module = split_name(t.name)[0]
-        first[module] = min(first.get(module, t.begin), t.begin)
-    layers.sort(key=lambda layer: first.get(_module_of(layer.name), first.get(layer.name, 0)))
+    def file_order(layer: Layer) -> int:
+        name = layer.name
+        return first.get(name[: -len(".weight")] if name.endswith(".weight") else name, first.get(name, 0))
+
+    layers.sort(key=file_order)  # first.get(_module_of(name), first.get(name, 0)), inline
     for i, layer in enumerate(layers):
         layer.position = i
     inv.layers = layers
@@ -845,8 +870,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
                 f"config.json quant_method {ctx.spec.method!r} is not one quantgate checks against the "
                 f"stored tensors ({', '.join(sorted(CHECKED_METHODS))})", field="config.json"))
     elif not any(f.code == "ST_CONFIG_INVALID" for f in inv.semantic_findings) and any(
-            layer.detail.get("layout") in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized")
-            for layer in layers):
+            key in layouts for key in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized")):
         inv.semantic_findings.append(F.info(
             "ST_NO_QUANT_CONFIG",
             "packed quantized weights but no config.json with quantization_config beside the file: loaders "
