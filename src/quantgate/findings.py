@@ -70,6 +70,30 @@ def info(code: str, message: str, **loc: Any) -> Finding:
     return Finding(code, INFO, message, **loc)
 
 
+class CappedFindings:
+    """Appends findings to `out` with a per-code cap, so a hostile file with a million bad entries still
+    gives a readable report; `close()` adds one info line per capped code with how many were left out
+    (under `overflow_code`, or under the capped code itself)."""
+
+    def __init__(self, out: list[Finding], limit: int, overflow_code: str | None = None):
+        self.out = out
+        self.limit = limit
+        self.overflow_code = overflow_code
+        self.counts: dict[str, int] = {}
+
+    def add(self, finding: Finding) -> None:
+        n = self.counts.get(finding.code, 0) + 1
+        self.counts[finding.code] = n
+        if n <= self.limit:
+            self.out.append(finding)
+
+    def close(self) -> None:
+        for code, n in self.counts.items():
+            if n > self.limit:
+                more = n - self.limit
+                self.out.append(info(self.overflow_code or code, f"{more} more {code} finding(s) not listed"))
+
+
 def has_errors(findings: list[Finding]) -> bool:
     return any(f.severity == ERROR for f in findings)
 

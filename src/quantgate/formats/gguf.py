@@ -172,32 +172,13 @@ def _is_pow2(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
 
-class _Findings:
-    """A list with a per-code cap, so a file with a million bad tensors gives a readable report."""
-
-    def __init__(self, out: list[Finding]):
-        self.out = out
-        self.counts: dict[str, int] = {}
-
-    def add(self, finding: Finding) -> None:
-        n = self.counts.get(finding.code, 0) + 1
-        self.counts[finding.code] = n
-        if n <= FINDINGS_PER_CODE:
-            self.out.append(finding)
-
-    def close(self) -> None:
-        for code, n in self.counts.items():
-            if n > FINDINGS_PER_CODE:
-                self.out.append(F.info(code, f"{n - FINDINGS_PER_CODE} more {code} finding(s) not listed"))
-
-
 class _Parser:
     def __init__(self, view: View, gf: GGUFFile):
         self.v = view
         self.buf = view.buf
         self.size = len(view)
         self.gf = gf
-        self.found = _Findings(gf.structural)
+        self.found = F.CappedFindings(gf.structural, FINDINGS_PER_CODE)
         self.budget = Budget.for_size(self.size)
         self.nested_reported = False
         self.kept = 0  # numeric array elements materialised so far

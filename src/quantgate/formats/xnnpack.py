@@ -439,24 +439,6 @@ class XnnpackPayload:
         }
 
 
-class _Found:
-    """Findings with a per-code cap, so a blob with a million bad ids gives a readable report."""
-
-    def __init__(self, out: list[Finding]):
-        self.out = out
-        self.counts: dict[str, int] = {}
-
-    def add(self, finding: Finding) -> None:
-        n = self.counts.get(finding.code, 0) + 1
-        self.counts[finding.code] = n
-        if n <= FINDINGS_PER_CODE:
-            self.out.append(finding)
-
-    def close(self) -> None:
-        for code, n in self.counts.items():
-            if n > FINDINGS_PER_CODE:
-                self.out.append(F.info("XNNPACK_TOO_MANY_FINDINGS", f"{n - FINDINGS_PER_CODE} more {code} not listed"))
-
 
 MAX_SLOTS = 24  # the widest table read here (a conv node) has 20 fields
 _SCALARS = {kind: struct.Struct("<" + code) for kind, code in
@@ -547,7 +529,7 @@ class _Reader:
         self.v = View(data)
         self.base = base
         self.p = XnnpackPayload(base_offset=base, size=len(self.v))
-        self.found = _Found(self.p.findings)
+        self.found = F.CappedFindings(self.p.findings, FINDINGS_PER_CODE, "XNNPACK_TOO_MANY_FINDINGS")
         self.budget = budget if budget is not None else Budget.for_size(len(self.v))
         # table position -> what was read there: a table shared by many references (legal in a
         # flatbuffer, and the way a small hostile file describes millions of values) is read once
