@@ -109,8 +109,8 @@ class Scanner:
                 return value, pos
             shift += 7
 
-    def fields(self, start: int, end: int, depth: int = 0, where: str | None = None) -> Iterator[Field]:
-        """The fields of the message in [start, end); `depth` is the caller's nesting level."""
+    def check_message(self, start: int, end: int, depth: int, where: str | None = None) -> None:
+        """What fields() checks before the first field: the depth limit and the message's bounds."""
         if depth > self.max_depth:
             raise DepthExceeded(
                 f"messages nest deeper than {self.max_depth} levels at offset {start}",
@@ -119,6 +119,49 @@ class Scanner:
             )
         if start < 0 or end > len(self.view) or start > end:
             raise LengthPastEnd(f"message [{start}, {end}) is outside the file", offset=start, field=where)
+
+    def skip(self, key: int, tag_offset: int, pos: int, end: int, where: str | None = None) -> int:
+        """For a caller that decodes a message's fields inline: past the value of the non-LEN field
+        whose tag `key` ends at `pos`, with fields()'s checks (field number 0, truncation, wire type)."""
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise BadWireType(f"field number 0 at offset {tag_offset}", offset=tag_offset, field=where)
+        if wire == VARINT:
+            if pos < end and self.buf[pos] < 0x80:
+                return pos + 1
+            return self.varint(pos, end, where)[1]
+        if wire == LEN:
+            length, pos = self.varint(pos, end, where)
+            if length > end - pos:
+                raise LengthPastEnd(
+                    f"field {number} at offset {tag_offset} declares {length} bytes but only "
+                    f"{end - pos} remain in its message",
+                    offset=tag_offset,
+                    field=where,
+                )
+            return pos + length
+        if wire == I64:
+            if end - pos < 8:
+                raise Truncated(
+                    f"fixed64 field {number} at offset {tag_offset} is cut off", offset=tag_offset, field=where
+                )
+            return pos + 8
+        if wire == I32:
+            if end - pos < 4:
+                raise Truncated(
+                    f"fixed32 field {number} at offset {tag_offset} is cut off", offset=tag_offset, field=where
+                )
+            return pos + 4
+        raise BadWireType(
+            f"field {number} at offset {tag_offset} has wire type {wire}"
+            + (" (groups are not used by this format)" if wire in (3, 4) else " (no such wire type)"),
+            offset=tag_offset,
+            field=where,
+        )
+
+    def fields(self, start: int, end: int, depth: int = 0, where: str | None = None) -> Iterator[Field]:
+        """The fields of the message in [start, end); `depth` is the caller's nesting level."""
+        self.check_message(start, end, depth, where)
         pos = start
         buf = self.buf
         budget = self.budget
