@@ -13,6 +13,7 @@ constant 2-D+ table -> embedding, plus the quantized forms (QDQ, QOperator, inte
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import mmap
 import os
@@ -188,6 +189,8 @@ def read(path: str) -> Inventory:
         )
         inv.structural_findings = structural.finish()
         return inv
+    enabled = gc.isenabled()
+    gc.disable()  # a node, its lists and a layer per op, no cycles: collecting them mid-scan only costs time
     try:
         with mapped(path) as view:
             _no_readahead(view)
@@ -196,6 +199,9 @@ def read(path: str) -> Inventory:
                 _Analysis(model, view, path, inv, structural, semantic).run()
     except OSError as exc:
         structural.add(F.error("FILE_UNREADABLE", f"cannot read the file: {exc.strerror or exc}"))
+    finally:
+        if enabled:
+            gc.enable()
     inv.structural_findings = structural.finish()
     inv.semantic_findings = semantic.finish()
     return inv

@@ -56,7 +56,7 @@ INT32_DATA_TYPES = {2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25
 MAX_DEPTH = 48
 
 
-@dataclass
+@dataclass(slots=True)
 class Tensor:
     name: str = ""
     dims: list[int] = field(default_factory=list)
@@ -81,9 +81,10 @@ class Tensor:
 
     @property
     def numel(self) -> int | None:
-        if any(d < 0 for d in self.dims):
+        dims = self.dims
+        if dims and min(dims) < 0:
             return None
-        return math.prod(self.dims)
+        return math.prod(dims)
 
     @property
     def is_external(self) -> bool:
@@ -106,7 +107,7 @@ class Tensor:
         return self.expected_bytes()
 
 
-@dataclass
+@dataclass(slots=True)
 class Node:
     op_type: str = ""
     domain: str = ""
@@ -150,6 +151,7 @@ class Model:
     graph_outputs: int = 0
 
 
+_I64_SIGN = 1 << 63  # a varint below this is its own int64 value (pb.to_signed64)
 _NODE_STRINGS = frozenset((1, 2, 3, 4, 7))  # input, output, name, op_type, domain
 
 
@@ -341,10 +343,12 @@ class Parser:
             num, wire = f.number, f.wire
             if num == 1:
                 if wire == pb.VARINT:
-                    t.dims.append(pb.to_signed64(f.value))
+                    v = f.value
+                    t.dims.append(v if v < _I64_SIGN else pb.to_signed64(v))
                 elif wire == pb.LEN:
                     t.dims.extend(
-                        pb.to_signed64(v) for v in s.packed_varints(f.value, f.length, "dims", 4096)
+                        v if v < _I64_SIGN else pb.to_signed64(v)
+                        for v in s.packed_varints(f.value, f.length, "dims", 4096)
                     )
             elif num == 2 and wire == pb.VARINT:
                 t.data_type = pb.to_signed64(f.value)

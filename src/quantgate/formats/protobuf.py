@@ -235,10 +235,16 @@ class Scanner:
         """A packed repeated varint field; at most `limit` values are decoded (each one is budgeted)."""
         out: list[int] = []
         pos, end = start, start + length
+        buf, spend = self.buf, self.budget.spend
         while pos < end:
             if len(out) >= limit:
                 break
-            self.budget.spend(1, where)
+            spend(1, where)
+            byte = buf[pos]
+            if byte < 0x80:  # the common one-byte varint, inline
+                out.append(byte)
+                pos += 1
+                continue
             value, pos = self.varint(pos, end, where)
             out.append(value)
         return out
