@@ -89,6 +89,7 @@ FINDING_CODES: dict[str, str] = {
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 MS = "com.microsoft"
+_DQ_DOMAINS = (*DEFAULT_DOMAINS, MS)  # where DequantizeLinear is read
 DQ_OPS = {"DequantizeLinear"}
 Q_OPS = {"QuantizeLinear"}
 # ops that only move or reinterpret a constant: a weight is traced through them
@@ -418,7 +419,7 @@ class _Analysis:
         node = self.producer.get(name)
         if node is None or not node.inputs:
             return None
-        if node.op_type in DQ_OPS and node.domain in (*DEFAULT_DOMAINS, MS):
+        if node.op_type in DQ_OPS and node.domain in _DQ_DOMAINS:
             src = self.trace(node.inputs[0], depth + 1)
             if src is not None and src.dq is None:
                 src.dq = node
@@ -465,6 +466,8 @@ class _Analysis:
 
     def layer_for(self, node: Node, position: int) -> None:
         op, dom = node.op_type, node.domain
+        if op not in _LAYER_OPS:  # most nodes of a quantized graph (Q/DQ, activations): none below
+            return
         std = dom in DEFAULT_DOMAINS
         ms = dom == MS
         if std and op in ("MatMul", "Gemm"):
@@ -741,7 +744,7 @@ class _Analysis:
     def check_quantization(self) -> None:
         for node in self.m.nodes:
             op, dom = node.op_type, node.domain
-            if op in DQ_OPS and dom in (*DEFAULT_DOMAINS, MS):
+            if op in DQ_OPS and dom in _DQ_DOMAINS:
                 self.check_dq(node)
             if op == "MatMulNBits" and dom == MS:
                 self.check_matmulnbits(node)
@@ -1042,6 +1045,14 @@ def _compute(kind: str, representation: str, dtype: str) -> str | None:
     if representation == "float":
         return _FLOAT_COMPUTE.get(dtype)
     return None
+
+
+# every op_type layer_for turns into a layer (in one domain or another)
+_LAYER_OPS = frozenset((
+    "MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "MatMulInteger", "ConvInteger", "QLinearConv",
+    "QLinearMatMul", "FusedMatMul", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
+    "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized",
+))
 
 
 def _qualified(node: Node) -> str:
