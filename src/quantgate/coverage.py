@@ -39,47 +39,61 @@ def basis_coverage(layers: Sequence[Layer], basis: str) -> dict[str, Any] | None
     return all_bases_coverage(layers).get(basis)
 
 
-# per basis: total, quantized, int8, int4, unknown (sums of integer weights, so order does not matter)
-_TOTAL, _QUANTIZED, _INT8, _INT4, _UNKNOWN = range(5)
-
-
 def all_bases_coverage(layers: Sequence[Layer]) -> dict[str, dict[str, Any]]:
     """`basis_coverage` of every basis in BASES that has something to count, in one pass over the layers."""
-    sums = [[0] * 5 for _ in BASES]  # ops, params, flops
-    by_bits: list[dict[str, int]] = [{}, {}, {}]
+    return _coverage_of(_groups(layers))
+
+
+# a group of layers that count alike: (quantized state, is_int8, is_int4, bits_key()); its sums are
+# [ops, params, flops] (integers, so the order of the additions does not matter)
+_Group = tuple[Any, bool, bool, str]
+
+
+def _groups(layers: Sequence[Layer]) -> dict[_Group, list[int]]:
+    groups: dict[_Group, list[int]] = {}
     keys: dict[tuple[bool, Any], str] = {}  # bits_key() depends on (quantized is None, bits) only
     for layer in layers:
-        weights = (1, layer.params, layer.flops)
         quantized = layer.quantized
-        flags = ()
-        if quantized:  # is_int8 and is_int4 are False for a layer that is not quantized
-            flags = (_QUANTIZED, *((_INT8,) if layer.is_int8 else ()), *((_INT4,) if layer.is_int4 else ()))
-        elif quantized is None:
-            flags = (_UNKNOWN,)
         cache = (quantized is None, layer.bits)
         key = keys.get(cache)
         if key is None:
             key = keys[cache] = layer.bits_key()
-        for b in range(3):
-            w = weights[b]
-            acc = sums[b]
-            acc[_TOTAL] += w
-            for f in flags:
-                acc[f] += w
-            hist = by_bits[b]
-            hist[key] = hist.get(key, 0) + w
+        # is_int8 and is_int4 are False for a layer that is not quantized
+        group = (True, layer.is_int8, layer.is_int4, key) if quantized else (quantized, False, False, key)
+        acc = groups.get(group)
+        if acc is None:
+            acc = groups[group] = [0, 0, 0]
+        acc[0] += 1
+        acc[1] += layer.params
+        acc[2] += layer.flops
+    return groups
+
+
+def _coverage_of(groups: dict[_Group, list[int]]) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for b, basis in enumerate(BASES):
-        acc = sums[b]
-        total = acc[_TOTAL]
+        total = quantized = int8 = int4 = unknown = 0
+        by_bits: dict[str, int] = {}
+        for (state, is_int8, is_int4, key), acc in groups.items():
+            w = acc[b]
+            total += w
+            if state:
+                quantized += w
+            elif state is None:
+                unknown += w
+            if is_int8:
+                int8 += w
+            if is_int4:
+                int4 += w
+            by_bits[key] = by_bits.get(key, 0) + w
         if total <= 0:
             continue
         out[basis] = {
-            "quantized": _share(acc[_QUANTIZED], total),
-            "int8": _share(acc[_INT8], total),
-            "int4": _share(acc[_INT4], total),
-            "unknown": _share(acc[_UNKNOWN], total),
-            "by_bits": {k: _share(v, total) for k, v in sorted(by_bits[b].items(), key=_bits_order)},
+            "quantized": _share(quantized, total),
+            "int8": _share(int8, total),
+            "int4": _share(int4, total),
+            "unknown": _share(unknown, total),
+            "by_bits": {k: _share(v, total) for k, v in sorted(by_bits.items(), key=_bits_order)},
         }
     return out
 
@@ -148,28 +162,29 @@ def coverage_metrics(
 def _coverage_metrics(
     layers: Sequence[Layer], basis: str, expect_unquantized: Sequence[str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    coverage = all_bases_coverage(layers)
+    groups = _groups(layers)
+    coverage = _coverage_of(groups)
+    quantized_ops = unknown_ops = params_total = params_quantized = 0
+    for (state, _, _, _), (ops, params, _) in groups.items():
+        params_total += params
+        if state:
+            quantized_ops += ops
+            params_quantized += params
+        elif state is None:
+            unknown_ops += ops
     unquantized = []
-    quantized_ops = unknown_ops = params_total = params_quantized = expected = 0
+    expected = 0
     flops_exact = True
     for layer in layers:
-        quantized = layer.quantized
-        params = layer.params
-        params_total += params
-        if quantized:
-            quantized_ops += 1
-            params_quantized += params
-        elif quantized is None:
-            unknown_ops += 1
         if flops_exact and not layer.flops_exact:
             flops_exact = False
-        if quantized is False:
+        if layer.quantized is False:
             entry = {
                 "name": layer.name,
                 "kind": layer.kind,
                 "shape": list(layer.shape),
                 "dtype": layer.dtype,
-                "params": params,
+                "params": layer.params,
                 "expected": bool(expect_unquantized) and matches_any(layer, expect_unquantized),
             }
             if layer.position is not None:
