@@ -170,7 +170,7 @@ def measure(cmd: list[str], runs: int, check_status: bool = False) -> dict[str, 
                               cwd=WORK)
         r = json.loads(proc.stdout)
         if check_status:
-            found = re.search(r'"status": "(\w+)"', r["out"])  # the guard result's own, near the top
+            found = re.search(r'"status":\s*"(\w+)"', r["out"])  # the guard result's own, near the top
             status = found.group(1) if found else None
             if status not in ("PASS", "WARN", "FAIL"):
                 raise SystemExit(f"{' '.join(cmd)}: status {status} rc {r['rc']}\n{r['out']}\n{r['err']}")
