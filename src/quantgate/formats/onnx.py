@@ -320,13 +320,18 @@ class _Analysis:
                 )
             seen.add(t.name)
             self.consts.setdefault(t.name, t)
+        producer, consumers = self.producer, self.consumers
         for n in self.m.nodes:
             for out in n.outputs:
-                if out:
-                    self.producer.setdefault(out, n)
+                if out and out not in producer:  # the first producer is kept
+                    producer[out] = n
             for inp in n.inputs:
                 if inp:
-                    self.consumers.setdefault(inp, []).append(n)
+                    users = consumers.get(inp)
+                    if users is None:
+                        consumers[inp] = [n]
+                    else:
+                        users.append(n)
 
     def check_tensors(self) -> None:
         total = 0
