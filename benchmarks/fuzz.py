@@ -317,10 +317,9 @@ def main() -> int:
     # a campaign on some formats only is its own section, beside the full campaign's
     heading = f"## Fuzz rerun: {', '.join(sorted(formats))}" if formats else HEADING
     text = markdown(stats, args.seconds, args.seed, heading)
-    if formats:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-        text = text.rstrip("\n") + f"\n\nRun on {time.strftime('%Y-%m-%d %H:%M')} UTC at commit " \
-            f"{commit.stdout.strip() or 'unknown'}, with the readers as they were then.\n"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    text = text.rstrip("\n") + f"\n\nRun on {time.strftime('%Y-%m-%d %H:%M')} UTC at commit " \
+        f"{commit.stdout.strip() or 'unknown'}, with the readers as they were then.\n"
     print(text)
     if args.output:
         from results import order_sections, replace_section  # beside this script
