@@ -24,7 +24,8 @@ def main() -> int:
     args = parser.parse_args()
     output = Path(args.output)
     if not args.only:  # a rerun of one section leaves the machine line of the whole run and says so itself
-        replace_section(output, "## Machine", "## Machine\n\n" + machine() + f"\n\nRun on {time.strftime('%Y-%m-%d')}.")
+        replace_section(output, "## Machine", "## Machine\n\n" + machine() + f"\n\nRun on {time.strftime('%Y-%m-%d')}. "
+                        "A section rerun on its own since says when, at which commit and under which load.")
     failed = 0
     for script in sorted(HERE.glob("bench_*.py")):
         if args.only and script.stem.removeprefix("bench_") not in args.only.split(","):
