@@ -134,6 +134,21 @@ def _positions(kind: str, out: Tensor | None) -> tuple[int | None, bool]:
     return n, exact
 
 
+def _stored_quantized(bits: float | None, numeric: str, scalar_type: int) -> bool:
+    """Stored in 8 or fewer bits as an integer or small float (bool, ScalarType 11, is not a weight format)."""
+    return bits is not None and bits <= 8 and numeric in (INT, FLOAT) and scalar_type != 11
+
+
+def _xnnpack_detail(op: Any, method: str) -> dict[str, Any]:
+    """What every XNNPACK layer records of its node."""
+    return {
+        "backend": XNNPACK,
+        "node": op.node.index,
+        "input": op.input.datatype if op.input is not None else None,
+        "method": method,
+    }
+
+
 def _portable_layers(plan: Plan, graph: _PlanGraph, prefix: str) -> list[Layer]:
     layers = []
     for ins in plan.instructions:
@@ -163,7 +178,7 @@ def _portable_layers(plan: Plan, graph: _PlanGraph, prefix: str) -> list[Layer]:
             bits, dtype = packed_bits, f"int{int(packed_bits)} (packed {name_s})"
         elif packed_bits == 4 and weight.scalar_type == 3:  # _weight_int4pack_mm: 8 values per int32
             params, bits, dtype = weight.numel * 8, 4, "int4 (packed int32)"
-        quantized = bits is not None and bits <= 8 and numeric in (INT, FLOAT) and weight.scalar_type != 11
+        quantized = _stored_quantized(bits, numeric, weight.scalar_type)
         scale_bytes = 0
         for index in _scale_args(graph, ins.args[arg] if arg < len(ins.args) else -1, op, ins.args):
             t = graph.tensor(index)
@@ -236,7 +251,7 @@ def _external_weight_layer(
     if weight is None or len(weight.sizes) < 2:
         return None  # two activations (attention scores): no weight
     name_s, bits, numeric = S.SCALAR_TYPES.get(weight.scalar_type, (weight.dtype, None, UNKNOWN))
-    quantized = bits is not None and bits <= 8 and numeric in (INT, FLOAT) and weight.scalar_type != 11
+    quantized = _stored_quantized(bits, numeric, weight.scalar_type)
     positions = op.positions
     return Layer(
         name=weight.fqn or f"{prefix}{op.kind}#{n}",
@@ -253,10 +268,7 @@ def _external_weight_layer(
         compute=op.compute,
         position=position,
         detail={
-            "backend": XNNPACK,
-            "node": op.node.index,
-            "input": op.input.datatype if op.input is not None else None,
-            "method": method,
+            **_xnnpack_detail(op, method),
             "weight_from": "delegate input",
             **({"via": crossed} if crossed else {}),
             "constant": _constant_key(weight),
@@ -307,10 +319,7 @@ def _xnnpack_layers(
                 compute=op.compute,
                 position=position,
                 detail={
-                    "backend": XNNPACK,
-                    "node": op.node.index,
-                    "input": op.input.datatype if op.input is not None else None,
-                    "method": method,
+                    **_xnnpack_detail(op, method),
                     **({"constant": w.named_key} if w.named_key else {}),
                     **({"quant": q.to_dict()} if q is not None else {}),
                 },
