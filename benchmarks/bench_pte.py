@@ -31,7 +31,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from results import headline  # beside this script
+from results import WRAPPER, headline  # beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work" / "pte"
@@ -130,17 +130,6 @@ print(json.dumps({"call_s": elapsed, "delegates": sum(len(p.delegates) for p in 
 """
 
 BASELINE = "print('{}')"
-
-# runs one command as a grandchild and reports its wall time and peak RSS
-WRAPPER = r"""
-import json, resource, subprocess, sys, time
-t0 = time.perf_counter()
-proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-wall = time.perf_counter() - t0
-rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": proc.returncode, "wall_s": wall, "peak_rss_mb": rss_kb / 1024,
-                  "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}))
-"""
 
 
 def measured(cmd: list[str]) -> dict:

@@ -14,6 +14,18 @@ from pathlib import Path
 PACKAGES = ("quantgate", "gguf", "onnx", "onnxruntime", "safetensors", "executorch", "torch", "numpy")
 
 
+# runs one command as a grandchild and reports its wall time and peak RSS
+WRAPPER = r"""
+import json, resource, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+wall = time.perf_counter() - t0
+rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"rc": proc.returncode, "wall_s": wall, "peak_rss_mb": rss_kb / 1024,
+                  "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}))
+"""
+
+
 def rerun() -> str:
     """Commit and load for a section rerun after the whole run."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
