@@ -103,15 +103,7 @@ def gguf_tensors(blocks: int) -> int:
 
 def safetensors_entries(layers: int, hidden: int, vocab: int = 32_000) -> list[tuple[str, list[int]]]:
     """Llama-shaped F16 checkpoint: embeddings, 9 tensors per layer, final norm and lm_head."""
-    inter = 4 * hidden
-    out = [("model.embed_tokens.weight", [vocab, hidden])]
-    for i in range(layers):
-        p = f"model.layers.{i}"
-        out += [(f"{p}.self_attn.{n}_proj.weight", [hidden, hidden]) for n in "qkvo"]
-        out += [(f"{p}.mlp.gate_proj.weight", [inter, hidden]), (f"{p}.mlp.up_proj.weight", [inter, hidden]),
-                (f"{p}.mlp.down_proj.weight", [hidden, inter])]
-        out += [(f"{p}.input_layernorm.weight", [hidden]), (f"{p}.post_attention_layernorm.weight", [hidden])]
-    return [*out, ("model.norm.weight", [hidden]), ("lm_head.weight", [vocab, hidden])]
+    return bench_safetensors.llama_entries(layers, hidden, 4 * hidden, vocab)
 
 
 def safetensors_file(layers: int, hidden: int) -> Path:

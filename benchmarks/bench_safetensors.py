@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(__file__).resolve().parent / ".work"
 
 
-def llama2_7b_entries() -> list[tuple[str, list[int]]]:
-    hidden, inter, vocab, layers = 4096, 11008, 32000, 32
+def llama_entries(layers: int, hidden: int, inter: int, vocab: int) -> list[tuple[str, list[int]]]:
+    """A Llama-shaped checkpoint: embeddings, 9 tensors per layer, final norm and lm_head."""
     out = [("model.embed_tokens.weight", [vocab, hidden])]
     for i in range(layers):
         p = f"model.layers.{i}"
@@ -39,6 +39,10 @@ def llama2_7b_entries() -> list[tuple[str, list[int]]]:
         out += [(f"{p}.input_layernorm.weight", [hidden]), (f"{p}.post_attention_layernorm.weight", [hidden])]
     out += [("model.norm.weight", [hidden]), ("lm_head.weight", [vocab, hidden])]
     return out
+
+
+def llama2_7b_entries() -> list[tuple[str, list[int]]]:
+    return llama_entries(layers=32, hidden=4096, inter=11008, vocab=32000)
 
 
 def gptq_entries() -> list[tuple[str, str, list[int]]]:
