@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 import struct
-import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -36,26 +35,11 @@ sys.path.insert(0, str(HERE))
 
 import bench_gguf  # noqa: E402  (beside this script: the generator and gguf-py's script)
 import bench_safetensors  # noqa: E402
-from results import headline  # noqa: E402
+from results import headline, run_measured  # noqa: E402
 
 ROOT = HERE.parent
 WORK = HERE / ".work" / "curve"
 LLAMA3_MERGES_PER_TOKEN = bench_gguf.MERGES / bench_gguf.VOCAB
-
-# a small wrapper process runs the command: its RUSAGE_CHILDREN is the command's peak RSS (floor: the
-# wrapper's own ~10 MB interpreter, below any Python process) and CPU time (user + system) of the whole
-# process; CPU time, not wall time, because the 2 cores are shared with other jobs (no I/O here: the
-# data is a hole and the headers are in the page cache, so on an idle runner wall ≈ CPU)
-WRAPPER = """
-import json, resource, subprocess, sys, time
-t = time.perf_counter()
-p = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-wall = time.perf_counter() - t
-ru = resource.getrusage(resource.RUSAGE_CHILDREN)
-rss, cpu = ru.ru_maxrss / 1024, ru.ru_utime + ru.ru_stime
-print(json.dumps({"s": cpu, "wall": wall, "mib": rss, "rc": p.returncode, "out": p.stdout[:3000],
-                  "err": p.stderr[-3000:]}))
-"""
 
 
 @contextlib.contextmanager
@@ -158,19 +142,17 @@ def measure(cmd: list[str], runs: int, check_status: bool = False) -> dict[str, 
     """Least CPU time and wall time of `runs` fresh processes, and the largest peak RSS among them."""
     best: dict[str, float] = {"s": float("inf"), "wall": float("inf"), "mib": 0.0}
     for _ in range(runs):
-        proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, check=True,
-                              cwd=WORK)
-        r = json.loads(proc.stdout)
+        r = run_measured(cmd, cwd=WORK)
         if check_status:
-            found = re.search(r'"status":\s*"(\w+)"', r["out"])  # the guard result's own, near the top
+            found = re.search(r'"status":\s*"(\w+)"', r["stdout"][:3000])  # the guard result's own, near the top
             status = found.group(1) if found else None
             if status not in ("PASS", "WARN", "FAIL"):
-                raise SystemExit(f"{' '.join(cmd)}: status {status} rc {r['rc']}\n{r['out']}\n{r['err']}")
+                raise SystemExit(f"{' '.join(cmd)}: status {status} rc {r['rc']}\n{r['stdout'][:3000]}\n{r['stderr']}")
         elif r["rc"] != 0:
-            raise SystemExit(f"{' '.join(cmd)}: exit {r['rc']}\n{r['err']}")
-        best["s"] = min(best["s"], r["s"])
-        best["wall"] = min(best["wall"], r["wall"])
-        best["mib"] = max(best["mib"], r["mib"])
+            raise SystemExit(f"{' '.join(cmd)}: exit {r['rc']}\n{r['stderr']}")
+        best["s"] = min(best["s"], r["cpu_s"])
+        best["wall"] = min(best["wall"], r["wall_s"])
+        best["mib"] = max(best["mib"], r["peak_rss_mb"])
     return best
 
 

@@ -14,16 +14,28 @@ from pathlib import Path
 PACKAGES = ("quantgate", "gguf", "onnx", "onnxruntime", "safetensors", "executorch", "torch", "numpy")
 
 
-# runs one command as a grandchild and reports its wall time and peak RSS
+# runs one command as a grandchild: its RUSAGE_CHILDREN is the command's peak RSS (floor: the wrapper's
+# own ~10 MB interpreter, below any Python process) and CPU time (user + system) of the whole process.
+# CPU time matters because the 2 cores are shared with other jobs: with no I/O (data in holes, headers
+# in the page cache) wall ≈ CPU on an idle runner, and CPU time does not carry the neighbours' noise.
 WRAPPER = r"""
 import json, resource, subprocess, sys, time
 t0 = time.perf_counter()
 proc = subprocess.run(sys.argv[1:], capture_output=True, text=True)
 wall = time.perf_counter() - t0
-rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"rc": proc.returncode, "wall_s": wall, "peak_rss_mb": rss_kb / 1024,
-                  "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}))
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": proc.returncode, "wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime,
+                  "peak_rss_mb": ru.ru_maxrss / 1024, "stdout": proc.stdout, "stderr": proc.stderr[-2000:]}))
 """
+
+
+def run_measured(cmd: list[str], cwd: str | Path | None = None, env: dict[str, str] | None = None) -> dict:
+    """One fresh process of `cmd` through WRAPPER: rc, wall_s, cpu_s, peak_rss_mb, stdout, stderr."""
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, check=True,
+                          cwd=cwd, env=env)
+    return json.loads(proc.stdout)
 
 
 def rerun() -> str:

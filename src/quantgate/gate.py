@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import datetime as dt
 import fnmatch
-import multiprocessing
 import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -333,6 +331,8 @@ def _run_parallel(
     on_done: Callable[[Artifact, list[dict[str, Any]]], None],
 ) -> dict[str, list[dict[str, Any]]]:
     """Artifacts in child processes, at most `jobs` at once; a crashing child costs only its own."""
+    import multiprocessing.connection  # here: a single `quantgate guard` never pays for it
+
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
     # the watchdog for a child stuck where signals cannot reach it (inside native code)
     deadline_s = sum(policy.guard_config(g).timeout_s or 0 for g in selected) + 60
@@ -378,6 +378,8 @@ def _run_parallel(
 
 
 def environment() -> dict[str, Any]:
+    from importlib import metadata  # ~50 ms of imports (email, zipfile): only the gate's report needs it
+
     packages: dict[str, str | None] = {}
     for name in ENGINE_PACKAGES:
         try:
