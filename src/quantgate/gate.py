@@ -12,21 +12,21 @@ from __future__ import annotations
 import datetime as dt
 import fnmatch
 import os
-import platform
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quantgate import SCHEMA_VERSION, __version__
 from quantgate.formats.sniff import LFS_POINTER, MANIFEST, MODEL_EXTENSIONS, MODEL_FORMATS, Sniffed, sniff
-from quantgate.hashing import sha256_file
-from quantgate.policy import Policy, Waiver
 from quantgate.progress import log
 from quantgate.result import BLOCKED_BY_INTEGRITY, DISABLED, ERROR, FAIL, NOT_APPLICABLE, PASS, SKIP, WARN
 from quantgate.validators import get_guard, guard_ids
 from quantgate.validators.base import GuardContext, run_guard
+
+if TYPE_CHECKING:  # the policy module pulls in tomllib, difflib and the schema loader: a lone guard needs none
+    from quantgate.policy import Policy, Waiver
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_NO_INPUT, EXIT_USAGE = 0, 1, 2, 3, 4
 VERDICT_EXIT = {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL, "ERROR": EXIT_ERROR, "NO_INPUT": EXIT_NO_INPUT}
@@ -241,6 +241,8 @@ def evaluate_artifact(
     ctx.hints.update(artifact.hints)
     waivers = _waivers_for(artifact, policy)
     if (hash_all or waivers) and artifact.format not in ("unreadable",):
+        from quantgate.hashing import sha256_file  # hashlib: only when hashing
+
         try:
             ctx.sha256 = sha256_file(artifact.path, artifact.display)
         except OSError as exc:
@@ -378,6 +380,7 @@ def _run_parallel(
 
 
 def environment() -> dict[str, Any]:
+    import platform
     from importlib import metadata  # ~50 ms of imports (email, zipfile): only the gate's report needs it
 
     packages: dict[str, str | None] = {}
