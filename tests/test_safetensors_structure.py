@@ -3,9 +3,13 @@ through the real CLI, valid files pass, and the header agrees with `safetensors.
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_hs
 
 from conftest import FIXTURES, run_json
 from quantgate.formats import safetensors as st
@@ -178,3 +182,59 @@ def test_reader_imports_no_heavy_library() -> None:
     out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "[]"
+
+
+# --- duplicate keys: found by counting colons, listed by the recorder ------------------------------
+
+_KEYS = ("a", "b", "a:b", ":", "dtype", "shape", "data_offsets", "é", "\u003a:")
+
+
+@st_hs.composite
+def _json_text(draw: st_hs.DrawFn, depth: int = 0) -> str:
+    """JSON text that may repeat keys at any level, with colons and non-ASCII in keys and strings, and
+    escaped (`\\u003a`) or raw characters."""
+    ascii_only = draw(st_hs.booleans())
+    if depth >= 3 or draw(st_hs.integers(0, 2)) == 0:
+        scalar = draw(st_hs.one_of(st_hs.integers(-5, 1 << 65), st_hs.booleans(), st_hs.none(),
+                                   st_hs.sampled_from(_KEYS), st_hs.text(alphabet="ab:é\\\"", max_size=4)))
+        return json.dumps(scalar, ensure_ascii=ascii_only)
+    if draw(st_hs.booleans()):
+        items = draw(st_hs.lists(_json_text(depth + 1), max_size=3))
+        return "[" + ",".join(items) + "]"
+    keys = draw(st_hs.lists(st_hs.sampled_from(_KEYS), max_size=4))
+    return "{" + ",".join(f"{json.dumps(k, ensure_ascii=ascii_only)}:{draw(_json_text(depth + 1))}"
+                          for k in keys) + "}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_json_text())
+def test_colon_count_finds_every_duplicate_key(text: str) -> None:
+    """The parse records duplicate keys only when the colons of the text outnumber the members and
+    string colons of the parsed document; that count must never miss a repeated key, and must match
+    when no key repeats (so duplicate-free headers take the plain parse)."""
+    recorder = st._PairsRecorder()
+    doc = json.loads(text, object_pairs_hook=recorder)
+    raw = text.encode()
+    if recorder.duplicates:
+        assert st._members(doc) != st._colons(raw)
+    elif b"\\u003a" not in raw.lower():
+        assert st._members(doc) == st._colons(raw)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=_json_text())
+def test_header_with_any_object_reports_the_same_duplicates(text: str) -> None:
+    """A header wrapping arbitrary JSON (in the metadata, a tensor entry, or as an extra key) lists the
+    duplicate keys exactly as the recording parse does."""
+    entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+    for header in (f'{{"__metadata__":{text},"t":{entry}}}', f'{{"t":{text},"u":{entry}}}',
+                   f'{{"t":{entry[:-1]},"x":{text}}}}}'):
+        raw = header.encode()
+        head = st.parse_header(View(struct.pack("<Q", len(raw)) + raw + bytes(4)))
+        recorder = st._PairsRecorder()
+        json.loads(header, object_pairs_hook=recorder)
+        found = [f.field or f.tensor for f in head.findings if f.code == "ST_DUPLICATE_KEY"]
+        assert found == [key for key, _ in recorder.duplicates][: st.MAX_PER_CODE]
+        # the check's own count (3 per sound entry, without looking inside) is the document's
+        doc = json.loads(header)
+        assert st._check_doc(doc, raw, st.Header(), st._Findings([]), []) == st._members(doc)

@@ -260,27 +260,51 @@ def parse_header(view: View) -> Header:
 
 
 def _parse_header(view: View) -> Header:
-    size = len(view)
-    head = Header(file_size=size)
+    head = Header(file_size=len(view))
     out = _Findings(head.findings)
+    header = _header_text(view, head, out)
+    if header is None:
+        return head
+    raw, text = header
+    # The plain parse builds the dicts in C; recording duplicate keys takes a Python hook per object
+    # (~0.1 s on a 50k-tensor header). A repeated key drops a member, so the parse is redone with the
+    # recorder only when the members the header's colons stand for outnumber those that were kept.
+    doc = _load_json(text, out)
+    if doc is None:
+        return head
+    if _check_doc(doc, raw, head, out, []) != _colons(raw):
+        recorder = _PairsRecorder()
+        doc = json.loads(text, object_pairs_hook=recorder)  # the same text parsed above: cannot fail
+        head.findings.clear()
+        head.tensors, head.metadata = {}, None
+        out = _Findings(head.findings)
+        _check_doc(doc, raw, head, out, recorder.duplicates)
+    out.close()
+    return head
+
+
+def _header_text(view: View, head: Header, out: _Findings) -> tuple[bytes, str] | None:
+    """The JSON header's bytes and text once the length field, UTF-8 and nesting depth are sound; None
+    after a finding."""
+    size = head.file_size
     if size < 8:
         out.add(F.error("ST_HEADER_TOO_SMALL",
                         f"the file has {size} byte(s), fewer than the 8-byte header length; it is not a "
                         "safetensors file or was cut short", offset=0))
-        return head
+        return None
     n = view.u64(0, "header_len")
     head.header_len = n
     if n > HEADER_LIMIT:
         out.add(F.error("ST_HEADER_TOO_LARGE",
                         f"header length {n:,} exceeds the reference reader's {HEADER_LIMIT:,}-byte limit",
                         offset=0, field="header_len"))
-        return head
+        return None
     if 8 + n > size:
         out.add(F.error("ST_HEADER_PAST_EOF",
                         f"header length {n:,} runs {8 + n - size:,} byte(s) past the end of the file "
                         f"({size:,} bytes): the file is truncated or the length field is corrupt",
                         offset=0, field="header_len"))
-        return head
+        return None
     head.data_start = 8 + n
     raw = view.bytes(8, n, "header")
     try:
@@ -289,34 +313,88 @@ def _parse_header(view: View) -> Header:
         out.add(F.error("ST_HEADER_NOT_UTF8",
                         f"the header is not valid UTF-8 at byte {8 + exc.start}: re-export the file",
                         offset=8 + exc.start, field="header"))
-        return head
+        return None
     if _too_deep(text, MAX_DEPTH, raw):
         out.add(F.error("ST_HEADER_TOO_DEEP",
                         f"the JSON header nests deeper than {MAX_DEPTH} levels; a safetensors header needs 3",
                         offset=8, field="header"))
-        return head
-    recorder = _PairsRecorder()
+        return None
+    return raw, text
+
+
+def _load_json(text: str, out: _Findings) -> dict[str, Any] | None:
+    """The header's JSON object, or None after a finding."""
     try:
-        doc = json.loads(text, object_pairs_hook=recorder)
+        doc = json.loads(text)
     except RecursionError:  # defence in depth: the depth scan should have caught it
         out.add(F.error("ST_HEADER_TOO_DEEP", "the JSON header nests too deeply", offset=8, field="header"))
-        return head
+        return None
     except ValueError as exc:
         pos = getattr(exc, "pos", 0) or 0
         msg = getattr(exc, "msg", str(exc))
         out.add(F.error("ST_HEADER_INVALID_JSON",
                         f"the header is not valid JSON ({msg} at byte {8 + len(text[:pos].encode())})",
                         offset=8 + len(text[:pos].encode()), field="header"))
-        return head
+        return None
     if not isinstance(doc, dict):
         out.add(F.error("ST_HEADER_NOT_OBJECT",
                         f"the header is a JSON {_json_type(doc)}, not an object of tensor entries",
                         offset=8, field="header"))
-        return head
+        return None
+    return doc
+
+
+def _colons(raw: bytes) -> int:
+    """The colons of the JSON text: one per object member, plus those inside strings. -1 when a string
+    spells a colon as an escape (`\\u003a`), which the parsed strings cannot be matched against."""
+    if b"\\u003a" in raw or b"\\u003A" in raw:
+        return -1
+    return raw.count(b":")
+
+
+def _members(value: Any) -> int:
+    """What `value` accounts for of its JSON text's colons: its object members and the colons inside
+    its strings (keys and values). Equal to the text's count exactly when no key was repeated."""
+    kind = type(value)
+    if kind is str:
+        return value.count(":")
+    if kind is list:
+        return sum(map(_members, value))
+    if kind is dict:
+        return len(value) + "".join(value).count(":") + sum(map(_members, value.values()))
+    return 0
+
+
+def _check_doc(doc: dict[str, Any], raw: bytes, head: Header, out: _Findings,
+               duplicates: list[tuple[str, dict[str, Any]]]) -> int:
+    """Check the parsed header into `head`; returns `_members(doc)`, counted on the way."""
     loc = _Locator(raw, 8)
+    _report_duplicates(doc, duplicates, out, loc)
+    meta = doc.get("__metadata__")
+    _check_metadata(meta, "__metadata__" in doc, head, out, loc)
+    members = len(doc) + "".join(doc).count(":") + _members(meta)
+    tensors = head.tensors
+    entries = 0
+    for name, entry in doc.items():
+        if name == "__metadata__":
+            continue
+        entries += 1
+        tensor = _check_entry(name, entry, out, loc)
+        if tensor is not None:
+            tensors[name] = tensor
+        if tensor is not None and len(entry) == 3:
+            members += 3  # dtype, shape, data_offsets: a known dtype and integers hold no colon
+        else:
+            members += _members(entry)
+    _check_layout(head, out, loc, all_entries_valid=len(tensors) == entries)
+    return members
+
+
+def _report_duplicates(doc: dict[str, Any], duplicates: list[tuple[str, dict[str, Any]]], out: _Findings,
+                       loc: _Locator) -> None:
     seen_dup: dict[str, int] = {}
-    owners = {id(v): k for k, v in doc.items() if isinstance(v, dict)} if recorder.duplicates else {}
-    for key, obj in recorder.duplicates:
+    owners = {id(v): k for k, v in doc.items() if isinstance(v, dict)} if duplicates else {}
+    for key, obj in duplicates:
         if obj is doc:
             seen_dup[key] = seen_dup.get(key, 1) + 1
             out.add(F.error("ST_DUPLICATE_KEY",
@@ -329,16 +407,6 @@ def _parse_header(view: View) -> Header:
                             f"key {key!r} appears twice in the entry of {owner!r}; readers keep the last "
                             "silently" if owner else f"key {key!r} appears twice in one header object",
                             offset=loc.offset_of(owner) if owner else 8, tensor=owner, field=key))
-
-    _check_metadata(doc.get("__metadata__", None), "__metadata__" in doc, head, out, loc)
-    entries = [(k, v) for k, v in doc.items() if k != "__metadata__"]
-    for name, entry in entries:
-        tensor = _check_entry(name, entry, out, loc)
-        if tensor is not None:
-            head.tensors[name] = tensor
-    _check_layout(head, out, loc, all_entries_valid=len(head.tensors) == len(entries))
-    out.close()
-    return head
 
 
 def _check_metadata(meta: Any, present: bool, head: Header, out: _Findings, loc: _Locator) -> None:
