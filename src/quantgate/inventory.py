@@ -24,7 +24,7 @@ FLOAT = "float"
 UNKNOWN = "unknown"
 
 
-@dataclass
+@dataclass(slots=True)  # tens of thousands per artifact: no per-instance __dict__
 class Layer:
     """One weight-bearing op: a linear/matmul/gemm, conv or embedding with a constant weight.
 

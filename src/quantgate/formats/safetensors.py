@@ -21,6 +21,7 @@ import json
 import operator
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -219,11 +220,20 @@ class _Locator:
 
     LOCATE_LIMIT = 500
 
-    def __init__(self, raw: bytes, base: int):
-        self.raw = raw
-        self.base = base
+    def __init__(self, view: View, header_len: int):
+        self.view = view
+        self.header_len = header_len
+        self.base = 8
         self.cursor = 0
         self.calls = 0
+        self._raw: bytes | None = None
+
+    @property
+    def raw(self) -> bytes:
+        """The header's bytes, read again on the first lookup: a sound header never needs them."""
+        if self._raw is None:
+            self._raw = self.view.bytes(8, self.header_len, "header")
+        return self._raw
 
     def offset_of(self, name: str, nth: int = 1) -> int:
         self.calls += 1
@@ -262,30 +272,30 @@ def parse_header(view: View) -> Header:
 def _parse_header(view: View) -> Header:
     head = Header(file_size=len(view))
     out = _Findings(head.findings)
-    header = _header_text(view, head, out)
-    if header is None:
+    text = _header_text(view, head, out)
+    if text is None:
         return head
-    raw, text = header
     # The plain parse builds the dicts in C; recording duplicate keys takes a Python hook per object
     # (~0.1 s on a 50k-tensor header). A repeated key drops a member, so the parse is redone with the
     # recorder only when the members the header's colons stand for outnumber those that were kept.
     doc = _load_json(text, out)
     if doc is None:
         return head
-    if _check_doc(doc, raw, head, out, []) != _colons(raw):
-        recorder = _PairsRecorder()
-        doc = json.loads(text, object_pairs_hook=recorder)  # the same text parsed above: cannot fail
+    if _check_doc(doc, view, head, out, []) != _colons(text):
+        del doc
         head.findings.clear()
         head.tensors, head.metadata = {}, None
         out = _Findings(head.findings)
-        _check_doc(doc, raw, head, out, recorder.duplicates)
+        recorder = _PairsRecorder()
+        doc = json.loads(text, object_pairs_hook=recorder)  # the same text parsed above: cannot fail
+        _check_doc(doc, view, head, out, recorder.duplicates)
     out.close()
     return head
 
 
-def _header_text(view: View, head: Header, out: _Findings) -> tuple[bytes, str] | None:
-    """The JSON header's bytes and text once the length field, UTF-8 and nesting depth are sound; None
-    after a finding."""
+def _header_text(view: View, head: Header, out: _Findings) -> str | None:
+    """The JSON header's text once the length field, UTF-8 and nesting depth are sound; None after a
+    finding."""
     size = head.file_size
     if size < 8:
         out.add(F.error("ST_HEADER_TOO_SMALL",
@@ -319,7 +329,7 @@ def _header_text(view: View, head: Header, out: _Findings) -> tuple[bytes, str] 
                         f"the JSON header nests deeper than {MAX_DEPTH} levels; a safetensors header needs 3",
                         offset=8, field="header"))
         return None
-    return raw, text
+    return text  # the bytes are dropped: 6 MB on a 50k-tensor header, no longer held during the parse
 
 
 def _load_json(text: str, out: _Findings) -> dict[str, Any] | None:
@@ -344,12 +354,12 @@ def _load_json(text: str, out: _Findings) -> dict[str, Any] | None:
     return doc
 
 
-def _colons(raw: bytes) -> int:
+def _colons(text: str) -> int:
     """The colons of the JSON text: one per object member, plus those inside strings. -1 when a string
     spells a colon as an escape (`\\u003a`), which the parsed strings cannot be matched against."""
-    if b"\\u003a" in raw or b"\\u003A" in raw:
+    if "\\u003a" in text or "\\u003A" in text:
         return -1
-    return raw.count(b":")
+    return text.count(":")
 
 
 def _members(value: Any) -> int:
@@ -365,10 +375,10 @@ def _members(value: Any) -> int:
     return 0
 
 
-def _check_doc(doc: dict[str, Any], raw: bytes, head: Header, out: _Findings,
+def _check_doc(doc: dict[str, Any], view: View, head: Header, out: _Findings,
                duplicates: list[tuple[str, dict[str, Any]]]) -> int:
     """Check the parsed header into `head`; returns `_members(doc)`, counted on the way."""
-    loc = _Locator(raw, 8)
+    loc = _Locator(view, head.header_len)
     _report_duplicates(doc, duplicates, out, loc)
     meta = doc.get("__metadata__")
     _check_metadata(meta, "__metadata__" in doc, head, out, loc)
@@ -496,7 +506,8 @@ def _typed_entry(name: str, entry: dict[str, Any], out: _Findings, loc: _Locator
                      f"data_offsets [{begin}, {end}] hold {end - begin} byte(s) but {dtype} {shape} needs "
                      f"{expected}: the dtype or shape does not match the stored bytes")
         return None
-    return TensorEntry(name, dtype, tuple(shape), begin, end, numel)
+    # one dtype string for all the tensors, not one per entry as the JSON parse makes them
+    return TensorEntry(name, sys.intern(dtype), tuple(shape), begin, end, numel)
 
 
 def _bad_entry(name: str, dtype: Any, shape: Any, offsets: Any, out: _Findings, loc: _Locator) -> None:

@@ -113,18 +113,18 @@ LAYOUT_CODES = {
 
 # --- tensors grouped by module --------------------------------------------------------------------
 
-_ROLE_BY_SUFFIX = dict(_SUFFIX_ROLES)
-# the last name component -> the suffixes that end with it (most names have one candidate)
-_CANDIDATES: dict[str, list[str]] = {}
-for _suffix, _ in _SUFFIX_ROLES:
-    _CANDIDATES.setdefault(_suffix.rsplit(".", 1)[-1], []).append(_suffix)
+# the last name component -> (suffix, its length, role) of the suffixes that end with it, longest
+# first (most names have one candidate)
+_CANDIDATES: dict[str, list[tuple[str, int, str]]] = {}
+for _suffix, _role in _SUFFIX_ROLES:
+    _CANDIDATES.setdefault(_suffix.rsplit(".", 1)[-1], []).append((_suffix, len(_suffix), _role))
 
 
 def split_name(name: str) -> tuple[str, str | None]:
     """(module, role) for a known suffix, else (name, None)."""
-    for suffix in _CANDIDATES.get(name.rpartition(".")[2], ()):
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)], _ROLE_BY_SUFFIX[suffix]
+    for suffix, n, role in _CANDIDATES.get(name.rpartition(".")[2], ()):
+        if len(name) > n and name.endswith(suffix):
+            return name[:-n], role
     return name, None
 
 
@@ -776,30 +776,9 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     if qc is not None:
         ctx.config = qc
         ctx.spec = spec_from_config(qc)
-    modules: dict[str, dict[str, Any]] = {}
-    loose: list[Any] = []
-    first: dict[str, int] = {}  # layers in file order: by the first byte of any of their tensors
-    candidates, roles = _CANDIDATES, _ROLE_BY_SUFFIX
-    for t in head.tensors.values():
-        name = t.name
-        module, role = name, None  # split_name, inline: it runs once per tensor
-        for suffix in candidates.get(name.rpartition(".")[2], ()):
-            if name.endswith(suffix) and len(name) > len(suffix):
-                module, role = name[: -len(suffix)], roles[suffix]
-                break
-        if role is None:
-            loose.append(t)
-        else:
-            parts = modules.get(module)
-            if parts is None:
-                modules[module] = {role: t}
-            else:
-                parts[role] = t
-        begin = t.begin
-        at = first.get(module)
-        if at is None or begin < at:
-            first[module] = begin
+    modules, loose, first = _by_module(head.tensors)
     layers: list[Layer] = []
+    at: list[int] = []  # each layer's place in the file: the first byte of any of its tensors
     params_stored = 0
     for module, parts in modules.items():
         main_role = ("qweight" if "qweight" in parts else "packed" if "packed" in parts
@@ -830,6 +809,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
             params_stored += main.numel  # a 1-D `.weight` (a norm): a parameter, not an op
             continue
         layers.append(layer)
+        at.append(first[module])  # _file_order(first, layer): every module layer is named module.weight
         params_stored += layer.params
         # a bias lives beside the weight as a loose tensor; the weight's own extras are not parameters
     names = {t.name for t in loose}
@@ -840,24 +820,25 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
                 and len(t.shape) >= 3:
             layer = _mxfp4_blocks(t, head.tensors[t.name[: -len("_blocks")] + "_scales"])
             layers.append(layer)
+            at.append(_file_order(first, layer))
             params_stored += layer.params
             continue
         params_stored += t.numel
         if _loose_is_op(t):  # a bare parameter of 2+ dims (an expert bank, a position table)
             layers.append(_plain(ctx, t.name, {}, t))
-    def file_order(layer: Layer) -> int:
-        name = layer.name
-        return first.get(name[: -len(".weight")] if name.endswith(".weight") else name, first.get(name, 0))
-
-    layers.sort(key=file_order)  # first.get(_module_of(name), first.get(name, 0)), inline
+            at.append(_file_order(first, layers[-1]))
+    # sorted by place in the file; a stable sort on an index list keeps the key lookups in C
+    layers = [layers[i] for i in sorted(range(len(layers)), key=at.__getitem__)]
+    layouts: dict[str, int] = {}
+    quantized = 0
     for i, layer in enumerate(layers):
         layer.position = i
-    inv.layers = layers
-    inv.params_stored = params_stored
-    layouts: dict[str, int] = {}
-    for layer in layers:
         key = layer.detail.get("layout", "plain")
         layouts[key] = layouts.get(key, 0) + 1
+        if layer.quantized:
+            quantized += 1
+    inv.layers = layers
+    inv.params_stored = params_stored
     inv.facts["layouts"] = layouts
     if ctx.spec is not None:
         inv.facts["quant_method"] = ctx.spec.method
@@ -878,11 +859,47 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     facts = check_index(folder, base, head.tensors, inv.structural_findings)
     if facts:
         inv.facts.update(facts)
-    quantized = sum(1 for layer in layers if layer.quantized)
     inv.facts["summary"] = (
         f"{len(head.tensors)} tensors, {len(layers)} weight ops ({quantized} quantized"
         + (f", {', '.join(f'{k} {v}' for k, v in sorted(layouts.items()))}" if layouts else "") + ")"
     )
+
+
+def _by_module(tensors: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[Any], dict[str, int]]:
+    """Tensors grouped by module ({module: {role: tensor}}), the tensors of no known role, and the
+    first byte of each module (or loose tensor) in the data buffer."""
+    modules: dict[str, dict[str, Any]] = {}
+    loose: list[Any] = []
+    first: dict[str, int] = {}
+    candidates = _CANDIDATES
+    for t in tensors.values():
+        name = t.name
+        module, role = name, None  # split_name, inline: it runs once per tensor
+        for suffix, n, r in candidates.get(name.rpartition(".")[2], ()):
+            if len(name) > n and name.endswith(suffix):
+                module, role = name[:-n], r
+                break
+        if role is None:
+            loose.append(t)
+        else:
+            parts = modules.get(module)
+            if parts is None:
+                modules[module] = {role: t}
+            else:
+                parts[role] = t
+        begin = t.begin
+        if begin < first.get(module, _NO_BYTE):
+            first[module] = begin
+    return modules, loose, first
+
+
+_NO_BYTE = 1 << 64  # past any data offset
+
+
+def _file_order(first: dict[str, int], layer: Layer) -> int:
+    """Where a layer's tensors start in the file (0 when its name is no module's or tensor's)."""
+    name = layer.name
+    return first.get(_module_of(name), first.get(name, 0))
 
 
 def _loose_is_op(t: Any) -> bool:
