@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import gc
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -50,23 +51,33 @@ _Group = tuple[Any, bool, bool, str]
 
 
 def _groups(layers: Sequence[Layer]) -> dict[_Group, list[int]]:
-    groups: dict[_Group, list[int]] = {}
-    keys: dict[tuple[bool, Any], str] = {}  # bits_key() depends on (quantized is None, bits) only
+    # the group is a function of (quantized, numeric, bits): sort the layers into lists by those first,
+    # the one step per layer, then name each list's group and sum it with C-level sums
+    alike: dict[tuple[Any, str, Any], list[Layer]] = {}
     for layer in layers:
-        quantized = layer.quantized
-        cache = (quantized is None, layer.bits)
-        key = keys.get(cache)
-        if key is None:
-            key = keys[cache] = layer.bits_key()
+        key = (layer.quantized, layer.numeric, layer.bits)
+        same = alike.get(key)
+        if same is None:
+            alike[key] = [layer]
+        else:
+            same.append(layer)
+    groups: dict[_Group, list[int]] = {}
+    for same in alike.values():
+        layer = same[0]
         # is_int8 and is_int4 are False for a layer that is not quantized
-        group = (True, layer.is_int8, layer.is_int4, key) if quantized else (quantized, False, False, key)
+        group = ((True, layer.is_int8, layer.is_int4, layer.bits_key()) if layer.quantized
+                 else (layer.quantized, False, False, layer.bits_key()))
         acc = groups.get(group)
         if acc is None:
             acc = groups[group] = [0, 0, 0]
-        acc[0] += 1
-        acc[1] += layer.params
-        acc[2] += layer.flops
+        acc[0] += len(same)
+        acc[1] += sum(map(_PARAMS, same))
+        acc[2] += sum(map(_FLOPS, same))
     return groups
+
+
+_PARAMS = operator.attrgetter("params")
+_FLOPS = operator.attrgetter("flops")
 
 
 def _coverage_of(groups: dict[_Group, list[int]]) -> dict[str, dict[str, Any]]:
@@ -136,11 +147,16 @@ def matches_any(layer: Layer, patterns: Iterable[str]) -> bool:
 
 def bits_per_weight(layers: Sequence[Layer]) -> float | None:
     """8 x bytes encoding the weights / weight elements, over the layers whose bytes are known."""
-    known = [layer for layer in layers if layer.weight_bytes is not None]
-    params = sum(layer.params for layer in known)
+    known = False
+    params = weight_bytes = 0
+    for layer in layers:  # one pass: this runs over every layer of the artifact, twice per guard
+        if layer.weight_bytes is not None:
+            known = True
+            params += layer.params
+            weight_bytes += layer.weight_bytes
     if not known or params <= 0:
         return None
-    return 8 * sum(layer.weight_bytes or 0 for layer in known) / params
+    return 8 * weight_bytes / params
 
 
 def coverage_metrics(
@@ -174,23 +190,22 @@ def _coverage_metrics(
             unknown_ops += ops
     unquantized = []
     expected = 0
-    flops_exact = True
     for layer in layers:
-        if flops_exact and not layer.flops_exact:
-            flops_exact = False
         if layer.quantized is False:
+            is_expected = bool(expect_unquantized) and matches_any(layer, expect_unquantized)
             entry = {
                 "name": layer.name,
                 "kind": layer.kind,
                 "shape": list(layer.shape),
                 "dtype": layer.dtype,
                 "params": layer.params,
-                "expected": bool(expect_unquantized) and matches_any(layer, expect_unquantized),
+                "expected": is_expected,
             }
             if layer.position is not None:
                 entry["position"] = layer.position
-            expected += entry["expected"]
+            expected += is_expected
             unquantized.append(entry)
+    flops_exact = all(layer.flops_exact for layer in layers)
     metrics: dict[str, Any] = {
         "coverage": coverage,
         "coverage_basis": basis,
