@@ -15,8 +15,12 @@ reversed, i.e. [rows, cols] = PyTorch's [out_features, in_features]; `detail.ne`
 
 from __future__ import annotations
 
+import gc
+import math
 import struct
+from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from quantgate import findings as F
@@ -44,6 +48,13 @@ INT63 = 1 << 63
 # minimum bytes of one record, to reject counts that cannot fit before looping over them
 MIN_KV_BYTES = 8 + 4 + 1  # key length, value type, a 1-byte value
 MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
+
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+# what follows a tensor info's n_dims: ne (n_dims x u64), ggml type (u32), data offset (u64), by n_dims;
+# entry 0 is also used after a bad n_dims's dims, which are skipped
+_TENSOR_TAILS = tuple(struct.Struct(f"<{n}QIQ") for n in range(MAX_DIMS + 1))
+_BY_OFFSET = attrgetter("offset")
 
 FINDING_CODES: dict[str, str] = {
     "GGUF_BAD_MAGIC": "The file does not start with the GGUF magic.",
@@ -140,9 +151,15 @@ class TensorInfo:
 
     @property
     def type_name(self) -> str:
-        if self.gtype is not None:
-            return self.gtype.name
-        return T.REMOVED_GGML_TYPES.get(self.type_id, f"type{self.type_id}")
+        return type_name(self.type_id)
+
+
+def type_name(type_id: int) -> str:
+    """A ggml type id's name: ggml's, a removed type's, or `type<id>`."""
+    gtype = T.GGML_TYPES.get(type_id)
+    if gtype is not None:
+        return gtype.name
+    return T.REMOVED_GGML_TYPES.get(type_id, f"type{type_id}")
 
 
 @dataclass
@@ -182,6 +199,8 @@ class _Parser:
         self.budget = Budget.for_size(self.size)
         self.nested_reported = False
         self.kept = 0  # numeric array elements materialised so far
+        # (ne, ggml type id) -> (ne, type, elements, bytes) of valid tensor shapes, see `size_of`
+        self.sizes: dict[tuple[tuple[int, ...], int], tuple[tuple[int, ...], T.GGMLType, int, int]] = {}
 
     # -- helpers -----------------------------------------------------------------------------------
     def remaining(self, pos: int) -> int:
@@ -488,86 +507,138 @@ class _Parser:
         self.gf.alignment = value
 
     # -- tensor infos ------------------------------------------------------------------------------
+    # This part runs once per tensor (up to MAX_TENSORS), so it compares positions itself and unpacks
+    # a record's fixed-size tail in one call instead of going through View for each field; the field
+    # names that errors carry are only formatted when a read does fail.
     def tensor_infos(self, pos: int) -> int:
-        gf = self.gf
-        seen: dict[str, int] = {}
-        for i in range(gf.tensor_count or 0):
-            self.budget.spend(1, "tensor infos")
-            info_offset = pos
-            start, length, pos = self.raw_string(pos, f"tensor #{i} name length", field=f"tensor[{i}]")
-            raw = bytes(self.buf[start : start + min(length, 1024)])
-            try:
-                name = raw.decode("utf-8")
-                utf8_ok = True
-            except UnicodeDecodeError:
-                name, utf8_ok = raw.decode("utf-8", errors="replace"), False
-            label = name or f"tensor[{i}]"
-            if length == 0:
-                self.found.add(
-                    F.error(
-                        "GGUF_TENSOR_NAME_EMPTY",
-                        f"tensor #{i} has an empty name",
-                        offset=info_offset,
-                        tensor=label,
-                    )
-                )
-            elif length >= MAX_NAME:
-                self.found.add(
-                    F.error(
-                        "GGUF_TENSOR_NAME_TOO_LONG",
-                        f"tensor name is {length} bytes; ggml allows at most {MAX_NAME - 1}",
-                        offset=info_offset,
-                        tensor=label[:80],
-                    )
-                )
-            if not utf8_ok and length <= 1024:
-                self.found.add(
-                    F.error(
-                        "GGUF_TENSOR_NAME_NOT_UTF8",
-                        f"tensor #{i} name {name!r} is not valid UTF-8",
-                        offset=info_offset,
-                        tensor=label,
-                    )
-                )
-            n_dims = self.v.u32(pos, f"{label} n_dims")
-            pos += 4
-            if n_dims == 0 or n_dims > MAX_DIMS:
-                self.found.add(
-                    F.error(
-                        "GGUF_BAD_N_DIMS",
-                        f"n_dims is {n_dims}; ggml tensors have 1 to {MAX_DIMS} dims",
-                        offset=pos - 4,
-                        tensor=label,
-                    )
-                )
-            if n_dims * 8 > self.remaining(pos):
-                raise self.length_past_eof(f"n_dims of {label!r}", n_dims, 8, pos, tensor=label)
-            # never materialise more dims than a tensor can have: n_dims is the file's word
-            ne = struct.unpack_from(f"<{n_dims}Q", self.buf, pos) if n_dims <= MAX_DIMS else ()
-            dims_offset = pos
-            pos += 8 * n_dims
-            type_id = self.v.u32(pos, f"{label} type")
-            offset = self.v.u64(pos + 4, f"{label} offset")
-            pos += 12
-            t = TensorInfo(label, i, info_offset, tuple(ne), type_id, offset)
-            if label in seen:
-                self.found.add(
-                    F.error(
-                        "GGUF_DUPLICATE_TENSOR_NAME",
-                        f"tensor {label!r} is defined twice (#{seen[label]} and #{i})",
-                        offset=info_offset,
-                        tensor=label,
-                    )
-                )
-            else:
-                seen[label] = i
-            self.size_tensor(t, dims_offset, 0 < n_dims <= MAX_DIMS)
-            gf.tensors.append(t)
+        count = self.gf.tensor_count or 0
+        # one spend for all the records: `header` checked that they fit in the file, and the budget
+        # allows more than one record per byte
+        self.budget.spend(count, "tensor infos")
+        tensors = self.gf.tensors
+        first_index: dict[str, int] = {}
+        for i in range(count):
+            t, pos = self.tensor_info(i, pos, first_index)
+            tensors.append(t)
         return pos
 
-    def size_tensor(self, t: TensorInfo, dims_offset: int, dims_ok: bool) -> None:
-        ok = dims_ok
-        for d, n in enumerate(t.ne):
+    def tensor_info(self, i: int, pos: int, first_index: dict[str, int]) -> tuple[TensorInfo, int]:
+        """Tensor info #i at pos, checked and sized, and the position after it."""
+        info_offset = pos
+        label, pos = self.tensor_name(i, pos)
+        buf, size = self.buf, self.size
+        if pos + 4 > size:
+            raise self.cut(pos, 4, f"{label} n_dims")
+        (n_dims,) = _U32.unpack_from(buf, pos)
+        pos += 4
+        if n_dims == 0 or n_dims > MAX_DIMS:
+            self.found.add(
+                F.error(
+                    "GGUF_BAD_N_DIMS",
+                    f"n_dims is {n_dims}; ggml tensors have 1 to {MAX_DIMS} dims",
+                    offset=pos - 4,
+                    tensor=label,
+                )
+            )
+        if n_dims * 8 > size - pos:
+            raise self.length_past_eof(f"n_dims of {label!r}", n_dims, 8, pos, tensor=label)
+        # never materialise more dims than a tensor can have: n_dims is the file's word
+        if n_dims <= MAX_DIMS:
+            tail, tail_pos = _TENSOR_TAILS[n_dims], pos
+        else:
+            tail, tail_pos = _TENSOR_TAILS[0], pos + 8 * n_dims
+        end = tail_pos + tail.size
+        if end > size:
+            type_pos = pos + 8 * n_dims
+            if type_pos + 4 > size:
+                raise self.cut(type_pos, 4, f"{label} type")
+            raise self.cut(type_pos + 4, 8, f"{label} offset")
+        fields = tail.unpack_from(buf, tail_pos)
+        first = first_index.setdefault(label, i)
+        if first != i:
+            self.found.add(
+                F.error(
+                    "GGUF_DUPLICATE_TENSOR_NAME",
+                    f"tensor {label!r} is defined twice (#{first} and #{i})",
+                    offset=info_offset,
+                    tensor=label,
+                )
+            )
+        type_id = fields[-2]
+        ne, gtype, elements, nbytes = self.size_of(fields[:-2], type_id, label, pos)
+        return TensorInfo(label, i, info_offset, ne, type_id, fields[-1], gtype, elements, nbytes), end
+
+    def tensor_name(self, i: int, pos: int) -> tuple[str, int]:
+        """Tensor #i's name (for display when it is empty or not UTF-8) and the position after it."""
+        buf, size = self.buf, self.size
+        if pos + 8 > size:
+            raise self.cut(pos, 8, f"tensor #{i} name length")
+        (length,) = _U64.unpack_from(buf, pos)
+        start = pos + 8
+        if length > size - start:
+            raise self.length_past_eof(f"tensor #{i} name length", length, 1, start, field=f"tensor[{i}]")
+        raw = buf[start : start + (length if length <= 1024 else 1024)]
+        try:
+            name, utf8_ok = raw.decode(), True
+        except UnicodeDecodeError:
+            name, utf8_ok = raw.decode("utf-8", errors="replace"), False
+        label = name or f"tensor[{i}]"
+        if length == 0:
+            self.found.add(
+                F.error("GGUF_TENSOR_NAME_EMPTY", f"tensor #{i} has an empty name", offset=pos, tensor=label)
+            )
+        elif length >= MAX_NAME:
+            self.found.add(
+                F.error(
+                    "GGUF_TENSOR_NAME_TOO_LONG",
+                    f"tensor name is {length} bytes; ggml allows at most {MAX_NAME - 1}",
+                    offset=pos,
+                    tensor=label[:80],
+                )
+            )
+        if not utf8_ok and length <= 1024:
+            self.found.add(
+                F.error(
+                    "GGUF_TENSOR_NAME_NOT_UTF8",
+                    f"tensor #{i} name {name!r} is not valid UTF-8",
+                    offset=pos,
+                    tensor=label,
+                )
+            )
+        return label, start + length
+
+    def cut(self, pos: int, size: int, field: str) -> OutOfBounds:
+        """What View raises for a `size`-byte field at pos that runs past the end of the file."""
+        return OutOfBounds(
+            f"{size} byte(s) at offset {pos} run past the end of the file ({self.size} bytes)",
+            offset=pos,
+            field=field,
+        )
+
+    def size_of(
+        self, ne: tuple[int, ...], type_id: int, name: str, dims_offset: int
+    ) -> tuple[tuple[int, ...], T.GGMLType | None, int | None, int | None]:
+        """(ne, ggml type, elements, bytes) of a tensor; elements and bytes are None (with findings)
+        when its dims or type are invalid.
+
+        A model repeats a few (ne, type) pairs thousands of times, so valid ones are checked once and
+        remembered (at most one entry per tensor); tensors of one shape then share one ne tuple.
+        """
+        key = (ne, type_id)
+        known = self.sizes.get(key)
+        if known is not None:
+            return known
+        gtype, elements, nbytes = self.check_size(ne, type_id, name, dims_offset)
+        sized = (ne, gtype, elements, nbytes)
+        if nbytes is not None:
+            self.sizes[key] = sized
+        return sized
+
+    def check_size(
+        self, ne: tuple[int, ...], type_id: int, name: str, dims_offset: int
+    ) -> tuple[T.GGMLType | None, int | None, int | None]:
+        ok = bool(ne)  # a bad n_dims left ne empty
+        for d, n in enumerate(ne):
             if n == 0 or n >= INT63:
                 shown = n - (1 << 64) if n >= INT63 else n
                 self.found.add(
@@ -575,60 +646,57 @@ class _Parser:
                         "GGUF_BAD_DIM",
                         f"dim {d} is {shown}; every dim must be >= 1",
                         offset=dims_offset + 8 * d,
-                        tensor=t.name,
+                        tensor=name,
                     )
                 )
                 ok = False
-        gtype = T.GGML_TYPES.get(t.type_id)
-        type_pos = dims_offset + 8 * len(t.ne)
+        gtype = T.GGML_TYPES.get(type_id)
+        type_pos = dims_offset + 8 * len(ne)
         if gtype is None:
             ok = False
-            if t.type_id in T.REMOVED_GGML_TYPES:
+            if type_id in T.REMOVED_GGML_TYPES:
                 self.found.add(
                     F.error(
                         "GGUF_REMOVED_TYPE",
-                        f"type {t.type_id} "
-                        f"({T.REMOVED_GGML_TYPES[t.type_id]}) was removed from GGUF; "
+                        f"type {type_id} "
+                        f"({T.REMOVED_GGML_TYPES[type_id]}) was removed from GGUF; "
                         "re-quantize with a current llama.cpp",
                         offset=type_pos,
-                        tensor=t.name,
+                        tensor=name,
                     )
                 )
             else:
                 self.found.add(
                     F.error(
                         "GGUF_UNKNOWN_TYPE",
-                        f"ggml type {t.type_id} is unknown (ggml knows 0..{T.GGML_TYPE_COUNT - 1})",
+                        f"ggml type {type_id} is unknown (ggml knows 0..{T.GGML_TYPE_COUNT - 1})",
                         offset=type_pos,
-                        tensor=t.name,
+                        tensor=name,
                     )
                 )
-        t.gtype = gtype
         if not ok or gtype is None:
-            return
-        elements = 1
-        for n in t.ne:
-            elements *= n
+            return gtype, None, None
+        elements = math.prod(ne)
         if elements >= INT63:
             self.found.add(
                 F.error(
                     "GGUF_ELEMENT_COUNT_OVERFLOW",
-                    f"dims {list(t.ne)} give {elements:,} elements, more than int64 holds",
+                    f"dims {list(ne)} give {elements:,} elements, more than int64 holds",
                     offset=dims_offset,
-                    tensor=t.name,
+                    tensor=name,
                 )
             )
-            return
-        if t.ne[0] % gtype.block:
+            return gtype, None, None
+        if ne[0] % gtype.block:
             self.found.add(
                 F.error(
                     "GGUF_ROW_NOT_BLOCK_MULTIPLE",
-                    f"row length ne0={t.ne[0]} is not a multiple of {gtype.name}'s block size {gtype.block}",
+                    f"row length ne0={ne[0]} is not a multiple of {gtype.name}'s block size {gtype.block}",
                     offset=dims_offset,
-                    tensor=t.name,
+                    tensor=name,
                 )
             )
-            return
+            return gtype, None, None
         nbytes = elements // gtype.block * gtype.size
         if nbytes >= INT63:
             self.found.add(
@@ -636,11 +704,11 @@ class _Parser:
                     "GGUF_ELEMENT_COUNT_OVERFLOW",
                     f"{elements:,} {gtype.name} elements need {nbytes:,} bytes, more than int64 holds",
                     offset=dims_offset,
-                    tensor=t.name,
+                    tensor=name,
                 )
             )
-            return
-        t.elements, t.nbytes = elements, nbytes
+            return gtype, None, None
+        return gtype, elements, nbytes
 
     # -- layout ------------------------------------------------------------------------------------
     def layout(self) -> None:
@@ -677,7 +745,8 @@ class _Parser:
                     )
                 )
             prev = t
-        ranked = sorted(sized, key=lambda x: (x.offset, x.index))
+        # by (offset, index): `sized` is in index order and sorting is stable
+        ranked = sorted(sized, key=_BY_OFFSET)
         end = 0  # relative end of the furthest tensor so far
         last: TensorInfo | None = None
         for t in ranked:
@@ -694,7 +763,7 @@ class _Parser:
                         tensor=t.name,
                     )
                 )
-            elif all_sized and t.offset > _align(end, align) and t.offset % align == 0:
+            elif t.offset > end and all_sized and t.offset > _align(end, align) and t.offset % align == 0:
                 order_problem = True
                 after = f"after {last.name!r}" if last is not None else "before the first tensor"
                 self.found.add(
@@ -710,7 +779,8 @@ class _Parser:
                 end, last = t.offset + t.nbytes, t
         if not all_sized:
             return  # some tensor has no size: trailing/truncation arithmetic would be guesswork
-        past = [t for t in ranked if base + t.offset + (t.nbytes or 0) > size]
+        # `end` is the furthest end, so no tensor runs past the file unless that one does
+        past = [t for t in ranked if base + t.offset + (t.nbytes or 0) > size] if base + end > size else []
         if past:
             if not order_problem:
                 cut = past[0]
@@ -823,27 +893,26 @@ def layer_kind(name: str, n_dims: int) -> str:
     return LINEAR
 
 
-def is_embedding_or_output(name: str, kind: str) -> bool:
-    return kind == EMBEDDING or name in ("output.weight", "lm_head.weight")
-
-
 def _layer(t: TensorInfo) -> Layer:
-    assert t.gtype is not None and t.elements is not None
-    kind = layer_kind(t.name, len(t.ne))
     g = t.gtype
-    return Layer(
-        name=t.name,
-        kind=kind,
-        shape=tuple(reversed(t.ne)),
-        dtype=g.name,
-        bits=g.bits,
-        numeric=INT if g.numeric == "int" else FLOAT,
-        quantized=g.quantized,
-        params=t.elements,
-        weight_bytes=t.nbytes,
-        position=t.index,
-        detail={"ne": list(t.ne), "offset": t.offset},
+    assert g is not None and t.elements is not None
+    # Positional: calling a class with keywords packs them into a dict and unpacks it again for
+    # __init__, which costs more than the rest of this function. The order is Layer's:
+    # name, kind, shape, dtype, bits, numeric, quantized, params, weight_bytes.
+    layer = Layer(
+        t.name,
+        layer_kind(t.name, len(t.ne)),
+        t.ne[::-1],
+        g.name,
+        g.bits,
+        INT if g.numeric == "int" else FLOAT,
+        g.quantized,
+        t.elements,
+        t.nbytes,
     )
+    layer.position = t.index
+    layer.detail = {"ne": list(t.ne), "offset": t.offset}
+    return layer
 
 
 def _kv_int(kv: KV | None) -> int | None:
@@ -879,7 +948,7 @@ def hparams(gf: GGUFFile) -> dict[str, Any]:
     return out
 
 
-def _semantics(gf: GGUFFile, layers: list[Layer]) -> None:
+def _semantics(gf: GGUFFile, layers: list[Layer], any_quantized: bool) -> None:
     out = gf.semantic
     kvs = gf.kvs
     arch = kvs.get("general.architecture")
@@ -900,7 +969,6 @@ def _semantics(gf: GGUFFile, layers: list[Layer]) -> None:
                 field=arch.key,
             )
         )
-    any_quantized = any(t.gtype is not None and t.gtype.quantized for t in gf.tensors)
     qv = kvs.get("general.quantization_version")
     if qv is not None and _kv_int(qv) is None:
         out.append(
@@ -969,10 +1037,10 @@ def _check_file_type(gf: GGUFFile, spec: T.FileType, kv: KV, layers: list[Layer]
             )
         return
     by_type: dict[str, int] = {}
-    bits_of: dict[str, tuple[float, bool]] = {}
     for layer in layers:
         by_type[layer.dtype] = by_type.get(layer.dtype, 0) + layer.params
-        bits_of[layer.dtype] = (layer.bits or 0.0, bool(layer.quantized))
+    # a layer's bits and quantized state are its ggml type's
+    bits_of = {d: (T.GGML_TYPE_BY_NAME[d].bits, T.GGML_TYPE_BY_NAME[d].quantized) for d in by_type}
     total = sum(by_type.values())
     if not total:
         return
@@ -1012,13 +1080,28 @@ def _check_file_type(gf: GGUFFile, spec: T.FileType, kv: KV, layers: list[Layer]
         )
 
 
-def _bpw(tensors: list[TensorInfo]) -> float | None:
-    elements = sum(t.elements or 0 for t in tensors)
-    return 8 * sum(t.nbytes or 0 for t in tensors) / elements if elements else None
+_ELEMENTS = attrgetter("elements")
+_NBYTES = attrgetter("nbytes")
+_TYPE_ID = attrgetter("type_id")
+OUTPUT_NAMES = ("output.weight", "lm_head.weight")
+
+
+def _bpw(elements: int, nbytes: int) -> float | None:
+    return 8 * nbytes / elements if elements else None
 
 
 def read(path: str) -> Inventory:
     """The GGUF file's inventory; never raises on bad content."""
+    enabled = gc.isenabled()
+    gc.disable()  # a tensor info and a layer per tensor, no cycles: collecting them mid-read only costs time
+    try:
+        return _read(path)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _read(path: str) -> Inventory:
     try:
         gf = parse(path)
     except OSError as exc:
@@ -1029,12 +1112,16 @@ def read(path: str) -> Inventory:
         return inv
     inv = Inventory(FORMAT, path, gf.size)
     inv.structural_findings = gf.structural
+    # whole-list sums and counts below go through map/attrgetter: they visit every tensor
     sized = [t for t in gf.tensors if t.nbytes is not None]
     layers = [_layer(t) for t in sized if len(t.ne) >= 2]
     inv.layers = layers
-    inv.params_stored = sum(t.elements or 0 for t in sized)
+    elements, nbytes = sum(map(_ELEMENTS, sized)), sum(map(_NBYTES, sized))
+    inv.params_stored = elements
+    type_counts = Counter(map(_TYPE_ID, gf.tensors))  # in order of first use, as the facts list them
     if gf.complete:
-        _semantics(gf, layers)
+        any_quantized = any(T.GGML_TYPES[i].quantized for i in type_counts if i in T.GGML_TYPES)
+        _semantics(gf, layers, any_quantized)
     inv.semantic_findings = gf.semantic
 
     ft = _kv_int(gf.kvs.get("general.file_type"))
@@ -1049,19 +1136,19 @@ def read(path: str) -> Inventory:
         metrics["file_type"] = T.short_file_type(ft)
     if qv is not None:
         metrics["quantization_version"] = qv
-    bpw_all = _bpw(sized)
+    bpw_all = _bpw(elements, nbytes)
     if bpw_all is not None:
         metrics["bits_per_weight_all"] = bpw_all
+    # the embeddings and the output head: by name, with the kind of the last layer of that name
     kinds = {layer.name: layer.kind for layer in layers}
-    core = [t for t in sized if not is_embedding_or_output(t.name, kinds.get(t.name, LINEAR))]
-    bpw_core = _bpw(core)
+    excluded_names = {name for name, kind in kinds.items() if kind == EMBEDDING}.union(OUTPUT_NAMES)
+    excluded = [t for t in sized if t.name in excluded_names]
+    bpw_core = _bpw(elements - sum(map(_ELEMENTS, excluded)), nbytes - sum(map(_NBYTES, excluded)))
     if bpw_core is not None:
         metrics["bits_per_weight_excluding_embeddings_and_output"] = bpw_core
     inv.metrics = metrics
 
-    types: dict[str, int] = {}
-    for t in gf.tensors:
-        types[t.type_name] = types.get(t.type_name, 0) + 1
+    types = {type_name(type_id): n for type_id, n in type_counts.items()}
     facts: dict[str, Any] = {
         "version": gf.version,
         "architecture": arch,
@@ -1072,7 +1159,7 @@ def read(path: str) -> Inventory:
         "kv_count": gf.kv_count,
         "alignment": gf.alignment,
         "data_offset": gf.data_start,
-        "tensor_data_bytes": sum(t.nbytes or 0 for t in sized),
+        "tensor_data_bytes": nbytes,
         "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1])),
         "hparams": hparams(gf),
     }
