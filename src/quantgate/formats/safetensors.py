@@ -22,6 +22,7 @@ import operator
 import os
 import re
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -384,18 +385,17 @@ def _check_doc(doc: dict[str, Any], view: View, head: Header, out: _Findings,
     _check_metadata(meta, "__metadata__" in doc, head, out, loc)
     members = len(doc) + "".join(doc).count(":") + _members(meta)
     tensors = head.tensors
-    entries = 0
     for name, entry in doc.items():
         if name == "__metadata__":
             continue
-        entries += 1
         tensor = _check_entry(name, entry, out, loc)
-        if tensor is not None:
-            tensors[name] = tensor
-        if tensor is not None and len(entry) == 3:
-            members += 3  # dtype, shape, data_offsets: a known dtype and integers hold no colon
-        else:
+        if tensor is None:
             members += _members(entry)
+        else:
+            tensors[name] = tensor
+            # dtype, shape and data_offsets alone: a known dtype and integers hold no colon
+            members += 3 if len(entry) == 3 else _members(entry)
+    entries = len(doc) - ("__metadata__" in doc)
     _check_layout(head, out, loc, all_entries_valid=len(tensors) == entries)
     return members
 
@@ -479,7 +479,7 @@ def _typed_entry(name: str, entry: dict[str, Any], out: _Findings, loc: _Locator
     if type(shape) is list:
         numel = 1
         for d in shape:
-            if type(d) is not int or d < 0 or d > U64_MAX:  # bool is not an int here
+            if type(d) is not int or not 0 <= d <= U64_MAX:  # bool is not an int here
                 numel = None
                 break
             numel *= d
@@ -493,18 +493,18 @@ def _typed_entry(name: str, entry: dict[str, Any], out: _Findings, loc: _Locator
     if bits is None or numel is None or begin < 0:
         _bad_entry(name, dtype, shape, offsets, out, loc)
         return None
-    if numel * bits > U64_MAX:
+    size_bits = numel * bits
+    if size_bits > U64_MAX:
         _entry_error(out, loc, name, "ST_SHAPE_OVERFLOW", f"shape {shape} x {bits} bits overflows 64 bits")
         return None
-    if (numel * bits) % 8:
+    if size_bits % 8:
         _entry_error(out, loc, name, "ST_SUBBYTE_NOT_WHOLE_BYTES",
                      f"{numel} element(s) of {dtype} ({bits} bits) is not a whole number of bytes")
         return None
-    expected = numel * bits // 8
-    if end - begin != expected:
+    if end - begin != size_bits // 8:
         _entry_error(out, loc, name, "ST_SIZE_MISMATCH",
                      f"data_offsets [{begin}, {end}] hold {end - begin} byte(s) but {dtype} {shape} needs "
-                     f"{expected}: the dtype or shape does not match the stored bytes")
+                     f"{size_bits // 8}: the dtype or shape does not match the stored bytes")
         return None
     # one dtype string for all the tensors, not one per entry as the JSON parse makes them
     return TensorEntry(name, sys.intern(dtype), tuple(shape), begin, end, numel)
@@ -601,9 +601,7 @@ def read(path: str) -> Inventory:
 
 
 def _facts(head: Header) -> dict[str, Any]:
-    dtypes: dict[str, int] = {}
-    for t in head.tensors.values():
-        dtypes[t.dtype] = dtypes.get(t.dtype, 0) + 1
+    dtypes = Counter(map(operator.attrgetter("dtype"), head.tensors.values()))
     facts: dict[str, Any] = {
         "header_bytes": head.header_len,
         "tensors": len(head.tensors),
