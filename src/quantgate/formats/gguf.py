@@ -51,9 +51,7 @@ MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8  # name length, n_dims, type, offset
 
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
-# what follows a tensor info's n_dims: ne (n_dims x u64), ggml type (u32), data offset (u64), by n_dims;
-# entry 0 is also used after a bad n_dims's dims, which are skipped
-_TENSOR_TAILS = tuple(struct.Struct(f"<{n}QIQ") for n in range(MAX_DIMS + 1))
+_DIMS = tuple(struct.Struct(f"<{n}Q") for n in range(MAX_DIMS + 1))  # a tensor's ne, by n_dims
 _BY_OFFSET = attrgetter("offset")
 
 FINDING_CODES: dict[str, str] = {
@@ -199,8 +197,8 @@ class _Parser:
         self.budget = Budget.for_size(self.size)
         self.nested_reported = False
         self.kept = 0  # numeric array elements materialised so far
-        # (ne, ggml type id) -> (ne, type, elements, bytes) of valid tensor shapes, see `size_of`
-        self.sizes: dict[tuple[tuple[int, ...], int], tuple[tuple[int, ...], T.GGMLType, int, int]] = {}
+        # stored dims and type -> (ne, type id, type, elements, bytes) of valid tensor shapes, see `shape`
+        self.sizes: dict[bytes | None, tuple[tuple[int, ...], int, T.GGMLType | None, int | None, int | None]] = {}
 
     # -- helpers -----------------------------------------------------------------------------------
     def remaining(self, pos: int) -> int:
@@ -530,30 +528,19 @@ class _Parser:
         if pos + 4 > size:
             raise self.cut(pos, 4, f"{label} n_dims")
         (n_dims,) = _U32.unpack_from(buf, pos)
-        pos += 4
+        dims_offset = pos + 4
         if n_dims == 0 or n_dims > MAX_DIMS:
             self.found.add(
                 F.error(
                     "GGUF_BAD_N_DIMS",
                     f"n_dims is {n_dims}; ggml tensors have 1 to {MAX_DIMS} dims",
-                    offset=pos - 4,
+                    offset=pos,
                     tensor=label,
                 )
             )
-        if n_dims * 8 > size - pos:
-            raise self.length_past_eof(f"n_dims of {label!r}", n_dims, 8, pos, tensor=label)
-        # never materialise more dims than a tensor can have: n_dims is the file's word
-        if n_dims <= MAX_DIMS:
-            tail, tail_pos = _TENSOR_TAILS[n_dims], pos
-        else:
-            tail, tail_pos = _TENSOR_TAILS[0], pos + 8 * n_dims
-        end = tail_pos + tail.size
+        end = dims_offset + 8 * n_dims + 12  # after the dims, the type and the data offset
         if end > size:
-            type_pos = pos + 8 * n_dims
-            if type_pos + 4 > size:
-                raise self.cut(type_pos, 4, f"{label} type")
-            raise self.cut(type_pos + 4, 8, f"{label} offset")
-        fields = tail.unpack_from(buf, tail_pos)
+            raise self.tail_cut(label, n_dims, dims_offset)
         first = first_index.setdefault(label, i)
         if first != i:
             self.found.add(
@@ -564,9 +551,18 @@ class _Parser:
                     tensor=label,
                 )
             )
-        type_id = fields[-2]
-        ne, gtype, elements, nbytes = self.size_of(fields[:-2], type_id, label, pos)
-        return TensorInfo(label, i, info_offset, ne, type_id, fields[-1], gtype, elements, nbytes), end
+        ne, type_id, gtype, elements, nbytes = self.shape(n_dims, dims_offset, label)
+        (offset,) = _U64.unpack_from(buf, end - 8)
+        return TensorInfo(label, i, info_offset, ne, type_id, offset, gtype, elements, nbytes), end
+
+    def tail_cut(self, label: str, n_dims: int, dims_offset: int) -> Exception:
+        """The error for a tensor info whose dims, type or data offset run past the end of the file."""
+        if n_dims * 8 > self.size - dims_offset:
+            return self.length_past_eof(f"n_dims of {label!r}", n_dims, 8, dims_offset, tensor=label)
+        type_pos = dims_offset + 8 * n_dims
+        if type_pos + 4 > self.size:
+            return self.cut(type_pos, 4, f"{label} type")
+        return self.cut(type_pos + 4, 8, f"{label} offset")
 
     def tensor_name(self, i: int, pos: int) -> tuple[str, int]:
         """Tensor #i's name (for display when it is empty or not UTF-8) and the position after it."""
@@ -615,23 +611,28 @@ class _Parser:
             field=field,
         )
 
-    def size_of(
-        self, ne: tuple[int, ...], type_id: int, name: str, dims_offset: int
-    ) -> tuple[tuple[int, ...], T.GGMLType | None, int | None, int | None]:
-        """(ne, ggml type, elements, bytes) of a tensor; elements and bytes are None (with findings)
-        when its dims or type are invalid.
+    def shape(
+        self, n_dims: int, dims_offset: int, name: str
+    ) -> tuple[tuple[int, ...], int, T.GGMLType | None, int | None, int | None]:
+        """(ne, type id, ggml type, elements, bytes) from the dims and type at dims_offset; elements
+        and bytes are None (with findings) when the dims or the type are invalid.
 
-        A model repeats a few (ne, type) pairs thousands of times, so valid ones are checked once and
-        remembered (at most one entry per tensor); tensors of one shape then share one ne tuple.
+        A model repeats a few shapes and types thousands of times, so the valid ones are checked once
+        and remembered by their stored bytes (at most one entry per tensor, 44 bytes each); tensors of
+        one shape then share one ne tuple.
         """
-        key = (ne, type_id)
-        known = self.sizes.get(key)
+        # never materialise more dims than a tensor can have: n_dims is the file's word
+        stored = self.buf[dims_offset : dims_offset + 8 * n_dims + 4] if n_dims <= MAX_DIMS else None
+        known = self.sizes.get(stored)
         if known is not None:
             return known
+        type_pos = dims_offset + 8 * n_dims
+        ne = _DIMS[n_dims].unpack_from(self.buf, dims_offset) if n_dims <= MAX_DIMS else ()
+        (type_id,) = _U32.unpack_from(self.buf, type_pos)
         gtype, elements, nbytes = self.check_size(ne, type_id, name, dims_offset)
-        sized = (ne, gtype, elements, nbytes)
-        if nbytes is not None:
-            self.sizes[key] = sized
+        sized = (ne, type_id, gtype, elements, nbytes)
+        if stored is not None and nbytes is not None:
+            self.sizes[stored] = sized
         return sized
 
     def check_size(
@@ -893,16 +894,20 @@ def layer_kind(name: str, n_dims: int) -> str:
     return LINEAR
 
 
-def _layer(t: TensorInfo) -> Layer:
+def _layer(t: TensorInfo, shapes: dict[tuple[int, ...], tuple[int, ...]]) -> Layer:
+    """t's layer; `shapes` maps ne to shape, so that layers of one shape share one tuple."""
     g = t.gtype
     assert g is not None and t.elements is not None
+    shape = shapes.get(t.ne)
+    if shape is None:
+        shape = shapes[t.ne] = t.ne[::-1]
     # Positional: calling a class with keywords packs them into a dict and unpacks it again for
     # __init__, which costs more than the rest of this function. The order is Layer's:
     # name, kind, shape, dtype, bits, numeric, quantized, params, weight_bytes.
     layer = Layer(
         t.name,
         layer_kind(t.name, len(t.ne)),
-        t.ne[::-1],
+        shape,
         g.name,
         g.bits,
         INT if g.numeric == "int" else FLOAT,
@@ -1114,7 +1119,8 @@ def _read(path: str) -> Inventory:
     inv.structural_findings = gf.structural
     # whole-list sums and counts below go through map/attrgetter: they visit every tensor
     sized = [t for t in gf.tensors if t.nbytes is not None]
-    layers = [_layer(t) for t in sized if len(t.ne) >= 2]
+    shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+    layers = [_layer(t, shapes) for t in sized if len(t.ne) >= 2]
     inv.layers = layers
     elements, nbytes = sum(map(_ELEMENTS, sized)), sum(map(_NBYTES, sized))
     inv.params_stored = elements
