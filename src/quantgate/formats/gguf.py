@@ -197,8 +197,8 @@ class _Parser:
         self.budget = Budget.for_size(self.size)
         self.nested_reported = False
         self.kept = 0  # numeric array elements materialised so far
-        # stored dims and type -> (ne, type id, type, elements, bytes) of valid tensor shapes, see `shape`
-        self.sizes: dict[bytes | None, tuple[tuple[int, ...], int, T.GGMLType | None, int | None, int | None]] = {}
+        # stored dims and type -> (ne, type id, type, elements, bytes) of valid tensors, see `dims_and_type`
+        self.dims_seen: dict[bytes | None, tuple[tuple[int, ...], int, T.GGMLType | None, int | None, int | None]] = {}
 
     # -- helpers -----------------------------------------------------------------------------------
     def remaining(self, pos: int) -> int:
@@ -505,13 +505,13 @@ class _Parser:
         self.gf.alignment = value
 
     # -- tensor infos ------------------------------------------------------------------------------
-    # This part runs once per tensor (up to MAX_TENSORS), so it compares positions itself and unpacks
-    # a record's fixed-size tail in one call instead of going through View for each field; the field
-    # names that errors carry are only formatted when a read does fail.
+    # This part runs once per tensor (up to MAX_TENSORS), so it compares positions itself instead of
+    # going through View for each field, formats the field names errors carry only when a read fails,
+    # and checks each distinct (dims, type) once (`dims_and_type`).
     def tensor_infos(self, pos: int) -> int:
         count = self.gf.tensor_count or 0
-        # one spend for all the records: `header` checked that they fit in the file, and the budget
-        # allows more than one record per byte
+        # one spend for all the records: `header` checked that they fit in the file (24 bytes or more
+        # each), and the budget allows ten thousand records plus one per byte
         self.budget.spend(count, "tensor infos")
         tensors = self.gf.tensors
         first_index: dict[str, int] = {}
@@ -551,7 +551,7 @@ class _Parser:
                     tensor=label,
                 )
             )
-        ne, type_id, gtype, elements, nbytes = self.shape(n_dims, dims_offset, label)
+        ne, type_id, gtype, elements, nbytes = self.dims_and_type(n_dims, dims_offset, label)
         (offset,) = _U64.unpack_from(buf, end - 8)
         return TensorInfo(label, i, info_offset, ne, type_id, offset, gtype, elements, nbytes), end
 
@@ -565,7 +565,8 @@ class _Parser:
         return self.cut(type_pos + 4, 8, f"{label} offset")
 
     def tensor_name(self, i: int, pos: int) -> tuple[str, int]:
-        """Tensor #i's name (for display when it is empty or not UTF-8) and the position after it."""
+        """Tensor #i's name as findings show it (`tensor[i]` when empty, with replacement characters
+        when not UTF-8) and the position after it."""
         buf, size = self.buf, self.size
         if pos + 8 > size:
             raise self.cut(pos, 8, f"tensor #{i} name length")
@@ -611,19 +612,19 @@ class _Parser:
             field=field,
         )
 
-    def shape(
+    def dims_and_type(
         self, n_dims: int, dims_offset: int, name: str
     ) -> tuple[tuple[int, ...], int, T.GGMLType | None, int | None, int | None]:
         """(ne, type id, ggml type, elements, bytes) from the dims and type at dims_offset; elements
         and bytes are None (with findings) when the dims or the type are invalid.
 
         A model repeats a few shapes and types thousands of times, so the valid ones are checked once
-        and remembered by their stored bytes (at most one entry per tensor, 44 bytes each); tensors of
-        one shape then share one ne tuple.
+        and remembered by their stored bytes (at most one entry per tensor, keys of at most 36 bytes);
+        tensors of one shape then share one ne tuple.
         """
         # never materialise more dims than a tensor can have: n_dims is the file's word
         stored = self.buf[dims_offset : dims_offset + 8 * n_dims + 4] if n_dims <= MAX_DIMS else None
-        known = self.sizes.get(stored)
+        known = self.dims_seen.get(stored)
         if known is not None:
             return known
         type_pos = dims_offset + 8 * n_dims
@@ -632,7 +633,7 @@ class _Parser:
         gtype, elements, nbytes = self.check_size(ne, type_id, name, dims_offset)
         sized = (ne, type_id, gtype, elements, nbytes)
         if stored is not None and nbytes is not None:
-            self.sizes[stored] = sized
+            self.dims_seen[stored] = sized
         return sized
 
     def check_size(
