@@ -6,11 +6,13 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tests.conftest import run_cli, run_json
 from tests.test_gate_cli import make_release, policy_with
 
 from quantgate.jsonschemas import validate
-from quantgate.report import github
+from quantgate.report import github, jsonfmt
 from quantgate.validators import guard_ids
 
 
@@ -204,3 +206,40 @@ def test_schema_command_prints_bundled_schemas() -> None:
         proc = run_cli("schema", name)
         assert proc.returncode == 0
         assert json.loads(proc.stdout)["$id"].endswith(f"{name}.schema.json")
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=8)
+    | st.dictionaries(st.text(max_size=12) | st.integers() | st.booleans(), inner, max_size=8),
+    max_leaves=60,
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(_json_values)
+def test_pretty_json_is_the_same_document(doc: object) -> None:
+    text = jsonfmt.dumps(doc)
+    assert text.endswith("\n")
+    assert json.loads(text) == json.loads(json.dumps(doc))
+
+
+def test_pretty_json_keeps_records_on_one_line_and_big_documents_compact() -> None:
+    layer = {"name": "blk.0.attn_q.weight", "kind": "linear", "shape": [4096, 4096], "dtype": "F16"}
+    doc = {"status": "PASS", "metrics": {"layers": [layer, layer], "weight_ops": 2}, "bounds": []}
+    assert jsonfmt.dumps(doc).splitlines() == [
+        "{",
+        '  "status": "PASS",',
+        '  "metrics": {',
+        '    "layers": [',
+        "      " + json.dumps(layer) + ",",  # a record of scalars and lists of scalars: one line
+        "      " + json.dumps(layer),
+        "    ],",
+        '    "weight_ops": 2',
+        "  },",
+        '  "bounds": []',
+        "}",
+    ]
+    big = {"layers": [layer] * (jsonfmt.PRETTY_LIMIT // len(json.dumps(layer, separators=(",", ":"))) + 1)}
+    text = jsonfmt.dumps(big)
+    assert text.count("\n") == 1 and json.loads(text) == big
