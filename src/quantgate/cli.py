@@ -296,7 +296,7 @@ def cmd_guard(args: argparse.Namespace) -> int:
     from quantgate.formats.sniff import sniff
     from quantgate.gate import display_path
     from quantgate.validators import UnknownGuard, get_guard, guard_ids
-    from quantgate.validators.base import GuardConfig, GuardContext, run_guard
+    from quantgate.validators.base import CORE, GuardConfig, GuardContext, run_guard
 
     try:
         guard = get_guard(args.guard_id)
@@ -321,8 +321,11 @@ def cmd_guard(args: argparse.Namespace) -> int:
         config.timeout_s = args.timeout
     # One file in a short-lived process: the objects a reader builds (a million on a large header) live
     # until the result is printed and form no cycles, so the cyclic collector would only re-scan them,
-    # several times over (~0.3 s of a 50k-tensor safetensors run). Exit frees everything anyway.
-    gc.disable()
+    # several times over (~0.3 s of a 50k-tensor safetensors run). Exit frees everything anyway. The
+    # guards that run numeric work and third-party runtimes for minutes (fidelity, pte-inspector) keep
+    # the collector: their libraries may leave cycles behind in every chunk.
+    if guard.needs == CORE:
+        gc.disable()
     sniffed = sniff(path)
     size = path.stat().st_size if sniffed.format != "unreadable" else 0
     ctx = GuardContext(str(path.resolve()), sniffed, size, display_path(path))
