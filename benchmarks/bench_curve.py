@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_gguf  # noqa: E402  (beside this script: the generator and gguf-py's script)
 import bench_safetensors  # noqa: E402
-from results import headline, run_measured  # noqa: E402
+from results import headline, least_cost  # noqa: E402
 
 ROOT = HERE.parent
 WORK = HERE / ".work" / "curve"
@@ -139,10 +139,9 @@ def quantgate_command(fmt: str, path: Path) -> list[str]:
 
 
 def measure(cmd: list[str], runs: int, check_status: bool = False) -> dict[str, float]:
-    """Least CPU time and wall time of `runs` fresh processes, and the largest peak RSS among them."""
-    best: dict[str, float] = {"s": float("inf"), "wall": float("inf"), "mib": 0.0}
-    for _ in range(runs):
-        r = run_measured(cmd, cwd=WORK)
+    """results.least_cost of `cmd`, which must exit 0 or, with check_status, print a guard verdict."""
+
+    def check(r: dict) -> None:
         if check_status:
             found = re.search(r'"status":\s*"(\w+)"', r["stdout"][:3000])  # the guard result's own, near the top
             status = found.group(1) if found else None
@@ -150,10 +149,8 @@ def measure(cmd: list[str], runs: int, check_status: bool = False) -> dict[str, 
                 raise SystemExit(f"{' '.join(cmd)}: status {status} rc {r['rc']}\n{r['stdout'][:3000]}\n{r['stderr']}")
         elif r["rc"] != 0:
             raise SystemExit(f"{' '.join(cmd)}: exit {r['rc']}\n{r['stderr']}")
-        best["s"] = min(best["s"], r["cpu_s"])
-        best["wall"] = min(best["wall"], r["wall_s"])
-        best["mib"] = max(best["mib"], r["peak_rss_mb"])
-    return best
+
+    return least_cost(cmd, runs, cwd=WORK, check=check)
 
 
 def fmt_size(n: float) -> str:

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from results import headline, run_measured  # beside this script
+from results import headline, least_cost  # beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / "benchmarks" / ".work"
@@ -157,16 +157,13 @@ PROCESS = {
 
 
 def measure_process(kind: str, path: Path, repeat: int) -> dict[str, float]:
-    """Least CPU and wall time of `repeat` fresh processes, and their largest peak RSS."""
-    best = {"cpu_s": float("inf"), "wall_s": float("inf"), "peak_mb": 0.0}
-    for _ in range(repeat):
-        r = run_measured([sys.executable, *PROCESS[kind], str(path)], cwd=WORK)
+    """results.least_cost of one PROCESS: CPU time "s", wall "wall", peak RSS "mib"."""
+
+    def check(r: dict) -> None:
         if r["rc"] not in (0, 1):  # 1: the guard's FAIL, still a full run
             raise SystemExit(f"{kind} {path}: exit {r['rc']}\n{r['stderr']}")
-        best["cpu_s"] = min(best["cpu_s"], r["cpu_s"])
-        best["wall_s"] = min(best["wall_s"], r["wall_s"])
-        best["peak_mb"] = max(best["peak_mb"], r["peak_rss_mb"])
-    return best
+
+    return least_cost([sys.executable, *PROCESS[kind], str(path)], repeat, cwd=WORK, check=check)
 
 
 def baseline_mb() -> float:
@@ -229,14 +226,14 @@ def main() -> None:
         costs += [(f"import onnx; {kind}", measure_process(kind, path, max(1, args.repeat - 1)), kind)
                   for kind in ("onnx.load", "onnx.checker")]
         for name, c, kind in costs:
-            ratios = (f"{_times(c['cpu_s'] / ours['cpu_s'])} | {c['peak_mb'] / ours['peak_mb']:.1f}x" if kind
+            ratios = (f"{_times(c['s'] / ours['s'])} | {c['mib'] / ours['mib']:.1f}x" if kind
                       else " | ")
-            print(f"| {label} | {name} | {c['cpu_s'] * 1000:,.0f} ms | {c['wall_s'] * 1000:,.0f} ms | "
-                  f"{c['peak_mb']:.0f} MB | {ratios} |")
+            print(f"| {label} | {name} | {c['s'] * 1000:,.0f} ms | {c['wall'] * 1000:,.0f} ms | "
+                  f"{c['mib']:.0f} MB | {ratios} |")
             if kind == "onnx.load":
                 what = f"{INLINE.stat().st_size / 2**30:.1f} GiB inline" if path == INLINE else label
-                heads.append(headline("ONNX", what, ours["cpu_s"], ours["peak_mb"], "onnx.load", c["cpu_s"],
-                                      c["peak_mb"], f"whole process, CPU time; the read alone: "
+                heads.append(headline("ONNX", what, ours["s"], ours["mib"], "onnx.load", c["s"],
+                                      c["mib"], f"whole process, CPU time; the read alone: "
                                       f"{_times(read_ratio[label])}"))
     print("\nratios: the other reader's cost / quantgate's (higher is better for quantgate)")
     print("\nquantgate's peak RSS on the 1 GiB inline file counts the file pages the kernel maps around each "

@@ -8,6 +8,7 @@ import os
 import platform
 import re
 import subprocess
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -36,6 +37,21 @@ def run_measured(cmd: list[str], cwd: str | Path | None = None, env: dict[str, s
     proc = subprocess.run([sys.executable, "-c", WRAPPER, *cmd], capture_output=True, text=True, check=True,
                           cwd=cwd, env=env)
     return json.loads(proc.stdout)
+
+
+def least_cost(cmd: list[str], runs: int, cwd: str | Path | None = None,
+               check: Callable[[dict], None] | None = None) -> dict[str, float]:
+    """Least CPU time ("s") and wall time ("wall") of `runs` fresh processes of `cmd`, and their largest
+    peak RSS ("mib"); `check` sees each run (run_measured's dict) and raises SystemExit on a bad one."""
+    best = {"s": float("inf"), "wall": float("inf"), "mib": 0.0}
+    for _ in range(runs):
+        run = run_measured(cmd, cwd=cwd)
+        if check is not None:
+            check(run)
+        best["s"] = min(best["s"], run["cpu_s"])
+        best["wall"] = min(best["wall"], run["wall_s"])
+        best["mib"] = max(best["mib"], run["peak_rss_mb"])
+    return best
 
 
 def rerun() -> str:

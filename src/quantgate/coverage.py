@@ -10,11 +10,11 @@ each basis the metrics are `quantized` (stored in <= 8 bits with scales), `int8`
 from __future__ import annotations
 
 import fnmatch
-import gc
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from quantgate.formats.binary import gc_paused
 from quantgate.inventory import Layer
 
 BASES = ("ops", "params", "flops")
@@ -166,13 +166,8 @@ def coverage_metrics(
     expect_unquantized: Sequence[str] = (),
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The shared metrics of every coverage guard, and the unquantized layers by name."""
-    enabled = gc.isenabled()
-    gc.disable()  # tens of thousands of small dicts, no cycles: collecting them mid-loop only costs time
-    try:
+    with gc_paused():  # tens of thousands of small dicts, no cycles
         return _coverage_metrics(layers, basis, expect_unquantized)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _coverage_metrics(

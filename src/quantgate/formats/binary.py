@@ -9,6 +9,7 @@ file cannot make it do unbounded work.
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import struct
@@ -147,3 +148,16 @@ def mapped(path: str | os.PathLike[str]) -> Iterator[View]:
 def read_head(path: str | os.PathLike[str], size: int) -> bytes:
     with open(path, "rb") as handle:
         return handle.read(size)
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic collector off for a reader's run. A reader builds an object or two per tensor, node or
+    entry (a million on a large header) and no cycles, so collections mid-read only re-scan them."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()

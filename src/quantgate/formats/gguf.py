@@ -15,7 +15,6 @@ reversed, i.e. [rows, cols] = PyTorch's [out_features, in_features]; `detail.ne`
 
 from __future__ import annotations
 
-import gc
 import math
 import struct
 from collections import Counter
@@ -26,7 +25,7 @@ from typing import Any
 from quantgate import findings as F
 from quantgate.findings import Finding
 from quantgate.formats import gguf_types as T
-from quantgate.formats.binary import Budget, BudgetExhausted, OutOfBounds, View, mapped
+from quantgate.formats.binary import Budget, BudgetExhausted, OutOfBounds, View, gc_paused, mapped
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
 
 FORMAT = "gguf"
@@ -1098,13 +1097,8 @@ def _bpw(elements: int, nbytes: int) -> float | None:
 
 def read(path: str) -> Inventory:
     """The GGUF file's inventory; never raises on bad content."""
-    enabled = gc.isenabled()
-    gc.disable()  # a tensor info and a layer per tensor, no cycles: collecting them mid-read only costs time
-    try:
+    with gc_paused():
         return _read(path)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _read(path: str) -> Inventory:

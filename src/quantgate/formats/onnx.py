@@ -13,7 +13,6 @@ constant 2-D+ table -> embedding, plus the quantized forms (QDQ, QOperator, inte
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import mmap
 import os
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from quantgate import findings as F
 from quantgate.findings import Finding
 from quantgate.formats import protobuf as pb
-from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View, mapped
+from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View, gc_paused, mapped
 from quantgate.formats.onnx_external import ExternalChecks
 from quantgate.formats.onnx_proto import (
     DTYPES,
@@ -190,19 +189,14 @@ def read(path: str) -> Inventory:
         )
         inv.structural_findings = structural.finish()
         return inv
-    enabled = gc.isenabled()
-    gc.disable()  # a node, its lists and a layer per op, no cycles: collecting them mid-scan only costs time
     try:
-        with mapped(path) as view:
+        with gc_paused(), mapped(path) as view:
             _no_readahead(view)
             model = _scan(view, size, structural)
             if model is not None:
                 _Analysis(model, view, path, inv, structural, semantic).run()
     except OSError as exc:
         structural.add(F.error("FILE_UNREADABLE", f"cannot read the file: {exc.strerror or exc}"))
-    finally:
-        if enabled:
-            gc.enable()
     inv.structural_findings = structural.finish()
     inv.semantic_findings = semantic.finish()
     return inv

@@ -16,7 +16,6 @@ compressed-tensors `weight_shape`) are read only when the structure is sound.
 
 from __future__ import annotations
 
-import gc
 import json
 import operator
 import os
@@ -29,7 +28,7 @@ from typing import Any
 from quantgate import findings as F
 from quantgate.findings import Finding
 from quantgate.formats import safetensors_layouts as layouts
-from quantgate.formats.binary import ReadError, View, file_size, mapped
+from quantgate.formats.binary import ReadError, View, file_size, gc_paused, mapped
 from quantgate.formats.safetensors_layouts import LAYOUT_CODES
 from quantgate.inventory import Inventory
 
@@ -261,13 +260,8 @@ class _Locator:
 
 def parse_header(view: View) -> Header:
     """Parse and check the header and the data layout; never raises on bad input."""
-    enabled = gc.isenabled()
-    gc.disable()  # a header can hold a million small dicts; collecting them mid-parse only costs time
-    try:
+    with gc_paused():
         return _parse_header(view)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _parse_header(view: View) -> Header:
@@ -581,17 +575,11 @@ def read(path: str) -> Inventory:
         return inv
     inv = Inventory("safetensors", path, size)
     try:
-        with mapped(path) as view:
+        with gc_paused(), mapped(path) as view:  # a layer and a dict per tensor, no cycles
             head = parse_header(view)
             inv.structural_findings.extend(head.findings)
             inv.facts.update(_facts(head))
-            enabled = gc.isenabled()
-            gc.disable()  # a layer and a dict per tensor, no cycles: as in parse_header
-            try:
-                layouts.interpret(view, head, inv, os.path.abspath(path))
-            finally:
-                if enabled:
-                    gc.enable()
+            layouts.interpret(view, head, inv, os.path.abspath(path))
     except ReadError as exc:
         inv.structural_findings.append(
             F.error("ST_OUT_OF_BOUNDS", f"{exc.message}", offset=exc.offset, field=exc.field))
