@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from quantgate.bounds import BoundSyntaxError, evaluate, parse_bound
-from quantgate.coverage import coverage_metrics
+from quantgate.coverage import bits_per_weight, compute_coverage, coverage_metrics
 from quantgate.inventory import EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Layer
 
 
@@ -122,3 +124,41 @@ def test_malformed_bounds(text: str) -> None:
 
 def test_boolean_metric_is_not_a_number() -> None:
     assert evaluate(parse_bound("flops_exact >= 1"), {"flops_exact": True})["outcome"] == "missing"
+
+
+# --- the C-level sums against the definitions, layer by layer --------------------------------------
+
+_random_layer = st.builds(
+    layer,
+    name=st.sampled_from(["a", "b"]),
+    kind=st.sampled_from([LINEAR, EMBEDDING, "conv"]),
+    params=st.integers(0, 1 << 40),
+    bits=st.sampled_from([None, 4, 8, 16, 4.5]) | st.integers(1, 40),
+    numeric=st.sampled_from([INT, FLOAT, UNKNOWN]),
+    quantized=st.sampled_from([True, False, None]),
+    out=st.none() | st.integers(0, 1 << 20),
+    weight_bytes=st.none() | st.integers(0, 1 << 40),
+    compute=st.sampled_from([None, "int8", "fp32"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(layers=st.lists(_random_layer, max_size=40))
+def test_sums_are_the_per_layer_definitions(layers: list[Layer]) -> None:
+    """Coverage sums layers in groups and in C; each number must be the one DESIGN §4 defines per
+    layer (flops from Layer.flops, bits per weight over the layers whose bytes are known)."""
+    metrics, _ = coverage_metrics(layers)
+    for basis, weigh in (("ops", lambda x: 1), ("params", lambda x: x.params), ("flops", lambda x: x.flops)):
+        total = sum(weigh(x) for x in layers)
+        if total <= 0:
+            assert basis not in metrics["coverage"]
+            continue
+        cov = metrics["coverage"][basis]
+        assert cov["quantized"] == sum(weigh(x) for x in layers if x.quantized) / total
+        assert cov["int8"] == sum(weigh(x) for x in layers if x.is_int8) / total
+        assert cov["int4"] == sum(weigh(x) for x in layers if x.is_int4) / total
+    known = [x for x in layers if x.weight_bytes is not None]
+    params = sum(x.params for x in known)
+    assert bits_per_weight(layers) == (8 * sum(x.weight_bytes for x in known) / params
+                                       if known and params > 0 else None)
+    assert (compute_coverage(layers) is None) == all(x.compute is None for x in layers)

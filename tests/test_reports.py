@@ -6,11 +6,13 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.conftest import run_cli, run_json
 from tests.test_gate_cli import make_release, policy_with
 
+from quantgate import fastjson
 from quantgate.jsonschemas import validate
 from quantgate.report import github, jsonfmt
 from quantgate.validators import guard_ids
@@ -209,7 +211,7 @@ def test_schema_command_prints_bundled_schemas() -> None:
 
 
 _json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
     lambda inner: st.lists(inner, max_size=8)
     | st.dictionaries(st.text(max_size=12) | st.integers() | st.booleans(), inner, max_size=8),
     max_leaves=60,
@@ -221,7 +223,27 @@ _json_values = st.recursive(
 def test_pretty_json_is_the_same_document(doc: object) -> None:
     text = jsonfmt.dumps(doc)
     assert text.endswith("\n")
-    assert json.loads(text) == json.loads(json.dumps(doc))
+    # JSON has no NaN or Infinity: they are written null
+    assert json.loads(text) == json.loads(json.dumps(jsonfmt.finite(doc)))
+    # the compact text of a large report, by orjson where it can say the same in ASCII, else by json
+    compact = fastjson.dumps_compact(doc)
+    if compact is not None:
+        assert compact.isascii() and json.loads(compact) == json.loads(json.dumps(jsonfmt.finite(doc)))
+
+
+def test_compact_json_falls_back_to_json_where_orjson_differs(monkeypatch: pytest.MonkeyPatch) -> None:
+    layer = {"name": "blk.0.attn_q.weight", "shape": [4096, 4096], "bits": 4.5, "scale": 1e-05}
+    big = {"layers": [layer] * (jsonfmt.PRETTY_LIMIT // 60 + 1)}
+    fast = jsonfmt.dumps(big)
+    assert fastjson.dumps_compact(big) is not None and json.loads(fast) == big
+    monkeypatch.setattr(fastjson, "orjson", None)
+    assert json.loads(jsonfmt.dumps(big)) == big  # the same document without orjson
+    monkeypatch.undo()
+    # json's escapes keep a report ASCII; integer keys and integers past 64 bits are json's alone
+    for odd in ({"name": "blöck"}, {"n": {8: 1}}, {"params": 1 << 70}):
+        assert fastjson.dumps_compact(odd) is None
+        text = jsonfmt.dumps({**big, **odd})
+        assert text.isascii() and json.loads(text) == json.loads(json.dumps({**big, **odd}))
 
 
 def test_pretty_json_keeps_records_on_one_line_and_big_documents_compact() -> None:

@@ -182,3 +182,53 @@ def test_bnb_4bit_in_bf16_storage(tmp_path: Path) -> None:
     assert codes_of(p) == []
     (layer,) = layers_of(p).values()
     assert layer["shape"] == [16, 16] and layer["bits"] == 4 and layer["quantized"]
+
+
+FIXTURES_ST = Path(__file__).resolve().parent.parent / "fixtures" / "safetensors"
+
+
+def _reordered(src: Path, dst: Path, order: str) -> Path:
+    """A copy of a real checkpoint's folder whose header lists the same tensors (same bytes) in
+    another order: reversed, or each module's companions before its weight."""
+    import shutil
+
+    shutil.copytree(src.parent, dst)
+    raw = src.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    meta = header.pop("__metadata__", None)
+    names = list(header)
+    names = names[::-1] if order == "reversed" else sorted(names, key=lambda k: (k.endswith(".weight"), k))
+    doc = ({"__metadata__": meta} if meta is not None else {}) | {k: header[k] for k in names}
+    text = json.dumps(doc, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    out = dst / src.name
+    out.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+    return out
+
+
+def test_header_order_does_not_change_layers(tmp_path: Path) -> None:
+    """Tensors are grouped by module wherever the header lists them: the weight before or after its
+    companions (bnb SCB, GPTQ qzeros/scales, compressed-tensors scales...), in any order."""
+    for name in ("bnb_int8", "bnb_nf4", "gptq_layout", "awq_layout", "ct_w4a16", "ct_fp8", "plain_f16"):
+        src = FIXTURES_ST / name / "model.safetensors"
+        inv = st.read(str(src))
+        assert inv.layers, name
+        for order in ("reversed", "companions-first"):
+            moved = st.read(str(_reordered(src, tmp_path / f"{name}-{order}", order)))
+            assert [x.to_dict() for x in moved.layers] == [x.to_dict() for x in inv.layers], (name, order)
+            assert moved.params_stored == inv.params_stored
+            assert sorted(f.code for f in moved.semantic_findings) == sorted(f.code for f in inv.semantic_findings)
+
+
+def test_layer_order_is_file_order_of_any_of_its_tensors(tmp_path: Path) -> None:
+    """A layer sits where the first byte of any of its tensors does, whichever the header lists first."""
+    (tmp_path / "src").mkdir()
+    src = write_st(tmp_path / "src" / "model.safetensors", {  # data order: a's weight first, b between
+        "a.weight": ("I8", [4, 4]), "b.SCB": ("F32", [4]), "b.weight": ("I8", [4, 4]), "a.SCB": ("F32", [4]),
+        "c": ("F16", [4, 4]), "c.weight": ("F16", [4, 4]),  # a loose tensor named as a module: they share
+    })                                                       # its first byte, the module's layer first
+    for order in ("reversed", "companions-first"):
+        inv = st.read(str(_reordered(src, tmp_path / order, order)))
+        assert [(x.name, x.position) for x in inv.layers] == [
+            ("a.weight", 0), ("b.weight", 1), ("c.weight", 2), ("c", 3)], order

@@ -4,6 +4,7 @@ through the real CLI, valid files pass, and the header agrees with `safetensors.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -239,3 +240,98 @@ def test_header_with_any_object_reports_the_same_duplicates(text: str) -> None:
         doc = json.loads(header)
         sound = st.Header(header_len=len(raw), data_start=8 + len(raw), file_size=len(view))
         assert st._check_doc(doc, view, sound, st._Findings([]), []) == st._members(doc)
+
+
+# --- the fast paths against the complete checks ---------------------------------------------------
+
+_ODD_VALUES = (None, True, False, -1, 1.5, float("nan"), 1 << 64, (1 << 64) - 1, "F16", "", [], {}, [[2]])
+
+
+@st_hs.composite
+def _entry(draw: st_hs.DrawFn) -> object:
+    """A tensor entry: mostly sound, else with one part (or the whole) replaced by an odd JSON value."""
+    dtype = draw(st_hs.sampled_from([*sorted(st.DTYPE_BITS), "I4", "f16"]))
+    shape = draw(st_hs.lists(st_hs.integers(0, 9), max_size=10))
+    begin = draw(st_hs.integers(0, 64))
+    size = st.DTYPE_BITS.get(dtype, 8) * math.prod(shape) // 8
+    entry: dict[str, object] = {"dtype": dtype, "shape": shape,
+                                "data_offsets": [begin, begin + size + draw(st_hs.sampled_from([0, 0, 0, 1]))]}
+    what = draw(st_hs.integers(0, 9))
+    odd = draw(st_hs.sampled_from(_ODD_VALUES))
+    if what == 1:
+        entry["dtype"] = odd
+    elif what == 2:
+        entry["shape"] = odd if draw(st_hs.booleans()) else [*shape, odd]
+    elif what == 3:
+        entry["data_offsets"] = odd if draw(st_hs.booleans()) else [begin, odd]
+    elif what == 4:
+        entry["extra"] = odd
+    elif what == 5:
+        del entry[draw(st_hs.sampled_from(sorted(entry)))]
+    elif what == 6:
+        return odd
+    return entry
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st_hs.lists(_entry(), max_size=6))
+def test_inline_entry_check_is_check_entry(entries: list[object]) -> None:
+    """_check_doc accepts a sound entry inline; it must accept exactly what _check_entry accepts, as
+    the same TensorEntry, and leave every other entry to it (the same findings in the same order)."""
+    doc = {"__metadata__": {"dtype": "F16", "shape": "1", "data_offsets": "02"},  # sound, and not a tensor
+           **{f"t{i}": e for i, e in enumerate(entries)}}
+    raw = json.dumps(doc).encode()
+    view = View(struct.pack("<Q", len(raw)) + raw + bytes(256))
+
+    def header() -> st.Header:
+        return st.Header(header_len=len(raw), data_start=8 + len(raw), file_size=len(view))
+
+    inline, reference = header(), header()
+    st._check_doc(json.loads(raw), view, inline, st._Findings(inline.findings), [])
+    out, loc = st._Findings(reference.findings), st._Locator(view, len(raw))
+    for name, entry in json.loads(raw).items():
+        if name != "__metadata__":
+            tensor = st._check_entry(name, entry, out, loc)
+            if tensor is not None:
+                reference.tensors[name] = tensor
+    st._check_layout(reference, out, loc, all_entries_valid=len(reference.tensors) == len(entries))
+    assert inline.tensors == reference.tensors
+    assert [f.to_dict() for f in inline.findings] == [f.to_dict() for f in reference.findings]
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st_hs.lists(_entry(), max_size=6), meta=st_hs.sampled_from([None, {"format": "pt"}, {"a": 1}]),
+       pad=st_hs.integers(0, 300))
+def test_orjson_and_json_parse_give_the_same_header(entries: list[object], meta: object, pad: int) -> None:
+    """With orjson (which turns integers past 64 bits into floats, and rejects NaN) or with json alone,
+    a header reads the same: tensors, metadata and every finding."""
+    doc: dict[str, object] = {f"t{i}": e for i, e in enumerate(entries)}
+    if meta is not None:
+        doc["__metadata__"] = meta
+    raw = json.dumps(doc).encode()
+    view = View(struct.pack("<Q", len(raw)) + raw + bytes(pad))
+    with_orjson = st.parse_header(view)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(st.fastjson, "orjson", None)
+        json_only = st.parse_header(view)
+    assert with_orjson.tensors == json_only.tensors and with_orjson.metadata == json_only.metadata
+    assert [f.to_dict() for f in with_orjson.findings] == [f.to_dict() for f in json_only.findings]
+
+
+@settings(max_examples=400, deadline=None)
+@given(spans=st_hs.lists(st_hs.tuples(st_hs.integers(0, 40), st_hs.integers(0, 12)), max_size=8),
+       slack=st_hs.integers(-20, 20), valid=st_hs.booleans())
+def test_contiguity_shortcut_is_the_walk(spans: list[tuple[int, int]], slack: int, valid: bool) -> None:
+    """The C-level test of a sound buffer reports what the tensor-by-tensor walk reports."""
+    tensors = {f"t{i}": st.TensorEntry(f"t{i}", "U8", (size,), begin, begin + size, size)
+               for i, (begin, size) in enumerate(spans)}
+    end = max((t.end for t in tensors.values()), default=0)
+    size = 100 + max(0, end + slack)
+
+    def header() -> st.Header:
+        return st.Header(header_len=92, data_start=100, file_size=size, tensors=dict(tensors))
+
+    quick, walked = header(), header()
+    st._check_layout(quick, st._Findings(quick.findings), None, valid)  # type: ignore[arg-type]
+    st._walk_layout(walked, st._Findings(walked.findings), valid)
+    assert [f.to_dict() for f in quick.findings] == [f.to_dict() for f in walked.findings]

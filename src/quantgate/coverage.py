@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from quantgate.formats.binary import gc_paused
-from quantgate.inventory import Layer
+from quantgate.inventory import EMBEDDING, Layer
 
 BASES = ("ops", "params", "flops")
 DEFAULT_BASIS = "ops"
@@ -71,13 +71,38 @@ def _groups(layers: Sequence[Layer]) -> dict[_Group, list[int]]:
         if acc is None:
             acc = groups[group] = [0, 0, 0]
         acc[0] += len(same)
-        acc[1] += sum(map(_PARAMS, same))
-        acc[2] += sum(map(_FLOPS, same))
+        params = list(map(_PARAMS, same))
+        acc[1] += sum(params)
+        acc[2] += _flops(same, params)
     return groups
 
 
 _PARAMS = operator.attrgetter("params")
 _FLOPS = operator.attrgetter("flops")
+_OUT_POSITIONS = operator.attrgetter("out_positions")
+_KIND = operator.attrgetter("kind")
+_WEIGHT_BYTES = operator.attrgetter("weight_bytes")
+_COMPUTE = operator.attrgetter("compute")
+
+
+def _flops(layers: list[Layer], params: list[int]) -> int:
+    """sum(layer.flops), in C-level passes when every layer's output positions are known or none are
+    (each op then counts once): this runs over every layer of the artifact."""
+    positions = list(map(_OUT_POSITIONS, layers))
+    nones = positions.count(None)
+    if nones == len(positions):
+        total = 2 * sum(params)
+    elif nones == 0:
+        total = 2 * sum(map(operator.mul, params, positions))
+    else:
+        return sum(map(_FLOPS, layers))
+    # an embedding is a lookup, no flops: take back what the sum gave the few there are
+    kinds = list(map(_KIND, layers))
+    i = -1
+    for _ in range(kinds.count(EMBEDDING)):
+        i = kinds.index(EMBEDDING, i + 1)
+        total -= 2 * params[i] * (positions[i] if positions[i] is not None else 1)
+    return total
 
 
 def _coverage_of(groups: dict[_Group, list[int]]) -> dict[str, dict[str, Any]]:
@@ -119,7 +144,8 @@ def _bits_order(item: tuple[str, int]) -> tuple[int, float]:
 
 def compute_coverage(layers: Sequence[Layer]) -> dict[str, Any] | None:
     """Share of weight-bearing ops that *compute* in integer arithmetic, where the format says."""
-    if not any(layer.compute is not None for layer in layers):
+    computes = list(map(_COMPUTE, layers))
+    if computes.count(None) == len(computes):
         return None
     out: dict[str, Any] = {}
     for basis in BASES:
@@ -147,6 +173,10 @@ def matches_any(layer: Layer, patterns: Iterable[str]) -> bool:
 
 def bits_per_weight(layers: Sequence[Layer]) -> float | None:
     """8 x bytes encoding the weights / weight elements, over the layers whose bytes are known."""
+    sizes = list(map(_WEIGHT_BYTES, layers))
+    if sizes and None not in sizes:  # the usual case, summed in C: every layer's bytes are known
+        params = sum(map(_PARAMS, layers))
+        return 8 * sum(sizes) / params if params > 0 else None
     known = False
     params = weight_bytes = 0
     for layer in layers:  # one pass: this runs over every layer of the artifact, twice per guard

@@ -781,6 +781,22 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     at: list[int] = []  # each layer's place in the file: the first byte of any of its tensors
     params_stored = 0
     for module, parts in modules.items():
+        if type(parts) is not dict:  # a `.weight` alone (most of a checkpoint)
+            main = parts
+            bits = FLOAT_DTYPES.get(main.dtype)
+            if bits is not None:  # float: _plain's answer without its questions
+                if len(main.shape) < 2:
+                    params_stored += main.numel  # a norm: a parameter, not an op
+                    continue
+                name = main.name
+                layers.append(Layer(name, layer_kind(name, len(main.shape)), main.shape, main.dtype, bits,
+                                    FLOAT, False, main.numel, main.end - main.begin, None, True, None, None,
+                                    {"layout": "plain"}))  # positional: no kwargs dict
+                at.append(main.begin if module not in first else min(first[module], main.begin))
+                params_stored += main.numel
+                continue
+            first[module] = min(first.get(module, _NO_BYTE), main.begin)
+            parts = {"weight": main}
         main_role = ("qweight" if "qweight" in parts else "packed" if "packed" in parts
                      else "weight" if "weight" in parts else None)  # MAIN_ROLES, in order
         if main_role is None:
@@ -865,31 +881,50 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     )
 
 
-def _by_module(tensors: dict[str, Any]) -> tuple[dict[str, dict[str, Any]], list[Any], dict[str, int]]:
-    """Tensors grouped by module ({module: {role: tensor}}), the tensors of no known role, and the
-    first byte of each module (or loose tensor) in the data buffer."""
-    modules: dict[str, dict[str, Any]] = {}
+def _by_module(tensors: dict[str, Any]) -> tuple[dict[str, Any], list[Any], dict[str, int]]:
+    """Tensors grouped by module, in header order, the tensors of no known role, and the first byte in
+    the data buffer of each module with companions and of each loose tensor.
+
+    A module is {role: tensor}, or, for a `.weight` with no companion (most modules of a checkpoint),
+    that tensor itself: no dict and no first byte to keep for each, as this runs once per tensor."""
+    modules: dict[str, Any] = {}
     loose: list[Any] = []
     first: dict[str, int] = {}
     candidates = _CANDIDATES
     for t in tensors.values():
         name = t.name
-        module, role = name, None  # split_name, inline: it runs once per tensor
+        if name[-7:] == ".weight" and len(name) > 7:  # split_name's answer for the usual suffix
+            module = name[:-7]
+            parts = modules.get(module)
+            if parts is None:
+                modules[module] = t
+            else:  # its companions came first
+                parts["weight"] = t
+                first[module] = min(first[module], t.begin)
+            continue
+        module, role = name, None  # split_name, inline
         for suffix, n, r in candidates.get(name.rpartition(".")[2], ()):
             if len(name) > n and name.endswith(suffix):
                 module, role = name[:-n], r
                 break
         if role is None:
             loose.append(t)
-        else:
-            parts = modules.get(module)
-            if parts is None:
-                modules[module] = {role: t}
-            else:
-                parts[role] = t
-        begin = t.begin
-        if begin < first.get(module, _NO_BYTE):
-            first[module] = begin
+            first[name] = min(first.get(name, _NO_BYTE), t.begin)
+            continue
+        parts = modules.get(module)
+        if parts is None:
+            modules[module] = {role: t}
+            first[module] = min(first.get(module, _NO_BYTE), t.begin)
+        elif type(parts) is dict:
+            parts[role] = t
+            first[module] = min(first[module], t.begin)
+        else:  # a companion of a `.weight` seen alone so far
+            modules[module] = {"weight": parts, role: t}
+            first[module] = min(first.get(module, _NO_BYTE), parts.begin, t.begin)
+    for t in loose:  # a loose tensor named like a lone weight's module shares its first byte
+        weight = modules.get(t.name)
+        if weight is not None and type(weight) is not dict:
+            first[t.name] = min(first[t.name], weight.begin)
     return modules, loose, first
 
 
