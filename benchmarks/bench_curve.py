@@ -1,7 +1,7 @@
 """The cost curve: how quantgate's time and peak memory grow with tensor count, weight size and
 vocabulary size, next to the anchor library on the same files.
 
-    .venv/bin/python benchmarks/bench_curve.py [--runs 3] [--anchor-runs 1] [--quick]
+    .venv/bin/python benchmarks/bench_curve.py [--runs 5] [--anchor-runs 1] [--quick]
 
 Every point is a file generated into benchmarks/.work/curve/ (gitignored) whose tensor data is a
 sparse hole, so a 200 GB file costs no disk; every measurement is a fresh process, as a CI step pays
@@ -167,8 +167,9 @@ def ratio(a: float, b: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=3, help="quantgate runs per point (fastest kept)")
-    parser.add_argument("--anchor-runs", type=int, default=1, help="anchor runs per point (they take minutes)")
+    parser.add_argument("--runs", type=int, default=5,
+                        help="runs per point of quantgate and of safe_open (the least kept)")
+    parser.add_argument("--anchor-runs", type=int, default=1, help="gguf-py runs per point (they take minutes)")
     parser.add_argument("--quick", action="store_true", help="the two smallest points of each series only")
     parser.add_argument("--keep", action="store_true", help="keep the generated files")
     args = parser.parse_args()
@@ -194,7 +195,9 @@ def main() -> int:
     for series, fmt, path in points:
         print(f"curve: {series} {path.name}", file=sys.stderr, flush=True)
         q = measure(quantgate_command(fmt, path), args.runs, check_status=True)
-        a = measure(anchor_command(fmt, path), args.anchor_runs)
+        # safe_open takes well under a second: the same number of runs as quantgate, least kept, so the
+        # noise of the shared cores cannot favour either side
+        a = measure(anchor_command(fmt, path), args.runs if fmt == "safetensors" else args.anchor_runs)
         rows.append((series, fmt, path, q, a))
 
     anchors = {"gguf": "gguf-py GGUFReader", "safetensors": "safetensors.safe_open"}
@@ -205,7 +208,8 @@ def main() -> int:
         f"and listing every tensor ({anchors['gguf']}; {anchors['safetensors']}(numpy) with each slice's "
         "dtype and shape). Tensor data is a sparse hole. Time is the whole process's CPU time (user + system: "
         "the 2 cores are shared with other jobs, so wall time carries their noise; nothing here waits on I/O), "
-        f"least of {args.runs} runs for quantgate and of {args.anchor_runs} for the anchor; memory is the peak "
+        f"least of {args.runs} runs for quantgate and for safe_open, of {args.anchor_runs} for gguf-py (minutes "
+        "each, and 12-20x slower, far beyond the noise); memory is the peak "
         f"RSS. A bare `python -c pass` takes {bare['s']:.3f} s and {bare['mib']:.0f} MiB. Ratios are anchor / "
         "quantgate (higher is better for quantgate).\n"
     )

@@ -232,3 +232,20 @@ def test_layer_order_is_file_order_of_any_of_its_tensors(tmp_path: Path) -> None
         inv = st.read(str(_reordered(src, tmp_path / order, order)))
         assert [(x.name, x.position) for x in inv.layers] == [
             ("a.weight", 0), ("b.weight", 1), ("c.weight", 2), ("c", 3)], order
+
+
+def test_body_bits_leave_out_embeddings_and_heads_by_name_component(tmp_path: Path) -> None:
+    """bits_per_weight_body leaves out the embeddings and the output head (`lm_head`, `embed_out` as a
+    name component), not a layer whose name merely contains those letters."""
+    from conftest import run_json
+
+    p = write_st(tmp_path / "m.safetensors", {
+        "model.embed_tokens.weight": ("F32", [4, 4]),
+        "model.lm_head_proj.weight": ("F16", [4, 4]),  # 32 bytes, 16 params: body
+        "mlp.weight": ("I8", [8, 8]), "mlp.weight_scale": ("F32", [8]),  # 64 + 32 bytes, 64 params: body
+        "lm_head.weight": ("F32", [4, 4]),
+        "gpt_neox.embed_out.weight": ("F32", [4, 4]),
+    })
+    code, result = run_json("guard", "safetensors-dtypes", str(p))
+    assert code == 0, result
+    assert result["metrics"]["bits_per_weight_body"] == 8 * (32 + 96) / (16 + 64)

@@ -335,3 +335,17 @@ def test_contiguity_shortcut_is_the_walk(spans: list[tuple[int, int]], slack: in
     st._check_layout(quick, st._Findings(quick.findings), None, valid)  # type: ignore[arg-type]
     st._walk_layout(walked, st._Findings(walked.findings), valid)
     assert [f.to_dict() for f in quick.findings] == [f.to_dict() for f in walked.findings]
+
+
+@pytest.mark.parametrize("where", ["entry", "metadata", "inside a sound entry"])
+def test_nesting_orjson_accepts_is_still_too_deep(where: str) -> None:
+    """orjson parses 1,000 levels; the fast path must not walk into them (Python would recurse past its
+    limit) but leave the header to the depth scan."""
+    deep = "[" * 1000 + "]" * 1000
+    entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+    header = {"entry": f'{{"t":{entry},"x":{deep}}}', "metadata": f'{{"__metadata__":{{"a":{deep}}},"t":{entry}}}',
+              "inside a sound entry": f'{{"t":{{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":{deep}}}}}'}
+    raw = header[where].encode()
+    assert st.fastjson.loads(raw) is not None  # orjson takes it
+    head = st.parse_header(View(struct.pack("<Q", len(raw)) + raw + bytes(4)))
+    assert [f.code for f in head.findings] == ["ST_HEADER_TOO_DEEP"]

@@ -273,21 +273,25 @@ def parse_header(view: View) -> Header:
 def _parse_header(view: View) -> Header:
     head = Header(file_size=len(view))
     out = _Findings(head.findings)
-    text = _header_text(view, head, out)
-    if text is None:
+    raw = _header_bytes(view, head, out)
+    if raw is None:
         return head
-    # The plain parse builds the dicts in C; recording duplicate keys takes a Python hook per object
-    # (~0.1 s on a 50k-tensor header). A repeated key drops a member, so the parse is redone with the
-    # recorder only when the members the header's colons stand for outnumber those that were kept.
-    colons = _colons(text)
-    doc = fastjson.loads(text)
+    # A repeated key drops a member, so duplicates are looked for (with a recording parse, a Python
+    # hook per object) only when the members the header's colons stand for outnumber those kept.
+    colons = _colons(raw)
+    # orjson parses in half json's time. A header it parses that proves sound is done: nothing in it
+    # nests deeper than 3 levels or repeats a key, and it was UTF-8. Any other header is read again
+    # from json's parse, the reference, so every finding reads the same with or without orjson.
+    doc = fastjson.loads(raw)
     if type(doc) is dict:
-        # orjson parses in half json's time; a header it parses that proves sound is done. Any other is
-        # checked again from json's parse, the reference, so every finding reads the same either way.
-        if _check_doc(doc, view, head, out, []) == colons and not head.findings:
+        if _check_doc(doc, view, head, out, [], sound_only=True) == colons and not head.findings:
             return head
         out = _restart(head)
     del doc
+    text = _header_text(raw, out)
+    del raw  # 6 MB on a 50k-tensor header, no longer held during the parse
+    if text is None:
+        return head
     doc = _load_json(text, out)
     if doc is None:
         return head
@@ -308,9 +312,8 @@ def _restart(head: Header) -> _Findings:
     return _Findings(head.findings)
 
 
-def _header_text(view: View, head: Header, out: _Findings) -> str | None:
-    """The JSON header's text once the length field, UTF-8 and nesting depth are sound; None after a
-    finding."""
+def _header_bytes(view: View, head: Header, out: _Findings) -> bytes | None:
+    """The JSON header's bytes once the length field is sound; None after a finding."""
     size = head.file_size
     if size < 8:
         out.add(F.error("ST_HEADER_TOO_SMALL",
@@ -331,7 +334,11 @@ def _header_text(view: View, head: Header, out: _Findings) -> str | None:
                         offset=0, field="header_len"))
         return None
     head.data_start = 8 + n
-    raw = view.bytes(8, n, "header")
+    return view.bytes(8, n, "header")
+
+
+def _header_text(raw: bytes, out: _Findings) -> str | None:
+    """The header's text once its UTF-8 and nesting depth are sound; None after a finding."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -344,7 +351,7 @@ def _header_text(view: View, head: Header, out: _Findings) -> str | None:
                         f"the JSON header nests deeper than {MAX_DEPTH} levels; a safetensors header needs 3",
                         offset=8, field="header"))
         return None
-    return text  # the bytes are dropped: 6 MB on a 50k-tensor header, no longer held during the parse
+    return text
 
 
 def _load_json(text: str, out: _Findings) -> dict[str, Any] | None:
@@ -369,9 +376,12 @@ def _load_json(text: str, out: _Findings) -> dict[str, Any] | None:
     return doc
 
 
-def _colons(text: str) -> int:
-    """The colons of the JSON text: one per object member, plus those inside strings. -1 when a string
-    spells a colon as an escape (`\\u003a`), which the parsed strings cannot be matched against."""
+def _colons(text: str | bytes) -> int:
+    """The colons of the JSON text (or its UTF-8 bytes: a colon is ASCII, and no byte of a multi-byte
+    character is): one per object member, plus those inside strings. -1 when a string spells a colon
+    as an escape (`\\u003a`), which the parsed strings cannot be matched against."""
+    if isinstance(text, bytes):
+        return -1 if b"\\u003a" in text or b"\\u003A" in text else text.count(b":")
     if "\\u003a" in text or "\\u003A" in text:
         return -1
     return text.count(":")
@@ -391,11 +401,16 @@ def _members(value: Any) -> int:
 
 
 def _check_doc(doc: dict[str, Any], view: View, head: Header, out: _Findings,
-               duplicates: list[tuple[str, dict[str, Any]]]) -> int:
-    """Check the parsed header into `head`; returns `_members(doc)`, counted on the way."""
+               duplicates: list[tuple[str, dict[str, Any]]], sound_only: bool = False) -> int:
+    """Check the parsed header into `head`; returns `_members(doc)`, counted on the way. With
+    `sound_only` (a parse whose depth was not checked), -1 at the first entry or metadata value that is
+    not sound, before anything walks into it."""
     loc = _Locator(view, head.header_len)
     _report_duplicates(doc, duplicates, out, loc)
     meta = doc.get("__metadata__")
+    if sound_only and meta is not None and not (
+            type(meta) is dict and all(type(v) is str for v in meta.values())):
+        return -1
     _check_metadata(meta, "__metadata__" in doc, head, out, loc)
     members = len(doc) + "".join(doc).count(":") + _members(meta)
     tensors = head.tensors
@@ -426,6 +441,8 @@ def _check_doc(doc: dict[str, Any], view: View, head: Header, out: _Findings,
                         tensors[name] = TensorEntry(name, dtype, tuple(shape), begin, end, numel)
                         members += 3  # dtype, shape and data_offsets: a known dtype and integers hold no colon
                         continue
+        if sound_only:
+            return -1
         tensor = _check_entry(name, entry, out, loc)
         if tensor is not None:
             tensors[name] = tensor
