@@ -28,7 +28,7 @@ class SafetensorsDtypesGuard(CoverageGuard):
     def extra(self, inventory: Inventory, config: GuardConfig, outcome: Outcome) -> None:
         # _is_head's substring pre-test inline: this runs once per layer
         body = [x for x in inventory.layers if x.kind != EMBEDDING
-                and ("lm_head" not in x.name and "embed_out" not in x.name or not _is_head(x.name))]
+                and (("lm_head" not in x.name and "embed_out" not in x.name) or not _is_head(x.name))]
         bpw = bits_per_weight(body)
         if bpw is not None:
             outcome.metrics["bits_per_weight_body"] = bpw
