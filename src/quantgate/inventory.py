@@ -49,6 +49,7 @@ class Layer:
     # compute precision where the format records it ("int8", "fp32", ...); None = not recorded
     compute: str | None = None
     position: int | None = None
+    # format-specific facts; a reader may give many layers one dict when it never changes them after
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property

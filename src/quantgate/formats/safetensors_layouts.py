@@ -217,6 +217,9 @@ def _tinfo(t: Any) -> str:
 
 # --- the layouts ----------------------------------------------------------------------------------
 
+# the detail of every plain float layer, one dict for all (tens of thousands of 232-byte dicts
+# otherwise): nothing changes a safetensors layer's detail once it is built
+_PLAIN_DETAIL: dict[str, Any] = {"layout": "plain"}
 _PLAIN_EXTRAS = frozenset(("scale", "zero_point", "bnb_scb", "bnb_weight_format", "global_scale", "g_idx"))
 
 
@@ -791,7 +794,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
                 name = main.name
                 layers.append(Layer(name, layer_kind(name, len(main.shape)), main.shape, main.dtype, bits,
                                     FLOAT, False, main.numel, main.end - main.begin, None, True, None, None,
-                                    {"layout": "plain"}))  # positional: no kwargs dict
+                                    _PLAIN_DETAIL))  # positional: no kwargs dict
                 at.append(main.begin if module not in first else min(first[module], main.begin))
                 params_stored += main.numel
                 continue
