@@ -349,3 +349,25 @@ def test_nesting_orjson_accepts_is_still_too_deep(where: str) -> None:
     assert st.fastjson.loads(raw) is not None  # orjson takes it
     head = st.parse_header(View(struct.pack("<Q", len(raw)) + raw + bytes(4)))
     assert [f.code for f in head.findings] == ["ST_HEADER_TOO_DEEP"]
+
+
+_JSON_BYTES = list(b'{}[]":,0123456789-.eE \\u\xef\x00')
+
+
+@settings(max_examples=300, deadline=None)
+@given(edits=st_hs.lists(st_hs.tuples(st_hs.integers(0, 10**6), st_hs.sampled_from(_JSON_BYTES)), min_size=1,
+                         max_size=4))
+def test_orjson_and_json_agree_on_damaged_real_headers(edits: list[tuple[int, int]]) -> None:
+    """A real header with a few bytes replaced by JSON-significant ones reads the same with orjson as
+    with json alone: wherever either parser is more lenient, the header is not sound and json decides."""
+    raw = bytearray((ST / "gptq_layout" / "model.safetensors").read_bytes())
+    n = struct.unpack("<Q", raw[:8])[0]
+    for pos, byte in edits:
+        raw[8 + pos % n] = byte
+    view = View(bytes(raw))
+    with_orjson = st.parse_header(view)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(st.fastjson, "orjson", None)
+        json_only = st.parse_header(view)
+    assert with_orjson.tensors == json_only.tensors and with_orjson.metadata == json_only.metadata
+    assert [f.to_dict() for f in with_orjson.findings] == [f.to_dict() for f in json_only.findings]
