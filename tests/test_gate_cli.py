@@ -438,3 +438,22 @@ def test_required_guard_missing_its_dependency_exits_2(tmp_path: Path) -> None:
     optional = write_policy(tmp_path, "[guards.pte-inspector]\nrequired = false\n")
     proc = run_cli("run", "--format", "json", program, "--policy", str(optional), cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:]
+
+
+@pytest.mark.parametrize("argv", [
+    ["run", "dist", "--format", "json", "--jobs", "2", "--shard", "1/3"],
+    ["guard", "integrity", "a.gguf", "--require", "x>=1", "--param", "k=2"],
+    ["inspect", "a.onnx", "--format", "json"],
+    ["guards"],
+    ["manifest", "a.gguf", "--model-id", "org/m"],
+    ["merge", "a.json", "b.json", "--format", "markdown"],
+    ["schema", "report"],
+    ["render", "r.json", "--format", "html"],
+    ["init", "--force"],
+    ["check-policy", "q.toml"],
+])
+def test_one_subcommand_parser_parses_as_the_whole(argv: list[str]) -> None:
+    """`main` builds only the parser of the subcommand it was given: it must read the same."""
+    from quantgate import cli
+
+    assert cli._parser(argv[0]).parse_args(argv) == cli._parser().parse_args(argv)

@@ -70,7 +70,13 @@ def _scalar(value: str) -> Any:
     return value
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; with `command`, only that subcommand's (argparse builds a help
+    formatter for every argument added: all of them cost ~10 ms, on every invocation)."""
+
+    def wanted(name: str) -> bool:
+        return command is None or command == name
+
     parser = _Parser(
         prog="quantgate",
         description="A CI gate for quantized model artifacts (.pte, ONNX, GGUF, safetensors).",
@@ -81,97 +87,105 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines on stderr")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    run = sub.add_parser(
-        "run",
-        help="gate artifacts against the policy",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    run.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the policy's paths)")
-    run.add_argument(
-        "--policy",
-        metavar="FILE",
-        help="policy file (default: ./quantgate.toml, else [tool.quantgate] in ./pyproject.toml)",
-    )
-    run.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
-    run.add_argument(
-        "--output",
-        action="append",
-        type=_output,
-        default=[],
-        metavar="FORMAT=FILE",
-        help="also write a report to FILE (repeatable)",
-    )
-    run.add_argument("--fail-on", choices=("fail", "warn"), help="what makes the gate fail (default: policy)")
-    run.add_argument("--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)")
-    run.add_argument("--guards", metavar="ID,ID", help="run only these guards")
-    run.add_argument("--jobs", type=int, default=1, metavar="N", help="artifacts gated in parallel processes")
-    run.add_argument("--sha256", action="store_true", help="hash every artifact into the report")
-    run.add_argument("--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts")
-    run.add_argument(
-        "--no-github",
-        action="store_true",
-        help="no annotations, step summary or outputs even when GITHUB_ACTIONS=true",
-    )
+    if wanted("run"):
+        run = sub.add_parser(
+            "run",
+            help="gate artifacts against the policy",
+            epilog=EXIT_CODES_HELP,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        run.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the policy's paths)")
+        run.add_argument(
+            "--policy",
+            metavar="FILE",
+            help="policy file (default: ./quantgate.toml, else [tool.quantgate] in ./pyproject.toml)",
+        )
+        run.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
+        run.add_argument(
+            "--output",
+            action="append",
+            type=_output,
+            default=[],
+            metavar="FORMAT=FILE",
+            help="also write a report to FILE (repeatable)",
+        )
+        run.add_argument("--fail-on", choices=("fail", "warn"), help="what makes the gate fail (default: policy)")
+        run.add_argument("--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)")
+        run.add_argument("--guards", metavar="ID,ID", help="run only these guards")
+        run.add_argument("--jobs", type=int, default=1, metavar="N", help="artifacts gated in parallel processes")
+        run.add_argument("--sha256", action="store_true", help="hash every artifact into the report")
+        run.add_argument("--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts")
+        run.add_argument(
+            "--no-github",
+            action="store_true",
+            help="no annotations, step summary or outputs even when GITHUB_ACTIONS=true",
+        )
 
-    guard = sub.add_parser("guard", help="run one guard on one file and print its result JSON")
-    guard.add_argument("guard_id", metavar="ID")
-    guard.add_argument("path", metavar="PATH")
-    guard.add_argument(
-        "--require",
-        action="append",
-        default=[],
-        metavar="EXPR",
-        help="a bound that must hold, e.g. coverage.ops.int8>=0.9 (repeatable)",
-    )
-    guard.add_argument("--warn", action="append", default=[], metavar="EXPR", help="a soft bound (repeatable)")
-    guard.add_argument(
-        "--param",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="a guard parameter, e.g. params=1230000000 (repeatable)",
-    )
-    guard.add_argument(
-        "--expect-unquantized",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="a layer-name glob (or kind:embedding) that is meant to stay float",
-    )
-    guard.add_argument("--policy", metavar="FILE", help="take the guard's settings from this policy too")
-    guard.add_argument("--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage")
-    guard.add_argument("--timeout", type=float, metavar="SECONDS", help="time budget (default 300)")
+    if wanted("guard"):
+        guard = sub.add_parser("guard", help="run one guard on one file and print its result JSON")
+        guard.add_argument("guard_id", metavar="ID")
+        guard.add_argument("path", metavar="PATH")
+        guard.add_argument(
+            "--require",
+            action="append",
+            default=[],
+            metavar="EXPR",
+            help="a bound that must hold, e.g. coverage.ops.int8>=0.9 (repeatable)",
+        )
+        guard.add_argument("--warn", action="append", default=[], metavar="EXPR", help="a soft bound (repeatable)")
+        guard.add_argument(
+            "--param",
+            action="append",
+            type=_key_value,
+            default=[],
+            metavar="KEY=VALUE",
+            help="a guard parameter, e.g. params=1230000000 (repeatable)",
+        )
+        guard.add_argument(
+            "--expect-unquantized",
+            action="append",
+            default=[],
+            metavar="PATTERN",
+            help="a layer-name glob (or kind:embedding) that is meant to stay float",
+        )
+        guard.add_argument("--policy", metavar="FILE", help="take the guard's settings from this policy too")
+        guard.add_argument("--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage")
+        guard.add_argument("--timeout", type=float, metavar="SECONDS", help="time budget (default 300)")
 
-    inspect = sub.add_parser("inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits")
-    inspect.add_argument("path", metavar="PATH")
-    inspect.add_argument("--format", choices=("text", "json"), default="text")
+    if wanted("inspect"):
+        inspect = sub.add_parser("inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits")
+        inspect.add_argument("path", metavar="PATH")
+        inspect.add_argument("--format", choices=("text", "json"), default="text")
 
-    guards = sub.add_parser("guards", help="list the guards, what each needs, and whether it can run here")
-    guards.add_argument("--format", choices=("text", "json"), default="text")
+    if wanted("guards"):
+        guards = sub.add_parser("guards", help="list the guards, what each needs, and whether it can run here")
+        guards.add_argument("--format", choices=("text", "json"), default="text")
 
-    manifest = sub.add_parser(
-        "manifest", help="measure artifacts and write a long-form release manifest that passes the manifest guard"
-    )
-    manifest.add_argument("paths", nargs="+", metavar="PATH", help="artifact files or folders")
-    manifest.add_argument("--model-id", required=True, metavar="ID", help="e.g. org/model-name")
-    manifest.add_argument(
-        "--output",
-        metavar="FILE",
-        help="where to write it (default: manifest.json in the artifacts' folder; - for stdout)",
-    )
-    manifest.add_argument("--basis", choices=("ops", "params", "flops"), default="ops", help="basis of `coverage`")
+    if wanted("manifest"):
+        manifest = sub.add_parser(
+            "manifest", help="measure artifacts and write a long-form release manifest that passes the manifest guard"
+        )
+        manifest.add_argument("paths", nargs="+", metavar="PATH", help="artifact files or folders")
+        manifest.add_argument("--model-id", required=True, metavar="ID", help="e.g. org/model-name")
+        manifest.add_argument(
+            "--output",
+            metavar="FILE",
+            help="where to write it (default: manifest.json in the artifacts' folder; - for stdout)",
+        )
+        manifest.add_argument("--basis", choices=("ops", "params", "flops"), default="ops", help="basis of `coverage`")
 
-    merge = sub.add_parser("merge", help="join the JSON reports of `run --shard K/N` into one verdict")
-    merge.add_argument("reports", nargs="+", metavar="REPORT.json")
-    merge.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
-    merge.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE")
-    merge.add_argument("--no-github", action="store_true")
+    if wanted("merge"):
+        merge = sub.add_parser("merge", help="join the JSON reports of `run --shard K/N` into one verdict")
+        merge.add_argument("reports", nargs="+", metavar="REPORT.json")
+        merge.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
+        merge.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE")
+        merge.add_argument("--no-github", action="store_true")
 
-    schema = sub.add_parser("schema", help="print a bundled JSON Schema")
-    schema.add_argument("name", choices=("guard-result", "report", "policy", "manifest"))
-    cli_extras.add_parsers(sub)
+    if wanted("schema"):
+        schema = sub.add_parser("schema", help="print a bundled JSON Schema")
+        schema.add_argument("name", choices=("guard-result", "report", "policy", "manifest"))
+
+    cli_extras.add_parsers(sub, wanted)
     return parser
 
 
@@ -186,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     index = next((i for i, a in enumerate(argv) if a not in ("-q", "--quiet")), None)
     if index is not None and argv[index] not in (*SUBCOMMANDS, "-h", "--help", "--version"):
         argv.insert(index, "run")
-    parser = _parser()
+    parser = _parser(argv[index] if index is not None and argv[index] in SUBCOMMANDS else None)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

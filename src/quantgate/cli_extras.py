@@ -11,6 +11,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,36 +19,40 @@ from quantgate.gate import EXIT_PASS, EXIT_USAGE, UsageError
 from quantgate.report import FORMATS, render
 
 
-def add_parsers(sub: Any) -> None:
-    """Add `render`, `init` and `check-policy` to the subcommand parser."""
-    rend = sub.add_parser(
-        "render",
-        help="re-render a saved JSON report (text, json, markdown, junit, github, html)",
-        description="Validate a saved report against schemas/report.schema.json, then render it. "
-        "An invalid report exits 4 with the JSON path of each problem.",
-    )
-    rend.add_argument("report", metavar="REPORT.json", help="a report written by `quantgate run` (- = stdin)")
-    rend.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
-    rend.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
+def add_parsers(sub: Any, wanted: Callable[[str], bool]) -> None:
+    """Add `render`, `init` and `check-policy` (those `wanted`) to the subcommand parser."""
+    if wanted("render"):
+        rend = sub.add_parser(
+            "render",
+            help="re-render a saved JSON report (text, json, markdown, junit, github, html)",
+            description="Validate a saved report against schemas/report.schema.json, then render it. "
+            "An invalid report exits 4 with the JSON path of each problem.",
+        )
+        rend.add_argument("report", metavar="REPORT.json", help="a report written by `quantgate run` (- = stdin)")
+        rend.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+        rend.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
 
-    init = sub.add_parser("init", help="write a commented starter policy that loads cleanly")
-    init.add_argument("--output", default="quantgate.toml", metavar="FILE", help="default: quantgate.toml (- = stdout)")
-    init.add_argument("--force", action="store_true", help="overwrite an existing file")
-    init.add_argument(
-        "--path",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="what `quantgate run` scans by default (repeatable; default: dist/)",
-    )
+    if wanted("init"):
+        init = sub.add_parser("init", help="write a commented starter policy that loads cleanly")
+        init.add_argument("--output", default="quantgate.toml", metavar="FILE",
+                          help="default: quantgate.toml (- = stdout)")
+        init.add_argument("--force", action="store_true", help="overwrite an existing file")
+        init.add_argument(
+            "--path",
+            action="append",
+            default=[],
+            metavar="DIR",
+            help="what `quantgate run` scans by default (repeatable; default: dist/)",
+        )
 
-    check = sub.add_parser(
-        "check-policy",
-        help="validate policy files (quantgate.toml, pyproject.toml) against the schema",
-        description="Exit 0 when every file is a valid policy, 4 with one `FILE: key (line N): problem` "
-        "line per problem otherwise. A pyproject.toml without [tool.quantgate] has nothing to check.",
-    )
-    check.add_argument("files", nargs="+", metavar="FILE")
+    if wanted("check-policy"):
+        check = sub.add_parser(
+            "check-policy",
+            help="validate policy files (quantgate.toml, pyproject.toml) against the schema",
+            description="Exit 0 when every file is a valid policy, 4 with one `FILE: key (line N): problem` "
+            "line per problem otherwise. A pyproject.toml without [tool.quantgate] has nothing to check.",
+        )
+        check.add_argument("files", nargs="+", metavar="FILE")
 
 
 # ---------------------------------------------------------------------------------------------
