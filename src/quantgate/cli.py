@@ -71,8 +71,8 @@ def _scalar(value: str) -> Any:
 
 
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The command line's parser; with `command`, only that subcommand's (argparse builds a help
-    formatter for every argument added: all of them cost ~10 ms, on every invocation)."""
+    """The command line's parser; with `command`, only that subcommand's: argparse builds a help
+    formatter for every argument it adds, ~10 M instructions for them all, paid by every run."""
 
     def wanted(name: str) -> bool:
         return command is None or command == name
