@@ -376,15 +376,13 @@ def _load_json(text: str, out: _Findings) -> dict[str, Any] | None:
     return doc
 
 
-def _colons(text: str | bytes) -> int:
-    """The colons of the JSON text (or its UTF-8 bytes: a colon is ASCII, and no byte of a multi-byte
+def _colons(raw: bytes) -> int:
+    """The colons of the JSON text's UTF-8 bytes (a colon is ASCII, and no byte of a multi-byte
     character is): one per object member, plus those inside strings. -1 when a string spells a colon
     as an escape (`\\u003a`), which the parsed strings cannot be matched against."""
-    if isinstance(text, bytes):
-        return -1 if b"\\u003a" in text or b"\\u003A" in text else text.count(b":")
-    if "\\u003a" in text or "\\u003A" in text:
+    if b"\\u003a" in raw or b"\\u003A" in raw:
         return -1
-    return text.count(":")
+    return raw.count(b":")
 
 
 def _members(value: Any) -> int:
