@@ -4,10 +4,15 @@ blocks, and the layout findings the real fixtures cannot show. Layout tests, not
 from __future__ import annotations
 
 import json
+import math
 import struct
 from pathlib import Path
 
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
 from quantgate.formats import safetensors as st
+from quantgate.formats import safetensors_layouts as layouts
 
 BITS = st.DTYPE_BITS
 
@@ -69,6 +74,7 @@ def test_kinds_and_loose_tensors(tmp_path: Path) -> None:
     }
     inv = st.read(str(p))
     assert inv.params_stored == 32 * 8 + 16 * 8 + 8 * 4 * 3 + 8 * 3 * 4 + 32 * 8 + 128 + 16 + 16 + 8
+    assert inv.facts["tensors"] == 9 and inv.facts["dtypes"] == {"BF16": 2, "F16": 5, "F32": 1, "I64": 1}
 
 
 def test_mxfp4_blocks(tmp_path: Path) -> None:
@@ -249,3 +255,73 @@ def test_body_bits_leave_out_embeddings_and_heads_by_name_component(tmp_path: Pa
     code, result = run_json("guard", "safetensors-dtypes", str(p))
     assert code == 0, result
     assert result["metrics"]["bits_per_weight_body"] == 8 * (32 + 96) / (16 + 64)
+
+
+# --- the per-tensor shortcuts, against the per-name rules they stand for --------------------------
+
+_NAME_PARTS = ["model", "layers", "0", "Embed", "embed_out", "LM_HEAD", "wte", "wpe", "Conv2d", "mlp", "ſ", "İ",
+               "q\nembed", "x"]
+
+
+@given(hs.lists(hs.lists(hs.sampled_from(_NAME_PARTS), min_size=1, max_size=4).map(".".join), unique=True,
+                max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_named_kinds_holds_every_name_whose_kind_is_not_its_dims(names: list[str]) -> None:
+    """Outside named_kinds' set, layer_kind answers from the dims alone (what interpret assumes)."""
+    named = layouts.named_kinds(names)
+    for name in names:
+        if name not in named:
+            assert layouts.layer_kind(name, 2) == "linear" and layouts.layer_kind(name, 4) == "conv", name
+
+
+# (suffix, dtype, shape): a float or int8 weight, its int8 scale, a bias, a norm, a bare parameter
+_ROLES = [(".weight", "F16", [4, 4]), (".weight", "I8", [4, 4]), (".SCB", "F32", [4]), (".bias", "F16", [4]),
+          (".weight", "F32", [4]), ("", "F16", [4, 4])]
+
+
+@given(hs.data())
+@settings(max_examples=150, deadline=None)
+def test_layers_group_by_module_in_any_header_and_data_order(tmp_path_factory, data) -> None:
+    """Random modules of weights, companions, biases and loose tensors named like modules, their data and
+    header in independent random orders: every 2-D weight is a layer, int8 exactly when it is I8 with its
+    SCB beside it, numbered by the first byte of any tensor of its module (a loose tensor named like the
+    module shares it, after the module's layer); a bare 2-D parameter is a layer of its own."""
+    modules = data.draw(hs.lists(hs.sampled_from(["a", "b.c", "d.weight", "e"]), min_size=1, max_size=4, unique=True))
+    tensors: dict[str, tuple[str, list[int]]] = {}
+    for m in modules:
+        for suffix, dtype, shape in data.draw(hs.lists(hs.sampled_from(_ROLES), min_size=1, max_size=3,
+                                                       unique_by=lambda r: r[0])):
+            tensors[m + suffix] = (dtype, shape)
+    names = data.draw(hs.permutations(list(tensors)))  # data order
+    path = write_st(tmp_path_factory.mktemp("st") / "m.safetensors", {n: tensors[n] for n in names})
+    header_order = data.draw(hs.permutations(names))
+    raw = path.read_bytes()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8:8 + n])
+    text = json.dumps({k: header[k] for k in header_order}).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + n:])
+
+    begin = {k: header[k]["data_offsets"][0] for k in header}
+    role = {k: layouts.split_name(k) for k in tensors}
+
+    def first_byte(key: str) -> int:
+        """Of the tensors of module `key` and the loose tensor named `key`: one place in the file."""
+        return min(begin[k] for k, (module, r) in role.items() if (module == key if r else k == key))
+
+    expected = []  # (first byte, loose?, name, int8?)
+    for name, (dtype, shape) in tensors.items():
+        module, r = role[name]
+        if r == "weight" and len(shape) == 2:
+            expected.append((first_byte(module), 0, name, dtype == "I8"))
+        elif r is None and len(shape) == 2:
+            expected.append((first_byte(name), 1, name, False))
+    expected.sort()
+    inv = st.read(str(path))
+    assert [(x.name, x.position, x.quantized) for x in inv.layers] == [
+        (name, i, int8) for i, (_, _, name, int8) in enumerate(expected)]
+    # a companion beside its weight encodes that weight: not a parameter of its own
+    companions = {k for k, (module, r) in role.items() if r not in (None, "weight") and module + ".weight" in tensors}
+    assert inv.params_stored == sum(math.prod(shape) for k, (_, shape) in tensors.items() if k not in companions)
+    orphans = sorted(f.tensor for f in inv.semantic_findings if f.code == "ST_ORPHAN_COMPANION")
+    assert orphans == sorted(k for k in tensors if k.endswith(".SCB") and k[:-4] + ".weight" not in tensors)

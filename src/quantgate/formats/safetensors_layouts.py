@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 import os
 import re
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from typing import Any
 
 from quantgate import findings as F
@@ -126,6 +128,31 @@ def split_name(name: str) -> tuple[str, str | None]:
         if len(name) > n and name.endswith(suffix):
             return name[:-n], role
     return name, None
+
+
+# every substring layer_kind looks for: a name holding none of them is a conv at 4 dims, else a linear
+_KIND_WORDS = (b"embed", b"lm_head", b"wte", b"wpe", b"conv")
+
+
+def named_kinds(names: list[str]) -> set[str]:
+    """The names in which layer_kind finds one of its words; every other name's kind follows from its
+    dims alone. All the names are searched at once, in C: this decides the kind of every tensor."""
+    text = "\n".join(names)
+    # a name holding the separator would be cut in two; a non-ASCII one may lower-case to another length
+    if not text.isascii() or text.count("\n") != len(names) - 1:
+        return set(names)
+    blob = text.encode("ascii").lower()  # str.lower would cost more: it maps all of Unicode
+    found: set[str] = set()
+    for word in _KIND_WORDS:
+        at = blob.find(word)
+        while at >= 0:
+            begin = blob.rfind(b"\n", 0, at) + 1
+            end = blob.find(b"\n", at)
+            if end < 0:
+                end = len(blob)
+            found.add(text[begin:end])
+            at = blob.find(word, end)  # on from the next name
+    return found
 
 
 def layer_kind(name: str, ndim: int) -> str:
@@ -779,27 +806,36 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     if qc is not None:
         ctx.config = qc
         ctx.spec = spec_from_config(qc)
-    modules, loose, first = _by_module(head.tensors)
+    lone, modules, loose, first = _by_module(head.tensors)
+    named = named_kinds(list(head.tensors))
     layers: list[Layer] = []
     at: list[int] = []  # each layer's place in the file: the first byte of any of its tensors
     params_stored = 0
-    for module, parts in modules.items():
-        if type(parts) is not dict:  # a `.weight` alone (most of a checkpoint)
-            main = parts
-            bits = FLOAT_DTYPES.get(main.dtype)
-            if bits is not None:  # float: _plain's answer without its questions
-                if len(main.shape) < 2:
-                    params_stored += main.numel  # a norm: a parameter, not an op
-                    continue
-                name = main.name
-                layers.append(Layer(name, layer_kind(name, len(main.shape)), main.shape, main.dtype, bits,
-                                    FLOAT, False, main.numel, main.end - main.begin, None, True, None, None,
-                                    _PLAIN_DETAIL))  # positional: no kwargs dict
-                at.append(main.begin if module not in first else min(first[module], main.begin))
-                params_stored += main.numel
-                continue
+    # layers by layout and quantized layers, counted as they are made (a plain float layer is neither)
+    layouts: dict[str, int] = {}
+    plain = quantized = 0
+    shared = {name + ".weight" for name in first} if first else ()  # loose tensors named like a module
+    for main in lone:  # a `.weight` alone: most of a checkpoint
+        bits = FLOAT_DTYPES.get(main.dtype)
+        if bits is None:
+            module = main.name[:-7]
             first[module] = min(first.get(module, _NO_BYTE), main.begin)
-            parts = {"weight": main}
+            modules[module] = {"weight": main}  # checked with the modules that have companions
+            continue
+        # float: _plain's answer without its questions
+        shape = main.shape
+        if len(shape) < 2:
+            params_stored += main.numel  # a norm: a parameter, not an op
+            continue
+        name = main.name
+        kind = layer_kind(name, len(shape)) if name in named else CONV if len(shape) == 4 else LINEAR
+        # positional (no kwargs dict), its position in the file order if the layers are in it
+        layers.append(Layer(name, kind, shape, main.dtype, bits, FLOAT, False, main.numel, main.end - main.begin,
+                            None, True, None, len(layers), _PLAIN_DETAIL))
+        at.append(main.begin if name not in shared else min(first[name[:-7]], main.begin))
+        params_stored += main.numel
+        plain += 1
+    for module, parts in modules.items():
         main_role = ("qweight" if "qweight" in parts else "packed" if "packed" in parts
                      else "weight" if "weight" in parts else None)  # MAIN_ROLES, in order
         if main_role is None:
@@ -827,7 +863,8 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         if main_role == "weight" and len(layer.shape) < 2:
             params_stored += main.numel  # a 1-D `.weight` (a norm): a parameter, not an op
             continue
-        layers.append(layer)
+        _add(layer, layers, layouts)
+        quantized += layer.quantized is True
         at.append(first[module])  # _file_order(first, layer): every module layer is named module.weight
         params_stored += layer.params
         # a bias lives beside the weight as a loose tensor; the weight's own extras are not parameters
@@ -838,24 +875,23 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         if t.name.endswith("_blocks") and t.name[: -len("_blocks")] + "_scales" in names and t.dtype == "U8" \
                 and len(t.shape) >= 3:
             layer = _mxfp4_blocks(t, head.tensors[t.name[: -len("_blocks")] + "_scales"])
-            layers.append(layer)
-            at.append(_file_order(first, layer))
-            params_stored += layer.params
+        elif _loose_is_op(t):  # a bare parameter of 2+ dims (an expert bank, a position table)
+            layer = _plain(ctx, t.name, {}, t)
+        else:
+            params_stored += t.numel
             continue
-        params_stored += t.numel
-        if _loose_is_op(t):  # a bare parameter of 2+ dims (an expert bank, a position table)
-            layers.append(_plain(ctx, t.name, {}, t))
-            at.append(_file_order(first, layers[-1]))
+        _add(layer, layers, layouts)
+        quantized += layer.quantized is True
+        at.append(_file_order(first, layer))
+        params_stored += layer.params
+    if plain:
+        layouts["plain"] = layouts.get("plain", 0) + plain
     # sorted by place in the file; a stable sort on an index list keeps the key lookups in C
-    layers = [layers[i] for i in sorted(range(len(layers)), key=at.__getitem__)]
-    layouts: dict[str, int] = {}
-    quantized = 0
-    for i, layer in enumerate(layers):
-        layer.position = i
-        key = layer.detail.get("layout", "plain")
-        layouts[key] = layouts.get(key, 0) + 1
-        if layer.quantized:
-            quantized += 1
+    order = sorted(range(len(layers)), key=at.__getitem__)
+    if order != list(range(len(layers))):  # made out of file order: number them again
+        layers = [layers[i] for i in order]
+        for i, layer in enumerate(layers):
+            layer.position = i
     inv.layers = layers
     inv.params_stored = params_stored
     inv.facts["layouts"] = layouts
@@ -884,27 +920,34 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     )
 
 
-def _by_module(tensors: dict[str, Any]) -> tuple[dict[str, Any], list[Any], dict[str, int]]:
-    """Tensors grouped by module, in header order, the tensors of no known role, and the first byte in
-    the data buffer of each module with companions and of each loose tensor.
+def _add(layer: Layer, layers: list[Layer], layouts: dict[str, int]) -> None:
+    """Append a layer numbered by its place in the list, and count its layout."""
+    layer.position = len(layers)
+    layers.append(layer)
+    key = layer.detail.get("layout", "plain")
+    layouts[key] = layouts.get(key, 0) + 1
 
-    A module is {role: tensor}, or, for a `.weight` with no companion (most modules of a checkpoint),
-    that tensor itself: no dict and no first byte to keep for each, as this runs once per tensor."""
+
+def _by_module(tensors: dict[str, Any]) -> tuple[list[Any], dict[str, dict[str, Any]], list[Any], dict[str, int]]:
+    """The `.weight` tensors with no companion (most of a checkpoint), in header order; the other
+    tensors grouped by module ({role: tensor}, in header order); the tensors of no known role; and the
+    first byte in the data buffer of each grouped module and each loose tensor.
+
+    This runs once per tensor: the `.weight` names are told apart in C, and only the others (and the
+    weights of modules that have them) are looked at one by one."""
+    names = list(tensors)
+    values = list(tensors.values())
+    is_weight = list(map(str.endswith, names, repeat(".weight")))
+    if ".weight" in tensors:  # a bare `.weight` is no module's weight
+        is_weight[names.index(".weight")] = False
     modules: dict[str, Any] = {}
     loose: list[Any] = []
     first: dict[str, int] = {}
+    if False not in is_weight:
+        return values, modules, loose, first
     candidates = _CANDIDATES
-    for t in tensors.values():
+    for t in compress(values, map(operator.not_, is_weight)):
         name = t.name
-        if name[-7:] == ".weight" and len(name) > 7:  # split_name's answer for the usual suffix
-            module = name[:-7]
-            parts = modules.get(module)
-            if parts is None:
-                modules[module] = t
-            else:  # its companions came first
-                parts["weight"] = t
-                first[module] = min(first[module], t.begin)
-            continue
         module, role = name, None  # split_name, inline
         for suffix, n, r in candidates.get(name.rpartition(".")[2], ()):
             if len(name) > n and name.endswith(suffix):
@@ -918,17 +961,24 @@ def _by_module(tensors: dict[str, Any]) -> tuple[dict[str, Any], list[Any], dict
         if parts is None:
             modules[module] = {role: t}
             first[module] = min(first.get(module, _NO_BYTE), t.begin)
-        elif type(parts) is dict:
+        else:
             parts[role] = t
             first[module] = min(first[module], t.begin)
-        else:  # a companion of a `.weight` seen alone so far
-            modules[module] = {"weight": parts, role: t}
-            first[module] = min(first.get(module, _NO_BYTE), parts.begin, t.begin)
-    for t in loose:  # a loose tensor named like a lone weight's module shares its first byte
-        weight = modules.get(t.name)
-        if weight is not None and type(weight) is not dict:
-            first[t.name] = min(first[t.name], weight.begin)
-    return modules, loose, first
+    weights = list(compress(values, is_weight))
+    if not modules and not first:
+        return weights, modules, loose, first
+    paired = {module + ".weight" for module in modules}
+    lone = []
+    for t in weights:
+        if t.name in paired:  # the weight of a module with companions
+            module = t.name[:-7]
+            modules[module]["weight"] = t
+            first[module] = min(first[module], t.begin)
+        else:
+            lone.append(t)
+            if t.name[:-7] in first:  # a loose tensor named like the weight's module shares its first byte
+                first[t.name[:-7]] = min(first[t.name[:-7]], t.begin)
+    return lone, modules, loose, first
 
 
 _NO_BYTE = 1 << 64  # past any data offset
