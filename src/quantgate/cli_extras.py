@@ -8,11 +8,9 @@ calls `add_parsers` and merges `COMMANDS`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from quantgate.gate import EXIT_PASS, EXIT_USAGE, UsageError
@@ -61,6 +59,8 @@ def add_parsers(sub: Any, wanted: Callable[[str], bool]) -> None:
 
 def load_report(source: str) -> dict[str, Any]:
     """Read and validate a saved report; UsageError (exit 4) names the problem and its JSON path."""
+    from pathlib import Path
+
     from quantgate.jsonschemas import validate
 
     try:
@@ -83,6 +83,8 @@ def load_report(source: str) -> dict[str, Any]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     report = load_report(args.report)
     text = render(report, args.format)
     if args.output and args.output != "-":
@@ -180,6 +182,8 @@ _WAIVER = """
 
 def starter_policy(paths: list[str] | None = None) -> str:
     """The commented starter policy, with a section for every guard this installation knows."""
+    import datetime as dt
+
     from quantgate.validators import all_guards
     from quantgate.validators.coverage_guard import CoverageGuard
 
@@ -205,6 +209,8 @@ def starter_policy(paths: list[str] | None = None) -> str:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from quantgate.progress import log
 
     text = starter_policy(args.path or None)
@@ -229,6 +235,9 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def check_policy_file(path: str) -> tuple[list[str], list[str]]:
     """(problems, notes) of one policy file; problems make it invalid, notes do not."""
+    import datetime as dt
+    from pathlib import Path
+
     from quantgate.policy import PYPROJECT, PolicyError, load_policy, tomllib
 
     file = Path(path)

@@ -10,16 +10,28 @@ from __future__ import annotations
 
 from typing import Any
 
-try:
-    import orjson
-except ImportError:  # an install without it: json does everything, only slower
-    orjson = None
+_NOT_IMPORTED: Any = object()
+# the orjson module, or None in an install without it (json then does everything, only slower).
+# Imported on first use: it imports uuid and platform, ~6 ms that importing quantgate need not pay.
+orjson: Any = _NOT_IMPORTED
+
+
+def _orjson() -> Any:
+    global orjson
+    if orjson is _NOT_IMPORTED:
+        try:
+            import orjson as module
+        except ImportError:
+            module = None
+        orjson = module
+    return orjson
 
 
 def loads(raw: bytes) -> Any:
     """`raw` parsed as JSON, or None when orjson is missing or rejects it (invalid UTF-8 or JSON, NaN,
     a lone surrogate, too deep): `json` then parses it and names the defect. Integers past 64 bits
     come back as floats here (never valid in a safetensors header, which checks for exact ints)."""
+    orjson = _orjson()
     if orjson is None:
         return None
     try:
@@ -35,6 +47,7 @@ def dumps_compact(doc: Any) -> str | None:
     json.dumps(doc, separators=(",", ":")) but for the spelling of some floats (1e-05 is 0.00001
     here: the same number) and for NaN and infinities, which JSON has no words for: orjson writes
     null, as report.jsonfmt has json do. quantgate's metrics are finite by construction."""
+    orjson = _orjson()
     if orjson is None:
         return None
     try:

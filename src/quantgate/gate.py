@@ -9,13 +9,11 @@ Statuses and exit codes follow DESIGN §3 exactly:
 
 from __future__ import annotations
 
-import datetime as dt
 import fnmatch
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from quantgate import SCHEMA_VERSION, __version__
@@ -25,7 +23,10 @@ from quantgate.result import BLOCKED_BY_INTEGRITY, DISABLED, ERROR, FAIL, NOT_AP
 from quantgate.validators import get_guard, guard_ids
 from quantgate.validators.base import GuardContext, run_guard
 
-if TYPE_CHECKING:  # the policy module pulls in tomllib, difflib and the schema loader: a lone guard needs none
+if TYPE_CHECKING:  # annotations only; the policy module pulls in tomllib, difflib and the schema loader
+    import datetime as dt
+    from pathlib import Path
+
     from quantgate.policy import Policy, Waiver
 
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_NO_INPUT, EXIT_USAGE = 0, 1, 2, 3, 4
@@ -81,11 +82,16 @@ class RunOptions:
 # discovery
 
 
-def display_path(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path.resolve())
+def display_path(path: str | os.PathLike[str]) -> str:
+    """`path` resolved, relative to the working directory when it lies inside it."""
+    full = os.path.realpath(path)
+    cwd = os.path.realpath(os.getcwd())
+    if os.path.normcase(full) == os.path.normcase(cwd):
+        return "."
+    inside = os.path.join(cwd, "")  # with one trailing separator
+    if os.path.normcase(full).startswith(os.path.normcase(inside)):
+        return full[len(inside) :]
+    return full
 
 
 def _excluded(path: Path, patterns: Sequence[str]) -> bool:
@@ -94,6 +100,8 @@ def _excluded(path: Path, patterns: Sequence[str]) -> bool:
 
 
 def _walk(root: Path) -> Iterable[Path]:
+    from pathlib import Path
+
     for folder, dirs, files in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
         for name in sorted(files):
@@ -108,6 +116,8 @@ def discover(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[Artifact
     an LFS pointer, or when it is empty/unrecognisable but named like a model (so a truncated
     `model.gguf` is reported, while a README is not).
     """
+    from pathlib import Path
+
     found: dict[str, Artifact] = {}
     for given in paths:
         root = Path(given)
@@ -138,6 +148,8 @@ def _is_artifact(path: Path, sniffed: Sniffed) -> bool:
 
 def attach_manifest_hints(artifacts: Sequence[Artifact]) -> None:
     """Give each artifact what a manifest beside it claims (its parameter count, for size-heuristic)."""
+    from pathlib import Path
+
     from quantgate.manifest import ManifestError, claimed_artifacts, load_manifest, resolve_inside
 
     by_path = {a.path: a for a in artifacts}
@@ -236,6 +248,8 @@ def evaluate_artifact(
     today: dt.date | None = None,
 ) -> list[dict[str, Any]]:
     """Every selected guard on one artifact, with the gate's decision; never raises."""
+    import datetime as dt
+
     today = today or dt.date.today()
     ctx = GuardContext(artifact.path, artifact.sniffed, artifact.size, artifact.display)
     ctx.hints.update(artifact.hints)
@@ -486,6 +500,8 @@ def selected_guards(requested: Sequence[str] | None) -> list[str]:
 
 def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
     """Discover, evaluate and report. Raises UsageError for bad input (exit 4)."""
+    import datetime as dt
+
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     selected = selected_guards(options.guards)

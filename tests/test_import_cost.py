@@ -1,0 +1,139 @@
+"""`quantgate guard` runs once per file in CI, so what importing the CLI pulls in is paid by every run:
+stdlib modules that only other commands use are imported where they are used, not at start-up."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import FIXTURES, cli_env, run_json
+from quantgate import cli, fastjson
+from quantgate.gate import display_path
+
+GUARD_IMPORTS = "import quantgate.cli, quantgate.formats.safetensors, quantgate.validators.safetensors_dtypes"
+# traceback: the internal-error handler; datetime: waivers and report times; pathlib (urllib.parse,
+# ipaddress): the commands other than `guard`; orjson (uuid, platform): large JSON documents
+LAZY = ("traceback", "datetime", "pathlib", "urllib.parse", "ipaddress", "orjson", "uuid", "platform")
+SAFETENSORS = FIXTURES / "safetensors" / "gptq_layout" / "model.safetensors"
+
+
+def test_importing_the_guard_path_leaves_out_what_it_does_not_use() -> None:
+    # what the interpreter imports by itself (site, sitecustomize) is not counted
+    script = f"import json, sys; before = set(sys.modules); {GUARD_IMPORTS}; new = set(sys.modules) - before; "
+    script += "print(json.dumps(sorted(new)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    imported = set(json.loads(proc.stdout))
+    assert "quantgate.cli" in imported
+    assert sorted(imported.intersection(LAZY)) == []
+
+
+def test_fastjson_imports_orjson_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("orjson")
+    monkeypatch.setattr(fastjson, "orjson", fastjson._NOT_IMPORTED)
+    assert fastjson.loads(b'{"a": [1, 2.5]}') == {"a": [1, 2.5]}
+    assert fastjson.orjson is sys.modules["orjson"]
+    monkeypatch.setattr(fastjson, "orjson", fastjson._NOT_IMPORTED)
+    assert fastjson.dumps_compact({"a": [1, None]}) == '{"a":[1,null]}'
+    assert fastjson.orjson is sys.modules["orjson"]
+
+
+def test_fastjson_without_orjson_leaves_json_to_the_caller(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fastjson, "orjson", fastjson._NOT_IMPORTED)
+    monkeypatch.setitem(sys.modules, "orjson", None)  # `import orjson` raises ImportError
+    assert fastjson.loads(b"{}") is None
+    assert fastjson.dumps_compact({}) is None
+    assert fastjson.orjson is None
+
+
+def _without_duration(result: dict) -> dict:
+    return {k: v for k, v in result.items() if k != "duration_s"}
+
+
+def test_guard_on_a_committed_fixture_end_to_end(tmp_path: Path) -> None:
+    """The `guard` command as CI runs it, with the file named the ways a shell may name it."""
+    shutil.copytree(SAFETENSORS.parent, tmp_path, dirs_exist_ok=True)  # with the config.json beside it
+    rc, result = run_json("guard", "safetensors-dtypes", str(SAFETENSORS))
+    assert rc in (0, 1) and result["guard"] == "safetensors-dtypes"
+    assert result["status"] in ("PASS", "WARN", "FAIL") and result["metrics"]
+    assert result["artifact"]["path"] == str(SAFETENSORS.resolve())  # outside the working directory
+    for name in ("model.safetensors", "./model.safetensors", "model.safetensors/", "model.safetensors/."):
+        rc_here, here = run_json("guard", "safetensors-dtypes", name, cwd=tmp_path)
+        assert rc_here == rc, name
+        assert here["artifact"]["path"] == "model.safetensors", name
+        assert _without_duration({**here, "artifact": result["artifact"]}) == _without_duration(result), name
+
+
+@pytest.mark.parametrize(
+    "name", ["f", "./f", "f/", "f/.", "f//", "d", "d/", "d/.", "./d/../f", "d/./g", "missing", "missing/", ".", "./"]
+)
+def test_guard_names_the_file_pathlib_named(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "f").write_bytes(b"x")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "g").write_bytes(b"y")
+    path = cli._as_pathlib_names(name)
+    assert os.path.exists(path) == Path(name).exists()
+    assert os.path.isdir(path) == Path(name).is_dir()
+    assert os.path.basename(path) == os.path.basename(os.fspath(Path(name)))
+    if Path(name).exists():
+        assert os.path.realpath(path) == str(Path(name).resolve())
+        assert display_path(path) == _pathlib_display_path(Path(name))
+
+
+def _pathlib_display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def test_display_path_is_relative_only_inside_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "ab").mkdir()
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "ab")
+    monkeypatch.chdir(tmp_path / "a")
+    cases = ["b", ".", "..", "../ab", str(tmp_path / "a" / "b"), "link", "/"]
+    for case in cases:
+        assert display_path(case) == _pathlib_display_path(Path(case)), case
+        assert display_path(Path(case)) == display_path(case), case
+    assert display_path("../ab") == str((tmp_path / "ab").resolve())  # shares a prefix, is not inside
+
+
+def test_a_symlink_loop_in_a_scanned_folder_is_skipped_like_any_symlink(tmp_path: Path) -> None:
+    """(pathlib's resolve() raised RuntimeError on a loop before Python 3.13: an internal error.)"""
+    shutil.copytree(SAFETENSORS.parent, tmp_path / "d")
+    (tmp_path / "d" / "loop").symlink_to("loop")
+    rc, report = run_json("run", "d", "--guards", "integrity", "--format", "json", cwd=tmp_path)
+    assert rc == 0 and [a["path"] for a in report["artifacts"]] == ["d/model.safetensors"]
+
+
+def test_internal_error_prints_the_traceback_only_when_asked(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def broken(args: object) -> int:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setitem(cli.COMMANDS, "guards", broken)
+    monkeypatch.delenv("QUANTGATE_DEBUG", raising=False)
+    assert cli.main(["guards"]) == 2
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: a bug" in err and "Traceback" not in err
+    monkeypatch.setenv("QUANTGATE_DEBUG", "1")
+    assert cli.main(["guards"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and 'raise ZeroDivisionError("a bug")' in err
