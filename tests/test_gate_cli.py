@@ -457,3 +457,56 @@ def test_one_subcommand_parser_parses_as_the_whole(argv: list[str]) -> None:
     from quantgate import cli
 
     assert cli._parser(argv[0]).parse_args(argv) == cli._parser().parse_args(argv)
+
+
+# --- the process exit ---------------------------------------------------------------------------------
+
+_ATEXIT_PROBE = """
+import atexit, sys
+atexit.register(lambda: print("atexit ran", file=sys.stderr))
+sys.argv = ["quantgate", *sys.argv[1:]]
+from quantgate.cli import run
+run()
+"""
+
+
+@pytest.mark.parametrize(("args", "code", "torn_down"), [
+    (["guard", "safetensors-dtypes", "--require", "coverage.ops.int8 >= 0.99"], 1, False),  # FAIL, one file
+    (["guard", "safetensors-dtypes"], 0, False),
+    (["inspect"], 0, True),  # not a one-file guard run: the usual exit
+])
+def test_one_file_run_exits_without_teardown_and_keeps_its_output(args: list[str], code: int,
+                                                                  torn_down: bool) -> None:
+    """`quantgate guard` of a core guard ends once its report is flushed (the interpreter's teardown of a
+    reader's objects is skipped): the report is whole and the exit code is the verdict's."""
+    import subprocess
+    import sys
+
+    from tests.conftest import FIXTURES
+
+    artifact = FIXTURES / "safetensors" / "plain_f16" / "model.safetensors"
+    proc = subprocess.run([sys.executable, "-c", _ATEXIT_PROBE, *args, str(artifact)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == code, proc.stderr
+    if args[0] == "guard":
+        assert json.loads(proc.stdout)["status"] == ("FAIL" if code else "PASS")
+    else:
+        assert "model.safetensors" in proc.stdout
+    assert ("atexit ran" in proc.stderr) is torn_down
+
+
+def test_report_into_a_closed_pipe_is_an_error_without_noise() -> None:
+    """A reader of stdout that went away (`| head -c0`): exit 2, no 'Exception ignored' from the exit."""
+    import subprocess
+    import sys
+
+    from tests.conftest import FIXTURES
+
+    artifact = FIXTURES / "safetensors" / "plain_f16" / "model.safetensors"
+    proc = subprocess.Popen([sys.executable, "-m", "quantgate", "guard", "safetensors-dtypes", str(artifact)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 2, err
+    assert "Exception ignored" not in err and "Traceback" not in err

@@ -222,7 +222,7 @@ _json_values = st.recursive(
 @given(_json_values)
 def test_pretty_json_is_the_same_document(doc: object) -> None:
     text = jsonfmt.dumps(doc)
-    assert text.endswith("\n")
+    assert text.endswith("\n") and jsonfmt.dumps_bytes(doc) == text.encode("ascii")
     # JSON has no NaN or Infinity: they are written null
     assert json.loads(text) == json.loads(json.dumps(jsonfmt.finite(doc)))
     # the compact text of a large report, by orjson where it can say the same in ASCII, else by json
@@ -236,8 +236,10 @@ def test_compact_json_falls_back_to_json_where_orjson_differs(monkeypatch: pytes
     big = {"layers": [layer] * (jsonfmt.PRETTY_LIMIT // 60 + 1)}
     fast = jsonfmt.dumps(big)
     assert fastjson.dumps_compact(big) is not None and json.loads(fast) == big
+    assert jsonfmt.dumps_bytes(big) == fast.encode() and fast.endswith("}\n")  # the bytes printed
     monkeypatch.setattr(fastjson, "orjson", None)
-    assert json.loads(jsonfmt.dumps(big)) == big  # the same document without orjson
+    slow = jsonfmt.dumps(big)
+    assert json.loads(slow) == big and jsonfmt.dumps_bytes(big) == slow.encode()  # without orjson
     monkeypatch.undo()
     # json's escapes keep a report ASCII; integer keys and integers past 64 bits are json's alone
     for odd in ({"name": "blöck"}, {"n": {8: 1}}, {"params": 1 << 70}):

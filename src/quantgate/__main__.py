@@ -1,5 +1,3 @@
-import sys
+from quantgate.cli import run
 
-from quantgate.cli import main
-
-sys.exit(main())
+run()

@@ -47,11 +47,18 @@ def dumps_compact(doc: Any) -> str | None:
     json.dumps(doc, separators=(",", ":")) but for the spelling of some floats (1e-05 is 0.00001
     here: the same number) and for NaN and infinities, which JSON has no words for: orjson writes
     null, as report.jsonfmt has json do. quantgate's metrics are finite by construction."""
+    out = dumps_compact_line(doc)
+    return out[:-1].decode("ascii") if out is not None else None
+
+
+def dumps_compact_line(doc: Any) -> bytes | None:
+    """dumps_compact's text and a newline, as the bytes written out: a report of tens of thousands of
+    layers is not copied into a str and back."""
     orjson = _orjson()
     if orjson is None:
         return None
     try:
-        out = orjson.dumps(doc)
+        out = orjson.dumps(doc, option=orjson.OPT_APPEND_NEWLINE)
     except TypeError:  # JSONEncodeError, and the plain TypeError of a non-string key
         return None
-    return out.decode("ascii") if out.isascii() else None
+    return out if out.isascii() else None

@@ -22,10 +22,20 @@ _RECORD = json.JSONEncoder(check_circular=False, allow_nan=False).encode
 
 def dumps(doc: Any) -> str:
     """`doc` as JSON text ending in a newline: indented when small, compact when large."""
-    compact = fastjson.dumps_compact(doc) or _encode(_COMPACT, doc)
-    if len(compact) > PRETTY_LIMIT:
-        return compact + "\n"
-    return _pretty(doc, "") + "\n"
+    return dumps_bytes(doc).decode("ascii")
+
+
+def dumps_bytes(doc: Any) -> bytes:
+    """dumps(doc) as the bytes written out (the text is ASCII: json escapes the rest): a large report
+    comes straight from orjson, not copied into a str and back."""
+    compact = fastjson.dumps_compact_line(doc)
+    if compact is None:
+        text = _encode(_COMPACT, doc)
+        if len(text) > PRETTY_LIMIT:
+            return (text + "\n").encode("ascii")
+    elif len(compact) - 1 > PRETTY_LIMIT:
+        return compact
+    return (_pretty(doc, "") + "\n").encode("ascii")
 
 
 def _encode(encode: Callable[[Any], str], value: Any) -> str:
