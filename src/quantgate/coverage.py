@@ -54,12 +54,20 @@ def _groups(layers: Sequence[Layer]) -> dict[_Group, list[int]]:
     # the group is a function of (quantized, numeric, bits): sort the layers into lists by those first,
     # the one step per layer, then name each list's group and sum it with C-level sums
     alike: dict[tuple[Any, str, Any], list[Layer]] = {}
+    quantized = numeric = bits = _UNSET
+    same: list[Layer] = []
     for layer in layers:
-        key = (layer.quantized, layer.numeric, layer.bits)
-        same = alike.get(key)
-        if same is None:
-            alike[key] = [layer]
+        # a reader lists layers alike in runs (a float checkpoint: one run): a run continues without a key
+        if layer.quantized is quantized and layer.numeric is numeric and layer.bits == bits:
+            same.append(layer)
+            continue
+        quantized, numeric, bits = layer.quantized, layer.numeric, layer.bits
+        key = (quantized, numeric, bits)
+        found = alike.get(key)
+        if found is None:
+            same = alike[key] = [layer]
         else:
+            same = found
             same.append(layer)
     groups: dict[_Group, list[int]] = {}
     for same in alike.values():
@@ -77,6 +85,7 @@ def _groups(layers: Sequence[Layer]) -> dict[_Group, list[int]]:
     return groups
 
 
+_UNSET: Any = object()  # no layer's field
 _PARAMS = operator.attrgetter("params")
 _FLOPS = operator.attrgetter("flops")
 _OUT_POSITIONS = operator.attrgetter("out_positions")
