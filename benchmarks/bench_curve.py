@@ -27,7 +27,7 @@ import shutil
 import struct
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +35,7 @@ sys.path.insert(0, str(HERE))
 
 import bench_gguf  # noqa: E402  (beside this script: the generator and gguf-py's script)
 import bench_safetensors  # noqa: E402
-from results import headline, least_cost  # noqa: E402
+from results import headline, least_cost, least_cost_interleaved  # noqa: E402
 
 ROOT = HERE.parent
 WORK = HERE / ".work" / "curve"
@@ -138,8 +138,8 @@ def quantgate_command(fmt: str, path: Path) -> list[str]:
     return [sys.executable, "-m", "quantgate", "-q", "guard", f"{fmt}-dtypes", str(path)]
 
 
-def measure(cmd: list[str], runs: int, check_status: bool = False) -> dict[str, float]:
-    """results.least_cost of `cmd`, which must exit 0 or, with check_status, print a guard verdict."""
+def checker(cmd: list[str], check_status: bool = False) -> Callable[[dict], None]:
+    """A run of `cmd` must exit 0 or, with check_status, print a guard verdict."""
 
     def check(r: dict) -> None:
         if check_status:
@@ -150,7 +150,20 @@ def measure(cmd: list[str], runs: int, check_status: bool = False) -> dict[str, 
         elif r["rc"] != 0:
             raise SystemExit(f"{' '.join(cmd)}: exit {r['rc']}\n{r['stderr']}")
 
-    return least_cost(cmd, runs, cwd=WORK, check=check)
+    return check
+
+
+def measure(cmd: list[str], runs: int, check_status: bool = False) -> dict[str, float]:
+    """results.least_cost of `cmd` (see checker)."""
+    return least_cost(cmd, runs, cwd=WORK, check=checker(cmd, check_status))
+
+
+def measure_pair(fmt: str, path: Path, runs: int) -> tuple[dict[str, float], dict[str, float]]:
+    """quantgate and the anchor on one file, their runs in turn (results.least_cost_interleaved)."""
+    q, a = quantgate_command(fmt, path), anchor_command(fmt, path)
+    best = least_cost_interleaved({"q": q, "a": a}, runs, cwd=WORK,
+                                  checks={"q": checker(q, check_status=True), "a": checker(a)})
+    return best["q"], best["a"]
 
 
 def fmt_size(n: float) -> str:
@@ -194,10 +207,13 @@ def main() -> int:
     rows = []
     for series, fmt, path in points:
         print(f"curve: {series} {path.name}", file=sys.stderr, flush=True)
-        q = measure(quantgate_command(fmt, path), args.runs, check_status=True)
-        # safe_open takes well under a second: the same number of runs as quantgate, least kept, so the
-        # noise of the shared cores cannot favour either side
-        a = measure(anchor_command(fmt, path), args.runs if fmt == "safetensors" else args.anchor_runs)
+        if fmt == "safetensors":
+            # safe_open takes well under a second: as many runs as quantgate, in turn with them, least
+            # kept, so the noise of the shared cores cannot favour either side
+            q, a = measure_pair(fmt, path, args.runs)
+        else:
+            q = measure(quantgate_command(fmt, path), args.runs, check_status=True)
+            a = measure(anchor_command(fmt, path), args.anchor_runs)
         rows.append((series, fmt, path, q, a))
 
     anchors = {"gguf": "gguf-py GGUFReader", "safetensors": "safetensors.safe_open"}
@@ -208,8 +224,8 @@ def main() -> int:
         f"and listing every tensor ({anchors['gguf']}; {anchors['safetensors']}(numpy) with each slice's "
         "dtype and shape). Tensor data is a sparse hole. Time is the whole process's CPU time (user + system: "
         "the 2 cores are shared with other jobs, so wall time carries their noise; nothing here waits on I/O), "
-        f"least of {args.runs} runs for quantgate and for safe_open, of {args.anchor_runs} for gguf-py (minutes "
-        "each, and 12-20x slower, far beyond the noise); memory is the peak "
+        f"least of {args.runs} runs for quantgate and for safe_open (taken in turn), of {args.anchor_runs} for "
+        "gguf-py (minutes each, and 12-20x slower, far beyond the noise); memory is the peak "
         f"RSS. A bare `python -c pass` takes {bare['s']:.3f} s and {bare['mib']:.0f} MiB. Ratios are anchor / "
         "quantgate (higher is better for quantgate).\n"
     )

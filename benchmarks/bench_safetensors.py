@@ -1,12 +1,13 @@
 """quantgate's safetensors reader vs `safetensors.safe_open` on Llama-2-7B-shaped checkpoints.
 
-    /work/venv/bin/python benchmarks/bench_safetensors.py [--repeat 20]
+    .venv/bin/python benchmarks/bench_safetensors.py [--repeat 20] [--runs 7]
 
 The files have the real Llama-2-7B tensor names and shapes (291 tensors, F16, 13.5 GB; then the same
 model in the 4-bit GPTQ layout, 963 tensors) but their data is a sparse hole (`truncate`), so they cost
 no disk: both readers only touch the header (quantgate also derives the layers and layouts). Each reader runs
-in its own subprocess; the time is the best of `--repeat` reads after the imports, and the peak RSS
-is the child's maximum resident set (imports included), so the ratios compare what a CI step pays.
+in its own subprocess; "read" is the best of `--repeat` reads after the imports, "process" the least CPU
+time of `--runs` fresh processes (interpreter, imports, one read; the readers' runs taken in turn), and
+the peak RSS is the child's maximum resident set (imports included): what a CI step pays.
 safe_open is native Rust, so parity is the goal here, not a win.
 """
 
@@ -19,10 +20,9 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-from results import headline  # beside this script
+from results import headline, least_cost_interleaved  # beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(__file__).resolve().parent / ".work"
@@ -133,37 +133,41 @@ print(json.dumps({{"best_s": best, "maxrss_kb": hwm}}))
 """
 
 
-def measure(label: str, path: Path, repeat: int) -> dict[str, float]:
-    code = TIMER.format(body=textwrap.dedent(CHILD[label]))
+def measure_all(path: Path, repeat: int, runs: int) -> dict[str, dict[str, float]]:
+    """Per reader: the best of `repeat` reads in one process and its peak RSS, and `process_s`, the least
+    CPU time of `runs` fresh processes (interpreter, imports and one read), the readers' runs in turn."""
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code, str(path), "1"], capture_output=True, env=env, check=True)
-    cold = time.perf_counter() - started  # a fresh process: interpreter, imports and one read
-    proc = subprocess.run([sys.executable, "-c", code, str(path), str(repeat)], capture_output=True,
-                          text=True, env=env, check=True)
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out["process_s"] = cold
-    return out
+    codes = {label: TIMER.format(body=textwrap.dedent(body)) for label, body in CHILD.items()}
+    fresh = {label: [sys.executable, "-c", code, str(path), "1"] for label, code in codes.items()}
+    cold = least_cost_interleaved(fresh, runs, env=env)
+    results = {}
+    for label, code in codes.items():
+        proc = subprocess.run([sys.executable, "-c", code, str(path), str(repeat)], capture_output=True,
+                              text=True, env=env, check=True)
+        results[label] = json.loads(proc.stdout.strip().splitlines()[-1]) | {"process_s": cold[label]["s"]}
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=20, help="reads in one process (best kept)")
+    parser.add_argument("--runs", type=int, default=7, help="fresh processes per reader, in turn (least CPU kept)")
     args = parser.parse_args()
     WORK.mkdir(exist_ok=True)
     for gptq in (False, True):
         path = WORK / f"llama2-7b-shaped{'-gptq' if gptq else ''}.safetensors"
         data = make_file(path, gptq)
-        bench(path, data, args.repeat, "4-bit GPTQ g128 layout, 963 tensors" if gptq else "F16, 291 tensors")
+        bench(path, data, args.repeat, args.runs,
+              "4-bit GPTQ g128 layout, 963 tensors" if gptq else "F16, 291 tensors")
         path.unlink()
 
 
-def bench(path: Path, data: int, repeat: int, what: str) -> None:
+def bench(path: Path, data: int, repeat: int, runs: int, what: str) -> None:
     with open(path, "rb") as handle:
         header_len = struct.unpack("<Q", handle.read(8))[0]
     print(f"\n**{path.name}**, {path.stat().st_size / 1e9:.2f} GB ({data / 1e9:.2f} GB of data as a "
           f"sparse hole), header {header_len:,} bytes, {what}\n")
-    results = {label: measure(label, path, repeat) for label in CHILD}
+    results = measure_all(path, repeat, runs)
     q = results["quantgate"]
     print("| reader | best read | process | peak RSS | quantgate / reader: read, process, RSS |")
     print("|---|---:|---:|---:|---|")

@@ -54,6 +54,24 @@ def least_cost(cmd: list[str], runs: int, cwd: str | Path | None = None,
     return best
 
 
+def least_cost_interleaved(cmds: dict[str, list[str]], runs: int, cwd: str | Path | None = None,
+                           checks: dict[str, Callable[[dict], None]] | None = None,
+                           env: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
+    """least_cost of each command, their runs taken in turn (a, b, a, b...): the shared cores' slow
+    spells, which last seconds, then fall on every command alike rather than on whichever ran during one."""
+    best = {label: {"s": float("inf"), "wall": float("inf"), "mib": 0.0} for label in cmds}
+    for _ in range(runs):
+        for label, cmd in cmds.items():
+            run = run_measured(cmd, cwd=cwd, env=env)
+            if checks and label in checks:
+                checks[label](run)
+            b = best[label]
+            b["s"] = min(b["s"], run["cpu_s"])
+            b["wall"] = min(b["wall"], run["wall_s"])
+            b["mib"] = max(b["mib"], run["peak_rss_mb"])
+    return best
+
+
 def rerun() -> str:
     """Commit and load for a section rerun after the whole run."""
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
