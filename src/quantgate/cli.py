@@ -199,7 +199,7 @@ _LEFT_FOR_EXIT: list[object] = []
 def run() -> NoReturn:
     """The `quantgate` command: main(), then the exit. After a one-file run of a core guard (no thread, no
     temporary file, no atexit work of its own) the process ends once its output is flushed, without
-    freeing what the reader built one object at a time or tearing down the modules: ~5% of a run on a
+    freeing what the reader built one object at a time or tearing down the modules: ~4% of a run on a
     50k-tensor header, ~19 M instructions on any file."""
     code = main()
     if _LEFT_FOR_EXIT:
