@@ -10,10 +10,12 @@ import datetime as dt
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import run_cli, run_json
+from tests.conftest import FIXTURES, run_cli, run_json
 
 # 1000 bytes over 1000 params = 8 bits per weight
 ARTIFACT_BYTES = 1000
@@ -479,11 +481,6 @@ def test_one_file_run_exits_without_teardown_and_keeps_its_output(args: list[str
                                                                   torn_down: bool) -> None:
     """`quantgate guard` of a core guard ends once its report is flushed (the interpreter's teardown of a
     reader's objects is skipped): the report is whole and the exit code is the verdict's."""
-    import subprocess
-    import sys
-
-    from tests.conftest import FIXTURES
-
     artifact = FIXTURES / "safetensors" / "plain_f16" / "model.safetensors"
     proc = subprocess.run([sys.executable, "-c", _ATEXIT_PROBE, *args, str(artifact)], capture_output=True,
                           text=True, timeout=120)
@@ -497,11 +494,6 @@ def test_one_file_run_exits_without_teardown_and_keeps_its_output(args: list[str
 
 def test_report_into_a_closed_pipe_is_an_error_without_noise() -> None:
     """A reader of stdout that went away (`| head -c0`): exit 2, no 'Exception ignored' from the exit."""
-    import subprocess
-    import sys
-
-    from tests.conftest import FIXTURES
-
     artifact = FIXTURES / "safetensors" / "plain_f16" / "model.safetensors"
     proc = subprocess.Popen([sys.executable, "-m", "quantgate", "guard", "safetensors-dtypes", str(artifact)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
