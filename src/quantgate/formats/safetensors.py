@@ -599,7 +599,7 @@ def _check_layout(head: Header, out: _Findings, loc: _Locator, all_entries_valid
 
 def _walk_layout(head: Header, out: _Findings, all_entries_valid: bool) -> None:
     """Each gap and overlap between the tensors in buffer order, then the buffer end."""
-    ordered = sorted(head.tensors.values(), key=operator.attrgetter("begin", "end", "name"))
+    ordered = sorted(head.tensors.values(), key=_BUFFER_ORDER)
     cursor = 0
     last: TensorEntry | None = None
     for t in ordered:
@@ -625,6 +625,7 @@ def _walk_layout(head: Header, out: _Findings, all_entries_valid: bool) -> None:
 _BEGIN, _END = operator.attrgetter("begin"), operator.attrgetter("end")
 _BEGIN_OF, _END_OF = operator.itemgetter(0), operator.itemgetter(1)
 _DTYPE = operator.attrgetter("dtype")
+_BUFFER_ORDER = operator.attrgetter("begin", "end", "name")  # the walk's order, and the culprit's
 
 
 def _check_end(head: Header, out: _Findings, cursor: int, ordered: list[TensorEntry] | None,
@@ -633,7 +634,7 @@ def _check_end(head: Header, out: _Findings, cursor: int, ordered: list[TensorEn
     available = head.file_size - head.data_start
     if cursor > available:
         if ordered is None:
-            ordered = sorted(head.tensors.values(), key=operator.attrgetter("begin", "end", "name"))
+            ordered = sorted(head.tensors.values(), key=_BUFFER_ORDER)
         culprit = next((t for t in ordered if t.end > available), ordered[-1] if ordered else None)
         out.add(F.error("ST_TRUNCATED",
                         f"the file is {cursor - available:,} byte(s) short: the data buffer needs {cursor:,} "

@@ -814,7 +814,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     # layers by layout and quantized layers, counted as they are made (a plain float layer is neither)
     layouts: dict[str, int] = {}
     plain = quantized = 0
-    shared = {name + ".weight" for name in first} if first else ()  # loose tensors named like a module
+    shared = {t.name + ".weight" for t in loose}  # the weights a loose tensor is named like the module of
     for main in lone:  # a `.weight` alone: most of a checkpoint
         bits = FLOAT_DTYPES.get(main.dtype)
         if bits is None:
