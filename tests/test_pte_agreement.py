@@ -42,3 +42,5 @@ def test_inspector_agrees_with_program(name: str) -> None:
     for key in ("quantized", "int8", "int4"):
         assert r["coverage"]["ops"][key] == pytest.approx(s["coverage"]["ops"][key]), key
     assert r["int8_coverage"] == pytest.approx(s["int8_coverage"])
+    # what the graph's datatypes promise is what the runtime's kernels ran, whichever kernels this CPU got
+    assert r["compute_coverage"]["ops"] == pytest.approx(s["compute_coverage"]["ops"])

@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from conftest import FIXTURES, cli_env, run_cli, run_json
 from quantgate.bounds import FAIL_LEVEL, parse_bound
+from quantgate.formats.xnnpack import DATATYPE_TOKENS, DATATYPES, INT_ACTIVATIONS, TOKEN_ROLES, XNN_TOKENS
 from quantgate.jsonschemas import validate
 from quantgate.runtime import etdump, program_table
 from quantgate.runtime.pte_runner import error_code
@@ -73,21 +74,18 @@ EXPECTED_MATMUL = {
     "w8_xnnpack": (3, 0.0, 0.0, 0.0),  # the silent fp32 fold
     "conv_int8_xnnpack": (3, 1.0, 0.0, 1.0),
 }
-# executed weight ops in instruction order: (backend, op or descriptor)
+# executed weight ops in instruction order: (backend, native op) or (backend, kind, weight bits,
+# compute) for a delegated op. The classification, not the descriptor: the XNNPACK runtime picks its
+# activation type by CPU (QD8, QDU8 on AVX512-VNNI, QP8 with KleidiAI), the weights it runs do not change
+_FC8, _FC4 = ("XnnpackBackend", "linear", 8, "int8"), ("XnnpackBackend", "linear", 4, "int8")
+_FC32 = ("XnnpackBackend", "linear", 32, "fp32")
 EXPECTED_EXECUTED = {
-    "int8_xnnpack": [("portable", "aten::embedding.out"), ("XnnpackBackend", "NC, QS8, QC8W"),
-                     ("XnnpackBackend", "NC, QS8, QC8W")],
-    "dq8_xnnpack": [("portable", "aten::embedding.out"), ("XnnpackBackend", "NC, QD8, F32, QC8W"),
-                    ("XnnpackBackend", "NC, QD8, F32, QC8W")],
-    "8da4w_emb4_xnnpack": [("portable", "quantized_decomposed::embedding_4bit.out"),
-                           ("XnnpackBackend", "NC, QD8, F32, QB4W"),
-                           ("XnnpackBackend", "NC, QD8, F32, QB4W")],
-    "partial_8da4w_xnnpack": [("XnnpackBackend", "NC, QD8, F32, QB4W"),
-                              ("XnnpackBackend", "NC, QD8, F32, QB4W"),
-                              ("XnnpackBackend", "NC, F32")],
-    "w8_xnnpack": [("XnnpackBackend", "NC, F32")] * 3,
-    "conv_int8_xnnpack": [("XnnpackBackend", "NHWC, QC8"), ("XnnpackBackend", "NHWC, QC8"),
-                          ("XnnpackBackend", "NC, QS8, QC8W")],
+    "int8_xnnpack": [("portable", "aten::embedding.out"), _FC8, _FC8],
+    "dq8_xnnpack": [("portable", "aten::embedding.out"), _FC8, _FC8],
+    "8da4w_emb4_xnnpack": [("portable", "quantized_decomposed::embedding_4bit.out"), _FC4, _FC4],
+    "partial_8da4w_xnnpack": [_FC4, _FC4, _FC32],
+    "w8_xnnpack": [_FC32] * 3,
+    "conv_int8_xnnpack": [("XnnpackBackend", "conv", 8, "int8"), ("XnnpackBackend", "conv", 8, "int8"), _FC8],
     "int8_portable": [("portable", "aten::embedding.out"), ("portable", "aten::addmm.out"),
                       ("portable", "aten::addmm.out")],
 }
@@ -114,8 +112,10 @@ EDITS = st.lists(st.tuples(st.integers(0, 1 << 20), st.sampled_from(["flip", "ff
                            st.integers(0, 255)), min_size=1, max_size=4)
 
 
-def _ops_key(record: dict[str, Any]) -> tuple[str, str]:
-    return record["backend"], record.get("descriptor") or record["op"]
+def _ops_key(record: dict[str, Any]) -> tuple[Any, ...]:
+    if record["backend"] == "portable":
+        return record["backend"], record["op"]
+    return record["backend"], record["kind"], record["bits"], record["compute"]
 
 
 # --- one child for every fixture ------------------------------------------------------------
@@ -185,14 +185,48 @@ def test_executed_ops_in_instruction_order(batch: dict[str, dict[str, Any]], nam
 def test_int8_xnnpack_detail(batch: dict[str, dict[str, Any]]) -> None:
     m = analyse(batch["int8_xnnpack"]).metrics
     fcs = [r for r in m["executed_weight_ops"] if r["backend"] == "XnnpackBackend"]
-    described = [(r["activations"], r["weights"], r["bits"], r["compute"]) for r in fcs]
-    assert described == [("QS8", "QC8W", 8, "int8")] * 2
-    assert m["events"]["by_descriptor"] == {"NC": 2, "NC, QS8, QC8W": 2}
+    # the weight type is the graph's (qcint8); the activation token is the host's kernel choice
+    described = [(r["weights"], r["bits"], r["quantized"], r["compute"], r["unknown_tokens"]) for r in fcs]
+    assert described == [("QC8W", 8, True, "int8", [])] * 2
+    assert sum(m["events"]["by_descriptor"].values()) == 4  # two converts, two FCs
     assert m["events"]["native_calls"] == 2 and m["events"]["delegate_calls"] == 1
     assert m["compute"] == {"fp32": 1, "int8": 2}
     # delegated ops carry no shapes: only the ops basis is reported
     assert set(m["coverage"]) == {"ops"} and m["shapes_known"] is False
     assert "params_total" not in m
+
+
+# the runtime's dynamically quantized activation tokens: whichever one this host's XNNPACK picked,
+# the others are what another CPU prints for the same program
+_DYNAMIC_TOKENS = ("QD8", "QDU8", "QP8")
+
+
+def _as_host(entry: dict[str, Any], token: str) -> dict[str, Any]:
+    """The recorded run with every delegated event named as a host choosing `token` would name it."""
+    events = []
+    for event in entry["events"]:
+        name = event.get("delegate_name") or ""
+        for other in _DYNAMIC_TOKENS:
+            name = name.replace(f"(NC, {other},", f"(NC, {token},")
+        events.append(dict(event, delegate_name=name))
+    return dict(entry, events=events)
+
+
+@needs_runtime
+@pytest.mark.parametrize("name", ["dq8_xnnpack", "8da4w_emb4_xnnpack", "partial_8da4w_xnnpack"])
+def test_host_kernel_choice_does_not_change_the_verdict(batch: dict[str, dict[str, Any]], name: str) -> None:
+    recorded = batch[name]
+    names = {e.get("delegate_name") for e in recorded["events"]}
+    assert any(f"(NC, {t}, F32, " in (n or "") for n in names for t in _DYNAMIC_TOKENS), names
+    verdicts = []
+    for token in _DYNAMIC_TOKENS:
+        outcome = analyse(_as_host(recorded, token))
+        m = outcome.metrics
+        assert [f.code for f in outcome.findings] == []
+        assert any(f"(NC, {token}, F32, " in r["op"] for r in m["executed_weight_ops"])
+        verdicts.append((m["coverage"], m["compute_coverage"], m["matmul_coverage"], m["compute"]))
+    assert verdicts[0] == verdicts[1] == verdicts[2]
+    assert verdicts[0][1]["ops"]["integer"] == pytest.approx(EXPECTED_OPS[name][4])
 
 
 @needs_runtime
@@ -333,6 +367,23 @@ def test_program_table_survives_damage(tmp_path_factory: pytest.TempPathFactory,
         ("Convolution (NHWC, QS8) IGEMM #1", "Convolution", "QS8", 8, True, "int8"),
         ("Convolution (NHWC, F32) IGEMM #1", "Convolution", "F32", 32, False, "fp32"),
         ("Fully Connected (NC, QU8) GEMM", "Fully Connected", "QU8", 8, True, "int8"),
+        # recorded on an AVX512-VNNI host (QDU8) and on one without (QD8): the same program, the same answer
+        ("Fully Connected (NC, QDU8, F32, QC8W) GEMM #1", "Fully Connected", "QC8W", 8, True, "int8"),
+        ("Fully Connected (NC, QD8, F32, QC8W) GEMM #1", "Fully Connected", "QC8W", 8, True, "int8"),
+        ("Fully Connected (NC, QDU8, F32, QB4W) GEMM #2", "Fully Connected", "QB4W", 4, True, "int8"),
+        ("Fully Connected (NC, QD8, F32, QB4W) GEMM #2", "Fully Connected", "QB4W", 4, True, "int8"),
+        ("Convolution (NHWC, QDU8, F32, QC8W) IGEMM #1", "Convolution", "QC8W", 8, True, "int8"),
+        ("Convolution (NHWC, QD8, F32, QC8W) IGEMM #1", "Convolution", "QC8W", 8, True, "int8"),
+        ("Deconvolution (NHWC, QDU8, F32, QC8W) #1", "Deconvolution", "QC8W", 8, True, "int8"),
+        ("Batch Matrix Multiply (NC, QDU8, F32, QC8W) #1", "Batch Matrix Multiply", "QC8W", 8, True, "int8"),
+        ("Fully Connected (NC, QDU8, F16, QC4W) GEMM #1", "Fully Connected", "QC4W", 4, True, "int8"),
+        ("Fully Connected (NC, QDU8, BF16, QB4W) GEMM #1", "Fully Connected", "QB4W", 4, True, "int8"),
+        ("Fully Connected (NC, QD8, F32, QC2W) GEMM #1", "Fully Connected", "QC2W", 2, True, "int8"),
+        ("Fully Connected (NC, PQS8, QC8W) GEMM #1", "Fully Connected", "QC8W", 8, True, "int8"),
+        ("Convolution (NHWC, PQS8, QS8, QC8W) IGEMM #1", "Convolution", "QC8W", 8, True, "int8"),
+        ("Fully Connected (NC, Q8) GEMM #1", "Fully Connected", "Q8", 8, True, "int8"),
+        ("Fully Connected (NC, BF16, F32) GEMM #1", "Fully Connected", "BF16", 16, False, "bf16"),
+        ("Fully Connected (NC, PF32) GEMM #1", "Fully Connected", "PF32", 32, False, "fp32"),
     ],
 )
 def test_descriptor_classification(event: str, op: str, weights: str, bits: int, quantized: bool,
@@ -342,6 +393,89 @@ def test_descriptor_classification(event: str, op: str, weights: str, bits: int,
     cls = classify_descriptor(parsed["tokens"])
     got = (cls["weights"], cls["bits"], cls["quantized"], cls["compute"])
     assert got == (weights, bits, quantized, compute)
+
+
+# every weight-bearing operator name XNNPACK has printed (its operator-type table, 2019-2026),
+# by descriptor without the layout: (weight bits, quantized, compute)
+XNNPACK_WEIGHT_DESCRIPTORS = {
+    "F32": (32, False, "fp32"), "PF32": (32, False, "fp32"), "F16": (16, False, "fp16"),
+    "PF16": (16, False, "fp16"), "BF16, F32": (16, False, "bf16"), "BF16_F32": (16, False, "bf16"),
+    "F32, QC8W": (8, True, "fp32"), "F32, QC4W": (4, True, "fp32"),
+    "QS8": (8, True, "int8"), "QU8": (8, True, "int8"), "Q8": (8, True, "int8"), "QC8": (8, True, "int8"),
+    "QS8, QC8W": (8, True, "int8"), "QS8, QC4W": (4, True, "int8"), "QS8, QC2W": (2, True, "int8"),
+    "PQS8, QC8W": (8, True, "int8"), "PQS8, QC4W": (4, True, "int8"), "PQS8, QS8, QC8W": (8, True, "int8"),
+    **{f"{act}, {out}, {w}": (bits, True, "int8")
+       for act in ("QD8", "QDU8", "QP8") for out in ("F32", "F16", "BF16")
+       for w, bits in (("QC8W", 8), ("QC4W", 4), ("QB4W", 4), ("QC2W", 2))},
+}  # fmt: skip
+XNNPACK_WEIGHT_OPS = {
+    "Fully Connected": [
+        "NC, BF16, F32", "NC, F16", "NC, F32", "NC, F32, QC4W", "NC, F32, QC8W", "NC, PF16", "NC, PF32",
+        "NC, PQS8, QC4W", "NC, PQS8, QC8W", "NC, Q8", "NC, QD8, BF16, QB4W", "NC, QD8, F16, QB4W",
+        "NC, QD8, F16, QC2W", "NC, QD8, F16, QC4W", "NC, QD8, F16, QC8W", "NC, QD8, F32, QB4W",
+        "NC, QD8, F32, QC2W", "NC, QD8, F32, QC4W", "NC, QD8, F32, QC8W", "NC, QDU8, BF16, QB4W",
+        "NC, QDU8, F16, QC2W", "NC, QDU8, F16, QC4W", "NC, QDU8, F16, QC8W", "NC, QDU8, F32, QB4W",
+        "NC, QDU8, F32, QC2W", "NC, QDU8, F32, QC4W", "NC, QDU8, F32, QC8W", "NC, QP8, F16, QC8W",
+        "NC, QP8, F32, QB4W", "NC, QP8, F32, QC2W", "NC, QP8, F32, QC4W", "NC, QP8, F32, QC8W", "NC, QS8",
+        "NC, QS8, QC2W", "NC, QS8, QC4W", "NC, QS8, QC8W", "NC, QU8",
+    ],
+    "Convolution": [
+        "NCHW, F16", "NCHW, F32", "NHWC, F16", "NHWC, F32", "NHWC, PF16", "NHWC, PF32", "NHWC, PQS8, QS8, QC8W",
+        "NHWC, Q8", "NHWC, QC8", "NHWC, QD8, F16, QC8W", "NHWC, QD8, F32, QC8W", "NHWC, QDU8, F32, QC8W",
+        "NHWC, QS8", "NHWC, QU8",
+    ],
+    "Deconvolution": [
+        "NC, QS8, QC8W", "NHWC, F16", "NHWC, F32", "NHWC, PQS8, QS8, QC8W", "NHWC, Q8", "NHWC, QD8, F32, QC8W",
+        "NHWC, QDU8, F32, QC8W", "NHWC, QS8", "NHWC, QU8",
+    ],
+    "Batch Matrix Multiply": [
+        "NC, F32, QC8W", "NC, QD8, F32, QC8W", "NC, QDU8, F32, QC8W", "NC, QP8, F32, QC8W",
+    ],
+}  # fmt: skip
+# every token of every XNNPACK operator name, weight-bearing or not
+XNNPACK_TOKENS = (
+    "BF16", "BF16_F32", "F16", "F32", "NC", "NCHW", "NCHW2NHWC", "NCW", "ND", "NHTC", "NHWC", "NTC", "NTHC",
+    "NWC", "PF16", "PF32", "PQS8", "Q8", "QB4W", "QC2W", "QC4W", "QC8", "QC8W", "QD8", "QDU8", "QP8", "QS16",
+    "QS8", "QU8", "S16", "S32", "S8", "U8", "X16", "X32", "X64", "X8",
+)
+
+
+def test_token_table_knows_every_xnnpack_token() -> None:
+    assert sorted(set(XNNPACK_TOKENS) - set(XNN_TOKENS)) == []
+    assert {k.role for k in XNN_TOKENS.values()} <= set(TOKEN_ROLES)
+
+
+@pytest.mark.parametrize("op", sorted(XNNPACK_WEIGHT_OPS))
+def test_every_xnnpack_weight_op_name_is_classified(op: str) -> None:
+    for descriptor in XNNPACK_WEIGHT_OPS[op]:
+        parsed = parse_xnnpack_event(f"{op} ({descriptor}) GEMM #1")
+        assert parsed is not None and parsed["op"] == op
+        cls = classify_descriptor(parsed["tokens"])
+        layout_free = descriptor.split(", ", 1)[1]
+        assert (cls["bits"], cls["quantized"], cls["compute"], cls["unknown_tokens"]) == (
+            *XNNPACK_WEIGHT_DESCRIPTORS[layout_free], []), descriptor
+
+
+def test_one_token_table_for_both_pte_guards() -> None:
+    # pte-program reads the delegate graph's datatypes; their tokens are the ones pte-inspector reads
+    assert set(DATATYPE_TOKENS.values()) <= set(XNN_TOKENS)
+    assert {name for name, *_ in DATATYPES.values()} - set(DATATYPE_TOKENS) == {"qint32", "qcint32"}
+    assert sorted(INT_ACTIVATIONS) == ["qdint8", "qint8", "qpint8", "quint8"]
+
+
+def test_event_name_split() -> None:
+    parsed = parse_xnnpack_event(" Fully Connected (NC, QDU8, F32, QB4W) GEMM #12 ")
+    assert parsed == {"op": "Fully Connected", "descriptor": "NC, QDU8, F32, QB4W",
+                      "tokens": ["NC", "QDU8", "F32", "QB4W"], "variant": "GEMM",
+                      "label": "Fully Connected (NC, QDU8, F32, QB4W) GEMM"}
+    assert parse_xnnpack_event("Convert (NC) #1")["label"] == "Convert (NC)"
+    for bad in ("no descriptor", "(NC, F32) no op", "A # B (NC)", "Fully Connected (NC, F32) GEMM #x"):
+        assert parse_xnnpack_event(bad) is None, bad
+    # a hostile name is split in linear time (a backtracking pattern took minutes on this one)
+    started = time.perf_counter()
+    assert parse_xnnpack_event("a" + " " * 200_000 + "(") is None
+    assert parse_xnnpack_event("a" + " " * 400 + "(NC, F32" + " " * 50) is None
+    assert time.perf_counter() - started < 0.5
 
 
 def _entry(events: list[dict[str, Any]], instructions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -363,6 +497,62 @@ def test_unknown_descriptor_and_activation_bmm() -> None:
     assert (m["weight_ops"], m["unknown_ops"], m["coverage"]["ops"]["unknown"]) == (1, 1, 1.0)
     assert m["events"]["by_descriptor"] == {"NC, F32": 1, "NC, X99": 1}
     assert m["time_ns"]["total"] == 30
+
+
+def _xnn_run(*names: str) -> dict[str, Any]:
+    """A recorded run of one XNNPACK delegate call executing `names`, as the runner reports it."""
+    events = [{"instruction": 0, "delegate_name": n, "duration_ns": 5} for n in names]
+    events += [{"instruction": 0, "name": "DELEGATE_CALL", "duration_ns": 20},
+               {"instruction": -1, "chain": -1, "name": "Method::execute", "duration_ns": 30}]
+    return _entry(events, [{"index": 0, "kind": "DelegateCall", "backend": "XnnpackBackend"}])
+
+
+# the delegated ops of dq8_xnnpack, 8da4w_emb4_xnnpack and conv int8 programs as two hosts name them
+RECORDED = {
+    "no VNNI": ("Fully Connected (NC, QD8, F32, QC8W) GEMM #1", "Fully Connected (NC, QD8, F32, QB4W) GEMM #2",
+                "Convolution (NHWC, QD8, F32, QC8W) IGEMM #1", "Fully Connected (NC, F32) GEMM #1"),
+    "AVX512-VNNI": ("Fully Connected (NC, QDU8, F32, QC8W) GEMM #1", "Fully Connected (NC, QDU8, F32, QB4W) GEMM #2",
+                    "Convolution (NHWC, QDU8, F32, QC8W) IGEMM #1", "Fully Connected (NC, F32) GEMM #1"),
+}
+
+
+@pytest.mark.parametrize("host", sorted(RECORDED))
+def test_recorded_runs_classify_alike_on_any_host(host: str) -> None:
+    outcome = analyse(_xnn_run(*RECORDED[host]))
+    assert [f.code for f in outcome.findings] == []
+    m = outcome.metrics
+    assert m["weight_ops"] == 4
+    assert m["coverage"]["ops"] == {"quantized": 0.75, "int8": 0.5, "int4": 0.25, "unknown": 0.0,
+                                    "by_bits": {"4": 0.25, "8": 0.5, "32": 0.25}}
+    assert m["compute_coverage"]["ops"] == {"integer": 0.75, "unknown": 0.0}
+    assert m["compute"] == {"int8": 3, "fp32": 1}
+    assert m["matmul_coverage"] == {"ops": 4, "quantized": 0.75, "int8": 0.5, "int4": 0.25,
+                                    "integer_compute": 0.75}
+    assert [(r["kind"], r["bits"], r["compute"]) for r in m["executed_weight_ops"]] == [
+        ("linear", 8, "int8"), ("linear", 4, "int8"), ("conv", 8, "int8"), ("linear", 32, "fp32")]
+
+
+def test_unknown_token_is_a_finding_never_float() -> None:
+    outcome = analyse(_xnn_run(
+        "Fully Connected (NC, QZ8, F32, QB4W) GEMM #1", "Fully Connected (NC, QZ8, F32, QB4W) GEMM #2",
+        "Batch Matrix Multiply (NC, QZ8, F32, QC9W) #1", "Fully Connected (NC, X8) GEMM #1",
+        "Fully Connected (NC, QD8, F32, QC8W) GEMM #1",
+    ))
+    assert [(f.code, f.severity, f.op) for f in outcome.findings] == [
+        ("PTE_RUNTIME_UNKNOWN_DESCRIPTOR", "warning", "Fully Connected (NC, QZ8, F32, QB4W)"),
+        ("PTE_RUNTIME_UNKNOWN_DESCRIPTOR", "warning", "Batch Matrix Multiply (NC, QZ8, F32, QC9W)"),
+        ("PTE_RUNTIME_UNKNOWN_DESCRIPTOR", "warning", "Fully Connected (NC, X8)"),
+    ]
+    first, bmm, _ = (f.message for f in outcome.findings)
+    assert "(2 events)" in first and "'QZ8'" in first and "not as float" in first
+    assert "'QZ8, QC9W'" in bmm and "not counted" in bmm
+    m = outcome.metrics
+    # the unknown FCs count as unknown, not as fp32 compute; the batch matmul is not a weight op
+    assert (m["weight_ops"], m["unknown_ops"], m["quantized_ops"]) == (4, 3, 1)
+    assert m["compute_coverage"]["ops"] == {"integer": 0.25, "unknown": 0.75}
+    assert m["compute"] == {"unknown": 3, "int8": 1}
+    assert [r["unknown_tokens"] for r in m["executed_weight_ops"]] == [["QZ8"], ["QZ8"], [], []]
+    assert _status(outcome) == "WARN"
 
 
 def test_opaque_delegate_is_reported() -> None:

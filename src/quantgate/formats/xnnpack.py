@@ -46,6 +46,7 @@ import dataclasses
 import mmap
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from quantgate import findings as F
 from quantgate.findings import Finding
@@ -102,8 +103,68 @@ DATATYPES: dict[int, tuple[str, int, str, bool]] = {
     13: ("pfp32", 32, "float", False),
     14: ("bf16", 16, "float", False),
 }
+
+
+class XnnToken(NamedTuple):
+    """One datatype token of an XNNPACK operator-type name, `Fully Connected (NC, QDU8, F32, QB4W)`."""
+
+    role: str  # one of TOKEN_ROLES
+    bits: int | None
+    compute: str | None  # the arithmetic an op with this token runs, when the token decides it
+
+
+LAYOUT, STATIC, DYNAMIC, WEIGHT, FLOAT_T, DATA = "layout", "static", "dynamic", "weight", "float", "data"
+TOKEN_ROLES = (LAYOUT, STATIC, DYNAMIC, WEIGHT, FLOAT_T, DATA)
+# Every token XNNPACK's operator-type names have carried (its operator-type table, 2019-2026;
+# the runtime bundled with executorch 1.5.1 prints a subset). The runtime picks the activation
+# token by CPU: QD8 on most x86/Arm hosts, QDU8 where AVX512-VNNI/AVX-VNNI run u8 x s8 dot
+# products, QP8/PQS8 with Arm's packed (KleidiAI) kernels; all of them are int8 compute.
+XNN_TOKENS: dict[str, XnnToken] = {
+    # layouts, not datatypes
+    **{t: XnnToken(LAYOUT, None, None)
+       for t in ("NC", "ND", "NHWC", "NCHW", "NCW", "NWC", "NTC", "NTHC", "NHTC", "NCHW2NHWC")},
+    # statically quantized activations; an op naming no weight type takes weights of the same type
+    "QS8": XnnToken(STATIC, 8, "int8"),
+    "QU8": XnnToken(STATIC, 8, "int8"),
+    "Q8": XnnToken(STATIC, 8, "int8"),  # the pre-2021 name of QU8
+    "QS16": XnnToken(STATIC, 16, "int16"),
+    # quantized activations of ops that name their weight type separately (QD8: quantized per row at
+    # run time)
+    "QD8": XnnToken(DYNAMIC, 8, "int8"),
+    "QDU8": XnnToken(DYNAMIC, 8, "int8"),  # QD8 stored unsigned (+128) for u8 x s8 dot products
+    "QP8": XnnToken(DYNAMIC, 8, "int8"),  # QD8 packed for KleidiAI kernels
+    "PQS8": XnnToken(DYNAMIC, 8, "int8"),  # QS8 packed for KleidiAI kernels (QC8W weights)
+    # quantized weights: per-channel (QC*W), per-block (QB4W)
+    "QC8W": XnnToken(WEIGHT, 8, None),
+    "QC4W": XnnToken(WEIGHT, 4, None),
+    "QB4W": XnnToken(WEIGHT, 4, None),
+    "QC2W": XnnToken(WEIGHT, 2, None),
+    "QC8": XnnToken(WEIGHT, 8, "int8"),  # conv: QS8 activations with per-channel 8-bit filters
+    # floating point (P*: packed for KleidiAI kernels; BF16_F32: bf16 inputs, fp32 output)
+    "F32": XnnToken(FLOAT_T, 32, "fp32"),
+    "F16": XnnToken(FLOAT_T, 16, "fp16"),
+    "BF16": XnnToken(FLOAT_T, 16, "bf16"),
+    "PF32": XnnToken(FLOAT_T, 32, "fp32"),
+    "PF16": XnnToken(FLOAT_T, 16, "fp16"),
+    "BF16_F32": XnnToken(FLOAT_T, 16, "bf16"),
+    # untyped data movement (X*) and plain integers (pooling, bitwise ops): no weight precision
+    **{f"X{b}": XnnToken(DATA, b, None) for b in (8, 16, 32, 64)},
+    "S8": XnnToken(DATA, 8, None),
+    "U8": XnnToken(DATA, 8, None),
+    "S16": XnnToken(DATA, 16, None),
+    "S32": XnnToken(DATA, 32, None),
+}
+# the delegate graph's datatypes (DATATYPES names) as XNNPACK's operators name them; the 32-bit
+# quantized types are biases, which no operator name carries
+DATATYPE_TOKENS: dict[str, str] = {
+    "fp32": "F32", "fp16": "F16", "bf16": "BF16", "pfp32": "PF32", "int32": "S32",
+    "qint8": "QS8", "quint8": "QU8", "qdint8": "QD8", "qpint8": "QP8",
+    "qcint8": "QC8W", "qcint4": "QC4W", "qbint4": "QB4W",
+}  # fmt: skip
 # activations in these types make an FC/conv with a quantized weight an integer kernel (QS8/QU8/QD8/QP8)
-INT_ACTIVATIONS = frozenset({"qint8", "quint8", "qdint8", "qpint8"})
+INT_ACTIVATIONS = frozenset(
+    name for name, token in DATATYPE_TOKENS.items() if XNN_TOKENS[token].role in (STATIC, DYNAMIC)
+)
 
 QUANT_SCHEMES = {1: "per_channel", 2: "per_tensor", 3: "dynamic", 4: "per_channel_group"}
 

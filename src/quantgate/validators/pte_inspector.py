@@ -7,9 +7,12 @@ the instruction table as JSON. Here, with neither torch nor executorch imported,
 weight-bearing op becomes a `Layer` and the shared coverage engine does the rest:
 
 * XNNPACK events (`Fully Connected (NC, QS8, QC8W) GEMM #1`, `Convolution (NHWC, QC8) DWConv #1`):
-  the parenthesised descriptor says the precision. QS8/QU8/QD8/QP8 → int8 activations (compute
-  "int8"); QC8W/QC8/QS8/QU8 → 8-bit weights, QC4W/QB4W → 4-bit weights; F32/F16/BF16 alone →
-  float. A descriptor without any of these leaves the op's precision unknown.
+  the parenthesised descriptor says the precision, each token looked up in XNNPACK's token table
+  (`formats.xnnpack.XNN_TOKENS`). QS8/QU8/QD8/QDU8/QP8/PQS8 → int8 activations (compute "int8");
+  QC8W/QC8/QS8/QU8 → 8-bit weights, QC4W/QB4W → 4-bit, QC2W → 2-bit weights; F32/F16/BF16 alone
+  → float. The runtime picks the activation token by CPU (QDU8 on AVX512-VNNI, QD8 elsewhere,
+  QP8 with Arm's KleidiAI), the classification is the same. A token the table does not know, or
+  a descriptor naming no precision, leaves the op's precision unknown (PTE_RUNTIME_UNKNOWN_DESCRIPTOR).
 * Native kernel calls (`native_call_addmm.out`, mapped to `aten::addmm.out` through
   `instruction_id`): the weight operand is traced back through copies/permutes and `dequantize_*`
   producers to its constant; quantized storage = an integer constant that is dequantized (or a
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -35,6 +37,7 @@ from typing import Any
 from quantgate import findings as F
 from quantgate.coverage import coverage_metrics
 from quantgate.findings import Finding
+from quantgate.formats.xnnpack import DYNAMIC, FLOAT_T, STATIC, WEIGHT, XNN_TOKENS
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Layer
 from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
 
@@ -49,8 +52,9 @@ FINDING_CODES = {
     "were classified by kernel name only and their weight storage is unknown.",
     "PTE_RUNTIME_DELEGATE_UNPROFILED": "A delegate call ran without per-operator events (an opaque "
     "backend); the weight ops inside it could not be classified.",
-    "PTE_RUNTIME_UNKNOWN_DESCRIPTOR": "An executed XNNPACK weight op has a descriptor quantgate does "
-    "not recognise; its precision counts as unknown.",
+    "PTE_RUNTIME_UNKNOWN_DESCRIPTOR": "An executed XNNPACK weight op (or batch matmul) names a datatype "
+    "token quantgate's XNNPACK token table does not know, or a descriptor that says no precision; its "
+    "precision counts as unknown, never as float (one finding per op and descriptor).",
     "PTE_RUNTIME_NO_EVENTS": "The ETDump holds no execution events for the method, so nothing could "
     "be measured.",
     "PTE_RUNTIME_NO_WEIGHT_OPS": "The run executed no weight-bearing op (e.g. a KV-cache-only "
@@ -66,58 +70,78 @@ CRASH_HINT = (
 
 # --- XNNPACK descriptors (research §5) ---------------------------------------------------------
 
-_XNN_EVENT = re.compile(r"^(?P<op>[^(#]+?)\s*\((?P<desc>[^)]*)\)\s*(?P<variant>[^#]*?)\s*(?:#\d+)?\s*$")
 _XNN_WEIGHT_OPS = {"Fully Connected": LINEAR, "Convolution": CONV, "Deconvolution": CONV}
 # a batch matmul carries a weight only when one operand is a constant; the event cannot say so
 # unless the descriptor names a quantized weight type
 _XNN_BMM = "Batch Matrix Multiply"
-INT8_ACTIVATIONS = ("QS8", "QU8", "QD8", "QP8")  # QC8 (conv) implies QS8 inputs
-WEIGHT_BITS = {"QC8W": 8, "QC8": 8, "QC4W": 4, "QB4W": 4, "QC4": 4}
-# static quantized operators (QS8/QU8 with no separate weight type) take 8-bit weights
-STATIC_8BIT = ("QS8", "QU8")
-FLOAT_BITS = {"F32": 32, "F16": 16, "BF16": 16}
+# XNNPACK's names are under 80 characters; a longer one is not an XNNPACK operator
+_XNN_NAME_MAX = 512
 
 
 def parse_xnnpack_event(name: str) -> dict[str, Any] | None:
     """Split `Fully Connected (NC, QD8, F32, QC8W) GEMM #2` into op, tokens and variant."""
-    match = _XNN_EVENT.match(name.strip())
-    if not match:
+    text = name.strip()
+    if len(text) > _XNN_NAME_MAX:
         return None
-    tokens = [t.strip() for t in match.group("desc").split(",") if t.strip()]
+    # plain string splits, not a regex: linear in the name's length whatever it holds
+    opening = text.find("(")
+    closing = text.find(")", opening + 1)
+    if opening <= 0 or closing < 0 or "#" in text[:opening]:
+        return None
+    label = text
+    variant, hash_sign, number = text[closing + 1:].partition("#")
+    if hash_sign:
+        digits = number.rstrip()
+        if not (digits.isascii() and digits.isdigit()):
+            return None
+        label = text[:text.rindex("#")].rstrip()
+    tokens = [t.strip() for t in text[opening + 1:closing].split(",") if t.strip()]
     return {
-        "op": match.group("op").strip(),
+        "op": text[:opening].strip(),
         "descriptor": ", ".join(tokens),
         "tokens": tokens,
-        "variant": match.group("variant").strip(),
-        "label": re.sub(r"\s*#\d+\s*$", "", name.strip()),
+        "variant": variant.strip(),
+        "label": label,
     }
 
 
 def classify_descriptor(tokens: list[str]) -> dict[str, Any]:
-    """Activations, weights, bits, quantized and compute precision from descriptor tokens."""
+    """Activations, weights, bits, quantized and compute precision from descriptor tokens.
+
+    Each token is looked up in XNNPACK's token table (`formats.xnnpack.XNN_TOKENS`). A token the
+    table lacks (`unknown_tokens`) could change any of the answers, so it leaves them all unknown:
+    an op is never counted as float because its integer activation type went unrecognised.
+    """
     upper = [t.upper() for t in tokens]
-    activations = next((t for t in upper if t in INT8_ACTIVATIONS), None)
-    weight = next((t for t in upper if t in WEIGHT_BITS), None)
-    floats = [t for t in upper if t in FLOAT_BITS]
+    unknown = [t for t in tokens if t.upper() not in XNN_TOKENS]
+    if unknown:
+        return {"activations": None, "weights": None, "bits": None, "quantized": None, "compute": None,
+                "unknown_tokens": unknown}
+    kinds = [(t, XNN_TOKENS[t]) for t in upper]
+    activations = next((t for t, k in kinds if k.role in (STATIC, DYNAMIC)), None)
+    weight = next((t for t, k in kinds if k.role == WEIGHT), None)
+    floats = [t for t, k in kinds if k.role == FLOAT_T]
     if weight == "QC8" and activations is None:
         activations = "QS8"  # conv descriptors name one type: qs8 inputs, per-channel qc8 filters
+    bits: float | None
+    quantized: bool | None
     if weight is not None:
-        bits: float | None = WEIGHT_BITS[weight]
-        quantized: bool | None = True
-    elif activations in STATIC_8BIT:
-        weight, bits, quantized = activations, 8, True
+        bits, quantized = XNN_TOKENS[weight].bits, True
+    elif activations is not None and XNN_TOKENS[activations].role == STATIC:
+        # static quantized operators (QS8/QU8 with no separate weight type) take weights of their type
+        weight, bits, quantized = activations, XNN_TOKENS[activations].bits, True
     elif floats and activations is None:
-        weight, bits, quantized = floats[0], FLOAT_BITS[floats[0]], False
+        weight, bits, quantized = floats[0], XNN_TOKENS[floats[0]].bits, False
     else:
         bits, quantized = None, None
     if activations is not None:
-        compute = "int8"
+        compute = XNN_TOKENS[activations].compute
     elif floats:
-        compute = {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}[floats[0]]
+        compute = XNN_TOKENS[floats[0]].compute
     else:
         compute = None
     return {"activations": activations, "weights": weight, "bits": bits, "quantized": quantized,
-            "compute": compute}
+            "compute": compute, "unknown_tokens": []}
 
 
 # --- native kernels --------------------------------------------------------------------------
@@ -283,14 +307,20 @@ def _native_layer(row: dict[str, Any] | None, op_name: str, instruction: int, va
 
 
 def _xnn_layer(parsed: dict[str, Any], event_name: str, instruction: int, backend: str,
-               time_ns: int) -> tuple[Layer | None, dict[str, Any], bool]:
-    """One executed XNNPACK op -> a Layer; the bool says the descriptor was not understood."""
+               time_ns: int) -> tuple[Layer | None, dict[str, Any], str | None]:
+    """One executed XNNPACK op -> a Layer, and why its precision is unknown (None when it is known)."""
     kind = _XNN_WEIGHT_OPS.get(parsed["op"])
     cls = classify_descriptor(parsed["tokens"])
-    if kind is None and parsed["op"] == _XNN_BMM and cls["weights"] in WEIGHT_BITS:
-        kind = LINEAR
+    unknown = ", ".join(cls["unknown_tokens"])
+    if kind is None and parsed["op"] == _XNN_BMM:
+        if cls["weights"] is not None and XNN_TOKENS[cls["weights"]].role == WEIGHT:
+            kind = LINEAR
+        elif unknown:
+            return None, {}, (f"names datatype token(s) {unknown!r} quantgate's XNNPACK token table "
+                              "does not know (a newer XNNPACK); whether it multiplies by a constant "
+                              "weight cannot be told, so it is not counted")
     if kind is None:
-        return None, {}, False
+        return None, {}, None
     record = {"instruction": instruction, "op": event_name, "backend": backend, "kind": kind,
               "variant": parsed["variant"], "descriptor": parsed["descriptor"], **cls, "shape": None,
               "time_ns": time_ns}
@@ -299,7 +329,13 @@ def _xnn_layer(parsed: dict[str, Any], event_name: str, instruction: int, backen
                   dtype=(cls["weights"] or "unknown").lower(), bits=cls["bits"], numeric=numeric,
                   quantized=cls["quantized"], params=0, compute=cls["compute"], position=instruction,
                   detail={"shape_known": False, "descriptor": parsed["descriptor"]})
-    return layer, record, cls["quantized"] is None
+    if unknown:
+        return layer, record, (f"names datatype token(s) {unknown!r} quantgate's XNNPACK token table "
+                               "does not know (a newer XNNPACK); its precision counts as unknown, "
+                               "not as float")
+    if cls["quantized"] is None:
+        return layer, record, "has a descriptor that does not say its precision; it counts as unknown"
+    return layer, record, None
 
 
 def _share(part: int, whole: int) -> float:
@@ -397,6 +433,7 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
     by_name: dict[str, int] = {}
     by_descriptor: dict[str, int] = {}
     time_by_op: dict[str, int] = {}
+    unclassified_ops: dict[str, tuple[int, str]] = {}
     native_calls = delegate_calls = delegate_ops = 0
     profiled_delegates: set[int] = set()
     delegate_instructions: dict[int, int] = {}
@@ -448,17 +485,22 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
             continue
         by_descriptor[parsed["descriptor"]] = by_descriptor.get(parsed["descriptor"], 0) + 1
         backend = (row or {}).get("backend") or "delegate"
-        layer, record, unknown = _xnn_layer(parsed, name, iid, backend, event["duration_ns"])
+        layer, record, unclassified = _xnn_layer(parsed, name, iid, backend, event["duration_ns"])
         if layer is not None:
             layers.append(layer)
             executed.append(record)
-            if unknown:
-                findings.append(F.warning(
-                    "PTE_RUNTIME_UNKNOWN_DESCRIPTOR",
-                    f"executed op {name!r} has a descriptor quantgate does not classify; its precision "
-                    "counts as unknown",
-                    op=name,
-                ))
+        if unclassified:
+            key = f"{parsed['op']} ({parsed['descriptor']})"
+            count = unclassified_ops.get(key, (0, unclassified))[0]
+            unclassified_ops[key] = (count + 1, unclassified)
+    # one finding per distinct op and descriptor: a model repeats the same op hundreds of times
+    for key, (count, why) in unclassified_ops.items():
+        findings.append(F.warning(
+            "PTE_RUNTIME_UNKNOWN_DESCRIPTOR",
+            f"executed XNNPACK op {key!r} ({count} event{'s' if count > 1 else ''}) {why}; report "
+            "the descriptor to quantgate",
+            op=key,
+        ))
     for iid in sorted(set(delegate_instructions) - profiled_delegates):
         backend = (rows.get(iid) or {}).get("backend") or "a delegate"
         findings.append(F.warning(
