@@ -158,6 +158,11 @@ def test_bounded_guard_without_its_extra_is_an_error(tmp_path: Path) -> None:
     proc = run_cli("run", "--format", "json", "--guards", "integrity,fidelity", artifact,
                    "--policy", str(warned), cwd=tmp_path, env=env)
     assert proc.returncode == 2
+    # `quantgate guard` with a bound: exit 2 and the hint on stderr; without one a skip exits 0
+    proc = run_cli("guard", "fidelity", artifact, "--require", "size_ratio>=1", cwd=tmp_path, env=env)
+    assert proc.returncode == 2 and json.loads(proc.stdout)["status"] == "SKIP"
+    assert "fidelity cannot run here: numpy is not installed: pip install 'quantgate[fidelity]'" in proc.stderr
+    assert run_cli("guard", "fidelity", artifact, cwd=tmp_path, env=env).returncode == 0
     # unbounded and not required: the skip stays a skip
     unbounded = _policy(tmp_path, '[guards.fidelity]\nreference = "x.gguf"\n')
     proc = run_cli("run", "--format", "json", "--guards", "integrity,fidelity", artifact,

@@ -424,6 +424,11 @@ def cmd_guard(args: argparse.Namespace) -> int:
     _print_bytes(dumps_bytes(result.to_dict()))
     if guard.needs == CORE:
         _LEFT_FOR_EXIT[:] = [ctx, result]  # freed by the exit, not one by one (see run)
+    # bounds were asked for and the guard cannot measure them here (its extra is missing)
+    skipped_for_dependency = result.status == "SKIP" and result.skip and result.skip["reason"] == "dependency_missing"
+    if skipped_for_dependency and (config.require or config.warn):
+        print(f"quantgate: error: {guard.id} cannot run here: {result.skip['detail']}", file=sys.stderr)
+        return EXIT_ERROR
     return {"PASS": 0, "WARN": 0, "SKIP": 0, "FAIL": 1, "ERROR": 2}[result.status]
 
 
