@@ -212,6 +212,8 @@ def test_guards_typo_gets_a_suggestion(tmp_path: Path) -> None:
     proc = run_cli("run", str(tmp_path / "a.gguf"), "--guards", "gguf-dtype", cwd=tmp_path)
     assert proc.returncode == 4
     assert "unknown guard(s): gguf-dtype; did you mean gguf-dtypes?" in proc.stderr
+    proc = run_cli("guard", "gguf-dtype", str(tmp_path / "a.gguf"), cwd=tmp_path)
+    assert proc.returncode == 4 and "unknown guard 'gguf-dtype'; did you mean gguf-dtypes?" in proc.stderr
 
 
 def test_missing_metric_hint_says_why(tmp_path: Path) -> None:

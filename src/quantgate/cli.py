@@ -392,7 +392,11 @@ def cmd_guard(args: argparse.Namespace) -> int:
     try:
         guard = get_guard(args.guard_id)
     except UnknownGuard:
-        raise UsageError(f"unknown guard {args.guard_id!r}; known guards: {', '.join(guard_ids())}") from None
+        import difflib
+
+        near = difflib.get_close_matches(args.guard_id, guard_ids(), n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise UsageError(f"unknown guard {args.guard_id!r}; {hint}known guards: {', '.join(guard_ids())}") from None
     path = _as_pathlib_names(args.path)
     if not os.path.exists(path):
         raise UsageError(f"path not found: {args.path}")
