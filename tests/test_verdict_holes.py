@@ -274,3 +274,15 @@ def test_unwritable_output_keeps_the_verdict(tmp_path: Path) -> None:
                    "--format", "json", "--output", out, cwd=tmp_path)
     assert json.loads(proc.stdout)["verdict"] == "FAIL"
     assert proc.returncode == 1  # the verdict's own code when it already fails
+
+
+def test_unwritable_step_summary_keeps_the_verdict(tmp_path: Path) -> None:
+    release = _release(tmp_path, 1)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the folder should be\n", encoding="utf-8")
+    env = {"GITHUB_ACTIONS": "true", "GITHUB_STEP_SUMMARY": str(blocker / "summary.md")}
+    proc = run_cli("run", str(release), "--guards", "size-heuristic", "--policy", str(_policy(tmp_path)),
+                   "--format", "json", cwd=tmp_path, env=env)
+    assert json.loads(proc.stdout)["verdict"] == "PASS"
+    assert proc.returncode == 2
+    assert "quantgate: error: cannot write the GitHub step summary or outputs" in proc.stderr

@@ -359,7 +359,12 @@ def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        github.publish(report, report_paths=written)
+        try:
+            github.publish(report, report_paths=written)
+        except OSError as exc:  # the step summary or outputs file: the report still goes to stdout
+            print(f"quantgate: error: cannot write the GitHub step summary or outputs: {exc.strerror or exc}",
+                  file=sys.stderr)
+            write_failed = True
     if args.format == "json":
         _print_bytes(dumps_bytes(report))
     else:
