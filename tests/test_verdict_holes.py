@@ -286,3 +286,50 @@ def test_unwritable_step_summary_keeps_the_verdict(tmp_path: Path) -> None:
     assert json.loads(proc.stdout)["verdict"] == "PASS"
     assert proc.returncode == 2
     assert "quantgate: error: cannot write the GitHub step summary or outputs" in proc.stderr
+
+
+def test_action_installs_the_extras_the_policy_needs(tmp_path: Path) -> None:
+    """action/run.sh on a runner: a stub `python3` whose venv logs every pip install and runs
+    quantgate from src/; a policy bounding fidelity makes the action install `quantgate[fidelity]`."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "pip.log"
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    venv_python = (
+        "#!/bin/bash\n"
+        f'if [ "$1" = -m ] && [ "$2" = pip ]; then shift 2; echo "$*" >> {log}; exit 0; fi\n'
+        f'PYTHONPATH={SRC} exec {sys.executable} "$@"\n'
+    )
+    (stubs / "python3").write_text(
+        "#!/bin/bash\n"
+        'if [ "$1" = -m ] && [ "$2" = venv ]; then mkdir -p "$3/bin"; cat > "$3/bin/python" <<\'EOF\'\n'
+        + venv_python + "EOF\nchmod +x \"$3/bin/python\"; exit 0; fi\nexit 1\n",
+        encoding="utf-8",
+    )
+    (stubs / "python3").chmod(0o755)
+    release = _release(tmp_path, 1)
+    policy = _policy(tmp_path, SIZE_POLICY + '\n[guards.fidelity]\nwarn = ["size_ratio >= 1"]\n')
+    env = {
+        "PATH": f"{stubs}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": str(tmp_path),
+        "RUNNER_TEMP": str(tmp_path / "runner"),
+        "GITHUB_ACTION_PATH": str(ROOT),
+        "GITHUB_OUTPUT": str(tmp_path / "github_output"),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "step_summary"),
+        "QG_PATHS": str(release),
+        "QG_POLICY": str(policy),
+        "QG_GUARDS": "size-heuristic,fidelity",
+        "QG_OUTPUTS": "json",
+        "QG_INSTALL": "true",
+    }
+    proc = subprocess.run(["bash", str(ROOT / "action" / "run.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    installs = log.read_text(encoding="utf-8").splitlines()
+    assert installs == [
+        f"install --quiet --disable-pip-version-check {ROOT}",
+        f"install --quiet --disable-pip-version-check {ROOT}[fidelity]",
+    ]
+    assert "the policy's guards need the extra(s) fidelity" in proc.stderr
