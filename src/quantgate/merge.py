@@ -33,6 +33,11 @@ def load_report(path: str) -> dict[str, Any]:
     return report
 
 
+def _shown(text: Any) -> str:
+    """A name from a report file, safe to print: control and other unprintable characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def _parse_shard(text: Any) -> tuple[int, int] | None:
     match = re.fullmatch(r"(\d+)/(\d+)", text) if isinstance(text, str) else None
     if not match or not 1 <= int(match[1]) <= int(match[2]):
@@ -65,7 +70,7 @@ def shard_problems(
     missing: list[int] = []
     if any(s is None for s in shards):
         if len(reports) > 1:
-            unsharded = [n for n, s in zip(names, shards, strict=True) if s is None]
+            unsharded = [_shown(n) for n, s in zip(names, shards, strict=True) if s is None]
             problems.append(f"{', '.join(unsharded)}: not a `--shard K/N` report; only shards of one run merge")
     else:
         counts = {n for _, n in shards}  # type: ignore[misc]
@@ -78,7 +83,7 @@ def shard_problems(
             if k in seen:
                 duplicated.append(k)
                 skipped.add(index)
-                problems.append(f"shard {k}/{total} is given twice ({seen[k]} and {name})")
+                problems.append(f"shard {k}/{total} is given twice ({_shown(seen[k])} and {_shown(name)})")
             else:
                 seen[k] = name
         present = sorted(seen)
@@ -109,7 +114,7 @@ def merge_reports(
         for artifact in report["artifacts"]:
             if artifact["path"] in seen:
                 problems.append(
-                    f"{artifact['path']} is in both {seen[artifact['path']]} and {name}; "
+                    f"{_shown(artifact['path'])} is in both {_shown(seen[artifact['path']])} and {_shown(name)}; "
                     "were the shards cut from different artifact lists?"
                 )
                 continue
