@@ -81,6 +81,20 @@ else
     finish "$EXIT_ERROR" ERROR "could not install $spec (see the log above)"
   fi
   cmd=("$vpy" -m quantgate)
+  # the extras the policy's bounded or required guards need (fidelity -> numpy, onnxruntime): without
+  # them those guards cannot run and the gate is an ERROR, so install them from the policy
+  policy_args=()
+  [ -n "${QG_POLICY:-}" ] && policy_args=(--policy "$QG_POLICY")
+  needed="$("${cmd[@]}" extras ${policy_args[@]+"${policy_args[@]}"} 2>/dev/null)"
+  if [[ -n "$needed" && "$needed" =~ ^[A-Za-z0-9_,-]+$ ]]; then
+    all="${extras:+$extras,}$needed"
+    base="${spec%%\[*}"
+    [ -n "$version" ] && base="quantgate"
+    spec="${base}[${all}]${version:+==$version}"
+    note "the policy's guards need the extra(s) $needed: installing $spec"
+    "$vpy" -m pip install --quiet --disable-pip-version-check "$spec" ||
+      finish "$EXIT_ERROR" ERROR "could not install $spec (see the log above)"
+  fi
 fi
 
 # ---------------------------------------------------------------------------------------------

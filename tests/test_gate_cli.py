@@ -414,7 +414,7 @@ def test_merge_shard_reports_into_one_verdict(tmp_path: Path) -> None:
     assert validate(merged, "report") == []
     # the same shard twice is an error of the matrix, not a double count
     proc = run_cli("merge", paths[0], paths[0], cwd=tmp_path)
-    assert proc.returncode == 4 and "is in both" in proc.stderr
+    assert proc.returncode == 2 and "shard 1/3 is given twice" in proc.stderr
     (tmp_path / "bad.json").write_text("{}", encoding="utf-8")
     proc = run_cli("merge", str(tmp_path / "bad.json"), cwd=tmp_path)
     assert proc.returncode == 4 and "is not a quantgate report" in proc.stderr

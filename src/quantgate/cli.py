@@ -7,6 +7,7 @@ to 4 so that 2 always means "could not decide".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -178,6 +179,11 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         merge.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
         merge.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE")
         merge.add_argument("--no-github", action="store_true")
+        merge.add_argument(
+            "--allow-partial",
+            action="store_true",
+            help="merge even when shards are missing (the report lists them); duplicates and mismatches stay ERROR",
+        )
 
     if wanted("schema"):
         schema = sub.add_parser("schema", help="print a bundled JSON Schema")
@@ -277,26 +283,39 @@ def _print_bytes(data: bytes) -> None:
 
 
 def _write(path: str, text: str) -> None:
-    from pathlib import Path
+    """Write `text` to `path` atomically: a temporary file in the same folder renamed over the target.
 
+    The rename replaces whatever is at `path`, a symlink included, and never follows it: a link
+    planted in a report folder (one a pull request controls) cannot redirect the report onto
+    another file. A reader sees the old file or the whole new one, never half of it."""
     if path == "-":
         sys.stdout.write(text)
         return
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
+    write_atomic(path, text.encode("utf-8"))
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """`data` to `path` via a temporary file in the same folder and os.replace; raises OSError."""
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".quantgate-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be read
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     policy = _load_policy(args.policy)
     if args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
-    for _, path in args.output:
-        parent = Path(path).parent
-        if path != "-" and parent.exists() and not os.access(parent, os.W_OK):
-            raise UsageError(f"cannot write --output {path}: folder is not writable")
     guards = [g.strip() for g in args.guards.split(",") if g.strip()] if args.guards else None
     options = RunOptions(
         paths=args.paths,
@@ -311,13 +330,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
-    """Write the --output files, the GitHub integration and stdout; the report's exit code."""
+    """Write the --output files, the GitHub integration and stdout; the exit code.
+
+    A failed --output write never loses the verdict: one line on stderr, the report still on stdout,
+    and the exit code is the verdict's, or 2 when the verdict would have passed (0): a gate that
+    passes while the report it was asked to write is missing (or stale) must not look green."""
     written: dict[str, str] = {}
+    write_failed = False
     for fmt, path in args.output:
         try:
             _write(path, render(report, fmt))
         except OSError as exc:
-            raise UsageError(f"cannot write --output {fmt}={path}: {exc.strerror or exc}") from None
+            print(
+                f"quantgate: error: cannot write --output {fmt}={path}: {exc.strerror or exc}; "
+                "the report is on stdout only (check the folder exists and is writable)",
+                file=sys.stderr,
+            )
+            write_failed = True
+            continue
         written[fmt] = path
     in_github = os.environ.get("GITHUB_ACTIONS") == "true" and not args.no_github
     if in_github:
@@ -329,20 +359,32 @@ def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        github.publish(report, report_paths=written)
+        try:
+            github.publish(report, report_paths=written)
+        except OSError as exc:  # the step summary or outputs file: the report still goes to stdout
+            print(f"quantgate: error: cannot write the GitHub step summary or outputs: {exc.strerror or exc}",
+                  file=sys.stderr)
+            write_failed = True
     if args.format == "json":
         _print_bytes(dumps_bytes(report))
     else:
         sys.stdout.write(render(report, args.format))
         sys.stdout.flush()
-    return int(report["exit_code"])
+    code = int(report["exit_code"])
+    return EXIT_ERROR if write_failed and code == 0 else code
 
 
 def cmd_merge(args: argparse.Namespace) -> int:
     from quantgate.merge import load_report, merge_reports
 
     reports = [load_report(path) for path in args.reports]
-    return _emit(merge_reports(reports, args.reports), args)
+    merged = merge_reports(reports, args.reports, allow_partial=args.allow_partial)
+    for problem in merged["merge"]["problems"]:
+        print(f"quantgate: merge: {problem}", file=sys.stderr)
+    if merged["merge"]["missing"] and args.allow_partial:
+        shown = ", ".join(str(k) for k in merged["merge"]["missing"])
+        print(f"quantgate: merge: partial: shard(s) {shown} of {merged['merge']['shards']} missing", file=sys.stderr)
+    return _emit(merged, args)
 
 
 def cmd_guard(args: argparse.Namespace) -> int:
@@ -355,7 +397,11 @@ def cmd_guard(args: argparse.Namespace) -> int:
     try:
         guard = get_guard(args.guard_id)
     except UnknownGuard:
-        raise UsageError(f"unknown guard {args.guard_id!r}; known guards: {', '.join(guard_ids())}") from None
+        import difflib
+
+        near = difflib.get_close_matches(args.guard_id, guard_ids(), n=1)
+        hint = f"did you mean {near[0]}? " if near else ""
+        raise UsageError(f"unknown guard {args.guard_id!r}; {hint}known guards: {', '.join(guard_ids())}") from None
     path = _as_pathlib_names(args.path)
     if not os.path.exists(path):
         raise UsageError(f"path not found: {args.path}")
@@ -387,6 +433,11 @@ def cmd_guard(args: argparse.Namespace) -> int:
     _print_bytes(dumps_bytes(result.to_dict()))
     if guard.needs == CORE:
         _LEFT_FOR_EXIT[:] = [ctx, result]  # freed by the exit, not one by one (see run)
+    # bounds were asked for and the guard cannot measure them here (its extra is missing)
+    skipped_for_dependency = result.status == "SKIP" and result.skip and result.skip["reason"] == "dependency_missing"
+    if skipped_for_dependency and (config.require or config.warn):
+        print(f"quantgate: error: {guard.id} cannot run here: {result.skip['detail']}", file=sys.stderr)
+        return EXIT_ERROR
     return {"PASS": 0, "WARN": 0, "SKIP": 0, "FAIL": 1, "ERROR": 2}[result.status]
 
 
@@ -535,8 +586,10 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     if out is None:
         sys.stdout.write(text)
     else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text, encoding="utf-8")
+        try:
+            write_atomic(str(out), text.encode("utf-8"))
+        except OSError as exc:
+            raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
         print(f"quantgate: wrote {out} ({len(entries)} artifact(s))", file=sys.stderr)
     return 0
 

@@ -52,6 +52,19 @@ def add_parsers(sub: Any, wanted: Callable[[str], bool]) -> None:
         )
         check.add_argument("files", nargs="+", metavar="FILE")
 
+    if wanted("extras"):
+        extras = sub.add_parser(
+            "extras",
+            help="print the pip extras the policy's guards need (e.g. fidelity), comma-separated",
+            description="The extras of every guard the policy bounds or requires, for "
+            "`pip install 'quantgate[EXTRAS]'`; an empty line when the core install is enough.",
+        )
+        extras.add_argument(
+            "--policy",
+            metavar="FILE",
+            help="policy file (default: ./quantgate.toml, else [tool.quantgate] in ./pyproject.toml)",
+        )
+
 
 # ---------------------------------------------------------------------------------------------
 # render
@@ -83,15 +96,13 @@ def load_report(source: str) -> dict[str, Any]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     report = load_report(args.report)
     text = render(report, args.format)
     if args.output and args.output != "-":
-        target = Path(args.output)
+        from quantgate.cli import write_atomic
+
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(text, encoding="utf-8")
+            write_atomic(args.output, text.encode("utf-8"))
         except OSError as exc:
             raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     else:
@@ -221,8 +232,9 @@ def cmd_init(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         raise UsageError(f"{args.output} exists; pass --force to overwrite it")
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(text, encoding="utf-8")
+        from quantgate.cli import write_atomic
+
+        write_atomic(args.output, text.encode("utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     log(f"quantgate: wrote {args.output}; check it with `quantgate check-policy {args.output}`")
@@ -238,7 +250,7 @@ def check_policy_file(path: str) -> tuple[list[str], list[str]]:
     import datetime as dt
     from pathlib import Path
 
-    from quantgate.policy import PYPROJECT, PolicyError, load_policy, tomllib
+    from quantgate.policy import PYPROJECT, PolicyError, load_policy, metric_problems, tomllib
 
     file = Path(path)
     if not file.is_file():
@@ -254,6 +266,9 @@ def check_policy_file(path: str) -> tuple[list[str], list[str]]:
         policy = load_policy(path)
     except PolicyError as exc:
         return [f"{path}: {p}" for p in exc.problems], []
+    metric_problems_found = metric_problems(policy, file.read_text(encoding="utf-8"))
+    if metric_problems_found:
+        return [f"{path}: {p}" for p in metric_problems_found], []
     notes = []
     today = dt.date.today()
     for index, waiver in enumerate(policy.waivers):
@@ -281,5 +296,13 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     return EXIT_USAGE if failed else EXIT_PASS
 
 
-COMMANDS = {"render": cmd_render, "init": cmd_init, "check-policy": cmd_check_policy}
+def cmd_extras(args: argparse.Namespace) -> int:
+    from quantgate.cli import _load_policy
+    from quantgate.policy import needed_extras
+
+    sys.stdout.write(",".join(needed_extras(_load_policy(args.policy))) + "\n")
+    return EXIT_PASS
+
+
+COMMANDS = {"render": cmd_render, "init": cmd_init, "check-policy": cmd_check_policy, "extras": cmd_extras}
 SUBCOMMANDS = tuple(COMMANDS)

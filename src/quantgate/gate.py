@@ -19,7 +19,17 @@ from typing import TYPE_CHECKING, Any
 from quantgate import SCHEMA_VERSION, __version__
 from quantgate.formats.sniff import LFS_POINTER, MANIFEST, MODEL_EXTENSIONS, MODEL_FORMATS, Sniffed, sniff
 from quantgate.progress import log
-from quantgate.result import BLOCKED_BY_INTEGRITY, DISABLED, ERROR, FAIL, NOT_APPLICABLE, PASS, SKIP, WARN
+from quantgate.result import (
+    BLOCKED_BY_INTEGRITY,
+    DEPENDENCY_MISSING,
+    DISABLED,
+    ERROR,
+    FAIL,
+    NOT_APPLICABLE,
+    PASS,
+    SKIP,
+    WARN,
+)
 from quantgate.validators import get_guard, guard_ids
 from quantgate.validators.base import GuardContext, run_guard
 
@@ -34,6 +44,9 @@ VERDICT_EXIT = {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL, "ERROR": EXIT_ERROR, "NO_I
 # skip reasons that do not make a required guard an ERROR: the guard does not apply, or the
 # artifact already failed integrity (the artifact's fault, reported as that FAIL)
 BENIGN_SKIPS = (NOT_APPLICABLE, DISABLED, BLOCKED_BY_INTEGRITY)
+# skip reasons that make a guard the policy bounds (require/warn) an ERROR even when it is not
+# required: the policy asked for its numbers and the check never ran, which must not read as a PASS
+BOUNDED_ERROR_SKIPS = (DEPENDENCY_MISSING,)
 SKIPPED_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache"}
 ENGINE_PACKAGES = (
     "executorch",
@@ -209,13 +222,22 @@ def gate_decision(
     waivers: Sequence[Waiver],
     sha256: str | None,
     today: dt.date,
+    bounded: bool = False,
 ) -> dict[str, Any]:
-    """Add `gate_status`, `required` and the waiver (applied or rejected) to a result dict."""
+    """Add `gate_status`, `required` and the waiver (applied or rejected) to a result dict.
+
+    `bounded`: the policy sets bounds on this guard's metrics; such a guard that could not run
+    here (its extra is not installed) is an ERROR, like a required one."""
     status = result["status"]
     gate = status
     result["required"] = required
     if status == SKIP and required and result["skip"]["reason"] not in BENIGN_SKIPS:
         gate = ERROR
+    elif status == SKIP and bounded and result["skip"]["reason"] in BOUNDED_ERROR_SKIPS:
+        gate = ERROR
+        result["message"] = (
+            f"the policy bounds {result['guard']}'s metrics but it cannot run here: {result['skip']['detail']}"
+        )
     elif status == WARN and fail_on == "warn":
         gate = FAIL
     if gate in (FAIL, WARN) and status in (FAIL, WARN):
@@ -290,6 +312,7 @@ def evaluate_artifact(
                 waivers=[w for w in waivers if w.guard == guard_id],
                 sha256=ctx.sha256,
                 today=today,
+                bounded=bool(gp.require or gp.warn),
             )
         )
     return results
@@ -456,7 +479,11 @@ def build_report(
     report_only: bool,
     fail_on: str,
     shard: tuple[int, int] | None = None,
+    paths: Sequence[str] = (),
+    artifacts_total: int | None = None,
 ) -> dict[str, Any]:
+    """The canonical report. `paths` and `artifacts_total` (artifacts found before sharding) go in
+    `inputs`, so that `quantgate merge` can tell a complete set of shards from a partial one."""
     verdict = verdict_of(results, len(artifacts))
     sha_by_path = {r["artifact"]["path"]: r["artifact"].get("sha256") for r in results}
     artifact_rows = []
@@ -482,6 +509,10 @@ def build_report(
         "exit_code": exit_code_for(verdict, report_only),
         "report_only": report_only,
         "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+        "inputs": {
+            "paths": [display_path(p) for p in paths],
+            "artifacts_total": len(artifacts) if artifacts_total is None else artifacts_total,
+        },
         "summary": summarize(results, len(artifacts)),
         "artifacts": artifact_rows,
         "results": list(results),
@@ -494,7 +525,11 @@ def selected_guards(requested: Sequence[str] | None) -> list[str]:
         return known
     unknown = [g for g in requested if g not in known]
     if unknown:
-        raise UsageError(f"unknown guard(s): {', '.join(unknown)}; known guards: {', '.join(known)}")
+        import difflib
+
+        near = [m for g in unknown for m in difflib.get_close_matches(g, known, n=1)]
+        hint = f"did you mean {', '.join(near)}? " if near else ""
+        raise UsageError(f"unknown guard(s): {', '.join(unknown)}; {hint}known guards: {', '.join(known)}")
     return [g for g in known if g in requested]
 
 
@@ -509,7 +544,8 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
     paths = list(options.paths) or [str(policy.root / p) for p in policy.paths]
     if not paths:
         raise UsageError("no PATH given and the policy lists no `paths`")
-    artifacts = select_shard(discover(paths, policy.exclude), options.shard)
+    found = discover(paths, policy.exclude)
+    artifacts = select_shard(found, options.shard)
     attach_manifest_hints(artifacts)
     total = len(artifacts)
     done = 0
@@ -538,5 +574,7 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
         report_only=options.report_only,
         fail_on=fail_on,
         shard=options.shard,
+        paths=paths,
+        artifacts_total=len(found),
     )
 

@@ -1,13 +1,17 @@
 """`quantgate merge`: join the reports of `--shard K/N` runs into one verdict.
 
-A CI matrix gates a registry in shards; this joins their canonical JSON reports. The shards must
-have been gated under the same policy (same sha256 and fail_on); an artifact reported by two shards
-is an error of the matrix, not something to paper over.
+A CI matrix gates a registry in shards; this joins their canonical JSON reports. A merge never
+passes on checks that did not run: the shards must be gated under the same policy (same sha256 and
+fail_on) and the same inputs, and form the whole set 1..N exactly once. A missing, duplicated or
+foreign shard makes the merged verdict ERROR (exit 2), with the reason in `merge.problems`;
+`--allow-partial` accepts missing shards only (the report lists them in `merge.missing`), never
+duplicates or a mismatch.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,35 +33,112 @@ def load_report(path: str) -> dict[str, Any]:
     return report
 
 
-def merge_reports(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
-    if not reports:
-        raise UsageError("no reports to merge")
-    policies = {(r["policy"]["path"], r["policy"]["sha256"], r["policy"].get("fail_on")) for r in reports}
-    if len({(sha, fail_on) for _, sha, fail_on in policies}) > 1:
-        raise UsageError(
+def _shown(text: Any) -> str:
+    """A name from a report file, safe to print: control and other unprintable characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
+def _parse_shard(text: Any) -> tuple[int, int] | None:
+    match = re.fullmatch(r"(\d+)/(\d+)", text) if isinstance(text, str) else None
+    if not match or not 1 <= int(match[1]) <= int(match[2]):
+        return None
+    return int(match[1]), int(match[2])
+
+
+def shard_problems(
+    reports: Sequence[dict[str, Any]], names: Sequence[str]
+) -> tuple[list[str], dict[str, Any], set[int]]:
+    """(problems, the `merge` record, indexes of reports to leave out as duplicates)."""
+    problems: list[str] = []
+    skipped: set[int] = set()
+    policies = {(r["policy"]["sha256"], r["policy"].get("fail_on")) for r in reports}
+    if len(policies) > 1:
+        problems.append(
             "the reports were gated under different policies (sha256 or fail_on differ); "
             "merge only the shards of one run"
         )
+    inputs = {json.dumps(r.get("inputs"), sort_keys=True) for r in reports}
+    if len(inputs) > 1:
+        problems.append(
+            "the reports were gated on different inputs (paths or artifact count differ); "
+            "merge only the shards of one run"
+        )
+    shards = [_parse_shard(r.get("shard")) for r in reports]
+    total: int | None = None
+    present: list[int] = []
+    duplicated: list[int] = []
+    missing: list[int] = []
+    if any(s is None for s in shards):
+        if len(reports) > 1:
+            unsharded = [_shown(n) for n, s in zip(names, shards, strict=True) if s is None]
+            problems.append(f"{', '.join(unsharded)}: not a `--shard K/N` report; only shards of one run merge")
+    else:
+        counts = {n for _, n in shards}  # type: ignore[misc]
+        if len(counts) > 1:
+            problems.append(f"the reports cut the artifacts into different shard counts ({sorted(counts)})")
+        total = max(counts)
+        seen: dict[int, str] = {}
+        for index, (shard, name) in enumerate(zip(shards, names, strict=True)):
+            k = shard[0]  # type: ignore[index]
+            if k in seen:
+                duplicated.append(k)
+                skipped.add(index)
+                problems.append(f"shard {k}/{total} is given twice ({_shown(seen[k])} and {_shown(name)})")
+            else:
+                seen[k] = name
+        present = sorted(seen)
+        missing = [k for k in range(1, total + 1) if k not in seen]
+    record = {"shards": total, "present": present, "missing": missing, "duplicated": sorted(set(duplicated))}
+    return problems, record, skipped
+
+
+def merge_reports(
+    reports: Sequence[dict[str, Any]], names: Sequence[str], allow_partial: bool = False
+) -> dict[str, Any]:
+    if not reports:
+        raise UsageError("no reports to merge")
+    problems, record, skipped = shard_problems(reports, names)
+    if record["missing"]:
+        shown = ", ".join(str(k) for k in record["missing"])
+        if not allow_partial:
+            problems.append(
+                f"shard(s) {shown} of {record['shards']} missing; their artifacts were not gated "
+                "(pass --allow-partial to merge the rest anyway)"
+            )
     artifacts: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
     seen: dict[str, str] = {}
-    for report, name in zip(reports, names, strict=True):
+    kept = [(r, n) for i, (r, n) in enumerate(zip(reports, names, strict=True)) if i not in skipped]
+    for report, name in kept:
+        taken = set()
         for artifact in report["artifacts"]:
             if artifact["path"] in seen:
-                raise UsageError(
-                    f"{artifact['path']} is in both {seen[artifact['path']]} and {name}; "
+                problems.append(
+                    f"{_shown(artifact['path'])} is in both {_shown(seen[artifact['path']])} and {_shown(name)}; "
                     "were the shards cut from different artifact lists?"
                 )
+                continue
             seen[artifact["path"]] = name
+            taken.add(artifact["path"])
             artifacts.append(artifact)
-        results += report["results"]
+        results += [r for r in report["results"] if r["artifact"]["path"] in taken]
+    expected = {json.dumps(r.get("inputs"), sort_keys=True) for r, _ in kept}
+    totals = [r["inputs"].get("artifacts_total") for r, _ in kept if isinstance(r.get("inputs"), dict)]
+    complete = not record["missing"] and len(expected) == 1 and totals and isinstance(totals[0], int)
+    if complete and totals[0] != len(artifacts):
+        problems.append(
+            f"the shards hold {len(artifacts)} artifact(s) but the run found {totals[0]}; "
+            "the shards do not cover the artifacts exactly once"
+        )
     artifacts.sort(key=lambda a: a["path"])
     order = {a["path"]: i for i, a in enumerate(artifacts)}
     results.sort(key=lambda r: order[r["artifact"]["path"]])
     report_only = all(r.get("report_only", False) for r in reports)
-    verdict = verdict_of(results, len(artifacts))
+    verdict = "ERROR" if problems else verdict_of(results, len(artifacts))
     first = reports[0]
-    return {
+    record["allow_partial"] = allow_partial
+    record["problems"] = problems
+    merged: dict[str, Any] = {
         "$schema": REPORT_SCHEMA_URL,
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "quantgate", "version": __version__},
@@ -72,7 +153,11 @@ def merge_reports(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> di
         "merged_from": [
             {"report": n, "shard": r.get("shard"), "verdict": r["verdict"]} for r, n in zip(reports, names, strict=True)
         ],
+        "merge": record,
         "summary": summarize(results, len(artifacts)),
         "artifacts": artifacts,
         "results": results,
     }
+    if isinstance(first.get("inputs"), dict):
+        merged["inputs"] = first["inputs"]
+    return merged

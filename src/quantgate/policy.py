@@ -383,3 +383,44 @@ def _build(data: dict[str, Any], locator: _Locator, path: str) -> Policy:
     if problems:
         raise PolicyError(path, problems)
     return policy
+
+
+# ---------------------------------------------------------------------------------------------
+# what `check-policy` checks beyond the schema, and what the guards a policy uses need installed
+
+
+def metric_problems(policy: Policy, text: str = "") -> list[str]:
+    """One line per bound on a metric its guard never emits (`coverage.parms.int8`), with the
+    closest name it does emit; `text` (the policy file) gives the line."""
+    from quantgate.validators import get_guard
+    from quantgate.validators.base import can_emit, metric_suggestion
+
+    lines = text.splitlines()
+    problems = []
+    for guard_id, gp in policy.guards.items():
+        guard = get_guard(guard_id)
+        for key, bounds in (("require", gp.require), ("warn", gp.warn)):
+            for bound in bounds:
+                if can_emit(guard, bound.metric):
+                    continue
+                line = next((n for n, t in enumerate(lines, start=1) if bound.metric in t), None)
+                where = f"guards.{guard_id}.{key}" + (f" (line {line})" if line else "")
+                near = metric_suggestion(guard, bound.metric)
+                hint = f"did you mean {near}?" if near else "`quantgate guard ID FILE` prints the metrics it emits"
+                problems.append(f"{where}: {guard_id} never produces the metric {bound.metric}; {hint}")
+    return problems
+
+
+def needed_extras(policy: Policy) -> list[str]:
+    """The pip extras (`quantgate[...]`) the guards this policy bounds or requires need: without them
+    those guards cannot run and the gate is an ERROR."""
+    from quantgate.validators import get_guard
+    from quantgate.validators.base import CORE
+
+    extras = set()
+    for guard_id, gp in policy.guards.items():
+        if gp.enabled and (gp.required or gp.require or gp.warn):
+            needs = get_guard(guard_id).needs
+            if needs != CORE:
+                extras.add(needs)
+    return sorted(extras)

@@ -65,6 +65,11 @@ def render(report: dict[str, Any]) -> str:
     s = report["summary"]
     verdict = report["verdict"]
     out = [f"## {ICON.get(verdict, '')} quantgate: {verdict}", ""]
+    merge = report.get("merge")
+    if merge and (merge["missing"] or merge["problems"]):  # numbers only: the problems name files
+        missing = ", ".join(str(k) for k in merge["missing"]) or "none"
+        out += [f"**merge:** shards missing: {missing} of {merge['shards']}; "
+                f"{len(merge['problems'])} problem(s) with the shard set (see the log)", ""]
     out += [
         "| artifacts | passed | failed | warned | errors | skipped | waived | exit |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",

@@ -15,6 +15,12 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"policy {policy['path']} (sha256 {policy['sha256'][:12]})")
     else:
         lines.append("policy: none found (defaults: integrity required, no bounds)")
+    merge = report.get("merge")
+    if merge:  # a merged report says which shards it holds and why it is not a verdict
+        lines += [f"merge: {p}" for p in merge["problems"]]
+        if merge["missing"] and merge["allow_partial"]:
+            shown = ", ".join(str(k) for k in merge["missing"])
+            lines.append(f"merge: partial (--allow-partial): shard(s) {shown} of {merge['shards']} missing, not gated")
     if rows:
         width_a = min(60, max(len(r["artifact"]["path"]) for r in rows))
         width_g = max(len(r["guard"]) for r in rows)

@@ -118,6 +118,10 @@ class Guard:
     install_hint: str = ""
     formats: tuple[str, ...] | None = None  # None: applies to every artifact
     needs_structure: bool = True
+    # every metric the guard can emit, as dotted names with fnmatch wildcards for open sets
+    # (`coverage.ops.int8`, `events.by_name.*`): check-policy checks bounds against them, and a bound
+    # on a name outside them is a typo. Empty: not declared, nothing is checked.
+    metric_names: tuple[str, ...] = ()
 
     def applies_to(self, fmt: str) -> bool:
         # `formats = None` means every artifact; a manifest is a claim about artifacts, not one
@@ -132,6 +136,38 @@ class Guard:
 
     def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
         raise NotImplementedError
+
+
+def can_emit(guard: Guard, metric: str) -> bool:
+    """True when `metric` is one of the guard's declared metric names (or it declares none)."""
+    import fnmatch
+
+    return not guard.metric_names or any(fnmatch.fnmatchcase(metric, p) for p in guard.metric_names)
+
+
+def metric_suggestion(guard: Guard, metric: str) -> str | None:
+    """The declared metric name closest to a misspelt `metric`, if one is close."""
+    import difflib
+
+    concrete = [m for m in guard.metric_names if not any(c in m for c in "*?[")]
+    near = difflib.get_close_matches(metric, concrete, n=1, cutoff=0.75)
+    return near[0] if near else None
+
+
+def missing_metric_hint(guard: Guard, metric: str, metrics: Mapping[str, Any]) -> str:
+    """Why a bound's metric is absent from a result: a name the guard never emits (a typo), an
+    artifact with nothing to measure, or a metric this artifact lacks the input for."""
+    if not can_emit(guard, metric):
+        near = metric_suggestion(guard, metric)
+        return f"{guard.id} never produces {metric}; " + (
+            f"did you mean {near}?" if near else "fix the metric name in the policy (`quantgate check-policy`)"
+        )
+    if "weight_ops" in metrics and not metrics["weight_ops"]:
+        return f"{guard.id} found no weight-bearing layers in this artifact, so it has no {metric}"
+    return (
+        f"{guard.id} does not produce {metric} for this artifact: what it is computed from is absent "
+        "(see the guard's findings), or bound it only where it applies"
+    )
 
 
 class GuardTimeout(Exception):
@@ -280,7 +316,6 @@ def _run(guard: Guard, ctx: GuardContext, config: GuardConfig) -> GuardResult:
         result.error = {
             "type": "missing_metric",
             "message": result.message,
-            "hint": f"{guard.id} does not produce {missing_rows[0]['metric']} for this artifact; "
-            "check the metric name in the policy",
+            "hint": missing_metric_hint(guard, missing_rows[0]["metric"], outcome.metrics),
         }
     return result

@@ -12,6 +12,25 @@ from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
 # `layers_omitted` says how many were left out (`weight_ops` counts them all)
 MAX_LAYERS = 5000
 
+# what coverage_metrics emits for every format (see quantgate.coverage)
+COVERAGE_METRICS: tuple[str, ...] = (
+    *(f"coverage.{basis}.{share}" for basis in ("ops", "params", "flops")
+      for share in ("quantized", "int8", "int4", "unknown")),
+    "coverage.*.by_bits.*",
+    *(f"compute_coverage.{basis}.{share}" for basis in ("ops", "params", "flops") for share in ("integer", "unknown")),
+    "coverage_basis",
+    "weight_ops",
+    "quantized_ops",
+    "unknown_ops",
+    "params_total",
+    "params_quantized",
+    "unexpected_unquantized",
+    "expected_unquantized",
+    "flops_exact",
+    "int8_coverage",
+    "bits_per_weight",
+)
+
 
 def coverage_summary(metrics: dict[str, Any]) -> str:
     if not metrics.get("weight_ops"):
@@ -34,6 +53,8 @@ class CoverageGuard(Guard):
 
     Formats that need more (a memory estimate from a context length, say) override `extra`.
     """
+
+    metric_names = COVERAGE_METRICS
 
     def extra(self, inventory: Inventory, config: GuardConfig, outcome: Outcome) -> None:
         """Hook for format-specific metrics and findings; the default adds nothing."""

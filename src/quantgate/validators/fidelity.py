@@ -438,6 +438,15 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 class FidelityGuard(Guard):
     id = "fidelity"
+    metric_names = (
+        "size_ratio",
+        *(f"reference.{k}" for k in ("path", "format", "size_bytes", "source")),
+        *(f"weights.{k}" for k in ("layers", "quantized_layers", "sampled_layers", "identical_layers",
+                                   "cosine.min", "cosine.mean", "sqnr_db.min", "sqnr_db.mean", "sqnr_db.overall",
+                                   "rel_error.max", "rel_error.mean", "max_abs_error", "worst", "per_layer")),
+        *(f"outputs.{k}" for k in ("cosine", "sqnr_db", "max_abs_error", "rel_error", "top1_agreement", "count",
+                                   "per_output", "samples", "seed", "runtime", "int_high")),
+    )
     description = ("distance from the float reference: weights dequantized and compared layer by layer "
                    "(cosine, SQNR, relative error), outputs on seeded inputs (onnxruntime, ExecuTorch), size ratio")
     needs = "fidelity"

@@ -23,7 +23,7 @@ from quantgate import findings as F
 from quantgate.formats import gguf_types as T
 from quantgate.inventory import Inventory
 from quantgate.validators.base import GuardConfig, Outcome
-from quantgate.validators.coverage_guard import CoverageGuard
+from quantgate.validators.coverage_guard import COVERAGE_METRICS, CoverageGuard
 
 DEFAULT_CTX = 4096
 
@@ -74,6 +74,16 @@ def kv_cache_bytes(hp: dict[str, Any], ctx: int, cache: tuple[int, int]) -> tupl
 
 class GGUFDtypesGuard(CoverageGuard):
     id = "gguf-dtypes"
+    metric_names = (
+        *COVERAGE_METRICS,
+        "bits_per_weight_all",
+        "bits_per_weight_excluding_embeddings_and_output",
+        "file_type",
+        "quantization_version",
+        "kv_count",
+        "tensor_count",
+        *(f"memory.{k}" for k in ("weights_bytes", "kv_cache_bytes", "total_bytes", "ctx", "ctx_source", "cache_type")),
+    )
     description = "per-tensor ggml types → coverage, bits per weight, file_type consistency, memory estimate"
     formats = ("gguf",)
 

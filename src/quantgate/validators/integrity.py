@@ -34,6 +34,7 @@ def _lfs_detail(path: str) -> str:
 
 class IntegrityGuard(Guard):
     id = "integrity"
+    metric_names = ("findings_error", "findings_warning")
     description = (
         "the file is what it claims: magic, version, every offset and length inside the file, no "
         "overlaps, alignment, truncation, trailing bytes, LFS pointer files"

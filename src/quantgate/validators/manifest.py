@@ -29,6 +29,7 @@ FINDING_CODES = MANIFEST_CODES
 
 class ManifestGuard(Guard):
     id = "manifest"
+    metric_names = ("form", "artifacts", "claims_checked", "claims_false", "measured")
     description = "the release manifest: JSON Schema, then every claim checked against the artifact it names"
     formats = (MANIFEST,)
     needs_structure = False

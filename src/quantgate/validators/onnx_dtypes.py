@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from quantgate.inventory import Inventory
 from quantgate.validators.base import GuardConfig, Outcome
-from quantgate.validators.coverage_guard import CoverageGuard
+from quantgate.validators.coverage_guard import COVERAGE_METRICS, CoverageGuard
 
 
 class ONNXDtypesGuard(CoverageGuard):
     id = "onnx-dtypes"
+    metric_names = (*COVERAGE_METRICS, "quant_ops.*", "quant_representations")
     description = (
         "initializer dtypes and quantization ops (QDQ, QOperator, integer ops, MatMulNBits…) → coverage"
     )

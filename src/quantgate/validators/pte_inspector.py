@@ -40,6 +40,7 @@ from quantgate.findings import Finding
 from quantgate.formats.xnnpack import DYNAMIC, FLOAT_T, STATIC, WEIGHT, XNN_TOKENS
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Layer
 from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
+from quantgate.validators.coverage_guard import COVERAGE_METRICS
 
 FINDING_CODES = {
     "PTE_RUNTIME_LOAD_FAILED": "The ExecuTorch runtime rejected the program or its method at load time "
@@ -653,6 +654,20 @@ def timeout_for(config: GuardConfig) -> float:
 
 class PTEInspectorGuard(Guard):
     id = "pte-inspector"
+    metric_names = (
+        *COVERAGE_METRICS,
+        *(f"matmul_coverage.{k}" for k in ("ops", "quantized", "int8", "int4", "integer_compute")),
+        "compute.*",
+        *(f"time_ns.{k}" for k in ("total", "weight_ops")),
+        "time_ns.by_op.*",
+        *(f"events.{k}" for k in ("total", "native_calls", "delegate_calls", "delegate_ops")),
+        "events.by_descriptor.*",
+        "events.by_name.*",
+        "executed_weight_ops",
+        "executed_instructions",
+        "shapes_known",
+        "runtime.*",
+    )
     description = (
         "the program run once by the ExecuTorch runtime with ETDump, in a child process: executed "
         "weight ops classified (XNNPACK descriptors, native kernels) -> executed-op coverage, compute "

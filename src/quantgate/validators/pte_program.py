@@ -13,7 +13,7 @@ from __future__ import annotations
 from quantgate import findings as F
 from quantgate.inventory import EMBEDDING, Inventory
 from quantgate.validators.base import GuardConfig, Outcome
-from quantgate.validators.coverage_guard import CoverageGuard
+from quantgate.validators.coverage_guard import COVERAGE_METRICS, CoverageGuard
 
 FINDING_CODES = {
     "PTE_QUANTIZED_STORAGE_FLOAT_COMPUTE": "Weights stored quantized are dequantized and multiplied in floating "
@@ -26,6 +26,15 @@ FINDING_CODES = {
 
 class PteProgramGuard(CoverageGuard):
     id = "pte-program"
+    metric_names = (
+        *COVERAGE_METRICS,
+        "delegates.*",
+        "opaque_delegates",
+        "opaque_delegate_bytes",
+        *(f"kv_cache.{k}" for k in ("buffers", "auxiliary_buffers", "quantized_buffers", "bytes", "elements",
+                                     "names", "quantize_ops", "quantized")),
+        "kv_cache.dtypes.*",
+    )
     description = (
         "ExecuTorch program read from the flatbuffer: header, operators, instructions, delegates "
         "(XNNPACK payloads opened), tensor dtypes → coverage"

@@ -12,13 +12,14 @@ from __future__ import annotations
 from quantgate.coverage import bits_per_weight
 from quantgate.inventory import EMBEDDING, Inventory
 from quantgate.validators.base import GuardConfig, Outcome
-from quantgate.validators.coverage_guard import CoverageGuard
+from quantgate.validators.coverage_guard import COVERAGE_METRICS, CoverageGuard
 
 HEAD_NAMES = ("lm_head", "embed_out")
 
 
 class SafetensorsDtypesGuard(CoverageGuard):
     id = "safetensors-dtypes"
+    metric_names = (*COVERAGE_METRICS, "bits_per_weight_body", "params_stored", "quant_method")
     description = (
         "stored dtypes and quantization layouts (GPTQ, AWQ, bitsandbytes, compressed-tensors) → coverage, "
         "bits per weight, config.json quantization_config consistency"

@@ -32,6 +32,15 @@ def estimated_quantized_share(bpw: float, quant_bits: float, float_bits: float) 
 
 class SizeHeuristicGuard(Guard):
     id = "size-heuristic"
+    metric_names = (
+        "bits_per_weight",
+        "estimated_quantized_share",
+        "file_bytes",
+        "float_bits",
+        "params",
+        "params_source",
+        "quant_bits",
+    )
     description = "implied bits per weight from file size and a parameter count; estimated quantized share"
     needs_structure = False
 
