@@ -46,6 +46,7 @@ def test_the_corpus_is_what_the_expectations_describe() -> None:
         "ppocr_cls_preprocessed_dynamic.onnx",
         "ppocr_cls_qdq.onnx",
         "ppocr_cls_qoperator.onnx",
+        "silero_vad_if_lstm_float.onnx",
         "silero_vad_lstm_float.onnx",
         "silero_vad_lstm_int8.onnx",
         "torch_lstm_dqlstm.onnx",
@@ -155,6 +156,7 @@ def test_the_named_remedy_quantizes_the_constants(corpus_run: dict) -> None:
 
 def test_float_constants_feeding_float_ops_are_plain_float_layers() -> None:
     inv = read(str(CORPUS / "ppocr_cls_float.onnx"))
+    assert (inv.facts["initializers"], inv.facts["constant_tensors"]) == (0, 308)
     assert len(inv.layers) == 54
     assert not any("quantized_at_run_time" in x.detail for x in inv.layers)
     assert inv.semantic_findings == []
@@ -177,6 +179,21 @@ def test_a_float_lstm_keeps_coverage_below_full(corpus_run: dict) -> None:
     m = corpus_run[("torch_lstm_float.onnx", "onnx-dtypes")]["metrics"]
     assert m["coverage"]["params"]["quantized"] == pytest.approx(896 / 16256, rel=1e-12)
     assert m["flops_exact"] is True  # W and R act once per time step: seq 10 x batch 1
+
+
+def test_an_lstm_in_if_branches_behind_the_gate_reorder_is_found(corpus_run: dict) -> None:
+    """Silero VAD's older export: the LSTM sits in both branches of an If, its W and R rebuilt from the
+    stored [512, 128] weights by Slice x3 -> Concat -> Unsqueeze (torch's gate reorder), which
+    onnxruntime's LSTM quantizer skips. Today: 6/6 layers, 100% quantized."""
+    inv = read(str(CORPUS / "silero_vad_if_lstm_float.onnx"))
+    lstm = [(x.name, x.shape, x.dtype, x.detail["operand"]) for x in inv.layers if x.detail["op"] == "LSTM"]
+    assert lstm == [
+        ("model.decoder.rnn.weight_ih", (512, 128), "FLOAT", "W"),
+        ("model.decoder.rnn.weight_hh", (512, 128), "FLOAT", "R"),
+    ] * 2  # one LSTM node per branch
+    m = corpus_run[("silero_vad_if_lstm_float.onnx", "onnx-dtypes")]["metrics"]
+    assert (m["weight_ops"], m["quantized_ops"]) == (10, 6)
+    assert m["coverage"]["params"]["quantized"] == pytest.approx(177152 / 439296, rel=1e-12)
 
 
 def test_dynamic_quantize_lstm_weights_are_int8_layers() -> None:
@@ -207,6 +224,7 @@ def test_function_bodies_are_walked_per_call(corpus_run: dict) -> None:
     ]
     # the functions' Constant values are stored once each: W1 + W2 + Block's wc + Head's wq and scale
     assert inv.params_stored == 128 + 256 + 256 + 64 + 1
+    assert (inv.facts["nodes"], inv.facts["functions"], inv.facts["function_nodes"]) == (3, 2, 8)
     m = corpus_run[("local_functions.onnx", "onnx-dtypes")]["metrics"]
     assert (m["weight_ops"], m["quantized_ops"], m["params_total"]) == (5, 1, 960)
 
@@ -249,23 +267,31 @@ def test_constants_and_functions_parse_as_onnx_parses_them(name: str) -> None:
     ref = onnx.load(str(CORPUS / name))
     model, findings = scan(str(CORPUS / name))
     assert findings == []
+
+    def flat(graph: onnx.GraphProto) -> list:  # subgraph nodes before the node that holds them, as scanned
+        out = []
+        for n in graph.node:
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else []) + list(a.graphs):
+                    out += flat(sub)
+            out.append(n)
+        return out
+
+    ref_nodes = flat(ref.graph)
     assert [(n.op_type, n.domain, n.inputs, n.outputs) for n in model.nodes] == [
-        (n.op_type, n.domain, list(n.input), list(n.output)) for n in ref.graph.node
+        (n.op_type, n.domain, list(n.input), list(n.output)) for n in ref_nodes
     ]
     in_functions = tuple(f"{name}/" for _, name in model.functions)
     constants = [
         t for t in model.tensors if t.kind == "constant" and not (in_functions and t.name.startswith(in_functions))
     ]
-    ref_constants = [
-        (n.output[0], list(a.t.dims), a.t.data_type)
-        for n in ref.graph.node
-        if n.op_type == "Constant"
-        for a in n.attribute
-        if a.name == "value"
+    values = [
+        (n.output[0], a.t) for n in ref_nodes if n.op_type == "Constant" for a in n.attribute if a.name == "value"
     ]
-    assert [(t.name, t.dims, t.data_type) for t in constants] == ref_constants
-    for t, (out, _, _) in zip(constants, ref_constants, strict=True):
-        (value,) = [a.t for n in ref.graph.node if n.output[:1] == [out] for a in n.attribute if a.name == "value"]
+    assert [(t.name, t.dims, t.data_type) for t in constants] == [
+        (out, list(v.dims), v.data_type) for out, v in values
+    ]
+    for t, (_, value) in zip(constants, values, strict=True):
         if value.HasField("raw_data"):
             assert t.raw is not None and t.raw[1] == len(value.raw_data)
     assert {k: (f.inputs, f.outputs, [n.op_type for n in f.nodes]) for k, f in model.functions.items()} == {

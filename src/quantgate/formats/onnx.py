@@ -513,7 +513,25 @@ class _Analysis:
             if src is not None and src.runtime_q is None:
                 src.runtime_q = node
             return src
+        if node.op_type == "Concat" and node.domain in DEFAULT_DOMAINS:
+            return self.trace_reassembled(node, depth)
         return None
+
+    def trace_reassembled(self, concat: Node, depth: int) -> _Source | None:
+        """Concat of Slices of one tensor: the torch exporter's gate reorder of an LSTM/GRU weight
+        (i,f,g,o -> i,o,f,c) when constant folding does not reach it (inside If branches)."""
+        if len(concat.inputs) > 16:
+            return None
+        data = None
+        for name in concat.inputs:
+            part = self.producer.get(name)
+            if part is None or part.op_type != "Slice" or part.domain not in DEFAULT_DOMAINS or not part.inputs:
+                return None
+            if data is None:
+                data = part.inputs[0]
+            elif part.inputs[0] != data:
+                return None
+        return self.trace(data, depth + 1) if data else None
 
     def weight_source(self, node: Node, index: int, min_rank: int = 2) -> _Source | None:
         src = self.trace(node.input(index))
@@ -616,7 +634,7 @@ class _Analysis:
                 self.add(node, position, LINEAR, src, "contrib", [node.input(4), node.input(7)])
         elif std and op in RECURRENT_OPS:
             for index, operand in ((1, "W"), (2, "R")):  # input and recurrent weights; B is a bias
-                src = self.weight_source(node, index, 3)
+                src = self.weight_source(node, index)  # rank 2: before the exporter's Unsqueeze
                 if src:
                     self.add(node, position, LINEAR, src, "QDQ" if src.dq else "float", operand=operand)
         elif ms and op == "DynamicQuantizeLSTM":
@@ -1119,8 +1137,12 @@ class _Analysis:
         )
         if m.metadata:
             inv.facts["metadata_props"] = dict(list(m.metadata.items())[:20])
+        constants = sum(1 for t in m.tensors if t.kind == "constant")
+        if constants:  # weights a converter (paddle2onnx, spox...) stored as Constant nodes
+            inv.facts["constant_tensors"] = constants
         if m.function_nodes:
             inv.facts["function_nodes"] = m.function_nodes
+            inv.facts["functions"] = len(m.functions)
         inv.facts["summary"] = (
             f"IR {m.ir_version}, opset {default_opset}, {len(m.nodes)} nodes, {initializers} initializers, "
             f"{inv.params_stored or 0:,} params" + (f", producer {m.producer}" if m.producer else "")
