@@ -5,9 +5,12 @@ external data is checked by `lstat`, never opened. The only bytes read beyond th
 are those of small scale tensors (capped), to catch NaN/Inf/zero scales.
 
 Layers (DESIGN §4): MatMul/Gemm with a constant operand -> linear, Conv -> conv, Gather on a
-constant 2-D+ table -> embedding, plus the quantized forms (QDQ, QOperator, integer ops and the
-`com.microsoft` contrib ops). A weight is traced back through DequantizeLinear and shape-only ops
-(Transpose, Reshape, Cast...) to its initializer, whose stored dtype decides the precision.
+constant 2-D+ table -> embedding, LSTM/GRU/RNN W and R -> linear, plus the quantized forms (QDQ,
+QOperator, integer ops and the `com.microsoft` contrib ops, DynamicQuantizeLSTM among them). A weight
+is traced back through DequantizeLinear and shape-only ops (Transpose, Reshape, Cast...) to its stored
+tensor (an initializer or a `Constant` node's value), whose stored dtype decides the precision; a trace
+through QuantizeLinear/DynamicQuantizeLinear finds a float weight quantized at run time. Model-local
+function bodies are inlined at each call.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import math
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from quantgate import findings as F
 from quantgate.findings import Finding
@@ -31,6 +34,7 @@ from quantgate.formats.onnx_proto import (
     NON_WEIGHT_DTYPES,
     PER_INT32,
     QUANT_DTYPES,
+    Function,
     Model,
     Node,
     Parser,
@@ -84,6 +88,11 @@ FINDING_CODES: dict[str, str] = {
     "ONNX_NODE_UNREADABLE": "A weight-bearing node's inputs or attributes could not be interpreted; it is "
     "not counted.",
     "ONNX_FINDINGS_CAPPED": "More findings of one code than are worth listing; the rest were only counted.",
+    "ONNX_WEIGHTS_QUANTIZED_AT_RUN_TIME": "Weights are stored float and quantized at run time by a "
+    "QuantizeLinear/DynamicQuantizeLinear (the quantizer left `Constant`-node weights in place, or a "
+    "fake-quantized export): the file is no smaller than the float model.",
+    "ONNX_FUNCTION_INLINE_CAPPED": "Model-local function calls expand (nested or recursive calls) past the "
+    "reader's limit; layers past it are not counted.",
 }
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -91,6 +100,10 @@ MS = "com.microsoft"
 _DQ_DOMAINS = (*DEFAULT_DOMAINS, MS)  # where DequantizeLinear is read
 DQ_OPS = {"DequantizeLinear"}
 Q_OPS = {"QuantizeLinear"}
+RECURRENT_OPS = {"LSTM", "GRU", "RNN"}
+MAX_INLINE_DEPTH = 8  # functions calling functions; the standard forbids recursion, a hostile file may not
+MAX_INLINED_NODES = 200_000  # body nodes copied for all calls together
+MAX_INLINED_CHARS = 1 << 25  # and the characters of their renamed values (names can be 64 KiB each)
 # ops that only move or reinterpret a constant: a weight is traced through them
 PASS_THROUGH = {"Transpose", "Reshape", "Cast", "CastLike", "Identity", "Squeeze", "Unsqueeze", "Flatten"}
 # ops whose output has its input's shape: used to find an activation's shape for flops
@@ -267,6 +280,7 @@ class _Source:
 
     tensor: Tensor
     dq: Node | None = None
+    runtime_q: Node | None = None  # a QuantizeLinear/DynamicQuantizeLinear quantizing it at run time
 
 
 class _Analysis:
@@ -282,6 +296,7 @@ class _Analysis:
         self.structural = structural
         self.semantic = semantic
         self.consts: dict[str, Tensor] = {}
+        self.nodes: list[Node] = model.nodes  # with function bodies inlined at their calls (index())
         self.producer: dict[str, Node] = {}
         self.consumers: dict[str, list[Node]] = {}
         self.checked_scales: set[str] = set()
@@ -314,8 +329,10 @@ class _Analysis:
                 )
             seen.add(t.name)
             self.consts.setdefault(t.name, t)
+        if self.m.functions:
+            self.nodes = self.inline_functions()
         producer, consumers = self.producer, self.consumers
-        for n in self.m.nodes:
+        for n in self.nodes:
             for out in n.outputs:
                 if out and out not in producer:  # the first producer is kept
                     producer[out] = n
@@ -326,6 +343,69 @@ class _Analysis:
                         consumers[inp] = [n]
                     else:
                         users.append(n)
+
+    def inline_functions(self) -> list[Node]:
+        """The graph's nodes with each call of a model-local function followed by a renamed copy of its
+        body: formal inputs/outputs become the call's values, every other name `<call>/<name>`, and
+        each copy's Constant values are that call's own constants. Bounded in depth and total size."""
+        out: list[Node] = []
+        budget = [MAX_INLINED_NODES, MAX_INLINED_CHARS]
+        capped: list[str] = []
+
+        def expand(call: Node, fn: Function, rename: dict[str, str], prefix: str, depth: int) -> None:
+            label = prefix + call.label + "/"
+
+            def outer(name: str) -> str:
+                return rename.get(name, prefix + name if name and prefix else name)
+
+            inner = {formal: outer(actual) for formal, actual in zip(fn.inputs, call.inputs, strict=False)}
+            inner.update({formal: outer(actual) for formal, actual in zip(fn.outputs, call.outputs, strict=False)})
+
+            def local(name: str) -> str:
+                return inner.get(name, label + name if name else name)
+
+            for body in fn.nodes:
+                if budget[0] <= 0 or budget[1] <= 0 or depth >= MAX_INLINE_DEPTH:
+                    if not capped:
+                        capped.append(call.label[:200])
+                    return
+                copy = Node(
+                    op_type=body.op_type,
+                    domain=body.domain,
+                    name=label + body.label,
+                    inputs=[local(x) for x in body.inputs],
+                    outputs=[local(x) for x in body.outputs],
+                    attrs=body.attrs,
+                    offset=body.offset,
+                    scope=call.scope,
+                )
+                budget[0] -= 1
+                budget[1] -= len(copy.name) + sum(map(len, copy.inputs)) + sum(map(len, copy.outputs))
+                out.append(copy)
+                if body.op_type == "Constant" and body.tensor_attr is not None and copy.outputs:
+                    self.consts.setdefault(copy.outputs[0], replace(body.tensor_attr, name=copy.outputs[0]))
+                nested = self.m.functions.get((body.domain, body.op_type))
+                if nested is not None:
+                    expand(body, nested, inner, label, depth + 1)
+
+        for node in self.m.nodes:
+            out.append(node)
+            fn = self.m.functions.get((node.domain, node.op_type))
+            if fn is not None and node.scope != "training":
+                expand(node, fn, {}, "", 0)
+        if capped:
+            self.structural.add(
+                F.warning(
+                    "ONNX_FUNCTION_INLINE_CAPPED",
+                    f"model-local function calls expand past {MAX_INLINED_NODES:,} nodes, "
+                    f"{MAX_INLINED_CHARS:,} characters of names or {MAX_INLINE_DEPTH} levels (first at "
+                    f"call {capped[0]!r}); layers past the limit "
+                    "are not counted. Real models nest functions a few levels deep; this file is "
+                    "corrupt or hostile",
+                    op=capped[0],
+                )
+            )
+        return out
 
     def check_tensors(self) -> None:
         total = 0
@@ -425,7 +505,33 @@ class _Analysis:
             return src
         if node.op_type in PASS_THROUGH and node.domain in DEFAULT_DOMAINS:
             return self.trace(node.inputs[0], depth + 1)
+        # a weight the quantizer did not see as one (a `Constant` node's value): quantized each run
+        if (node.op_type in Q_OPS and node.domain in _DQ_DOMAINS) or (
+            node.op_type == "DynamicQuantizeLinear" and node.domain in DEFAULT_DOMAINS and node.outputs[0] == name
+        ):
+            src = self.trace(node.inputs[0], depth + 1)
+            if src is not None and src.runtime_q is None:
+                src.runtime_q = node
+            return src
+        if node.op_type == "Concat" and node.domain in DEFAULT_DOMAINS:
+            return self.trace_reassembled(node, depth)
         return None
+
+    def trace_reassembled(self, concat: Node, depth: int) -> _Source | None:
+        """Concat of Slices of one tensor: the torch exporter's gate reorder of an LSTM/GRU weight
+        (i,f,g,o -> i,o,f,c) when constant folding does not reach it (inside If branches)."""
+        if len(concat.inputs) > 16:
+            return None
+        data = None
+        for name in concat.inputs:
+            part = self.producer.get(name)
+            if part is None or part.op_type != "Slice" or part.domain not in DEFAULT_DOMAINS or not part.inputs:
+                return None
+            if data is None:
+                data = part.inputs[0]
+            elif part.inputs[0] != data:
+                return None
+        return self.trace(data, depth + 1) if data else None
 
     def weight_source(self, node: Node, index: int, min_rank: int = 2) -> _Source | None:
         src = self.trace(node.input(index))
@@ -434,8 +540,8 @@ class _Analysis:
         return src
 
     def find_layers(self) -> None:
-        self.shapes = ShapeInference(self.view, self.consts, self.m.shapes).run(self.m.nodes)
-        for position, node in enumerate(self.m.nodes):
+        self.shapes = ShapeInference(self.view, self.consts, self.m.shapes).run(self.nodes)
+        for position, node in enumerate(self.nodes):
             if node.scope == "training":
                 continue
             try:
@@ -449,6 +555,7 @@ class _Analysis:
                     )
                 )
         self.fix_positions()
+        self.report_runtime_quantized()
         # packed weights (MatMulNBits B, bnb4, uint8-packed GatherBlockQuantized) count their logical
         # elements in params_stored, not their storage bytes
         adjusted: set[str] = set()
@@ -525,6 +632,17 @@ class _Analysis:
             src = self.weight_source(node, 1)
             if src:
                 self.add(node, position, LINEAR, src, "contrib", [node.input(4), node.input(7)])
+        elif std and op in RECURRENT_OPS:
+            for index, operand in ((1, "W"), (2, "R")):  # input and recurrent weights; B is a bias
+                src = self.weight_source(node, index)  # rank 2: before the exporter's Unsqueeze
+                if src:
+                    self.add(node, position, LINEAR, src, "QDQ" if src.dq else "float", operand=operand)
+        elif ms and op == "DynamicQuantizeLSTM":
+            for index, operand in ((1, "W"), (2, "R")):  # scale and zero point: inputs 8, 9 (W), 10, 11 (R)
+                src = self.weight_source(node, index, 3)
+                if src:
+                    extra = [node.input(2 * index + 6), node.input(2 * index + 7)]
+                    self.add(node, position, LINEAR, src, "contrib", extra, operand=operand)
         elif ms and op == "MatMulNBits":
             self.add_matmulnbits(node, position)
         elif ms and op == "MatMulBnb4":
@@ -565,11 +683,16 @@ class _Analysis:
         src: _Source,
         representation: str,
         extra: list[str] | None = None,
+        operand: str = "",
     ) -> None:
+        """One layer; `operand` names a recurrent op's weight (W or R), whose positions come from X."""
         t = src.tensor
         companions = list(extra or [])
         if src.dq is not None:
             companions += [src.dq.input(1), src.dq.input(2)]
+        runtime = src.runtime_q is not None and t.data_type not in QUANT_DTYPES
+        if runtime and src.runtime_q is not None and src.runtime_q.op_type in Q_OPS:
+            companions += [src.runtime_q.input(1), src.runtime_q.input(2)]
         if representation == "integer" and not any(c.endswith("_scale") for c in companions if c):
             companions += self.named_companions(t.name)
         comp_bytes, comp_names = self.tensor_bytes([c for c in companions if c and c != t.name])
@@ -592,9 +715,14 @@ class _Analysis:
                 "node": node.label,
                 "representation": representation,
                 **({"quant_params": comp_names} if comp_names else {}),
+                **({"quantized_at_run_time": _qualified(src.runtime_q)} if runtime and src.runtime_q else {}),
             },
         )
-        self.set_positions(layer, node)
+        if operand:
+            layer.detail["operand"] = operand
+            self.set_recurrent_positions(layer, node)
+        else:
+            self.set_positions(layer, node)
         self.inv.layers.append(layer)
 
     def add_matmulnbits(self, node: Node, position: int) -> None:
@@ -728,6 +856,42 @@ class _Analysis:
         elif layer.kind == LINEAR and out is not None and len(out) >= 1:
             layer.out_positions = math.prod(out[:-1]) if len(out) > 1 else 1
 
+    def set_recurrent_positions(self, layer: Layer, node: Node) -> None:
+        """W and R each act once per time step and batch row (per direction: the params hold the
+        directions), so the positions are seq x batch, the first two dims of X in either layout."""
+        x = self.known_shape(node.input(0))
+        if x is not None and len(x) == 3:
+            layer.out_positions = x[0] * x[1]
+
+    def report_runtime_quantized(self) -> None:
+        """Weights stored float and quantized by a QuantizeLinear each run: honest about storage."""
+        runtime = [x for x in self.inv.layers if "quantized_at_run_time" in x.detail]
+        if not runtime:
+            return
+        params = sum(x.params for x in runtime)
+        stored = sum(x.weight_bytes or 0 for x in runtime)
+        ops = sorted({str(x.detail["quantized_at_run_time"]) for x in runtime})
+        constants = sum(1 for x in runtime if (t := self.consts.get(x.name)) is not None and t.kind == "constant")
+        if constants:
+            why = (
+                f"{constants} of them are Constant nodes, which onnxruntime's quantizers leave float: run "
+                "`python -m onnxruntime.quantization.preprocess --skip_symbolic_shape True` on the float "
+                "model (it turns Constants into initializers) and quantize again"
+            )
+        else:  # a fake-quantized (QAT-style) export: float initializers behind QuantizeLinear
+            why = "store the weights quantized (INT8 initializers behind DequantizeLinear) to shrink the file"
+        self.semantic.add(
+            F.warning(
+                "ONNX_WEIGHTS_QUANTIZED_AT_RUN_TIME",
+                f"{len(runtime)} of {len(self.inv.layers)} weight-bearing layers ({params:,} params, first "
+                f"{runtime[0].name!r}) are stored float and quantized at run time by {', '.join(ops)}: "
+                f"the file holds {stored:,} bytes for them ({8 * stored / max(params, 1):.4g} bits per "
+                f"weight), no less than the float model; {why}",
+                op=str(runtime[0].detail.get("node")),
+                tensor=runtime[0].name,
+            )
+        )
+
     def fix_positions(self) -> None:
         """Output positions are used only when every layer has them: a mix of known and unknown
         positions would weigh the layers unevenly, so then all count 1 and flops_exact is false."""
@@ -741,7 +905,7 @@ class _Analysis:
     # -- quantization consistency (semantic) ----------------------------------------------------
 
     def check_quantization(self) -> None:
-        for node in self.m.nodes:
+        for node in self.nodes:
             op, dom = node.op_type, node.domain
             if op in DQ_OPS and dom in _DQ_DOMAINS:
                 self.check_dq(node)
@@ -973,8 +1137,12 @@ class _Analysis:
         )
         if m.metadata:
             inv.facts["metadata_props"] = dict(list(m.metadata.items())[:20])
+        constants = sum(1 for t in m.tensors if t.kind == "constant")
+        if constants:  # weights a converter (paddle2onnx, spox...) stored as Constant nodes
+            inv.facts["constant_tensors"] = constants
         if m.function_nodes:
             inv.facts["function_nodes"] = m.function_nodes
+            inv.facts["functions"] = len(m.functions)
         inv.facts["summary"] = (
             f"IR {m.ir_version}, opset {default_opset}, {len(m.nodes)} nodes, {initializers} initializers, "
             f"{inv.params_stored or 0:,} params" + (f", producer {m.producer}" if m.producer else "")
@@ -1024,6 +1192,7 @@ _QUANT_OP_NAMES = {
     "MatMulNBits",
     "MatMulBnb4",
     "GatherBlockQuantized",
+    "DynamicQuantizeLSTM",
 }
 
 
@@ -1050,7 +1219,7 @@ def _compute(kind: str, representation: str, dtype: str) -> str | None:
 _LAYER_OPS = frozenset((
     "MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "MatMulInteger", "ConvInteger", "QLinearConv",
     "QLinearMatMul", "FusedMatMul", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
-    "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized",
+    "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized", "LSTM", "GRU", "RNN", "DynamicQuantizeLSTM",
 ))
 
 

@@ -132,6 +132,17 @@ class Node:
 
 
 @dataclass
+class Function:
+    """A model-local function (FunctionProto): its formal inputs/outputs and body, for inlining."""
+
+    domain: str = ""
+    name: str = ""
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[str] = field(default_factory=list)
+    nodes: list[Node] = field(default_factory=list)
+
+
+@dataclass
 class Model:
     ir_version: int | None = None
     producer: str = ""
@@ -147,6 +158,7 @@ class Model:
     # indices, attribute tensors, training graphs): all of them are path- and range-checked
     external: list[Tensor] = field(default_factory=list)
     function_nodes: int = 0
+    functions: dict[tuple[str, str], Function] = field(default_factory=dict)  # (domain, name), first kept
     graph_inputs: int = 0
     graph_outputs: int = 0
 
@@ -212,10 +224,29 @@ class Parser:
         return key, value
 
     def function(self, start: int, end: int, depth: int) -> None:
+        fn = Function()
         for f in self.s.fields(start, end, depth, "FunctionProto"):
-            if f.number == 7 and f.wire == pb.LEN:
+            if f.wire != pb.LEN:
+                continue
+            if f.number == 7:
                 self.model.function_nodes += 1
-                self.node(f.value, f.end, depth + 1, "function", collect=False)
+                fn.nodes.append(self.node(f.value, f.end, depth + 1, "function", collect=False))
+            elif f.number == 1:
+                fn.name = self.text(f, "function.name")
+            elif f.number == 4:
+                fn.inputs.append(self.text(f, "function.input"))
+            elif f.number == 5:
+                fn.outputs.append(self.text(f, "function.output"))
+            elif f.number == 10:
+                fn.domain = self.text(f, "function.domain")
+        # a body's Constant values are stored tensors like any other (counted and checked once, under
+        # `<function>/<output>`); each call gets its own copy when the reader inlines the body
+        for n in fn.nodes:
+            if n.op_type == "Constant" and n.tensor_attr is not None and n.outputs:
+                t = n.tensor_attr
+                t.name, t.kind = f"{fn.name}/{n.outputs[0]}", "constant"
+                self.model.tensors.append(t)
+        self.model.functions.setdefault((fn.domain, fn.name), fn)
 
     def graph(self, start: int, end: int, depth: int, scope: str) -> None:
         m = self.model
@@ -242,7 +273,7 @@ class Parser:
                 if name and shape is not None:
                     m.shapes.setdefault(name, shape)
 
-    def node(self, start: int, end: int, depth: int, scope: str, collect: bool = True) -> None:
+    def node(self, start: int, end: int, depth: int, scope: str, collect: bool = True) -> Node:
         s = self.s
         s.check_message(start, end, depth, "NodeProto")
         n = Node(offset=start, scope=scope)
@@ -303,6 +334,7 @@ class Parser:
                 n.tensor_attr.kind = "constant"
                 if scope != "training":
                     self.model.tensors.append(n.tensor_attr)
+        return n
 
     def attribute(self, start: int, end: int, depth: int, n: Node, scope: str) -> None:
         name = ""
