@@ -140,12 +140,23 @@ def kill_all() -> None:
         _LIVE.discard(pgid)
 
 
-def _exited(pid: int) -> bool:
-    """Has the child exited? Checked without reaping it, so its pid (= its group) stays reserved."""
+def _exited(pid: int) -> int | None:
+    """None while the child runs. Where waitid exists (Linux) the child is not reaped, so its pid (= its
+    group id) stays reserved until the group is killed: -1. Elsewhere (macOS) it is reaped: its wait status."""
+    if hasattr(os, "waitid"):
+        try:
+            return None if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None else -1
+        except ChildProcessError:
+            return -1
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return status if done else None
+
+
+def _reap(pid: int) -> int | None:
     try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): its status is lost
+        return None
 
 
 def run_boxed(cmd: list[str], *, timeout_s: float, max_rss_mb: int = DEFAULT_MAX_RSS_MB,
@@ -161,8 +172,9 @@ def run_boxed(cmd: list[str], *, timeout_s: float, max_rss_mb: int = DEFAULT_MAX
         timed_out = over = False
         peak = 0
         deadline = time.monotonic() + timeout_s
+        reaped: int | None = None
         try:
-            while not _exited(pid):
+            while (reaped := _exited(pid)) is None:
                 peak = max(peak, tree_peak_bytes(pid))
                 if peak > limit:
                     over = True
@@ -174,8 +186,8 @@ def run_boxed(cmd: list[str], *, timeout_s: float, max_rss_mb: int = DEFAULT_MAX
         finally:
             # the group dies with the child, before the child is reaped: no grandchild outlives it
             _killpg(pid)
-            _, status = os.waitpid(pid, 0)
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            status = reaped if reaped is not None and reaped >= 0 else _reap(pid)
+            proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else None
             _LIVE.discard(pid)
         out.seek(0)
         stdout = out.read().decode("utf-8", errors="replace")

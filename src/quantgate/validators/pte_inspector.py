@@ -572,7 +572,7 @@ def run_runner(paths: list[str], *, timeout_s: float, method: str | None = None,
                           "raise --param timeout=SECONDS if the model is large; a hang on a small "
                           "program means the runtime is stuck on it")}
     stderr_tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:] if line.strip())
-    if proc.returncode < 0:
+    if proc.returncode is not None and proc.returncode < 0:
         signame = _signal_name(proc.returncode)
         return {"error": ("runtime_crash", f"the ExecuTorch runtime crashed with {signame} while loading or "
                           "running the program" + (f" ({stderr_tail})" if stderr_tail else ""), CRASH_HINT)}
@@ -622,7 +622,11 @@ class PTEInspectorGuard(Guard):
     needs_structure = True
 
     def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
-        max_rss_mb = max_rss_mb_of(config.param("max_rss_mb"))
+        given = config.param("max_rss_mb")
+        max_rss_mb = max_rss_mb_of(given)
+        if given is not None and str(max_rss_mb) != str(given).removesuffix(".0"):
+            return Outcome(error=("bad_param", f"--param max_rss_mb={given} is not a positive whole number of MiB",
+                                  "give the runtime child's memory limit in MiB, e.g. --param max_rss_mb=8192"))
         box = {"max_rss_mb": max_rss_mb}
         # what the program plans is known before running it: more than the limit is not run at all
         inventory = ctx.inventory()
