@@ -20,6 +20,7 @@ import pytest
 
 from conftest import FIXTURES, cli_env, run_json
 from quantgate.formats import pte
+from quantgate.jsonschemas import validate
 from quantgate.runtime.child import run_json_child
 from quantgate.validators.pte_inspector import run_runner
 
@@ -124,6 +125,7 @@ def test_inspector_fails_a_program_planning_more_than_the_limit() -> None:
     assert "512 MiB memory limit" in message and "max_rss_mb=N" in message
     assert result["metrics"]["memory"]["planned_bytes"] == BIG_PLANNED
     assert result["metrics"]["runtime"]["box"] == {"max_rss_mb": 512}
+    assert validate(result, "guard-result") == []
 
 
 @needs_runtime
@@ -134,6 +136,7 @@ def test_inspector_runs_it_under_the_default_limit() -> None:
     assert box["max_rss_mb"] == 4096
     # the run touched the planned GiB: the watchdog saw it resident
     assert BIG_PLANNED < box["peak_rss_bytes"] < 4096 << 20
+    assert validate(result, "guard-result") == []
 
 
 @needs_runtime

@@ -440,7 +440,10 @@ def _run_parallel(
     except _Stopped as exc:
         stopped = exc.signum
     finally:
-        # no worker (nor a runtime child of one) outlives the gate, however the loop ends
+        # no worker (nor a runtime child of one) outlives the gate, however the loop ends; a second
+        # signal must not cut this short
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
         _stop_workers(running)
         for signum, handler in previous.items():
             signal.signal(signum, handler)

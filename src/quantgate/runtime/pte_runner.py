@@ -93,7 +93,8 @@ def _fault(kind: str, workdir: str | None = None) -> None:
         time.sleep(3600)
     elif kind == "memory":
         hog = b"\x01" * (1 << 30)  # touched, so resident: the box's memory watchdog must kill this
-        time.sleep(60 + len(hog) * 0)
+        time.sleep(60)
+        del hog
     if kind == "segv":
         os.kill(os.getpid(), signal.SIGSEGV)
     elif kind == "abort":
