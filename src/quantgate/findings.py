@@ -114,7 +114,7 @@ FINDING_CODES = {
 
 
 # format helpers that are not readers themselves but emit their own codes (a delegate payload in a .pte)
-HELPER_MODULES = ("quantgate.formats.xnnpack",)
+HELPER_MODULES = ("quantgate.formats.xnnpack", "quantgate.runtime.box")
 
 
 def all_finding_codes() -> dict[str, str]:

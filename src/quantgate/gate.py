@@ -352,12 +352,49 @@ def _crash_results(artifact: Artifact, selected: Sequence[str], policy: Policy, 
 
 
 def _worker(
-    conn: Any, artifact: Artifact, policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str
+    conn: Any, artifact: Artifact, policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str,
+    parent_pid: int | None = None,
 ) -> None:
+    import signal
+
+    from quantgate.runtime import box
+
+    # a worker dies with the gate: SIGTERM when the parent dies (Linux), and on SIGTERM it kills the
+    # process groups of the runtime children it started before it exits
+    def _stop(signum: int, _frame: Any) -> None:
+        box.kill_all()
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; it SIGTERMs us
+    box.die_with_parent(signal.SIGTERM)
+    if parent_pid is not None and os.getppid() != parent_pid:
+        os._exit(1)  # the parent died before the death signal was armed
     try:
         conn.send(evaluate_artifact(artifact, policy, selected, hash_all, fail_on))
     finally:
         conn.close()
+
+
+class _Stopped(BaseException):
+    """The gate got SIGTERM/SIGINT while workers ran."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_workers(procs: Iterable[Any]) -> None:
+    """SIGTERM every running worker (each kills its runtime boxes), then SIGKILL the ones still there."""
+    procs = [p for p in procs if p.is_alive()]
+    for proc in procs:
+        proc.terminate()
+    deadline = time.monotonic() + 5
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def _run_parallel(
@@ -378,37 +415,66 @@ def _run_parallel(
     pending = list(artifacts)
     running: dict[Any, tuple[Artifact, Any, float]] = {}
     results: dict[str, list[dict[str, Any]]] = {}
-    while pending or running:
-        while pending and len(running) < jobs:
-            artifact = pending.pop(0)
-            parent, child = ctx.Pipe(duplex=False)
-            proc = ctx.Process(target=_worker, args=(child, artifact, policy, selected, hash_all, fail_on))
-            proc.start()
-            child.close()
-            running[proc] = (artifact, parent, time.monotonic())
-        finished = multiprocessing.connection.wait([conn for _, conn, _ in running.values()], timeout=0.5)
-        for proc, (artifact, conn, started) in list(running.items()):
-            out = None
-            if conn in finished:
-                try:
-                    out = conn.recv()
-                except (EOFError, OSError):
-                    out = None
-            elif time.monotonic() - started < deadline_s:
-                continue
-            else:
-                proc.kill()
-            proc.join()
-            conn.close()
-            if out is None:
-                code = proc.exitcode
-                why = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
-                if time.monotonic() - started >= deadline_s:
-                    why = f"overran its {deadline_s:g} s watchdog and was killed"
-                out = _crash_results(artifact, selected, policy, why)
-            results[artifact.path] = out
-            del running[proc]
-            on_done(artifact, out)
+    import signal
+    import threading
+
+    def _on_signal(signum: int, _frame: Any) -> None:
+        raise _Stopped(signum)
+
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, _on_signal)
+    stopped: int | None = None
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                artifact = pending.pop(0)
+                parent, child = ctx.Pipe(duplex=False)
+                proc = ctx.Process(target=_worker, args=(child, artifact, policy, selected, hash_all, fail_on,
+                                                         os.getpid()))
+                proc.start()
+                child.close()
+                running[proc] = (artifact, parent, time.monotonic())
+            finished = multiprocessing.connection.wait([conn for _, conn, _ in running.values()], timeout=0.5)
+            for proc, (artifact, conn, started) in list(running.items()):
+                out = None
+                if conn in finished:
+                    try:
+                        out = conn.recv()
+                    except (EOFError, OSError):
+                        out = None
+                elif time.monotonic() - started < deadline_s:
+                    continue
+                else:
+                    _stop_workers([proc])
+                proc.join()
+                conn.close()
+                if out is None:
+                    code = proc.exitcode
+                    why = (f"was killed by signal {-code}" if code is not None and code < 0
+                           else f"exited with code {code}")
+                    if time.monotonic() - started >= deadline_s:
+                        why = f"overran its {deadline_s:g} s watchdog and was killed"
+                    out = _crash_results(artifact, selected, policy, why)
+                results[artifact.path] = out
+                del running[proc]
+                on_done(artifact, out)
+    except _Stopped as exc:
+        stopped = exc.signum
+    finally:
+        # no worker (nor a runtime child of one) outlives the gate, however the loop ends; a second
+        # signal must not cut this short
+        for signum in previous:
+            signal.signal(signum, signal.SIG_IGN)
+        _stop_workers(running)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if stopped is not None:
+        # the signal's own meaning, now that the workers are gone: SIGINT -> KeyboardInterrupt, SIGTERM -> exit
+        os.kill(os.getpid(), stopped)
+        time.sleep(1)
+        raise SystemExit(128 + stopped)
     return results
 
 

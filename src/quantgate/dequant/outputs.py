@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_child(ref: str, art: str, *, samples: int, seed: int, dynamic_dim: int, int_high: int | None,
-              timeout_s: float) -> dict[str, Any]:
+              timeout_s: float, max_rss_mb: int = 4096) -> dict[str, Any]:
     """{"outputs": ...} or {"finding": (code, message)} from the child; never raises."""
     cmd = [sys.executable, "-m", "quantgate.dequant.outputs", "--samples", str(samples), "--seed", str(seed),
            "--dynamic-dim", str(dynamic_dim)]
@@ -206,7 +206,7 @@ def run_child(ref: str, art: str, *, samples: int, seed: int, dynamic_dim: int, 
     cmd += ["--", ref, art]
     from quantgate.runtime.child import run_json_child
 
-    return run_json_child(cmd, "onnxruntime", timeout_s)
+    return run_json_child(cmd, "onnxruntime", timeout_s, max_rss_mb)
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ class Plan:
     delegates: list[Delegate] = field(default_factory=list)
     chains: int = 0
     inputs: list[int] = field(default_factory=list)
+    non_const_buffer_sizes: list[int] = field(default_factory=list)  # memory-planned arenas, bytes
 
 
 @dataclass
@@ -149,6 +150,7 @@ class Program:
     constant_segment: int | None = None
     constant_offsets: list[int] = field(default_factory=list)
     legacy_constant_buffers: int = 0
+    legacy_constant_bytes: int = 0
     named_data: list[tuple[str, int]] = field(default_factory=list)
     inline_data: list[tuple[int, int]] = field(default_factory=list)
     plans: list[Plan] = field(default_factory=list)
@@ -314,6 +316,8 @@ def _plan(fb: FlatBuffer, table: int, prog: Program) -> Plan:
         plan.operators.append(f"{name}.{overload}" if overload else name)
     plan.values = [_value(fb, v) for v in fb.tables(table, S.PLAN_VALUES, "ExecutionPlan.values")]
     plan.inputs = fb.scalars(table, S.PLAN_INPUTS, "i32", "ExecutionPlan.inputs")
+    plan.non_const_buffer_sizes = fb.scalars(table, S.PLAN_NON_CONST_BUFFER_SIZES, "i64",
+                                             "ExecutionPlan.non_const_buffer_sizes")
     chains = fb.tables(table, S.PLAN_CHAINS, "ExecutionPlan.chains")
     plan.chains = len(chains)
     for chain_index, chain in enumerate(chains):
@@ -357,6 +361,10 @@ def _tables(fb: FlatBuffer, prog: Program) -> None:
         prog.constant_offsets = fb.scalars(cseg, S.SUBSEGMENT_OFFSETS, "u64", "constant_segment.offsets")
     legacy = fb.vector(root, S.PROGRAM_CONSTANT_BUFFER, 4, "Program.constant_buffer")
     prog.legacy_constant_buffers = legacy.count if legacy is not None else 0
+    if legacy is not None:
+        for buf in fb.tables(root, S.PROGRAM_CONSTANT_BUFFER, "Program.constant_buffer"):
+            span = fb.byte_span(buf, S.INLINE_DATA, "Buffer.storage")
+            prog.legacy_constant_bytes += span[1] if span is not None else 0
     for nd in fb.tables(root, S.PROGRAM_NAMED_DATA, "Program.named_data"):
         key = fb.string(nd, S.NAMED_KEY, "", "NamedData.key", limit=1024)
         prog.named_data.append((key, int(fb.scalar(nd, S.NAMED_SEGMENT, "u32", 0, "NamedData.segment_index"))))
@@ -704,6 +712,24 @@ def _facts(prog: Program) -> dict[str, Any]:
     return {k: v for k, v in facts.items() if v is not None}
 
 
+def memory_metrics(prog: Program) -> dict[str, Any]:
+    """`memory`: what the runtime allocates before running anything, from the plan's own numbers.
+
+    planned_bytes: the largest method's memory-planned (non-constant) buffers; the runtime allocates
+    every buffer of the method it loads (entry 0 of `non_const_buffer_sizes` is reserved, always 0).
+    constant_bytes: the constant segment plus the legacy inline constant buffers.
+    """
+    by_method = [sum(max(0, int(n)) for n in p.non_const_buffer_sizes[1:]) for p in prog.plans]
+    constant = prog.legacy_constant_bytes
+    if prog.constant_segment is not None:
+        span = prog.segment_bytes(prog.constant_segment)
+        constant += span[1] if span is not None else 0
+    return {
+        "planned_bytes": max(by_method, default=0),
+        "constant_bytes": constant,
+    }
+
+
 def read(path: str) -> Inventory:
     """The program's inventory; never raises on bad content."""
     try:
@@ -716,6 +742,7 @@ def read(path: str) -> Inventory:
                 from quantgate.formats import pte_layers
 
                 pte_layers.attach(prog, view, inv)
+                inv.metrics["memory"] = memory_metrics(prog)
             return inv
     except OSError as exc:
         inv = Inventory(FORMAT, path, 0)

@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_outputs(ref: str, art: str, *, samples: int, seed: int, int_high: int, timeout_s: float,
-                method: str | None = None) -> dict[str, Any]:
+                method: str | None = None, max_rss_mb: int = 4096) -> dict[str, Any]:
     """Run the child; {"outputs": ...} or {"finding": (code, message)}; never raises."""
     import importlib.util
 
@@ -144,7 +144,7 @@ def run_outputs(ref: str, art: str, *, samples: int, seed: int, int_high: int, t
     cmd += ["--", ref, art]
     from quantgate.runtime.child import run_json_child
 
-    return run_json_child(cmd, "the ExecuTorch runtime", timeout_s)
+    return run_json_child(cmd, "the ExecuTorch runtime", timeout_s, max_rss_mb)
 
 
 if __name__ == "__main__":

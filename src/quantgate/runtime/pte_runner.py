@@ -19,8 +19,9 @@ table (tensor dtype, sizes, constant or not) come from quantgate's own bounded p
 reader, run only after the runtime itself has accepted the program. Classification happens in the parent
 (`quantgate.validators.pte_inspector`), which needs neither torch nor executorch.
 
-`--fault segv|abort|hang|nojson|garbage` is for tests only: it makes the child fail in that way
-before the heavy imports, so the guard's crash, timeout and no-JSON paths can be tested cheaply.
+`--fault segv|abort|hang|nojson|garbage|memory|grandchild|orphan` is for tests only: it makes the child
+fail in that way before the heavy imports, so the guard's crash, timeout, no-JSON, memory-limit and
+process-group paths can be tested cheaply.
 """
 
 from __future__ import annotations
@@ -78,8 +79,22 @@ def error_code(message: str) -> int | None:
     return int(match.group(1), 16) if match else None
 
 
-def _fault(kind: str) -> None:
+def _fault(kind: str, workdir: str | None = None) -> None:
     """Test-only failure modes (see the module docstring)."""
+    if kind in ("grandchild", "orphan"):
+        # a grandchild that would outlive the child; the pids go to the workdir for the test to check
+        import subprocess
+
+        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+        if workdir:
+            Path(workdir, "pids").write_text(f"{os.getpid()} {grandchild.pid}\n")
+        if kind == "orphan":
+            sys.exit(0)
+        time.sleep(3600)
+    elif kind == "memory":
+        hog = b"\x01" * (1 << 30)  # touched, so resident: the box's memory watchdog must kill this
+        time.sleep(60)
+        del hog
     if kind == "segv":
         os.kill(os.getpid(), signal.SIGSEGV)
     elif kind == "abort":
@@ -276,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fault", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.fault:
-        _fault(args.fault)
+        _fault(args.fault, args.workdir)
     # keep stdout for the one JSON document: everything else printed goes to stderr
     sys.stdout.flush()
     json_fd = os.dup(1)

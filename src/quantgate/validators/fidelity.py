@@ -361,6 +361,13 @@ def _child_timeout(config: GuardConfig) -> float:
     return timeout_for(config)
 
 
+def _max_rss_mb(config: GuardConfig) -> int:
+    """`--param max_rss_mb` (default 4096): the output runs' memory limit (the runtime box)."""
+    from quantgate.runtime.box import max_rss_mb_of
+
+    return max_rss_mb_of(config.param("max_rss_mb"))
+
+
 def _int_high(ref_path: str, config: GuardConfig) -> int:
     """Token ids stay below the smallest embedding table of the reference (else 2) unless int_high says."""
     given = config.param("int_high")
@@ -397,7 +404,7 @@ def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
         run = run_child(ref_path, art_path, samples=samples, seed=seed,
                         dynamic_dim=max(1, int(float(config.param("dynamic_dim", 1)))),
                         int_high=int(float(int_high)) if int_high is not None else None,
-                        timeout_s=_child_timeout(config))
+                        timeout_s=_child_timeout(config), max_rss_mb=_max_rss_mb(config))
         if "finding" in run:
             code, message = run["finding"]
             maker = F.info if code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
@@ -408,7 +415,8 @@ def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
         from quantgate.runtime.pte_outputs import run_outputs
 
         run = run_outputs(ref_path, art_path, samples=samples, seed=seed, int_high=_int_high(ref_path, config),
-                          timeout_s=_child_timeout(config), method=config.param("method"))
+                          timeout_s=_child_timeout(config), method=config.param("method"),
+                          max_rss_mb=_max_rss_mb(config))
         if "finding" in run:
             code, message = run["finding"]
             maker = F.info if code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
@@ -480,7 +488,7 @@ class FidelityGuard(Guard):
             return Outcome(error=("reference_broken", f"the reference {ref_path} fails integrity: {first.code}: "
                                   f"{first.message}", "run `quantgate guard integrity` on the reference"))
 
-        for key in ("max_elements", "samples", "seed", "dynamic_dim", "int_high", "timeout"):
+        for key in ("max_elements", "samples", "seed", "dynamic_dim", "int_high", "timeout", "max_rss_mb"):
             given = config.param(key)
             try:
                 if given is not None and (float(given) != int(float(given)) or int(float(given)) < 0):

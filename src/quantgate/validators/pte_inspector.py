@@ -27,9 +27,7 @@ executed weight op is delegated only the `ops` basis is reported.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,7 @@ from quantgate.coverage import coverage_metrics
 from quantgate.findings import Finding
 from quantgate.formats.xnnpack import DYNAMIC, FLOAT_T, STATIC, WEIGHT, XNN_TOKENS
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Layer
+from quantgate.runtime.box import DEFAULT_MAX_RSS_MB, child_env, max_rss_mb_of, memory_message, run_boxed
 from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
 from quantgate.validators.coverage_guard import COVERAGE_METRICS
 
@@ -579,11 +578,7 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 def _child_env() -> dict[str, str]:
     """The child must import this very quantgate, installed or run from a source tree."""
-    env = dict(os.environ)
-    package_root = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    env.setdefault("PYTHONWARNINGS", "ignore")
-    return env
+    return child_env()
 
 
 def _signal_name(code: int) -> str:
@@ -595,8 +590,12 @@ def _signal_name(code: int) -> str:
 
 def run_runner(paths: list[str], *, timeout_s: float, method: str | None = None,
                data_path: str | None = None, fault: str | None = None,
-               workdir: str | None = None) -> dict[str, Any]:
-    """Run the child on one or more programs. Returns {"results": {path: entry}} or {"error": (...)}."""
+               workdir: str | None = None, max_rss_mb: int = DEFAULT_MAX_RSS_MB) -> dict[str, Any]:
+    """Run the child (in the runtime box) on one or more programs.
+
+    Returns {"results": {path: entry}, "peak_rss_bytes"}, {"memory": message} when the child went over
+    `max_rss_mb`, or {"error": (...)}.
+    """
     cmd = [sys.executable, "-m", RUNNER_MODULE]
     if workdir:
         cmd += ["--workdir", workdir]
@@ -607,16 +606,16 @@ def run_runner(paths: list[str], *, timeout_s: float, method: str | None = None,
     if fault:
         cmd += ["--fault", fault]
     cmd += ["--", *paths]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=_child_env(),
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
+    proc = run_boxed(cmd, timeout_s=timeout_s, max_rss_mb=max_rss_mb, env=_child_env())
+    if proc.over_memory:
+        return {"memory": memory_message("the ExecuTorch runtime", max_rss_mb, proc.peak_rss_bytes)}
+    if proc.timed_out:
         return {"error": ("timeout", f"the ExecuTorch runtime did not finish within {timeout_s:g} s "
-                          "(the child was killed)",
+                          "(the child and its process group were killed)",
                           "raise --param timeout=SECONDS if the model is large; a hang on a small "
                           "program means the runtime is stuck on it")}
     stderr_tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:] if line.strip())
-    if proc.returncode < 0:
+    if proc.returncode is not None and proc.returncode < 0:
         signame = _signal_name(proc.returncode)
         return {"error": ("runtime_crash", f"the ExecuTorch runtime crashed with {signame} while loading or "
                           "running the program" + (f" ({stderr_tail})" if stderr_tail else ""), CRASH_HINT)}
@@ -630,7 +629,7 @@ def run_runner(paths: list[str], *, timeout_s: float, method: str | None = None,
     if document.get("error") and not results:
         return {"error": ("runtime_import", f"the runtime child could not start: {document['error']}",
                           "check the executorch install: pip install 'quantgate[executorch]'")}
-    return {"runner": document.get("runner", {}),
+    return {"runner": document.get("runner", {}), "peak_rss_bytes": proc.peak_rss_bytes,
             "results": {str(r.get("path")): r for r in results if isinstance(r, dict)}}
 
 
@@ -680,6 +679,23 @@ class PTEInspectorGuard(Guard):
     needs_structure = True
 
     def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
+        given = config.param("max_rss_mb")
+        max_rss_mb = max_rss_mb_of(given)
+        if given is not None and str(max_rss_mb) != str(given).removesuffix(".0"):
+            return Outcome(error=("bad_param", f"--param max_rss_mb={given} is not a positive whole number of MiB",
+                                  "give the runtime child's memory limit in MiB, e.g. --param max_rss_mb=8192"))
+        box = {"max_rss_mb": max_rss_mb}
+        # what the program plans is known before running it: more than the limit is not run at all
+        inventory = ctx.inventory()
+        memory = (inventory.metrics.get("memory") if inventory is not None else None) or {}
+        needed = int(memory.get("planned_bytes", 0)) + int(memory.get("constant_bytes", 0))
+        if needed > max_rss_mb << 20 and not config.param("_fault"):
+            return Outcome(metrics={"runtime": {"box": box}, "memory": memory}, findings=[F.error(
+                "RUNTIME_MEMORY_LIMIT",
+                f"the program plans {needed / (1 << 20):,.0f} MiB (memory.planned_bytes {memory['planned_bytes']:,} "
+                f"+ memory.constant_bytes {memory['constant_bytes']:,}), over the {max_rss_mb} MiB memory limit, so it "
+                "was not run; raise --param max_rss_mb=N (or `max_rss_mb` in the guard's policy params) if this much "
+                "memory is expected")], summary=f"not run: plans more than the {max_rss_mb} MiB memory limit")
         data_path = config.param("data") or _sibling_ptd(ctx.path)
         if data_path:
             data_path = str(Path(str(data_path)).resolve())
@@ -688,8 +704,12 @@ class PTEInspectorGuard(Guard):
             timeout_s=timeout_for(config),
             method=config.param("method"),
             data_path=data_path,
-            fault=config.param("_fault"),  # test-only: segv|abort|hang|nojson|garbage
+            fault=config.param("_fault"),  # test-only: segv|abort|hang|nojson|garbage|memory|grandchild|orphan
+            max_rss_mb=max_rss_mb,
         )
+        if "memory" in run:
+            return Outcome(metrics={"runtime": {"box": box}}, findings=[F.error("RUNTIME_MEMORY_LIMIT", run["memory"])],
+                           summary=f"killed over the {max_rss_mb} MiB memory limit")
         if "error" in run:
             return Outcome(error=run["error"])
         entry = run["results"].get(ctx.path) or next(iter(run["results"].values()), None)
@@ -701,6 +721,7 @@ class PTEInspectorGuard(Guard):
         outcome = analyse(entry, config)
         if "runtime" in outcome.metrics:
             outcome.metrics["runtime"]["runner"] = run.get("runner", {})
+            outcome.metrics["runtime"]["box"] = {**box, "peak_rss_bytes": run.get("peak_rss_bytes")}
         return outcome
 
 

@@ -1,0 +1,204 @@
+"""The box every runtime child runs in: its own process group, a memory limit, a time limit.
+
+`run_boxed` is the one place quantgate starts a runtime (the ExecuTorch runner of `pte-inspector`,
+fidelity's ExecuTorch and onnxruntime output runs). The child runs untrusted programs, so:
+
+* it leads its own process group (`start_new_session`), and the whole group is killed (SIGKILL) on
+  timeout, on going over the memory limit, and when the child exits, so a grandchild it started
+  never outlives it;
+* on Linux it gets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the quantgate process (or `--jobs`
+  worker) that started it, and `kill_all` lets a worker kill its live boxes' groups before it exits;
+* its memory is bounded by a watchdog on resident memory: every `POLL_S` the VmHWM (each process's
+  resident high-water mark since its exec, so a spike between two polls still counts) of the child
+  and its descendants (/proc) is summed, and the group is killed when the sum exceeds `max_rss_mb`.
+  Not `wait4`'s ru_maxrss: it carries the parent's resident size from the fork into the child's.
+  A child that spikes and exits within one poll (50 ms) is not caught; one that holds memory is.
+
+Why a watchdog and not RLIMIT_AS: with torch and executorch imported the address space holds
+reservations (thread stacks, malloc arenas per thread, mapped libraries) that are not memory in
+use and that grow with the core count, so a limit on it either stops normal programs on a big
+machine or lets a large one through on a small one. Measured on a 2-core runner: the ExecuTorch
+runner child peaks at 0.36 GB RSS / 0.78 GB virtual on the committed XNNPACK fixtures, and at
+1.38 GB RSS on `fixtures/pte/memory/big_activation_portable.pte` (1 GiB planned). The default
+limit, `DEFAULT_MAX_RSS_MB` = 4096, fits a CI runner and leaves room for programs of a few GB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MAX_RSS_MB = 4096
+POLL_S = 0.05
+_STDERR_TAIL = 64 << 10  # what is kept of the child's stderr (its last lines name the cause)
+_PR_SET_PDEATHSIG = 1
+
+# process groups of the boxes running now (killed by `kill_all` when their owner is stopped)
+_LIVE: set[int] = set()
+
+FINDING_CODES = {
+    "RUNTIME_MEMORY_LIMIT": "A runtime child (the ExecuTorch runner of pte-inspector, fidelity's output runs) "
+    "needed more resident memory than the limit (`--param max_rss_mb`, default 4096) and was killed, or the "
+    "program plans more memory than the limit; the artifact FAILs. Raise the limit if the memory is expected.",
+}
+
+
+@dataclass
+class BoxResult:
+    returncode: int | None  # negative: killed by that signal
+    stdout: str
+    stderr: str  # its tail
+    timed_out: bool = False
+    over_memory: bool = False
+    peak_rss_bytes: int | None = None
+
+
+def child_env() -> dict[str, str]:
+    """The child must import this very quantgate, installed or run from a source tree."""
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = package_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.setdefault("PYTHONWARNINGS", "ignore")
+    return env
+
+
+def max_rss_mb_of(value: object) -> int:
+    """`--param max_rss_mb` as a positive number of MiB (the default when absent or unusable)."""
+    try:
+        mb = int(float(str(value)))
+    except (TypeError, ValueError):
+        return DEFAULT_MAX_RSS_MB
+    return mb if value is not None and mb > 0 else DEFAULT_MAX_RSS_MB
+
+
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+    """Linux: deliver `sig` to this process when its parent dies; elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+
+
+def _preexec() -> None:  # runs in the child between fork and exec
+    die_with_parent(signal.SIGKILL)
+
+
+def _descendants(pid: int) -> list[int]:
+    """pid and its descendants, from /proc/<pid>/task/<tid>/children (Linux); just pid elsewhere."""
+    out, todo = [], [pid]
+    while todo and len(out) < 4096:
+        current = todo.pop()
+        out.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as fh:
+                    todo.extend(int(x) for x in fh.read().split())
+            except (OSError, ValueError):
+                continue
+    return out
+
+
+def _hwm_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_peak_bytes(pid: int) -> int:
+    """The resident high-water marks of pid and its descendants, summed (0 where /proc is absent)."""
+    return sum(_hwm_bytes(p) for p in _descendants(pid))
+
+
+def _killpg(pgid: int) -> None:
+    with contextlib.suppress(OSError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def kill_all() -> None:
+    """Kill the process groups of every box still running (a worker's last act when it is stopped)."""
+    for pgid in list(_LIVE):
+        _killpg(pgid)
+        _LIVE.discard(pgid)
+
+
+def _exited(pid: int) -> int | None:
+    """None while the child runs. Where waitid exists (Linux) the child is not reaped, so its pid (= its
+    group id) stays reserved until the group is killed: -1. Elsewhere (macOS) it is reaped: its wait status."""
+    if hasattr(os, "waitid"):
+        try:
+            return None if os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None else -1
+        except ChildProcessError:
+            return -1
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return status if done else None
+
+
+def _reap(pid: int) -> int | None:
+    try:
+        return os.waitpid(pid, 0)[1]
+    except ChildProcessError:  # reaped elsewhere (SIGCHLD ignored): its status is lost
+        return None
+
+
+def run_boxed(cmd: list[str], *, timeout_s: float, max_rss_mb: int = DEFAULT_MAX_RSS_MB,
+              env: dict[str, str] | None = None) -> BoxResult:
+    """Run cmd in a box; never raises for anything the child does (an OSError starting it propagates)."""
+    limit = int(max_rss_mb) << 20
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=env if env is not None else child_env(), start_new_session=True,
+                                preexec_fn=_preexec if sys.platform.startswith("linux") else None)
+        pid = proc.pid
+        _LIVE.add(pid)
+        timed_out = over = False
+        peak = 0
+        deadline = time.monotonic() + timeout_s
+        reaped: int | None = None
+        try:
+            while (reaped := _exited(pid)) is None:
+                peak = max(peak, tree_peak_bytes(pid))
+                if peak > limit:
+                    over = True
+                    break
+                if time.monotonic() >= deadline:
+                    timed_out = True
+                    break
+                time.sleep(POLL_S)
+        finally:
+            # the group dies with the child, before the child is reaped: no grandchild outlives it
+            _killpg(pid)
+            status = reaped if reaped is not None and reaped >= 0 else _reap(pid)
+            proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else None
+            _LIVE.discard(pid)
+        out.seek(0)
+        stdout = out.read().decode("utf-8", errors="replace")
+        size = err.seek(0, os.SEEK_END)
+        err.seek(max(0, size - _STDERR_TAIL))
+        stderr = err.read().decode("utf-8", errors="replace")
+    return BoxResult(proc.returncode, stdout, stderr, timed_out=timed_out, over_memory=over,
+                     peak_rss_bytes=peak or None)
+
+
+def memory_message(what: str, max_rss_mb: int, peak_rss_bytes: int | None) -> str:
+    peak = f" (peak {peak_rss_bytes / (1 << 20):,.0f} MiB resident)" if peak_rss_bytes else ""
+    return (f"{what} needed more than the {max_rss_mb} MiB memory limit and was killed{peak}; raise "
+            f"--param max_rss_mb=N (or `max_rss_mb` in the guard's policy params) if this much memory is expected")
