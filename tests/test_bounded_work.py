@@ -258,10 +258,14 @@ def _policy(tmp_path: Path, body: str) -> Path:
         ("timeout_s = 0\n", "timeout_s (line 3): 0 is less than or equal to the minimum of 0"),
         ("\n[guards.integrity]\ntimeout_s = nan\n", "guards.integrity.timeout_s (line 5): nan is not a number"),
         ("coverage_tolerance = nan\n", "coverage_tolerance (line 3): nan is not a number"),
+        (
+            "\n[guards.manifest]\nparams = { coverage_tolerance = nan }\n",
+            "guards.manifest.params.coverage_tolerance (line 5): nan is not a number",
+        ),
         ("x = " + BIG_INT + "\n", "not a usable policy: Exceeds the limit (4300 digits)"),
         ("x = " + "[" * 100_000 + "]" * 100_000 + "\n", "not a usable policy: arrays or tables nest too deeply"),
     ],
-    ids=["nan", "inf", "1e300", "-1", "0", "guard-nan", "tolerance-nan", "big-int", "deep"],
+    ids=["nan", "inf", "1e300", "-1", "0", "guard-nan", "tolerance-nan", "param-nan", "big-int", "deep"],
 )
 def test_policy_numbers_must_be_usable(tmp_path: Path, body: str, needle: str) -> None:
     policy = _policy(tmp_path, body)

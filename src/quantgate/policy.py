@@ -330,22 +330,30 @@ def _schema_problems(data: dict[str, Any], locator: _Locator) -> list[str]:
     return problems
 
 
+def _nan_paths(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(value, float) and math.isnan(value):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _nan_paths(v, (*path, str(k)))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nan_paths(v, (*path, str(i)))]
+    return []
+
+
 def _number_problems(data: dict[str, Any], locator: _Locator) -> list[str]:
     """What the schema cannot say of numbers: NaN compares false with every bound, so `timeout_s = nan`
-    would pass `exclusiveMinimum` and silently disable the budget; inf and huge budgets are none."""
-    problems = []
+    would pass `exclusiveMinimum` and silently disable the budget (and a NaN coverage_tolerance, in
+    [quantgate] or a guard's params, every claim check); inf and huge budgets are no budget."""
+    problems = [f"{locator.describe(where)}: nan is not a number; give a finite value" for where in _nan_paths(data)]
     places: list[tuple[tuple[str, ...], Any]] = [(("timeout_s",), data.get("timeout_s"))]
-    places.append((("coverage_tolerance",), data.get("coverage_tolerance")))
     guards = data.get("guards")
     for guard_id, body in guards.items() if isinstance(guards, dict) else ():
         if isinstance(body, dict):
             places.append((("guards", guard_id, "timeout_s"), body.get("timeout_s")))
     for where, value in places:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue  # absent, or the schema reports the type
-        if isinstance(value, float) and math.isnan(value):
-            problems.append(f"{locator.describe(where)}: nan is not a number; give a finite value")
-        elif where[-1] == "timeout_s" and value > MAX_TIMEOUT_S:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            continue  # absent, NaN (above), or the schema reports the type
+        if value > MAX_TIMEOUT_S:
             problems.append(
                 f"{locator.describe(where)}: {value:g} s is no time budget; give a finite number of seconds "
                 f"up to {MAX_TIMEOUT_S:g}"
