@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import gc
 import json
+import math
 import os
 import re
 import sys
@@ -51,6 +52,19 @@ def _output(text: str) -> tuple[str, str]:
     if not path:
         raise argparse.ArgumentTypeError(f"--output {text!r} names no file")
     return fmt, path
+
+
+def _seconds(text: str) -> float:
+    """--timeout: a finite, positive budget (nan would compare false with everything and disable it)."""
+    from quantgate.policy import MAX_TIMEOUT_S
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds in (0, {MAX_TIMEOUT_S:g}], got {text!r}")
+    return value
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -149,7 +163,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         )
         guard.add_argument("--policy", metavar="FILE", help="take the guard's settings from this policy too")
         guard.add_argument("--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage")
-        guard.add_argument("--timeout", type=float, metavar="SECONDS", help="time budget (default 300)")
+        guard.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="time budget (default 300)")
 
     if wanted("inspect"):
         inspect = sub.add_parser("inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits")

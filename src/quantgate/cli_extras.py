@@ -74,6 +74,7 @@ def load_report(source: str) -> dict[str, Any]:
     """Read and validate a saved report; UsageError (exit 4) names the problem and its JSON path."""
     from pathlib import Path
 
+    from quantgate import jsonfile
     from quantgate.jsonschemas import validate
 
     try:
@@ -81,9 +82,9 @@ def load_report(source: str) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as exc:
         raise UsageError(f"cannot read report {source}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
-        report = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{source}: not JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})") from None
+        report = jsonfile.loads(text)
+    except jsonfile.JSONFileError as exc:
+        raise UsageError(f"{source}: {exc}; pass a report written by `quantgate run --format json`") from None
     problems = validate(report, "report")
     if problems:
         shown = problems[:20]
@@ -260,7 +261,7 @@ def check_policy_file(path: str) -> tuple[list[str], list[str]]:
             tool = tomllib.loads(file.read_text(encoding="utf-8")).get("tool")
             if not (isinstance(tool, dict) and "quantgate" in tool):
                 return [], [f"{path}: no [tool.quantgate] table; nothing to check"]
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # ValueError: TOMLDecodeError, huge ints
             pass  # load_policy below says what is wrong with it
     try:
         policy = load_policy(path)

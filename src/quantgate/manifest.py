@@ -7,7 +7,6 @@ lists, parameter count) is checked against the file next to it. The same measure
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from quantgate import findings as F
+from quantgate import jsonfile
 from quantgate.coverage import coverage_metrics, matches_any
 from quantgate.findings import Finding
 from quantgate.formats import read_inventory
@@ -32,7 +32,8 @@ PARAMETERS_TOLERANCE = 0.005
 BPW_TOLERANCE = 0.05
 
 FINDING_CODES = {
-    "MANIFEST_NOT_JSON": "The manifest is not UTF-8 JSON.",
+    "MANIFEST_NOT_JSON": "The manifest is not UTF-8 JSON (or holds NaN, Infinity or an integer of more than 300 "
+    "digits, which no claim can be).",
     "MANIFEST_NOT_OBJECT": "The manifest's top level is not a JSON object.",
     "MANIFEST_TOO_LARGE": "The manifest is larger than 16 MiB; it was not parsed.",
     "MANIFEST_TOO_DEEP": "The manifest nests too deeply to be a manifest; it was not parsed.",
@@ -104,21 +105,17 @@ def load_manifest(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[Fi
     raw = Path(path).read_bytes()
     duplicates: list[str] = []
     try:
-        doc = json.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicates(duplicates))
+        doc = jsonfile.loads(raw.decode("utf-8-sig"), object_pairs_hook=_no_duplicates(duplicates))
     except UnicodeDecodeError as exc:
         raise ManifestError(
             F.error("MANIFEST_NOT_JSON", f"not UTF-8 text at byte {exc.start}", offset=exc.start)
         ) from None
-    except json.JSONDecodeError as exc:
-        raise ManifestError(
-            F.error(
-                "MANIFEST_NOT_JSON",
-                f"not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                offset=exc.pos,
-            )
-        ) from None
-    except RecursionError:
-        raise ManifestError(F.error("MANIFEST_TOO_DEEP", "the JSON nests too deeply to be a manifest")) from None
+    except jsonfile.JSONFileError as exc:
+        if exc.too_deep:
+            raise ManifestError(
+                F.error("MANIFEST_TOO_DEEP", f"the JSON nests too deeply to be a manifest ({exc})")
+            ) from None
+        raise ManifestError(F.error("MANIFEST_NOT_JSON", str(exc), offset=exc.pos)) from None
     if not isinstance(doc, dict):
         raise ManifestError(
             F.error("MANIFEST_NOT_OBJECT", f"the top level is a JSON {type(doc).__name__}, not an object")

@@ -21,11 +21,12 @@ from quantgate.gate import REPORT_SCHEMA_URL, UsageError, environment, exit_code
 
 
 def load_report(path: str) -> dict[str, Any]:
+    from quantgate import jsonfile
     from quantgate.jsonschemas import validate
 
     try:
-        report = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        report = jsonfile.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, jsonfile.JSONFileError) as exc:
         raise UsageError(f"cannot read report {path}: {exc}") from None
     problems = validate(report, "report")
     if problems:

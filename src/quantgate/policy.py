@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import hashlib
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -30,6 +31,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 DEFAULT_TIMEOUT_S = 300.0
+# the longest budget a policy may give (11.6 days): a bigger one is no budget, and past ~1e9 s the
+# timer that enforces it overflows
+MAX_TIMEOUT_S = 1e6
 POLICY_FILE = "quantgate.toml"
 PYPROJECT = "pyproject.toml"
 SETTINGS_KEYS = (
@@ -228,7 +232,7 @@ def find_policy(explicit: str | None, cwd: Path | None = None) -> str | None:
     if pyproject.is_file():
         try:
             data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):  # ValueError: TOMLDecodeError, huge ints
             return None
         if isinstance(data.get("tool"), dict) and "quantgate" in data["tool"]:
             return str(pyproject)
@@ -250,6 +254,10 @@ def load_policy(path: str | None) -> Policy:
         raise PolicyError(path, ["the policy is not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(path, [f"not valid TOML: {exc}"]) from None
+    except ValueError as exc:  # tomllib lets int()'s limit through: an integer of more than 4300 digits
+        raise PolicyError(path, [f"not a usable policy: {str(exc).split(';')[0]}"]) from None
+    except RecursionError:
+        raise PolicyError(path, ["not a usable policy: arrays or tables nest too deeply"]) from None
     normalized, locator = _normalize(path, data, text)
     policy = _build(normalized, locator, path)
     policy.path = path
@@ -322,9 +330,40 @@ def _schema_problems(data: dict[str, Any], locator: _Locator) -> list[str]:
     return problems
 
 
+def _nan_paths(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(value, float) and math.isnan(value):
+        return [path]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _nan_paths(v, (*path, str(k)))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nan_paths(v, (*path, str(i)))]
+    return []
+
+
+def _number_problems(data: dict[str, Any], locator: _Locator) -> list[str]:
+    """What the schema cannot say of numbers: NaN compares false with every bound, so `timeout_s = nan`
+    would pass `exclusiveMinimum` and silently disable the budget (and a NaN coverage_tolerance, in
+    [quantgate] or a guard's params, every claim check); inf and huge budgets are no budget."""
+    problems = [f"{locator.describe(where)}: nan is not a number; give a finite value" for where in _nan_paths(data)]
+    places: list[tuple[tuple[str, ...], Any]] = [(("timeout_s",), data.get("timeout_s"))]
+    guards = data.get("guards")
+    for guard_id, body in guards.items() if isinstance(guards, dict) else ():
+        if isinstance(body, dict):
+            places.append((("guards", guard_id, "timeout_s"), body.get("timeout_s")))
+    for where, value in places:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            continue  # absent, NaN (above), or the schema reports the type
+        if value > MAX_TIMEOUT_S:
+            problems.append(
+                f"{locator.describe(where)}: {value:g} s is no time budget; give a finite number of seconds "
+                f"up to {MAX_TIMEOUT_S:g}"
+            )
+    return problems
+
+
 def _build(data: dict[str, Any], locator: _Locator, path: str) -> Policy:
     data = _jsonable(data)
-    problems = _schema_problems(data, locator)
+    problems = _schema_problems(data, locator) + _number_problems(data, locator)
     known = guard_ids()
     policy = Policy()
     for key in SETTINGS_KEYS:

@@ -218,7 +218,7 @@ def _bnb4(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
     `blocksize` values, itself quantized (U8 codes through `nested_quant_map`, times `nested_absmax` per
     `nested_blocksize` blocks, plus `nested_offset`) under double quantization; the shape in the
     quant_state JSON."""
-    import json
+    from quantgate import jsonfile
 
     weight, state, absmax, qmap = (parts.get(r) for r in ("weight", "bnb_state", "bnb_absmax", "bnb_quant_map"))
     if state is None or absmax is None or qmap is None or weight.dtype != "U8":
@@ -227,7 +227,7 @@ def _bnb4(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
     if state.nbytes > BNB_STATE_LIMIT:
         raise DequantError(BROKEN, f"{name}: the quant_state blob is {state.nbytes:,} bytes")
     try:
-        info = json.loads(bytes(np.asarray(f.raw(state))).decode("utf-8"))
+        info = jsonfile.loads(bytes(np.asarray(f.raw(state))).decode("utf-8"), allow_nan=True)
         shape = tuple(int(d) for d in info["shape"])
         blocksize = int(info["blocksize"])
     except (ValueError, KeyError, TypeError) as exc:

@@ -16,6 +16,7 @@ reversed, i.e. [rows, cols] = PyTorch's [out_features, in_features]; `detail.ne`
 from __future__ import annotations
 
 import math
+import re
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -52,6 +53,10 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _DIMS = tuple(struct.Struct(f"<{n}Q") for n in range(MAX_DIMS + 1))  # a tensor's ne, by n_dims
 _BY_OFFSET = attrgetter("offset")
+# a transformer block's index in a tensor name: `blk.N.` (also `enc.blk.N.`, `v.blk.N.`)
+_BLOCK_INDEX = re.compile(r"(?:^|\.)blk\.(\d{1,9})\.")
+# hparams that llama.cpp reads as a number or as one value per block
+PER_LAYER_KEYS = ("attention.head_count", "attention.head_count_kv", "feed_forward_length")
 
 FINDING_CODES: dict[str, str] = {
     "GGUF_BAD_MAGIC": "The file does not start with the GGUF magic.",
@@ -106,6 +111,8 @@ FINDING_CODES: dict[str, str] = {
     "(e.g. MOSTLY_Q4_0 with Q8_0 weights) (warning).",
     "GGUF_QUANT_VERSION_MISSING": "Quantized tensors but no general.quantization_version, which the spec "
     "requires (warning).",
+    "GGUF_HPARAM_MISMATCH": "<arch>.block_count disagrees with the blk.N tensors the file holds, or a "
+    "per-layer array (head counts, feed-forward length) is not block_count long; llama.cpp refuses such a file.",
 }
 
 
@@ -974,6 +981,8 @@ def _semantics(gf: GGUFFile, layers: list[Layer], any_quantized: bool) -> None:
                 field=arch.key,
             )
         )
+    if arch is not None and arch.vtype == T.STRING and arch.value:
+        _check_block_count(gf, arch.value)
     qv = kvs.get("general.quantization_version")
     if qv is not None and _kv_int(qv) is None:
         out.append(
@@ -1022,6 +1031,45 @@ def _semantics(gf: GGUFFile, layers: list[Layer], any_quantized: bool) -> None:
         )
         return
     _check_file_type(gf, spec, ft_kv, layers)
+
+
+def _check_block_count(gf: GGUFFile, arch: str) -> None:
+    """`<arch>.block_count` against the `blk.N` tensors, and each per-layer array against the block
+    count. The count is metadata: nothing is sized by it, it is only compared with what the file holds
+    (a flipped byte makes it a billion, and a memory estimate or a loader would take it at its word)."""
+    kv = gf.kvs.get(f"{arch}.block_count")
+    blocks = _kv_int(kv)
+    if kv is None or blocks is None:
+        return
+    indices = {int(m.group(1)) for t in gf.tensors if (m := _BLOCK_INDEX.search(t.name))}
+    top = max(indices) + 1 if indices else 0
+    if blocks != top:
+        held = (
+            f"the tensors hold blocks blk.0 to blk.{top - 1} ({len(indices):,} distinct)"
+            if indices
+            else "no tensor is named blk.N"
+        )
+        gf.semantic.append(
+            F.error(
+                "GGUF_HPARAM_MISMATCH",
+                f"{kv.key} is {blocks:,} but {held}; the block count is corrupt or the export "
+                "dropped blocks",
+                offset=kv.offset,
+                field=kv.key,
+            )
+        )
+    for suffix in PER_LAYER_KEYS:
+        arr = gf.kvs.get(f"{arch}.{suffix}")
+        if arr is not None and arr.vtype == T.ARRAY and arr.count is not None and arr.count != blocks:
+            gf.semantic.append(
+                F.error(
+                    "GGUF_HPARAM_MISMATCH",
+                    f"{arr.key} holds {arr.count:,} per-layer values but {kv.key} is {blocks:,}; "
+                    "llama.cpp requires one value per block",
+                    offset=arr.offset,
+                    field=arr.key,
+                )
+            )
 
 
 def _check_file_type(gf: GGUFFile, spec: T.FileType, kv: KV, layers: list[Layer]) -> None:

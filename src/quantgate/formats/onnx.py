@@ -40,7 +40,7 @@ from quantgate.formats.onnx_proto import (
     Parser,
     Tensor,
 )
-from quantgate.formats.onnx_shapes import ShapeInference
+from quantgate.formats.onnx_shapes import ShapeInference, countable
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
 
 FORMAT = "onnx"
@@ -58,6 +58,7 @@ FINDING_CODES: dict[str, str] = {
     "ONNX_NEGATIVE_DIM": "A tensor declares a negative dimension.",
     "ONNX_UNKNOWN_DTYPE": "A tensor's data_type is not a TensorProto.DataType this version knows.",
     "ONNX_TENSOR_SIZE_MISMATCH": "A tensor's raw_data or typed data does not hold dims x dtype size.",
+    "ONNX_TENSOR_TOO_LARGE": "A tensor's dims multiply to more elements than int64 can count; no file holds it.",
     "ONNX_DUPLICATE_INITIALIZER": "Two initializers share one name.",
     "ONNX_EXTERNAL_NO_LOCATION": "A tensor stored as external data has no `location` key.",
     "ONNX_EXTERNAL_PATH_ABSOLUTE": "An external data `location` is an absolute path.",
@@ -160,6 +161,13 @@ _ERROR_CODES = {
     pb.DepthExceeded: "ONNX_DEPTH_EXCEEDED",
     BudgetExhausted: "READ_BUDGET_EXHAUSTED",
 }
+
+
+def _dims_text(dims: list[int], shown: int = 8) -> str:
+    """dims for a message: a hostile tensor can declare tens of thousands of them."""
+    if len(dims) <= shown:
+        return str(dims)
+    return f"[{', '.join(map(str, dims[:shown]))}, ... {len(dims) - shown:,} more]"
 
 
 def _read_error_finding(exc: ReadError, size: int) -> Finding:
@@ -414,7 +422,18 @@ class _Analysis:
                 self.structural.add(
                     F.error(
                         "ONNX_NEGATIVE_DIM",
-                        f"tensor {t.name!r} has dims {t.dims}; re-export the model",
+                        f"tensor {t.name!r} has dims {_dims_text(t.dims)}; re-export the model",
+                        offset=t.offset,
+                        tensor=t.name,
+                    )
+                )
+                continue
+            if t.numel is None:
+                self.structural.add(
+                    F.error(
+                        "ONNX_TENSOR_TOO_LARGE",
+                        f"tensor {t.name!r} has {len(t.dims):,} dims {_dims_text(t.dims)} whose product exceeds "
+                        "int64: the dims are corrupt or hostile; re-export the model",
                         offset=t.offset,
                         tensor=t.name,
                     )
@@ -446,7 +465,7 @@ class _Analysis:
                 self.structural.add(
                     F.error(
                         "ONNX_TENSOR_SIZE_MISMATCH",
-                        f"tensor {t.name!r} ({t.dtype_name} {t.dims}) needs {expected} bytes of raw_data "
+                        f"tensor {t.name!r} ({t.dtype_name} {_dims_text(t.dims)}) needs {expected} bytes of raw_data "
                         f"but holds {t.raw[1]}; the file is corrupt or was edited, re-export it",
                         offset=t.raw[0],
                         tensor=t.name,
@@ -478,7 +497,7 @@ class _Analysis:
             self.structural.add(
                 F.error(
                     "ONNX_TENSOR_SIZE_MISMATCH",
-                    f"tensor {t.name!r} ({t.dtype_name} {t.dims}) needs {want} {key} entries "
+                    f"tensor {t.name!r} ({t.dtype_name} {_dims_text(t.dims)}) needs {want} {key} entries "
                     f"but holds {got}; re-export the model",
                     offset=t.offset,
                     tensor=t.name,
@@ -687,6 +706,8 @@ class _Analysis:
     ) -> None:
         """One layer; `operand` names a recurrent op's weight (W or R), whose positions come from X."""
         t = src.tensor
+        if t.numel is None and min(t.dims) >= 0:
+            return  # too large to count: ONNX_TENSOR_TOO_LARGE says so; its shape would be all dims
         companions = list(extra or [])
         if src.dq is not None:
             companions += [src.dq.input(1), src.dq.input(2)]
@@ -790,7 +811,7 @@ class _Analysis:
 
     def add_gather_block_quantized(self, node: Node, position: int) -> None:
         data = self.consts.get(node.input(0))
-        if data is None or len(data.dims) < 2:
+        if data is None or len(data.dims) < 2 or data.numel is None:
             return
         bits = node.attr_int("bits", 4) or 4
         dims = list(data.dims)
@@ -833,7 +854,7 @@ class _Analysis:
         while queue and len(seen) <= 64:
             current = queue.pop(0)
             shape = self.m.shapes.get(current)
-            if shape is not None and all(isinstance(d, int) and d >= 0 for d in shape):
+            if shape is not None and countable(shape):
                 return [int(d) for d in shape if d is not None]
             neighbours = []
             node = self.producer.get(current)

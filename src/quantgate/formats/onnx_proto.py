@@ -54,6 +54,7 @@ INT32_DATA_TYPES = {2, 3, 4, 5, 6, 9, 10, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25
 
 # nesting limit for messages (graphs inside attributes inside nodes inside graphs...)
 MAX_DEPTH = 48
+I64_MAX = (1 << 63) - 1  # a tensor's element count must fit in int64 (ONNX and ORT count in int64)
 
 
 @dataclass(slots=True)
@@ -81,10 +82,24 @@ class Tensor:
 
     @property
     def numel(self) -> int | None:
+        """dims' product; None for a negative dim or a product past int64 (no real tensor is that
+        large). Saturating: 60,000 dims of 2^62 stop at the second, never a 3-million-bit product."""
         dims = self.dims
-        if dims and min(dims) < 0:
+        if not dims:
+            return 1
+        if min(dims) < 0:
             return None
-        return math.prod(dims)
+        if len(dims) <= 4:  # the common case at C speed: 4 dims below 2^63 are well within reach
+            n = math.prod(dims)
+            return n if n <= I64_MAX else None
+        if 0 in dims:
+            return 0
+        n = 1
+        for d in dims:
+            n *= d
+            if n > I64_MAX:
+                return None
+        return n
 
     @property
     def is_external(self) -> bool:

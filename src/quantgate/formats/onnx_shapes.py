@@ -76,6 +76,18 @@ _MATMUL = {
 }
 _CONV = {"Conv": (0, 1), "ConvInteger": (0, 1), "QLinearConv": (0, 3)}
 MAX_SMALL_INTS = 64  # Reshape/Squeeze/Unsqueeze constants read at most this many int64 values
+# shapes of higher rank are left unknown: a hostile file can declare 60,000 dims, and products over
+# them (Flatten, Reshape, output positions) would grow into million-bit integers
+MAX_RANK = 64
+_I64_MAX = (1 << 63) - 1
+
+
+def countable(shape: Sequence[int | None]) -> bool:
+    """A static shape worth computing with: at most MAX_RANK dims, none negative or unknown, and an
+    element count int64 can hold (anything larger is no real tensor, and its products are bignums)."""
+    if len(shape) > MAX_RANK or not all(isinstance(d, int) and 0 <= d < 1 << 62 for d in shape):
+        return False
+    return math.prod(shape) <= _I64_MAX  # type: ignore[arg-type]  # (all int: checked above)
 
 
 def _broadcast(a: Shape, b: Shape) -> Shape | None:
@@ -105,10 +117,10 @@ class ShapeInference:
         self.consts = consts
         self.known: dict[str, Shape] = {}
         for name, shape in recorded.items():
-            if all(isinstance(d, int) and d >= 0 for d in shape):
+            if countable(shape):
                 self.known[name] = [int(d) for d in shape if d is not None]
         for name, t in consts.items():
-            if all(d >= 0 for d in t.dims):
+            if countable(t.dims):
                 self.known.setdefault(name, list(t.dims))
 
     def run(self, nodes: Sequence[Node]) -> dict[str, Shape]:
@@ -121,7 +133,7 @@ class ShapeInference:
                 shape = self.rule(node)
             except (ReadError, ValueError, TypeError, IndexError, ZeroDivisionError, OverflowError):
                 shape = None
-            if shape is not None and all(isinstance(d, int) and 0 <= d < 1 << 62 for d in shape):
+            if shape is not None and countable(shape):
                 self.known[node.outputs[0]] = shape
         return self.known
 
@@ -240,7 +252,7 @@ class ShapeInference:
         if x is None:
             return None
         if unsqueeze:
-            if not axes:
+            if not axes or len(axes) > MAX_RANK:
                 return None
             rank = len(x) + len(axes)
             axes = sorted(a + rank if a < 0 else a for a in axes)

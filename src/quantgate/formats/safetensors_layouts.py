@@ -27,7 +27,6 @@ sharded checkpoint's `*.safetensors.index.json` against its shards; see `check_c
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 import os
@@ -37,6 +36,7 @@ from itertools import compress, repeat
 from typing import Any
 
 from quantgate import findings as F
+from quantgate import jsonfile
 from quantgate.findings import Finding
 from quantgate.formats.binary import View
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
@@ -295,12 +295,15 @@ def _bnb4(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
         state = _read_bnb_state(ctx, state_t)
         if state is not None:
             raw_shape = state.get("shape")
-            if isinstance(raw_shape, list) and raw_shape and all(
+            # at most 8 dims (a bnb weight has 2): thousands of 2^40 dims would make a bignum of params
+            if isinstance(raw_shape, list) and 0 < len(raw_shape) <= 8 and all(
                     isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40 for d in raw_shape):
                 shape = tuple(raw_shape)
             else:
+                shown = repr(raw_shape)
+                shown = shown if len(shown) <= 120 else shown[:120] + f"... ({len(shown):,} characters)"
                 ctx.semantic.append(F.error(
-                    "ST_BNB_QUANT_STATE_INVALID", f"{state_t.name} has no valid 'shape' list: {raw_shape!r}",
+                    "ST_BNB_QUANT_STATE_INVALID", f"{state_t.name} has no valid 'shape' list: {shown}",
                     tensor=state_t.name))
             if isinstance(state.get("quant_type"), str):
                 quant_type = state["quant_type"]
@@ -323,7 +326,7 @@ def _read_bnb_state(ctx: Ctx, t: Any) -> dict[str, Any] | None:
             f"{t.name} is {_tinfo(t)}; expected a small U8 blob of JSON", tensor=t.name))
         return None
     try:
-        state = json.loads(ctx.read(t).decode("utf-8"))
+        state = jsonfile.loads(ctx.read(t).decode("utf-8"), allow_nan=True)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         ctx.semantic.append(F.error("ST_BNB_QUANT_STATE_INVALID", f"{t.name} is not UTF-8 JSON ({exc})",
                                     tensor=t.name, offset=ctx.data_start + t.begin))
@@ -497,7 +500,7 @@ def _load_json(path: str, limit: int) -> tuple[Any, str | None]:
             return None, f"larger than {limit:,} bytes; not read"
         with open(path, "rb") as handle:
             data = handle.read(limit + 1)
-        return json.loads(data.decode("utf-8")), None
+        return jsonfile.loads(data.decode("utf-8"), allow_nan=True), None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, str(exc).splitlines()[0][:200]
 

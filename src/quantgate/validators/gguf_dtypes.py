@@ -29,7 +29,8 @@ DEFAULT_CTX = 4096
 
 FINDING_CODES = {
     "GGUF_MEMORY_ESTIMATE_PARTIAL": "The KV-cache estimate could not be made: the metadata lacks "
-    "<arch>.block_count or the head counts; memory.kv_cache_bytes and memory.total_bytes are then absent, so "
+    "<arch>.block_count or the head counts, or its block count is more than the file's tensors can hold; "
+    "memory.kv_cache_bytes and memory.total_bytes are then absent, so "
     "a bound on them is an ERROR, never a silent PASS (info).",
 }
 
@@ -42,33 +43,41 @@ def cache_bytes_per_element(cache_type: str) -> tuple[int, int] | None:
     return gtype.size, gtype.block
 
 
-def _per_layer(value: Any, n_layers: int) -> list[int] | None:
+def _layer_sum(value: Any, n_layers: int) -> tuple[int, int] | None:
+    """(sum over the n_layers blocks, block 0's value) of a hparam that is a number or a per-layer
+    array; None when absent or an array shorter than n_layers. Never sized by n_layers: an array is
+    as long as the file made it, and a number is multiplied, not repeated."""
     if isinstance(value, list):
-        return [int(x) for x in value[:n_layers]] if len(value) >= n_layers else None
+        return (sum(int(x) for x in value[:n_layers]), int(value[0])) if len(value) >= n_layers else None
     if isinstance(value, int):
-        return [value] * n_layers
+        return value * n_layers, value
     return None
 
 
-def kv_cache_bytes(hp: dict[str, Any], ctx: int, cache: tuple[int, int]) -> tuple[int | None, str]:
-    """The KV-cache size in bytes, or None and the reason it cannot be estimated."""
+def kv_cache_bytes(
+    hp: dict[str, Any], ctx: int, cache: tuple[int, int], max_layers: int | None = None
+) -> tuple[int | None, str]:
+    """The KV-cache size in bytes, or None and the reason it cannot be estimated. `max_layers` (the
+    file's tensor count: every block has tensors) bounds a block count taken from metadata."""
     n_layers = hp.get("block_count")
     if not isinstance(n_layers, int) or n_layers <= 0:
         return None, "<arch>.block_count is missing"
-    n_head = _per_layer(hp.get("head_count"), n_layers)
-    n_head_kv = _per_layer(hp.get("head_count_kv"), n_layers) or n_head
+    if max_layers is not None and n_layers > max_layers:
+        return None, f"<arch>.block_count {n_layers:,} is more than the file's {max_layers:,} tensors can hold"
+    n_head = _layer_sum(hp.get("head_count"), n_layers)
+    n_head_kv = _layer_sum(hp.get("head_count_kv"), n_layers) or n_head
     if n_head_kv is None:
         return None, "<arch>.attention.head_count(_kv) is missing"
     embd = hp.get("embedding_length")
     head_dim = None
-    if isinstance(embd, int) and n_head and n_head[0] > 0:
-        head_dim = embd // n_head[0]
+    if isinstance(embd, int) and n_head and n_head[1] > 0:
+        head_dim = embd // n_head[1]
     k = hp.get("key_length") if isinstance(hp.get("key_length"), int) else head_dim
     v = hp.get("value_length") if isinstance(hp.get("value_length"), int) else head_dim
     if k is None or v is None:
         return None, "neither attention.key_length/value_length nor embedding_length/head_count are given"
     size, block = cache
-    elements = ctx * sum(n * (k + v) for n in n_head_kv)
+    elements = ctx * n_head_kv[0] * (k + v)
     return elements * size // block, ""
 
 
@@ -113,7 +122,8 @@ class GGUFDtypesGuard(CoverageGuard):
         else:
             ctx, ctx_source = DEFAULT_CTX, "default"
         weights = int(inventory.facts.get("tensor_data_bytes", 0))
-        kv, why = kv_cache_bytes(hp, ctx, cache)
+        tensors = inventory.facts.get("tensor_count")
+        kv, why = kv_cache_bytes(hp, ctx, cache, tensors if isinstance(tensors, int) else None)
         memory: dict[str, Any] = {
             "weights_bytes": weights,
             "ctx": ctx,
