@@ -17,11 +17,14 @@ Each weight comes back in its logical [out, in] shape, keyed `<module>.weight`:
 * compressed-tensors `nvfp4-pack-quantized` (U8 `weight_packed`, two E2M1 codes a byte, low nibble
   first; fp8 `weight_scale` per 16 inputs; F32 `weight_global_scale`): x = fp4 * scale / global_scale;
 * bitsandbytes int8 (I8 `weight` + F32 `SCB` [out]): x = q * SCB / 127.
+* MLX affine (`mlx.nn.quantize`: U32 `weight` [..., out, in*bits/32], values packed densely from bit 0
+  of each little-endian word; `scales` and `biases` [..., out, in/group_size]): x = scale * q + bias;
+  group_size from config.json `quantization` (per-module entries first), else mlx's default 64.
 
 * bitsandbytes 4-bit NF4/FP4 (U8 codes, high nibble first; `quant_map`; block `absmax`, double-quantized
   through `nested_quant_map`/`nested_absmax`/`nested_offset`): x = quant_map[code] * absmax[block].
 
-MXFP4 blocks are reported as not dequantized.
+MXFP4 blocks and MLX's mxfp4/nvfp4/mxfp8 modes are reported as not dequantized.
 """
 
 from __future__ import annotations
@@ -177,6 +180,8 @@ def _module_ref(f: _File, module: str, parts: dict[str, Any], qc: dict[str, Any]
         return None
     if "bnb_state" in parts or "bnb_absmax" in parts:
         return _bnb4(f, name, parts)
+    if weight.dtype == "U32" and "scales" in parts:
+        return _mlx(f, module, parts, spec)
     if weight.dtype in FLOATS:
         return _plain(f, name, weight)
     shape = tuple(weight.shape)
@@ -385,3 +390,34 @@ def _gptq_awq(f: _File, name: str, parts: dict[str, Any], qc: dict[str, Any], sp
         return x.T
 
     return WeightRef(name, (out_f, in_f), f"int{bits} {layout.upper()}", True, load)
+
+
+def _mlx(f: _File, module: str, parts: dict[str, Any], spec: Any) -> WeightRef:
+    """MLX affine: x = scales * q + biases, a scale and a bias per group_size inputs along each row."""
+    name = module + ".weight"
+    weight, scales, biases = parts["weight"], parts["scales"], parts.get("biases")
+    if biases is None:
+        raise DequantError(UNSUPPORTED, f"{name}: MLX {scales.dtype} scales without biases (mxfp4/nvfp4/mxfp8 "
+                           "mode) are not decoded here")
+    lead = tuple(weight.shape[:-1])
+    words, groups = weight.shape[-1], scales.shape[-1] if scales.shape else 0
+    if tuple(scales.shape[:-1]) != lead or tuple(biases.shape) != tuple(scales.shape) or not groups:
+        raise DequantError(BROKEN, f"{name}: scales {list(scales.shape)} / biases {list(biases.shape)} do not fit "
+                           f"the U32 weight {list(weight.shape)}")
+    mine = spec.for_module(module, "") if spec is not None and spec.method == "mlx" else None
+    sizes = (mine.group_size,) if mine is not None and mine.group_size else layouts.MLX_AFFINE_GROUPS
+    gs = next((g for g in sizes if (32 * words) % (groups * g) == 0
+               and 32 * words // (groups * g) in layouts.MLX_AFFINE_BITS), None)
+    if gs is None:
+        raise DequantError(BROKEN, f"{name}: {words} words over {groups} groups is no whole bit width at "
+                           f"group size {'/'.join(map(str, sizes))}")
+    bits = 32 * words // (groups * gs)
+    in_f = groups * gs
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        q = _unpack_dense(np.asarray(f.array(weight)).reshape(-1, words)[rows], bits, in_f).astype(np.float32)
+        s = _to_float(scales.dtype, np.asarray(f.array(scales)).reshape(-1, groups)[rows])
+        b = _to_float(biases.dtype, np.asarray(f.array(biases)).reshape(-1, groups)[rows])
+        return q * np.repeat(s, gs, axis=1) + np.repeat(b, gs, axis=1)
+
+    return WeightRef(name, (*lead, in_f), f"int{bits} affine (MLX, group {gs})", True, load)

@@ -2,7 +2,7 @@
 
 Layout: a u64 little-endian header length N, N bytes of UTF-8 JSON (an object of tensor entries
 `{"dtype", "shape", "data_offsets": [begin, end]}` plus an optional `__metadata__` of string ->
-string), then the data buffer. The reference (safetensors/src/tensor.rs) requires N <= 100 MB,
+string, or null), then the data buffer. The reference (safetensors/src/tensor.rs) requires N <= 100 MB,
 known dtypes, end - begin == numel * bits / 8 exactly, whole bytes for sub-byte dtypes, tensors
 contiguous from 0 once sorted by offset, and 8 + N + buffer end == the file length. Here each of
 those is its own finding code with the tensor name and byte offset; duplicate JSON keys (which
@@ -469,7 +469,9 @@ def _report_duplicates(doc: dict[str, Any], duplicates: list[tuple[str, dict[str
 
 
 def _check_metadata(meta: Any, present: bool, head: Header, out: _Findings, loc: _Locator) -> None:
-    if not present:
+    # `"__metadata__": null` is no metadata: the reference reads it as an absent Option (and
+    # mlx.core.save_safetensors writes it whenever no metadata is given)
+    if not present or meta is None:
         return
     if not isinstance(meta, dict):
         out.add(F.error("ST_METADATA_INVALID",
