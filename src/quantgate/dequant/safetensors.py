@@ -24,7 +24,10 @@ Each weight comes back in its logical [out, in] shape, keyed `<module>.weight`:
 * bitsandbytes 4-bit NF4/FP4 (U8 codes, high nibble first; `quant_map`; block `absmax`, double-quantized
   through `nested_quant_map`/`nested_absmax`/`nested_offset`): x = quant_map[code] * absmax[block].
 
-MXFP4 blocks and MLX's mxfp4/nvfp4/mxfp8 modes are reported as not dequantized.
+* optimum-quanto qint8/qfloat8 (`weight._data` I8/F8 [out, in], `weight._scale` [out, 1]): x = q * scale.
+
+optimum-quanto's packed qint4/qint2 (stored grouped [out*in/group, group]: the [out, in] is not in the
+file), MXFP4 blocks and MLX's mxfp4/nvfp4/mxfp8 modes are reported as not dequantized.
 """
 
 from __future__ import annotations
@@ -152,8 +155,13 @@ def open_weights(path: str) -> WeightSet:
             continue
         if ref is not None:
             ws.add(ref)
+    # modules of a layout no reader decodes (HQQ, EXL2...): their float companions are no weights
+    strange = layouts.unknown_groups(loose, {t.name for t in loose})
+    for module in strange:
+        ws.problems.append((UNSUPPORTED, module, f"{module}: integer tensors in a layout quantgate does not decode "
+                            "(ST_UNKNOWN_LAYOUT)"))
     for t in loose:
-        if len(t.shape) >= 2 and t.dtype in FLOATS:
+        if len(t.shape) >= 2 and t.dtype in FLOATS and t.name.rpartition(".")[0] not in strange:
             ws.add(_plain(f, t.name, t))
     return ws
 
@@ -175,6 +183,8 @@ def _module_ref(f: _File, module: str, parts: dict[str, Any], qc: dict[str, Any]
         return _gptq_awq(f, name, parts, qc, spec)
     if "packed" in parts:
         return _ct_packed(f, name, parts)
+    if "quanto_data" in parts or "quanto_packed" in parts:
+        return _quanto(f, name, parts)
     weight = parts.get("weight")
     if weight is None or len(weight.shape) < 2:
         return None
@@ -421,3 +431,21 @@ def _mlx(f: _File, module: str, parts: dict[str, Any], spec: Any) -> WeightRef:
         return q * np.repeat(s, gs, axis=1) + np.repeat(b, gs, axis=1)
 
     return WeightRef(name, (*lead, in_f), f"int{bits} affine (MLX, group {gs})", True, load)
+
+
+def _quanto(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
+    """optimum-quanto qint8/qfloat8: `weight._data` [out, in] times `weight._scale` [out, 1]."""
+    data, scale = parts.get("quanto_data"), parts.get("quanto_scale")
+    if data is None or "quanto_packed" in parts:
+        raise DequantError(UNSUPPORTED, f"{name}: optimum-quanto packed qint4/qint2 is stored grouped [out*in/group, "
+                           "group] without the [out, in] shape: not decoded here")
+    if scale is None or len(data.shape) != 2 or data.dtype not in ("I8", *FP8):
+        raise DequantError(BROKEN, f"{name}: quanto weight._data {data.dtype} {list(data.shape)} without a "
+                           "weight._scale is not decodable")
+    cols = data.shape[1]
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        q = _to_float(data.dtype, f.array(data)[rows])
+        return q * _broadcast_scale(_to_float(scale.dtype, f.array(scale)), rows, cols, name)
+
+    return WeightRef(name, tuple(data.shape), f"{'int8' if data.dtype == 'I8' else 'fp8'} (optimum-quanto)", True, load)

@@ -19,6 +19,9 @@ every companion that encodes the weight (research §3.2, §3.3):
 |   | [..., out, in/group_size]; group_size and bits from config.json `quantization` | |
 | MLX mxfp4/nvfp4/mxfp8 | `weight` U32 [..., out, in·bits/32] + `scales` U8 [..., out, in/32 | [..., out, in] |
 |   | (nvfp4: in/16)], no biases | |
+| optimum-quanto qint8/qfloat8 | `weight._data` I8/F8 [out, in] + `weight._scale` [out, 1] | as stored |
+| optimum-quanto qint4/qint2 | `weight._data._data` U8 [rows·bits/8, group] + `weight._scale`, | [rows, group] |
+|   | `weight._shift` [rows, 1]: the weight grouped as [out·in/group, group] (the file has no [out, in]) | |
 | int8 / fp8 with scale | `weight` I8/F8 [out, in] + `weight_scale` (or `weight_scale_inv`) | as stored |
 
 Activation parameters (`input_scale`, `k_scale`...) are quantization metadata of the activations:
@@ -84,6 +87,11 @@ _SUFFIX_ROLES: list[tuple[str, str]] = sorted(
         (".biases", "biases"),  # MLX affine: the per-group offset beside `scales`
         (".g_idx", "g_idx"),
         (".weight", "weight"),
+        # optimum-quanto's frozen QTensors, saved as their inner tensors
+        (".weight._data._data", "quanto_packed"),
+        (".weight._data", "quanto_data"),
+        (".weight._scale", "quanto_scale"),
+        (".weight._shift", "quanto_shift"),
         (".input_scale", "act"),
         (".input_zero_point", "act"),
         (".input_global_scale", "act"),
@@ -93,7 +101,7 @@ _SUFFIX_ROLES: list[tuple[str, str]] = sorted(
     ],
     key=lambda item: -len(item[0]),
 )
-MAIN_ROLES = ("qweight", "packed", "weight")
+MAIN_ROLES = ("qweight", "packed", "weight", "quanto_packed", "quanto_data")
 
 LAYOUT_CODES = {
     "ST_COMPANION_MISSING": "A packed or low-bit weight lacks the tensor needed to decode it (scales, "
@@ -518,6 +526,48 @@ def _mxfp4_blocks(blocks: Any, scales: Any) -> Layer:
     return Layer(name=name, kind=layer_kind(name, 2), shape=shape, dtype="mxfp4(U8)", bits=4, numeric=FLOAT,
                  quantized=True, params=_numel(shape), weight_bytes=blocks.nbytes + scales.nbytes,
                  detail={"layout": "mxfp4-blocks", "stored": _tinfo(blocks)})
+
+
+def _quanto(ctx: Ctx, module: str, parts: dict[str, Any], data: Any) -> Layer:
+    """optimum-quanto (`quantize` + `freeze`, the state dict saved as is). qint8/qfloat8: `weight._data`
+    I8/F8 [out, in], `weight._scale` [out, 1]. qint4/qint2: the weight grouped as [rows, group] with
+    rows = out·in/group, packed along the rows (8/bits of them a byte: `weight._data._data` U8
+    [rows·bits/8, group]), a `_scale` and a `_shift` per row; w = scale·q - shift."""
+    name = module + ".weight"
+    scale, shift = parts.get("quanto_scale"), parts.get("quanto_shift")
+    wbytes = sum(p.nbytes for r, p in parts.items() if r.startswith("quanto_"))
+    detail: dict[str, Any] = {"layout": "quanto", "stored": _tinfo(data)}
+    shape = tuple(data.shape)
+    if scale is None:
+        ctx.semantic.append(F.error("ST_COMPANION_MISSING", f"{data.name} has no {module}.weight._scale: it "
+                                    "cannot be dequantized", tensor=name))
+    if parts.get("quanto_packed") is data:
+        if shift is None:
+            ctx.semantic.append(F.error("ST_COMPANION_MISSING", f"{data.name} has no {module}.weight._shift: "
+                                        "the packed weight cannot be dequantized", tensor=name))
+        rows = scale.shape[0] if scale is not None and len(scale.shape) == 2 and scale.shape[1] == 1 else 0
+        bits, numeric = 4, INT
+        if len(shape) == 2 and shape[0] and rows and rows % shape[0] == 0 and rows // shape[0] in (2, 4):
+            bits = 8 // (rows // shape[0])
+            shape = (rows, shape[1])
+            detail["implied_bits"] = bits
+        else:
+            if scale is not None:
+                ctx.semantic.append(F.error(
+                    "ST_COMPANION_SHAPE_MISMATCH", f"{scale.name} is {_tinfo(scale)}: quanto's packed "
+                    f"{_tinfo(data)} needs [rows, 1] with 2 or 4 rows a packed row", tensor=scale.name))
+            shape = (shape[0] * 2, *shape[1:]) if shape else (data.numel * 2,)
+        detail["grouped"] = True  # [out·in/group, group]: the logical [out, in] is not in the file
+        dtype = f"int{bits}(U8)"
+    else:
+        bits, numeric = 8, FLOAT if data.dtype in F8_DTYPES else INT
+        dtype = data.dtype
+        if len(shape) >= 2 and scale is not None and scale.numel not in (1, shape[0]):
+            ctx.semantic.append(F.error(
+                "ST_COMPANION_SHAPE_MISMATCH", f"{scale.name} is {_tinfo(scale)}; a quanto {_tinfo(data)} "
+                f"weight has one scale per output row ({shape[0]})", tensor=scale.name))
+    return Layer(name=name, kind=layer_kind(name, max(2, len(shape))), shape=shape, dtype=dtype, bits=bits,
+                 numeric=numeric, quantized=True, params=_numel(shape), weight_bytes=wbytes, detail=detail)
 
 
 # mlx.nn.quantize: mode -> (default group_size, default bits)
@@ -958,7 +1008,8 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         plain += 1
     for module, parts in modules.items():
         main_role = ("qweight" if "qweight" in parts else "packed" if "packed" in parts
-                     else "weight" if "weight" in parts else None)  # MAIN_ROLES, in order
+                     else "weight" if "weight" in parts else "quanto_packed" if "quanto_packed" in parts
+                     else "quanto_data" if "quanto_data" in parts else None)  # MAIN_ROLES, in order
         if main_role is None:
             for role, t in parts.items():
                 if role == "act":
@@ -973,6 +1024,8 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
             layer = _gptq_awq(ctx, module, parts, main)
         elif main_role == "packed":
             layer = _ct_packed(ctx, module, parts, main)
+        elif main_role.startswith("quanto_"):
+            layer = _quanto(ctx, module, parts, main)
         elif main.dtype == "U32" and "scales" in parts and len(main.shape) >= 2:
             layer = _mlx(ctx, module, parts, main)
         elif "bnb_state" in parts or (main.dtype == "U8" and "bnb_absmax" in parts):
@@ -994,7 +1047,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         params_stored += layer.params
         # a bias lives beside the weight as a loose tensor; the weight's own extras are not parameters
     names = {t.name for t in loose}
-    strange = _unknown_groups(loose, names)
+    strange = unknown_groups(loose, names)
     for t in loose:
         if t.name.endswith("_scales") and t.name[: -len("_scales")] + "_blocks" in names:
             continue  # the scales of an MXFP4 `_blocks` tensor, counted with it
@@ -1063,7 +1116,7 @@ _INTS = (*PACKED_INTS, "I8", "U8")
 MAX_UNKNOWN_FINDINGS = 20
 
 
-def _unknown_groups(loose: list[Any], names: set[str]) -> dict[str, list[Any]]:
+def unknown_groups(loose: list[Any], names: set[str]) -> dict[str, list[Any]]:
     """The loose tensors of each module (name up to its last dot) that holds an integer tensor of 2+ dims
     no layout explains: a packed container dtype, or an 8-bit one beside other loose tensors (HQQ `W_q` +
     `scale` + `zero`, quanto `weight._data` + `._scale`). A lone I8/U8 tensor stays an int8 op."""
@@ -1085,14 +1138,17 @@ def _unknown(module: str, tensors: list[Any], unknown: dict[str, list[str]]) -> 
     """A module whose integer tensors no layout decodes: a layer of unknown precision (never float, never
     a quantized claim), sized by its largest integer tensor's stored elements."""
     main = max((t for t in tensors if t.dtype in _INTS), key=lambda t: t.nbytes)
-    parts = sorted(f"{t.name[len(module) + 1:] if module else t.name} {_tinfo(t)}" for t in tensors)
-    pattern = re.sub(r"\.\d+(?=\.)", ".N", module) + ": " + ", ".join(parts[:8]) + (", ..." if len(parts) > 8 else "")
+    # names and dtypes, not shapes: the modules of one quantizer share the pattern whatever their sizes
+    parts = sorted(f"{t.name[len(module) + 1:] if module else t.name} {t.dtype}" for t in tensors)
+    pattern = "{" + ", ".join(parts[:10]) + (", ..." if len(parts) > 10 else "") + "}"
     unknown.setdefault(pattern, []).append(module)
-    name = main.name if main.name.endswith(".weight") else module or main.name
+    # named like every other layer, `<module>.weight`, whatever the storage
+    name = main.name if main.name.endswith(".weight") or not module else (
+        module if module.endswith(".weight") else module + ".weight")
     return Layer(name=name, kind=layer_kind(name, len(main.shape)), shape=tuple(main.shape),
                  dtype=f"unknown({main.dtype})", bits=None, numeric=UNKNOWN, quantized=None, params=main.numel,
                  weight_bytes=None, detail={"layout": "unknown", "stored": _tinfo(main),
-                                            "tensors": [t.name for t in tensors[:16]]})
+                                            "tensors": len(tensors)})
 
 
 def _report_unknown(unknown: dict[str, list[str]], semantic: list[Finding]) -> None:
@@ -1100,7 +1156,7 @@ def _report_unknown(unknown: dict[str, list[str]], semantic: list[Finding]) -> N
         semantic.append(F.warning(
             "ST_UNKNOWN_LAYOUT",
             f"{len(modules)} module(s) like {modules[0]} hold integer tensors in a layout quantgate does not "
-            f"decode ({pattern}); counted as layers of unknown precision, not as weights: check the "
+            f"decode: {modules[0]}.{pattern}; counted as layers of unknown precision, not as weights: check the "
             "quantizer (HQQ, EXL2, quanto, Marlin...) and gate on coverage.*.unknown",
             tensor=modules[0] or None))
     if len(unknown) > MAX_UNKNOWN_FINDINGS:
