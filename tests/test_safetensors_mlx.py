@@ -193,3 +193,43 @@ def test_dequant_against_live_mlx() -> None:
                                 group_size=q["group_size"], bits=q["bits"])
             got = ws.weights[module + ".weight"].load()
             np.testing.assert_allclose(got, np.array(ref), rtol=1e-6, atol=1e-6, err_msg=module)
+
+
+MXFP4 = ST / "mlx_mxfp4"
+
+
+def test_mlx_mxfp4_layout_and_bpw() -> None:
+    """mode mxfp4: U32 E2M1 codes + one U8 E8M0 scale per 32 weights, no biases: 4 + 8/32 = 4.25."""
+    rc, result = _guard(MXFP4)
+    m = result["metrics"]
+    assert (rc, result["status"], result["findings"]) == (0, "PASS", [])
+    assert (m["weight_ops"], m["quantized_ops"]) == (9, 9)
+    assert m["coverage"]["ops"]["by_bits"] == {"4": 1.0}
+    assert m["bits_per_weight"] == 4.25
+    layers = _layers(MXFP4)
+    for module, shape in {**LINEARS, **TABLES}.items():
+        layer = layers[module + ".weight"]
+        assert (tuple(layer["shape"]), layer["dtype"], layer["detail"]["layout"]) == (shape, "mxfp4(U32)", "mlx-mxfp4")
+        assert layer["weight_bytes"] == shape[0] * shape[1] // 2 + shape[0] * shape[1] // 32
+
+
+def test_mlx_mxfp4_dequant_equals_mx_dequantize() -> None:
+    from quantgate.dequant.safetensors import open_weights
+
+    expected = _expected(MXFP4)
+    assert len(expected) == 9
+    ws = open_weights(str(MXFP4 / "model.safetensors"))
+    assert ws.problems == []
+    for name, want in expected.items():  # E2M1 x 2^k: exact in BF16, so equal to the bit
+        assert np.array_equal(ws.weights[name].load(np.arange(want.shape[0])), want), name
+
+
+def test_mlx_config_mode_disagrees(tmp_path: Path) -> None:
+    def affine(config: dict) -> None:
+        for key in ("quantization", "quantization_config"):
+            config[key].update({"mode": "affine", "group_size": 64})
+
+    _, result = _guard(_copy_with_config(tmp_path, MXFP4, affine))
+    codes = sorted((f["code"], f["location"].get("tensor")) for f in result["findings"])
+    assert codes == sorted(("ST_QUANT_METHOD_MISMATCH", f"{m}.weight") for m in (*LINEARS, *TABLES))
+    assert "stored as mlx-mxfp4 but config.json says mode=affine" in result["findings"][0]["message"]

@@ -24,10 +24,12 @@ Each weight comes back in its logical [out, in] shape, keyed `<module>.weight`:
 * bitsandbytes 4-bit NF4/FP4 (U8 codes, high nibble first; `quant_map`; block `absmax`, double-quantized
   through `nested_quant_map`/`nested_absmax`/`nested_offset`): x = quant_map[code] * absmax[block].
 
+* MLX mxfp4 / nvfp4 / mxfp8 (U32 `weight` of E2M1 or E4M3 codes, U8 `scales` per 32 or, nvfp4, 16
+  values, no biases): x = code * scale, E8M0 scales (2^(s-127)), E4M3 for nvfp4.
 * optimum-quanto qint8/qfloat8 (`weight._data` I8/F8 [out, in], `weight._scale` [out, 1]): x = q * scale.
 
 optimum-quanto's packed qint4/qint2 (stored grouped [out*in/group, group]: the [out, in] is not in the
-file), MXFP4 blocks and MLX's mxfp4/nvfp4/mxfp8 modes are reported as not dequantized.
+file), modules of an unknown layout and MXFP4 blocks are reported as not dequantized.
 """
 
 from __future__ import annotations
@@ -402,15 +404,37 @@ def _gptq_awq(f: _File, name: str, parts: dict[str, Any], qc: dict[str, Any], sp
     return WeightRef(name, (out_f, in_f), f"int{bits} {layout.upper()}", True, load)
 
 
+def _mlx_microscaled(f: _File, name: str, weight: Any, scales: Any, lead: tuple[int, ...], words: int,
+                     groups: int) -> WeightRef:
+    """MLX mxfp4 / nvfp4 / mxfp8: E2M1 (4-bit) or E4M3 (8-bit) codes packed from bit 0 of each U32 word,
+    one U8 scale per 32 (nvfp4: 16) values: E8M0 (2^(s-127)) for the mx modes, E4M3 for nvfp4."""
+    fits = scales.dtype == "U8" and groups and words % groups == 0
+    mode = layouts.MLX_FP_MODES.get(words // groups) if fits else None
+    if mode is None or tuple(scales.shape[:-1]) != lead:
+        raise DequantError(BROKEN, f"{name}: U32 weight {list(weight.shape)} with {scales.dtype} scales "
+                           f"{list(scales.shape)} and no biases is none of MLX's mxfp4, nvfp4, mxfp8")
+    gs, bits = layouts.MLX_MODE_DEFAULTS[mode]
+    in_f = groups * gs
+    table = E2M1 if bits == 4 else FP8["F8_E4M3"]
+    e8m0 = np.where(np.arange(256) == 255, np.nan, np.exp2(np.arange(256, dtype=np.float64) - 127)).astype(np.float32)
+    scale_table = FP8["F8_E4M3"] if mode == "nvfp4" else e8m0
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        codes = _unpack_dense(np.asarray(f.array(weight)).reshape(-1, words)[rows], bits, in_f)
+        s = scale_table[np.asarray(f.array(scales)).reshape(-1, groups)[rows]]
+        return table[codes] * np.repeat(s, gs, axis=1)
+
+    return WeightRef(name, (*lead, in_f), f"{mode} (MLX)", True, load)
+
+
 def _mlx(f: _File, module: str, parts: dict[str, Any], spec: Any) -> WeightRef:
     """MLX affine: x = scales * q + biases, a scale and a bias per group_size inputs along each row."""
     name = module + ".weight"
     weight, scales, biases = parts["weight"], parts["scales"], parts.get("biases")
-    if biases is None:
-        raise DequantError(UNSUPPORTED, f"{name}: MLX {scales.dtype} scales without biases (mxfp4/nvfp4/mxfp8 "
-                           "mode) are not decoded here")
     lead = tuple(weight.shape[:-1])
     words, groups = weight.shape[-1], scales.shape[-1] if scales.shape else 0
+    if biases is None:
+        return _mlx_microscaled(f, name, weight, scales, lead, words, groups)
     if tuple(scales.shape[:-1]) != lead or tuple(biases.shape) != tuple(scales.shape) or not groups:
         raise DequantError(BROKEN, f"{name}: scales {list(scales.shape)} / biases {list(biases.shape)} do not fit "
                            f"the U32 weight {list(weight.shape)}")
