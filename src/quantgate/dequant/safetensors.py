@@ -463,7 +463,7 @@ def _quanto(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
     if data is None or "quanto_packed" in parts:
         raise DequantError(UNSUPPORTED, f"{name}: optimum-quanto packed qint4/qint2 is stored grouped [out*in/group, "
                            "group] without the [out, in] shape: not decoded here")
-    if scale is None or len(data.shape) != 2 or data.dtype not in ("I8", *FP8):
+    if scale is None or len(data.shape) != 2 or data.dtype not in ("I8", *FP8) or scale.numel not in (1, data.shape[0]):
         raise DequantError(BROKEN, f"{name}: quanto weight._data {data.dtype} {list(data.shape)} without a "
                            "weight._scale is not decodable")
     cols = data.shape[1]
