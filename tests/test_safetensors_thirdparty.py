@@ -161,3 +161,21 @@ def test_lone_int8_and_index_buffers_stay_as_before(tmp_path: Path) -> None:
     rc, result = _guard(path)
     assert (rc, [f["code"] for f in result["findings"]]) == (0, ["ST_QUANT_SCALE_MISSING"])
     assert (result["metrics"]["weight_ops"], result["metrics"]["unknown_ops"]) == (1, 0)
+
+
+def test_torchao_int8_is_an_unknown_layout() -> None:
+    """torchao's safetensors form (`_weight_qdata` I8 + `_weight_scale` F32 + `_weight_zero_point` I8):
+    today read as int8 ops without scales plus float layers made of the scales; now unknown."""
+    path = ST / "torchao_int8" / "model.safetensors"
+    rc, result = _guard(path)
+    m = result["metrics"]
+    assert (rc, result["status"]) == (0, "WARN")
+    assert [(f["code"], f["message"].split(":")[0]) for f in result["findings"]] == [
+        ("ST_UNKNOWN_LAYOUT", "7 module(s) like model.layers.0.mlp.down_proj hold integer tensors in a layout "
+         "quantgate does not decode")]
+    assert "{_weight_qdata I8, _weight_scale F32, _weight_zero_point I8}" in result["findings"][0]["message"]
+    assert (m["weight_ops"], m["quantized_ops"], m["unknown_ops"]) == (9, 0, 7)
+    assert m["params_total"] == BODY + 2 * TABLE  # qdata holds one I8 per weight
+    assert m["coverage"]["params"]["unknown"] == pytest.approx(BODY / (BODY + 2 * TABLE))
+    layers = _layers(path)
+    assert sorted(layers) == sorted([f"{m}.weight" for m in LINEARS] + ["lm_head.weight", "model.embed_tokens.weight"])
