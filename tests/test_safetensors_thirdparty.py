@@ -1,6 +1,7 @@
-"""Third-party safetensors layouts beside MLX: optimum-quanto (real exports, recognised), HQQ (a real
-export quantgate does not decode: ST_UNKNOWN_LAYOUT and the `unknown` share), and packed integer
-tensors of no known layout (EXL2-style names, a bare U32 `weight`) never read as weights."""
+"""Third-party safetensors layouts beside MLX: optimum-quanto and HQQ (real exports, recognised and
+dequantized as their libraries do), torchao's safetensors form (a real export quantgate does not
+decode: ST_UNKNOWN_LAYOUT and the `unknown` share), and packed integer tensors of no known layout
+(EXL2-style names, a bare U32 `weight`) never read as weights."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ LINEARS = {
 }
 BODY = sum(o * i for o, i in LINEARS.values())  # 147,456
 TABLE = 64 * 128  # embed_tokens and lm_head, F32
+ALL = sorted([f"{m}.weight" for m in LINEARS] + ["lm_head.weight", "model.embed_tokens.weight"])
 
 
 def _guard(path: Path) -> tuple[int, dict]:
@@ -51,7 +53,7 @@ def test_quanto_int8() -> None:
     body = sum(o * i + 4 * o for o, i in LINEARS.values())
     assert m["bits_per_weight_body"] == float(Fraction(8 * body, BODY))
     layers = _layers(path)
-    assert sorted(layers) == sorted([f"{m}.weight" for m in LINEARS] + ["lm_head.weight", "model.embed_tokens.weight"])
+    assert sorted(layers) == ALL
     for module, shape in LINEARS.items():
         layer = layers[module + ".weight"]
         assert (tuple(layer["shape"]), layer["bits"], layer["detail"]["layout"]) == (shape, 8, "quanto")
@@ -96,30 +98,38 @@ def test_quanto_int4_dequant_is_reported_unsupported() -> None:
     assert not any("_scale" in k or "_shift" in k for k in ws.weights)
 
 
-def test_hqq_is_an_unknown_layout() -> None:
-    """HQQ 4-bit (`W_q` U8 [out*in/2/64, 64] + `scale`, `zero` + meta tensors): not decoded, so each
-    module is one layer of unknown precision sized by W_q, and its scale/zero are no float layers."""
+def test_hqq_4bit() -> None:
+    """HQQ 4-bit group 64 (`W_q` U8 [out*in/128, 64] + F32 `scale`, `zero` [out*in/64, 1] + meta
+    tensors): logical shapes from the `shape` tensor, bits from `nbits`, 4 + 2*32/64 = 5 bits per
+    weight; scale/zero and the meta tensors are no layers."""
     path = ST / "hqq_4bit" / "model.safetensors"
     rc, result = _guard(path)
     m = result["metrics"]
-    assert (rc, result["status"]) == (0, "WARN")
-    assert [f["code"] for f in result["findings"]] == ["ST_UNKNOWN_LAYOUT"]
-    message = result["findings"][0]["message"]
-    assert message.startswith("7 module(s) like model.layers.0.")
-    assert "{W_q U8, axis I32, " in message
-    assert (m["weight_ops"], m["quantized_ops"], m["unknown_ops"]) == (9, 0, 7)
-    assert m["coverage"]["ops"]["unknown"] == pytest.approx(7 / 9)
-    assert m["coverage"]["params"]["unknown"] == pytest.approx((BODY // 2) / (BODY // 2 + 2 * TABLE))
+    assert (rc, result["status"], result["findings"]) == (0, "PASS", [])
+    assert (m["weight_ops"], m["quantized_ops"], m["unknown_ops"]) == (9, 7, 0)
+    assert m["coverage"]["ops"]["int4"] == pytest.approx(7 / 9)
+    assert m["params_total"] == BODY + 2 * TABLE
+    assert m["bits_per_weight_body"] == 5.0
+    assert m["params_stored"] == BODY + 2 * TABLE  # no biases, no norms: the meta tensors are no parameters
     layers = _layers(path)
-    assert sorted(layers) == sorted([f"{m}.weight" for m in LINEARS] + ["lm_head.weight", "model.embed_tokens.weight"])
-    for module in LINEARS:
+    assert sorted(layers) == ALL
+    for module, shape in LINEARS.items():
         layer = layers[module + ".weight"]
-        assert (layer["quantized"], layer["bits"], layer["detail"]["layout"]) == (None, None, "unknown")
+        assert (tuple(layer["shape"]), layer["bits"], layer["detail"]["layout"]) == (shape, 4, "hqq")
+
+
+def test_hqq_dequant_equals_hqq() -> None:
     from quantgate.dequant.safetensors import open_weights
 
-    ws = open_weights(str(path))  # the float scale/zero tables are not offered as weights
-    assert sorted(ws.weights) == ["lm_head.weight", "model.embed_tokens.weight"]
-    assert len(ws.problems) == 7
+    folder = ST / "hqq_4bit"
+    ws = open_weights(str(folder / "model.safetensors"))
+    assert ws.problems == []
+    assert sorted(ws.weights) == ALL
+    with np.load(folder / "expected.npz") as data:
+        expected = {k: data[k] for k in data.files}
+    assert len(expected) == 7
+    for name, want in expected.items():  # HQQLinear.dequantize(): (q - zero) * scale in float32
+        assert np.array_equal(ws.weights[name].load(np.arange(want.shape[0])), want), name
 
 
 def test_exl2_style_and_bare_packed_weight(tmp_path: Path) -> None:
@@ -178,4 +188,13 @@ def test_torchao_int8_is_an_unknown_layout() -> None:
     assert m["params_total"] == BODY + 2 * TABLE  # qdata holds one I8 per weight
     assert m["coverage"]["params"]["unknown"] == pytest.approx(BODY / (BODY + 2 * TABLE))
     layers = _layers(path)
-    assert sorted(layers) == sorted([f"{m}.weight" for m in LINEARS] + ["lm_head.weight", "model.embed_tokens.weight"])
+    assert sorted(layers) == ALL
+
+
+def test_torchao_companions_are_no_fidelity_weights() -> None:
+    from quantgate.dequant.safetensors import open_weights
+
+    ws = open_weights(str(ST / "torchao_int8" / "model.safetensors"))
+    assert sorted(ws.weights) == ["lm_head.weight", "model.embed_tokens.weight"]  # no `_weight_scale` tables
+    assert sorted(p[1] for p in ws.problems) == sorted(f"{m}.weight" for m in LINEARS)
+    assert {p[0] for p in ws.problems} == {"FIDELITY_UNSUPPORTED_ENCODING"}

@@ -26,6 +26,9 @@ Each weight comes back in its logical [out, in] shape, keyed `<module>.weight`:
 
 * MLX mxfp4 / nvfp4 / mxfp8 (U32 `weight` of E2M1 or E4M3 codes, U8 `scales` per 32 or, nvfp4, 16
   values, no biases): x = code * scale, E8M0 scales (2^(s-127)), E4M3 for nvfp4.
+* HQQ (`W_q` U8 [out*in/group/(8/nbits), group], the grouped rows packed along the first dim, the first
+  rows in the high bits; `scale`, `zero` [out*in/group, 1]; `shape`, `nbits`, `axis`, `packing`):
+  x = (q - zero) * scale, axis 1 and the u8 packings (1, 2, 4, 8 bits);
 * optimum-quanto qint8/qfloat8 (`weight._data` I8/F8 [out, in], `weight._scale` [out, 1]): x = q * scale.
 
 optimum-quanto's packed qint4/qint2 (stored grouped [out*in/group, group]: the [out, in] is not in the
@@ -159,9 +162,15 @@ def open_weights(path: str) -> WeightSet:
             ws.add(ref)
     # modules of a layout no reader decodes (HQQ, EXL2...): their float companions are no weights
     strange = layouts.unknown_groups(loose, {t.name for t in loose})
-    for module in strange:
-        ws.problems.append((UNSUPPORTED, module, f"{module}: integer tensors in a layout quantgate does not decode "
-                            "(ST_UNKNOWN_LAYOUT)"))
+    for module, group in strange.items():
+        hqq = layouts.hqq_parts(module, group)
+        try:
+            if hqq is None:
+                raise DequantError(UNSUPPORTED, f"{module}: integer tensors in a layout quantgate does not decode "
+                                   "(ST_UNKNOWN_LAYOUT)")
+            ws.add(_hqq(f, module, hqq))
+        except DequantError as exc:
+            ws.problems.append((exc.code, module + ".weight", exc.message))
     for t in loose:
         if len(t.shape) >= 2 and t.dtype in FLOATS and t.name.rpartition(".")[0] not in strange:
             ws.add(_plain(f, t.name, t))
@@ -473,3 +482,49 @@ def _quanto(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
         return q * _broadcast_scale(_to_float(scale.dtype, f.array(scale)), rows, cols, name)
 
     return WeightRef(name, tuple(data.shape), f"{'int8' if data.dtype == 'I8' else 'fp8'} (optimum-quanto)", True, load)
+
+
+HQQ_PACKINGS = {"8bit_u8": 8, "4bit_u8": 4, "2bit_u8": 2, "1bit_u8": 1}
+
+
+def _hqq(f: _File, module: str, parts: dict[str, Any]) -> WeightRef:
+    """HQQ axis-1 u8 packings: grouped row g (of out*in/group) sits in packed row g % step, at the
+    (g // step)-th nbits field from the top of the byte; x = (q - zero) * scale per grouped row."""
+    name = module + ".weight"
+
+    def small(key: str, limit: int = 64) -> np.ndarray | None:
+        t = parts.get(key)
+        if t is None or t.nbytes > limit:
+            return None
+        return np.asarray(f.array(t)).reshape(-1)
+
+    wq, scale, zero = parts["W_q"], parts["scale"], parts["zero"]
+    shape_v, nbits_v, axis_v, packing_v = small("shape"), small("nbits"), small("axis"), small("packing")
+    packing = bytes(packing_v.astype(np.uint8)).decode("ascii", "replace") if packing_v is not None else ""
+    if shape_v is None or shape_v.size != 2 or nbits_v is None or nbits_v.size != 1:
+        raise DequantError(BROKEN, f"{name}: HQQ shape / nbits tensors are unreadable")
+    out_f, in_f = (int(x) for x in shape_v)
+    nbits = int(nbits_v[0])
+    axis = int(axis_v[0]) if axis_v is not None and axis_v.size == 1 else 1
+    if HQQ_PACKINGS.get(packing) != nbits or axis != 1 or wq.dtype != "U8" or len(wq.shape) != 2:
+        raise DequantError(UNSUPPORTED, f"{name}: HQQ packing {packing!r} ({nbits} bits, axis {axis}, W_q "
+                           f"{wq.dtype}) is not decoded here")
+    step, group = wq.shape
+    per = 8 // nbits
+    if out_f <= 0 or in_f <= 0 or not group or in_f % group or out_f * in_f != step * per * group \
+            or scale.numel != out_f * in_f // group or zero.numel != scale.numel:
+        raise DequantError(BROKEN, f"{name}: HQQ W_q {list(wq.shape)}, scale {list(scale.shape)} do not fit "
+                           f"shape [{out_f}, {in_f}] at {nbits} bits")
+    k = in_f // group  # grouped rows per output row
+    mask = (1 << nbits) - 1
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        g = (rows[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+        packed = np.asarray(f.array(wq))[g % step].astype(np.int32)
+        shift = (8 - nbits * (g // step + 1))[:, None]
+        q = ((packed >> shift) & mask).astype(np.float32)
+        s = _to_float(scale.dtype, np.asarray(f.array(scale)).reshape(-1)[g])[:, None]
+        z = _to_float(zero.dtype, np.asarray(f.array(zero)).reshape(-1)[g])[:, None]
+        return ((q - z) * s).reshape(len(rows), in_f)
+
+    return WeightRef(name, (out_f, in_f), f"int{nbits} HQQ (group {group})", True, load)

@@ -27,8 +27,11 @@ every companion that encodes the weight (research §3.2, §3.3):
 Activation parameters (`input_scale`, `k_scale`...) are quantization metadata of the activations:
 not ops, not weight bytes, not parameters.
 
-Integer tensors no layout above explains (HQQ `W_q`, EXL2 `q_weight`, quanto `weight._data`, Marlin
-repacks, a packed `weight` with no companion...) are never read as weights: each such module becomes
+| HQQ (`HQQLinear`) | `W_q` U8 [out·in/group·bits/8, group] (3-bit: I32) + `scale`, `zero` | `shape` |
+|   | [out·in/group, 1] + meta tensors (`shape` I64 [2], `nbits`, `group_size`, `axis`, `packing`...) | |
+
+Integer tensors no layout above explains (torchao `_weight_qdata`, EXL2 `q_weight`, Marlin repacks, a
+packed `weight` with no companion...) are never read as weights: each such module becomes
 one layer of unknown precision (the `unknown` coverage share) and an ST_UNKNOWN_LAYOUT finding names
 the tensor pattern.
 
@@ -1053,10 +1056,18 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
             continue  # the scales of an MXFP4 `_blocks` tensor, counted with it
         group = strange.get(t.name.rpartition(".")[0]) if strange else None
         if group is not None:
-            params_stored += t.numel
             if t is not group[0]:
                 continue  # one layer per module, made at its first tensor
-            layer = _unknown(t.name.rpartition(".")[0], group, unknown)
+            module = t.name.rpartition(".")[0]
+            hqq = hqq_parts(module, group)
+            found = _hqq(ctx, module, hqq) if hqq is not None else None
+            if found is None:
+                layer = _unknown(module, group, unknown)
+                params_stored += sum(x.numel for x in group)
+            else:
+                layer = found
+                params_stored += layer.params + (hqq["bias"].numel if "bias" in hqq else 0)
+            quantized += layer.quantized is True
             _add(layer, layers, layouts)
             at.append(min(x.begin for x in group))
             continue
@@ -1118,8 +1129,9 @@ MAX_UNKNOWN_FINDINGS = 20
 
 def unknown_groups(loose: list[Any], names: set[str]) -> dict[str, list[Any]]:
     """The loose tensors of each module (name up to its last dot) that holds an integer tensor of 2+ dims
-    no layout explains: a packed container dtype, or an 8-bit one beside other loose tensors (HQQ `W_q` +
-    `scale` + `zero`, quanto `weight._data` + `._scale`). A lone I8/U8 tensor stays an int8 op."""
+    no layout explains: a packed container dtype, or an 8-bit one beside other loose tensors (torchao
+    `_weight_qdata` + `_weight_scale`); HQQ modules are among them (told apart by hqq_parts). A lone
+    I8/U8 tensor stays an int8 op."""
     by_module: dict[str, list[Any]] = {}
     suspect: set[str] = set()
     for t in loose:
@@ -1128,16 +1140,64 @@ def unknown_groups(loose: list[Any], names: set[str]) -> dict[str, list[Any]]:
             continue  # MXFP4
         module = t.name.rpartition(".")[0]
         by_module.setdefault(module, []).append(t)
-        if t.dtype in _INTS and len(t.shape) >= 2 and min(t.shape) > 1 and module:
+        if module and ((t.dtype in _INTS and len(t.shape) >= 2 and min(t.shape) > 1)
+                       or t.name.endswith(".W_q")):  # HQQ's view_as_float stores W_q as a float tensor
             suspect.add(module)
     return {m: by_module[m] for m in suspect
             if len(by_module[m]) > 1 or by_module[m][0].dtype in PACKED_INTS}
 
 
+HQQ_REQUIRED = ("W_q", "scale", "zero", "shape", "nbits")
+HQQ_BITS = (1, 2, 3, 4, 8)
+
+
+def hqq_parts(module: str, group: list[Any]) -> dict[str, Any] | None:
+    """HQQ's HQQLinear state dict (hqq, transformers' HqqConfig) by its names, when they are all there."""
+    parts = {t.name[len(module) + 1:]: t for t in group}
+    return parts if all(k in parts for k in HQQ_REQUIRED) else None
+
+
+def _read_int(ctx: Ctx, t: Any | None) -> int | None:
+    """A one-element integer tensor's value (HQQ keeps nbits, group_size and axis so)."""
+    size = {"I32": 4, "I64": 8, "I16": 2, "U8": 1, "I8": 1}.get(t.dtype) if t is not None else None
+    if size is None or t.numel != 1 or not ctx.readable(t, 8):
+        return None
+    return int.from_bytes(ctx.read(t), "little", signed=t.dtype != "U8")
+
+
+def _hqq(ctx: Ctx, module: str, parts: dict[str, Any]) -> Layer | None:
+    """HQQ (`HQQLinear`): `W_q` holds the weight grouped as [out·in/group, group] (axis 1), quantized to
+    `nbits` and packed along the first dim (8/nbits rows a byte, the first rows in the high bits; 3-bit:
+    10 a 32-bit word), `scale` and `zero` one per group, `shape` the logical [out, in]: w = (q - zero)·scale.
+    None when the meta tensors do not describe W_q (then the module is an unknown layout)."""
+    name = module + ".weight"
+    wq = parts["W_q"]
+    shape = _read_weight_shape(ctx, parts["shape"])
+    nbits = _read_int(ctx, parts["nbits"])
+    if shape is None or len(shape) != 2 or nbits not in HQQ_BITS:
+        return None
+    numel = _numel(shape)
+    capacity = wq.nbytes // 4 * 10 if nbits == 3 else wq.nbytes * 8 // nbits  # 3-bit: 10 in 32 bits
+    if capacity < numel:
+        ctx.semantic.append(F.error(
+            "ST_COMPANION_SHAPE_MISMATCH",
+            f"{name}: HQQ shape {list(shape)} at {nbits} bits needs more than W_q {_tinfo(wq)} holds",
+            tensor=name))
+        return None
+    detail: dict[str, Any] = {"layout": "hqq", "stored": _tinfo(wq)}
+    gs = _read_int(ctx, parts.get("group_size"))
+    if gs is not None:
+        detail["group_size"] = gs
+    wbytes = sum(parts[k].nbytes for k in ("W_q", "scale", "zero"))
+    return Layer(name=name, kind=layer_kind(name, 2), shape=shape, dtype=f"int{nbits}({wq.dtype})", bits=nbits,
+                 numeric=INT, quantized=True, params=numel, weight_bytes=wbytes, detail=detail)
+
+
 def _unknown(module: str, tensors: list[Any], unknown: dict[str, list[str]]) -> Layer:
     """A module whose integer tensors no layout decodes: a layer of unknown precision (never float, never
     a quantized claim), sized by its largest integer tensor's stored elements."""
-    main = max((t for t in tensors if t.dtype in _INTS), key=lambda t: t.nbytes)
+    ints = [t for t in tensors if t.dtype in _INTS] or tensors  # HQQ's W_q may be stored as a float view
+    main = max(ints, key=lambda t: t.nbytes)
     # names and dtypes, not shapes: the modules of one quantizer share the pattern whatever their sizes
     parts = sorted(f"{t.name[len(module) + 1:] if module else t.name} {t.dtype}" for t in tensors)
     pattern = "{" + ", ".join(parts[:10]) + (", ..." if len(parts) > 10 else "") + "}"
@@ -1157,7 +1217,7 @@ def _report_unknown(unknown: dict[str, list[str]], semantic: list[Finding]) -> N
             "ST_UNKNOWN_LAYOUT",
             f"{len(modules)} module(s) like {modules[0]} hold integer tensors in a layout quantgate does not "
             f"decode: {modules[0]}.{pattern}; counted as layers of unknown precision, not as weights: check the "
-            "quantizer (HQQ, EXL2, quanto, Marlin...) and gate on coverage.*.unknown",
+            "quantizer (torchao, EXL2, Marlin...) and gate on coverage.*.unknown",
             tensor=modules[0] or None))
     if len(unknown) > MAX_UNKNOWN_FINDINGS:
         semantic.append(F.warning(
