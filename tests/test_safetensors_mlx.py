@@ -233,3 +233,17 @@ def test_mlx_config_mode_disagrees(tmp_path: Path) -> None:
     codes = sorted((f["code"], f["location"].get("tensor")) for f in result["findings"])
     assert codes == sorted(("ST_QUANT_METHOD_MISMATCH", f"{m}.weight") for m in (*LINEARS, *TABLES))
     assert "stored as mlx-mxfp4 but config.json says mode=affine" in result["findings"][0]["message"]
+
+
+def test_mlx_without_config(tmp_path: Path) -> None:
+    """No config.json: the group size is mlx's default 64, so the mixed model's 8-bit group-32 down_proj
+    (64 words over 8 groups) reads as 4-bit group 64 over 512 inputs; the layers say the bits were
+    assumed and ST_NO_QUANT_CONFIG says why."""
+    shutil.copy(MIXED / "model.safetensors", tmp_path / "model.safetensors")
+    rc, inv = run_json("inspect", str(tmp_path / "model.safetensors"), "--format", "json")
+    assert rc == 0
+    layers = {layer["name"]: layer for layer in inv["layers"]}
+    down = layers["model.layers.0.mlp.down_proj.weight"]
+    assert (tuple(down["shape"]), down["bits"], down["detail"]["bits_assumed"]) == ((128, 512), 4, True)
+    _, result = run_json("guard", "safetensors-dtypes", str(tmp_path / "model.safetensors"))
+    assert [f["code"] for f in result["findings"]] == ["ST_NO_QUANT_CONFIG"]

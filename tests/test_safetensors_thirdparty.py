@@ -198,3 +198,31 @@ def test_torchao_companions_are_no_fidelity_weights() -> None:
     assert sorted(ws.weights) == ["lm_head.weight", "model.embed_tokens.weight"]  # no `_weight_scale` tables
     assert sorted(p[1] for p in ws.problems) == sorted(f"{m}.weight" for m in LINEARS)
     assert {p[0] for p in ws.problems} == {"FIDELITY_UNSUPPORTED_ENCODING"}
+
+
+def test_marlin_and_exl3_are_unknown(tmp_path: Path) -> None:
+    """A GPTQ checkpoint saved in Marlin's format keeps GPTQ's names (`qweight` I32 [in/16, out*2],
+    `scales`) over another packing: with config.json's checkpoint_format marlin it is an unknown layout,
+    not a misread GPTQ weight. EXL3's `trellis` I16 [in/16, out/16, 16*bits] with `suh`/`svh` likewise."""
+    import json
+
+    write_st(tmp_path / "model.safetensors", {
+        "model.layers.0.mlp.up_proj.qweight": ("I32", [8, 512]), "model.layers.0.mlp.up_proj.scales": ("F16", [1, 256]),
+        "model.layers.0.mlp.up_proj.g_idx": ("I32", [128]),
+        "model.layers.0.mlp.down_proj.trellis": ("I16", [8, 16, 64]),
+        "model.layers.0.mlp.down_proj.suh": ("F16", [128]), "model.layers.0.mlp.down_proj.svh": ("F16", [256]),
+    })
+    (tmp_path / "config.json").write_text(json.dumps({"quantization_config": {
+        "quant_method": "gptq", "bits": 4, "group_size": 128, "checkpoint_format": "marlin"}}))
+    rc, result = _guard(tmp_path / "model.safetensors")
+    found = sorted((f["code"], f["location"].get("tensor")) for f in result["findings"])
+    assert found == [("ST_UNKNOWN_LAYOUT", "model.layers.0.mlp.down_proj"),
+                     ("ST_UNKNOWN_LAYOUT", "model.layers.0.mlp.up_proj")]
+    assert (rc, result["metrics"]["weight_ops"], result["metrics"]["unknown_ops"]) == (0, 2, 2)
+    from quantgate.dequant.safetensors import open_weights
+
+    ws = open_weights(str(tmp_path / "model.safetensors"))
+    assert ws.weights == {}
+    assert sorted(p[:2] for p in ws.problems) == [
+        ("FIDELITY_UNSUPPORTED_ENCODING", "model.layers.0.mlp.down_proj.weight"),
+        ("FIDELITY_UNSUPPORTED_ENCODING", "model.layers.0.mlp.up_proj.weight")]

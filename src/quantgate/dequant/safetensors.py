@@ -191,6 +191,8 @@ def _plain(f: _File, name: str, t: Any) -> WeightRef:
 def _module_ref(f: _File, module: str, parts: dict[str, Any], qc: dict[str, Any], spec: Any) -> WeightRef | None:
     name = module + ".weight"
     if "qweight" in parts:
+        if str(qc.get("checkpoint_format", "")).lower() == "marlin" or qc.get("is_marlin_format") is True:
+            raise DequantError(UNSUPPORTED, f"{name}: a GPTQ qweight repacked for Marlin is not decoded here")
         return _gptq_awq(f, name, parts, qc, spec)
     if "packed" in parts:
         return _ct_packed(f, name, parts)

@@ -765,6 +765,8 @@ def check_config(ctx: Ctx, layers: list[Layer]) -> None:
     """config.json's quantization_config against each layer's stored layout, bits and group size."""
     assert ctx.spec is not None
     for layer in layers:
+        if layer.quantized is None:
+            continue  # an unknown layout (ST_UNKNOWN_LAYOUT): nothing stored to check the config against
         module = _module_of(layer.name)
         ignored = any(_matches(module, e) for e in ctx.spec.ignore)
         spec = ctx.spec_for(module, layer.kind)
@@ -989,6 +991,10 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     plain = quantized = 0
     shared = {t.name + ".weight" for t in loose}  # the weights a loose tensor is named like the module of
     unknown: dict[str, list[str]] = {}  # the pattern of each unrecognised packed module -> the modules
+    # GPTQ checkpoints saved in Marlin's tile order (AutoGPTQ `checkpoint_format: marlin`, older
+    # `is_marlin_format`) keep GPTQ's names over another packing
+    marlin = qc is not None and (str(qc.get("checkpoint_format", "")).lower() == "marlin"
+                                 or qc.get("is_marlin_format") is True)
     for main in lone:  # a `.weight` alone: most of a checkpoint
         bits = FLOAT_DTYPES.get(main.dtype)
         if bits is None:
@@ -1023,7 +1029,9 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
                 params_stored += t.numel
             continue
         main = parts[main_role]
-        if main_role == "qweight":
+        if main_role == "qweight" and marlin:  # repacked for the Marlin kernel: not GPTQ's qweight layout
+            layer = _unknown(module, list(parts.values()), unknown)
+        elif main_role == "qweight":
             layer = _gptq_awq(ctx, module, parts, main)
         elif main_role == "packed":
             layer = _ct_packed(ctx, module, parts, main)
@@ -1106,7 +1114,8 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
                 f"config.json quant_method {ctx.spec.method!r} is not one quantgate checks against the "
                 f"stored tensors ({', '.join(sorted(CHECKED_METHODS))})", field="config.json"))
     elif not any(f.code == "ST_CONFIG_INVALID" for f in inv.semantic_findings) and any(
-            key in layouts for key in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized")):
+            key in layouts for key in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized", "mlx-affine",
+                                       "mlx-mxfp4", "mlx-nvfp4", "mlx-mxfp8")):
         inv.semantic_findings.append(F.info(
             "ST_NO_QUANT_CONFIG",
             "packed quantized weights but no config.json with quantization_config beside the file: loaders "
