@@ -1141,19 +1141,28 @@ def unknown_groups(loose: list[Any], names: set[str]) -> dict[str, list[Any]]:
     no layout explains: a packed container dtype, or an 8-bit one beside other loose tensors (torchao
     `_weight_qdata` + `_weight_scale`); HQQ modules are among them (told apart by hqq_parts). A lone
     I8/U8 tensor stays an int8 op."""
-    by_module: dict[str, list[Any]] = {}
     suspect: set[str] = set()
+    for t in loose:  # most loose tensors are float biases and norms: the dtype test comes first
+        # (HQQ's view_as_float stores W_q as a float tensor)
+        if ((t.dtype in _INTS and len(t.shape) >= 2 and min(t.shape) > 1) or t.name.endswith(".W_q")) \
+                and not _mxfp4_part(t.name, names):
+            suspect.add(t.name.rpartition(".")[0])
+    suspect.discard("")
+    if not suspect:
+        return {}
+    by_module: dict[str, list[Any]] = {}
     for t in loose:
-        stem = t.name[: -len("_blocks")] if t.name.endswith("_blocks") else t.name[: -len("_scales")]
-        if stem + "_scales" in names and stem + "_blocks" in names:
-            continue  # MXFP4
         module = t.name.rpartition(".")[0]
-        by_module.setdefault(module, []).append(t)
-        if module and ((t.dtype in _INTS and len(t.shape) >= 2 and min(t.shape) > 1)
-                       or t.name.endswith(".W_q")):  # HQQ's view_as_float stores W_q as a float tensor
-            suspect.add(module)
-    return {m: by_module[m] for m in suspect
-            if len(by_module[m]) > 1 or by_module[m][0].dtype in PACKED_INTS}
+        if module in suspect and not _mxfp4_part(t.name, names):
+            by_module.setdefault(module, []).append(t)
+    return {m: g for m, g in by_module.items() if len(g) > 1 or g[0].dtype in PACKED_INTS}
+
+
+def _mxfp4_part(name: str, names: set[str]) -> bool:
+    """One of a gpt-oss MXFP4 `X_blocks` / `X_scales` pair (read by _mxfp4_blocks)."""
+    if name.endswith("_blocks"):
+        return name[: -len("_blocks")] + "_scales" in names
+    return name.endswith("_scales") and name[: -len("_scales")] + "_blocks" in names
 
 
 HQQ_REQUIRED = ("W_q", "scale", "zero", "shape", "nbits")
