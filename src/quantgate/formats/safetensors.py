@@ -77,7 +77,7 @@ STRUCTURE_CODES = {
     "ST_HEADER_TOO_DEEP": "The JSON header nests deeper than a safetensors header can (hostile input).",
     "ST_HEADER_NOT_OBJECT": "The JSON header is not an object of tensor entries.",
     "ST_DUPLICATE_KEY": "A JSON key appears twice in one object (the reference keeps the last, silently).",
-    "ST_METADATA_INVALID": "`__metadata__` is not an object of string -> string.",
+    "ST_METADATA_INVALID": "`__metadata__` is not an object of string -> string (or null).",
     "ST_ENTRY_INVALID": "A tensor entry is not an object, or lacks dtype, shape or data_offsets.",
     "ST_ENTRY_UNKNOWN_FIELD": "A tensor entry has a key other than dtype, shape and data_offsets (ignored by "
     "the reference).",

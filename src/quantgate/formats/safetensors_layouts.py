@@ -22,22 +22,21 @@ every companion that encodes the weight (research §3.2, §3.3):
 | optimum-quanto qint8/qfloat8 | `weight._data` I8/F8 [out, in] + `weight._scale` [out, 1] | as stored |
 | optimum-quanto qint4/qint2 | `weight._data._data` U8 [rows·bits/8, group] + `weight._scale`, | [rows, group] |
 |   | `weight._shift` [rows, 1]: the weight grouped as [out·in/group, group] (the file has no [out, in]) | |
+| HQQ (`HQQLinear`) | `W_q` U8 [out·in/group·bits/8, group] (3-bit: I32) + `scale`, `zero` | `shape` |
+|   | [out·in/group, 1] + meta tensors (`shape` I64 [2], `nbits`, `group_size`, `axis`, `packing`...) | |
 | int8 / fp8 with scale | `weight` I8/F8 [out, in] + `weight_scale` (or `weight_scale_inv`) | as stored |
 
 Activation parameters (`input_scale`, `k_scale`...) are quantization metadata of the activations:
 not ops, not weight bytes, not parameters.
 
-| HQQ (`HQQLinear`) | `W_q` U8 [out·in/group·bits/8, group] (3-bit: I32) + `scale`, `zero` | `shape` |
-|   | [out·in/group, 1] + meta tensors (`shape` I64 [2], `nbits`, `group_size`, `axis`, `packing`...) | |
-
-Integer tensors no layout above explains (torchao `_weight_qdata`, EXL2 `q_weight`, Marlin repacks, a
-packed `weight` with no companion...) are never read as weights: each such module becomes
-one layer of unknown precision (the `unknown` coverage share) and an ST_UNKNOWN_LAYOUT finding names
-the tensor pattern.
+Integer tensors no layout above explains (torchao `_weight_qdata`, EXL2 `q_weight`, EXL3 `trellis`,
+a GPTQ `qweight` in Marlin's `checkpoint_format`, a packed `weight` with no companion...) are never
+read as weights: each such module becomes one layer of unknown precision (the `unknown` coverage
+share) and an ST_UNKNOWN_LAYOUT finding names the tensor pattern.
 
 `config.json` beside the file (its `quantization_config`, or mlx-lm's `quantization`) is checked
-against what is stored, and a sharded checkpoint's `*.safetensors.index.json` against its shards; see `check_config` and
-`check_index`.
+against what is stored, and a sharded checkpoint's `*.safetensors.index.json` against its shards;
+see `check_config` and `check_index`.
 """
 
 from __future__ import annotations
