@@ -5,6 +5,8 @@ decode: ST_UNKNOWN_LAYOUT and the `unknown` share), and packed integer tensors o
 
 from __future__ import annotations
 
+import json
+import struct
 from fractions import Fraction
 from pathlib import Path
 
@@ -204,8 +206,6 @@ def test_marlin_and_exl3_are_unknown(tmp_path: Path) -> None:
     """A GPTQ checkpoint saved in Marlin's format keeps GPTQ's names (`qweight` I32 [in/16, out*2],
     `scales`) over another packing: with config.json's checkpoint_format marlin it is an unknown layout,
     not a misread GPTQ weight. EXL3's `trellis` I16 [in/16, out/16, 16*bits] with `suh`/`svh` likewise."""
-    import json
-
     write_st(tmp_path / "model.safetensors", {
         "model.layers.0.mlp.up_proj.qweight": ("I32", [8, 512]), "model.layers.0.mlp.up_proj.scales": ("F16", [1, 256]),
         "model.layers.0.mlp.up_proj.g_idx": ("I32", [128]),
@@ -226,3 +226,20 @@ def test_marlin_and_exl3_are_unknown(tmp_path: Path) -> None:
     assert sorted(p[:2] for p in ws.problems) == [
         ("FIDELITY_UNSUPPORTED_ENCODING", "model.layers.0.mlp.down_proj.weight"),
         ("FIDELITY_UNSUPPORTED_ENCODING", "model.layers.0.mlp.up_proj.weight")]
+
+
+def test_scale_scan_reads_quanto_and_mlx_scales(tmp_path: Path) -> None:
+    """--param scan_scales=1 reads quanto's `weight._scale` and MLX's `scales`; a zeroed quanto scale
+    is ST_SCALE_ZERO."""
+    for folder, count in (("quanto_int8", 7), ("mlx_4bit", 9)):
+        _, result = run_json("guard", "safetensors-dtypes", str(ST / folder / "model.safetensors"),
+                             "--param", "scan_scales=1")
+        assert (result["metrics"]["scales_scanned"], result["findings"]) == (count, []), folder
+    raw = bytearray((ST / "quanto_int8" / "model.safetensors").read_bytes())
+    name = "model.layers.0.mlp.up_proj.weight._scale"
+    (n,) = struct.unpack("<Q", raw[:8])
+    begin, end = json.loads(raw[8:8 + n])[name]["data_offsets"]
+    raw[8 + n + begin:8 + n + end] = bytes(end - begin)
+    (tmp_path / "model.safetensors").write_bytes(bytes(raw))
+    _, result = run_json("guard", "safetensors-dtypes", str(tmp_path / "model.safetensors"), "--param", "scan_scales=1")
+    assert [(f["code"], f["location"].get("tensor")) for f in result["findings"]] == [("ST_SCALE_ZERO", name)]
