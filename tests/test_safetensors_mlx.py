@@ -247,3 +247,23 @@ def test_mlx_without_config(tmp_path: Path) -> None:
     assert (tuple(down["shape"]), down["bits"], down["detail"]["bits_assumed"]) == ((128, 512), 4, True)
     _, result = run_json("guard", "safetensors-dtypes", str(tmp_path / "model.safetensors"))
     assert [f["code"] for f in result["findings"]] == ["ST_NO_QUANT_CONFIG"]
+
+
+def test_mlx_switch_experts_3d(tmp_path: Path) -> None:
+    """mlx-lm's SwitchGLU expert banks: U32 [experts, out, in*bits/32] with scales/biases [experts, out,
+    groups] read as one [experts, out, in] layer and dequantize as mx.dequantize does (live mlx)."""
+    mx = pytest.importorskip("mlx.core")
+    from quantgate.dequant.safetensors import open_weights
+    from quantgate.formats import safetensors as st
+
+    mx.random.seed(0)
+    q, s, b = mx.quantize(mx.random.normal((4, 32, 128)).astype(mx.float16), group_size=64, bits=4)
+    name = "model.layers.0.mlp.switch_mlp.up_proj"
+    path = str(tmp_path / "model.safetensors")
+    mx.save_safetensors(path, {f"{name}.weight": q, f"{name}.scales": s, f"{name}.biases": b})
+    (layer,) = st.read(path).layers
+    assert (layer.name, layer.shape, layer.bits, layer.params) == (f"{name}.weight", (4, 32, 128), 4, 16384)
+    assert layer.weight_bytes == 4 * 32 * 128 // 2 + 2 * 4 * 32 * 2 * 2
+    ref = open_weights(path).weights[f"{name}.weight"]
+    want = np.array(mx.dequantize(q, s.astype(mx.float32), b.astype(mx.float32), group_size=64, bits=4))
+    np.testing.assert_allclose(ref.load().reshape(ref.shape), want, rtol=1e-6, atol=1e-6)
