@@ -17,11 +17,22 @@ Each weight comes back in its logical [out, in] shape, keyed `<module>.weight`:
 * compressed-tensors `nvfp4-pack-quantized` (U8 `weight_packed`, two E2M1 codes a byte, low nibble
   first; fp8 `weight_scale` per 16 inputs; F32 `weight_global_scale`): x = fp4 * scale / global_scale;
 * bitsandbytes int8 (I8 `weight` + F32 `SCB` [out]): x = q * SCB / 127.
+* MLX affine (`mlx.nn.quantize`: U32 `weight` [..., out, in*bits/32], values packed densely from bit 0
+  of each little-endian word; `scales` and `biases` [..., out, in/group_size]): x = scale * q + bias;
+  group_size from config.json `quantization` (per-module entries first), else mlx's default 64.
 
 * bitsandbytes 4-bit NF4/FP4 (U8 codes, high nibble first; `quant_map`; block `absmax`, double-quantized
   through `nested_quant_map`/`nested_absmax`/`nested_offset`): x = quant_map[code] * absmax[block].
 
-MXFP4 blocks are reported as not dequantized.
+* MLX mxfp4 / nvfp4 / mxfp8 (U32 `weight` of E2M1 or E4M3 codes, U8 `scales` per 32 or, nvfp4, 16
+  values, no biases): x = code * scale, E8M0 scales (2^(s-127)), E4M3 for nvfp4.
+* HQQ (`W_q` U8 [out*in/group/(8/nbits), group], the grouped rows packed along the first dim, the first
+  rows in the high bits; `scale`, `zero` [out*in/group, 1]; `shape`, `nbits`, `axis`, `packing`):
+  x = (q - zero) * scale, axis 1 and the u8 packings (1, 2, 4, 8 bits);
+* optimum-quanto qint8/qfloat8 (`weight._data` I8/F8 [out, in], `weight._scale` [out, 1]): x = q * scale.
+
+optimum-quanto's packed qint4/qint2 (stored grouped [out*in/group, group]: the [out, in] is not in the
+file), modules of an unknown layout and MXFP4 blocks are reported as not dequantized.
 """
 
 from __future__ import annotations
@@ -149,8 +160,19 @@ def open_weights(path: str) -> WeightSet:
             continue
         if ref is not None:
             ws.add(ref)
+    # modules of a layout no reader decodes (HQQ, EXL2...): their float companions are no weights
+    strange = layouts.unknown_groups(loose, {t.name for t in loose})
+    for module, group in strange.items():
+        hqq = layouts.hqq_parts(module, group)
+        try:
+            if hqq is None:
+                raise DequantError(UNSUPPORTED, f"{module}: integer tensors in a layout quantgate does not decode "
+                                   "(ST_UNKNOWN_LAYOUT)")
+            ws.add(_hqq(f, module, hqq))
+        except DequantError as exc:
+            ws.problems.append((exc.code, module + ".weight", exc.message))
     for t in loose:
-        if len(t.shape) >= 2 and t.dtype in FLOATS:
+        if len(t.shape) >= 2 and t.dtype in FLOATS and t.name.rpartition(".")[0] not in strange:
             ws.add(_plain(f, t.name, t))
     return ws
 
@@ -169,14 +191,20 @@ def _plain(f: _File, name: str, t: Any) -> WeightRef:
 def _module_ref(f: _File, module: str, parts: dict[str, Any], qc: dict[str, Any], spec: Any) -> WeightRef | None:
     name = module + ".weight"
     if "qweight" in parts:
+        if str(qc.get("checkpoint_format", "")).lower() == "marlin" or qc.get("is_marlin_format") is True:
+            raise DequantError(UNSUPPORTED, f"{name}: a GPTQ qweight repacked for Marlin is not decoded here")
         return _gptq_awq(f, name, parts, qc, spec)
     if "packed" in parts:
         return _ct_packed(f, name, parts)
+    if "quanto_data" in parts or "quanto_packed" in parts:
+        return _quanto(f, name, parts)
     weight = parts.get("weight")
     if weight is None or len(weight.shape) < 2:
         return None
     if "bnb_state" in parts or "bnb_absmax" in parts:
         return _bnb4(f, name, parts)
+    if weight.dtype == "U32" and "scales" in parts:
+        return _mlx(f, module, parts, spec)
     if weight.dtype in FLOATS:
         return _plain(f, name, weight)
     shape = tuple(weight.shape)
@@ -385,3 +413,120 @@ def _gptq_awq(f: _File, name: str, parts: dict[str, Any], qc: dict[str, Any], sp
         return x.T
 
     return WeightRef(name, (out_f, in_f), f"int{bits} {layout.upper()}", True, load)
+
+
+def _mlx_microscaled(f: _File, name: str, weight: Any, scales: Any, lead: tuple[int, ...], words: int,
+                     groups: int) -> WeightRef:
+    """MLX mxfp4 / nvfp4 / mxfp8: E2M1 (4-bit) or E4M3 (8-bit) codes packed from bit 0 of each U32 word,
+    one U8 scale per 32 (nvfp4: 16) values: E8M0 (2^(s-127)) for the mx modes, E4M3 for nvfp4."""
+    fits = scales.dtype == "U8" and groups and words % groups == 0
+    mode = layouts.MLX_FP_MODES.get(words // groups) if fits else None
+    if mode is None or tuple(scales.shape[:-1]) != lead:
+        raise DequantError(BROKEN, f"{name}: U32 weight {list(weight.shape)} with {scales.dtype} scales "
+                           f"{list(scales.shape)} and no biases is none of MLX's mxfp4, nvfp4, mxfp8")
+    gs, bits = layouts.MLX_MODE_DEFAULTS[mode]
+    in_f = groups * gs
+    table = E2M1 if bits == 4 else FP8["F8_E4M3"]
+    e8m0 = np.where(np.arange(256) == 255, np.nan, np.exp2(np.arange(256, dtype=np.float64) - 127)).astype(np.float32)
+    scale_table = FP8["F8_E4M3"] if mode == "nvfp4" else e8m0
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        codes = _unpack_dense(np.asarray(f.array(weight)).reshape(-1, words)[rows], bits, in_f)
+        s = scale_table[np.asarray(f.array(scales)).reshape(-1, groups)[rows]]
+        return table[codes] * np.repeat(s, gs, axis=1)
+
+    return WeightRef(name, (*lead, in_f), f"{mode} (MLX)", True, load)
+
+
+def _mlx(f: _File, module: str, parts: dict[str, Any], spec: Any) -> WeightRef:
+    """MLX affine: x = scales * q + biases, a scale and a bias per group_size inputs along each row."""
+    name = module + ".weight"
+    weight, scales, biases = parts["weight"], parts["scales"], parts.get("biases")
+    lead = tuple(weight.shape[:-1])
+    words, groups = weight.shape[-1], scales.shape[-1] if scales.shape else 0
+    if biases is None:
+        return _mlx_microscaled(f, name, weight, scales, lead, words, groups)
+    if tuple(scales.shape[:-1]) != lead or tuple(biases.shape) != tuple(scales.shape) or not groups:
+        raise DequantError(BROKEN, f"{name}: scales {list(scales.shape)} / biases {list(biases.shape)} do not fit "
+                           f"the U32 weight {list(weight.shape)}")
+    mine = spec.for_module(module, "") if spec is not None and spec.method == "mlx" else None
+    sizes = (mine.group_size,) if mine is not None and mine.group_size else layouts.MLX_AFFINE_GROUPS
+    gs = next((g for g in sizes if (32 * words) % (groups * g) == 0
+               and 32 * words // (groups * g) in layouts.MLX_AFFINE_BITS), None)
+    if gs is None:
+        raise DequantError(BROKEN, f"{name}: {words} words over {groups} groups is no whole bit width at "
+                           f"group size {'/'.join(map(str, sizes))}")
+    bits = 32 * words // (groups * gs)
+    in_f = groups * gs
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        q = _unpack_dense(np.asarray(f.array(weight)).reshape(-1, words)[rows], bits, in_f).astype(np.float32)
+        s = _to_float(scales.dtype, np.asarray(f.array(scales)).reshape(-1, groups)[rows])
+        b = _to_float(biases.dtype, np.asarray(f.array(biases)).reshape(-1, groups)[rows])
+        return q * np.repeat(s, gs, axis=1) + np.repeat(b, gs, axis=1)
+
+    return WeightRef(name, (*lead, in_f), f"int{bits} affine (MLX, group {gs})", True, load)
+
+
+def _quanto(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
+    """optimum-quanto qint8/qfloat8: `weight._data` [out, in] times `weight._scale` [out, 1]."""
+    data, scale = parts.get("quanto_data"), parts.get("quanto_scale")
+    if data is None or "quanto_packed" in parts:
+        raise DequantError(UNSUPPORTED, f"{name}: optimum-quanto packed qint4/qint2 is stored grouped [out*in/group, "
+                           "group] without the [out, in] shape: not decoded here")
+    if scale is None or len(data.shape) != 2 or data.dtype not in ("I8", *FP8) or scale.numel not in (1, data.shape[0]):
+        raise DequantError(BROKEN, f"{name}: quanto weight._data {data.dtype} {list(data.shape)} without a "
+                           "weight._scale is not decodable")
+    cols = data.shape[1]
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        q = _to_float(data.dtype, f.array(data)[rows])
+        return q * _broadcast_scale(_to_float(scale.dtype, f.array(scale)), rows, cols, name)
+
+    return WeightRef(name, tuple(data.shape), f"{'int8' if data.dtype == 'I8' else 'fp8'} (optimum-quanto)", True, load)
+
+
+HQQ_PACKINGS = {"8bit_u8": 8, "4bit_u8": 4, "2bit_u8": 2, "1bit_u8": 1}
+
+
+def _hqq(f: _File, module: str, parts: dict[str, Any]) -> WeightRef:
+    """HQQ axis-1 u8 packings: grouped row g (of out*in/group) sits in packed row g % step, at the
+    (g // step)-th nbits field from the top of the byte; x = (q - zero) * scale per grouped row."""
+    name = module + ".weight"
+
+    def small(key: str, limit: int = 64) -> np.ndarray | None:
+        t = parts.get(key)
+        if t is None or t.nbytes > limit:
+            return None
+        return np.asarray(f.array(t)).reshape(-1)
+
+    wq, scale, zero = parts["W_q"], parts["scale"], parts["zero"]
+    shape_v, nbits_v, axis_v, packing_v = small("shape"), small("nbits"), small("axis"), small("packing")
+    packing = bytes(packing_v.astype(np.uint8)).decode("ascii", "replace") if packing_v is not None else ""
+    if shape_v is None or shape_v.size != 2 or nbits_v is None or nbits_v.size != 1:
+        raise DequantError(BROKEN, f"{name}: HQQ shape / nbits tensors are unreadable")
+    out_f, in_f = (int(x) for x in shape_v)
+    nbits = int(nbits_v[0])
+    axis = int(axis_v[0]) if axis_v is not None and axis_v.size == 1 else 1
+    if HQQ_PACKINGS.get(packing) != nbits or axis != 1 or wq.dtype != "U8" or len(wq.shape) != 2:
+        raise DequantError(UNSUPPORTED, f"{name}: HQQ packing {packing!r} ({nbits} bits, axis {axis}, W_q "
+                           f"{wq.dtype}) is not decoded here")
+    step, group = wq.shape
+    per = 8 // nbits
+    if out_f <= 0 or in_f <= 0 or not group or in_f % group or out_f * in_f != step * per * group \
+            or scale.numel != out_f * in_f // group or zero.numel != scale.numel:
+        raise DequantError(BROKEN, f"{name}: HQQ W_q {list(wq.shape)}, scale {list(scale.shape)} do not fit "
+                           f"shape [{out_f}, {in_f}] at {nbits} bits")
+    k = in_f // group  # grouped rows per output row
+    mask = (1 << nbits) - 1
+
+    def load(rows: np.ndarray) -> np.ndarray:
+        g = (rows[:, None] * k + np.arange(k)[None, :]).reshape(-1)
+        packed = np.asarray(f.array(wq))[g % step].astype(np.int32)
+        shift = (8 - nbits * (g // step + 1))[:, None]
+        q = ((packed >> shift) & mask).astype(np.float32)
+        s = _to_float(scale.dtype, np.asarray(f.array(scale)).reshape(-1)[g])[:, None]
+        z = _to_float(zero.dtype, np.asarray(f.array(zero)).reshape(-1)[g])[:, None]
+        return ((q - z) * s).reshape(len(rows), in_f)
+
+    return WeightRef(name, (out_f, in_f), f"int{nbits} HQQ (group {group})", True, load)

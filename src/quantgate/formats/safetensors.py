@@ -2,7 +2,7 @@
 
 Layout: a u64 little-endian header length N, N bytes of UTF-8 JSON (an object of tensor entries
 `{"dtype", "shape", "data_offsets": [begin, end]}` plus an optional `__metadata__` of string ->
-string), then the data buffer. The reference (safetensors/src/tensor.rs) requires N <= 100 MB,
+string, or null), then the data buffer. The reference (safetensors/src/tensor.rs) requires N <= 100 MB,
 known dtypes, end - begin == numel * bits / 8 exactly, whole bytes for sub-byte dtypes, tensors
 contiguous from 0 once sorted by offset, and 8 + N + buffer end == the file length. Here each of
 those is its own finding code with the tensor name and byte offset; duplicate JSON keys (which
@@ -77,7 +77,7 @@ STRUCTURE_CODES = {
     "ST_HEADER_TOO_DEEP": "The JSON header nests deeper than a safetensors header can (hostile input).",
     "ST_HEADER_NOT_OBJECT": "The JSON header is not an object of tensor entries.",
     "ST_DUPLICATE_KEY": "A JSON key appears twice in one object (the reference keeps the last, silently).",
-    "ST_METADATA_INVALID": "`__metadata__` is not an object of string -> string.",
+    "ST_METADATA_INVALID": "`__metadata__` is not an object of string -> string (or null).",
     "ST_ENTRY_INVALID": "A tensor entry is not an object, or lacks dtype, shape or data_offsets.",
     "ST_ENTRY_UNKNOWN_FIELD": "A tensor entry has a key other than dtype, shape and data_offsets (ignored by "
     "the reference).",
@@ -469,7 +469,9 @@ def _report_duplicates(doc: dict[str, Any], duplicates: list[tuple[str, dict[str
 
 
 def _check_metadata(meta: Any, present: bool, head: Header, out: _Findings, loc: _Locator) -> None:
-    if not present:
+    # `"__metadata__": null` is no metadata: the reference reads it as an absent Option (and
+    # mlx.core.save_safetensors writes it whenever no metadata is given)
+    if not present or meta is None:
         return
     if not isinstance(meta, dict):
         out.add(F.error("ST_METADATA_INVALID",

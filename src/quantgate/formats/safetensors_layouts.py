@@ -15,14 +15,28 @@ every companion that encodes the weight (research §3.2, §3.3):
 | compressed-tensors | `weight_packed` I32 [out, in·bits/32] or U8 (NVFP4), `weight_scale` | `weight_shape`, |
 |   | (+ `weight_zero_point`, `weight_shape`, `weight_global_scale`) | else derived |
 | MXFP4 (gpt-oss) | `X_blocks` U8 [..., out, in/32, 16] + `X_scales` U8 [..., out, in/32] | [..., out, in] |
+| MLX affine (`mlx.nn.quantize`, mlx-lm) | `weight` U32 [..., out, in·bits/32] + `scales` + `biases` | [..., out, in] |
+|   | [..., out, in/group_size]; group_size and bits from config.json `quantization` | |
+| MLX mxfp4/nvfp4/mxfp8 | `weight` U32 [..., out, in·bits/32] + `scales` U8 [..., out, in/32 | [..., out, in] |
+|   | (nvfp4: in/16)], no biases | |
+| optimum-quanto qint8/qfloat8 | `weight._data` I8/F8 [out, in] + `weight._scale` [out, 1] | as stored |
+| optimum-quanto qint4/qint2 | `weight._data._data` U8 [rows·bits/8, group] + `weight._scale`, | [rows, group] |
+|   | `weight._shift` [rows, 1]: the weight grouped as [out·in/group, group] (the file has no [out, in]) | |
+| HQQ (`HQQLinear`) | `W_q` U8 [out·in/group·bits/8, group] (3-bit: I32) + `scale`, `zero` | `shape` |
+|   | [out·in/group, 1] + meta tensors (`shape` I64 [2], `nbits`, `group_size`, `axis`, `packing`...) | |
 | int8 / fp8 with scale | `weight` I8/F8 [out, in] + `weight_scale` (or `weight_scale_inv`) | as stored |
 
 Activation parameters (`input_scale`, `k_scale`...) are quantization metadata of the activations:
 not ops, not weight bytes, not parameters.
 
-`config.json` beside the file (its `quantization_config`) is checked against what is stored, and a
-sharded checkpoint's `*.safetensors.index.json` against its shards; see `check_config` and
-`check_index`.
+Integer tensors no layout above explains (torchao `_weight_qdata`, EXL2 `q_weight`, EXL3 `trellis`,
+a GPTQ `qweight` in Marlin's `checkpoint_format`, a packed `weight` with no companion...) are never
+read as weights: each such module becomes one layer of unknown precision (the `unknown` coverage
+share) and an ST_UNKNOWN_LAYOUT finding names the tensor pattern.
+
+`config.json` beside the file (its `quantization_config`, or mlx-lm's `quantization`) is checked
+against what is stored, and a sharded checkpoint's `*.safetensors.index.json` against its shards;
+see `check_config` and `check_index`.
 """
 
 from __future__ import annotations
@@ -39,7 +53,7 @@ from quantgate import findings as F
 from quantgate import jsonfile
 from quantgate.findings import Finding
 from quantgate.formats.binary import View
-from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
+from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
 
 CONFIG_LIMIT = 8 << 20  # a config.json or index larger than this is not read
 INDEX_LIMIT = 64 << 20
@@ -72,8 +86,14 @@ _SUFFIX_ROLES: list[tuple[str, str]] = sorted(
         (".qweight", "qweight"),
         (".qzeros", "qzeros"),
         (".scales", "scales"),
+        (".biases", "biases"),  # MLX affine: the per-group offset beside `scales`
         (".g_idx", "g_idx"),
         (".weight", "weight"),
+        # optimum-quanto's frozen QTensors, saved as their inner tensors
+        (".weight._data._data", "quanto_packed"),
+        (".weight._data", "quanto_data"),
+        (".weight._scale", "quanto_scale"),
+        (".weight._shift", "quanto_shift"),
         (".input_scale", "act"),
         (".input_zero_point", "act"),
         (".input_global_scale", "act"),
@@ -83,7 +103,7 @@ _SUFFIX_ROLES: list[tuple[str, str]] = sorted(
     ],
     key=lambda item: -len(item[0]),
 )
-MAIN_ROLES = ("qweight", "packed", "weight")
+MAIN_ROLES = ("qweight", "packed", "weight", "quanto_packed", "quanto_data")
 
 LAYOUT_CODES = {
     "ST_COMPANION_MISSING": "A packed or low-bit weight lacks the tensor needed to decode it (scales, "
@@ -104,6 +124,8 @@ LAYOUT_CODES = {
     "ST_GROUP_SIZE_MISMATCH": "config.json group_size disagrees with the scale tensor's shape.",
     "ST_SCALE_NOT_FINITE": "A scale tensor holds NaN or infinite values (opt-in: --param scan_scales=1).",
     "ST_SCALE_ZERO": "A scale tensor holds zeros: the weights it scales decode to 0 (opt-in scan).",
+    "ST_UNKNOWN_LAYOUT": "Packed integer tensors in a layout quantgate does not decode: counted as layers of "
+    "unknown precision, never as weights.",
     "ST_INDEX_INVALID": "The sharded index JSON is unreadable or has no weight_map.",
     "ST_INDEX_TENSOR_MISSING": "The index maps a tensor to this shard but the shard does not hold it.",
     "ST_INDEX_TENSOR_UNLISTED": "The shard holds a tensor the index does not map to it.",
@@ -185,10 +207,17 @@ class QuantSpec:
     quantize_head: bool = False
     # compressed-tensors config_groups: (targets, weights args) in config order
     groups: list[tuple[list[str], dict[str, Any]]] = field(default_factory=list)
+    # MLX: the quantization mode, and the per-module entries of config.json `quantization` (a dict of
+    # to_quantized arguments, or false)
+    mode: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    explicit: bool = False  # this spec comes from a per-module entry
 
     def for_module(self, module: str, kind: str) -> QuantSpec | None:
         """The spec of the config group that targets this module; None when no group does. Name and
         `re:` targets win over class targets (`Linear`), as they are the more specific."""
+        if self.method == "mlx":
+            return self._mlx_for(module)
         if not self.groups:
             return self
         by_class = None
@@ -200,6 +229,21 @@ class QuantSpec:
                 elif _matches(module, t):
                     return self._with(weights)
         return self._with(by_class) if by_class is not None else None
+
+    def _mlx_for(self, module: str) -> QuantSpec | None:
+        entry = self.overrides.get(module)
+        if entry is None:
+            return self
+        if not isinstance(entry, dict):
+            return None if entry is False else self
+        # mlx.nn.quantize passes the dict to to_quantized as is: a missing key takes the mode's default,
+        # not the global value
+        mode = entry.get("mode") if isinstance(entry.get("mode"), str) else "affine"
+        gs, bits = MLX_MODE_DEFAULTS.get(mode, (None, None))
+        return QuantSpec(method="mlx", layout="mlx", mode=mode, explicit=True,
+                         bits=_int_or_none(entry.get("bits")) or bits,
+                         group_size=_int_or_none(entry.get("group_size")) or gs,
+                         numeric=INT if mode == "affine" else FLOAT)
 
     def _with(self, w: dict[str, Any]) -> QuantSpec:
         strategy = w.get("strategy")
@@ -489,7 +533,118 @@ def _mxfp4_blocks(blocks: Any, scales: Any) -> Layer:
                  detail={"layout": "mxfp4-blocks", "stored": _tinfo(blocks)})
 
 
-CHECKED_METHODS = {"gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8"}
+def _quanto(ctx: Ctx, module: str, parts: dict[str, Any], data: Any) -> Layer:
+    """optimum-quanto (`quantize` + `freeze`, the state dict saved as is). qint8/qfloat8: `weight._data`
+    I8/F8 [out, in], `weight._scale` [out, 1]. qint4/qint2: the weight grouped as [rows, group] with
+    rows = out·in/group, packed along the rows (8/bits of them a byte: `weight._data._data` U8
+    [rows·bits/8, group]), a `_scale` and a `_shift` per row; w = scale·q - shift."""
+    name = module + ".weight"
+    scale, shift = parts.get("quanto_scale"), parts.get("quanto_shift")
+    wbytes = sum(p.nbytes for r, p in parts.items() if r.startswith("quanto_"))
+    detail: dict[str, Any] = {"layout": "quanto", "stored": _tinfo(data)}
+    shape = tuple(data.shape)
+    if scale is None:
+        ctx.semantic.append(F.error("ST_COMPANION_MISSING", f"{data.name} has no {module}.weight._scale: it "
+                                    "cannot be dequantized", tensor=name))
+    if parts.get("quanto_packed") is data:
+        if shift is None:
+            ctx.semantic.append(F.error("ST_COMPANION_MISSING", f"{data.name} has no {module}.weight._shift: "
+                                        "the packed weight cannot be dequantized", tensor=name))
+        rows = scale.shape[0] if scale is not None and len(scale.shape) == 2 and scale.shape[1] == 1 else 0
+        bits, numeric = 4, INT
+        if len(shape) == 2 and shape[0] and rows and rows % shape[0] == 0 and rows // shape[0] in (2, 4):
+            bits = 8 // (rows // shape[0])
+            shape = (rows, shape[1])
+            detail["implied_bits"] = bits
+        else:
+            if scale is not None:
+                ctx.semantic.append(F.error(
+                    "ST_COMPANION_SHAPE_MISMATCH", f"{scale.name} is {_tinfo(scale)}: quanto's packed "
+                    f"{_tinfo(data)} needs [rows, 1] with 2 or 4 rows a packed row", tensor=scale.name))
+            shape = (shape[0] * 2, *shape[1:]) if shape else (data.numel * 2,)
+        detail["grouped"] = True  # [out·in/group, group]: the logical [out, in] is not in the file
+        dtype = f"int{bits}(U8)"
+    else:
+        bits, numeric = 8, FLOAT if data.dtype in F8_DTYPES else INT
+        dtype = data.dtype
+        if len(shape) >= 2 and scale is not None and scale.numel not in (1, shape[0]):
+            ctx.semantic.append(F.error(
+                "ST_COMPANION_SHAPE_MISMATCH", f"{scale.name} is {_tinfo(scale)}; a quanto {_tinfo(data)} "
+                f"weight has one scale per output row ({shape[0]})", tensor=scale.name))
+    return Layer(name=name, kind=layer_kind(name, max(2, len(shape))), shape=shape, dtype=dtype, bits=bits,
+                 numeric=numeric, quantized=True, params=_numel(shape), weight_bytes=wbytes, detail=detail)
+
+
+# mlx.nn.quantize: mode -> (default group_size, default bits)
+MLX_MODE_DEFAULTS = {"affine": (64, 4), "mxfp4": (32, 4), "nvfp4": (16, 4), "mxfp8": (32, 8)}
+MLX_AFFINE_BITS = (1, 2, 3, 4, 5, 6, 8)
+MLX_AFFINE_GROUPS = (64, 32, 128)  # the default first: tried in this order when no config says
+# the microscaled modes store no biases; U32 words per U8 scale tell them apart: in·bits/32 words over
+# in/group_size scales
+MLX_FP_MODES = {4: "mxfp4", 2: "nvfp4", 8: "mxfp8"}
+
+
+def _mlx(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
+    """MLX (`mlx.nn.quantize`, mlx-lm): `weight` U32 [..., out, in·bits/32], values packed densely
+    from bit 0 of each little-endian word; `scales` [..., out, in/group_size] and, in affine mode,
+    `biases` of the same shape (w = scale·q + bias). The shapes give bits × group_size / 32 words per
+    group: config.json's group_size (or mlx's default 64) splits it into the two."""
+    name = module + ".weight"
+    scales, biases = parts["scales"], parts.get("biases")
+    kind = layer_kind(name, len(weight.shape))
+    spec = ctx.spec_for(module, kind) if ctx.spec is not None and ctx.spec.method == "mlx" else None
+    words, groups = weight.shape[-1], scales.shape[-1] if scales.shape else 0
+    fp = biases is None and scales.dtype == "U8"
+    mode = (MLX_FP_MODES.get(words // groups) if groups and words % groups == 0 else None) if fp else "affine"
+    detail: dict[str, Any] = {"layout": f"mlx-{mode or 'fp'}", "stored": _tinfo(weight)}
+    bits = gs = None
+    if tuple(scales.shape[:-1]) != tuple(weight.shape[:-1]) or not groups or (
+            biases is not None and tuple(biases.shape) != tuple(scales.shape)):
+        ctx.semantic.append(F.error(
+            "ST_COMPANION_SHAPE_MISMATCH",
+            f"{name}: MLX weight {_tinfo(weight)} needs scales"
+            + ("" if fp else " and biases") + f" [{', '.join(map(str, weight.shape[:-1]))}, groups]; found "
+            f"scales {_tinfo(scales)}" + (f", biases {_tinfo(biases)}" if biases is not None else ""),
+            tensor=name))
+    elif mode is not None and mode != "affine":
+        gs, bits = MLX_MODE_DEFAULTS[mode]
+        detail["implied_bits"] = bits
+    elif mode == "affine":
+        if biases is None:
+            ctx.semantic.append(F.error(
+                "ST_COMPANION_MISSING", f"{name}: MLX affine weight {_tinfo(weight)} with scales but no "
+                f"{module}.biases: it cannot be dequantized", tensor=name))
+        sizes = (spec.group_size,) if spec is not None and spec.group_size else MLX_AFFINE_GROUPS
+        for size in sizes:
+            if (32 * words) % (groups * size) == 0 and 32 * words // (groups * size) in MLX_AFFINE_BITS:
+                gs, bits = size, 32 * words // (groups * size)
+                detail["implied_bits"] = bits
+                break
+        if bits is None and spec is not None and spec.group_size:
+            ctx.semantic.append(F.error(
+                "ST_GROUP_SIZE_MISMATCH",
+                f"{name}: {words} U32 words per row over {groups} scale group(s) is no whole bit width at "
+                f"config.json group_size {spec.group_size}", tensor=name))
+        elif spec is None:
+            detail["bits_assumed"] = True  # no config.json: group_size is mlx's default, or the first that fits
+    else:
+        ctx.semantic.append(F.error(
+            "ST_COMPANION_SHAPE_MISMATCH",
+            f"{name}: MLX weight {_tinfo(weight)} with U8 scales {_tinfo(scales)} and no biases is none of "
+            "mxfp4, nvfp4, mxfp8", tensor=name))
+    if bits is None:
+        bits = spec.bits if spec is not None and spec.bits else 4
+    if gs is not None:
+        detail["group_size"] = gs
+    shape = (*weight.shape[:-1], words * 32 // bits)
+    numeric = INT if mode == "affine" else FLOAT
+    wbytes = weight.nbytes + scales.nbytes + (biases.nbytes if biases is not None else 0)
+    dtype = f"int{bits}(U32)" if mode == "affine" else f"{mode or 'fp'}(U32)"
+    return Layer(name=name, kind=kind, shape=shape, dtype=dtype, bits=bits, numeric=numeric, quantized=True,
+                 params=_numel(shape), weight_bytes=wbytes, detail=detail)
+
+
+CHECKED_METHODS = {"gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8", "mlx"}
 
 
 # --- config.json ----------------------------------------------------------------------------------
@@ -521,6 +676,8 @@ def load_quant_config(folder: str, semantic: list[Finding]) -> dict[str, Any] | 
                                       "; quantization_config not checked", field="config.json"))
             return None
         qc = doc.get("quantization_config", doc.get("compression_config"))
+        if qc is None and isinstance(doc.get("quantization"), dict):  # mlx-lm before it copied the key
+            qc = doc["quantization"]
     if qc is None:
         for name, method in _SIDE_CONFIGS:
             side = os.path.join(folder, name)
@@ -567,6 +724,13 @@ def spec_from_config(qc: dict[str, Any]) -> QuantSpec:
         elif qc.get("load_in_8bit"):
             spec.layout, spec.bits, spec.numeric = "bnb-int8", 8, INT
         spec.ignore = _str_list(qc.get("llm_int8_skip_modules"))
+    elif method is None and _int_or_none(qc.get("bits")) and _int_or_none(qc.get("group_size")):
+        # mlx-lm writes `quantization` (and a copy as `quantization_config`) without a quant_method:
+        # the global to_quantized arguments plus one entry per module path that differs
+        mode = qc.get("mode") if isinstance(qc.get("mode"), str) else "affine"
+        spec = QuantSpec(method="mlx", layout="mlx", bits=qc["bits"], group_size=qc["group_size"], mode=mode,
+                         numeric=INT if mode == "affine" else FLOAT,
+                         overrides={k: v for k, v in qc.items() if isinstance(v, (dict, bool))})
     elif method == "compressed-tensors":
         spec.layout = "compressed-tensors"
         spec.ignore = _str_list(qc.get("ignore"))
@@ -603,15 +767,18 @@ def check_config(ctx: Ctx, layers: list[Layer]) -> None:
     """config.json's quantization_config against each layer's stored layout, bits and group size."""
     assert ctx.spec is not None
     for layer in layers:
+        if layer.quantized is None:
+            continue  # an unknown layout (ST_UNKNOWN_LAYOUT): nothing stored to check the config against
         module = _module_of(layer.name)
         ignored = any(_matches(module, e) for e in ctx.spec.ignore)
         spec = ctx.spec_for(module, layer.kind)
-        if spec is None:  # compressed-tensors: no config group targets this layer
+        if spec is None:  # compressed-tensors: no config group targets this layer (MLX: its entry is false)
             if layer.quantized and not ignored:
                 ctx.semantic.append(F.warning(
                     "ST_QUANT_METHOD_MISMATCH",
-                    f"{layer.name} is stored quantized ({layer.dtype}) but no config_groups target matches "
-                    "it",
+                    f"{layer.name} is stored quantized ({layer.dtype}) but "
+                    + ("config.json quantization sets it to false: mlx-lm will load it as float"
+                       if ctx.spec.method == "mlx" else "no config_groups target matches it"),
                     tensor=layer.name))
             continue
         layout = layer.detail.get("layout", "plain")
@@ -639,26 +806,33 @@ def check_config(ctx: Ctx, layers: list[Layer]) -> None:
             or (want == "bnb-int8" and layout == "bnb-int8")
             or (want == "fp8" and layout == "fp8-scaled")
             or (want == "bnb-4bit" and layout.startswith("bnb-") and layout != "bnb-int8")
+            or (want == "mlx" and layout == f"mlx-{spec.mode}")
             or (want == "compressed-tensors" and (layout.startswith("ct-") or layout in (
                 "int8-scaled", "fp8-scaled", "lowbit-float")))
         )
         if not ok:
             ctx.semantic.append(F.error(
                 "ST_QUANT_METHOD_MISMATCH",
-                f"{layer.name} is stored as {layout} but config.json says quant_method={spec.method}"
-                + (f" ({want})" if want != spec.method else ""), tensor=layer.name))
+                f"{layer.name} is stored as {layout} but config.json says "
+                + (f"mode={spec.mode}" if want == "mlx" else f"quant_method={spec.method}")
+                + (f" ({want})" if want not in (spec.method, "mlx") else ""), tensor=layer.name))
             continue
         if spec.bits is not None and layer.bits is not None and layer.bits != spec.bits:
             how = "the packed shapes imply" if layer.detail.get("implied_bits") else "it is stored at"
             ctx.semantic.append(F.error(
                 "ST_BITS_MISMATCH",
-                f"{layer.name}: {how} {layer.bits:g} bits but config.json says {spec.bits}",
+                f"{layer.name}: {how} {layer.bits:g} bits but config.json says {spec.bits}"
+                + (f" (at group_size {spec.group_size})" if want == "mlx" and spec.group_size else ""),
                 tensor=layer.name))
         if want == "compressed-tensors":
             _check_ct_scale(ctx, spec, layer, module)
 
 
 def _excluded_by_default(spec: QuantSpec, layer: Layer, module: str) -> bool:
+    if spec.method == "mlx":
+        # mlx-lm quantizes a module when it finds its `scales` (or a per-module entry asks for it); layers
+        # whose input does not divide into groups stay float without a word in the config
+        return not spec.explicit
     if layer.kind == EMBEDDING:
         return True
     if spec.method == "compressed-tensors":
@@ -818,6 +992,11 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     layouts: dict[str, int] = {}
     plain = quantized = 0
     shared = {t.name + ".weight" for t in loose}  # the weights a loose tensor is named like the module of
+    unknown: dict[str, list[str]] = {}  # the pattern of each unrecognised packed module -> the modules
+    # GPTQ checkpoints saved in Marlin's tile order (AutoGPTQ `checkpoint_format: marlin`, older
+    # `is_marlin_format`) keep GPTQ's names over another packing
+    marlin = qc is not None and (str(qc.get("checkpoint_format", "")).lower() == "marlin"
+                                 or qc.get("is_marlin_format") is True)
     for main in lone:  # a `.weight` alone: most of a checkpoint
         bits = FLOAT_DTYPES.get(main.dtype)
         if bits is None:
@@ -840,7 +1019,8 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         plain += 1
     for module, parts in modules.items():
         main_role = ("qweight" if "qweight" in parts else "packed" if "packed" in parts
-                     else "weight" if "weight" in parts else None)  # MAIN_ROLES, in order
+                     else "weight" if "weight" in parts else "quanto_packed" if "quanto_packed" in parts
+                     else "quanto_data" if "quanto_data" in parts else None)  # MAIN_ROLES, in order
         if main_role is None:
             for role, t in parts.items():
                 if role == "act":
@@ -851,16 +1031,24 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
                 params_stored += t.numel
             continue
         main = parts[main_role]
-        if main_role == "qweight":
+        if main_role == "qweight" and marlin:  # repacked for the Marlin kernel: not GPTQ's qweight layout
+            layer = _unknown(module, list(parts.values()), unknown)
+        elif main_role == "qweight":
             layer = _gptq_awq(ctx, module, parts, main)
         elif main_role == "packed":
             layer = _ct_packed(ctx, module, parts, main)
+        elif main_role.startswith("quanto_"):
+            layer = _quanto(ctx, module, parts, main)
+        elif main.dtype == "U32" and "scales" in parts and len(main.shape) >= 2:
+            layer = _mlx(ctx, module, parts, main)
         elif "bnb_state" in parts or (main.dtype == "U8" and "bnb_absmax" in parts):
             # any dtype: bnb_4bit_quant_storage=bfloat16 (FSDP QLoRA) packs the nibbles into BF16
             layer = _bnb4(ctx, module, parts, main)
         elif len(main.shape) < 2 and main.dtype in FLOAT_DTYPES:
             params_stored += main.numel  # a float 1-D `.weight` (a norm): as below, without building a layer
             continue
+        elif main.dtype in PACKED_INTS and len(main.shape) >= 2:  # packed, and no layout above explains it
+            layer = _unknown(module, list(parts.values()), unknown)
         else:
             layer = _plain(ctx, module, parts, main)
         if main_role == "weight" and len(layer.shape) < 2:
@@ -872,9 +1060,27 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         params_stored += layer.params
         # a bias lives beside the weight as a loose tensor; the weight's own extras are not parameters
     names = {t.name for t in loose}
+    strange = unknown_groups(loose, names)
     for t in loose:
         if t.name.endswith("_scales") and t.name[: -len("_scales")] + "_blocks" in names:
             continue  # the scales of an MXFP4 `_blocks` tensor, counted with it
+        group = strange.get(t.name.rpartition(".")[0]) if strange else None
+        if group is not None:
+            if t is not group[0]:
+                continue  # one layer per module, made at its first tensor
+            module = t.name.rpartition(".")[0]
+            hqq = hqq_parts(module, group)
+            found = _hqq(ctx, module, hqq) if hqq is not None else None
+            if found is None:
+                layer = _unknown(module, group, unknown)
+                params_stored += sum(x.numel for x in group)
+            else:
+                layer = found
+                params_stored += layer.params + (hqq["bias"].numel if "bias" in hqq else 0)
+            quantized += layer.quantized is True
+            _add(layer, layers, layouts)
+            at.append(min(x.begin for x in group))
+            continue
         if t.name.endswith("_blocks") and t.name[: -len("_blocks")] + "_scales" in names and t.dtype == "U8" \
                 and len(t.shape) >= 3:
             layer = _mxfp4_blocks(t, head.tensors[t.name[: -len("_blocks")] + "_scales"])
@@ -889,6 +1095,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         params_stored += layer.params
     if plain:
         layouts["plain"] = layouts.get("plain", 0) + plain
+    _report_unknown(unknown, inv.semantic_findings)
     # sorted by place in the file; a stable sort on an index list keeps the key lookups in C
     order = sorted(range(len(layers)), key=at.__getitem__)
     if order != list(range(len(layers))):  # made out of file order: number them again
@@ -909,7 +1116,8 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
                 f"config.json quant_method {ctx.spec.method!r} is not one quantgate checks against the "
                 f"stored tensors ({', '.join(sorted(CHECKED_METHODS))})", field="config.json"))
     elif not any(f.code == "ST_CONFIG_INVALID" for f in inv.semantic_findings) and any(
-            key in layouts for key in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized")):
+            key in layouts for key in ("gptq", "awq", "ct-pack-quantized", "ct-nvfp4-pack-quantized", "mlx-affine",
+                                       "mlx-mxfp4", "mlx-nvfp4", "mlx-mxfp8")):
         inv.semantic_findings.append(F.info(
             "ST_NO_QUANT_CONFIG",
             "packed quantized weights but no config.json with quantization_config beside the file: loaders "
@@ -921,6 +1129,119 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         f"{len(head.tensors)} tensors, {len(layers)} weight ops ({quantized} quantized"
         + (f", {', '.join(f'{k} {v}' for k, v in sorted(layouts.items()))}" if layouts else "") + ")"
     )
+
+
+# integer dtypes that only a packing of narrower values would put in a weight (I64 is left out: index
+# buffers such as `position_ids` [1, n])
+PACKED_INTS = ("I32", "U32", "I16", "U16")
+_INTS = (*PACKED_INTS, "I8", "U8")
+MAX_UNKNOWN_FINDINGS = 20
+
+
+def unknown_groups(loose: list[Any], names: set[str]) -> dict[str, list[Any]]:
+    """The loose tensors of each module (name up to its last dot) that holds an integer tensor of 2+ dims
+    no layout explains: a packed container dtype, or an 8-bit one beside other loose tensors (torchao
+    `_weight_qdata` + `_weight_scale`); HQQ modules are among them (told apart by hqq_parts). A lone
+    I8/U8 tensor stays an int8 op."""
+    suspect: set[str] = set()
+    for t in loose:  # most loose tensors are float biases and norms: the dtype test comes first
+        # (HQQ's view_as_float stores W_q as a float tensor)
+        if ((t.dtype in _INTS and len(t.shape) >= 2 and min(t.shape) > 1) or t.name.endswith(".W_q")) \
+                and not _mxfp4_part(t.name, names):
+            suspect.add(t.name.rpartition(".")[0])
+    suspect.discard("")
+    if not suspect:
+        return {}
+    by_module: dict[str, list[Any]] = {}
+    for t in loose:
+        module = t.name.rpartition(".")[0]
+        if module in suspect and not _mxfp4_part(t.name, names):
+            by_module.setdefault(module, []).append(t)
+    return {m: g for m, g in by_module.items() if len(g) > 1 or g[0].dtype in PACKED_INTS}
+
+
+def _mxfp4_part(name: str, names: set[str]) -> bool:
+    """One of a gpt-oss MXFP4 `X_blocks` / `X_scales` pair (read by _mxfp4_blocks)."""
+    if name.endswith("_blocks"):
+        return name[: -len("_blocks")] + "_scales" in names
+    return name.endswith("_scales") and name[: -len("_scales")] + "_blocks" in names
+
+
+HQQ_REQUIRED = ("W_q", "scale", "zero", "shape", "nbits")
+HQQ_BITS = (1, 2, 3, 4, 8)
+
+
+def hqq_parts(module: str, group: list[Any]) -> dict[str, Any] | None:
+    """HQQ's HQQLinear state dict (hqq, transformers' HqqConfig) by its names, when they are all there."""
+    parts = {t.name[len(module) + 1:]: t for t in group}
+    return parts if all(k in parts for k in HQQ_REQUIRED) else None
+
+
+def _read_int(ctx: Ctx, t: Any | None) -> int | None:
+    """A one-element integer tensor's value (HQQ keeps nbits, group_size and axis so)."""
+    size = {"I32": 4, "I64": 8, "I16": 2, "U8": 1, "I8": 1}.get(t.dtype) if t is not None else None
+    if size is None or t.numel != 1 or not ctx.readable(t, 8):
+        return None
+    return int.from_bytes(ctx.read(t), "little", signed=t.dtype != "U8")
+
+
+def _hqq(ctx: Ctx, module: str, parts: dict[str, Any]) -> Layer | None:
+    """HQQ (`HQQLinear`): `W_q` holds the weight grouped as [out·in/group, group] (axis 1), quantized to
+    `nbits` and packed along the first dim (8/nbits rows a byte, the first rows in the high bits; 3-bit:
+    10 a 32-bit word), `scale` and `zero` one per group, `shape` the logical [out, in]: w = (q - zero)·scale.
+    None when the meta tensors do not describe W_q (then the module is an unknown layout)."""
+    name = module + ".weight"
+    wq = parts["W_q"]
+    shape = _read_weight_shape(ctx, parts["shape"])
+    nbits = _read_int(ctx, parts["nbits"])
+    if shape is None or len(shape) != 2 or nbits not in HQQ_BITS:
+        return None
+    numel = _numel(shape)
+    capacity = wq.nbytes // 4 * 10 if nbits == 3 else wq.nbytes * 8 // nbits  # 3-bit: 10 in 32 bits
+    if capacity < numel:
+        ctx.semantic.append(F.error(
+            "ST_COMPANION_SHAPE_MISMATCH",
+            f"{name}: HQQ shape {list(shape)} at {nbits} bits needs more than W_q {_tinfo(wq)} holds",
+            tensor=name))
+        return None
+    detail: dict[str, Any] = {"layout": "hqq", "stored": _tinfo(wq)}
+    gs = _read_int(ctx, parts.get("group_size"))
+    if gs is not None:
+        detail["group_size"] = gs
+    wbytes = sum(parts[k].nbytes for k in ("W_q", "scale", "zero"))
+    return Layer(name=name, kind=layer_kind(name, 2), shape=shape, dtype=f"int{nbits}({wq.dtype})", bits=nbits,
+                 numeric=INT, quantized=True, params=numel, weight_bytes=wbytes, detail=detail)
+
+
+def _unknown(module: str, tensors: list[Any], unknown: dict[str, list[str]]) -> Layer:
+    """A module whose integer tensors no layout decodes: a layer of unknown precision (never float, never
+    a quantized claim), sized by its largest integer tensor's stored elements."""
+    ints = [t for t in tensors if t.dtype in _INTS] or tensors  # HQQ's W_q may be stored as a float view
+    main = max(ints, key=lambda t: t.nbytes)
+    # names and dtypes, not shapes: the modules of one quantizer share the pattern whatever their sizes
+    parts = sorted(f"{t.name[len(module) + 1:] if module else t.name} {t.dtype}" for t in tensors)
+    pattern = "{" + ", ".join(parts[:10]) + (", ..." if len(parts) > 10 else "") + "}"
+    unknown.setdefault(pattern, []).append(module)
+    # named like every other layer, `<module>.weight`, whatever the storage
+    name = main.name if main.name.endswith(".weight") or not module else (
+        module if module.endswith(".weight") else module + ".weight")
+    return Layer(name=name, kind=layer_kind(name, len(main.shape)), shape=tuple(main.shape),
+                 dtype=f"unknown({main.dtype})", bits=None, numeric=UNKNOWN, quantized=None, params=main.numel,
+                 weight_bytes=None, detail={"layout": "unknown", "stored": _tinfo(main),
+                                            "tensors": len(tensors)})
+
+
+def _report_unknown(unknown: dict[str, list[str]], semantic: list[Finding]) -> None:
+    for pattern, modules in list(unknown.items())[:MAX_UNKNOWN_FINDINGS]:
+        semantic.append(F.warning(
+            "ST_UNKNOWN_LAYOUT",
+            f"{len(modules)} module(s) like {modules[0]} hold integer tensors in a layout quantgate does not "
+            f"decode: {modules[0]}.{pattern}; counted as layers of unknown precision, not as weights: check the "
+            "quantizer (torchao, EXL2, Marlin...) and gate on coverage.*.unknown",
+            tensor=modules[0] or None))
+    if len(unknown) > MAX_UNKNOWN_FINDINGS:
+        semantic.append(F.warning(
+            "ST_UNKNOWN_LAYOUT", f"{len(unknown) - MAX_UNKNOWN_FINDINGS} more unknown tensor pattern(s) not listed"))
 
 
 def _add(layer: Layer, layers: list[Layer], layouts: dict[str, int]) -> None:

@@ -18,7 +18,7 @@ from quantgate.findings import Finding
 from quantgate.formats.binary import mapped
 from quantgate.formats.safetensors_layouts import split_name
 
-SCALE_ROLES = {"scale", "scales", "bnb_scb", "global_scale", "bnb_absmax", "bnb_nested_absmax"}
+SCALE_ROLES = {"scale", "scales", "bnb_scb", "global_scale", "bnb_absmax", "bnb_nested_absmax", "quanto_scale"}
 DEFAULT_LIMIT = 64 << 20
 
 
