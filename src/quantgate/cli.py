@@ -18,6 +18,8 @@ from quantgate import __version__, cli_extras
 from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
 from quantgate.report import FORMATS, render
 from quantgate.report.jsonfmt import dumps, dumps_bytes
+from quantgate.untrusted import lines as inert_lines
+from quantgate.untrusted import plain, stop_commands
 
 SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest", "merge", *cli_extras.SUBCOMMANDS)
 EXIT_CODES_HELP = """exit codes:
@@ -32,7 +34,7 @@ EXIT_CODES_HELP = """exit codes:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        print(f"quantgate: error: {message}", file=sys.stderr)
+        print(f"quantgate: error: {inert_lines(message)}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
@@ -188,7 +190,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _fail_usage(message: str) -> int:
-    print(f"quantgate: error: {message}", file=sys.stderr)
+    # a path or a policy value in it is hostile: each line made inert (quantgate.untrusted)
+    print(f"quantgate: error: {inert_lines(message)}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -240,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except Exception as exc:  # a bug of ours: one line, never a traceback unless asked for
         print(
-            f"quantgate: internal error: {type(exc).__name__}: {exc} "
+            f"quantgate: internal error: {type(exc).__name__}: {plain(exc)} "
             "(set QUANTGATE_DEBUG=1 for the traceback; please report it)",
             file=sys.stderr,
         )
@@ -320,21 +323,27 @@ def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
             raise UsageError(f"cannot write --output {fmt}={path}: {exc.strerror or exc}") from None
         written[fmt] = path
     in_github = os.environ.get("GITHUB_ACTIONS") == "true" and not args.no_github
+    if args.format == "json":
+        _print_bytes(dumps_bytes(report))  # plain JSON, never wrapped: its strings are escaped
+    else:
+        text = render(report, args.format)
+        if args.format in ("text", "markdown"):
+            # untrusted text on a GitHub runner: no workflow command inside is obeyed. Ended before
+            # quantgate's own annotations below, which must work (--format github is those).
+            text = stop_commands(text, sys.stdout)
+        sys.stdout.write(text)
+        sys.stdout.flush()
     if in_github:
         from quantgate.report import github
 
         if args.format != "github":
+            # after the report: the runner must read them once any stop-commands region has ended
             print(
                 "\n".join([*github.log_groups(report), *github.annotations(report)]),
                 file=sys.stderr,
                 flush=True,
             )
         github.publish(report, report_paths=written)
-    if args.format == "json":
-        _print_bytes(dumps_bytes(report))
-    else:
-        sys.stdout.write(render(report, args.format))
-        sys.stdout.flush()
     return int(report["exit_code"])
 
 
@@ -413,7 +422,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise UsageError(f"not a file: {args.path}")
     sniffed = sniff(path)
     if sniffed.format not in MODEL_FORMATS:
-        print(f"quantgate: {args.path}: {sniffed.format}: {sniffed.detail}", file=sys.stderr)
+        print(f"quantgate: {plain(args.path)}: {sniffed.format}: {plain(sniffed.detail)}", file=sys.stderr)
         return 1
     inventory = read_inventory(str(path), sniffed.format)
     if inventory is None:
@@ -425,14 +434,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         out["coverage_metrics"] = metrics
         sys.stdout.write(dumps(out))
     else:
-        sys.stdout.write(_inventory_text(inventory, metrics))
+        sys.stdout.write(stop_commands(_inventory_text(inventory, metrics), sys.stdout))
     return 1 if not inventory.structurally_sound else 0
 
 
 def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
-    lines = [f"{inventory.path}: {inventory.format}, {inventory.size_bytes:,} bytes"]
+    # every name, key, value and message below comes from the file: each made inert (plain)
+    lines = [f"{plain(inventory.path)}: {inventory.format}, {inventory.size_bytes:,} bytes"]
     for key, value in inventory.facts.items():
-        lines.append(f"  {key}: {value}")
+        lines.append(f"  {plain(key)}: {plain(value)}")
     if inventory.layers:
         rows = [("#", "name", "kind", "shape", "dtype", "bits", "params", "bpw")]
         for i, layer in enumerate(inventory.layers):
@@ -441,10 +451,10 @@ def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
             rows.append(
                 (
                     str(i),
-                    layer.name,
-                    layer.kind,
-                    "×".join(map(str, layer.shape)),
-                    layer.dtype,
+                    plain(layer.name),
+                    plain(layer.kind),
+                    plain("×".join(map(str, layer.shape))),
+                    plain(layer.dtype),
                     bits,
                     f"{layer.params:,}",
                     bpw,
@@ -465,7 +475,10 @@ def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
             lines.append(f"bits per weight (weight-bearing layers): {metrics['bits_per_weight']:.4f}")
     for finding in inventory.structural_findings + inventory.semantic_findings:
         where = finding.where()
-        lines.append(f"{finding.severity.upper()} {finding.code}: {finding.message}" + (f" [{where}]" if where else ""))
+        lines.append(
+            f"{finding.severity.upper()} {finding.code}: {plain(finding.message)}"
+            + (f" [{plain(where)}]" if where else "")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -523,7 +536,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
             entries.append(entry)
     if problems:
         for why in problems:
-            print(f"quantgate: cannot describe {why}", file=sys.stderr)
+            print(f"quantgate: cannot describe {plain(why)}", file=sys.stderr)
         return 1
     doc = {
         "manifest_version": MANIFEST_VERSION,
@@ -537,7 +550,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
-        print(f"quantgate: wrote {out} ({len(entries)} artifact(s))", file=sys.stderr)
+        print(f"quantgate: wrote {plain(out)} ({len(entries)} artifact(s))", file=sys.stderr)
     return 0
 
 

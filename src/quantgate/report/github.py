@@ -1,8 +1,9 @@
 """GitHub Actions: workflow-command annotations and log groups, the step summary and step outputs.
 
 GitHub keeps at most 10 error and 10 warning annotations per step, so the first 9 of each are
-emitted and a tenth says how many more there are. Artifact-controlled text is escaped so that it
-can never start a workflow command of its own.
+emitted and a tenth says how many more there are. Artifact-controlled text is made inert
+(quantgate.untrusted: control characters escaped, `##[` and a leading `::` neutralised) and then
+escaped as workflow-command data, so that it can never start a workflow command of its own.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from quantgate.report import markdown
 from quantgate.report.common import by_severity, headline, problems, verdict_line, visible
+from quantgate.untrusted import clean
 
 ANNOTATIONS_PER_KIND = 10
 
@@ -26,6 +28,7 @@ def escape_property(text: str) -> str:
 
 
 def annotations(report: dict[str, Any]) -> list[str]:
+    report = clean(report)
     rows = by_severity(visible(report["results"]))
     out: list[str] = []
     for kind, statuses in (("error", ("FAIL", "ERROR")), ("warning", ("WARN",))):
@@ -41,6 +44,7 @@ def annotations(report: dict[str, Any]) -> list[str]:
 
 
 def log_groups(report: dict[str, Any]) -> list[str]:
+    report = clean(report)
     out: list[str] = []
     rows = visible(report["results"])
     for artifact in report["artifacts"]:
@@ -57,6 +61,7 @@ def log_groups(report: dict[str, Any]) -> list[str]:
 
 def render(report: dict[str, Any]) -> str:
     """`--format github`: log groups, annotations and the verdict line, as workflow commands."""
+    report = clean(report)  # once here; clean() of a clean report is the same report
     return "\n".join([*log_groups(report), *annotations(report), verdict_line(report)]) + "\n"
 
 
@@ -81,7 +86,9 @@ def outputs(report: dict[str, Any], report_paths: dict[str, str] | None = None) 
 def _write_outputs(path: str, values: dict[str, str]) -> None:
     with open(path, "a", encoding="utf-8") as handle:
         for key, value in values.items():
-            if "\n" in value:
+            # anything but a plain printable value (a report path under a hostile output-dir) goes
+            # in the heredoc form: no CR or LF in it can end the value and add a key of its own
+            if not (value.isascii() and value.isprintable()):
                 delimiter = f"ghadelimiter_{uuid.uuid4()}"
                 handle.write(f"{key}<<{delimiter}\n{value}\n{delimiter}\n")
             else:

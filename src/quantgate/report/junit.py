@@ -11,9 +11,12 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from quantgate.report.common import headline, problems, visible
+from quantgate.untrusted import clean
 
 
 def render(report: dict[str, Any]) -> str:
+    # inert, and valid XML 1.0: no control character or lone surrogate reaches the document
+    report = clean(report)
     results = visible(report["results"])  # a guard that does not read the format is no test case
     root = ET.Element("testsuites", name="quantgate")
     suites: dict[str, ET.Element] = {}

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from quantgate.report.common import by_severity, headline, problems, verdict_line, visible
+from quantgate.untrusted import clean
 
 
 def render(report: dict[str, Any]) -> str:
+    report = clean(report)  # every artifact-controlled string inert (quantgate.untrusted)
     rows = by_severity(visible(report["results"]))
     lines: list[str] = []
     policy = report["policy"]
