@@ -27,6 +27,11 @@ from quantgate.untrusted import markdown, plain
 pytest_plugins = ["pytester"]
 
 PLAIN_F16 = FIXTURES / "safetensors" / "plain_f16" / "model.safetensors"
+GGUF_F16 = FIXTURES / "gguf" / "model_f16.gguf"
+GGUF_RENAMES = {
+    b"blk.0.ffn_down.weight": b"\n::add-mask::k\r##[e]\x1b",  # a weight: listed as unquantized
+    b"quantgate-tiny-llama": b"\n::warning::w ##[x]\x1b",  # general.name: a fact inspect shows
+}
 HOSTILE = "w\n::add-mask::x\r##[error]boom\x1b[31m[a](http://x) ![i](http://x)\x85\u2028\n::stop-commands::t"
 # a file name may hold all of it but `/` and NUL on Linux
 HOSTILE_FILE = "f\n::warning::y\r##[error]z\x1b[2J[a](mailto:x).safetensors"
@@ -60,6 +65,12 @@ def hostile_release(root: Path) -> Path:
     (folder / HOSTILE_FILE).write_bytes(PLAIN_F16.read_bytes())
     text = json.dumps(_header(PLAIN_F16)).replace('"lm_head.weight"', '"lm\\ud800head.weight"')
     _rewrite(PLAIN_F16, folder / "surrogate.safetensors", text.encode())
+    # a GGUF, sound, with a hostile tensor name and model name (same lengths as the fixture's)
+    data = GGUF_F16.read_bytes()
+    for old, new in GGUF_RENAMES.items():
+        assert len(old) == len(new) and data.count(old) == 1
+        data = data.replace(old, new)
+    (folder / "renamed.gguf").write_bytes(data)
     return folder
 
 
@@ -109,6 +120,7 @@ def test_every_format_is_inert(tmp_path: Path, fmt: str) -> None:
             "named.safetensors": ["ST_UNKNOWN_DTYPE"],
             "surrogate.safetensors": ["ST_HEADER_INVALID_JSON"],
             HOSTILE_FILE: [],
+            "renamed.gguf": [],
         }
         # JSON stays exact: the name comes back as the file spelled it
         [finding] = [f for r in report["results"] for f in r["findings"] if f["code"] == "ST_UNKNOWN_DTYPE"]
@@ -117,6 +129,7 @@ def test_every_format_is_inert(tmp_path: Path, fmt: str) -> None:
         assert "ST_UNKNOWN_DTYPE" in proc.stdout and "ST_HEADER_INVALID_JSON" in proc.stdout
     if fmt == "markdown":
         assert_no_live_markdown(proc.stdout)
+        assert "add-mask::k" in proc.stdout  # the GGUF layer, in the unquantized table, shown
     if fmt == "text":
         assert "\\x0a::add-mask::x\\x0d#\\x23[error]boom\\x1b[31m" in proc.stdout  # shown, escaped
 
@@ -138,7 +151,7 @@ def test_github_runner_wraps_untrusted_output(tmp_path: Path) -> None:
     # the stderr log lines (one per artifact) are wrapped each, and end before the annotations,
     # which the runner must still obey: outside any stop-commands region
     progress = [line for line in proc.stderr.splitlines() if line.startswith("[")]
-    assert len(progress) == 3 and any("\\x1b[2J" in line for line in progress)
+    assert len(progress) == 4 and any("\\x1b[2J" in line for line in progress)
     stopped, obeyed = None, []
     for line in proc.stderr.splitlines():
         if stopped:
@@ -164,6 +177,9 @@ def test_inspect_is_inert(tmp_path: Path) -> None:
     proc = run_cli("inspect", str(release / HOSTILE_FILE), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert_inert(proc.stdout, "inspect of a hostile file name")
+    proc = run_cli("inspect", str(release / "renamed.gguf"), cwd=tmp_path)
+    assert proc.returncode == 0 and "add-mask::k" in proc.stdout and "::warning::w" in proc.stdout
+    assert_inert(proc.stdout, "inspect of a GGUF")
     proc = run_cli("inspect", str(release / "named.safetensors"), "--format", "json", cwd=tmp_path)
     assert proc.returncode == 1 and "##[" not in proc.stdout
     [finding] = json.loads(proc.stdout)["structural_findings"]
@@ -236,7 +252,7 @@ def test_pytest_plugin_failure_text_is_inert(pytester: pytest.Pytester) -> None:
     from tests.test_ux_plugin import run
 
     result = run(pytester, "--quantgate", "release", "-rA", "--quantgate-report", "none")
-    result.assert_outcomes(passed=3, failed=2, skipped=7)
+    result.assert_outcomes(passed=6, failed=2, skipped=8)
     out = result.stdout.str()
     assert "ST_UNKNOWN_DTYPE" in out and "ST_HEADER_INVALID_JSON" in out
     assert_inert(out, "pytest output")
