@@ -14,13 +14,14 @@ from typing import Any
 
 from quantgate.report import markdown
 from quantgate.report.common import by_severity, headline, problems, verdict_line, visible
-from quantgate.untrusted import clean
+from quantgate.untrusted import plain
 
 ANNOTATIONS_PER_KIND = 10
 
 
 def escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """Artifact-controlled text as workflow-command data: inert first (quantgate.untrusted.plain)."""
+    return plain(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def escape_property(text: str) -> str:
@@ -28,7 +29,6 @@ def escape_property(text: str) -> str:
 
 
 def annotations(report: dict[str, Any]) -> list[str]:
-    report = clean(report)
     rows = by_severity(visible(report["results"]))
     out: list[str] = []
     for kind, statuses in (("error", ("FAIL", "ERROR")), ("warning", ("WARN",))):
@@ -44,7 +44,6 @@ def annotations(report: dict[str, Any]) -> list[str]:
 
 
 def log_groups(report: dict[str, Any]) -> list[str]:
-    report = clean(report)
     out: list[str] = []
     rows = visible(report["results"])
     for artifact in report["artifacts"]:
@@ -61,7 +60,6 @@ def log_groups(report: dict[str, Any]) -> list[str]:
 
 def render(report: dict[str, Any]) -> str:
     """`--format github`: log groups, annotations and the verdict line, as workflow commands."""
-    report = clean(report)  # once here; clean() of a clean report is the same report
     return "\n".join([*log_groups(report), *annotations(report), verdict_line(report)]) + "\n"
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 from quantgate.report.common import by_severity, counts_line, headline, precision_mix, problems, visible
 from quantgate.report.pictures import emoji_bar, emoji_legend
-from quantgate.untrusted import clean
 from quantgate.untrusted import markdown as _inert
 
 ICON = {"PASS": "✅", "FAIL": "❌", "ERROR": "⛔", "NO_INPUT": "⚠️", "WARN": "⚠️", "SKIP": "⏭️"}
@@ -64,7 +63,6 @@ def _coverage_cell(result: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    report = clean(report)  # then every artifact-derived string goes through _cell
     s = report["summary"]
     verdict = report["verdict"]
     out = [f"## {ICON.get(verdict, '')} quantgate: {verdict}", ""]
