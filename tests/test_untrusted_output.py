@@ -269,9 +269,14 @@ def test_action_never_echoes_a_hostile_input(tmp_path: Path) -> None:
     assert "fail-on must be fail or warn" in proc.stderr
     assert_inert(proc.stderr, "action stderr")
     assert_inert(summary, "action summary")
+    # a hostile path: echoed in the command line and in quantgate's error, inert in both
+    proc, out, summary = run_action(tmp_path, paths="release\n::add-mask::x ##[error]y\r\x1b[2J")
+    assert proc.returncode == 4 and out["verdict"] == "USAGE"
+    assert "path not found: ::add-mask::x #\\x23[error]y\\x0d\\x1b[2J" in summary
+    assert_inert(proc.stderr, "action stderr")
+    assert_inert(summary, "action summary")
     # an output-dir with a newline: every output that holds it keeps it, and adds no key
     hostile_dir = "out\nverdict=PASS\n::add-mask::x"
-    (tmp_path / "github_output").unlink()
     proc, out, summary = run_action(tmp_path, paths="release", outputs="json", output_dir=hostile_dir)
     assert proc.returncode == 0, proc.stderr
     assert out["verdict"] == "PASS" and out["output-dir"] == hostile_dir

@@ -544,7 +544,8 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         "created_by": f"quantgate {__version__}",
         "artifacts": entries,
     }
-    text = json.dumps(doc, indent=2) + "\n"
+    # artifact paths may spell `##[` (a runner command anywhere in a log line): the same value escaped
+    text = json.dumps(doc, indent=2).replace("##[", "#\\u0023[") + "\n"
     if out is None:
         sys.stdout.write(text)
     else:

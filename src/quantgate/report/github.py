@@ -82,7 +82,8 @@ def outputs(report: dict[str, Any], report_paths: dict[str, str] | None = None) 
 
 
 def _write_outputs(path: str, values: dict[str, str]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
+    # surrogateescape: a report path given as bytes that are not UTF-8 is written as those bytes
+    with open(path, "a", encoding="utf-8", errors="surrogateescape") as handle:
         for key, value in values.items():
             # anything but a plain printable value (a report path under a hostile output-dir) goes
             # in the heredoc form: no CR or LF in it can end the value and add a key of its own
