@@ -11,7 +11,8 @@ One sanitiser for every renderer and log line:
 - `lines(text)`: the same per line, for a message that is several lines on purpose.
 - `markdown(text)`: plain, then every markdown metacharacter escaped, so no link, image, tag,
   emphasis or table cell boundary can come from the text.
-- `clean(value)`: plain applied to every string (and key) of a report-like tree.
+- `clean(value)`: plain applied to every string (and key) of a report-like tree (the HTML report,
+  which prints every layer anyway; the others make each printed line or field plain instead).
 - `stop_commands(text)`: text wrapped in `::stop-commands::<random token>` … `::<token>::` when
   GITHUB_ACTIONS=true, as GitHub recommends for untrusted output: the runner then parses no
   workflow command inside, whatever slipped through.
@@ -34,6 +35,7 @@ _MARKDOWN = re.compile(r"[\\`*{}\[\]!|~#@$]|:(?=//)|(?<![0-9A-Za-z])_|_(?![0-9A-
 # `<` can open no tag and `&` spell no entity; a `>` outside a tag is text (a blockquote only at a
 # line's start, where a cell never is)
 _MARKDOWN_ENTITIES = {"&": "&amp;", "<": "&lt;"}
+_WWW = re.compile(r"(?i)(www)\.")
 
 
 def _escape(match: re.Match[str]) -> str:
@@ -66,7 +68,7 @@ def markdown(text: Any) -> str:
     for char, entity in _MARKDOWN_ENTITIES.items():
         text = text.replace(char, entity)
     # `www.example.com` autolinks without a colon
-    return re.sub(r"(?i)(www)\.", r"\1\\.", text)
+    return _WWW.sub(r"\1\\.", text)
 
 
 def clean(value: Any) -> Any:
