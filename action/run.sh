@@ -18,18 +18,39 @@ EXIT_USAGE=4
 out_file="${GITHUB_OUTPUT:-/dev/null}"
 summary_file="${GITHUB_STEP_SUMMARY:-/dev/null}"
 
-note() { printf 'quantgate-action: %s\n' "$*" >&2; }
+# Input values and quantgate's stderr are untrusted text (a pull request can set a path or add a
+# file): none reaches the log, the summary or $GITHUB_OUTPUT raw.
+
+inert() {  # text for the log: control characters as ?, no `##[` (a runner command anywhere in a
+  # line), no line-leading `::` (a workflow command); line breaks stay
+  printf '%s' "$1" | LC_ALL=C tr '\000-\011\013-\037\177' '?' |
+    sed -e 's/##\[/#\\x23[/g' -e 's/^\([[:space:]]*\)::/\1\\x3a:/'
+}
+
+shown() {  # one input value as one inert shell word (printf %q: a newline shows as $'\n')
+  local quoted
+  quoted="$(printf '%q' "$1")"
+  inert "$quoted"
+}
+
+note() { printf 'quantgate-action: %s\n' "$(inert "$*")" >&2; }
+
+put() {  # put KEY VALUE: one step output in the heredoc form, so no newline in VALUE can add a key
+  local delimiter
+  delimiter="ghadelimiter_$(od -An -N16 -tx1 /dev/urandom 2>/dev/null | tr -d ' \n')${RANDOM}${RANDOM}"
+  printf '%s<<%s\n%s\n%s\n' "$1" "$delimiter" "$2" "$delimiter" >>"$out_file"
+}
 
 finish() {  # finish CODE VERDICT [MESSAGE]: outputs for a run that produced no report
   local code="$1" verdict="$2" message="${3:-}"
-  {
-    printf 'verdict=%s\n' "$verdict"
-    printf 'exit-code=%s\n' "$code"
-    printf 'output-dir=%s\n' "${QG_OUTPUT_DIR:-quantgate-reports}"
-  } >>"$out_file"
+  put verdict "$verdict"
+  put exit-code "$code"
+  put output-dir "${QG_OUTPUT_DIR:-quantgate-reports}"
   if [ -n "$message" ]; then
     note "$message"
-    printf '## ⛔ quantgate: %s\n\n%s\n' "$verdict" "$message" >>"$summary_file"
+    # in the summary: inside <pre>, HTML-escaped, so the text can make no markdown, link or tag
+    printf '## ⛔ quantgate: %s\n\n<pre>%s</pre>\n' "$verdict" "$(inert "$message" |
+      sed -e 's/&/\&amp;/g' -e 's/</\&lt;/g' -e 's/>/\&gt;/g')" >>"$summary_file"
   fi
   exit "$code"
 }
@@ -38,7 +59,7 @@ is_true() {
   case "$(printf '%s' "$1" | tr '[:upper:]' '[:lower:]')" in
     true | yes | 1 | on) return 0 ;;
     false | no | 0 | off | "") return 1 ;;
-    *) finish "$EXIT_USAGE" USAGE "expected true or false, got '$1'" ;;
+    *) finish "$EXIT_USAGE" USAGE "expected true or false, got $(shown "$1")" ;;
   esac
 }
 
@@ -61,11 +82,11 @@ else
   extras="${QG_EXTRAS:-}"
   extras="${extras// /}"
   if [[ -n "$extras" && ! "$extras" =~ ^[A-Za-z0-9_,-]+$ ]]; then
-    finish "$EXIT_USAGE" USAGE "extras must be comma-separated names, got '$QG_EXTRAS'"
+    finish "$EXIT_USAGE" USAGE "extras must be comma-separated names, got $(shown "$QG_EXTRAS")"
   fi
   version="${QG_VERSION:-}"
   if [[ -n "$version" && ! "$version" =~ ^[A-Za-z0-9.+!-]+$ ]]; then
-    finish "$EXIT_USAGE" USAGE "version must be a version number such as 0.1.0, got '$QG_VERSION'"
+    finish "$EXIT_USAGE" USAGE "version must be a version number such as 0.1.0, got $(shown "$QG_VERSION")"
   fi
   suffix="${extras:+[$extras]}"
   if [ -n "$version" ]; then
@@ -105,7 +126,7 @@ args=(run --format text)
 case "${QG_FAIL_ON:-}" in
   "") ;;
   fail | warn) args+=(--fail-on "$QG_FAIL_ON") ;;
-  *) finish "$EXIT_USAGE" USAGE "fail-on must be fail or warn, got '$QG_FAIL_ON'" ;;
+  *) finish "$EXIT_USAGE" USAGE "fail-on must be fail or warn, got $(shown "$QG_FAIL_ON")" ;;
 esac
 is_true "${QG_REPORT_ONLY:-false}" && args+=(--report-only)
 is_true "${QG_SHA256:-false}" && args+=(--sha256)
@@ -115,7 +136,7 @@ output_dir="${QG_OUTPUT_DIR:-quantgate-reports}"
 formats=()
 IFS=', ' read -r -a formats <<<"${QG_OUTPUTS:-}"
 if [ "${#formats[@]}" -gt 0 ]; then
-  mkdir -p -- "$output_dir" || finish "$EXIT_USAGE" USAGE "cannot create output-dir '$output_dir'"
+  mkdir -p -- "$output_dir" || finish "$EXIT_USAGE" USAGE "cannot create output-dir $(shown "$output_dir")"
 fi
 for fmt in ${formats[@]+"${formats[@]}"}; do
   case "$fmt" in
@@ -147,17 +168,15 @@ args+=(-- ${paths[@]+"${paths[@]}"})  # (the +-form: bash 3.2 on macOS under set
 
 private_out="$(mktemp)"
 errors="$(mktemp)"
-note "${cmd[*]} ${args[*]}"
+note "$(printf '%q ' "${cmd[@]}" "${args[@]}")"
 GITHUB_ACTIONS=true GITHUB_OUTPUT="$private_out" "${cmd[@]}" "${args[@]}" 2> >(tee "$errors" >&2)
 code=$?
 wait  # for tee to flush
 
 if grep -q '^verdict=' "$private_out"; then
   grep -v '^exit-code=' "$private_out" >>"$out_file"
-  {
-    printf 'exit-code=%s\n' "$code"
-    printf 'output-dir=%s\n' "$output_dir"
-  } >>"$out_file"
+  put exit-code "$code"
+  put output-dir "$output_dir"
   rm -f -- "$private_out" "$errors"
   exit "$code"
 fi
@@ -173,6 +192,4 @@ if [ "$code" -eq 0 ]; then
   code=$EXIT_ERROR  # a run that wrote no verdict never passes
 fi
 finish "$code" "$verdict" "quantgate exited $code without a report:
-\`\`\`
-${reason}
-\`\`\`"
+${reason}"

@@ -20,6 +20,8 @@ from quantgate import __version__, cli_extras
 from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
 from quantgate.report import FORMATS, render
 from quantgate.report.jsonfmt import dumps, dumps_bytes
+from quantgate.untrusted import lines as inert_lines
+from quantgate.untrusted import plain, stop_commands
 
 SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest", "merge", *cli_extras.SUBCOMMANDS)
 EXIT_CODES_HELP = """exit codes:
@@ -34,7 +36,7 @@ EXIT_CODES_HELP = """exit codes:
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.print_usage(sys.stderr)
-        print(f"quantgate: error: {message}", file=sys.stderr)
+        print(f"quantgate: error: {inert_lines(message)}", file=sys.stderr)
         raise SystemExit(EXIT_USAGE)
 
 
@@ -208,7 +210,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _fail_usage(message: str) -> int:
-    print(f"quantgate: error: {message}", file=sys.stderr)
+    # a path or a policy value in it is hostile: each line made inert (quantgate.untrusted)
+    print(f"quantgate: error: {inert_lines(message)}", file=sys.stderr)
     return EXIT_USAGE
 
 
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except Exception as exc:  # a bug of ours: one line, never a traceback unless asked for
         print(
-            f"quantgate: internal error: {type(exc).__name__}: {exc} "
+            f"quantgate: internal error: {type(exc).__name__}: {plain(exc)} "
             "(set QUANTGATE_DEBUG=1 for the traceback; please report it)",
             file=sys.stderr,
         )
@@ -364,10 +367,21 @@ def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
             continue
         written[fmt] = path
     in_github = os.environ.get("GITHUB_ACTIONS") == "true" and not args.no_github
+    if args.format == "json":
+        _print_bytes(dumps_bytes(report))  # plain JSON, never wrapped: its strings are escaped
+    else:
+        text = render(report, args.format)
+        if args.format in ("text", "markdown"):
+            # untrusted text on a GitHub runner: no workflow command inside is obeyed. Ended before
+            # quantgate's own annotations below, which must work (--format github is those).
+            text = stop_commands(text, sys.stdout)
+        sys.stdout.write(text)
+        sys.stdout.flush()
     if in_github:
         from quantgate.report import github
 
         if args.format != "github":
+            # after the report: the runner must read them once any stop-commands region has ended
             print(
                 "\n".join([*github.log_groups(report), *github.annotations(report)]),
                 file=sys.stderr,
@@ -379,11 +393,6 @@ def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
             print(f"quantgate: error: cannot write the GitHub step summary or outputs: {exc.strerror or exc}",
                   file=sys.stderr)
             write_failed = True
-    if args.format == "json":
-        _print_bytes(dumps_bytes(report))
-    else:
-        sys.stdout.write(render(report, args.format))
-        sys.stdout.flush()
     code = int(report["exit_code"])
     return EXIT_ERROR if write_failed and code == 0 else code
 
@@ -478,7 +487,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise UsageError(f"not a file: {args.path}")
     sniffed = sniff(path)
     if sniffed.format not in MODEL_FORMATS:
-        print(f"quantgate: {args.path}: {sniffed.format}: {sniffed.detail}", file=sys.stderr)
+        print(f"quantgate: {plain(args.path)}: {sniffed.format}: {plain(sniffed.detail)}", file=sys.stderr)
         return 1
     inventory = read_inventory(str(path), sniffed.format)
     if inventory is None:
@@ -490,14 +499,15 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         out["coverage_metrics"] = metrics
         sys.stdout.write(dumps(out))
     else:
-        sys.stdout.write(_inventory_text(inventory, metrics))
+        sys.stdout.write(stop_commands(_inventory_text(inventory, metrics), sys.stdout))
     return 1 if not inventory.structurally_sound else 0
 
 
 def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
-    lines = [f"{inventory.path}: {inventory.format}, {inventory.size_bytes:,} bytes"]
+    # every name, key, value and message below comes from the file: each made inert (plain)
+    lines = [f"{plain(inventory.path)}: {inventory.format}, {inventory.size_bytes:,} bytes"]
     for key, value in inventory.facts.items():
-        lines.append(f"  {key}: {value}")
+        lines.append(f"  {plain(key)}: {plain(value)}")
     if inventory.layers:
         rows = [("#", "name", "kind", "shape", "dtype", "bits", "params", "bpw")]
         for i, layer in enumerate(inventory.layers):
@@ -506,10 +516,10 @@ def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
             rows.append(
                 (
                     str(i),
-                    layer.name,
-                    layer.kind,
-                    "×".join(map(str, layer.shape)),
-                    layer.dtype,
+                    plain(layer.name),
+                    plain(layer.kind),
+                    plain("×".join(map(str, layer.shape))),
+                    plain(layer.dtype),
                     bits,
                     f"{layer.params:,}",
                     bpw,
@@ -530,7 +540,10 @@ def _inventory_text(inventory: Any, metrics: dict[str, Any]) -> str:
             lines.append(f"bits per weight (weight-bearing layers): {metrics['bits_per_weight']:.4f}")
     for finding in inventory.structural_findings + inventory.semantic_findings:
         where = finding.where()
-        lines.append(f"{finding.severity.upper()} {finding.code}: {finding.message}" + (f" [{where}]" if where else ""))
+        lines.append(
+            f"{finding.severity.upper()} {finding.code}: {plain(finding.message)}"
+            + (f" [{plain(where)}]" if where else "")
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -588,7 +601,7 @@ def cmd_manifest(args: argparse.Namespace) -> int:
             entries.append(entry)
     if problems:
         for why in problems:
-            print(f"quantgate: cannot describe {why}", file=sys.stderr)
+            print(f"quantgate: cannot describe {plain(why)}", file=sys.stderr)
         return 1
     doc = {
         "manifest_version": MANIFEST_VERSION,
@@ -596,15 +609,16 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         "created_by": f"quantgate {__version__}",
         "artifacts": entries,
     }
-    text = json.dumps(doc, indent=2) + "\n"
+    # artifact paths may spell `##[` (a runner command anywhere in a log line): the same value escaped
+    text = json.dumps(doc, indent=2).replace("##[", "#\\u0023[") + "\n"
     if out is None:
         sys.stdout.write(text)
     else:
         try:
             write_atomic(str(out), text.encode("utf-8"))
         except OSError as exc:
-            raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
-        print(f"quantgate: wrote {out} ({len(entries)} artifact(s))", file=sys.stderr)
+            raise UsageError(f"cannot write {plain(out)}: {exc.strerror or exc}") from None
+        print(f"quantgate: wrote {plain(out)} ({len(entries)} artifact(s))", file=sys.stderr)
     return 0
 
 

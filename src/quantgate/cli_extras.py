@@ -15,6 +15,7 @@ from typing import Any
 
 from quantgate.gate import EXIT_PASS, EXIT_USAGE, UsageError
 from quantgate.report import FORMATS, render
+from quantgate.untrusted import plain, stop_commands
 
 
 def add_parsers(sub: Any, wanted: Callable[[str], bool]) -> None:
@@ -107,7 +108,8 @@ def cmd_render(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"cannot write {args.output}: {exc.strerror or exc}") from None
     else:
-        sys.stdout.write(text)
+        # on a GitHub runner, the report's untrusted text obeys no workflow command (quantgate.untrusted)
+        sys.stdout.write(stop_commands(text, sys.stdout) if args.format in ("text", "markdown") else text)
     return EXIT_PASS
 
 
@@ -289,8 +291,8 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
         problems, notes = check_policy_file(path)
-        for line in problems:
-            print(line, file=sys.stderr)
+        for line in problems:  # they quote the policy's text, which a pull request can set
+            print(plain(line), file=sys.stderr)
         for line in notes:
             log(line)
         failed = failed or bool(problems)

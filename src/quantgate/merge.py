@@ -18,6 +18,7 @@ from typing import Any
 
 from quantgate import SCHEMA_VERSION, __version__
 from quantgate.gate import REPORT_SCHEMA_URL, UsageError, environment, exit_code_for, summarize, verdict_of
+from quantgate.untrusted import plain
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -32,11 +33,6 @@ def load_report(path: str) -> dict[str, Any]:
     if problems:
         raise UsageError(f"{path} is not a quantgate report: {problems[0]}")
     return report
-
-
-def _shown(text: Any) -> str:
-    """A name from a report file, safe to print: control and other unprintable characters escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def _parse_shard(text: Any) -> tuple[int, int] | None:
@@ -71,7 +67,7 @@ def shard_problems(
     missing: list[int] = []
     if any(s is None for s in shards):
         if len(reports) > 1:
-            unsharded = [_shown(n) for n, s in zip(names, shards, strict=True) if s is None]
+            unsharded = [plain(n) for n, s in zip(names, shards, strict=True) if s is None]
             problems.append(f"{', '.join(unsharded)}: not a `--shard K/N` report; only shards of one run merge")
     else:
         counts = {n for _, n in shards}  # type: ignore[misc]
@@ -84,7 +80,7 @@ def shard_problems(
             if k in seen:
                 duplicated.append(k)
                 skipped.add(index)
-                problems.append(f"shard {k}/{total} is given twice ({_shown(seen[k])} and {_shown(name)})")
+                problems.append(f"shard {k}/{total} is given twice ({plain(seen[k])} and {plain(name)})")
             else:
                 seen[k] = name
         present = sorted(seen)
@@ -115,7 +111,7 @@ def merge_reports(
         for artifact in report["artifacts"]:
             if artifact["path"] in seen:
                 problems.append(
-                    f"{_shown(artifact['path'])} is in both {_shown(seen[artifact['path']])} and {_shown(name)}; "
+                    f"{plain(artifact['path'])} is in both {plain(seen[artifact['path']])} and {plain(name)}; "
                     "were the shards cut from different artifact lists?"
                 )
                 continue

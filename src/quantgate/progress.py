@@ -1,10 +1,14 @@
-"""Progress and log lines on stderr; stdout carries only the report."""
+"""Progress and log lines on stderr; stdout carries only the report. Every line is made inert
+(quantgate.untrusted.plain: it may name an artifact) and, on a GitHub runner, wrapped in
+`::stop-commands::`."""
 
 from __future__ import annotations
 
 import os
 import sys
 import time
+
+from quantgate.untrusted import plain, stop_commands
 
 _quiet = False
 
@@ -16,14 +20,16 @@ def set_quiet(quiet: bool) -> None:
 
 def log(message: str) -> None:
     if not _quiet:
-        print(message, file=sys.stderr, flush=True)
+        text = plain(message) + "\n"
+        sys.stderr.write(stop_commands(text, sys.stderr))
+        sys.stderr.flush()
 
 
 class Progress:
     """A one-line bar on a terminal; on a CI log, a line every few seconds at most."""
 
     def __init__(self, label: str, total: int, unit: str = ""):
-        self.label = label
+        self.label = plain(label)  # it may name an artifact
         self.total = max(total, 1)
         self.unit = unit
         self.done = 0
@@ -57,7 +63,8 @@ class Progress:
             bar = "#" * int(share * 30)
             print(f"\r{self.label}: [{bar:<30}] {share:6.1%}", end="", file=sys.stderr, flush=True)
         else:
-            print(text, file=sys.stderr, flush=True)
+            sys.stderr.write(stop_commands(text + "\n", sys.stderr))
+            sys.stderr.flush()
         self.shown = True
 
     def close(self) -> None:
@@ -66,4 +73,5 @@ class Progress:
                 self._draw()
                 print(file=sys.stderr, flush=True)
             else:
-                print(f"{self.label}: done", file=sys.stderr, flush=True)
+                sys.stderr.write(stop_commands(f"{self.label}: done\n", sys.stderr))
+                sys.stderr.flush()

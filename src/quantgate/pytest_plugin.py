@@ -172,6 +172,7 @@ class GuardItem(pytest.Item):
 
     def setup(self) -> None:
         from quantgate.report.common import headline
+        from quantgate.untrusted import plain
 
         state = self.config.stash[_STATE]
         artifact = self.parent.artifact  # type: ignore[union-attr]
@@ -181,16 +182,16 @@ class GuardItem(pytest.Item):
         self.user_properties += [
             ("quantgate.status", r["status"]),
             ("quantgate.gate_status", r["gate_status"]),
-            ("quantgate.message", headline(r)),
+            ("quantgate.message", plain(headline(r))),
             *flatten(r.get("metrics") or {}),
         ]
         if "waiver" in r:
-            self.user_properties.append(("quantgate.waiver", r["waiver"]["reason"]))
+            self.user_properties.append(("quantgate.waiver", plain(r["waiver"]["reason"])))
         if r["gate_status"] == "ERROR":
-            raise QuantgateError(headline(r))
+            raise QuantgateError(plain(headline(r)))
         if r["gate_status"] == "SKIP":
             skip = r.get("skip") or {"reason": "skipped", "detail": r["message"]}
-            reason = f"{skip['reason']}: {skip['detail']}"
+            reason = plain(f"{skip['reason']}: {skip['detail']}")
             try:  # report the artifact's location, not this module's line
                 raise pytest.skip.Exception(reason, _use_item_location=True)
             except TypeError:  # pragma: no cover - a pytest without the keyword
@@ -198,25 +199,28 @@ class GuardItem(pytest.Item):
 
     def runtest(self) -> None:
         from quantgate.report.common import headline
+        from quantgate.untrusted import plain
 
         r = self.result
-        where = f"{r['artifact']['path']}::{r['guard']}"
+        where = plain(f"{r['artifact']['path']}::{r['guard']}")
         if r["gate_status"] == "FAIL":
-            raise QuantgateFailure(headline(r))
+            raise QuantgateFailure(plain(headline(r)))
         if r["gate_status"] == "WARN" or "waiver" in r:
             # attributed to the artifact, so the warnings summary points at it, not at this module
             warnings.warn_explicit(
-                QuantgateWarning(f"{where}: {headline(r)}"), QuantgateWarning, r["artifact"]["path"], 0
+                QuantgateWarning(f"{where}: {plain(headline(r))}"), QuantgateWarning, plain(r["artifact"]["path"]), 0
             )
 
     def _lines(self, exc: BaseException) -> str:
         from quantgate.report.common import problems
+        from quantgate.untrusted import plain
 
+        # failure text pytest prints (and a CI log shows): every line inert (quantgate.untrusted)
         r = getattr(self, "result", None)
-        head = f"{self.nodeid}: {exc}"
+        head = plain(f"{self.nodeid}: {exc}")
         extra = problems(r) if r else []
         if len(extra) > 1:
-            head += "\n" + "\n".join(f"  - {p}" for p in extra)
+            head += "\n" + "\n".join(plain(f"  - {p}") for p in extra)
         return head
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
@@ -231,8 +235,19 @@ class GuardItem(pytest.Item):
         return super()._repr_failure_py(excinfo, style)
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        # line 0 (shown as 1): a skip is reported at the artifact, which pytest requires a line for
-        return self.path, 0, f"{self.parent.name}::{self.name}"  # type: ignore[union-attr]
+        # line 0 (shown as 1): a skip is reported at the artifact, which pytest requires a line for;
+        # pytest prints the path: a hostile file name shown inert (quantgate.untrusted)
+        from quantgate.untrusted import plain
+
+        shown = plain(str(self.path))
+        path = self.path if shown == str(self.path) else Path(shown)
+        return path, 0, f"{self.parent.name}::{self.name}"  # type: ignore[union-attr]
+
+
+def _node_name(text: str) -> str:
+    from quantgate.untrusted import plain
+
+    return plain(text).replace("::", ":\\x3a").replace("[", "\\x5b")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -243,7 +258,13 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
         return
     added: list[pytest.Item] = []
     for artifact in state.artifacts:
-        node = ArtifactFile.from_parent(session, path=Path(artifact.path), name=artifact.display)
+        # the node id is printed by pytest itself (PASSED/FAILED lines): the file's name made inert,
+        # and without the `::` and `[` that pytest would parse as a child or a parameter
+        node = ArtifactFile.from_parent(session, path=Path(artifact.path), name=_node_name(artifact.display))
+        if _node_name(node.nodeid) != node.nodeid:
+            node = ArtifactFile.from_parent(
+                session, path=Path(artifact.path), name=_node_name(artifact.display), nodeid=_node_name(node.nodeid)
+            )
         node.artifact = artifact
         added += list(session.genitems(node))
     items[:0] = added

@@ -367,12 +367,49 @@ def _load_json(text: str, out: _Findings) -> dict[str, Any] | None:
                         f"the header is not valid JSON ({msg} at byte {8 + len(text[:pos].encode())})",
                         offset=8 + len(text[:pos].encode()), field="header"))
         return None
+    pos = _lone_surrogate(text)
+    if pos is not None:
+        # valid JSON, but no Unicode text: the reference reader (serde_json) rejects the header, and a
+        # name holding it could be printed by no UTF-8 encoder
+        at = 8 + len(text[:pos].encode())
+        out.add(F.error("ST_HEADER_INVALID_JSON",
+                        f"the header is not valid JSON (a \\u escape names a lone surrogate, which is no "
+                        f"Unicode character, at byte {at}): re-export the file",
+                        offset=at, field="header"))
+        return None
     if not isinstance(doc, dict):
         out.add(F.error("ST_HEADER_NOT_OBJECT",
                         f"the header is a JSON {_json_type(doc)}, not an object of tensor entries",
                         offset=8, field="header"))
         return None
     return doc
+
+
+_SURROGATE_ESCAPE = re.compile(r"(\\+)u([dD][89a-fA-F][0-9a-fA-F]{2})")
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """The index of the first `\\uD800`–`\\uDFFF` escape of `text` (valid JSON) that is not half of a
+    high-low pair, or None. An even run of backslashes before the `u` is an escaped backslash."""
+    if "\\u" not in text:
+        return None
+    pending: int | None = None  # a high surrogate waiting for its low half
+    paired_end = -1
+    for match in _SURROGATE_ESCAPE.finditer(text):
+        if len(match[1]) % 2 == 0:
+            continue
+        start = match.end(1) - 1  # the escape's backslash
+        high = match[2][1].lower() in "89ab"
+        if pending is not None:
+            if not high and start == paired_end:
+                pending = None
+                continue
+            return pending
+        if high:
+            pending, paired_end = start, match.end()
+        else:
+            return start
+    return pending
 
 
 def _colons(raw: bytes) -> int:

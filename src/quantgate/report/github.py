@@ -1,8 +1,9 @@
 """GitHub Actions: workflow-command annotations and log groups, the step summary and step outputs.
 
 GitHub keeps at most 10 error and 10 warning annotations per step, so the first 9 of each are
-emitted and a tenth says how many more there are. Artifact-controlled text is escaped so that it
-can never start a workflow command of its own.
+emitted and a tenth says how many more there are. Artifact-controlled text is made inert
+(quantgate.untrusted: control characters escaped, `##[` and a leading `::` neutralised) and then
+escaped as workflow-command data, so that it can never start a workflow command of its own.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from typing import Any
 
 from quantgate.report import markdown
 from quantgate.report.common import by_severity, headline, problems, verdict_line, visible
+from quantgate.untrusted import plain
 
 ANNOTATIONS_PER_KIND = 10
 
 
 def escape_data(text: str) -> str:
-    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    """Artifact-controlled text as workflow-command data: inert first (quantgate.untrusted.plain)."""
+    return plain(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def escape_property(text: str) -> str:
@@ -79,9 +82,12 @@ def outputs(report: dict[str, Any], report_paths: dict[str, str] | None = None) 
 
 
 def _write_outputs(path: str, values: dict[str, str]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
+    # surrogateescape: a report path given as bytes that are not UTF-8 is written as those bytes
+    with open(path, "a", encoding="utf-8", errors="surrogateescape") as handle:
         for key, value in values.items():
-            if "\n" in value:
+            # anything but a plain printable value (a report path under a hostile output-dir) goes
+            # in the heredoc form: no CR or LF in it can end the value and add a key of its own
+            if not (value.isascii() and value.isprintable()):
                 delimiter = f"ghadelimiter_{uuid.uuid4()}"
                 handle.write(f"{key}<<{delimiter}\n{value}\n{delimiter}\n")
             else:

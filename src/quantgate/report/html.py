@@ -15,6 +15,7 @@ from typing import Any
 
 from quantgate.report.common import by_severity, headline, problems, visible
 from quantgate.report.pictures import svg_bar, svg_legend
+from quantgate.untrusted import clean
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 BASES = ("ops", "params", "flops")
@@ -353,6 +354,8 @@ def _details(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
+    # control characters and lone surrogates shown escaped (quantgate.untrusted), then HTML-escaped
+    report = clean(report)
     rows = by_severity(visible(report["results"]))
     verdict = report["verdict"]
     title = f"quantgate {verdict}: {report['summary']['artifacts']} artifact(s)"

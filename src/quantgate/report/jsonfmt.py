@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from quantgate import fastjson
+from quantgate.untrusted import json_safe
 
 # Above this many bytes a document is printed compact: a report that lists tens of thousands of float
 # layers is read by jq, not by eye.
@@ -27,7 +28,11 @@ def dumps(doc: Any) -> str:
 
 def dumps_bytes(doc: Any) -> bytes:
     """dumps(doc) as the bytes written out (the text is ASCII: json escapes the rest): a large report
-    comes straight from orjson, not copied into a str and back."""
+    comes straight from orjson, not copied into a str and back. No `##[` is left in it (json_safe)."""
+    return json_safe(_dumps_bytes(doc))
+
+
+def _dumps_bytes(doc: Any) -> bytes:
     compact = fastjson.dumps_compact_line(doc)
     if compact is None:
         text = _encode(_COMPACT, doc)

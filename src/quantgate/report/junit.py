@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 from quantgate.report.common import headline, problems, visible
+from quantgate.untrusted import plain
 
 
 def render(report: dict[str, Any]) -> str:
@@ -20,11 +21,13 @@ def render(report: dict[str, Any]) -> str:
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     times: dict[str, float] = {}
     for artifact in report["artifacts"]:
-        suite = ET.SubElement(root, "testsuite", name=artifact["path"])
+        # every artifact-controlled string inert (quantgate.untrusted): valid XML 1.0, no control
+        # character or lone surrogate, nothing a CI log would obey
+        suite = ET.SubElement(root, "testsuite", name=plain(artifact["path"]))
         props = ET.SubElement(suite, "properties")
         for key in ("format", "size_bytes", "sha256"):
             if key in artifact:
-                ET.SubElement(props, "property", name=key, value=str(artifact[key]))
+                ET.SubElement(props, "property", name=key, value=plain(artifact[key]))
         suites[artifact["path"]] = suite
         times[artifact["path"]] = 0.0
     for r in results:
@@ -32,19 +35,22 @@ def render(report: dict[str, Any]) -> str:
         suite = suites.get(path)
         if suite is None:
             continue
-        case = ET.SubElement(suite, "testcase", classname=path, name=r["guard"], time=f"{r['duration_s']:.6f}")
+        case = ET.SubElement(suite, "testcase", classname=plain(path), name=r["guard"], time=f"{r['duration_s']:.6f}")
         times[path] += r["duration_s"]
         gate = r["gate_status"]
-        detail = "\n".join(problems(r)) or r["message"]
+        detail = "\n".join(map(plain, problems(r))) or plain(r["message"])
         if gate == "FAIL":
-            ET.SubElement(case, "failure", message=headline(r), type=r["status"]).text = detail
+            ET.SubElement(case, "failure", message=plain(headline(r)), type=r["status"]).text = detail
         elif gate == "ERROR":
             etype = (r.get("error") or {}).get("type") or "error"
-            ET.SubElement(case, "error", message=headline(r), type=etype).text = detail
+            ET.SubElement(case, "error", message=plain(headline(r)), type=plain(etype)).text = detail
         elif gate == "SKIP":
-            ET.SubElement(case, "skipped", message=f"{r['skip']['reason']}: {r['skip']['detail']}")
+            ET.SubElement(case, "skipped", message=plain(f"{r['skip']['reason']}: {r['skip']['detail']}"))
         out = {"status": r["status"], "gate_status": gate, "message": headline(r), "metrics": r["metrics"]}
-        ET.SubElement(case, "system-out").text = json.dumps(out, indent=1, sort_keys=True)
+        # JSON escapes control characters; `##[` (a runner command anywhere in a line) spelled as an
+        # escape of the same value
+        text = json.dumps(out, indent=1, sort_keys=True).replace("##[", "#\\u0023[")
+        ET.SubElement(case, "system-out").text = text
     for path, suite in suites.items():
         cases = suite.findall("testcase")
         counts = {

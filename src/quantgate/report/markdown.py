@@ -7,6 +7,7 @@ from typing import Any
 
 from quantgate.report.common import by_severity, counts_line, headline, precision_mix, problems, visible
 from quantgate.report.pictures import emoji_bar, emoji_legend
+from quantgate.untrusted import markdown as _inert
 
 ICON = {"PASS": "✅", "FAIL": "❌", "ERROR": "⛔", "NO_INPUT": "⚠️", "WARN": "⚠️", "SKIP": "⏭️"}
 MAX_BYTES = 1_000_000  # GitHub's step summary takes at most 1 MiB per step
@@ -15,9 +16,9 @@ MAX_PIES = 20  # Mermaid pies are heavy to render; past this many, the emoji bar
 
 
 def _cell(text: Any) -> str:
-    """Table-safe and inert: artifact-controlled text can neither split a row nor open a tag."""
-    text = str(text).replace("<", "&lt;")  # no tag can open; a lone `>` is plain text in a cell
-    return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+    """Table-safe and inert: artifact-controlled text can neither split a row, open a tag, nor make a
+    link or an image (quantgate.untrusted.markdown)."""
+    return _inert(text)
 
 
 def _mermaid_pie(title: str, mix: dict[str, float]) -> list[str]:
@@ -87,7 +88,7 @@ def render(report: dict[str, Any]) -> str:
                 out.append(
                     f"| {r['gate_status'] if first else ''} "
                     f"| {_cell(r['artifact']['path']) if first else ''} "
-                    f"| {r['guard'] if first else ''} | {_cell(line)} |"
+                    f"| {_cell(r['guard']) if first else ''} | {_cell(line)} |"
                 )
         out.append("")
     coverage_rows = [r for r in rows if precision_mix(r)]
@@ -95,7 +96,7 @@ def render(report: dict[str, Any]) -> str:
         out += ["### Precision mix", ""]
         for index, r in enumerate(coverage_rows):
             mix = precision_mix(r) or {}
-            out.append(f"**{_cell(r['artifact']['path'])}** — `{r['guard']}`: {_coverage_cell(r)}")
+            out.append(f"**{_cell(r['artifact']['path'])}** — {_cell(r['guard'])}: {_coverage_cell(r)}")
             out.append("")
             out += _mix_table(r)
             if index < MAX_PIES:
@@ -112,8 +113,8 @@ def render(report: dict[str, Any]) -> str:
                 ]
                 for u in unq[:MAX_UNQUANTIZED]:
                     out.append(
-                        f"| {_cell(u['name'])} | {u['kind']} | {'×'.join(map(str, u['shape']))} "
-                        f"| {u['dtype']} "
+                        f"| {_cell(u['name'])} | {_cell(u['kind'])} | {_cell('×'.join(map(str, u['shape'])))} "
+                        f"| {_cell(u['dtype'])} "
                         f"| {u['params']:,} | {'yes' if u['expected'] else '**no**'} |"
                     )
                 if len(unq) > MAX_UNQUANTIZED:
@@ -129,13 +130,14 @@ def render(report: dict[str, Any]) -> str:
     for r in rows:
         status = r["gate_status"] + (" (waived)" if "waiver" in r else "")
         out.append(
-            f"| {status} | {_cell(r['artifact']['path'])} | {r['guard']} | {_coverage_cell(r)} | {_cell(headline(r))} |"
+            f"| {status} | {_cell(r['artifact']['path'])} | {_cell(r['guard'])} | {_coverage_cell(r)} "
+            f"| {_cell(headline(r))} |"
         )
     out += [
         "",
         "</details>",
         "",
-        f"<sub>quantgate {report['tool']['version']} · policy {report['policy']['path'] or 'default'}"
+        f"<sub>quantgate {_cell(report['tool']['version'])} · policy {_cell(report['policy']['path'] or 'default')}"
         f" · {counts_line(report)}</sub>",
         "",
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from quantgate.report.common import by_severity, headline, problems, verdict_line, visible
+from quantgate.untrusted import plain
 
 
 def render(report: dict[str, Any]) -> str:
@@ -37,4 +38,6 @@ def render(report: dict[str, Any]) -> str:
     if any("waiver" in r for r in rows):
         lines.append("* a FAIL or WARN waived by the policy: it stays in the report")
     lines.append(verdict_line(report))
-    return "\n".join(lines) + "\n"
+    # each line holds artifact-controlled text (paths, names, messages): made inert as a whole, at a
+    # cost in the size of the output, not of the report (quantgate.untrusted)
+    return "\n".join(map(plain, lines)) + "\n"
