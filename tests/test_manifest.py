@@ -75,7 +75,7 @@ def test_long_form_true_claims_pass(tmp_path: Path) -> None:
                     method="INT4",
                     coverage=0.8947,
                     basis="params",
-                    quantized_layers=["attn_q", "blk.0.ffn_down"],
+                    quantized_layers=["blk.*.attn_q.weight", "blk.0.ffn_down"],
                     fp32_layers=["blk.1.ffn_down"],
                 ),
                 "parameters": 155_968,
@@ -104,8 +104,8 @@ def test_long_form_true_claims_pass(tmp_path: Path) -> None:
         (lambda e, r: e["quantization"].update(method="FP16", coverage=0.8947), "MANIFEST_METHOD_MISMATCH"),
         (lambda e, r: e["quantization"].update(coverage=0.92), "MANIFEST_COVERAGE_OVERCLAIMED"),
         (lambda e, r: e["quantization"].update(coverage=0.80), "MANIFEST_COVERAGE_UNDERCLAIMED"),
-        (lambda e, r: e["quantization"].update(fp32_layers=["attn_q"]), "MANIFEST_LAYER_CLAIM_FALSE"),
-        (lambda e, r: e["quantization"].update(quantized_layers=["ffn_down"]), "MANIFEST_LAYER_CLAIM_FALSE"),
+        (lambda e, r: e["quantization"].update(fp32_layers=["*attn_q*"]), "MANIFEST_LAYER_CLAIM_FALSE"),
+        (lambda e, r: e["quantization"].update(quantized_layers=["blk.?.ffn_down.weight"]), "MANIFEST_LAYER_CLAIM_FALSE"),
         (lambda e, r: e.update(parameters=1_230_000_000), "MANIFEST_PARAMETERS_MISMATCH"),
         (lambda e, r: e.update(path="missing.gguf"), "MANIFEST_FILE_MISSING"),
         (lambda e, r: e.update(path="../outside.gguf"), "MANIFEST_PATH_ESCAPES"),
@@ -272,3 +272,48 @@ def test_huge_manifest_not_parsed(tmp_path: Path) -> None:
         handle.truncate(17 << 20)
     _, result = guard(path)
     assert codes(result) == ["MANIFEST_TOO_LARGE"]
+
+
+def _sound_fixture_sets() -> list[tuple[str, list[Path]]]:
+    """Every committed model fixture that passes integrity, as the sets `quantgate manifest` is run on:
+    one folder per loose-file format, one per safetensors checkpoint (its config.json beside it)."""
+    sets: list[tuple[str, list[Path]]] = []
+    for folder, suffix in (
+        ("gguf", ".gguf"),
+        ("onnx", ".onnx"),
+        ("onnx_third_party", ".onnx"),
+        ("pte", ".pte"),
+        ("release", ""),
+    ):
+        files = sorted(p for p in (FIXTURES / folder).glob(f"*{suffix}") if p.is_file() and p.suffix != ".json")
+        files = [p for p in files if p.suffix in (".gguf", ".onnx", ".pte", ".safetensors")]
+        sets.append((folder, [p for p in files if not p.name.startswith("semantic_")]))
+    for model in sorted((FIXTURES / "safetensors").glob("*/model.safetensors")):
+        sets.append((f"safetensors/{model.parent.name}", sorted(p for p in model.parent.iterdir() if p.is_file())))
+    return sets
+
+
+@pytest.mark.parametrize(("name", "files"), _sound_fixture_sets(), ids=[n for n, _ in _sound_fixture_sets()])
+def test_generated_manifest_passes_on_every_fixture(tmp_path: Path, name: str, files: list[Path]) -> None:
+    """What `quantgate manifest` writes, its own guard passes on the files it was made from."""
+    release = release_with(tmp_path, *files)
+    proc = run_cli("manifest", str(release), "--model-id", f"fixtures/{name}", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    code, result = guard(release / "manifest.json")
+    assert (code, result["findings"] and [f for f in result["findings"] if f["severity"] != "info"]) == (0, [])
+    assert result["metrics"]["claims_false"] == 0
+
+
+def test_layer_claims_name_layers_exactly_never_by_substring(tmp_path: Path) -> None:
+    """`output.weight` (BF16 in this mixed file) names that one layer, not `blk.N.attn_output.weight`."""
+    release = release_with(tmp_path, FIXTURES / "gguf" / "model_mixed.gguf")
+    item = entry(release / "model_mixed.gguf", fp32_layers=["output.weight"])
+    item["quantization"].update(method="INT4", quantized_layers=["blk.0.attn_output", "attn_output"])
+    doc = {"manifest_version": 1, "model_id": "m", "artifacts": [item]}
+    code, result = guard(write_manifest(release, doc))
+    assert code == 0, result["message"]
+    # a fragment is no claim: it matches no layer (info), it does not claim every layer holding it
+    assert [f["field"] for f in (f["location"] for f in result["findings"])] == [
+        "$.artifacts[0].quantization.quantized_layers[1]"
+    ]
+    assert codes(result, "info") == ["MANIFEST_LAYER_UNKNOWN"]

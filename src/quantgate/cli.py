@@ -597,8 +597,10 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         entry, why = describe(Path(artifact.path), folder, args.basis)
         if entry is None:
             problems.append(why)
-        else:
-            entries.append(entry)
+            continue
+        entries.append(entry)
+        if why:
+            print(f"quantgate: note: {plain(why)}", file=sys.stderr)
     if problems:
         for why in problems:
             print(f"quantgate: cannot describe {plain(why)}", file=sys.stderr)

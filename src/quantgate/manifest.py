@@ -508,12 +508,28 @@ def check_artifact(
     return out, measured, checked
 
 
+def claimed_layers(layers: Sequence[Layer], name: str) -> list[Layer]:
+    """The layers a manifest's layer name claims: the layer of that exact name (or whose weight it
+    names, `lm_head` for `lm_head.weight`), else those of that kind, else, for a name holding glob
+    characters, the layers the glob matches. An exact name wins over a glob reading of it: real layer
+    names hold `[` (`layers[0]`)."""
+    exact = [x for x in layers if x.name == name or x.name == f"{name}.weight"]
+    if exact:
+        return exact
+    of_kind = [x for x in layers if x.kind == name]
+    if of_kind:
+        return of_kind
+    if any(c in name for c in "*?["):
+        return [x for x in layers if matches_any(x, [name])]
+    return []
+
+
 def _layer_claim(
     claim: ClaimedArtifact, layers: Sequence[Layer], name: str, want_quantized: bool, where: str
 ) -> list[Finding]:
-    """A claimed layer name (a layer, a name fragment, a glob or a kind) against the measured layers."""
-    pattern = name if any(c in name for c in "*?[") else f"*{name}*"
-    matched = [x for x in layers if matches_any(x, [pattern]) or x.kind == name]
+    """A claimed layer (its exact name, its module's name, an explicit glob or a kind) against the
+    measured layers. Never a substring: `output.weight` must not claim `blk.0.attn_output.weight`."""
+    matched = claimed_layers(layers, name)
     if not matched:
         return [
             F.info(
@@ -548,7 +564,11 @@ MAX_LISTED_LAYERS = 1000
 
 
 def describe(path: Path, folder: Path, basis: str = "ops") -> tuple[dict[str, Any] | None, str | None]:
-    """A long-form artifact entry measured from the file, or (None, why) when it cannot be described."""
+    """A long-form artifact entry measured from the file, or (None, why) when it cannot be described.
+
+    (entry, note): described, with a note for the user: when most weights are in a layout no reader
+    recognises, the entry pins the file (sha256, size, parameters) but claims no quantization, since
+    nothing could check such a claim."""
     sniffed = sniff(path)
     if sniffed.format not in MODEL_FORMATS:
         return None, f"{path}: not a model artifact ({sniffed.format}: {sniffed.detail})"
@@ -570,6 +590,11 @@ def describe(path: Path, folder: Path, basis: str = "ops") -> tuple[dict[str, An
     }
     if inventory.params_stored:
         entry["parameters"] = inventory.params_stored
+    if inventory.layers and method_family(precision_shares(inventory.layers)) == "unknown":
+        return entry, (
+            f"{relative.as_posix()}: most weights are in a layout quantgate does not recognise; "
+            "the entry claims no quantization (see the integrity and dtype guards' findings)"
+        )
     if inventory.layers:
         method = infer_method(inventory)
         metrics, _ = coverage_metrics(inventory.layers, basis=basis)
