@@ -250,3 +250,12 @@ def test_oversized_default_inputs_are_refused_before_allocation(tmp_path: Path) 
                                     "dim.NAME=N")
     out = onnx_outputs(str(path), str(path), samples=1, seed=0, dims={"p": 2, "q": 2, "r": 2, "t": 2})
     assert out["inputs"] == {"v": [1, 2, 2, 2, 2]} and out["cosine"] == 1.0
+
+
+def test_pte_outputs_record_the_method_input_sizes() -> None:
+    pytest.importorskip("executorch")
+    pytest.importorskip("torch")
+    pte = ROOT / "fixtures" / "fidelity" / "pte"
+    out = outputs_of(pte / "tiny-dq8-xnnpack.pte", pte / "tiny-fp32.pte", samples=1)
+    assert out["inputs"] == {"input0": [1, 8]}  # token ids [1, 8], from the reference method's metadata
+    assert "symbolic_dims" not in out
