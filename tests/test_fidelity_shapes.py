@@ -259,3 +259,22 @@ def test_pte_outputs_record_the_method_input_sizes() -> None:
     out = outputs_of(pte / "tiny-dq8-xnnpack.pte", pte / "tiny-fp32.pte", samples=1)
     assert out["inputs"] == {"input0": [1, 8]}  # token ids [1, 8], from the reference method's metadata
     assert "symbolic_dims" not in out
+
+
+def test_a_refused_default_says_which_sizes_and_how_to_set_them(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    art = TP / "silero_vad_if_lstm_float.onnx"  # its STFT needs 512 samples; paired with a copy of itself
+    ref = tmp_path / "copy.onnx"
+    shutil.copy(art, ref)
+    refused = run(art, reference=str(ref))
+    assert refused["status"] == "FAIL"
+    assert [f["code"] for f in refused["findings"]] == ["FIDELITY_RUNTIME_FAILED"]
+    assert refused["findings"][0]["message"].endswith(
+        "(inputs 'input' [1, 128], 'state' [2, 1, 128], 'sr' []; set the sizes with [guards.fidelity] "
+        "input_shapes or --param dim.NAME=N)")
+    result = run(art, reference=str(ref), **{"dim.sequence": 512})
+    assert result["status"] == "PASS"
+    assert result["metrics"]["outputs"]["inputs"] == {"input": [1, 512], "state": [2, 1, 128], "sr": []}
+    assert "(inputs 'input' 1x512, 'state' 2x1x128, 'sr' scalar)" in result["message"]

@@ -25,6 +25,7 @@ own bounded reader; nothing raises but `ShapeRequestError`, for a requested shap
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -124,17 +125,25 @@ def parse_dims(params: Mapping[str, Any]) -> dict[str, int]:
 def model_hints(path: str, input_names: Iterable[str]) -> Hints:
     """Metadata and op hints of the model at `path`; empty hints when it cannot be read."""
     from quantgate.formats import onnx as reader
-    from quantgate.formats.binary import ReadError, mapped
-    from quantgate.formats.onnx_shapes import ShapeInference
+    from quantgate.formats.binary import ReadError
 
     hints = Hints()
     try:
         model, _ = reader.scan(path)
     except (OSError, ReadError, ValueError):
         return hints
+    # hints are optional: a model they cannot be read from gets the defaults
+    with contextlib.suppress(Exception):
+        _read_hints(path, model, set(input_names), hints)
+    return hints
+
+
+def _read_hints(path: str, model: Any, inputs: set[str], hints: Hints) -> None:
+    from quantgate.formats.binary import ReadError, mapped
+    from quantgate.formats.onnx_shapes import ShapeInference
+
     hints.metadata = dict(model.metadata)
     nodes = [n for n in model.nodes if n.scope == "main"][:MAX_HINT_NODES]
-    inputs = set(input_names)
     # the value each node output carries "unchanged" from a graph input (for the Reshape hint)
     origin: dict[str, str] = {name: name for name in inputs}
     reshapes = []
@@ -149,17 +158,16 @@ def model_hints(path: str, input_names: Iterable[str]) -> Hints:
             reshapes.append((source, node.inputs[1]))
     if reshapes:
         consts = {t.name: t for t in model.tensors}
-        try:
-            with mapped(path) as view:
-                inference = ShapeInference(view, consts, {})
-                for source, target_name in reshapes:
+        with mapped(path) as view:
+            inference = ShapeInference(view, consts, {})
+            for source, target_name in reshapes:
+                try:
                     target = inference.small_ints(target_name)
-                    if target and all(d > 0 for d in target) and math.prod(target) <= MAX_DIM ** 2:
-                        hints.reshape.setdefault(source, math.prod(target))
-        except (OSError, ReadError, ValueError, TypeError):
-            pass
+                except ReadError:
+                    continue
+                if target and all(d > 0 for d in target) and math.prod(target) <= MAX_DIM ** 2:
+                    hints.reshape.setdefault(source, math.prod(target))
     hints.strides = _strides(nodes, inputs)
-    return hints
 
 
 def _strides(nodes: list[Any], inputs: set[str]) -> dict[str, tuple[int, int]]:

@@ -184,8 +184,13 @@ def onnx_outputs(ref_path: str, art_path: str, *, samples: int, seed: int, dynam
             try:
                 runs.append(session.run(None, feeds))
             except Exception as exc:
-                raise OutputsError("FIDELITY_RUNTIME_FAILED", f"onnxruntime failed to run the {side}: {exc}",
-                                   side) from None
+                chosen = ""
+                if symbolic:  # the sizes picked for symbolic dims may be what the model refuses
+                    shown = ", ".join(f"{n!r} {s}" for n, s in list(shapes.items())[:4])
+                    chosen = (f" (inputs {shown}; set the sizes with [guards.fidelity] input_shapes or "
+                              "--param dim.NAME=N)")
+                raise OutputsError("FIDELITY_RUNTIME_FAILED", f"onnxruntime failed to run the {side}: {exc}"
+                                   f"{chosen}", side) from None
     names = art_names if art_names == ref_names else ref_names
     result = compare_outputs(ref_runs, art_runs, names)
     result["samples"] = samples

@@ -465,7 +465,7 @@ def _summary(metrics: dict[str, Any]) -> str:
         parts.append(f"outputs cosine {o['cosine']:.5f}, max abs error {o['max_abs_error']:.4g}{top1}")
         if o.get("symbolic_dims"):  # the sizes chosen for symbolic dims decide what the cosine means
             shapes = list(o["inputs"].items())
-            shown = ", ".join(f"{name[:40]!a} {'x'.join(map(str, shape))}" for name, shape in shapes[:3])
+            shown = ", ".join(f"{name[:40]!a} {'x'.join(map(str, shape)) or 'scalar'}" for name, shape in shapes[:3])
             parts[-1] += f" (inputs {shown}{', ...' if len(shapes) > 3 else ''})"
     if "size_ratio" in metrics:
         parts.append(f"{metrics['size_ratio']:.2f}x smaller")
