@@ -10,14 +10,15 @@ so its cosine says little about the real one. Each symbolic dim takes the first 
 4. the model's `metadata_props`: a key equal to the dim's name with an integer value, Ultralytics'
    `imgsz` (`640` or `[640, 640]`, also `image_size`/`img_size`) for an image's height and width,
    `batch` for a batch dim;
-5. the ops: a Reshape of the input (through casts and quantize ops) to a constant shape fixes its
-   one remaining symbolic dim;
-6. by role: a batch dim (axis 0 of an input of rank 2+, or a dim named like `batch`/`N`) is 1; the
-   height and width of an image (rank 4, 1/3/4 channels at axis 1, or at axis 3 with symbolic axes
-   1 and 2; or a dim named `height`/`width`/`h`/`w`) are 224, rounded up to a multiple of the
-   total stride of the Conv/pool chain the input feeds (so a 64x-downsampling net gets 256); a
-   dim named `a + k` (`past_sequence_length + 1`) is its parts' sum once they are known; any other
-   symbolic dim (sequence, time, count) is 128.
+5. a batch dim (named like `batch`/`N`, or the unnamed or made-up-named leading dim of an input of
+   rank 2+) is 1;
+6. a Reshape of the input (through casts and quantize ops) to a constant shape fixes its one
+   symbolic dim left;
+7. the height and width of an image (rank 4, 1/3/4 channels at axis 1, or at axis 3 with symbolic
+   axes 1 and 2; or a dim named `height`/`width`/`h`/`w`) are 224, rounded up to a multiple of the
+   largest stride product of the Conv/pool chains the input feeds (a 64x-downsampling net gets 256);
+8. a dim named `a + b` (`past_sequence_length + 1`) is the sum of its parts once they are known;
+9. any other symbolic dim (sequence, time, count) is 128.
 
 Named dims take one size wherever they appear. Everything here reads the model with quantgate's
 own bounded reader; nothing raises but `ShapeRequestError`, for a requested shape that cannot be.
