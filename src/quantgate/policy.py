@@ -71,10 +71,12 @@ class GuardPolicy:
     # fidelity only: the float reference (relative to the policy's folder) or glob -> template mapping
     reference: str | None = None
     references: dict[str, str] = field(default_factory=dict)
+    # fidelity only: input name -> the concrete shape its output runs feed (symbolic dims set)
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
 
 
 # guard-specific policy keys: which guards take them
-GUARD_ONLY_KEYS = {"reference": "fidelity", "references": "fidelity"}
+GUARD_ONLY_KEYS = {"reference": "fidelity", "references": "fidelity", "input_shapes": "fidelity"}
 
 
 @dataclass
@@ -132,6 +134,8 @@ class Policy:
             params["reference"] = str(self.root / reference)  # relative to the policy's folder
         if gp.references:
             params["references"] = dict(gp.references)
+        if gp.input_shapes:
+            params["input_shapes"] = {name: list(shape) for name, shape in gp.input_shapes.items()}
         return GuardConfig(
             require=list(gp.require),
             warn=list(gp.warn),

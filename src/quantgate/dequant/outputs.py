@@ -6,12 +6,15 @@ result, never the gate.
 
 Inputs come from the reference's input signature: float inputs are standard normal, integer inputs
 (token ids, indices) are uniform in [0, high) where `high` is the smallest row count of the tables
-a Gather reads with them (so every id is in range), else 2; symbolic dims take `dynamic_dim`.
+a Gather reads with them (so every id is in range), else 2; symbolic dims take the sizes
+`quantgate.dequant.input_shapes` chooses (requested shapes, the model's metadata and ops, then
+defaults by role), and the result records them (`inputs`, `symbolic_dims`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -30,6 +33,10 @@ _ORT_TYPES = {
     "tensor(uint8)": np.uint8,
     "tensor(bool)": np.bool_,
 }
+
+
+MAX_INPUT_ELEMENTS = 1 << 26  # per input: 256 MiB of float32, far past any real single example
+BAD_SHAPES = "bad_input_shapes"  # a requested shape the model cannot take: the guard's usage ERROR
 
 
 class OutputsError(Exception):
@@ -62,14 +69,15 @@ def index_ranges(path: str) -> dict[str, int]:
     return highs
 
 
-def make_inputs(session: Any, highs: dict[str, int], rng: np.random.Generator, dynamic_dim: int) -> dict[str, Any]:
+def make_inputs(session: Any, highs: dict[str, int], rng: np.random.Generator,
+                shapes: dict[str, list[int]]) -> dict[str, Any]:
     feeds: dict[str, Any] = {}
     for arg in session.get_inputs():
         dtype = _ORT_TYPES.get(arg.type)
         if dtype is None:
             raise OutputsError("FIDELITY_OUTPUTS_UNAVAILABLE", f"input {arg.name!r} has type {arg.type}, which "
                                "the input builder does not make")
-        shape = [d if isinstance(d, int) and d > 0 else dynamic_dim for d in (arg.shape or [])]
+        shape = shapes[arg.name]
         if np.issubdtype(dtype, np.floating):
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype is np.bool_:
@@ -130,10 +138,16 @@ def compare_outputs(ref_runs: list[list[np.ndarray]], art_runs: list[list[np.nda
     return out
 
 
-def onnx_outputs(ref_path: str, art_path: str, *, samples: int, seed: int, dynamic_dim: int,
-                 int_high: int | None = None) -> dict[str, Any]:
-    """Run both models `samples` times on the same seeded inputs; raises OutputsError."""
+def onnx_outputs(ref_path: str, art_path: str, *, samples: int, seed: int, dynamic_dim: int | None = None,
+                 int_high: int | None = None, input_shapes: dict[str, list[int]] | None = None,
+                 dims: dict[str, int] | None = None) -> dict[str, Any]:
+    """Run both models `samples` times on the same seeded inputs; raises OutputsError.
+
+    Symbolic dims: `input_shapes` (input -> shape), `dims` (dim name -> size), `dynamic_dim` (every
+    other symbolic dim), else what `input_shapes.plan_shapes` reads from the reference."""
     import onnxruntime as ort
+
+    from quantgate.dequant.input_shapes import ShapeRequestError, model_hints, plan_shapes
 
     ref = _session(ort, ref_path, "reference")
     art = _session(ort, art_path, "artifact")
@@ -151,20 +165,43 @@ def onnx_outputs(ref_path: str, art_path: str, *, samples: int, seed: int, dynam
     if int_high is not None:
         highs = {k: min(v, int_high) for k, v in highs.items()} | {a.name: int_high for a in ref.get_inputs()
                                                                   if a.name not in highs}
+    signature = [(a.name, list(a.shape or [])) for a in ref.get_inputs()]
+    try:
+        shapes, symbolic = plan_shapes(signature, model_hints(ref_path, [name for name, _ in signature]),
+                                       input_shapes=input_shapes, dims=dims, dynamic_dim=dynamic_dim)
+    except ShapeRequestError as exc:
+        raise OutputsError(BAD_SHAPES, str(exc)) from None
+    for name, shape in shapes.items():
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise OutputsError("FIDELITY_OUTPUTS_UNAVAILABLE", f"input {name!r} would hold {math.prod(shape):,} "
+                               f"values as {shape} (over {MAX_INPUT_ELEMENTS:,}): set its shape with "
+                               "[guards.fidelity] input_shapes or --param dim.NAME=N")
     rng = np.random.default_rng(seed)
     ref_runs, art_runs = [], []
     for _ in range(samples):
-        feeds = make_inputs(ref, highs, rng, dynamic_dim)
+        feeds = make_inputs(ref, highs, rng, shapes)
         for side, session, runs in (("reference", ref, ref_runs), ("artifact", art, art_runs)):
             try:
                 runs.append(session.run(None, feeds))
             except Exception as exc:
-                raise OutputsError("FIDELITY_RUNTIME_FAILED", f"onnxruntime failed to run the {side}: {exc}",
-                                   side) from None
+                chosen = ""
+                if symbolic:  # the sizes picked for symbolic dims may be what the model refuses
+                    shown = ", ".join(f"{n!r} {s}" for n, s in list(shapes.items())[:4])
+                    chosen = (f" (inputs {shown}; set the sizes with [guards.fidelity] input_shapes or "
+                              "--param dim.NAME=N)")
+                raise OutputsError("FIDELITY_RUNTIME_FAILED", f"onnxruntime failed to run the {side}: {exc}"
+                                   f"{chosen}", side) from None
     names = art_names if art_names == ref_names else ref_names
     result = compare_outputs(ref_runs, art_runs, names)
     result["samples"] = samples
     result["seed"] = seed
+    result["inputs"] = shapes
+    result["symbolic_dims"] = symbolic
+    unused = sorted(set(input_shapes or {}) - set(shapes))
+    named = {d["dim"] for d in symbolic if d["dim"]}
+    unused += sorted(f"dim.{name}" for name in set(dims or {}) - named)
+    if unused:
+        result["unused_shapes"] = unused
     result["runtime"] = f"onnxruntime {ort.__version__}"
     return result
 
@@ -177,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("artifact")
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dynamic-dim", type=int, default=1)
+    parser.add_argument("--dynamic-dim", type=int)
     parser.add_argument("--int-high", type=int)
+    parser.add_argument("--input-shapes", default="{}", help="JSON: input name -> shape")
+    parser.add_argument("--dims", default="{}", help="JSON: symbolic dim name -> size")
     args = parser.parse_args(argv)
     sys.stdout.flush()
     json_fd = os.dup(1)
@@ -186,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         document: dict[str, Any] = {"outputs": onnx_outputs(
             args.reference, args.artifact, samples=max(1, args.samples), seed=args.seed,
-            dynamic_dim=args.dynamic_dim, int_high=args.int_high)}
+            dynamic_dim=args.dynamic_dim, int_high=args.int_high, input_shapes=json.loads(args.input_shapes),
+            dims=json.loads(args.dims))}
     except OutputsError as exc:
         document = {"finding": [exc.code, exc.message]}
     except Exception as exc:
@@ -196,11 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def run_child(ref: str, art: str, *, samples: int, seed: int, dynamic_dim: int, int_high: int | None,
-              timeout_s: float, max_rss_mb: int = 4096) -> dict[str, Any]:
+def run_child(ref: str, art: str, *, samples: int, seed: int, dynamic_dim: int | None, int_high: int | None,
+              timeout_s: float, max_rss_mb: int = 4096, input_shapes: dict[str, list[int]] | None = None,
+              dims: dict[str, int] | None = None) -> dict[str, Any]:
     """{"outputs": ...} or {"finding": (code, message)} from the child; never raises."""
     cmd = [sys.executable, "-m", "quantgate.dequant.outputs", "--samples", str(samples), "--seed", str(seed),
-           "--dynamic-dim", str(dynamic_dim)]
+           "--input-shapes", json.dumps(input_shapes or {}), "--dims", json.dumps(dims or {})]
+    if dynamic_dim is not None:
+        cmd += ["--dynamic-dim", str(dynamic_dim)]
     if int_high is not None:
         cmd += ["--int-high", str(int_high)]
     cmd += ["--", ref, art]

@@ -101,6 +101,8 @@ def compare(ref: str, art: str, *, samples: int, seed: int, int_high: int, metho
     from importlib.metadata import version
 
     result.update(samples=samples, seed=seed, int_high=int_high, runtime=f"executorch {version('executorch')}")
+    # a program's input sizes are fixed by its method metadata (the upper bounds of dynamic ones)
+    result["inputs"] = {f"input{i}": sizes for i, (_, sizes) in enumerate(_signature(ref_meta))}
     return {"outputs": result}
 
 

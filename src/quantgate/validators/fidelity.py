@@ -20,6 +20,9 @@ number is reported.
 Outputs: ONNX pairs are run by onnxruntime on the same seeded inputs, `.pte` pairs by the ExecuTorch
 runtime in a child process (`quantgate.runtime.pte_outputs`): `outputs.cosine` (worst output),
 `outputs.sqnr_db`, `outputs.max_abs_error`, `outputs.top1_agreement` (argmax over the last axis).
+Symbolic ONNX dims take realistic sizes (`quantgate.dequant.input_shapes`: `input_shapes`,
+`dim.<name>`, `dynamic_dim`, the model's metadata and ops, then 1 / 224 / 128 by role);
+`outputs.inputs` and `outputs.symbolic_dims` record them.
 
 `size_ratio` = reference bytes / artifact bytes (ONNX external data included).
 """
@@ -381,6 +384,24 @@ def _int_high(ref_path: str, config: GuardConfig) -> int:
     return min(rows) if rows else 2
 
 
+class BadShapes(Exception):
+    """A requested input shape the reference cannot take: the guard's usage ERROR."""
+
+
+def requested_shapes(config: GuardConfig) -> tuple[dict[str, list[int]], dict[str, int], int | None]:
+    """(`input_shapes`, `dim.<name>` sizes, an explicit `dynamic_dim`); raises BadShapes."""
+    from quantgate.dequant.input_shapes import ShapeRequestError, parse_dims, parse_input_shapes
+
+    try:
+        given = config.param("input_shapes")
+        shapes = parse_input_shapes(given) if given not in (None, "") else {}
+        dims = parse_dims(config.params)
+    except ShapeRequestError as exc:
+        raise BadShapes(str(exc)) from None
+    dynamic = config.param("dynamic_dim")
+    return shapes, dims, max(1, int(float(dynamic))) if dynamic is not None else None
+
+
 def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, config: GuardConfig,
                     findings: list[Finding]) -> dict[str, Any] | None:
     if str(config.param("outputs", "true")).lower() in ("false", "0", "no", "off"):
@@ -398,15 +419,18 @@ def output_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
             findings.append(F.info("FIDELITY_OUTPUTS_UNAVAILABLE", "onnxruntime is not installed: "
                                    "pip install 'quantgate[fidelity]' to compare outputs"))
             return None
-        from quantgate.dequant.outputs import run_child
+        from quantgate.dequant.outputs import BAD_SHAPES, run_child
 
         int_high = config.param("int_high")
-        run = run_child(ref_path, art_path, samples=samples, seed=seed,
-                        dynamic_dim=max(1, int(float(config.param("dynamic_dim", 1)))),
+        shapes, dims, dynamic_dim = requested_shapes(config)
+        run = run_child(ref_path, art_path, samples=samples, seed=seed, dynamic_dim=dynamic_dim,
                         int_high=int(float(int_high)) if int_high is not None else None,
-                        timeout_s=_child_timeout(config), max_rss_mb=_max_rss_mb(config))
+                        timeout_s=_child_timeout(config), max_rss_mb=_max_rss_mb(config),
+                        input_shapes=shapes, dims=dims)
         if "finding" in run:
             code, message = run["finding"]
+            if code == BAD_SHAPES:
+                raise BadShapes(message)
             maker = F.info if code == "FIDELITY_OUTPUTS_UNAVAILABLE" else F.error
             findings.append(maker(code, message))
             return None
@@ -439,6 +463,10 @@ def _summary(metrics: dict[str, Any]) -> str:
     if o:
         top1 = f", top-1 {o['top1_agreement']:.3f}" if "top1_agreement" in o else ""
         parts.append(f"outputs cosine {o['cosine']:.5f}, max abs error {o['max_abs_error']:.4g}{top1}")
+        if o.get("symbolic_dims"):  # the sizes chosen for symbolic dims decide what the cosine means
+            shapes = list(o["inputs"].items())
+            shown = ", ".join(f"{name[:40]!a} {'x'.join(map(str, shape)) or 'scalar'}" for name, shape in shapes[:3])
+            parts[-1] += f" (inputs {shown}{', ...' if len(shapes) > 3 else ''})"
     if "size_ratio" in metrics:
         parts.append(f"{metrics['size_ratio']:.2f}x smaller")
     return "; ".join(parts) or "nothing measured"
@@ -453,7 +481,8 @@ class FidelityGuard(Guard):
                                    "cosine.min", "cosine.mean", "sqnr_db.min", "sqnr_db.mean", "sqnr_db.overall",
                                    "rel_error.max", "rel_error.mean", "max_abs_error", "worst", "per_layer")),
         *(f"outputs.{k}" for k in ("cosine", "sqnr_db", "max_abs_error", "rel_error", "top1_agreement", "count",
-                                   "per_output", "samples", "seed", "runtime", "int_high")),
+                                   "per_output", "samples", "seed", "runtime", "int_high", "inputs",
+                                   "symbolic_dims", "unused_shapes")),
     )
     description = ("distance from the float reference: weights dequantized and compared layer by layer "
                    "(cosine, SQNR, relative error), outputs on seeded inputs (onnxruntime, ExecuTorch), size ratio")
@@ -496,6 +525,10 @@ class FidelityGuard(Guard):
             except (TypeError, ValueError):
                 return Outcome(error=("bad_param", f"--param {key}={given} is not a non-negative integer",
                                       "see the README's fidelity section for the parameters"))
+        try:
+            requested_shapes(config)
+        except BadShapes as exc:
+            return Outcome(error=("bad_param", str(exc), "see the README's fidelity section for input_shapes"))
         findings: list[Finding] = []
         metrics: dict[str, Any] = {}
         art_size = _size_with_external(ctx.path, ctx.format)
@@ -512,7 +545,12 @@ class FidelityGuard(Guard):
                 if weights is not None:
                     metrics["weights"] = weights
         if not any(f.code == "FIDELITY_PAIR_MISMATCH" for f in findings):
-            outputs = output_fidelity(ctx.path, ctx.format, ref_path, ref_fmt, config, findings)
+            try:
+                outputs = output_fidelity(ctx.path, ctx.format, ref_path, ref_fmt, config, findings)
+            except BadShapes as exc:
+                return Outcome(error=("bad_param", f"the reference {ref_path}: {exc}",
+                                      "fix [guards.fidelity] input_shapes (or --param input_shapes) to the "
+                                      "model's input rank and fixed dims"))
             if outputs is not None:
                 metrics["outputs"] = outputs
         outcome = Outcome(metrics=metrics, findings=findings)
