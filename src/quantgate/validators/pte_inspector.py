@@ -19,9 +19,22 @@ weight-bearing op becomes a `Layer` and the shared coverage engine does the rest
   quantized kernel such as `embedding_byte`). The portable library has no integer GEMM, so native
   ops always compute in floating point ("int8 storage, fp32 compute").
 
+* Shapes of delegated ops: the ETDump names an XNNPACK op but not its shapes. The runner also lists
+  each XNNPACK delegate's FC/conv/deconv/batch-matmul nodes in graph order (the payload pte-program
+  reads, `runtime.program_table.xnnpack_nodes`), and the k-th such op a delegate call executes is
+  the k-th such node (the runtime creates one operator per node, in order). So each executed op gets
+  its weight's dims, params and output positions, and `coverage.params.*` / `coverage.flops.*`
+  exist; the precision stays what the runtime ran. A call whose ops do not line up with its nodes
+  (kinds or count) keeps descriptor-only ops (PTE_RUNTIME_DELEGATE_UNMAPPED), and then, as for
+  native ops without the instruction table, only the `ops` basis is reported.
+
+Static views (`view`/`reshape` of a memory-planned tensor) have no instruction: the emitter makes
+the view share its base's memory. A weight read through one (`permute_copy -> expand_copy -> view
+-> bmm`, a linear on a non-contiguous 3-D input) is traced to the last kernel output written to
+the same memory before the reader.
+
 Embedding lookups count as weight-bearing ops (DESIGN §4); `matmul_coverage` gives the same shares
-over the linear and conv ops only. Delegated ops carry no shapes in the ETDump, so when any
-executed weight op is delegated only the `ops` basis is reported.
+over the linear and conv ops only.
 """
 
 from __future__ import annotations
@@ -658,6 +671,8 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
                                             expect_unquantized=config.expect_unquantized)
     if any(not layer.detail.get("shape_known") for layer in layers):
         _restrict_to_ops(metrics)
+    else:
+        metrics["shapes_known"] = True
     metrics["matmul_coverage"] = matmul_coverage(layers)
     metrics["executed_weight_ops"] = executed
     metrics["compute"] = _compute_summary(layers)
