@@ -10,10 +10,13 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from conftest import FIXTURES
 from quantgate.bounds import FAIL_LEVEL, parse_bound
@@ -271,3 +274,19 @@ def test_inspector_unmapped_delegate_keeps_ops_only(runs: dict[str, dict[str, An
     assert set(m["coverage"]) == {"ops"} and m["shapes_known"] is False
     assert m["coverage"]["ops"]["int8"] == 1.0
     assert _status(outcome, "coverage.params.int8>=0.9") == "ERROR"  # the metric is not produced
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(edits=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.integers(0, 12000))
+def test_damaged_ptd_never_raises(tmp_path_factory: pytest.TempPathFactory, edits: list[tuple[int, int]],
+                                  cut: int) -> None:
+    data = bytearray((PTE / "more" / "extw" / "weights.ptd").read_bytes()[: max(cut, 1)])
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    path = tmp_path_factory.mktemp("ptd") / "w.ptd"
+    path.write_bytes(bytes(data))
+    started = time.perf_counter()
+    keys, problems = reader.read_ptd(str(path))
+    assert isinstance(keys, dict) and all(isinstance(p, str) for p in problems)
+    assert time.perf_counter() - started < 1.0
