@@ -18,13 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import FIXTURES
+from conftest import FIXTURES, run_json
 from quantgate.bounds import FAIL_LEVEL, parse_bound
 from quantgate.coverage import coverage_metrics
 from quantgate.formats import pte as reader
 from quantgate.formats import pte_schema as S
 from quantgate.formats.binary import View
 from quantgate.formats.flatbuffer import FlatBuffer
+from quantgate.jsonschemas import validate
 from quantgate.validators.base import GuardConfig, decide_status, evaluate_bounds
 from quantgate.validators.pte_inspector import analyse, run_runner
 
@@ -290,3 +291,16 @@ def test_damaged_ptd_never_raises(tmp_path_factory: pytest.TempPathFactory, edit
     keys, problems = reader.read_ptd(str(path))
     assert isinstance(keys, dict) and all(isinstance(p, str) for p in problems)
     assert time.perf_counter() - started < 1.0
+
+
+@needs_runtime
+def test_cli_params_bound_on_pte_inspector() -> None:
+    # the policy bound of issue 14: an ERROR (metric not measured) before delegated ops had shapes
+    code, result = run_json("guard", "pte-inspector", str(EXPORTS / "mixer_int8_xnnpack.pte"),
+                            "--require", "coverage.params.int8>=0.9", timeout=300)
+    assert (code, result["status"]) == (0, "PASS"), result["message"]
+    assert validate(result, "guard-result") == []
+    m = result["metrics"]
+    cov = m["coverage"]
+    assert (m["params_total"], cov["params"]["int8"], cov["flops"]["int8"]) == (MIXER_PARAMS, 1.0, 1.0)
+    assert [r["params"] for r in m["executed_weight_ops"]] == [p for _, p, _ in MIXER]
