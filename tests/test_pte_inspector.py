@@ -191,9 +191,10 @@ def test_int8_xnnpack_detail(batch: dict[str, dict[str, Any]]) -> None:
     assert sum(m["events"]["by_descriptor"].values()) == 4  # two converts, two FCs
     assert m["events"]["native_calls"] == 2 and m["events"]["delegate_calls"] == 1
     assert m["compute"] == {"fp32": 1, "int8": 2}
-    # delegated ops carry no shapes: only the ops basis is reported
-    assert set(m["coverage"]) == {"ops"} and m["shapes_known"] is False
-    assert "params_total" not in m
+    # each executed FC is mapped to its delegate graph node: shapes, params and flops are measured
+    assert [(r["shape"], r["params"]) for r in fcs] == [([64, 32], 2048), ([10, 64], 640)]
+    assert set(m["coverage"]) == {"ops", "params", "flops"} and m["shapes_known"] is True
+    assert m["params_total"] == 5888
 
 
 # the runtime's dynamically quantized activation tokens: whichever one this host's XNNPACK picked,
@@ -333,7 +334,7 @@ def test_program_table_matches_the_fixture() -> None:
     instructions, values = program_table.read(str(PTE / "int8_portable.pte"))
     dq = "quantized_decomposed::dequantize_per_channel.out"
     assert [r.get("op") for r in instructions][:3] == [dq, dq, "aten::embedding.out"]
-    assert values[9] == [1, [64, 32], True, None]  # the int8 l1 weight, a constant
+    assert values[9] == [1, [64, 32], True, None, None]  # the int8 l1 weight, a constant (not memory-planned)
     instructions, values = program_table.read(str(PTE / "ext" / "fp32_portable_extconst.pte"))
     external = {v[3] for v in values if v and v[2]}
     assert external == {"emb.weight", "ln.weight", "ln.bias", "l1.weight", "l1.bias", "l2.weight", "l2.bias"}

@@ -57,6 +57,14 @@ FINDING_CODES: dict[str, str] = {
     "PTE_NO_EXECUTION_PLAN": "The program has no execution plan (no method to run).",
     "PTE_EXTERNAL_DATA_MISSING": "Tensors (by FQN) or XNNPACK constants (by named key) stored outside the "
     "program are in no `.ptd` file beside it (warning).",
+    "PTE_MUTABLE_DATA_OUT_OF_RANGE": "A mutable tensor's initial state (a buffer the program updates in place) "
+    "points past the mutable data segment's offset table, its bytes run past that segment, or there is no "
+    "mutable data segment at all.",
+    "PTE_PTD_INVALID": "A `.ptd` file beside the program (its external weights) is damaged: not a FlatTensor "
+    "file, a header that disagrees with the file (cut short), a segment outside the file, or a named entry "
+    "pointing at a segment that does not exist.",
+    "PTE_PTD_TENSOR_MISMATCH": "A tensor or XNNPACK constant the program takes from a `.ptd` file has a "
+    "different dtype or shape there, or fewer bytes than the program needs.",
 }
 
 
@@ -69,6 +77,9 @@ class Tensor:
     dynamism: int
     fqn: str | None
     external: bool
+    # (memory_id, offset) of a memory-planned tensor: a static view shares its base's memory and has
+    # no instruction of its own (the emitter elides it), so this is how a view is traced to its base
+    mem: tuple[int, int] | None = None
 
     @property
     def constant(self) -> bool:
@@ -153,6 +164,9 @@ class Program:
     legacy_constant_bytes: int = 0
     named_data: list[tuple[str, int]] = field(default_factory=list)
     inline_data: list[tuple[int, int]] = field(default_factory=list)
+    mutable_segment: int | None = None  # Program.mutable_data_segments[0]: initial state of mutable buffers
+    mutable_offsets: list[int] = field(default_factory=list)
+    mutable_segments: int = 0  # how many the program lists (the runtime reads only the first)
     plans: list[Plan] = field(default_factory=list)
     findings: list[Finding] = field(default_factory=list)
     complete: bool = False
@@ -281,13 +295,21 @@ def _tensor(fb: FlatBuffer, table: int) -> Tensor:
     sizes = tuple(fb.scalars(table, S.TENSOR_SIZES, "i32", "Tensor.sizes"))
     data_buffer_idx = int(fb.scalar(table, S.TENSOR_DATA_BUFFER_IDX, "u32", 0, "Tensor.data_buffer_idx"))
     allocated = fb.has(table, S.TENSOR_ALLOCATION_INFO)
+    mem = None
+    if allocated:
+        info = fb.table(table, S.TENSOR_ALLOCATION_INFO, "Tensor.allocation_info")
+        if info is not None:
+            # AllocationDetails {0 memory_id, 1 memory_offset_low, 2 memory_offset_high}
+            low = int(fb.scalar(info, 1, "u32", 0, "AllocationDetails.memory_offset_low"))
+            high = int(fb.scalar(info, 2, "u32", 0, "AllocationDetails.memory_offset_high"))
+            mem = (int(fb.scalar(info, 0, "u32", 0, "AllocationDetails.memory_id")), (high << 32) | low)
     dynamism = int(fb.scalar(table, S.TENSOR_SHAPE_DYNAMISM, "i8", 0, "Tensor.shape_dynamism"))
     fqn, external = None, False
     extra = fb.table(table, S.TENSOR_EXTRA_INFO, "Tensor.extra_tensor_info")
     if extra is not None:
         fqn = fb.string(extra, S.EXTRA_FQN, "", "ExtraTensorInfo.fully_qualified_name") or None
         external = int(fb.scalar(extra, S.EXTRA_LOCATION, "i8", 0, "ExtraTensorInfo.location")) == 1
-    return Tensor(scalar_type, sizes, data_buffer_idx, allocated, dynamism, fqn, external)
+    return Tensor(scalar_type, sizes, data_buffer_idx, allocated, dynamism, fqn, external, mem)
 
 
 def _value(fb: FlatBuffer, table: int) -> Value:
@@ -359,6 +381,12 @@ def _tables(fb: FlatBuffer, prog: Program) -> None:
     if cseg is not None:
         prog.constant_segment = int(fb.scalar(cseg, S.SUBSEGMENT_INDEX, "u32", 0, "constant_segment.segment_index"))
         prog.constant_offsets = fb.scalars(cseg, S.SUBSEGMENT_OFFSETS, "u64", "constant_segment.offsets")
+    mutable = fb.tables(root, S.PROGRAM_MUTABLE_SEGMENTS, "Program.mutable_data_segments")
+    prog.mutable_segments = len(mutable)
+    if mutable:
+        prog.mutable_segment = int(fb.scalar(mutable[0], S.SUBSEGMENT_INDEX, "u32", 0,
+                                             "mutable_data_segments.segment_index"))
+        prog.mutable_offsets = fb.scalars(mutable[0], S.SUBSEGMENT_OFFSETS, "u64", "mutable_data_segments.offsets")
     legacy = fb.vector(root, S.PROGRAM_CONSTANT_BUFFER, 4, "Program.constant_buffer")
     prog.legacy_constant_buffers = legacy.count if legacy is not None else 0
     if legacy is not None:
@@ -434,6 +462,27 @@ def _check_segments(prog: Program) -> None:
         prog.segments = [Segment(s.index, s.start, 0) for s in prog.segments]
 
 
+def _check_mutable(prog: Program, t: Tensor, where: str) -> None:
+    """A mutable tensor with an initial state (allocated, data_buffer_idx > 0): its bytes in the mutable segment."""
+    idx = t.data_buffer_idx
+    span = prog.segment_bytes(prog.mutable_segment) if prog.mutable_segment is not None else None
+    problem = None
+    if prog.mutable_segment is None:
+        problem = f"has initial state {idx} but the program has no mutable data segment"
+    elif span is None:
+        return  # the segment index itself is reported (PTE_INDEX_OUT_OF_RANGE)
+    elif idx >= len(prog.mutable_offsets):
+        problem = f"has initial state {idx} but the mutable data segment lists {len(prog.mutable_offsets)} offsets"
+    elif prog.mutable_offsets[idx] + t.nbytes > span[1]:
+        problem = (f"({t.nbytes:,} bytes at +{prog.mutable_offsets[idx]:,}) runs past the end of the mutable data "
+                   f"segment ({span[1]:,} bytes)")
+    if problem is not None:
+        prog.add(F.error("PTE_MUTABLE_DATA_OUT_OF_RANGE", f"mutable tensor {where} {problem}; re-export the program",
+                         field=where, tensor=t.fqn))
+    else:
+        prog.facts["mutable_initial_bytes"] = prog.facts.get("mutable_initial_bytes", 0) + t.nbytes
+
+
 def _check_tensor(prog: Program, t: Tensor, where: str, const_span: tuple[int, int] | None) -> None:
     if t.scalar_type not in S.SCALAR_TYPES:
         prog.add(
@@ -441,6 +490,9 @@ def _check_tensor(prog: Program, t: Tensor, where: str, const_span: tuple[int, i
         )
     if len(t.sizes) > MAX_DIMS or any(d < 0 for d in t.sizes) or t.numel > MAX_NUMEL:
         prog.add(F.error("PTE_BAD_SHAPE", f"{where} has shape {list(t.sizes)[:MAX_DIMS]}", field=where, tensor=t.fqn))
+        return
+    if t.allocated and t.data_buffer_idx > 0 and not t.external:
+        _check_mutable(prog, t, where)
         return
     if not t.constant or t.external:
         return
@@ -473,6 +525,8 @@ def _check_references(prog: Program) -> None:
     for i, (_key, seg) in enumerate(prog.named_data):
         if seg >= nseg:
             _index_error(prog, "segment_index", seg, nseg, f"Program.named_data[{i}]")
+    if prog.mutable_segment is not None and prog.mutable_segment >= nseg:
+        _index_error(prog, "segment_index", prog.mutable_segment, nseg, "Program.mutable_data_segments[0]")
     if not prog.plans and prog.complete:
         prog.add(F.error("PTE_NO_EXECUTION_PLAN", "the program has no execution plan: there is no method to run"))
     for plan in prog.plans:
@@ -569,13 +623,13 @@ def _check_named_data(view: View, prog: Program) -> None:
     prog.facts["named_data_hashes_checked"] = checked
 
 
-def _ptd_beside(prog: Program) -> tuple[list[str], set[str]]:
-    """Names and named-data keys of the `.ptd` files in the program's folder (read once)."""
+def _ptd_beside(prog: Program) -> tuple[list[str], dict[str, tuple[int | None, int | None, tuple[int, ...] | None]]]:
+    """Names and named entries of the `.ptd` files in the program's folder (read once; damage is reported)."""
     cached = prog.facts.get("_ptd")
     if cached is not None:
         return cached
     folder = os.path.dirname(os.path.abspath(prog.path))
-    found: set[str] = set()
+    found: dict[str, tuple[int | None, int | None, tuple[int, ...] | None]] = {}
     names = []
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
@@ -586,14 +640,22 @@ def _ptd_beside(prog: Program) -> tuple[list[str], set[str]]:
         if not entry.name.endswith(".ptd") or entry.is_symlink() or not entry.is_file():
             continue
         names.append(entry.name)
-        found |= ptd_keys(entry.path)
+        keys, problems = read_ptd(entry.path)
+        for key, info in keys.items():
+            found.setdefault(key, info)
+        for problem in problems:
+            prog.add(F.error("PTE_PTD_INVALID", f"{entry.name}: {problem}; the runtime cannot load the program's "
+                             "external weights from it (re-export or re-copy the .ptd)", field=entry.name))
     prog.facts["_ptd"] = (names, found)
     prog.facts["ptd_files"] = names
     return names, found
 
 
-def check_external_keys(prog: Program, wanted: set[str], what: str) -> None:
-    """Keys the program needs from outside itself must be in a `.ptd` beside it (a warning if not)."""
+def check_external_keys(prog: Program, wanted: set[str], what: str,
+                        need: dict[str, tuple[int | None, tuple[int, ...] | None, int]] | None = None) -> None:
+    """Keys the program needs from outside itself must be in a `.ptd` beside it (a warning if not), and
+    hold what the program expects there: `need` maps a key to (scalar type, sizes, bytes), None where the
+    program does not say."""
     names, found = _ptd_beside(prog)
     missing = sorted(k for k in wanted if k not in found)
     if missing:
@@ -610,6 +672,20 @@ def check_external_keys(prog: Program, wanted: set[str], what: str) -> None:
                 tensor=missing[0],
             )
         )
+    for key in sorted(k for k in (need or {}) if k in found):
+        scalar_type, sizes, nbytes = (need or {})[key]
+        size, ptd_type, ptd_sizes = found[key]
+        problem = None
+        if ptd_type is not None and scalar_type is not None and ptd_sizes is not None and sizes is not None and (
+            ptd_type != scalar_type or tuple(ptd_sizes) != tuple(sizes)
+        ):
+            problem = (f"is {S.scalar_name(ptd_type)} {list(ptd_sizes)} in the .ptd, the program expects "
+                       f"{S.scalar_name(scalar_type)} {list(sizes)}")
+        elif size is not None and size < nbytes:
+            problem = f"has {size:,} bytes in the .ptd, the program needs {nbytes:,}"
+        if problem is not None:
+            prog.add(F.error("PTE_PTD_TENSOR_MISMATCH", f"{what.removesuffix('(s)')} {key[:64]!r} {problem}; the .ptd "
+                             "beside the program was made for another export", tensor=key[:64]))
 
 
 def _check_external(prog: Program) -> None:
@@ -619,20 +695,75 @@ def _check_external(prog: Program) -> None:
     if not wanted:
         return
     prog.facts["external_tensors"] = len(wanted)
-    check_external_keys(prog, {k for k in wanted if k is not None}, "external tensor(s)")
+    need = {v.tensor.fqn: (v.tensor.scalar_type, v.tensor.sizes, v.tensor.nbytes)
+            for plan in prog.plans for v in plan.values
+            if v.tensor is not None and v.tensor.external and v.tensor.fqn is not None}
+    check_external_keys(prog, {k for k in wanted if k is not None}, "external tensor(s)", need)
 
 
 def ptd_keys(path: str) -> set[str]:
     """Named-data keys of a FlatTensor `.ptd` file (identifier FT01); empty when unreadable."""
+    return set(read_ptd(path)[0])
+
+
+PTD_HEADER_MAGIC = b"FH01"
+PTD_HEADER_LENGTH = 40  # magic, length, flatbuffer offset and size, segment base offset, segment data size
+
+
+def read_ptd(path: str) -> tuple[dict[str, tuple[int | None, int | None, tuple[int, ...] | None]], list[str]]:
+    """A FlatTensor `.ptd`: {key: (segment bytes or None, scalar type or None, sizes or None)} and its defects.
+
+    Layout (executorch/extension/flat_tensor/serialize, 1.5.1): root offset, `FT01` at 4, an `FH01`
+    header at 8 (u32 length, u64 flatbuffer offset and size, u64 segment base offset and data size),
+    then FlatTensor {0 version, 1 segments [DataSegment {0 offset, 1 size}], 2 named_data [NamedData
+    {0 key, 1 segment_index, 2 tensor_layout {0 scalar_type, 1 sizes}}]}. Bounded; never raises.
+    """
+    out: dict[str, tuple[int | None, int | None, tuple[int, ...] | None]] = {}
+    problems: list[str] = []
     try:
         with mapped(path) as view:
-            fb = FlatBuffer(view, Budget.for_size(len(view)))
-            if len(view) < 8 or fb.identifier() != b"FT01":
-                return set()
+            size = len(view)
+            if size < 8 or view.bytes(4, 4) != b"FT01":
+                return out, ["not a FlatTensor file (identifier FT01 missing)"]
+            fb_end, seg_base, seg_end = size, 0, size
+            if size >= 48 and view.bytes(8, 4) == PTD_HEADER_MAGIC:
+                length = view.u32(12)
+                fb_off, fb_size, seg_base, seg_size = view.u64(16), view.u64(24), view.u64(32), view.u64(40)
+                if length < PTD_HEADER_LENGTH or fb_off + fb_size > size:
+                    return out, [f"header (length {length}) puts the flatbuffer at [{fb_off:,}, {fb_off + fb_size:,}) "
+                                 f"in a {size:,}-byte file"]
+                fb_end = fb_off + fb_size
+                seg_end = seg_base + seg_size
+                if seg_end > size:
+                    problems.append(f"the header says the file is {seg_end:,} bytes (segment base {seg_base:,} + "
+                                    f"{seg_size:,} of data), it has {size:,}: it was cut short")
+                    seg_end = size
+            fb = FlatBuffer(view, Budget.for_size(fb_end), 0, fb_end)
             root = fb.root()
-            return {fb.string(nd, 0, "", "NamedData.key", limit=1024) for nd in fb.tables(root, 2, "named_data")}
-    except (OSError, ReadError):
-        return set()
+            segments = []
+            for i, seg in enumerate(fb.tables(root, 1, "FlatTensor.segments")):
+                offset = int(fb.scalar(seg, 0, "u64", 0, "DataSegment.offset"))
+                length_ = int(fb.scalar(seg, 1, "u64", 0, "DataSegment.size"))
+                if seg_base + offset + length_ > seg_end and len(problems) < FINDINGS_PER_CODE:
+                    problems.append(f"segment {i} [{seg_base + offset:,}, {seg_base + offset + length_:,}) runs past "
+                                    f"the end of the data ({seg_end:,})")
+                segments.append(length_)
+            for i, nd in enumerate(fb.tables(root, 2, "FlatTensor.named_data")):
+                key = fb.string(nd, 0, "", "NamedData.key", limit=1024)
+                index = int(fb.scalar(nd, 1, "u32", 0, "NamedData.segment_index"))
+                if index >= len(segments) and len(problems) < FINDINGS_PER_CODE:
+                    problems.append(f"named_data[{i}] points at segment {index}; the file has {len(segments)}")
+                layout = fb.table(nd, 2, "NamedData.tensor_layout")
+                scalar_type = sizes = None
+                if layout is not None:
+                    scalar_type = int(fb.scalar(layout, 0, "i8", 0, "TensorLayout.scalar_type"))
+                    sizes = tuple(fb.scalars(layout, 1, "i32", "TensorLayout.sizes"))
+                out.setdefault(key, (segments[index] if index < len(segments) else None, scalar_type, sizes))
+    except OSError as exc:
+        problems.append(f"cannot be read ({exc.strerror or exc})")
+    except ReadError as exc:
+        problems.append(f"damaged flatbuffer ({exc.message})")
+    return out, problems
 
 
 def parse_view(view: View, path: str) -> Program:

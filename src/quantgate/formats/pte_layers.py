@@ -47,6 +47,7 @@ _PASS_THROUGH = {
     "aten::contiguous",
     "dim_order_ops::_to_dim_order_copy",
     "dim_order_ops::_clone_dim_order",
+    "executorch_prim::et_view",  # a view the emitter kept (dynamic shapes); static ones share memory
 }
 _DEQUANTIZE_PREFIXES = ("quantized_decomposed::dequantize_", "torchao::dequantize_")
 _QUANTIZE_PREFIXES = ("quantized_decomposed::quantize_", "torchao::quantize_")
@@ -93,25 +94,57 @@ class _PlanGraph:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.producer: dict[int, tuple[str, list[int]]] = {}
+        self.produced_at: dict[int, int] = {}
+        # (memory_id, offset, bytes) -> [(instruction, value)] of the kernel outputs written there
+        self.writers: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
         for ins in plan.instructions:
             if ins.kind == S.KERNEL_CALL and ins.args:
-                self.producer[ins.args[-1]] = (base_name(plan.operators[ins.target]), ins.args)
+                out = ins.args[-1]
+                self.producer[out] = (base_name(plan.operators[ins.target]), ins.args)
+                self.produced_at.setdefault(out, ins.index)
+                t = self.tensor(out)
+                if t is not None and t.mem is not None:
+                    self.writers.setdefault((*t.mem, t.nbytes), []).append((ins.index, out))
+
+    def view_base(self, index: int, before: int) -> int | None:
+        """The value a static view (no instruction of its own) aliases: the last kernel output written
+        to the same memory, with the same size, before instruction `before`."""
+        t = self.tensor(index)
+        if t is None or t.mem is None:
+            return None
+        base = None
+        for at, value in self.writers.get((*t.mem, t.nbytes), ()):
+            if at >= before:
+                break
+            if value != index:
+                base = value
+        return base
 
     def tensor(self, index: int) -> Tensor | None:
         if 0 <= index < len(self.plan.values):
             return self.plan.values[index].tensor
         return None
 
-    def trace(self, index: int, through: tuple[str, ...] = ()) -> tuple[Tensor | None, list[str]]:
-        """The constant behind value `index` (through pass-through and `through` ops), and the ops crossed."""
+    def trace(
+        self, index: int, through: tuple[str, ...] = (), at: int | None = None
+    ) -> tuple[Tensor | None, list[str]]:
+        """The constant behind value `index` (through pass-through and `through` ops, and static views
+        of memory-planned values), read by instruction `at`, and the ops crossed."""
         crossed: list[str] = []
+        at = len(self.plan.instructions) if at is None else at
         for _ in range(MAX_TRACE):
             t = self.tensor(index)
             if t is not None and t.constant:
                 return t, crossed
             produced = self.producer.get(index)
             if produced is None:
-                return None, crossed
+                base = self.view_base(index, at) if at is not None else None
+                if base is None:
+                    return None, crossed
+                crossed.append("view")
+                index = base
+                continue
+            at = self.produced_at.get(index, at)
             op, args = produced
             if op in _PASS_THROUGH or op.startswith(_DEQUANTIZE_PREFIXES) or op.startswith(through):
                 crossed.append(op)
@@ -162,7 +195,7 @@ def _portable_layers(plan: Plan, graph: _PlanGraph, prefix: str) -> list[Layer]:
         weight, crossed, arg = None, [], -1
         for arg in candidates:
             if arg < len(ins.args):
-                weight, crossed = graph.trace(ins.args[arg])
+                weight, crossed = graph.trace(ins.args[arg], at=ins.index)
                 if weight is not None:
                     break
         if weight is None or len(weight.sizes) < 2:
@@ -226,10 +259,16 @@ def _scale_args(graph: _PlanGraph, weight_arg: int, op: str, args: list[int]) ->
         return args[1:3] if op.startswith("quantized_decomposed::embedding_") else args[2:4]
     out = []
     index = weight_arg
+    at = len(graph.plan.instructions)
     for _ in range(MAX_TRACE):
         produced = graph.producer.get(index)
         if produced is None:
-            break
+            base = graph.view_base(index, at)
+            if base is None:
+                break
+            index = base
+            continue
+        at = graph.produced_at.get(index, at)
         name, pargs = produced
         if name.startswith(_DEQUANTIZE_PREFIXES):
             out.extend(pargs[1:3])
@@ -247,7 +286,7 @@ def _external_weight_layer(
     ext = op.weight.external_id
     if not 0 <= ext < len(call_args):
         return None
-    weight, crossed = graph.trace(call_args[ext])
+    weight, crossed = graph.trace(call_args[ext], at=position)
     if weight is None or len(weight.sizes) < 2:
         return None  # two activations (attention scores): no weight
     name_s, bits, numeric = S.SCALAR_TYPES.get(weight.scalar_type, (weight.dtype, None, UNKNOWN))
@@ -525,6 +564,17 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
                 for v in payload.values:
                     if v.is_constant:
                         xnn_constants[v.named_key or (d.span, v.constant_buffer_idx)] = v.numel
+            passed = len(call_args.get(d_index, []))
+            if payload.complete and passed != payload.num_externs:
+                prog.add(
+                    F.error(
+                        "XNNPACK_EXTERNS_MISMATCH",
+                        f"the DelegateCall at instruction {position} of {plan.name!r} passes {passed} tensor(s) to "
+                        f"XNNPACK delegate {d_index}, whose graph declares num_externs {payload.num_externs}; "
+                        "re-export the program",
+                        field=f"{plan.name}.delegates[{d_index}]",
+                    )
+                )
             new = _xnnpack_layers(
                 payload,
                 weight_ops[d.span],
@@ -555,7 +605,9 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
         from quantgate.formats.pte import check_external_keys
 
         inv.facts["external_named_data"] = len(outside)
-        check_external_keys(prog, outside, "XNNPACK constant(s)")
+        sizes = {c.named_key: c.size for payload in payloads.values() for c in payload.constant_data
+                 if c.named and c.named_key in outside}
+        check_external_keys(prog, outside, "XNNPACK constant(s)", {k: (None, None, n) for k, n in sizes.items()})
         inv.facts["ptd_files"] = prog.facts.get("ptd_files", [])
     inv.layers = _dedupe_across_methods(layers)
     inv.params_stored = _params_stored(prog, inv.layers) + sum(xnn_constants.values())

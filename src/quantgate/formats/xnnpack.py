@@ -82,6 +82,9 @@ FINDING_CODES: dict[str, str] = {
     "XNNPACK_CONSTANT_OUT_OF_RANGE": "A constant_data entry's offset and size run past the blob's constant "
     "region, or it has neither an offset nor a named key.",
     "XNNPACK_CONSTANT_SIZE_MISMATCH": "A constant value's data is smaller than its shape and datatype need.",
+    "XNNPACK_EXTERNS_MISMATCH": "XNNGraph.num_externs disagrees with the graph's external values (one with an "
+    "external_id at or past num_externs, or fewer externs than graph inputs and outputs) or with the number of "
+    "tensors the program's DelegateCall passes to the delegate.",
     "XNNPACK_TOO_MANY_FINDINGS": "More findings of one code than are worth listing; the rest were counted (info).",
 }
 
@@ -859,6 +862,16 @@ class _Reader:
                              field=where)  # fmt: skip
         if not p.complete:
             return  # an unread value is not a dangling reference
+        externals = [v for v in p.values if v.flags & 3]  # 1 external input, 2 external output
+        beyond = [v for v in externals if v.external_id >= p.num_externs]
+        if beyond:
+            v = beyond[0]
+            self.err("XNNPACK_EXTERNS_MISMATCH", f"xvalues[{v.index}] is external value {v.external_id} but the "
+                     f"graph declares num_externs {p.num_externs} ({len(beyond)} value(s) past it)",
+                     v.offset - self.base, field="XNNGraph.num_externs")  # fmt: skip
+        elif p.num_externs < len(set(p.input_ids) | set(p.output_ids)):
+            self.err("XNNPACK_EXTERNS_MISMATCH", f"num_externs {p.num_externs} is fewer than the graph's "
+                     f"{len(set(p.input_ids) | set(p.output_ids))} inputs and outputs", field="XNNGraph.num_externs")
         for node in p.nodes:
             for fname, vid in node.ids.items():
                 if vid != INVALID_ID and vid not in p._by_id:

@@ -30,11 +30,17 @@ class ProgramTableError(Exception):
 
 
 def _tensor(t: FlatBuffer, table: int) -> list[Any]:
-    """[scalar_type, sizes, constant, fqn] of one Tensor table."""
+    """[scalar_type, sizes, constant, fqn, [memory_id, offset] or None] of one Tensor table."""
     scalar_type = t.scalar(table, 0, "u8", 0)
     sizes = t.scalars(table, 2, "i32")
     data_buffer_idx = t.scalar(table, 5, "u32", 0)
     allocated = t.has(table, 6)
+    mem = None
+    info = t.table(table, 6) if allocated else None
+    if info is not None:
+        # AllocationDetails {0 memory_id, 1 memory_offset_low, 2 memory_offset_high}: a static view shares it
+        offset = (int(t.scalar(info, 2, "u32", 0)) << 32) | int(t.scalar(info, 1, "u32", 0))
+        mem = [int(t.scalar(info, 0, "u32", 0)), offset]
     fqn = None
     external = False
     extra = t.table(table, 9)
@@ -42,7 +48,7 @@ def _tensor(t: FlatBuffer, table: int) -> list[Any]:
         fqn = t.string(extra, 1) or None
         external = t.scalar(extra, 2, "u8", 0) == _EXTERNAL
     constant = (not allocated and data_buffer_idx > 0) or external
-    return [scalar_type, sizes, constant, fqn]
+    return [scalar_type, sizes, constant, fqn, mem]
 
 
 def read(path: str, method: str = "forward") -> tuple[list[dict[str, Any]], list[Any]]:
@@ -86,3 +92,54 @@ def read(path: str, method: str = "forward") -> tuple[list[dict[str, Any]], list
             return instructions, values
         except ReadError as exc:
             raise ProgramTableError(f"damaged program: {exc.message}") from None
+
+
+def xnnpack_nodes(path: str, method: str = "forward") -> dict[str, list[dict[str, Any]]]:
+    """Per XNNPACK delegate of `method` (by delegate index): its FC, conv, transposed conv and batch
+    matmul nodes in graph order, the order the XNNPACK runtime creates (and profiles) their operators.
+
+    Each node: kind, and for a weight operand its dims, datatype, bits, whether it is a blob constant
+    or a delegate input (`external_arg`: the DelegateCall argument that feeds it), params and output
+    positions as `formats.xnnpack` computes them for pte-program. A node without a weight operand (a
+    batch matmul of two activations) is listed with `weight` None, so positions stay aligned.
+    """
+    from quantgate.formats import pte
+    from quantgate.formats.binary import Budget, mapped
+    from quantgate.formats.xnnpack import WEIGHT_KINDS, read_payload
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    with mapped(path) as view:
+        prog = pte.parse_view(view, path)
+        plan = next((p for p in prog.plans if p.name == method), None)
+        if plan is None:
+            return out
+        for d in plan.delegates:
+            if d.backend != "XnnpackBackend" or d.span is None:
+                continue
+            start, size = d.span
+            data = memoryview(view.buf)[start : start + size]
+            try:
+                payload = read_payload(data, base_offset=start, budget=Budget.for_size(size))
+            finally:
+                data.release()  # the mmap cannot close while a view of it is exported
+            if not payload.complete:
+                continue  # a graph read in part cannot be aligned with the events
+            ops = {op.node.index: op for op in payload.weight_ops()}
+            nodes = []
+            for node in payload.nodes:
+                if node.tag not in WEIGHT_KINDS:
+                    continue
+                row: dict[str, Any] = {"node": node.index, "kind": node.kind, "weight": None}
+                op = ops.get(node.index)
+                if op is not None and op.weight is not None:
+                    w = op.weight
+                    row["weight"] = {
+                        "dims": list(w.dims), "datatype": w.datatype, "bits": w.bits, "quantized": w.quantized,
+                        "constant": w.is_constant,
+                        "external_arg": w.external_id if op.weight_external else None,
+                    }
+                    row["params"] = op.params
+                    row["positions"] = op.positions
+                nodes.append(row)
+            out[str(d.index)] = nodes
+    return out

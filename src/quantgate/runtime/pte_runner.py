@@ -10,7 +10,8 @@ and Python warnings are sent to stderr), one entry per program:
     {"runner": {...versions, import time...},
      "results": [{"path", "status": ok|load_failed|method_load_failed|execute_failed|input_unsupported|error,
                   "stage", "error_code", "error_name", "message", "log", "method", "inputs",
-                  "instructions": [...] | null, "values": [...] | null, "program_error",
+                  "instructions": [...] | null, "values": [...] | null, "delegates": {...} | null,
+                  "program_error",
                   "events": [...] | null, "timing_s": {...}}]}
 
 The events are parsed here with quantgate's own ETDump reader; the instruction table (chain 0 of
@@ -182,6 +183,16 @@ def _read_program(path: str, method: str) -> tuple[list[dict[str, Any]] | None, 
         return None, None, f"{type(exc).__name__}: {exc}"
 
 
+def _read_delegates(path: str, method: str) -> dict[str, Any] | None:
+    """The XNNPACK delegates' weight nodes, to give executed delegate ops their shapes (None if unread)."""
+    from quantgate.runtime import program_table
+
+    try:
+        return program_table.xnnpack_nodes(path, method)
+    except Exception:  # the parent then reports delegated ops by descriptor only, as before
+        return None
+
+
 def _fail(entry: dict[str, Any], status: str, stage: str, exc: BaseException) -> dict[str, Any]:
     message = str(exc)
     code = error_code(message)
@@ -277,8 +288,10 @@ def run_one(torch: Any, pl: Any, path: str, method: str | None, data_path: str |
     ]
     started = time.perf_counter()
     instructions, values, problem = _read_program(path, method)
+    delegates = _read_delegates(path, method) if instructions is not None else None
     timing["read_program"] = time.perf_counter() - started
-    entry.update(instructions=instructions, values=values, program_error=problem, status="ok", stage="done")
+    entry.update(instructions=instructions, values=values, delegates=delegates, program_error=problem,
+                 status="ok", stage="done")
     return entry
 
 

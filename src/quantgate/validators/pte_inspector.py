@@ -19,9 +19,22 @@ weight-bearing op becomes a `Layer` and the shared coverage engine does the rest
   quantized kernel such as `embedding_byte`). The portable library has no integer GEMM, so native
   ops always compute in floating point ("int8 storage, fp32 compute").
 
+* Shapes of delegated ops: the ETDump names an XNNPACK op but not its shapes. The runner also lists
+  each XNNPACK delegate's FC/conv/deconv/batch-matmul nodes in graph order (the payload pte-program
+  reads, `runtime.program_table.xnnpack_nodes`), and the k-th such op a delegate call executes is
+  the k-th such node (the runtime creates one operator per node, in order). So each executed op gets
+  its weight's dims, params and output positions, and `coverage.params.*` / `coverage.flops.*`
+  exist; the precision stays what the runtime ran. A call whose ops do not line up with its nodes
+  (kinds or count) keeps descriptor-only ops (PTE_RUNTIME_DELEGATE_UNMAPPED), and then, as for
+  native ops without the instruction table, only the `ops` basis is reported.
+
+Static views (`view`/`reshape` of a memory-planned tensor) have no instruction: the emitter makes
+the view share its base's memory. A weight read through one (`permute_copy -> expand_copy -> view
+-> bmm`, a linear on a non-contiguous 3-D input) is traced to the last kernel output written to
+the same memory before the reader.
+
 Embedding lookups count as weight-bearing ops (DESIGN §4); `matmul_coverage` gives the same shares
-over the linear and conv ops only. Delegated ops carry no shapes in the ETDump, so when any
-executed weight op is delegated only the `ops` basis is reported.
+over the linear and conv ops only.
 """
 
 from __future__ import annotations
@@ -59,6 +72,9 @@ FINDING_CODES = {
     "be measured.",
     "PTE_RUNTIME_NO_WEIGHT_OPS": "The run executed no weight-bearing op (e.g. a KV-cache-only "
     "program); coverage is not defined.",
+    "PTE_RUNTIME_DELEGATE_UNMAPPED": "The XNNPACK ops a delegate call executed could not be matched, in "
+    "order and kind, to the FC/conv/matmul nodes of its graph; their params and flops are unknown, so only "
+    "the ops basis is reported (info).",
 }
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -176,6 +192,7 @@ QUANTIZED_KERNELS = {
 PASS_THROUGH = {
     "permute_copy", "view_copy", "t_copy", "transpose_copy", "_to_dim_order_copy", "_clone_dim_order",
     "clone", "expand_copy", "unsqueeze_copy", "squeeze_copy", "_to_copy", "alias_copy",
+    "et_view",  # a view the emitter kept (dynamic shapes); static views share memory (`_views`)
 }
 DEQUANTIZE = {
     "dequantize_per_channel", "dequantize_per_tensor", "dequantize_per_channel_group",
@@ -219,6 +236,40 @@ def _producers(instructions: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
     return out
 
 
+def _mem_key(value: list[Any]) -> tuple[Any, ...] | None:
+    """Where a memory-planned value lives and what it holds: (memory id, offset, dtype, elements)."""
+    mem = value[4] if len(value) > 4 else None
+    if not isinstance(mem, list) or len(mem) != 2:
+        return None
+    return (mem[0], mem[1], value[0], _numel(value[1]))
+
+
+def _views(instructions: list[dict[str, Any]], values: list[Any]) -> dict[tuple[Any, ...], list[tuple[int, int]]]:
+    """Kernel outputs by memory location, in instruction order: the emitter elides a static view (the
+    view value just shares its base's memory), so a view is traced to the last output written there."""
+    out: dict[tuple[Any, ...], list[tuple[int, int]]] = {}
+    for row in instructions:
+        if row.get("kind") == "KernelCall" and row.get("args"):
+            value = _value(values, row["args"][-1])
+            key = _mem_key(value) if value is not None else None
+            if key is not None:
+                out.setdefault(key, []).append((row.get("index", -1), row["args"][-1]))
+    return out
+
+
+def _view_base(index: int, before: int, values: list[Any],
+               views: dict[tuple[Any, ...], list[tuple[int, int]]]) -> int | None:
+    value = _value(values, index)
+    key = _mem_key(value) if value is not None else None
+    base = None
+    for at, other in views.get(key, ()) if key is not None else ():
+        if at >= before:
+            break
+        if other != index:
+            base = other
+    return base
+
+
 def _value(values: list[Any], index: int) -> list[Any] | None:
     if 0 <= index < len(values):
         value = values[index]
@@ -228,9 +279,10 @@ def _value(values: list[Any], index: int) -> list[Any] | None:
 
 
 def trace_weight(
-    index: int, values: list[Any], producers: dict[int, dict[str, Any]]
+    index: int, values: list[Any], producers: dict[int, dict[str, Any]],
+    views: dict[tuple[Any, ...], list[tuple[int, int]]] | None = None, at: int | None = None,
 ) -> dict[str, Any] | None:
-    """Follow a weight operand back to its constant; None when it is an activation."""
+    """Follow a weight operand (read by instruction `at`) back to its constant; None for an activation."""
     through: list[str] = []
     for _ in range(_TRACE_DEPTH):
         value = _value(values, index)
@@ -241,7 +293,13 @@ def trace_weight(
                     "fqn": value[3] if len(value) > 3 else None, "through": through}
         producer = producers.get(index)
         if producer is None:
-            return None
+            base = _view_base(index, at, values, views) if views is not None and at is not None else None
+            if base is None:
+                return None
+            through.append("view")
+            index = base
+            continue
+        at = producer.get("index", at)
         name = base_op(producer.get("op", ""))
         if name not in PASS_THROUGH and name not in DEQUANTIZE:
             return None
@@ -253,7 +311,9 @@ def trace_weight(
 # --- building the layers ---------------------------------------------------------------------
 
 def _native_layer(row: dict[str, Any] | None, op_name: str, instruction: int, values: list[Any] | None,
-                  producers: dict[int, dict[str, Any]], time_ns: int) -> tuple[Layer | None, dict[str, Any]]:
+                  producers: dict[int, dict[str, Any]], time_ns: int,
+                  views: dict[tuple[Any, ...], list[tuple[int, int]]] | None = None,
+                  ) -> tuple[Layer | None, dict[str, Any]]:
     """One executed native kernel call -> a Layer (None when it carries no constant weight)."""
     name = base_op(op_name)
     kind, weight_arg = NATIVE_WEIGHT_OPS[name]
@@ -274,7 +334,7 @@ def _native_layer(row: dict[str, Any] | None, op_name: str, instruction: int, va
     args = row.get("args", [])
     if weight_arg >= len(args):
         return None, record
-    traced = trace_weight(args[weight_arg], values, producers)
+    traced = trace_weight(args[weight_arg], values, producers, views, instruction)
     if traced is None:
         return None, record
     scalar = traced["scalar_type"]
@@ -307,11 +367,20 @@ def _native_layer(row: dict[str, Any] | None, op_name: str, instruction: int, va
 
 
 def _xnn_layer(parsed: dict[str, Any], event_name: str, instruction: int, backend: str,
-               time_ns: int) -> tuple[Layer | None, dict[str, Any], str | None]:
-    """One executed XNNPACK op -> a Layer, and why its precision is unknown (None when it is known)."""
+               time_ns: int, node: dict[str, Any] | None = None) -> tuple[Layer | None, dict[str, Any], str | None]:
+    """One executed XNNPACK op -> a Layer, and why its precision is unknown (None when it is known).
+
+    `node`: the delegate graph node this op was created from (`_node_shapes`), with its weight's
+    dims, params and output positions; the precision still comes from what the runtime ran.
+    """
     kind = _XNN_WEIGHT_OPS.get(parsed["op"])
     cls = classify_descriptor(parsed["tokens"])
     unknown = ", ".join(cls["unknown_tokens"])
+    if node is not None:
+        if node.get("weight") is None:
+            return None, {}, None  # the graph says: a batch matmul of two activations
+        if parsed["op"] == _XNN_BMM:
+            kind = LINEAR  # a batch matmul by a constant: a linear layer, whatever its descriptor says
     if kind is None and parsed["op"] == _XNN_BMM:
         if cls["weights"] is not None and XNN_TOKENS[cls["weights"]].role == WEIGHT:
             kind = LINEAR
@@ -321,14 +390,20 @@ def _xnn_layer(parsed: dict[str, Any], event_name: str, instruction: int, backen
                               "weight cannot be told, so it is not counted")
     if kind is None:
         return None, {}, None
+    shape = list(node["weight"]["dims"]) if node is not None else None
     record = {"instruction": instruction, "op": event_name, "backend": backend, "kind": kind,
-              "variant": parsed["variant"], "descriptor": parsed["descriptor"], **cls, "shape": None,
+              "variant": parsed["variant"], "descriptor": parsed["descriptor"], **cls, "shape": shape,
               "time_ns": time_ns}
     numeric = INT if cls["quantized"] else (FLOAT if cls["quantized"] is False else UNKNOWN)
-    layer = Layer(name=f"instr {instruction}: {event_name}", kind=kind, shape=(),
+    detail: dict[str, Any] = {"shape_known": node is not None, "descriptor": parsed["descriptor"]}
+    if node is not None:
+        record.update(node=node["node"], params=node["params"], stored=node["weight"]["datatype"])
+        detail["node"] = node["node"]
+    layer = Layer(name=f"instr {instruction}: {event_name}", kind=kind, shape=tuple(shape or ()),
                   dtype=(cls["weights"] or "unknown").lower(), bits=cls["bits"], numeric=numeric,
-                  quantized=cls["quantized"], params=0, compute=cls["compute"], position=instruction,
-                  detail={"shape_known": False, "descriptor": parsed["descriptor"]})
+                  quantized=cls["quantized"], params=node["params"] if node is not None else 0,
+                  out_positions=node.get("positions") if node is not None else None, compute=cls["compute"],
+                  position=instruction, detail=detail)
     if unknown:
         return layer, record, (f"names datatype token(s) {unknown!r} quantgate's XNNPACK token table "
                                "does not know (a newer XNNPACK); its precision counts as unknown, "
@@ -336,6 +411,70 @@ def _xnn_layer(parsed: dict[str, Any], event_name: str, instruction: int, backen
     if cls["quantized"] is None:
         return layer, record, "has a descriptor that does not say its precision; it counts as unknown"
     return layer, record, None
+
+
+# XNNPACK operator names -> the delegate graph node kinds they are created from
+_XNN_NODE_KINDS = {
+    "Fully Connected": ("fully_connected",),
+    "Convolution": ("conv2d", "depthwise_conv2d"),
+    "Deconvolution": ("conv_transpose2d",),
+    "Batch Matrix Multiply": ("batch_matmul",),
+}
+
+
+def _node_shapes(events: list[dict[str, Any]], rows: dict[int, dict[str, Any]],
+                 delegates: dict[str, Any] | None, values: list[Any] | None) -> tuple[dict[int, list], list[int]]:
+    """Executed XNNPACK weight-kind ops -> their delegate graph nodes, per delegate call instruction.
+
+    The XNNPACK runtime creates one operator per FC / conv / deconv / batch matmul node, in graph
+    order, and profiles them in that order on every call; so the k-th such event of a call is the
+    k-th such node of its delegate's graph. The mapping is used only when every event's operator
+    matches its node's kind (and the count is a whole number of calls); otherwise the call's ops keep
+    their descriptor only. A node whose weight is a delegate input gets the program constant that
+    feeds it (None when that input is an activation). Returns ({instruction: [node per event]},
+    [instructions that could not be mapped]).
+    """
+    if not delegates:
+        return {}, []
+    per_call: dict[int, list[str]] = {}
+    for event in events:
+        name = event.get("delegate_name") or ""
+        if not name or event.get("chain") != 0:
+            continue
+        parsed = parse_xnnpack_event(name)
+        if parsed is not None and parsed["op"] in _XNN_NODE_KINDS:
+            per_call.setdefault(event["instruction"], []).append(parsed["op"])
+    mapped: dict[int, list] = {}
+    failed: list[int] = []
+    for iid, ops in per_call.items():
+        row = rows.get(iid) or {}
+        nodes = delegates.get(str(row.get("delegate_index"))) if row.get("kind") == "DelegateCall" else None
+        if not isinstance(nodes, list) or not nodes or len(ops) % len(nodes):
+            failed.append(iid)
+            continue
+        sequence = [nodes[i % len(nodes)] for i in range(len(ops))]
+        if any(node.get("kind") not in _XNN_NODE_KINDS[op] for op, node in zip(ops, sequence, strict=True)):
+            failed.append(iid)
+            continue
+        mapped[iid] = [_resolve_external(node, row.get("args") or [], values) for node in sequence]
+    return mapped, sorted(failed)
+
+
+def _resolve_external(node: dict[str, Any], args: list[int], values: list[Any] | None) -> dict[str, Any]:
+    """A node whose weight is a delegate input: the program constant behind that input, or no weight."""
+    weight = node.get("weight")
+    if not weight or weight.get("external_arg") is None:
+        return node
+    ext = weight["external_arg"]
+    value = _value(values or [], args[ext]) if isinstance(ext, int) and 0 <= ext < len(args) else None
+    if value is None or not value[2]:
+        return {**node, "weight": None}  # an activation fed in: no weight
+    sizes = list(value[1])
+    params = _numel(sizes)
+    positions = node.get("positions")
+    if positions is not None and node.get("params"):
+        positions = positions * node["params"] // params if params else None
+    return {**node, "weight": {**weight, "dims": sizes}, "params": params, "positions": positions}
 
 
 def _share(part: int, whole: int) -> float:
@@ -427,6 +566,9 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
         ))
     rows = {r["index"]: r for r in instructions or []}
     producers = _producers(instructions or [])
+    views = _views(instructions or [], values or [])
+    node_of, unmapped = _node_shapes(events, rows, entry.get("delegates"), values)
+    node_seen: dict[int, int] = {}
 
     layers: list[Layer] = []
     executed: list[dict[str, Any]] = []
@@ -466,7 +608,7 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
             time_by_op[op_name] = time_by_op.get(op_name, 0) + duration
             if base_op(op_name) in NATIVE_WEIGHT_OPS:
                 layer, record = _native_layer(row if instructions is not None else None, op_name, iid,
-                                              values, producers, duration)
+                                              values, producers, duration, views)
                 if layer is not None:
                     layers.append(layer)
                     executed.append(record)
@@ -485,7 +627,12 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
             continue
         by_descriptor[parsed["descriptor"]] = by_descriptor.get(parsed["descriptor"], 0) + 1
         backend = (row or {}).get("backend") or "delegate"
-        layer, record, unclassified = _xnn_layer(parsed, name, iid, backend, event["duration_ns"])
+        node = None
+        if parsed["op"] in _XNN_NODE_KINDS and iid in node_of and event.get("chain") == 0:
+            k = node_seen.get(iid, 0)
+            node_seen[iid] = k + 1
+            node = node_of[iid][k] if k < len(node_of[iid]) else None
+        layer, record, unclassified = _xnn_layer(parsed, name, iid, backend, event["duration_ns"], node)
         if layer is not None:
             layers.append(layer)
             executed.append(record)
@@ -500,6 +647,13 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
             f"executed XNNPACK op {key!r} ({count} event{'s' if count > 1 else ''}) {why}; report "
             "the descriptor to quantgate",
             op=key,
+        ))
+    for iid in unmapped:
+        findings.append(F.info(
+            "PTE_RUNTIME_DELEGATE_UNMAPPED",
+            f"the XNNPACK ops executed by the delegate call at instruction {iid} do not line up with its "
+            "graph's FC/conv/matmul nodes; their shapes are unknown, so only the ops basis is reported",
+            op=f"instruction {iid}",
         ))
     for iid in sorted(set(delegate_instructions) - profiled_delegates):
         backend = (rows.get(iid) or {}).get("backend") or "a delegate"
@@ -517,6 +671,8 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
                                             expect_unquantized=config.expect_unquantized)
     if any(not layer.detail.get("shape_known") for layer in layers):
         _restrict_to_ops(metrics)
+    else:
+        metrics["shapes_known"] = True
     metrics["matmul_coverage"] = matmul_coverage(layers)
     metrics["executed_weight_ops"] = executed
     metrics["compute"] = _compute_summary(layers)
