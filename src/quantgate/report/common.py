@@ -67,3 +67,21 @@ def precision_mix(result: dict[str, Any], basis: str = "params") -> dict[str, fl
     cov = result.get("metrics", {}).get("coverage", {})
     chosen = cov.get(basis) or cov.get("ops")
     return chosen.get("by_bits") if chosen else None
+
+
+MAX_SKIPPED_LINES = 20
+
+
+def printable(text: str) -> str:
+    """A file name made inert for a terminal: control characters escaped, never interpreted."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def skipped_lines(report: dict[str, Any], limit: int = MAX_SKIPPED_LINES) -> list[str]:
+    """One line per path discovery did not gate (a FIFO, a broken link, an unreadable folder...)."""
+    items = report.get("skipped") or []
+    lines = [f"{printable(s['path'])}: {s['reason']} ({printable(s['detail'])})" for s in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"… and {len(items) - limit} more")
+    return lines
+

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantgate.report.common import by_severity, counts_line, headline, precision_mix, problems, visible
+from quantgate.report.common import (
+    by_severity,
+    counts_line,
+    headline,
+    precision_mix,
+    problems,
+    skipped_lines,
+    visible,
+)
 from quantgate.report.pictures import emoji_bar, emoji_legend
 
 ICON = {"PASS": "✅", "FAIL": "❌", "ERROR": "⛔", "NO_INPUT": "⚠️", "WARN": "⚠️", "SKIP": "⏭️"}
@@ -84,6 +92,11 @@ def render(report: dict[str, Any]) -> str:
                     f"| {_cell(r['artifact']['path']) if first else ''} "
                     f"| {r['guard'] if first else ''} | {_cell(line)} |"
                 )
+        out.append("")
+    not_gated = skipped_lines(report)
+    if not_gated:
+        out += [f"### Not gated ({len(report['skipped'])})", ""]
+        out += [f"- {_cell(line)}" for line in not_gated]
         out.append("")
     coverage_rows = [r for r in rows if precision_mix(r)]
     if coverage_rows:
