@@ -276,3 +276,19 @@ def test_fifo_named_like_an_index_is_never_opened(tmp_path: Path) -> None:
     ]
     for artifact in report["artifacts"]:
         assert _codes(report, "integrity", artifact["path"]) == [("SIBLING_NOT_READ", "warning")]
+
+
+def test_skipped_file_names_are_inert_in_text_and_markdown(tmp_path: Path) -> None:
+    from quantgate.report import markdown, text
+
+    rel = _release(tmp_path)
+    os.mkfifo(rel / "[x](https:evil)\x1b[31m.gguf")
+    code, report = _run(rel)
+    assert code == 0
+    assert [s["reason"] for s in report["skipped"]] == ["fifo"]
+    shown = text.render(report)
+    assert "\x1b" not in shown
+    assert "[x](https:evil)\\x1b[31m.gguf: fifo (not a regular file; never opened)" in shown
+    md = markdown.render(report)
+    assert "\x1b" not in md and "[x](https:evil)" not in md
+    assert "### Not gated (1)" in md

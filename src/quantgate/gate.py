@@ -174,7 +174,7 @@ def _walk(root: Path, skipped: list[dict[str, str]]) -> Iterable[Found]:
                 st = os.stat(path) if is_link else lst
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    _skip(skipped, path, SKIP_LINK_LOOP, "the symbolic link points back at itself")
+                    _skip(skipped, path, SKIP_LINK_LOOP, "the link never reaches a file: a loop of symbolic links")
                 elif exc.errno == errno.ENOENT and os.path.islink(path):
                     _skip(skipped, path, SKIP_BROKEN_LINK, "the symbolic link's target does not exist")
                 else:
@@ -269,6 +269,7 @@ def discover(
                     f"{real_root}: the gated file is not part of the folder; ship the file itself",
                 }]
             found[key] = (artifact, item.link)
+    own.sort(key=lambda s: s["path"])
     skipped.extend(s for s in own if not any(
         fnmatch.fnmatch(s["path"], p) or fnmatch.fnmatch(os.path.basename(s["path"]), p) for p in exclude))
     return sorted((a for a, _ in found.values()), key=lambda a: a.display)
@@ -650,8 +651,11 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
         raise UsageError("no PATH given and the policy lists no `paths`")
     skipped: list[dict[str, str]] = []
     artifacts = select_shard(discover(paths, policy.exclude, skipped), options.shard)
-    for item in skipped:
-        log(f"quantgate: skipped {item['path']}: {item['reason']} ({item['detail']})")
+    if skipped:
+        from quantgate.report.common import skipped_lines  # file names made inert for the terminal
+
+        for line in skipped_lines({"skipped": skipped}):
+            log(f"quantgate: not gated: {line}")
     attach_manifest_hints(artifacts)
     total = len(artifacts)
     done = 0

@@ -3,6 +3,7 @@ precision mix of each artifact as a picture, and the full matrix folded away."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from quantgate.report.common import (
@@ -26,6 +27,12 @@ def _cell(text: Any) -> str:
     """Table-safe and inert: artifact-controlled text can neither split a row nor open a tag."""
     text = str(text).replace("<", "&lt;")  # no tag can open; a lone `>` is plain text in a cell
     return text.replace("|", "\\|").replace("\n", " ").replace("\r", " ")
+
+
+def _inline(text: str) -> str:
+    """Inert in a list item: a file name can open no tag, link, image or emphasis."""
+    text = text.replace("<", "&lt;").replace("\n", " ").replace("\r", " ")
+    return re.sub(r"([\\`*_\[\]()!#~|])", r"\\\1", text)
 
 
 def _mermaid_pie(title: str, mix: dict[str, float]) -> list[str]:
@@ -96,7 +103,7 @@ def render(report: dict[str, Any]) -> str:
     not_gated = skipped_lines(report)
     if not_gated:
         out += [f"### Not gated ({len(report['skipped'])})", ""]
-        out += [f"- {_cell(line)}" for line in not_gated]
+        out += [f"- {_inline(line)}" for line in not_gated]
         out.append("")
     coverage_rows = [r for r in rows if precision_mix(r)]
     if coverage_rows:
