@@ -186,6 +186,18 @@ def test_hf_cache_snapshot_gates_like_the_real_folder(tmp_path: Path) -> None:
         )
 
 
+def test_hf_cache_repo_root_gates_the_snapshot_path_not_the_blob(tmp_path: Path) -> None:
+    snap = _hf_snapshot(tmp_path, CT_W8A8, ["model.safetensors", "config.json"])
+    repo = snap.parent.parent
+    code, report = _run(repo)
+    assert code == 0
+    assert report["verdict"] == "PASS"
+    assert [a["path"] for a in report["artifacts"]] == [_real(snap / "model.safetensors")]
+    blob = hashlib.sha256((CT_W8A8 / "model.safetensors").read_bytes()).hexdigest()
+    assert [(s["path"], s["reason"]) for s in report["skipped"]] == [(_real(repo / "blobs" / blob), "duplicate")]
+    assert [c for r in report["results"] for c in r["findings"]] == []
+
+
 def test_hf_cache_snapshot_of_a_broken_model_fails(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()

@@ -204,6 +204,18 @@ def _inside(real: str, real_root: str) -> bool:
     return is_inside(real, real_root)
 
 
+def _path_rank(item: Found) -> int:
+    """Which of two paths to one file names it (lowest wins): the file's own path, then a link, then a
+    Hugging Face cache blob (its snapshot link carries the file name and the config.json beside it)."""
+    from quantgate.confine import HF_REPO_PREFIXES
+
+    if item.link:
+        return 1
+    parent = os.path.dirname(item.real)
+    repo = os.path.basename(os.path.dirname(parent))
+    return 2 if os.path.basename(parent) == "blobs" and repo.startswith(HF_REPO_PREFIXES) else 0
+
+
 def discover(
     paths: Sequence[str], exclude: Sequence[str] = (), skipped: list[dict[str, str]] | None = None
 ) -> list[Artifact]:
@@ -223,7 +235,7 @@ def discover(
 
     skipped = [] if skipped is None else skipped
     own: list[dict[str, str]] = []
-    found: dict[str, tuple[Artifact, bool]] = {}  # real path -> (artifact, reached through a link)
+    found: dict[str, tuple[Artifact, int]] = {}  # real path -> (artifact, _path_rank of its path)
     for given in paths:
         root = Path(given)
         if not root.exists():
@@ -245,30 +257,29 @@ def discover(
             sniffed = sniff(path)
             if not explicit and not _is_artifact(path, sniffed):
                 continue
-            key = item.real
-            if key in found:
-                first, first_linked = found[key]
-                if first_linked and not item.link:  # prefer the file's own path over a link to it
-                    link_display = first.display
-                    first.path, first.display = key, display_path(path)
-                    first.hints.pop("link_findings", None)
-                    found[key] = (first, False)
-                    own.append({"path": link_display, "reason": SKIP_DUPLICATE,
-                                "detail": f"the same file as {first.display}, gated once"})
-                else:
-                    _skip(own, path, SKIP_DUPLICATE, f"the same file as {first.display}, gated once")
-                continue
-            size = os.stat(path).st_size if sniffed.format != "unreadable" else 0
-            artifact = Artifact(os.path.join(os.path.realpath(path.parent), path.name) if item.link else key,
-                                _link_display(path) if item.link else display_path(path), sniffed, size)
-            artifact.real = key
-            if item.link and not explicit and not allowed_target(key, real_root):
+            artifact = Artifact(
+                os.path.join(os.path.realpath(path.parent), path.name) if item.link else item.real,
+                _link_display(path) if item.link else display_path(path),
+                sniffed,
+                os.stat(path).st_size if sniffed.format != "unreadable" else 0,
+                real=item.real,
+            )
+            if item.link and not explicit and not allowed_target(item.real, real_root):
                 artifact.hints["link_findings"] = [{
                     "code": "LINK_OUTSIDE_ROOT",
-                    "message": f"{artifact.display} is a symbolic link to {key}, outside the scanned folder "
+                    "message": f"{artifact.display} is a symbolic link to {item.real}, outside the scanned folder "
                     f"{real_root}: the gated file is not part of the folder; ship the file itself",
                 }]
-            found[key] = (artifact, item.link)
+            rank = _path_rank(item)
+            if item.real in found:  # one file, two paths: gate it once, under the better path
+                first, first_rank = found[item.real]
+                if rank < first_rank:
+                    found[item.real] = (artifact, rank)
+                    first, artifact = artifact, first
+                own.append({"path": artifact.display, "reason": SKIP_DUPLICATE,
+                            "detail": f"the same file as {first.display}, gated once"})
+                continue
+            found[item.real] = (artifact, rank)
     own.sort(key=lambda s: s["path"])
     skipped.extend(s for s in own if not any(
         fnmatch.fnmatch(s["path"], p) or fnmatch.fnmatch(os.path.basename(s["path"]), p) for p in exclude))
