@@ -304,3 +304,30 @@ def test_skipped_file_names_are_inert_in_text_and_markdown(tmp_path: Path) -> No
     md = markdown.render(report)
     assert "\x1b" not in md and "[x](https:evil)" not in md
     assert "### Not gated (1)" in md
+
+
+def test_merged_shards_keep_what_was_not_gated_once(tmp_path: Path) -> None:
+    import json
+
+    from conftest import run_cli
+
+    rel = _release(tmp_path)
+    shutil.copy(CT_W8A8 / "model.safetensors", rel / "second.safetensors")
+    os.mkfifo(rel / "pipe.gguf")
+    paths = []
+    for k in (1, 2):
+        out = tmp_path / f"shard{k}.json"
+        proc = run_cli("run", str(rel), "--shard", f"{k}/2", "--output", f"json={out}", timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        paths.append(str(out))
+    code, merged = run_json("merge", "--format", "json", *paths)
+    assert code == 0
+    assert merged["verdict"] == "PASS"
+    assert [(s["path"], s["reason"]) for s in merged["skipped"]] == [(_real(rel / "pipe.gguf"), "fifo")]
+    # a folder one shard could not list makes the merged verdict an ERROR
+    shard = json.loads(Path(paths[0]).read_text())
+    shard["skipped"].append({"path": "rel/locked", "reason": "unreadable_dir", "detail": "cannot list the folder"})
+    Path(paths[0]).write_text(json.dumps(shard))
+    code, merged = run_json("merge", "--format", "json", *paths)
+    assert code == 2
+    assert merged["verdict"] == "ERROR"

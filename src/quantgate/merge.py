@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from quantgate import SCHEMA_VERSION, __version__
-from quantgate.gate import REPORT_SCHEMA_URL, UsageError, environment, exit_code_for, summarize, verdict_of
+from quantgate.gate import FATAL_SKIPS, REPORT_SCHEMA_URL, UsageError, environment, exit_code_for, summarize, verdict_of
 
 
 def load_report(path: str) -> dict[str, Any]:
@@ -56,6 +56,10 @@ def merge_reports(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> di
     results.sort(key=lambda r: order[r["artifact"]["path"]])
     report_only = all(r.get("report_only", False) for r in reports)
     verdict = verdict_of(results, len(artifacts))
+    # every shard walks the whole folder: what one did not gate, each reports; keep it once
+    skipped = list({(s["path"], s["reason"]): s for r in reports for s in r.get("skipped", [])}.values())
+    if any(s["reason"] in FATAL_SKIPS for s in skipped):
+        verdict = "ERROR"
     first = reports[0]
     return {
         "$schema": REPORT_SCHEMA_URL,
@@ -75,4 +79,5 @@ def merge_reports(reports: Sequence[dict[str, Any]], names: Sequence[str]) -> di
         "summary": summarize(results, len(artifacts)),
         "artifacts": artifacts,
         "results": results,
+        "skipped": skipped,
     }
