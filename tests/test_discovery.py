@@ -18,6 +18,8 @@ import pytest
 
 from conftest import FIXTURES, run_json
 
+pytest_plugins = ["pytester"]
+
 VALID = FIXTURES / "safetensors" / "broken" / "valid_tiny.safetensors"
 BAD_OFFSETS = FIXTURES / "safetensors" / "broken" / "bad_offsets.safetensors"
 CT_W8A8 = FIXTURES / "safetensors" / "ct_w8a8"
@@ -331,3 +333,21 @@ def test_merged_shards_keep_what_was_not_gated_once(tmp_path: Path) -> None:
     code, merged = run_json("merge", "--format", "json", *paths)
     assert code == 2
     assert merged["verdict"] == "ERROR"
+
+
+def test_pytest_plugin_report_lists_what_was_not_gated(pytester: pytest.Pytester) -> None:
+    import json
+    from importlib.metadata import entry_points
+
+    rel = pytester.path / "rel"
+    rel.mkdir()
+    shutil.copy(VALID, rel / "model.safetensors")
+    os.mkfifo(rel / "pipe.gguf")
+    installed = any(ep.value == "quantgate.pytest_plugin" for ep in entry_points(group="pytest11"))
+    load = () if installed else ("-p", "quantgate.pytest_plugin")
+    result = pytester.runpytest_subprocess(
+        *load, "-p", "no:cacheprovider", "--quantgate", "rel", "--quantgate-report", "qg.json", timeout=60
+    )
+    assert result.ret == 0
+    report = json.loads((pytester.path / "qg.json").read_text())
+    assert [(s["path"], s["reason"]) for s in report["skipped"]] == [("rel/pipe.gguf", "fifo")]
