@@ -126,6 +126,22 @@ def test_link_outside_root_is_a_warning_finding(tmp_path: Path) -> None:
     assert report["artifacts"][0]["path"] == _real(rel / "model.safetensors")
 
 
+def test_files_under_a_folder_link_keep_the_path_given(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shutil.copy(BAD_OFFSETS, shared / "model.safetensors")
+    os.mkfifo(shared / "pipe")
+    rel = tmp_path / "rel"
+    rel.mkdir()
+    os.symlink(shared, rel / "weights")
+    os.symlink(rel, tmp_path / "latest")
+    code, report = run_json("run", "latest", "--format", "json", cwd=tmp_path, timeout=60)
+    assert code == 1
+    assert [a["path"] for a in report["artifacts"]] == ["latest/weights/model.safetensors"]
+    assert _codes(report, "integrity") == [("LINK_OUTSIDE_ROOT", "warning"), ("ST_BAD_OFFSETS", "error")]
+    assert [(s["path"], s["reason"]) for s in report["skipped"]] == [("latest/weights/pipe", "fifo")]
+
+
 def test_link_inside_root_is_gated_once_under_the_file_s_own_path(tmp_path: Path) -> None:
     rel = _release(tmp_path)
     os.symlink("model.safetensors", rel / "alias.safetensors")  # sorts first, still loses to the file

@@ -97,9 +97,9 @@ def display_path(path: str | os.PathLike[str]) -> str:
     return full
 
 
-def _excluded(path: Path, patterns: Sequence[str]) -> bool:
-    shown = _link_display(path)
-    return any(fnmatch.fnmatch(shown, p) or fnmatch.fnmatch(path.name, p) for p in patterns)
+def _excluded(shown: str, patterns: Sequence[str]) -> bool:
+    name = os.path.basename(shown)
+    return any(fnmatch.fnmatch(shown, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
 # why a path under a scanned folder was not gated; `unreadable_dir` means part of the folder could
@@ -117,6 +117,7 @@ class Found:
     path: Path
     real: str
     link: bool  # the path, or a folder link on the way to it, is a symbolic link
+    display: str  # the scanned folder as shown, then the path below it as walked (links kept)
 
 
 def _link_display(path: str | os.PathLike[str]) -> str:
@@ -136,8 +137,8 @@ def _kind_of(mode: int) -> str:
     return SKIP_OTHER
 
 
-def _skip(skipped: list[dict[str, str]], path: str | os.PathLike[str], reason: str, detail: str) -> None:
-    skipped.append({"path": _link_display(path), "reason": reason, "detail": detail})
+def _skip(skipped: list[dict[str, str]], shown: str, reason: str, detail: str) -> None:
+    skipped.append({"path": shown, "reason": reason, "detail": detail})
 
 
 def _walk(root: Path, skipped: list[dict[str, str]]) -> Iterable[Found]:
@@ -150,10 +151,18 @@ def _walk(root: Path, skipped: list[dict[str, str]]) -> Iterable[Found]:
     import errno
     from pathlib import Path
 
+    shown_root = _link_display(root) if os.path.islink(root) else display_path(root)
+
+    def shown(path: Path) -> str:
+        below = os.path.relpath(path, root)
+        if below == ".":
+            return shown_root
+        return below if shown_root == "." else os.path.join(shown_root, below)
+
     try:
         top = os.stat(root)
     except OSError as exc:
-        _skip(skipped, root, SKIP_UNREADABLE_DIR, exc.strerror or str(exc))
+        _skip(skipped, shown_root, SKIP_UNREADABLE_DIR, exc.strerror or str(exc))
         return
     visited = {(top.st_dev, top.st_ino)}
     stack: list[tuple[Path, bool]] = [(root, False)]
@@ -163,7 +172,7 @@ def _walk(root: Path, skipped: list[dict[str, str]]) -> Iterable[Found]:
             with os.scandir(folder) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as exc:
-            _skip(skipped, folder, SKIP_UNREADABLE_DIR, f"cannot list the folder: {exc.strerror or exc}")
+            _skip(skipped, shown(folder), SKIP_UNREADABLE_DIR, f"cannot list the folder: {exc.strerror or exc}")
             continue
         subdirs: list[tuple[Path, bool]] = []
         for entry in entries:
@@ -174,11 +183,11 @@ def _walk(root: Path, skipped: list[dict[str, str]]) -> Iterable[Found]:
                 st = os.stat(path) if is_link else lst
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    _skip(skipped, path, SKIP_LINK_LOOP, "the link never reaches a file: a loop of symbolic links")
+                    _skip(skipped, shown(path), SKIP_LINK_LOOP, "a loop of symbolic links: never reaches a file")
                 elif exc.errno == errno.ENOENT and os.path.islink(path):
-                    _skip(skipped, path, SKIP_BROKEN_LINK, "the symbolic link's target does not exist")
+                    _skip(skipped, shown(path), SKIP_BROKEN_LINK, "the symbolic link's target does not exist")
                 else:
-                    _skip(skipped, path, SKIP_UNREADABLE, exc.strerror or str(exc))
+                    _skip(skipped, shown(path), SKIP_UNREADABLE, exc.strerror or str(exc))
                 continue
             if stat.S_ISDIR(st.st_mode):
                 if entry.name in SKIPPED_DIRS:
@@ -187,14 +196,14 @@ def _walk(root: Path, skipped: list[dict[str, str]]) -> Iterable[Found]:
                 if key in visited:
                     real, here = os.path.realpath(path), os.path.realpath(folder)
                     if is_link and _inside(here, real):
-                        _skip(skipped, path, SKIP_LINK_LOOP, "the folder link points at a folder that contains it")
+                        _skip(skipped, shown(path), SKIP_LINK_LOOP, "a folder link to a folder that contains it")
                     continue  # a second way into a folder already walked: its files are reported once
                 visited.add(key)
                 subdirs.append((path, via_link or is_link))
             elif stat.S_ISREG(st.st_mode):
-                yield Found(path, os.path.realpath(path), via_link or is_link)
+                yield Found(path, os.path.realpath(path), via_link or is_link, shown(path))
             else:
-                _skip(skipped, path, _kind_of(st.st_mode), "not a regular file; never opened")
+                _skip(skipped, shown(path), _kind_of(st.st_mode), "not a regular file; never opened")
         stack.extend(reversed(subdirs))
 
 
@@ -245,21 +254,22 @@ def discover(
         if explicit:
             st = os.stat(root)
             if not stat.S_ISREG(st.st_mode):
-                _skip(own, root, _kind_of(st.st_mode), "not a regular file; never opened")
+                _skip(own, _link_display(root), _kind_of(st.st_mode), "not a regular file; never opened")
                 continue
-            candidates = [Found(root, real_root, root.is_symlink())]
+            linked = root.is_symlink()
+            candidates = [Found(root, real_root, linked, _link_display(root) if linked else display_path(root))]
         else:
             candidates = list(_walk(root, own))
         for item in candidates:
             path = item.path
-            if _excluded(path, exclude):
+            if _excluded(item.display, exclude):
                 continue
             sniffed = sniff(path)
             if not explicit and not _is_artifact(path, sniffed):
                 continue
             artifact = Artifact(
                 os.path.join(os.path.realpath(path.parent), path.name) if item.link else item.real,
-                _link_display(path) if item.link else display_path(path),
+                item.display,
                 sniffed,
                 os.stat(path).st_size if sniffed.format != "unreadable" else 0,
                 real=item.real,
@@ -281,8 +291,7 @@ def discover(
                 continue
             found[item.real] = (artifact, rank)
     own.sort(key=lambda s: s["path"])
-    skipped.extend(s for s in own if not any(
-        fnmatch.fnmatch(s["path"], p) or fnmatch.fnmatch(os.path.basename(s["path"]), p) for p in exclude))
+    skipped.extend(s for s in own if not _excluded(s["path"], exclude))
     return sorted((a for a, _ in found.values()), key=lambda a: a.display)
 
 
