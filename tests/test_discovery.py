@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import FIXTURES, run_json
+from conftest import FIXTURES, run_cli, run_json
 
 pytest_plugins = ["pytester"]
 
@@ -327,7 +327,6 @@ def test_skipped_file_names_are_inert_in_text_and_markdown(tmp_path: Path) -> No
 def test_merged_shards_keep_what_was_not_gated_once(tmp_path: Path) -> None:
     import json
 
-    from conftest import run_cli
 
     rel = _release(tmp_path)
     shutil.copy(CT_W8A8 / "model.safetensors", rel / "second.safetensors")
@@ -367,3 +366,16 @@ def test_pytest_plugin_report_lists_what_was_not_gated(pytester: pytest.Pytester
     assert result.ret == 0
     report = json.loads((pytester.path / "qg.json").read_text())
     assert [(s["path"], s["reason"]) for s in report["skipped"]] == [("rel/pipe.gguf", "fifo")]
+
+
+def test_github_log_lists_what_was_not_gated(tmp_path: Path) -> None:
+    rel = _release(tmp_path)
+    os.mkfifo(rel / "pipe.gguf")
+    proc = run_cli("run", str(rel), "--format", "github", timeout=60)
+    assert proc.returncode == 0
+    lines = proc.stdout.splitlines()
+    start = lines.index("::group::not gated (1)")
+    assert lines[start + 1 : start + 3] == [
+        f"{_real(rel / 'pipe.gguf')}: fifo (not a regular file; never opened)",
+        "::endgroup::",
+    ]
