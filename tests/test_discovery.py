@@ -8,9 +8,11 @@ run an ERROR; files read beside an artifact follow one confinement rule (quantga
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -325,9 +327,6 @@ def test_skipped_file_names_are_inert_in_text_and_markdown(tmp_path: Path) -> No
 
 
 def test_merged_shards_keep_what_was_not_gated_once(tmp_path: Path) -> None:
-    import json
-
-
     rel = _release(tmp_path)
     shutil.copy(CT_W8A8 / "model.safetensors", rel / "second.safetensors")
     os.mkfifo(rel / "pipe.gguf")
@@ -351,8 +350,6 @@ def test_merged_shards_keep_what_was_not_gated_once(tmp_path: Path) -> None:
 
 
 def test_pytest_plugin_report_lists_what_was_not_gated(pytester: pytest.Pytester) -> None:
-    import json
-    from importlib.metadata import entry_points
 
     rel = pytester.path / "rel"
     rel.mkdir()
