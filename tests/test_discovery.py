@@ -376,3 +376,14 @@ def test_github_log_lists_what_was_not_gated(tmp_path: Path) -> None:
         f"{_real(rel / 'pipe.gguf')}: fifo (not a regular file; never opened)",
         "::endgroup::",
     ]
+
+
+def test_guard_on_an_hf_snapshot_link_reads_the_config_beside_the_link(tmp_path: Path) -> None:
+    gptq = FIXTURES / "safetensors" / "gptq_layout"  # packed: without its config.json, ST_NO_QUANT_CONFIG
+    snap = _hf_snapshot(tmp_path, gptq, ["model.safetensors", "config.json"])
+    code, mine = run_json("guard", "safetensors-dtypes", str(snap / "model.safetensors"))
+    ref_code, ref = run_json("guard", "safetensors-dtypes", str(gptq / "model.safetensors"))
+    assert code == ref_code == 0
+    assert mine["artifact"]["path"] == _real(snap / "model.safetensors")
+    assert mine["findings"] == []
+    assert (mine["status"], mine["findings"], mine["metrics"]) == (ref["status"], ref["findings"], ref["metrics"])

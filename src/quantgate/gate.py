@@ -120,7 +120,7 @@ class Found:
     display: str  # the scanned folder as shown, then the path below it as walked (links kept)
 
 
-def _link_display(path: str | os.PathLike[str]) -> str:
+def link_display(path: str | os.PathLike[str]) -> str:
     """Display of a path whose last component may be a link: the folder resolved, the name kept."""
     folder, name = os.path.split(os.path.abspath(path))
     shown = display_path(folder)
@@ -151,7 +151,7 @@ def _walk(root: Path, skipped: list[dict[str, str]]) -> Iterable[Found]:
     import errno
     from pathlib import Path
 
-    shown_root = _link_display(root) if os.path.islink(root) else display_path(root)
+    shown_root = link_display(root) if os.path.islink(root) else display_path(root)
 
     def shown(path: Path) -> str:
         below = os.path.relpath(path, root)
@@ -254,10 +254,10 @@ def discover(
         if explicit:
             st = os.stat(root)
             if not stat.S_ISREG(st.st_mode):
-                _skip(own, _link_display(root), _kind_of(st.st_mode), "not a regular file; never opened")
+                _skip(own, link_display(root), _kind_of(st.st_mode), "not a regular file; never opened")
                 continue
             linked = root.is_symlink()
-            candidates = [Found(root, real_root, linked, _link_display(root) if linked else display_path(root))]
+            candidates = [Found(root, real_root, linked, link_display(root) if linked else display_path(root))]
         else:
             candidates = list(_walk(root, own))
         for item in candidates:
