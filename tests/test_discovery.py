@@ -26,6 +26,7 @@ VALID = FIXTURES / "safetensors" / "broken" / "valid_tiny.safetensors"
 BAD_OFFSETS = FIXTURES / "safetensors" / "broken" / "bad_offsets.safetensors"
 CT_W8A8 = FIXTURES / "safetensors" / "ct_w8a8"
 SHARDED = FIXTURES / "safetensors" / "sharded"
+GPTQ = FIXTURES / "safetensors" / "gptq_layout"  # packed: without its config.json, ST_NO_QUANT_CONFIG
 
 
 def _real(path: Path) -> str:
@@ -190,10 +191,10 @@ def _hf_snapshot(tmp_path: Path, source: Path, names: list[str]) -> Path:
 
 
 def test_hf_cache_snapshot_gates_like_the_real_folder(tmp_path: Path) -> None:
-    snap = _hf_snapshot(tmp_path, CT_W8A8, ["model.safetensors", "config.json"])
+    snap = _hf_snapshot(tmp_path, GPTQ, ["model.safetensors", "config.json"])
     os.symlink(snap / "model.safetensors", snap / "weights-copy.safetensors")  # a second link to one blob
     code, report = _run(snap)
-    ref_code, ref = _run(CT_W8A8)
+    ref_code, ref = _run(GPTQ)
     assert (code, ref_code) == (0, 0)
     assert report["verdict"] == ref["verdict"] == "PASS"
     assert [a["path"] for a in report["artifacts"]] == [_real(snap / "model.safetensors")]
@@ -207,13 +208,13 @@ def test_hf_cache_snapshot_gates_like_the_real_folder(tmp_path: Path) -> None:
 
 
 def test_hf_cache_repo_root_gates_the_snapshot_path_not_the_blob(tmp_path: Path) -> None:
-    snap = _hf_snapshot(tmp_path, CT_W8A8, ["model.safetensors", "config.json"])
+    snap = _hf_snapshot(tmp_path, GPTQ, ["model.safetensors", "config.json"])
     repo = snap.parent.parent
     code, report = _run(repo)
     assert code == 0
     assert report["verdict"] == "PASS"
     assert [a["path"] for a in report["artifacts"]] == [_real(snap / "model.safetensors")]
-    blob = hashlib.sha256((CT_W8A8 / "model.safetensors").read_bytes()).hexdigest()
+    blob = hashlib.sha256((GPTQ / "model.safetensors").read_bytes()).hexdigest()
     assert [(s["path"], s["reason"]) for s in report["skipped"]] == [(_real(repo / "blobs" / blob), "duplicate")]
     assert [c for r in report["results"] for c in r["findings"]] == []
 
@@ -379,10 +380,9 @@ def test_github_log_lists_what_was_not_gated(tmp_path: Path) -> None:
 
 
 def test_guard_on_an_hf_snapshot_link_reads_the_config_beside_the_link(tmp_path: Path) -> None:
-    gptq = FIXTURES / "safetensors" / "gptq_layout"  # packed: without its config.json, ST_NO_QUANT_CONFIG
-    snap = _hf_snapshot(tmp_path, gptq, ["model.safetensors", "config.json"])
+    snap = _hf_snapshot(tmp_path, GPTQ, ["model.safetensors", "config.json"])
     code, mine = run_json("guard", "safetensors-dtypes", str(snap / "model.safetensors"))
-    ref_code, ref = run_json("guard", "safetensors-dtypes", str(gptq / "model.safetensors"))
+    ref_code, ref = run_json("guard", "safetensors-dtypes", str(GPTQ / "model.safetensors"))
     assert code == ref_code == 0
     assert mine["artifact"]["path"] == _real(snap / "model.safetensors")
     assert mine["findings"] == []
