@@ -413,7 +413,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 def cmd_guard(args: argparse.Namespace) -> int:
     from quantgate.bounds import FAIL_LEVEL, WARN_LEVEL, BoundSyntaxError, parse_bound
     from quantgate.formats.sniff import sniff
-    from quantgate.gate import display_path
+    from quantgate.gate import link_display
     from quantgate.validators import UnknownGuard, get_guard, guard_ids
     from quantgate.validators.base import CORE, GuardConfig, GuardContext, run_guard
 
@@ -451,7 +451,10 @@ def cmd_guard(args: argparse.Namespace) -> int:
         gc.disable()
     sniffed = sniff(path)
     size = os.stat(path).st_size if sniffed.format != "unreadable" else 0
-    ctx = GuardContext(os.path.realpath(path), sniffed, size, display_path(path))
+    # a link keeps its own name and folder (a Hugging Face snapshot's config.json sits beside the
+    # link, not beside the blob it points to); the folders above it are resolved
+    folder, name = os.path.split(os.path.abspath(path))
+    ctx = GuardContext(os.path.join(os.path.realpath(folder), name), sniffed, size, link_display(path))
     result = run_guard(guard, ctx, config)
     _print_bytes(dumps_bytes(result.to_dict()))
     if guard.needs == CORE:

@@ -107,6 +107,10 @@ FINDING_CODES = {
     "FORMAT_UNKNOWN": "The content is none of the supported formats (PTE, GGUF, safetensors, ONNX).",
     "FORMAT_UNSUPPORTED": "The content is a known format that quantgate does not gate (PyTorch zip, "
     "pickle, legacy GGML).",
+    "LINK_OUTSIDE_ROOT": "A symbolic link in the scanned folder resolves outside it (and not into its Hugging Face "
+    "cache repo's blobs): the file gated is not part of the folder.",
+    "SIBLING_NOT_READ": "A file read beside the artifact (config.json, a sharded index) resolves outside the "
+    "artifact's folder or is not a regular file: it was not read.",
     "LFS_POINTER": "The file is a Git LFS pointer, not the artifact: the LFS object was not fetched.",
     "READ_BUDGET_EXHAUSTED": "The reader visited more records than a file of this size can hold "
     "(shared-offset amplification); the rest was not read.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -74,6 +75,8 @@ class Artifact:
     size: int
     # what other files say about this artifact (a manifest's parameter count), for the guards
     hints: dict[str, Any] = field(default_factory=dict)
+    # the real file (links resolved): what two paths to one file share, and what waivers name
+    real: str = ""
 
     @property
     def format(self) -> str:
@@ -107,50 +110,202 @@ def display_path(path: str | os.PathLike[str]) -> str:
     return full
 
 
-def _excluded(path: Path, patterns: Sequence[str]) -> bool:
-    shown = display_path(path)
-    return any(fnmatch.fnmatch(shown, p) or fnmatch.fnmatch(path.name, p) for p in patterns)
+def _excluded(shown: str, patterns: Sequence[str]) -> bool:
+    name = os.path.basename(shown)
+    return any(fnmatch.fnmatch(shown, p) or fnmatch.fnmatch(name, p) for p in patterns)
 
 
-def _walk(root: Path) -> Iterable[Path]:
+# why a path under a scanned folder was not gated; `unreadable_dir` means part of the folder could
+# not be read, so the run cannot PASS (it is an ERROR); the others are reported and do not fail it
+SKIP_FIFO, SKIP_SOCKET, SKIP_DEVICE, SKIP_OTHER = "fifo", "socket", "device", "not_a_file"
+SKIP_BROKEN_LINK, SKIP_LINK_LOOP, SKIP_DUPLICATE = "broken_symlink", "symlink_loop", "duplicate"
+SKIP_UNREADABLE_DIR, SKIP_UNREADABLE = "unreadable_dir", "unreadable"
+FATAL_SKIPS = (SKIP_UNREADABLE_DIR,)
+
+
+@dataclass
+class Found:
+    """A regular file the walk reached: `path` as given (links not resolved), `real` its target."""
+
+    path: Path
+    real: str
+    link: bool  # the path, or a folder link on the way to it, is a symbolic link
+    display: str  # the scanned folder as shown, then the path below it as walked (links kept)
+
+
+def link_display(path: str | os.PathLike[str]) -> str:
+    """Display of a path whose last component may be a link: the folder resolved, the name kept."""
+    folder, name = os.path.split(os.path.abspath(path))
+    shown = display_path(folder)
+    return name if shown == "." else os.path.join(shown, name)
+
+
+def _kind_of(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return SKIP_FIFO
+    if stat.S_ISSOCK(mode):
+        return SKIP_SOCKET
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return SKIP_DEVICE
+    return SKIP_OTHER
+
+
+def _skip(skipped: list[dict[str, str]], shown: str, reason: str, detail: str) -> None:
+    skipped.append({"path": shown, "reason": reason, "detail": detail})
+
+
+def _walk(root: Path, skipped: list[dict[str, str]]) -> Iterable[Found]:
+    """Regular files under `root`, links followed (to files and folders), never opening anything.
+
+    Folders are visited once by (device, inode), so a link back to an ancestor is a reported
+    `symlink_loop`, not a hang; FIFOs, sockets, devices, broken links and folders that cannot be
+    listed go to `skipped` with their reason.
+    """
+    import errno
     from pathlib import Path
 
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in SKIPPED_DIRS)
-        for name in sorted(files):
-            yield Path(folder) / name
+    shown_root = link_display(root) if os.path.islink(root) else display_path(root)
+
+    def shown(path: Path) -> str:
+        below = os.path.relpath(path, root)
+        if below == ".":
+            return shown_root
+        return below if shown_root == "." else os.path.join(shown_root, below)
+
+    try:
+        top = os.stat(root)
+    except OSError as exc:
+        _skip(skipped, shown_root, SKIP_UNREADABLE_DIR, exc.strerror or str(exc))
+        return
+    visited = {(top.st_dev, top.st_ino)}
+    stack: list[tuple[Path, bool]] = [(root, False)]
+    while stack:
+        folder, via_link = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            _skip(skipped, shown(folder), SKIP_UNREADABLE_DIR, f"cannot list the folder: {exc.strerror or exc}")
+            continue
+        subdirs: list[tuple[Path, bool]] = []
+        for entry in entries:
+            path = Path(folder) / entry.name
+            try:
+                lst = entry.stat(follow_symlinks=False)
+                is_link = stat.S_ISLNK(lst.st_mode)
+                st = os.stat(path) if is_link else lst
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    _skip(skipped, shown(path), SKIP_LINK_LOOP, "a loop of symbolic links: never reaches a file")
+                elif exc.errno == errno.ENOENT and os.path.islink(path):
+                    _skip(skipped, shown(path), SKIP_BROKEN_LINK, "the symbolic link's target does not exist")
+                else:
+                    _skip(skipped, shown(path), SKIP_UNREADABLE, exc.strerror or str(exc))
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if entry.name in SKIPPED_DIRS:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in visited:
+                    real, here = os.path.realpath(path), os.path.realpath(folder)
+                    if is_link and _inside(here, real):
+                        _skip(skipped, shown(path), SKIP_LINK_LOOP, "a folder link to a folder that contains it")
+                    continue  # a second way into a folder already walked: its files are reported once
+                visited.add(key)
+                subdirs.append((path, via_link or is_link))
+            elif stat.S_ISREG(st.st_mode):
+                yield Found(path, os.path.realpath(path), via_link or is_link, shown(path))
+            else:
+                _skip(skipped, shown(path), _kind_of(st.st_mode), "not a regular file; never opened")
+        stack.extend(reversed(subdirs))
 
 
-def discover(paths: Sequence[str], exclude: Sequence[str] = ()) -> list[Artifact]:
+def _inside(real: str, real_root: str) -> bool:
+    from quantgate.confine import is_inside
+
+    return is_inside(real, real_root)
+
+
+def _path_rank(item: Found) -> int:
+    """Which of two paths to one file names it (lowest wins): the file's own path, then a link, then a
+    Hugging Face cache blob (its snapshot link carries the file name and the config.json beside it)."""
+    from quantgate.confine import HF_REPO_PREFIXES
+
+    if item.link:
+        return 1
+    parent = os.path.dirname(item.real)
+    repo = os.path.basename(os.path.dirname(parent))
+    return 2 if os.path.basename(parent) == "blobs" and repo.startswith(HF_REPO_PREFIXES) else 0
+
+
+def discover(
+    paths: Sequence[str], exclude: Sequence[str] = (), skipped: list[dict[str, str]] | None = None
+) -> list[Artifact]:
     """Artifacts under the given paths, recognised by content.
 
     A file named on the command line is always an artifact (an unrecognisable one fails
     integrity). In a scanned folder, a file is an artifact when its content is a model format or
     an LFS pointer, or when it is empty/unrecognisable but named like a model (so a truncated
-    `model.gguf` is reported, while a README is not).
+    `model.gguf` is reported, while a README is not). Symbolic links are followed to regular files
+    and gated under the path the user gave; what is not gated (a FIFO, a socket, a device, a broken
+    link, a link loop, a folder that cannot be listed, a second link to a file already gated) is
+    appended to `skipped` as {path, reason, detail}. Nothing but a regular file is ever opened.
     """
     from pathlib import Path
 
-    found: dict[str, Artifact] = {}
+    from quantgate.confine import allowed_target
+
+    skipped = [] if skipped is None else skipped
+    own: list[dict[str, str]] = []
+    found: dict[str, tuple[Artifact, int]] = {}  # real path -> (artifact, _path_rank of its path)
     for given in paths:
         root = Path(given)
         if not root.exists():
             raise UsageError(f"path not found: {given}")
-        if root.is_file():
-            candidates, explicit = [root], True
+        real_root = os.path.realpath(root)
+        explicit = not root.is_dir()
+        if explicit:
+            st = os.stat(root)
+            if not stat.S_ISREG(st.st_mode):
+                _skip(own, link_display(root), _kind_of(st.st_mode), "not a regular file; never opened")
+                continue
+            linked = root.is_symlink()
+            candidates = [Found(root, real_root, linked, link_display(root) if linked else display_path(root))]
         else:
-            candidates, explicit = list(_walk(root)), False
-        for path in candidates:
-            if _excluded(path, exclude) or (path.is_symlink() and not explicit):
+            candidates = list(_walk(root, own))
+        for item in candidates:
+            path = item.path
+            if _excluded(item.display, exclude):
                 continue
             sniffed = sniff(path)
             if not explicit and not _is_artifact(path, sniffed):
                 continue
-            key = str(path.resolve())
-            if key not in found:
-                size = path.stat().st_size if sniffed.format != "unreadable" else 0
-                found[key] = Artifact(key, display_path(path), sniffed, size)
-    return sorted(found.values(), key=lambda a: a.display)
+            artifact = Artifact(
+                os.path.join(os.path.realpath(path.parent), path.name) if item.link else item.real,
+                item.display,
+                sniffed,
+                os.stat(path).st_size if sniffed.format != "unreadable" else 0,
+                real=item.real,
+            )
+            if item.link and not explicit and not allowed_target(item.real, real_root):
+                artifact.hints["link_findings"] = [{
+                    "code": "LINK_OUTSIDE_ROOT",
+                    "message": f"{artifact.display} is a symbolic link to {item.real}, outside the scanned folder "
+                    f"{real_root}: the gated file is not part of the folder; ship the file itself",
+                }]
+            rank = _path_rank(item)
+            if item.real in found:  # one file, two paths: gate it once, under the better path
+                first, first_rank = found[item.real]
+                if rank < first_rank:
+                    found[item.real] = (artifact, rank)
+                    first, artifact = artifact, first
+                own.append({"path": artifact.display, "reason": SKIP_DUPLICATE,
+                            "detail": f"the same file as {first.display}, gated once"})
+                continue
+            found[item.real] = (artifact, rank)
+    own.sort(key=lambda s: s["path"])
+    skipped.extend(s for s in own if not _excluded(s["path"], exclude))
+    return sorted((a for a, _ in found.values()), key=lambda a: a.display)
 
 
 def _is_artifact(path: Path, sniffed: Sniffed) -> bool:
@@ -166,6 +321,7 @@ def attach_manifest_hints(artifacts: Sequence[Artifact]) -> None:
     from quantgate.manifest import ManifestError, claimed_artifacts, load_manifest, resolve_inside
 
     by_path = {a.path: a for a in artifacts}
+    by_path.update({a.real: a for a in artifacts if a.real})
     for manifest in (a for a in artifacts if a.format == MANIFEST):
         try:
             doc, _ = load_manifest(manifest.path)
@@ -209,7 +365,7 @@ def _waivers_for(artifact: Artifact, policy: Policy, guard_id: str | None = None
     out = []
     for waiver in policy.waivers:
         target = (policy.root / waiver.artifact).resolve()
-        if str(target) == artifact.path and (guard_id is None or waiver.guard == guard_id):
+        if str(target) in (artifact.path, artifact.real) and (guard_id is None or waiver.guard == guard_id):
             out.append(waiver)
     return out
 
@@ -547,10 +703,13 @@ def build_report(
     shard: tuple[int, int] | None = None,
     paths: Sequence[str] = (),
     artifacts_total: int | None = None,
+    skipped: Sequence[dict[str, str]] = (),
 ) -> dict[str, Any]:
     """The canonical report. `paths` and `artifacts_total` (artifacts found before sharding) go in
     `inputs`, so that `quantgate merge` can tell a complete set of shards from a partial one."""
     verdict = verdict_of(results, len(artifacts))
+    if any(s["reason"] in FATAL_SKIPS for s in skipped):
+        verdict = "ERROR"  # part of the folder was never read: the run cannot vouch for it
     sha_by_path = {r["artifact"]["path"]: r["artifact"].get("sha256") for r in results}
     artifact_rows = []
     for a in artifacts:
@@ -582,6 +741,7 @@ def build_report(
         "summary": summarize(results, len(artifacts)),
         "artifacts": artifact_rows,
         "results": list(results),
+        "skipped": list(skipped),
     }
 
 
@@ -610,8 +770,14 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
     paths = list(options.paths) or [str(policy.root / p) for p in policy.paths]
     if not paths:
         raise UsageError("no PATH given and the policy lists no `paths`")
-    found = discover(paths, policy.exclude)
+    skipped: list[dict[str, str]] = []
+    found = discover(paths, policy.exclude, skipped)
     artifacts = select_shard(found, options.shard)
+    if skipped:
+        from quantgate.report.common import skipped_lines  # file names made inert for the terminal
+
+        for line in skipped_lines({"skipped": skipped}):
+            log(f"quantgate: not gated: {line}")
     attach_manifest_hints(artifacts)
     total = len(artifacts)
     done = 0
@@ -642,5 +808,6 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
         shard=options.shard,
         paths=paths,
         artifacts_total=len(found),
+        skipped=skipped,
     )
 

@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from quantgate import SCHEMA_VERSION, __version__
-from quantgate.gate import REPORT_SCHEMA_URL, UsageError, environment, exit_code_for, summarize, verdict_of
+from quantgate.gate import (
+    FATAL_SKIPS,
+    REPORT_SCHEMA_URL,
+    UsageError,
+    environment,
+    exit_code_for,
+    summarize,
+    verdict_of,
+)
 from quantgate.untrusted import plain
 
 
@@ -132,6 +140,10 @@ def merge_reports(
     results.sort(key=lambda r: order[r["artifact"]["path"]])
     report_only = all(r.get("report_only", False) for r in reports)
     verdict = "ERROR" if problems else verdict_of(results, len(artifacts))
+    # every shard walks the whole folder: what one did not gate, each reports; keep it once
+    skipped = list({(s["path"], s["reason"]): s for r in reports for s in r.get("skipped", [])}.values())
+    if any(s["reason"] in FATAL_SKIPS for s in skipped):
+        verdict = "ERROR"
     first = reports[0]
     record["allow_partial"] = allow_partial
     record["problems"] = problems
@@ -154,6 +166,7 @@ def merge_reports(
         "summary": summarize(results, len(artifacts)),
         "artifacts": artifacts,
         "results": results,
+        "skipped": skipped,
     }
     if isinstance(first.get("inputs"), dict):
         merged["inputs"] = first["inputs"]

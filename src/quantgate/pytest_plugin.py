@@ -87,7 +87,8 @@ class _Session:
         requested = config.getoption("quantgate_guards")
         try:
             self.guards = selected_guards([g.strip() for g in requested.split(",") if g.strip()] if requested else None)
-            self.artifacts = discover(config.getoption("quantgate_paths"), self.policy.exclude)
+            self.skipped: list[dict[str, str]] = []  # what discovery did not gate, for the report
+            self.artifacts = discover(config.getoption("quantgate_paths"), self.policy.exclude, self.skipped)
         except UsageError as exc:
             raise pytest.UsageError(f"quantgate: {exc}") from None
         self.hash_all = bool(config.getoption("quantgate_sha256"))
@@ -122,6 +123,7 @@ class _Session:
             started_at=self.started_at,
             report_only=False,
             fail_on=self.fail_on,
+            skipped=self.skipped,
         )
 
 

@@ -51,6 +51,7 @@ from typing import Any
 
 from quantgate import findings as F
 from quantgate import jsonfile
+from quantgate.confine import sibling
 from quantgate.findings import Finding
 from quantgate.formats.binary import View
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
@@ -665,10 +666,18 @@ def _load_json(path: str, limit: int) -> tuple[Any, str | None]:
 _SIDE_CONFIGS = (("quantize_config.json", "gptq"), ("quant_config.json", "awq"))
 
 
+def _sibling(folder: str, name: str, findings: list[Finding]) -> str | None:
+    """The file `name` beside the artifact when the confinement rule lets it be read (quantgate.confine)."""
+    path, refused = sibling(folder, name)
+    if refused is not None:
+        findings.append(F.warning("SIBLING_NOT_READ", refused, field=name))
+    return path
+
+
 def load_quant_config(folder: str, semantic: list[Finding]) -> dict[str, Any] | None:
     qc: Any = None
-    path = os.path.join(folder, "config.json")
-    if os.path.isfile(path):
+    path = _sibling(folder, "config.json", semantic)
+    if path is not None:
         doc, problem = _load_json(path, CONFIG_LIMIT)
         if problem is not None or not isinstance(doc, dict):
             semantic.append(F.warning("ST_CONFIG_INVALID",
@@ -680,8 +689,8 @@ def load_quant_config(folder: str, semantic: list[Finding]) -> dict[str, Any] | 
             qc = doc["quantization"]
     if qc is None:
         for name, method in _SIDE_CONFIGS:
-            side = os.path.join(folder, name)
-            if os.path.isfile(side):
+            side = _sibling(folder, name, semantic)
+            if side is not None:
                 doc, problem = _load_json(side, CONFIG_LIMIT)
                 if problem is None and isinstance(doc, dict):
                     return {"quant_method": method, **doc}
@@ -880,7 +889,12 @@ def _find_index(folder: str, base: str) -> tuple[str, dict[str, Any]] | None:
     fallback = None
     shard_like = _SHARD_NAME.search(base) is not None
     for name in names[:4]:
-        doc, problem = _load_json(os.path.join(folder, name), INDEX_LIMIT)
+        path, refused = sibling(folder, name)
+        if path is None:
+            if refused is not None and base.startswith(name[: -len(".safetensors.index.json")]):
+                return name, {"__refused__": refused}
+            continue
+        doc, problem = _load_json(path, INDEX_LIMIT)
         wm = doc.get("weight_map") if isinstance(doc, dict) else None
         same_stem = base.startswith(name[: -len(".safetensors.index.json")])
         if problem is not None or not isinstance(wm, dict):
@@ -903,6 +917,9 @@ def check_index(folder: str, base: str, own: dict[str, Any],
     if found is None:
         return None
     index_name, doc = found
+    if "__refused__" in doc:
+        structural.append(F.warning("SIBLING_NOT_READ", doc["__refused__"], field=index_name))
+        return {"index": index_name}
     if "__invalid__" in doc:
         structural.append(F.error("ST_INDEX_INVALID", f"{index_name} is unusable: {doc['__invalid__']}",
                                   field=index_name))

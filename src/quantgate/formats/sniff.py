@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -139,10 +140,20 @@ def sniff_bytes(head: bytes, size: int, name: str = "") -> Sniffed:
 
 
 def sniff(path: str | os.PathLike[str]) -> Sniffed:
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; whatever was
+    # opened is then checked to be a regular file before a byte is read
     try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as handle:
-            head = handle.read(HEAD_BYTES)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
     except OSError as exc:
         return Sniffed(UNREADABLE, exc.strerror or str(exc))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return Sniffed(UNREADABLE, "not a regular file (a FIFO, socket, device or folder); never read")
+        size = st.st_size
+        head = os.read(fd, HEAD_BYTES)
+    except OSError as exc:
+        return Sniffed(UNREADABLE, exc.strerror or str(exc))
+    finally:
+        os.close(fd)
     return sniff_bytes(head, size, os.path.basename(os.fspath(path)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from quantgate.bounds import BROKEN, MISSING, describe
+from quantgate.untrusted import plain
 
 ORDER = {"ERROR": 0, "FAIL": 1, "WARN": 2, "SKIP": 3, "PASS": 4}
 HIDDEN_SKIPS = ("not_applicable",)
@@ -67,3 +68,16 @@ def precision_mix(result: dict[str, Any], basis: str = "params") -> dict[str, fl
     cov = result.get("metrics", {}).get("coverage", {})
     chosen = cov.get(basis) or cov.get("ops")
     return chosen.get("by_bits") if chosen else None
+
+
+MAX_SKIPPED_LINES = 20
+
+
+def skipped_lines(report: dict[str, Any], limit: int = MAX_SKIPPED_LINES) -> list[str]:
+    """One line per path discovery did not gate (a FIFO, a broken link, an unreadable folder...)."""
+    items = report.get("skipped") or []
+    lines = [f"{plain(s['path'])}: {s['reason']} ({plain(s['detail'])})" for s in items[:limit]]
+    if len(items) > limit:
+        lines.append(f"… and {len(items) - limit} more")
+    return lines
+

@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from quantgate.report import markdown
-from quantgate.report.common import by_severity, headline, problems, verdict_line, visible
+from quantgate.report.common import by_severity, headline, problems, skipped_lines, verdict_line, visible
 from quantgate.untrusted import plain
 
 ANNOTATIONS_PER_KIND = 10
@@ -54,6 +54,11 @@ def log_groups(report: dict[str, Any]) -> list[str]:
             out.append(escape_data(f"{r['gate_status']:<6} {r['guard']}: {headline(r)}"))
             if r["gate_status"] in ("FAIL", "ERROR", "WARN"):
                 out += [escape_data(f"         - {p}") for p in problems(r)[1:]]
+        out.append("::endgroup::")
+    not_gated = skipped_lines(report)
+    if not_gated:
+        out.append(f"::group::not gated ({len(report['skipped'])})")
+        out += [escape_data(line) for line in not_gated]
         out.append("::endgroup::")
     return out
 

@@ -3,9 +3,18 @@ precision mix of each artifact as a picture, and the full matrix folded away."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from quantgate.report.common import by_severity, counts_line, headline, precision_mix, problems, visible
+from quantgate.report.common import (
+    by_severity,
+    counts_line,
+    headline,
+    precision_mix,
+    problems,
+    skipped_lines,
+    visible,
+)
 from quantgate.report.pictures import emoji_bar, emoji_legend
 from quantgate.untrusted import markdown as _inert
 
@@ -19,6 +28,12 @@ def _cell(text: Any) -> str:
     """Table-safe and inert: artifact-controlled text can neither split a row, open a tag, nor make a
     link or an image (quantgate.untrusted.markdown)."""
     return _inert(text)
+
+
+def _inline(text: str) -> str:
+    """Inert in a list item: a file name can open no tag, link, image or emphasis."""
+    text = text.replace("<", "&lt;").replace("\n", " ").replace("\r", " ")
+    return re.sub(r"([\\`*_\[\]()!#~|])", r"\\\1", text)
 
 
 def _mermaid_pie(title: str, mix: dict[str, float]) -> list[str]:
@@ -90,6 +105,11 @@ def render(report: dict[str, Any]) -> str:
                     f"| {_cell(r['artifact']['path']) if first else ''} "
                     f"| {_cell(r['guard']) if first else ''} | {_cell(line)} |"
                 )
+        out.append("")
+    not_gated = skipped_lines(report)
+    if not_gated:
+        out += [f"### Not gated ({len(report['skipped'])})", ""]
+        out += [f"- {_inline(line)}" for line in not_gated]
         out.append("")
     coverage_rows = [r for r in rows if precision_mix(r)]
     if coverage_rows:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantgate.report.common import by_severity, headline, problems, verdict_line, visible
+from quantgate.report.common import by_severity, headline, problems, skipped_lines, verdict_line, visible
 from quantgate.untrusted import plain
 
 
@@ -35,6 +35,10 @@ def render(report: dict[str, Any]) -> str:
     hidden = len(report["results"]) - len(rows)
     if hidden:
         lines.append(f"({hidden} result(s) of guards that do not apply to the artifact's format not shown)")
+    not_gated = skipped_lines(report)
+    if not_gated:
+        lines.append(f"not gated ({len(report['skipped'])}):")
+        lines += [f"  - {line}" for line in not_gated]
     if any("waiver" in r for r in rows):
         lines.append("* a FAIL or WARN waived by the policy: it stays in the report")
     lines.append(verdict_line(report))

@@ -111,6 +111,7 @@ MAX_MANIFESTS = 20
 def manifest_reference(artifact_path: str) -> str | None:
     """The `reference` a release manifest beside the artifact gives it (`manifest.json` or
     `*.manifest.json` in its folder), for runs that did not scan the manifest (`quantgate guard`)."""
+    from quantgate.confine import sibling
     from quantgate.manifest import ManifestError, load_manifest, resolve_inside
 
     folder = Path(artifact_path).parent
@@ -120,8 +121,11 @@ def manifest_reference(artifact_path: str) -> str | None:
         return None
     target = Path(artifact_path).resolve()
     for name in names[:MAX_MANIFESTS]:
+        readable, _ = sibling(folder, name)  # confined like every sibling: a FIFO is never opened
+        if readable is None:
+            continue
         try:
-            doc, _ = load_manifest(folder / name)
+            doc, _ = load_manifest(readable)
         except (ManifestError, OSError):
             continue
         entries = doc.get("artifacts")

@@ -42,6 +42,13 @@ class IntegrityGuard(Guard):
     needs_structure = False
 
     def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
+        outcome = self._measure(ctx)
+        # what discovery saw about how the file was reached (a link out of the scanned folder)
+        for item in ctx.hints.get("link_findings") or []:
+            outcome.findings.insert(0, F.warning(item["code"], item["message"]))
+        return outcome
+
+    def _measure(self, ctx: GuardContext) -> Outcome:
         fmt = ctx.format
         if fmt == S.UNREADABLE:
             return Outcome(
