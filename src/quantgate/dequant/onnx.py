@@ -1,19 +1,28 @@
 """ONNX weights as float32, read through the streaming reader's offsets (never `onnx.load`).
 
-Each weight-bearing op's constant operand is returned as the float tensor the op consumes, keyed by
-its initializer name without the quantizer's suffix (`fc1.weight_quantized` -> `fc1.weight`):
+The weights are those the structure reader counts as layers, found by its own trace
+(`quantgate.formats.onnx.trace_weights`: initializers and `Constant` nodes, inlined function bodies,
+Q/DQ and shape-only ops, LSTM/GRU/RNN W and R). Each is returned as the float tensor the op consumes,
+keyed by its name without the quantizer's suffix (`fc1.weight_quantized` -> `fc1.weight`):
 
-* a float initializer as it is;
+* a float tensor as stored, also one a QuantizeLinear / DynamicQuantizeLinear quantizes at run time
+  (the file holds the float: it dequantizes to itself);
 * DequantizeLinear (opset 21 semantics): y = (x - zero_point) * scale, per tensor, per `axis`, or
   blocked (`block_size`: scale holds one value per block along `axis`), INT8/UINT8/INT16/UINT16/INT4/UINT4
   and FP8 inputs;
 * QLinearConv / QLinearMatMul / QGemm / DynamicQuantizeMatMul / MatMulIntegerToFloat weights with their
   scale and zero point inputs (per-tensor, or per output channel: axis 0 for a conv or a transB Gemm,
   the last axis for a MatMul B); MatMulInteger / ConvInteger / integer Gather tables with ORT's
-  `<name>_scale` / `<name>_zero_point` companions;
+  `<name>_scale` / `<name>_zero_point` companions (the structure reader names them: `WeightUse.qparams`);
+* DynamicQuantizeLSTM W/R ([D, in, 4H] int8, scale and zero point at inputs 8-11) as the float LSTM's
+  [D, 4H, in];
 * MatMulNBits: B [N, K/block, block*bits/8] uint8, scales [N * K/block], optional zero points (packed
   uint8 for bits < 8, default 2^(bits-1)) -> the [K, N] weight a float MatMul would hold;
 * GatherBlockQuantized (INT4/UINT4 or uint8-packed data, blocked along `quantize_axis`).
+
+A Conv followed only by a BatchNormalization also offers its filter with the BN folded in, under the
+name onnxruntime's optimizer gives the fused filter (`ConvBnFusion_W_<name>`, a `WeightSet.variants`
+entry), so a `quant_pre_process`ed artifact pairs with its unfused float model.
 
 Tensor bytes come from `raw_data`, packed `float_data`, `int32_data`/`int64_data` varints (small
 tensors: zero points), or external data confined to the model's folder. 2-D weights are decoded row

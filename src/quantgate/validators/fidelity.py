@@ -9,7 +9,8 @@ artifact entry's `reference`). With none the guard SKIPs `no_reference`.
 
 Weights: each weight tensor (2+ dims) of the artifact is paired by name with the reference's (GGUF
 tensor names, safetensors module names, ONNX initializer names with the quantizer's `_quantized` /
-`_Q4` / `_DQ_Q4` suffixes removed; `.pte` layers by position in execution order and shape), both
+`_Q4` / `_DQ_Q4` suffixes removed, an ONNX `ConvBnFusion_W_<name>` filter with the reference's Conv +
+BatchNormalization folded; `.pte` layers by position in execution order and shape), both
 are dequantized to float (`quantgate.dequant`) and compared (`quantgate.dequant.metrics`: cosine,
 SQNR, relative L2 error, max abs error). A tensor above
 `max_elements` (default 2^22) is compared on evenly spaced rows, in chunks, so memory stays bounded
