@@ -191,3 +191,45 @@ def test_fused_conv_is_a_layer_for_the_structure_reader_and_fidelity(tmp_path: P
         assert np.array_equal(ws.weights["w"].load().reshape(w.shape), w)
     finally:
         ws.close()
+
+
+def test_contrib_ops_take_their_scales_from_the_structure_readers_inputs(tmp_path: Path) -> None:
+    """DynamicQuantizeMatMul (inputs 2, 3) and MatMulIntegerToFloat (inputs 3, 5) dequantize with the
+    scale and zero point the structure reader names; QAttention and MatMulBnb4 (a 1-D packed B) are
+    said to be undecoded, not dropped."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    ms = "com.microsoft"
+    b1 = np.arange(-16, 16, dtype=np.int8).reshape(8, 4)
+    b2 = np.arange(0, 32, dtype=np.uint8).reshape(8, 4)
+    inits = [numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(b2, "b2"),
+             numpy_helper.from_array(np.ones((8, 24), np.int8), "b3"),
+             numpy_helper.from_array(np.ones(64, np.uint8), "b4"),
+             numpy_helper.from_array(np.ones(8, np.float32), "absmax"),
+             numpy_helper.from_array(np.zeros(24, np.float32), "bias"),
+             numpy_helper.from_array(np.array(0.5, np.float32), "s"),
+             numpy_helper.from_array(np.array(0.25, np.float32), "s2"),
+             numpy_helper.from_array(np.array(3, np.int8), "zp"),
+             numpy_helper.from_array(np.array(7, np.uint8), "zp2")]
+    nodes = [
+        helper.make_node("DynamicQuantizeMatMul", ["x", "b1", "s", "zp"], ["h1"], domain=ms),
+        helper.make_node("MatMulIntegerToFloat", ["x", "b2", "s", "s2", "zp", "zp2"], ["h2"], domain=ms),
+        helper.make_node("QAttention", ["x", "b3", "bias", "s", "s"], ["h3"], domain=ms, num_heads=2),
+        helper.make_node("MatMulBnb4", ["x", "b4", "absmax"], ["y"], domain=ms, K=8, N=16, block_size=16,
+                         quant_type=1),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16])], inits)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(ms, 1)]
+    path = tmp_path / "contrib.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=opsets), str(path))
+    ws = open_weights(str(path))
+    try:
+        assert sorted(ws.weights) == ["b1", "b2"]
+        assert np.array_equal(ws.weights["b1"].load(), (b1.astype(np.float32) - 3) * 0.5)
+        assert np.array_equal(ws.weights["b2"].load(), (b2.astype(np.float32) - 7) * 0.25)
+        assert sorted((code, tensor) for code, tensor, _ in ws.problems) == [
+            ("FIDELITY_UNSUPPORTED_ENCODING", "b3"), ("FIDELITY_UNSUPPORTED_ENCODING", "b4")]
+    finally:
+        ws.close()

@@ -520,14 +520,14 @@ class _Builder:
             self.matmulnbits(node)
         elif ms and op == "GatherBlockQuantized":
             self.gather_block_quantized(node)
+        elif ms and op in ("MatMulBnb4", "QAttention") and t.data_type not in _FLOAT_TYPES:
+            self.ws.problems.append((UNSUPPORTED, t.name, f"{t.name}: {op} weights are not dequantized here"))
         elif len(t.dims) < 2:
             return
         elif t.data_type in _FLOAT_TYPES:
             self.stored_float(use)
         elif use.source.dq is not None:
             self.dq(use)
-        elif ms and op in ("MatMulBnb4", "QAttention"):
-            self.ws.problems.append((UNSUPPORTED, t.name, f"{t.name}: {op} weights are not dequantized here"))
         elif ms and op == "DynamicQuantizeLSTM":
             self.dynamic_quantize_lstm(use)
         elif op in _AXIS_ZERO or (op == "QGemm" and node.attr_int("transB", 0)):
