@@ -72,6 +72,10 @@ class WeightSet:
 
     format: str
     weights: dict[str, WeightRef] = field(default_factory=dict)  # by pairing key
+    # other forms of a weight an artifact may hold under another key (an ONNX Conv's filter with its
+    # BatchNormalization folded in): variant key -> (the weight's own key, the variant); used only
+    # when the artifact has that key and the weights have no such key
+    variants: dict[str, tuple[str, WeightRef]] = field(default_factory=dict)
     problems: list[tuple[str, str, str]] = field(default_factory=list)  # (code, tensor, message)
     facts: dict[str, Any] = field(default_factory=dict)
     closers: list[Callable[[], None]] = field(default_factory=list)

@@ -1,19 +1,28 @@
 """ONNX weights as float32, read through the streaming reader's offsets (never `onnx.load`).
 
-Each weight-bearing op's constant operand is returned as the float tensor the op consumes, keyed by
-its initializer name without the quantizer's suffix (`fc1.weight_quantized` -> `fc1.weight`):
+The weights are those the structure reader counts as layers, found by its own trace
+(`quantgate.formats.onnx.trace_weights`: initializers and `Constant` nodes, inlined function bodies,
+Q/DQ and shape-only ops, LSTM/GRU/RNN W and R). Each is returned as the float tensor the op consumes,
+keyed by its name without the quantizer's suffix (`fc1.weight_quantized` -> `fc1.weight`):
 
-* a float initializer as it is;
+* a float tensor as stored, also one a QuantizeLinear / DynamicQuantizeLinear quantizes at run time
+  (the file holds the float: it dequantizes to itself);
 * DequantizeLinear (opset 21 semantics): y = (x - zero_point) * scale, per tensor, per `axis`, or
   blocked (`block_size`: scale holds one value per block along `axis`), INT8/UINT8/INT16/UINT16/INT4/UINT4
   and FP8 inputs;
 * QLinearConv / QLinearMatMul / QGemm / DynamicQuantizeMatMul / MatMulIntegerToFloat weights with their
   scale and zero point inputs (per-tensor, or per output channel: axis 0 for a conv or a transB Gemm,
   the last axis for a MatMul B); MatMulInteger / ConvInteger / integer Gather tables with ORT's
-  `<name>_scale` / `<name>_zero_point` companions;
+  `<name>_scale` / `<name>_zero_point` companions (the structure reader names them: `WeightUse.qparams`);
+* DynamicQuantizeLSTM W/R ([D, in, 4H] int8, scale and zero point at inputs 8-11) as the float LSTM's
+  [D, 4H, in];
 * MatMulNBits: B [N, K/block, block*bits/8] uint8, scales [N * K/block], optional zero points (packed
   uint8 for bits < 8, default 2^(bits-1)) -> the [K, N] weight a float MatMul would hold;
 * GatherBlockQuantized (INT4/UINT4 or uint8-packed data, blocked along `quantize_axis`).
+
+A Conv followed only by a BatchNormalization also offers its filter with the BN folded in, under the
+name onnxruntime's optimizer gives the fused filter (`ConvBnFusion_W_<name>`, a `WeightSet.variants`
+entry), so a `quant_pre_process`ed artifact pairs with its unfused float model.
 
 Tensor bytes come from `raw_data`, packed `float_data`, `int32_data`/`int64_data` varints (small
 tensors: zero points), or external data confined to the model's folder. 2-D weights are decoded row
@@ -35,6 +44,7 @@ from quantgate.dequant.safetensors import FP8
 from quantgate.formats import onnx as reader
 from quantgate.formats import protobuf as pb
 from quantgate.formats.binary import Budget, View
+from quantgate.formats.onnx import WeightUse
 from quantgate.formats.onnx_proto import Node, Tensor
 
 _DTYPES = {1: "<f4", 10: "<f2", 11: "<f8", 2: "u1", 3: "i1", 4: "<u2", 5: "<i2", 6: "<i4", 7: "<i8", 12: "<u4",
@@ -45,6 +55,7 @@ TYPED_LIMIT = 1 << 20  # values decoded from typed varint fields (zero points ar
 _PASS = ("Identity", "Cast", "CastLike", "Reshape", "Squeeze", "Unsqueeze", "Flatten")
 MS = "com.microsoft"
 _SUFFIX = re.compile(r"(?:_DQ)?(?:_quantized|_Q\d+|_q\d+)$")
+BN_FUSED = "ConvBnFusion_W_"  # onnxruntime's optimizer (quant_pre_process) names a Conv+BN filter so
 
 
 def onnx_key(name: str) -> str:
@@ -56,20 +67,16 @@ class _Model:
     def __init__(self, path: str):
         self.path = path
         self.folder = os.path.dirname(os.path.abspath(path))
-        self.model, findings = reader.scan(path)
-        if any(f.severity == "error" for f in findings):
+        # the structure reader's own trace: Constant nodes, inlined function bodies, the operand of each
+        # layer through Q/DQ, shape-only ops and a gate reorder; fidelity reads what `read` counts
+        trace = reader.trace_weights(path)
+        if trace is None:
             raise DequantError(BROKEN, "the ONNX model could not be scanned")
         self.mm = np.memmap(path, dtype=np.uint8, mode="r")
-        self.consts: dict[str, Tensor] = {}
-        for t in self.model.tensors:
-            self.consts.setdefault(t.name, t)
-        self.producer: dict[str, Node] = {}
-        self.consumers: dict[str, list[Node]] = {}
-        for n in self.model.nodes:
-            for out in n.outputs:
-                self.producer.setdefault(out, n)
-            for name in n.inputs:
-                self.consumers.setdefault(name, []).append(n)
+        self.consts: dict[str, Tensor] = trace.consts
+        self.producer: dict[str, Node] = trace.producer
+        self.consumers: dict[str, list[Node]] = trace.consumers
+        self.uses = trace.uses
         self.cache: dict[str, np.ndarray] = {}
 
     def close(self) -> None:
@@ -184,22 +191,6 @@ class _Model:
             name, depth = node.inputs[0], depth + 1
         return self.consts.get(name) if name else None
 
-    def trace(self, name: str) -> tuple[Tensor | None, Node | None]:
-        """The stored constant behind a weight operand and the DequantizeLinear on the way, if any."""
-        dq = None
-        for _ in range(8):
-            if name in self.consts:
-                return self.consts[name], dq
-            node = self.producer.get(name)
-            if node is None or not node.inputs:
-                return None, None
-            if node.op_type == "DequantizeLinear" and dq is None:
-                dq = node
-            elif node.op_type not in _PASS:
-                return None, None
-            name = node.inputs[0]
-        return None, None
-
 
 def dequantize_linear(q: np.ndarray, scale: np.ndarray, zp: np.ndarray | None, axis: int,
                       block_size: int, name: str) -> np.ndarray:
@@ -278,10 +269,23 @@ class _Builder:
         self.ws = ws
 
     def add(self, t: Tensor, encoding: str, quantized: bool, shape: tuple[int, ...],
-            decode: Callable[[], np.ndarray], rows: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+            decode: Callable[[], np.ndarray], rows: Callable[[np.ndarray], np.ndarray] | None = None,
+            node: Node | None = None) -> None:
         key = onnx_key(t.name)
         if key in self.ws.weights or len(shape) < 2:
             return
+        fold = self.bn_fold(node, shape) if node is not None else None
+        if fold is not None:
+            # the filter the Conv + BatchNormalization pair applies, under the name onnxruntime's optimizer
+            # gives it once fused: what a `quant_pre_process`ed artifact pairs with (a variant, so an
+            # unfused artifact still pairs with the stored filter)
+            def folded() -> np.ndarray:
+                return np.asarray(decode(), np.float32) * fold().reshape((-1,) + (1,) * (len(shape) - 1))
+
+            loader, release = _whole(shape, folded)
+            self.ws.variants[BN_FUSED + key] = (key, WeightRef(
+                name=t.name, key=BN_FUSED + key, shape=shape, encoding=encoding + " + BatchNormalization folded",
+                quantized=quantized, loader=loader, release=release))
         if rows is not None and len(shape) == 2:  # decoded row by row: memory follows the chunk
             self.ws.add(WeightRef(name=t.name, key=key, shape=shape, encoding=encoding, quantized=quantized,
                                   loader=rows))
@@ -299,13 +303,43 @@ class _Builder:
         self.ws.add(WeightRef(name=t.name, key=key, shape=shape, encoding=encoding, quantized=quantized,
                               loader=loader, release=release))
 
-    def float_or_dq(self, node: Node, index: int, min_rank: int = 2) -> None:
-        t, dq = self.m.trace(node.input(index))
-        if t is None or len(t.dims) < min_rank:
-            return
+    def bn_fold(self, node: Node, shape: tuple[int, ...]) -> Callable[[], np.ndarray] | None:
+        """A Conv whose output only a BatchNormalization reads, with constant parameters, one per output
+        channel: the per-channel factor scale / sqrt(var + epsilon) that folds it into the filter, as
+        onnxruntime's optimizer (and `quant_pre_process`) does before quantizing; None otherwise. Both
+        sides of a pair fold, so a fused artifact pairs with its unfused float model."""
+        if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or not node.outputs or len(shape) < 3:
+            return None
+        users = self.m.consumers.get(node.outputs[0], [])
+        if len(users) != 1 or users[0].op_type != "BatchNormalization" or users[0].domain not in ("", "ai.onnx"):
+            return None
+        bn = users[0]
+        if bn.input(0) != node.outputs[0] or len(bn.outputs) != 1:
+            return None  # training mode (running mean/var outputs) is not an inference fold
+        names = (bn.input(1), bn.input(4))
+        tensors = [self.m.const(n) for n in names]
+        if any(t is None or t.numel != shape[0] or t.data_type not in _FLOAT_TYPES for t in tensors):
+            return None
+        eps = bn.attrs.get("epsilon", 1e-5)
+        eps = float(eps) if isinstance(eps, (int, float)) else 1e-5
+
+        def factor() -> np.ndarray:
+            scale, var = (np.asarray(self.m.small(n), np.float32).reshape(-1) for n in names)
+            return scale / np.sqrt(var + np.float32(eps))
+
+        return factor
+
+    def stored_float(self, use: WeightUse) -> None:
+        """A float weight as stored: also one a QuantizeLinear / DynamicQuantizeLinear quantizes at run
+        time (behind a DequantizeLinear or as a QLinear*/Integer op's operand): its stored float is
+        what the file holds, so it dequantizes to itself."""
+        t, q = use.source.tensor, use.source.runtime_q
+        enc = t.dtype_name + (f" quantized at run time by {q.op_type}" if q is not None else "")
+        self.add(t, enc, False, tuple(t.dims), lambda: self.m.values(t), node=use.node)
+
+    def dq(self, use: WeightUse) -> None:
+        t, dq = use.source.tensor, use.source.dq
         if dq is None:
-            if t.data_type in _FLOAT_TYPES:
-                self.add(t, t.dtype_name, False, tuple(t.dims), lambda: self.m.values(t))
             return
         axis = dq.attr_int("axis", 1) or 0
         block = dq.attr_int("block_size", 0) or 0
@@ -327,40 +361,59 @@ class _Builder:
             return dequantize_rows(self.m.q_rows(t, rows), rows, tuple(t.dims), scale, zp,
                                    axis if dq.attr_int("axis") is not None else 1, block, t.name)
 
-        self.add(t, enc, True, tuple(t.dims), decode, decode_rows)
+        self.add(t, enc, True, tuple(t.dims), decode, decode_rows, node=use.node)
 
-    def qlinear(self, node: Node, w: int, s: int, z: int | None, axis: int, min_rank: int = 2,
-                companions: bool = False) -> None:
-        t = self.m.const(node.input(w))
-        if t is None or len(t.dims) < min_rank:
-            return
-        scale_name = node.input(s) if s >= 0 else ""
-        zp_name = node.input(z) if z is not None else ""
-        if companions:
-            base = t.name[: -len("_quantized")] if t.name.endswith("_quantized") else t.name
-            scale_name = scale_name or (base + "_scale")
-            zp_name = zp_name or (base + "_zero_point")
-        if t.data_type in _FLOAT_TYPES:
-            self.add(t, t.dtype_name, False, tuple(t.dims), lambda: self.m.values(t))
-            return
+    def scale_of(self, t: Tensor, scale_name: str) -> np.ndarray:
+        scale = self.m.small(scale_name) if scale_name else None
+        if scale is None:
+            raise DequantError(UNSUPPORTED, f"{t.name}: no constant weight scale ({scale_name or 'none named'}; "
+                               "a runtime-fused graph may have folded it into a product)")
+        return scale
+
+    def qlinear(self, use: WeightUse, axis: int) -> None:
+        """An integer weight with the op's own scale and zero point (`use.qparams`), per tensor or along `axis`."""
+        t, node = use.source.tensor, use.node
+        scale_name, zp_name = use.qparams
 
         def decode() -> np.ndarray:
-            scale = self.m.small(scale_name) if scale_name else None
-            if scale is None:
-                raise DequantError(UNSUPPORTED, f"{t.name}: no constant weight scale ({scale_name or 'none named'}; "
-                                   "a runtime-fused graph may have folded it into a product)")
+            scale = self.scale_of(t, scale_name)
             zp = self.m.small(zp_name) if zp_name else None
             return dequantize_linear(self.m.values(t), scale, zp, axis, 0, t.name)
 
         def decode_rows(rows: np.ndarray) -> np.ndarray:
-            scale = self.m.small(scale_name) if scale_name else None
-            if scale is None:
-                raise DequantError(UNSUPPORTED, f"{t.name}: no constant weight scale ({scale_name or 'none named'}; "
-                                   "a runtime-fused graph may have folded it into a product)")
+            scale = self.scale_of(t, scale_name)
             zp = self.m.small(zp_name) if zp_name else None
             return dequantize_rows(self.m.q_rows(t, rows), rows, tuple(t.dims), scale, zp, axis, 0, t.name)
 
         self.add(t, f"{t.dtype_name} {node.op_type}", True, tuple(t.dims), decode, decode_rows)
+
+    def dynamic_quantize_lstm(self, use: WeightUse) -> None:
+        """com.microsoft:DynamicQuantizeLSTM W [D, input, 4H] / R [D, H, 4H] (the quantizer transposes
+        them), scale and zero point per direction [D] or per direction and gate row [D, 4H]: dequantized
+        and transposed back to the [D, 4H, input] an LSTM holds, so it pairs with the float LSTM."""
+        t = use.source.tensor
+        scale_name, zp_name = use.qparams
+        if len(t.dims) != 3:
+            return
+        d, inner, gates = t.dims
+
+        def decode() -> np.ndarray:
+            q = np.asarray(self.m.values(t)).astype(np.float32)
+            s = np.asarray(self.scale_of(t, scale_name), np.float32)
+            zp = self.m.small(zp_name) if zp_name else None
+            z = np.zeros_like(s) if zp is None else np.asarray(zp).astype(np.float32)
+            if s.size == d:
+                s, z = s.reshape(d, 1, 1), z.reshape(d, 1, 1)
+            elif s.size == d * gates and z.size == d * gates:
+                s, z = s.reshape(d, 1, gates), z.reshape(d, 1, gates)
+            else:
+                raise DequantError(BROKEN, f"{t.name}: scale of {s.size} values for DynamicQuantizeLSTM weight "
+                                   f"{list(t.dims)} (want {d} or {d * gates})")
+            if z.shape != s.shape:
+                raise DequantError(BROKEN, f"{t.name}: zero point of {z.size} values for a scale of {s.size}")
+            return ((q - z) * s).transpose(0, 2, 1)
+
+        self.add(t, f"{t.dtype_name} DynamicQuantizeLSTM", True, (d, gates, inner), decode)
 
     def matmulnbits(self, node: Node) -> None:
         b = self.m.consts.get(node.input(1))
@@ -459,44 +512,34 @@ class _Builder:
         self.add(data, f"{data.dtype_name} GatherBlockQuantized block {block}", True, tuple(dims), decode,
                  decode_rows)
 
-    def node(self, node: Node) -> None:
-        op, dom = node.op_type, node.domain
-        std, ms = dom in ("", "ai.onnx"), dom == MS
-        if std and op in ("MatMul", "Gemm"):
-            self.float_or_dq(node, 1)
-            self.float_or_dq(node, 0)
-        elif (std or ms) and op in ("Conv", "ConvTranspose", "FusedConv"):
-            self.float_or_dq(node, 1, 3)
-        elif std and op == "Gather":
-            t, dq = self.m.trace(node.input(0))
-            if t is not None and dq is None and t.data_type in (2, 3):
-                self.qlinear(node, 0, -1, None, 0, companions=True)
-            else:
-                self.float_or_dq(node, 0)
-        elif std and op == "MatMulInteger":
-            self.qlinear(node, 1, -1, 3, 1, companions=True)
-        elif std and op == "ConvInteger":
-            self.qlinear(node, 1, -1, 3, 0, 3, companions=True)
-        elif std and op == "QLinearConv":
-            self.qlinear(node, 3, 4, 5, 0, 3)
-        elif (std or ms) and op == "QLinearMatMul":
-            self.qlinear(node, 3, 4, 5, 1)
-        elif ms and op == "QGemm":
-            self.qlinear(node, 3, 4, 5, 0 if node.attr_int("transB", 0) else 1)
-        elif ms and op == "DynamicQuantizeMatMul":
-            self.qlinear(node, 1, 2, 3, 1)
-        elif ms and op == "MatMulIntegerToFloat":
-            self.qlinear(node, 1, 3, 5, 1)
-        elif ms and op == "FusedMatMul":
-            self.float_or_dq(node, 1)
-        elif ms and op == "MatMulNBits":
+    def use(self, use: WeightUse) -> None:
+        """One weight operand the structure reader traced, decoded by how it is stored."""
+        node, t = use.node, use.source.tensor
+        op, ms = node.op_type, node.domain == MS
+        if ms and op == "MatMulNBits":
             self.matmulnbits(node)
         elif ms and op == "GatherBlockQuantized":
             self.gather_block_quantized(node)
-        elif ms and op in ("MatMulBnb4", "QAttention"):
-            t = self.m.consts.get(node.input(1))
-            if t is not None:
-                self.ws.problems.append((UNSUPPORTED, t.name, f"{t.name}: {op} weights are not dequantized here"))
+        elif ms and op in ("MatMulBnb4", "QAttention") and t.data_type not in _FLOAT_TYPES:
+            self.ws.problems.append((UNSUPPORTED, t.name, f"{t.name}: {op} weights are not dequantized here"))
+        elif len(t.dims) < 2:
+            return
+        elif t.data_type in _FLOAT_TYPES:
+            self.stored_float(use)
+        elif use.source.dq is not None:
+            self.dq(use)
+        elif ms and op == "DynamicQuantizeLSTM":
+            self.dynamic_quantize_lstm(use)
+        elif op in _AXIS_ZERO or (op == "QGemm" and node.attr_int("transB", 0)):
+            self.qlinear(use, 0)
+        elif op in _AXIS_ONE:
+            self.qlinear(use, 1)
+
+
+# the axis of a per-channel scale of an integer weight (the output channels): a conv's filters and a
+# Gather's rows are axis 0, a MatMul B's columns axis 1 (a transB Gemm's axis 0)
+_AXIS_ZERO = frozenset(("QLinearConv", "ConvInteger", "Gather"))
+_AXIS_ONE = frozenset(("QLinearMatMul", "QGemm", "MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"))
 
 
 def open_weights(path: str) -> WeightSet:
@@ -504,12 +547,10 @@ def open_weights(path: str) -> WeightSet:
     ws = WeightSet("onnx")
     ws.closers.append(m.close)
     builder = _Builder(m, ws)
-    for node in m.model.nodes:
-        if node.scope == "training":
-            continue
+    for use in m.uses:
         try:
-            builder.node(node)
+            builder.use(use)
         except DequantError as exc:
-            ws.problems.append((exc.code, node.label, exc.message))
+            ws.problems.append((exc.code, use.node.label, exc.message))
     ws.facts["tensors"] = len(ws.weights)
     return ws

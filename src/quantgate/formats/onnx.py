@@ -291,6 +291,45 @@ class _Source:
     runtime_q: Node | None = None  # a QuantizeLinear/DynamicQuantizeLinear quantizing it at run time
 
 
+@dataclass
+class WeightUse:
+    """One weight operand of a layer as the structure reader traced it, for the fidelity reader
+    (`quantgate.dequant.onnx`), so that both read the same tensors by the same rules."""
+
+    node: Node
+    source: _Source
+    operand: str = ""  # a recurrent op's W or R
+    # the op's own scale and zero point of an integer weight (QLinear*, contrib ops, ORT's `_scale` /
+    # `_zero_point` companions of MatMulInteger/ConvInteger/Gather); "" where there is none
+    qparams: tuple[str, str] = ("", "")
+
+
+@dataclass
+class WeightTrace:
+    """What `trace_weights` found: the constants (initializers, `Constant` nodes, those of inlined
+    function bodies), the producer of each value, and every weight operand in graph order."""
+
+    consts: dict[str, Tensor]
+    producer: dict[str, Node]
+    consumers: dict[str, list[Node]]
+    uses: list[WeightUse]
+
+
+def trace_weights(path: str) -> WeightTrace | None:
+    """The weight operands of every layer, as `read` counts them; None when the scan found a
+    structural error. Tensors keep their file offsets: read their bytes with a map of `path`."""
+    size = os.path.getsize(path)
+    structural, semantic = _Findings(), _Findings()
+    with gc_paused(), mapped(path) as view:
+        model = _scan(view, size, structural)
+        if model is None or any(f.severity == F.ERROR for f in structural.items):
+            return None
+        analysis = _Analysis(model, view, path, Inventory(FORMAT, path, size), structural, semantic)
+        analysis.index()
+        analysis.find_layers()
+    return WeightTrace(analysis.consts, analysis.producer, analysis.consumers, analysis.uses)
+
+
 class _Analysis:
     """Tensor checks, external data, layers and quantization consistency over a scanned model."""
 
@@ -310,6 +349,7 @@ class _Analysis:
         self.checked_scales: set[str] = set()
         self.shapes: dict[str, list[int]] = {}
         self.scale_bytes_left = SCALE_READ_TOTAL  # all scale values read, across tensors
+        self.uses: list[WeightUse] = []  # each layer's weight operand (trace_weights)
 
     def run(self) -> None:
         self.index()
@@ -599,7 +639,7 @@ class _Analysis:
             src = self.weight_source(node, 1) or self.weight_source(node, 0)
             if src:
                 self.add(node, position, LINEAR, src, "QDQ" if src.dq else "float")
-        elif std and op in ("Conv", "ConvTranspose"):
+        elif (std and op in ("Conv", "ConvTranspose")) or (ms and op == "FusedConv"):
             src = self.weight_source(node, 1, 3)
             if src:
                 self.add(node, position, CONV, src, "QDQ" if src.dq else "float")
@@ -681,6 +721,22 @@ class _Analysis:
                     return [consumer.input(1), consumer.input(2)]
         return self.named_companions(table.name)
 
+    def qparams(self, node: Node, t: Tensor, representation: str, extra: list[str]) -> tuple[str, str]:
+        """The scale and zero point an op applies to its integer weight, by the same inputs `add`
+        counts: the op's own (QOperator / contrib), or ORT's `<name>_scale` / `<name>_zero_point`."""
+        if representation in ("QOperator", "contrib"):
+            return (extra[0] if extra else "", extra[1] if len(extra) > 1 else "")
+        if representation != "integer":
+            return ("", "")
+        base = t.name[: -len("_quantized")] if t.name.endswith("_quantized") else t.name
+        if node.op_type == "Gather":
+            for out in node.outputs:
+                for consumer in self.consumers.get(out, []):
+                    if consumer.op_type in DQ_OPS:
+                        return (consumer.input(1), consumer.input(2))
+            return (base + "_scale", base + "_zero_point")
+        return (base + "_scale", (extra[0] if extra else "") or base + "_zero_point")
+
     def named_companions(self, name: str) -> list[str]:
         base = name[: -len("_quantized")] if name.endswith("_quantized") else name
         return [c for c in (base + "_scale", base + "_zero_point") if c in self.consts]
@@ -739,6 +795,7 @@ class _Analysis:
                 **({"quantized_at_run_time": _qualified(src.runtime_q)} if runtime and src.runtime_q else {}),
             },
         )
+        self.uses.append(WeightUse(node, src, operand, self.qparams(node, t, representation, extra or [])))
         if operand:
             layer.detail["operand"] = operand
             self.set_recurrent_positions(layer, node)
@@ -777,6 +834,7 @@ class _Analysis:
             },
         )
         self.set_positions(layer, node)
+        self.uses.append(WeightUse(node, _Source(b)))
         self.inv.layers.append(layer)
 
     def add_bnb4(self, node: Node, position: int) -> None:
@@ -807,6 +865,7 @@ class _Analysis:
             },
         )
         self.set_positions(layer, node)
+        self.uses.append(WeightUse(node, _Source(b)))
         self.inv.layers.append(layer)
 
     def add_gather_block_quantized(self, node: Node, position: int) -> None:
@@ -840,6 +899,7 @@ class _Analysis:
                 "quant_params": comp_names,
             },
         )
+        self.uses.append(WeightUse(node, _Source(data)))
         self.inv.layers.append(layer)
 
     # -- flops: output positions from the shapes the file records -------------------------------
@@ -1240,7 +1300,7 @@ def _compute(kind: str, representation: str, dtype: str) -> str | None:
 _LAYER_OPS = frozenset((
     "MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "MatMulInteger", "ConvInteger", "QLinearConv",
     "QLinearMatMul", "FusedMatMul", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
-    "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized", "LSTM", "GRU", "RNN", "DynamicQuantizeLSTM",
+    "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized", "LSTM", "GRU", "RNN", "DynamicQuantizeLSTM", "FusedConv",
 ))
 
 

@@ -9,7 +9,8 @@ artifact entry's `reference`). With none the guard SKIPs `no_reference`.
 
 Weights: each weight tensor (2+ dims) of the artifact is paired by name with the reference's (GGUF
 tensor names, safetensors module names, ONNX initializer names with the quantizer's `_quantized` /
-`_Q4` / `_DQ_Q4` suffixes removed; `.pte` layers by position in execution order and shape), both
+`_Q4` / `_DQ_Q4` suffixes removed, an ONNX `ConvBnFusion_W_<name>` filter with the reference's Conv +
+BatchNormalization folded; `.pte` layers by position in execution order and shape), both
 are dequantized to float (`quantgate.dequant`) and compared (`quantgate.dequant.metrics`: cosine,
 SQNR, relative L2 error, max abs error). A tensor above
 `max_elements` (default 2^22) is compared on evenly spaced rows, in chunks, so memory stays bounded
@@ -249,7 +250,15 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
         maker = F.error if code == broken_code else F.warning
         findings.append(maker(code, message, tensor=tensor))
     art_keys = list(art.weights)
-    common = [k for k in art_keys if k in ref.weights]
+
+    def counterpart(key: str) -> Any:
+        """The reference's weight for an artifact key: by name, else a variant (a folded ONNX Conv+BN)."""
+        found = ref.weights.get(key)
+        if found is None and key in ref.variants:
+            found = ref.variants[key][1]
+        return found
+
+    common = [k for k in art_keys if counterpart(k) is not None]
     if not common:
         findings.append(F.error(
             "FIDELITY_PAIR_MISMATCH",
@@ -258,7 +267,7 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
         return None
     bad_shapes = []
     for key in common:
-        a, r = art.weights[key], ref.weights[key]
+        a, r = art.weights[key], counterpart(key)
         transposed = len(a.shape) == 2 and tuple(reversed(a.shape)) == r.shape and a.numel <= TRANSPOSED_MAX_ELEMENTS
         if a.shape != r.shape and not transposed:
             bad_shapes.append(f"{key} {list(a.shape)} vs {list(r.shape)}")
@@ -273,9 +282,10 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
             "FIDELITY_PAIR_MISMATCH",
             f"only {len(common)} of the artifact's {len(art_keys)} weights have a counterpart in the reference"))
         return None
-    unpaired = [k for k in art_keys if k not in ref.weights]
+    unpaired = [k for k in art_keys if counterpart(k) is None]
     undecoded = {tensor for _, tensor, _ in art.problems}
-    missing = [k for k in ref.weights if k not in art.weights and k not in undecoded]
+    as_variant = {ref.variants[k][0] for k in art_keys if k not in ref.weights and k in ref.variants}
+    missing = [k for k in ref.weights if k not in art.weights and k not in undecoded and k not in as_variant]
     if unpaired:
         findings.append(F.warning("FIDELITY_LAYER_UNPAIRED", f"{len(unpaired)} weight(s) of the artifact are not "
                                   f"in the reference and were not measured: {_shown(unpaired)}"))
@@ -287,7 +297,7 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
     total = None
     sampled: list[str] = []
     for key in common:
-        a, r = art.weights[key], ref.weights[key]
+        a, r = art.weights[key], counterpart(key)
         try:
             stats, sampled_rows = _compare_pair(r, a, max_elements)
         except dequant_error as exc:
@@ -345,7 +355,7 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
         "layers": len(rows),
         "quantized_layers": sum(1 for row in rows if row["quantized"]),
         "sampled_layers": len(sampled),
-        "identical_layers": len(rows) - len(changed) if changed is not rows else 0,
+        "identical_layers": sum(1 for row in rows if row["rel_error"] == 0),
         "cosine": {"min": min(cosines), "mean": round(statistics.fmean(r["cosine"] for r in changed), 8)},
         "sqnr_db": {"min": min(sqnrs), "mean": round(statistics.fmean(r["sqnr_db"] for r in changed), 4),
                     "overall": round(total.sqnr_db, 4)},
