@@ -295,3 +295,24 @@ def test_first_shard_not_named_as_a_set(tmp_path: Path) -> None:
     renamed = first.rename(tmp_path / "model.gguf")
     code, r = run_json("guard", "integrity", str(renamed))
     assert (code, r["status"], codes(r)) == (1, "FAIL", [("GGUF_SPLIT_MISSING", "error")])
+
+
+@pytest.mark.timeout(60)
+def test_split_shard_that_is_a_fifo_is_missing_not_a_hang(tmp_path: Path) -> None:
+    import os
+
+    first, second, _ = split_set(tmp_path)
+    second.unlink()
+    os.mkfifo(second)
+    code, r = run_json("guard", "integrity", str(first))
+    assert (code, r["status"]) == (1, "FAIL")
+    assert codes(r) == [("GGUF_SPLIT_MISSING", "error"), ("GGUF_SPLIT_MISSING", "error")]
+    assert "is not a regular file" in r["findings"][0]["message"]
+
+
+def test_split_set_size_heuristic_counts_the_set_bytes(tmp_path: Path) -> None:
+    shards = split_set(tmp_path)
+    code, r = run_json("guard", "size-heuristic", str(shards[0]))
+    assert code == 0
+    assert r["metrics"]["file_bytes"] == sum(p.stat().st_size for p in shards)
+    assert r["metrics"]["params"] == gguf.read(str(CORPUS / "untied_q4_k_m.gguf")).params_stored

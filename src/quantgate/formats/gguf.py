@@ -19,6 +19,7 @@ import dataclasses
 import math
 import os
 import re
+import stat
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -1309,6 +1310,9 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
         shard_name = f"{prefix}-{k:05d}-of-{count:05d}.gguf"
         shard_path = os.path.join(folder, shard_name)
         try:
+            # a regular file only: opening a FIFO planted under a shard's name would block forever
+            if not stat.S_ISREG(os.stat(shard_path).st_mode):
+                raise OSError(f"{shard_name} is not a regular file")
             shard = parse(shard_path)
         except OSError as exc:
             found.add(
@@ -1335,6 +1339,16 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
                     field="split.no",
                 )
             )
+        if len(gf.tensors) + len(shard.tensors) > MAX_TENSORS:
+            found.add(
+                F.error(
+                    "GGUF_COUNT_TOO_LARGE",
+                    f"the shards up to {shard_name} hold more than {MAX_TENSORS:,} tensors, the reader's "
+                    "cap for one model; the rest of the set is not read",
+                    field="split.count",
+                )
+            )
+            break
         for t in shard.tensors:
             if t.name in names:
                 found.add(
