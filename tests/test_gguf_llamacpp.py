@@ -316,3 +316,12 @@ def test_split_set_size_heuristic_counts_the_set_bytes(tmp_path: Path) -> None:
     assert code == 0
     assert r["metrics"]["file_bytes"] == sum(p.stat().st_size for p in shards)
     assert r["metrics"]["params"] == gguf.read(str(CORPUS / "untied_q4_k_m.gguf")).params_stored
+
+
+def test_gemma3_swa_full_param() -> None:
+    # llama.cpp's --swa-full: every layer holds ctx cells, 6 x 256 x 4096 x 2 bytes
+    code, r = dtypes(SWA / "gemma3_swa.gguf", "--param", "swa_full=true")
+    m = r["metrics"]["memory"]
+    assert (code, m["kv_cache_bytes"], "swa_layers" in m) == (0, 6 * 256 * 4096 * 2, False)
+    code, r = dtypes(SWA / "gemma3_swa.gguf", "--param", "swa_full=3")
+    assert (code, r["status"]) == (2, "ERROR")

@@ -18,7 +18,8 @@ Sliding-window attention (Gemma 2/3/3n/4, Cohere 2, Llama 4, gpt-oss...: `SWA_AR
 iSWA cache, a sliding layer holds min(ctx, window + n_ubatch) cells padded to 256, not ctx, with
 head dims `key_length_swa` / `value_length_swa` (default the full ones); the window is
 `<arch>.attention.sliding_window` and the layers come from `<arch>.attention.sliding_window_pattern`
-or the architecture's built-in pattern. `--param n_ubatch=N` (default 512, llama.cpp's).
+or the architecture's built-in pattern. `--param n_ubatch=N` (default 512, llama.cpp's);
+`--param swa_full=true` (llama.cpp's --swa-full) counts every layer at ctx.
 """
 
 from __future__ import annotations
@@ -228,10 +229,20 @@ class GGUFDtypesGuard(CoverageGuard):
                 "pass llama.cpp's micro-batch size (-ub), e.g. --param n_ubatch=512",
             )
             return
+        raw = config.param("swa_full", False)
+        swa_full = raw if isinstance(raw, bool) else {"true": True, "false": False}.get(str(raw).lower())
+        if swa_full is None:
+            outcome.error = (
+                "bad_param",
+                f"--param swa_full={config.param('swa_full')} is not true or false",
+                "pass --param swa_full=true when llama.cpp runs with --swa-full",
+            )
+            return
         weights = int(inventory.facts.get("tensor_data_bytes", 0))
         tensors = inventory.facts.get("tensor_count")
         arch = inventory.facts.get("architecture")
-        arch = arch if isinstance(arch, str) else None
+        # llama.cpp's --swa-full gives sliding layers the full context: estimate them as full layers
+        arch = arch if isinstance(arch, str) and not swa_full else None
         kv, why = kv_cache_bytes(hp, ctx, cache, tensors if isinstance(tensors, int) else None, arch, n_ubatch)
         memory: dict[str, Any] = {
             "weights_bytes": weights,
