@@ -20,15 +20,15 @@ def rewrite(
     src: Path,
     dst: Path,
     *,
-    kv: dict[str, tuple[Any, GGUFValueType]] | None = None,
-    tensor_types: dict[str, GGMLQuantizationType] | None = None,
+    kv: dict[str, tuple[Any, str]] | None = None,
+    tensor_types: dict[str, str] | None = None,
     split_max_tensors: int = 0,
 ) -> list[Path]:
-    """Copy `src` to `dst` with `kv` keys set (value, type), the named tensors re-quantized, and
-    split into shards of `split_max_tensors` tensors (gguf-py's `-0000k-of-0000n` names) when > 0.
-    Returns the files written."""
-    kv = kv or {}
-    tensor_types = tensor_types or {}
+    """Copy `src` to `dst` with `kv` keys set (value, GGUFValueType name), the named tensors
+    re-quantized (GGMLQuantizationType name), and split into shards of `split_max_tensors` tensors
+    (gguf-py's `-0000k-of-0000n` names) when > 0. Returns the files written."""
+    kv = {k: (value, GGUFValueType[vtype]) for k, (value, vtype) in (kv or {}).items()}
+    tensor_types = {k: GGMLQuantizationType[t] for k, t in (tensor_types or {}).items()}
     reader = GGUFReader(src)
     arch = reader.fields["general.architecture"].contents()
     writer = GGUFWriter(dst, arch, split_max_tensors=split_max_tensors)
