@@ -113,6 +113,10 @@ def test_recipe_output_type(file_type: int, ncols: int, arch: str, expected: str
 
 
 # ---- sliding-window attention in the KV estimate -------------------------------------------------------
+# Each number below is also what llama.cpp itself allocates for these hparams (checked with the
+# llama.cpp vendored by llama-cpp-python 0.3.36 on loadable twins of these files, llama-cli's default
+# swa_full = false, n_ubatch 512: its llama_kv_cache log reads 2.00 + 2.50 MiB for gemma3 at 4096,
+# 16.00 + 2.50 MiB at 32768, 4.00 + 5.00 MiB for gemma4, 8.00 + 2.00 MiB with 2 shared KV layers).
 
 
 def test_gemma3_swa_kv_estimate() -> None:
@@ -156,6 +160,19 @@ def test_gemma4_swa_kv_estimate() -> None:
     assert r["metrics"]["memory"]["kv_cache_bytes"] == (sliding + full) * 2 == 9_437_184
 
 
+def test_gemma4_shared_kv_layers_hold_no_cache() -> None:
+    # gemma4 with attention.shared_kv_layers 2: blocks 4 and 5 reuse the caches of blocks 2 and 3.
+    # pattern [1,0,1,0,1,0], head_count_kv [2,1,2,1,2,1]: blocks 0 and 2 slide (2 heads of 128 + 128,
+    # 1024 cells), blocks 1 and 3 are full (1 head of 256 + 256, 4096 cells)
+    sliding = 2 * 2 * (128 + 128) * 1024
+    full = 2 * 1 * (256 + 256) * 4096
+    code, r = dtypes(SWA / "gemma4_shared_kv.gguf")
+    m = r["metrics"]["memory"]
+    assert (code, r["status"], r["findings"]) == (0, "PASS", [])
+    assert m["kv_cache_bytes"] == (sliding + full) * 2 == 10_485_760
+    assert (m["kv_shared_layers"], m["swa_layers"]) == (2, 3)
+
+
 def test_swa_layouts_of_other_architectures() -> None:
     hp = {"block_count": 8, "head_count": 4, "head_count_kv": 1, "key_length": 64, "value_length": 64}
     # llama4: chunked attention, 8192-token chunks even without the key; every 4th layer full
@@ -173,6 +190,10 @@ def test_swa_layouts_of_other_architectures() -> None:
     # no window, or an architecture llama.cpp gives no SWA cache: full attention (never an underestimate)
     assert swa_layout(hp, "gemma3", 8) is None
     assert swa_layout({**hp, "sliding_window": 4096}, "llama", 8) is None
+    # gemma3n: the layers from 20 on reuse earlier caches (25 blocks, pattern 5, window 512, ctx 4096):
+    # blocks 0-19 own a cache, 4 of each 5 sliding (16 x 1024 cells), 4 full (4096 cells)
+    g3n = {**hp, "block_count": 25, "sliding_window": 512}
+    assert kv_cache_bytes(g3n, 4096, (2, 1), 1000, "gemma3n") == ((16 * 1024 + 4 * 4096) * 128 * 2, "")
     # llama4 at ctx 16384: 6 chunked layers hold pad256(min(16384, 8192 + 512)) = 8704 cells
     assert swa_cache_cells(16384, 8192) == 8704
     assert kv_cache_bytes(hp, 16384, (2, 1), 100, "llama4") == (

@@ -999,6 +999,7 @@ def hparams(gf: GGUFFile) -> dict[str, Any]:
         "sliding_window_pattern": "attention.sliding_window_pattern",
         "key_length_swa": "attention.key_length_swa",
         "value_length_swa": "attention.value_length_swa",
+        "shared_kv_layers": "attention.shared_kv_layers",  # gemma4: the last layers reuse a cache
     }
     for short, suffix in keys.items():
         kv = gf.kvs.get(f"{arch}.{suffix}")

@@ -19,7 +19,8 @@ iSWA cache, a sliding layer holds min(ctx, window + n_ubatch) cells padded to 25
 head dims `key_length_swa` / `value_length_swa` (default the full ones); the window is
 `<arch>.attention.sliding_window` and the layers come from `<arch>.attention.sliding_window_pattern`
 or the architecture's built-in pattern. `--param n_ubatch=N` (default 512, llama.cpp's);
-`--param swa_full=true` (llama.cpp's --swa-full) counts every layer at ctx.
+`--param swa_full=true` (llama.cpp's --swa-full) counts every layer at ctx. Gemma 3n / Gemma 4 layers
+that reuse an earlier layer's cache (`<arch>.attention.shared_kv_layers`) hold none of their own.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from quantgate.validators.coverage_guard import COVERAGE_METRICS, CoverageGuard
 DEFAULT_CTX = 4096
 N_UBATCH = 512  # llama.cpp's default micro-batch (llama_context_default_params)
 SWA_PAD = 256  # llama.cpp pads the SWA cache to 256 cells
+GEMMA3N_KV_LAYERS = 20  # llama.cpp: gemma3n's layers from 20 on reuse an earlier layer's cache
 MAX_SWA_LAYERS = 65_536  # the reader's tensor cap: a block count above it never gets this far
 # Architectures whose llama.cpp loader gives sliding-window layers their own, smaller cache (their
 # load_arch_hparams): arch -> (built-in pattern n or None when the file must give the array,
@@ -118,19 +120,34 @@ def kv_cache_bytes(
         return None, "neither attention.key_length/value_length nor embedding_length/head_count are given"
     size, block = cache
     swa = swa_layout(hp, arch, n_layers) if arch else None
-    if swa is None:
+    own = kv_layers(hp, arch, n_layers) if arch else n_layers
+    if swa is None and own == n_layers:
         elements = ctx * n_head_kv[0] * (k + v)
         return elements * size // block, ""
-    window, is_swa = swa
+    window, is_swa = swa if swa is not None else (0, [False] * n_layers)
     swa_cells = swa_cache_cells(ctx, window, n_ubatch)
     k_swa = hp.get("key_length_swa") if isinstance(hp.get("key_length_swa"), int) else k
     v_swa = hp.get("value_length_swa") if isinstance(hp.get("value_length_swa"), int) else v
     heads_kv = hp.get("head_count_kv") if _layer_sum(hp.get("head_count_kv"), n_layers) else hp.get("head_count")
     elements = 0
-    for il, sliding in enumerate(is_swa):  # n_layers <= max_layers: bounded by the file's tensors
+    for il, sliding in enumerate(is_swa[:own]):  # n_layers <= max_layers: bounded by the file's tensors
         heads = int(heads_kv[il]) if isinstance(heads_kv, list) else int(heads_kv)
         elements += heads * ((k_swa + v_swa) * swa_cells if sliding else (k + v) * ctx)
     return elements * size // block, ""
+
+
+def kv_layers(hp: dict[str, Any], arch: str, n_layers: int) -> int:
+    """How many layers, from the first, have a KV cache of their own: Gemma 3n and Gemma 4 let the
+    last layers reuse an earlier layer's cache (llama.cpp's n_layer_kv_from_start: 20 for gemma3n,
+    block_count - `<arch>.attention.shared_kv_layers` for gemma4); every layer elsewhere."""
+    if n_layers > MAX_SWA_LAYERS:  # never from a real file; keeps the per-layer sum bounded
+        return n_layers
+    if arch == "gemma3n":
+        return min(n_layers, GEMMA3N_KV_LAYERS)
+    shared = hp.get("shared_kv_layers")
+    if arch == "gemma4" and isinstance(shared, int) and 0 < shared < n_layers:
+        return n_layers - shared
+    return n_layers
 
 
 def swa_cache_cells(ctx: int, window: int, n_ubatch: int = N_UBATCH) -> int:
@@ -190,6 +207,7 @@ class GGUFDtypesGuard(CoverageGuard):
                 "swa_window",
                 "swa_layers",
                 "swa_cells",
+                "kv_shared_layers",
             )
         ),
     )
@@ -264,6 +282,9 @@ class GGUFDtypesGuard(CoverageGuard):
         else:
             memory["kv_cache_bytes"] = kv
             memory["total_bytes"] = weights + kv
+            own = kv_layers(hp, arch, hp["block_count"]) if arch else hp["block_count"]
+            if own < hp["block_count"]:
+                memory["kv_shared_layers"] = hp["block_count"] - own
             swa = swa_layout(hp, arch, hp["block_count"]) if arch else None
             if swa is not None:
                 memory["swa_window"] = swa[0]
