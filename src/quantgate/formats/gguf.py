@@ -15,8 +15,11 @@ reversed, i.e. [rows, cols] = PyTorch's [out_features, in_features]; `detail.ne`
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import re
+import stat
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -57,6 +60,35 @@ _BY_OFFSET = attrgetter("offset")
 _BLOCK_INDEX = re.compile(r"(?:^|\.)blk\.(\d{1,9})\.")
 # hparams that llama.cpp reads as a number or as one value per block
 PER_LAYER_KEYS = ("attention.head_count", "attention.head_count_kv", "feed_forward_length")
+
+# The `general.*` keys the GGUF spec types, beside architecture, alignment and quantization_version
+# (checked on their own): key -> (value type, element type of an array). `{id}` is a number.
+_STR = (T.STRING, None)
+_STR_ARRAY = (T.ARRAY, T.STRING)
+GENERAL_KEY_TYPES: dict[str, tuple[int, int | None]] = {
+    "general.type": _STR,
+    "general.file_type": (T.UINT32, None),
+    **{
+        f"general.{k}": _STR
+        for k in (
+            *("name", "author", "version", "organization", "basename", "finetune", "description"),
+            *("quantized_by", "size_label", "license", "license.name", "license.link", "url", "doi"),
+            *("uuid", "repo_url", "source.url", "source.doi", "source.uuid", "source.repo_url"),
+            "source.huggingface.repository",
+        )
+    },
+    "general.tags": _STR_ARRAY,
+    "general.languages": _STR_ARRAY,
+    "general.datasets": _STR_ARRAY,
+    "general.base_model.count": (T.UINT32, None),
+    "general.dataset.count": (T.UINT32, None),
+}
+_GENERAL_ID_KEY = re.compile(
+    r"general\.(?:base_model|dataset)\.\d{1,9}\.(?:name|author|version|organization|description|url|doi|uuid|repo_url)"
+)
+# the general.* keys llama.cpp's loader reads with a type check (llama_model_loader::get_key), so a
+# wrong type makes it refuse the file; a wrong type on the others is a warning
+GENERAL_KEYS_LLAMA_READS = ("general.name", "general.type", "general.file_type")
 
 FINDING_CODES: dict[str, str] = {
     "GGUF_BAD_MAGIC": "The file does not start with the GGUF magic.",
@@ -102,15 +134,28 @@ FINDING_CODES: dict[str, str] = {
     "GGUF_TRAILING_BYTES": "Bytes after the padded end of the last tensor.",
     "GGUF_ARCHITECTURE_MISSING": "general.architecture is absent (warning).",
     "GGUF_ARCHITECTURE_NOT_STRING": "general.architecture is not a string.",
-    "GGUF_KV_BAD_TYPE": "A well-known key (general.file_type, general.quantization_version) has the wrong "
-    "value type (warning).",
+    "GGUF_KV_BAD_TYPE": "general.quantization_version has the wrong value type (warning).",
+    "GGUF_GENERAL_KEY_BAD_TYPE": "A general.* key the GGUF spec types has another type (general.name as a "
+    "number, general.tags not an array of strings...): an error for the keys llama.cpp reads when it "
+    "loads (general.name, general.type, general.file_type), which it then refuses; a warning for the others.",
     "GGUF_FILE_TYPE_UNKNOWN": "general.file_type is not a known llama_ftype, or a removed one (warning).",
     "GGUF_FILE_TYPE_MISMATCH": "general.file_type contradicts the tensors: a float file type with quantized "
     "tensors, a quantized one whose weights are mostly float, or weights narrower than the file type.",
     "GGUF_FILE_TYPE_WIDER_TYPES": "Most weights are stored wider than a single-type file_type says "
-    "(e.g. MOSTLY_Q4_0 with Q8_0 weights) (warning).",
+    "(e.g. MOSTLY_Q4_0 with Q8_0 weights), leaving out what llama.cpp's recipe for that file type "
+    "promotes itself (output.weight, or the tied token_embd.weight, at Q6_K/Q8_0) (warning).",
     "GGUF_QUANT_VERSION_MISSING": "Quantized tensors but no general.quantization_version, which the spec "
     "requires (warning).",
+    "GGUF_SPLIT_MISSING": "A split model (`<name>-00001-of-0000N.gguf`, split.count N) lacks a shard: a "
+    "file of the set is absent or unreadable, the first shard is not named so that the others can be "
+    "found, or the shards hold fewer tensors than split.tensors.count; llama.cpp refuses to load it.",
+    "GGUF_SPLIT_EXTRA": "A file in the split model's folder is named as a shard the set does not have "
+    "(`-00004-of-00003`, or another shard count for the same name), or the shards hold more tensors "
+    "than split.tensors.count.",
+    "GGUF_SPLIT_MISMATCH": "A shard's split.no / split.count disagree with its file name or with the "
+    "first shard, or two shards hold the same tensor.",
+    "GGUF_SPLIT_SHARD": "This file is shard k > 1 of a split model: it holds tensors but no model "
+    "metadata, and is gated as part of the set through its first shard (info).",
     "GGUF_HPARAM_MISMATCH": "<arch>.block_count disagrees with the blk.N tensors the file holds, or a "
     "per-layer array (head counts, feed-forward length) is not block_count long; llama.cpp refuses such a file.",
 }
@@ -948,13 +993,24 @@ def hparams(gf: GGUFFile) -> dict[str, Any]:
         "head_count_kv": "attention.head_count_kv",
         "key_length": "attention.key_length",
         "value_length": "attention.value_length",
+        # sliding-window attention: the window, which layers slide (a number n or one flag per
+        # layer), and the sliding layers' head dims
+        "sliding_window": "attention.sliding_window",
+        "sliding_window_pattern": "attention.sliding_window_pattern",
+        "key_length_swa": "attention.key_length_swa",
+        "value_length_swa": "attention.value_length_swa",
+        "shared_kv_layers": "attention.shared_kv_layers",  # gemma4: the last layers reuse a cache
     }
     for short, suffix in keys.items():
         kv = gf.kvs.get(f"{arch}.{suffix}")
         if kv is None:
             continue
-        if kv.vtype == T.ARRAY and isinstance(kv.value, list) and kv.elem_type in T.INTEGER_VALUE_TYPES:
-            out[short] = [int(x) for x in kv.value]  # per-layer values (e.g. head_count_kv)
+        if (
+            kv.vtype == T.ARRAY
+            and isinstance(kv.value, list)
+            and (kv.elem_type in T.INTEGER_VALUE_TYPES or kv.elem_type == T.BOOL)
+        ):
+            out[short] = [int(x) for x in kv.value]  # per-layer values (head_count_kv, SWA flags)
         elif (value := _kv_int(kv)) is not None:
             out[short] = value
     return out
@@ -983,6 +1039,7 @@ def _semantics(gf: GGUFFile, layers: list[Layer], any_quantized: bool) -> None:
         )
     if arch is not None and arch.vtype == T.STRING and arch.value:
         _check_block_count(gf, arch.value)
+    _check_general_types(gf)
     qv = kvs.get("general.quantization_version")
     if qv is not None and _kv_int(qv) is None:
         out.append(
@@ -1007,15 +1064,7 @@ def _semantics(gf: GGUFFile, layers: list[Layer], any_quantized: bool) -> None:
     if ft_kv is None:
         return
     ft = _kv_int(ft_kv)
-    if ft is None:
-        out.append(
-            F.warning(
-                "GGUF_KV_BAD_TYPE",
-                f"general.file_type is {ft_kv.type_name}, expected UINT32",
-                offset=ft_kv.offset,
-                field=ft_kv.key,
-            )
-        )
+    if ft is None:  # not an integer: reported by _check_general_types
         return
     if ft == T.FILE_TYPE_GUESSED:
         return
@@ -1031,6 +1080,36 @@ def _semantics(gf: GGUFFile, layers: list[Layer], any_quantized: bool) -> None:
         )
         return
     _check_file_type(gf, spec, ft_kv, layers)
+
+
+def _check_general_types(gf: GGUFFile) -> None:
+    """Each `general.*` key the spec types, against its type (GENERAL_KEY_TYPES)."""
+    reported = 0
+    for key, kv in gf.kvs.items():
+        if not key.startswith("general."):
+            continue
+        want = GENERAL_KEY_TYPES.get(key) or (_STR if _GENERAL_ID_KEY.fullmatch(key) else None)
+        if want is None:
+            continue
+        vtype, elem = want
+        if kv.vtype == vtype and (elem is None or kv.elem_type == elem):
+            continue
+        reported += 1
+        if reported > FINDINGS_PER_CODE:
+            break
+        expected = T.VALUE_TYPE_NAMES[vtype] + (f"[{T.VALUE_TYPE_NAMES[elem]}]" if elem is not None else "")
+        refuses = key in GENERAL_KEYS_LLAMA_READS
+        make = F.error if refuses else F.warning
+        gf.semantic.append(
+            make(
+                "GGUF_GENERAL_KEY_BAD_TYPE",
+                f"{key} is {kv.type_name}, the GGUF spec types it {expected}"
+                + ("; llama.cpp refuses to load the file" if refuses else "")
+                + f": rewrite the key as {expected}",
+                offset=kv.offset,
+                field=key,
+            )
+        )
 
 
 def _check_block_count(gf: GGUFFile, arch: str) -> None:
@@ -1123,14 +1202,51 @@ def _check_file_type(gf: GGUFFile, spec: T.FileType, kv: KV, layers: list[Layer]
             )
         )
     elif spec.ceiling_bits is not None and bits > spec.ceiling_bits:
-        out.append(
-            F.warning(
-                "GGUF_FILE_TYPE_WIDER_TYPES",
-                f"general.file_type says {spec.name} but most "
-                f"weight parameters ({share:.0%}) are {dominant} ({bits:g} bits)",
-                **loc,
-            )
+        _check_wider_types(gf, spec, kv, layers)
+
+
+def _recipe_promoted(gf: GGUFFile, spec: T.FileType) -> set[str]:
+    """Names of the tensors that llama.cpp's recipe for `spec` itself stores wider than the file type
+    and that hold exactly the recipe's type: `output.weight`, or with tied embeddings (no
+    output.weight) the token embeddings, which then double as the output (llama-quant.cpp)."""
+    arch_kv = gf.kvs.get("general.architecture")
+    arch = arch_kv.value if arch_kv is not None and arch_kv.vtype == T.STRING else None
+    names = {t.name for t in gf.tensors}
+    heads = ("output.weight",) if "output.weight" in names else T.TOKEN_EMBD_NAMES
+    promoted = set()
+    for t in gf.tensors:
+        if t.name in heads and t.ne and T.recipe_output_type(spec.id, t.ne[0], arch) == t.type_name:
+            promoted.add(t.name)
+    return promoted
+
+
+def _check_wider_types(gf: GGUFFile, spec: T.FileType, kv: KV, layers: list[Layer]) -> None:
+    """Most weights wider than a single-type file type, leaving out what its recipe promotes: a small
+    model with tied embeddings has most of its parameters in the Q6_K token table of a Q4_0 file."""
+    promoted = _recipe_promoted(gf, spec)
+    by_type: dict[str, int] = {}
+    for layer in layers:
+        if layer.name not in promoted and layer.quantized:
+            by_type[layer.dtype] = by_type.get(layer.dtype, 0) + layer.params
+    total = sum(by_type.values())
+    if not total:
+        return
+    dominant = max(by_type, key=lambda d: (by_type[d], d))
+    bits = T.GGML_TYPE_BY_NAME[dominant].bits
+    assert spec.ceiling_bits is not None
+    if bits <= spec.ceiling_bits:
+        return
+    beside = f" besides {', '.join(sorted(promoted))}, which the recipe promotes" if promoted else ""
+    gf.semantic.append(
+        F.warning(
+            "GGUF_FILE_TYPE_WIDER_TYPES",
+            f"general.file_type says {spec.name} but most quantized weight parameters{beside} "
+            f"({by_type[dominant] / total:.0%}) are {dominant} ({bits:g} bits), wider than llama.cpp's "
+            "recipe for that file type gives them",
+            offset=kv.offset,
+            field=kv.key,
         )
+    )
 
 
 _ELEMENTS = attrgetter("elements")
@@ -1141,6 +1257,150 @@ OUTPUT_NAMES = ("output.weight", "lm_head.weight")
 
 def _bpw(elements: int, nbytes: int) -> float | None:
     return 8 * nbytes / elements if elements else None
+
+
+# llama.cpp's split file names (llama_split_path): `<prefix>-00001-of-00003.gguf`
+_SPLIT_NAME = re.compile(r"(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf")
+MAX_SPLITS = 4096  # shards read for one set; a real model has at most a few hundred
+MAX_DIR_ENTRIES = 100_000  # entries of the folder scanned for extra shards
+
+
+def _split_fields(gf: GGUFFile) -> tuple[int, int] | None:
+    """(split.no, split.count) of a shard of a split model (count > 1), else None."""
+    count, no = _kv_int(gf.kvs.get("split.count")), _kv_int(gf.kvs.get("split.no"))
+    if count is None or no is None or count <= 1:
+        return None
+    return no, count
+
+
+def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
+    """Read the other shards of the split model whose first shard is `gf`, append their tensors to
+    gf.tensors (and their structural findings, named by shard, to gf.structural) and flag a missing,
+    extra or inconsistent shard. Returns the `split` facts (shard count, files, bytes of the set)."""
+    count = (_split_fields(gf) or (0, 0))[1]
+    folder, name = os.path.split(gf.path)
+    found = F.CappedFindings(gf.structural, FINDINGS_PER_CODE)
+    facts: dict[str, Any] = {"count": count, "files": [name], "set_bytes": gf.size}
+    match = _SPLIT_NAME.fullmatch(name)
+    if match is None or int(match["no"]) != 1 or int(match["count"]) != count:
+        found.add(
+            F.error(
+                "GGUF_SPLIT_MISSING",
+                f"the file is the first of {count} shards (split.count) but is not named "
+                f"<name>-00001-of-{count:05d}.gguf, so the other shards cannot be found; "
+                "keep llama.cpp's shard names",
+                field="split.count",
+            )
+        )
+        found.close()
+        return facts
+    if count > MAX_SPLITS:
+        found.add(
+            F.error(
+                "GGUF_SPLIT_MISSING",
+                f"split.count is {count:,}, above the reader's cap of {MAX_SPLITS:,} shards: "
+                "the count is corrupt",
+                field="split.count",
+            )
+        )
+        found.close()
+        return facts
+    prefix = match["prefix"]
+    names = {t.name for t in gf.tensors}
+    for k in range(2, count + 1):
+        shard_name = f"{prefix}-{k:05d}-of-{count:05d}.gguf"
+        shard_path = os.path.join(folder, shard_name)
+        try:
+            # a regular file only: opening a FIFO planted under a shard's name would block forever
+            if not stat.S_ISREG(os.stat(shard_path).st_mode):
+                raise OSError(f"{shard_name} is not a regular file")
+            shard = parse(shard_path)
+        except OSError as exc:
+            found.add(
+                F.error(
+                    "GGUF_SPLIT_MISSING",
+                    f"shard {k} of {count}, {shard_name}, cannot be read ({exc.strerror or exc}); "
+                    "ship every shard of the set",
+                    field="split.count",
+                )
+            )
+            continue
+        facts["files"].append(shard_name)
+        facts["set_bytes"] += shard.size
+        for f in shard.structural:
+            found.add(dataclasses.replace(f, message=f"shard {shard_name}: {f.message}"))
+        fields = _split_fields(shard)
+        if fields != (k - 1, count):
+            said = f"split.no {fields[0]} of split.count {fields[1]}" if fields else "no split keys"
+            found.add(
+                F.error(
+                    "GGUF_SPLIT_MISMATCH",
+                    f"shard {shard_name} has {said}, its name and the first shard say shard {k - 1} "
+                    f"(0-based) of {count}; re-split the model",
+                    field="split.no",
+                )
+            )
+        if len(gf.tensors) + len(shard.tensors) > MAX_TENSORS:
+            found.add(
+                F.error(
+                    "GGUF_COUNT_TOO_LARGE",
+                    f"the shards up to {shard_name} hold more than {MAX_TENSORS:,} tensors, the reader's "
+                    "cap for one model; the rest of the set is not read",
+                    field="split.count",
+                )
+            )
+            break
+        for t in shard.tensors:
+            if t.name in names:
+                found.add(
+                    F.error(
+                        "GGUF_SPLIT_MISMATCH",
+                        f"tensor {t.name!r} is in shard {shard_name} and in an earlier shard; "
+                        "each tensor must be in one shard",
+                        tensor=t.name,
+                    )
+                )
+                continue
+            names.add(t.name)
+            t.index = len(gf.tensors)
+            gf.tensors.append(t)
+    _extra_shards(folder, prefix, count, found)
+    declared = _kv_int(gf.kvs.get("split.tensors.count"))
+    if declared is not None and declared != len(gf.tensors):
+        found.add(
+            F.error(
+                "GGUF_SPLIT_MISSING" if len(gf.tensors) < declared else "GGUF_SPLIT_EXTRA",
+                f"the {len(facts['files'])} shard(s) hold {len(gf.tensors):,} tensors but split.tensors.count "
+                f"is {declared:,}",
+                field="split.tensors.count",
+            )
+        )
+    found.close()
+    return facts
+
+
+def _extra_shards(folder: str, prefix: str, count: int, found: F.CappedFindings) -> None:
+    """Files beside the set named as shards of the same model that the set does not have."""
+    try:
+        with os.scandir(folder or ".") as entries:
+            for i, entry in enumerate(entries):
+                if i >= MAX_DIR_ENTRIES:
+                    break
+                m = _SPLIT_NAME.fullmatch(entry.name)
+                if m is None or m["prefix"] != prefix:
+                    continue
+                k, n = int(m["no"]), int(m["count"])
+                if n != count or not 1 <= k <= count:
+                    found.add(
+                        F.error(
+                            "GGUF_SPLIT_EXTRA",
+                            f"{entry.name} is named as shard {k} of {n}, but this model is split into "
+                            f"{count}; remove the stray file or re-split the model",
+                            field="split.count",
+                        )
+                    )
+    except OSError:
+        pass
 
 
 def read(path: str) -> Inventory:
@@ -1158,7 +1418,15 @@ def _read(path: str) -> Inventory:
             F.error("FILE_UNREADABLE", f"cannot read the file: {exc.strerror or exc}")
         )
         return inv
-    inv = Inventory(FORMAT, path, gf.size)
+    # a split model is gated as one: its first shard reads the others (counts, types and memory are
+    # the set's); a later shard alone has no metadata to check
+    split_facts: dict[str, Any] | None = None
+    split = _split_fields(gf) if gf.complete else None
+    size = gf.size
+    if split is not None and split[0] == 0:
+        split_facts = _merge_split_set(gf)
+        size = split_facts["set_bytes"]
+    inv = Inventory(FORMAT, path, size)
     inv.structural_findings = gf.structural
     # whole-list sums and counts below go through map/attrgetter: they visit every tensor
     sized = [t for t in gf.tensors if t.nbytes is not None]
@@ -1168,7 +1436,21 @@ def _read(path: str) -> Inventory:
     elements, nbytes = sum(map(_ELEMENTS, sized)), sum(map(_NBYTES, sized))
     inv.params_stored = elements
     type_counts = Counter(map(_TYPE_ID, gf.tensors))  # in order of first use, as the facts list them
-    if gf.complete:
+    if split is not None and split[0] > 0:
+        split_facts = {"no": split[0] + 1, "count": split[1]}
+        match = _SPLIT_NAME.fullmatch(os.path.basename(path))
+        if match is not None:
+            split_facts["first"] = f"{match['prefix']}-00001-of-{split[1]:05d}.gguf"
+        gf.semantic.append(
+            F.info(
+                "GGUF_SPLIT_SHARD",
+                f"shard {split[0] + 1} of {split[1]} of a split model: it carries no model metadata; "
+                "the set is gated through its first shard"
+                + (f" ({split_facts['first']})" if "first" in split_facts else ""),
+                field="split.no",
+            )
+        )
+    elif gf.complete:
         any_quantized = any(T.GGML_TYPES[i].quantized for i in type_counts if i in T.GGML_TYPES)
         _semantics(gf, layers, any_quantized)
     inv.semantic_findings = gf.semantic
@@ -1204,8 +1486,9 @@ def _read(path: str) -> Inventory:
         "name": gf.kvs["general.name"].value if "general.name" in gf.kvs else None,
         "file_type": T.file_type_name(ft) if ft is not None else None,
         "quantization_version": qv,
-        "tensor_count": gf.tensor_count,
+        "tensor_count": len(gf.tensors) if split_facts is not None and "files" in split_facts else gf.tensor_count,
         "kv_count": gf.kv_count,
+        "split": split_facts,
         "alignment": gf.alignment,
         "data_offset": gf.data_start,
         "tensor_data_bytes": nbytes,

@@ -207,3 +207,28 @@ def short_file_type(value: int) -> str:
     """`MOSTLY_Q4_K_M` -> `Q4_K_M`, the name a release manifest uses."""
     name = file_type_name(value)
     return name[len("MOSTLY_") :] if name.startswith("MOSTLY_") else name
+
+
+# The single-type file types' own ggml type (llama_model_quantize_impl's default_type).
+LEGACY_FILE_TYPE_TYPES: dict[int, str] = {2: "Q4_0", 3: "Q4_1", 7: "Q8_0", 8: "Q5_0", 9: "Q5_1"}
+# what llama.cpp's quantizer calls token embeddings (tensor_name_match_token_embd)
+TOKEN_EMBD_NAMES = ("token_embd.weight", "per_layer_token_embd.weight")
+
+
+def recipe_output_type(file_type: int, ncols: int, arch: str | None) -> str | None:
+    """The ggml type llama.cpp's quantizer gives `output.weight` (and, when the model has none, the tied
+    `token_embd.weight`) under a single-type file type, for a tensor whose rows are `ncols` long;
+    None for other file types. llama-quant.cpp's llama_tensor_get_type_impl: Q6_K, except Q8_0 when
+    the file type is Q8_0, the architecture Falcon, or the row not a multiple of the file type's
+    block; then tensor_type_fallback: Q6_K on a row that is not a multiple of 256 becomes Q8_0, and
+    a type whose block the row does not fill becomes F16."""
+    default = LEGACY_FILE_TYPE_TYPES.get(file_type)
+    if default is None:
+        return None
+    block = GGML_TYPE_BY_NAME[default].block
+    chosen = "Q8_0" if arch == "falcon" or ncols % block != 0 or default == "Q8_0" else "Q6_K"
+    if chosen == "Q6_K" and ncols % GGML_TYPE_BY_NAME["Q6_K"].block != 0:
+        chosen = "Q8_0"
+    if ncols % GGML_TYPE_BY_NAME[chosen].block != 0:
+        chosen = "F16"
+    return chosen

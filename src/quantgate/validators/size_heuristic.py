@@ -52,6 +52,7 @@ class SizeHeuristicGuard(Guard):
         if quant_bits <= 0 or float_bits <= 0:
             raise ValueError("quant_bits and float_bits must be positive")
         params, source = None, None
+        size_bytes = ctx.size_bytes
         if config.param("params") is not None:
             params, source = int(_number(config.param("params"), "params")), "param"
         elif ctx.hints.get("parameters"):
@@ -60,6 +61,8 @@ class SizeHeuristicGuard(Guard):
             inventory = ctx.inventory()
             if inventory is not None and inventory.params_stored:
                 params, source = inventory.params_stored, "artifact"
+                # the bytes those params are in: a split GGUF's first shard counts the whole set
+                size_bytes = max(size_bytes, inventory.size_bytes)
         if (not params or params <= 0) and ctx.structure_blocked():
             return Outcome(skip=("blocked_by:integrity", "no parameter count given, and the artifact failed integrity"))
         if not params or params <= 0:
@@ -70,14 +73,14 @@ class SizeHeuristicGuard(Guard):
                     "or use a format whose reader counts them",
                 )
             )
-        bpw = 8 * ctx.size_bytes / params
+        bpw = 8 * size_bytes / params
         share = estimated_quantized_share(bpw, quant_bits, float_bits)
         metrics = {
             "bits_per_weight": bpw,
             "estimated_quantized_share": share,
             "params": params,
             "params_source": source,
-            "file_bytes": ctx.size_bytes,
+            "file_bytes": size_bytes,
             "quant_bits": quant_bits,
             "float_bits": float_bits,
         }
