@@ -359,7 +359,7 @@ def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
             _write(path, render(report, fmt))
         except OSError as exc:
             print(
-                f"quantgate: error: cannot write --output {fmt}={path}: {exc.strerror or exc}; "
+                f"quantgate: error: cannot write --output {fmt}={plain(path)}: {plain(exc.strerror or exc)}; "
                 "the report is on stdout only (check the folder exists and is writable)",
                 file=sys.stderr,
             )

@@ -80,21 +80,23 @@ class _Session:
     def __init__(self, config: pytest.Config):
         from quantgate.gate import UsageError, discover, selected_guards
         from quantgate.policy import PolicyError, find_policy, load_policy
+        from quantgate.untrusted import lines, plain
 
         explicit = config.getoption("quantgate_policy")
         if explicit and not Path(explicit).is_file():
-            raise pytest.UsageError(f"quantgate: policy file not found: {explicit}")
+            raise pytest.UsageError(f"quantgate: policy file not found: {plain(explicit)}")
         try:
             self.policy = load_policy(find_policy(explicit))
         except PolicyError as exc:
-            raise pytest.UsageError(f"quantgate: invalid policy\n{exc}") from None
+            # the problems quote the policy's text, which a pull request can set: each line inert
+            raise pytest.UsageError(lines(f"quantgate: invalid policy\n{exc}")) from None
         requested = config.getoption("quantgate_guards")
         try:
             self.guards = selected_guards([g.strip() for g in requested.split(",") if g.strip()] if requested else None)
             self.skipped: list[dict[str, str]] = []  # what discovery did not gate, for the report
             self.artifacts = discover(config.getoption("quantgate_paths"), self.policy.exclude, self.skipped)
         except UsageError as exc:
-            raise pytest.UsageError(f"quantgate: {exc}") from None
+            raise pytest.UsageError(lines(f"quantgate: {exc}")) from None
         self.hash_all = bool(config.getoption("quantgate_sha256"))
         self.fail_on = self.policy.fail_on
         self.results: dict[str, list[dict[str, Any]]] = {}

@@ -42,7 +42,9 @@ def render(report: dict[str, Any]) -> str:
         suite = suites.get(path)
         if suite is None:
             continue
-        case = ET.SubElement(suite, "testcase", classname=plain(path), name=r["guard"], time=f"{r['duration_s']:.6f}")
+        case = ET.SubElement(
+            suite, "testcase", classname=plain(path), name=plain(r["guard"]), time=f"{r['duration_s']:.6f}"
+        )
         times[path] += r["duration_s"]
         gate = r["gate_status"]
         detail = "\n".join(map(plain, problems(r))) or plain(r["message"])
