@@ -403,3 +403,20 @@ def test_gemma3_swa_full_param() -> None:
     assert (code, m["kv_cache_bytes"], "swa_layers" in m) == (0, 6 * 256 * 4096 * 2, False)
     code, r = dtypes(SWA / "gemma3_swa.gguf", "--param", "swa_full=3")
     assert (code, r["status"]) == (2, "ERROR")
+
+
+def test_manifest_of_a_split_set_vouches_for_every_shard(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    shards = split_set(tmp_path)
+    out = tmp_path / "manifest.json"
+    proc = run_cli("manifest", str(tmp_path), "--model-id", "org/m", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    claimed = [entry["path"] for entry in json.loads(out.read_text())["artifacts"]]
+    assert claimed == [p.name for p in shards]
+    code, report = run_json("run", str(tmp_path), "--format", "json", "--guards", "integrity,manifest")
+    assert (code, report["verdict"], len(report["artifacts"])) == (0, "PASS", 2)  # the set and the manifest
+    (m,) = [r for r in report["results"] if r["guard"] == "manifest" and r["artifact"]["format"] == "manifest"]
+    assert (m["gate_status"], m["findings"]) == ("PASS", [])

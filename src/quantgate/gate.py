@@ -240,7 +240,10 @@ def _path_rank(item: Found) -> int:
 
 
 def discover(
-    paths: Sequence[str], exclude: Sequence[str] = (), skipped: list[dict[str, str]] | None = None
+    paths: Sequence[str],
+    exclude: Sequence[str] = (),
+    skipped: list[dict[str, str]] | None = None,
+    split_sets: bool = True,
 ) -> list[Artifact]:
     """Artifacts under the given paths, recognised by content.
 
@@ -251,6 +254,8 @@ def discover(
     and gated under the path the user gave; what is not gated (a FIFO, a socket, a device, a broken
     link, a link loop, a folder that cannot be listed, a second link to a file already gated) is
     appended to `skipped` as {path, reason, detail}. Nothing but a regular file is ever opened.
+    With `split_sets`, shards 2..N of a GGUF split set whose first shard is an artifact are gated
+    through it (`split_shard` in `skipped`); without (`quantgate manifest`), every shard is listed.
     """
     from pathlib import Path
 
@@ -304,7 +309,9 @@ def discover(
                             "detail": f"the same file as {first.display}, gated once"})
                 continue
             found[item.real] = (artifact, rank)
-    artifacts = _fold_split_sets([a for a, _ in found.values()], own)
+    artifacts = [a for a, _ in found.values()]
+    if split_sets:
+        artifacts = _fold_split_sets(artifacts, own)
     own.sort(key=lambda s: s["path"])
     skipped.extend(s for s in own if not _excluded(s["path"], exclude))
     return sorted(artifacts, key=lambda a: a.display)
