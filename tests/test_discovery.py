@@ -387,3 +387,50 @@ def test_guard_on_an_hf_snapshot_link_reads_the_config_beside_the_link(tmp_path:
     assert mine["artifact"]["path"] == _real(snap / "model.safetensors")
     assert mine["findings"] == []
     assert (mine["status"], mine["findings"], mine["metrics"]) == (ref["status"], ref["findings"], ref["metrics"])
+
+
+# what chmod 000 does to a folder for a user other than root (the suite runs as root in CI images)
+_LOCKED_CONFTEST = """
+import os
+
+_real_scandir = os.scandir
+
+
+def _scandir(path="."):
+    if os.path.realpath(path).endswith(os.sep + os.path.join("rel", "locked")):
+        raise PermissionError(13, "Permission denied", str(path))
+    return _real_scandir(path)
+
+
+os.scandir = _scandir
+"""
+
+
+def test_pytest_plugin_fails_on_a_folder_it_could_not_read(pytester: pytest.Pytester) -> None:
+    rel = pytester.path / "rel"
+    rel.mkdir()
+    shutil.copy(VALID, rel / "model.safetensors")
+    (rel / "locked").mkdir()
+    shutil.copy(BAD_OFFSETS, rel / "locked" / "model.safetensors")
+    pytester.makeconftest(_LOCKED_CONFTEST)
+    installed = any(ep.value == "quantgate.pytest_plugin" for ep in entry_points(group="pytest11"))
+    load = () if installed else ("-p", "quantgate.pytest_plugin")
+    hostile = "r\x1b[31m\n::error::x##[error]y.json"
+    result = pytester.runpytest_subprocess(
+        *load, "-p", "no:cacheprovider", "--ignore=rel", "-rA",
+        "--quantgate", "rel", "--quantgate-report", hostile, timeout=60,
+    )
+    # main: the model passes and nothing else is collected, so pytest exited 0 on an ERROR report
+    assert result.ret == 1
+    result.assert_outcomes(passed=3, skipped=1, errors=1)  # fidelity skips: no reference
+    out = result.stdout.str()
+    assert (
+        "quantgate::discovery: 1 folder(s) could not be read, so their files were not gated: "
+        "rel/locked: unreadable_dir (cannot list the folder: Permission denied)"
+    ) in out
+    report = json.loads((pytester.path / hostile).read_text())
+    assert report["verdict"] == "ERROR"
+    assert [(s["path"], s["reason"]) for s in report["skipped"]] == [("rel/locked", "unreadable_dir")]
+    # the report's path, printed in the summary, comes out inert (quantgate.untrusted.plain)
+    assert "\x1b" not in out and "##[" not in out and "\n::error::" not in out
+    assert f"(report: {pytester.path}/r\\x1b[31m\\x0a::error::x#\\x23[error]y.json)" in out

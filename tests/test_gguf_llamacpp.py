@@ -344,6 +344,58 @@ def test_split_set_size_heuristic_counts_the_set_bytes(tmp_path: Path) -> None:
     assert r["metrics"]["params"] == gguf.read(str(CORPUS / "untied_q4_k_m.gguf")).params_stored
 
 
+def _gate(folder: Path) -> tuple[int, dict]:
+    return run_json("run", str(folder), "--format", "json", "--guards", "integrity,gguf-dtypes", timeout=120)
+
+
+def test_split_set_in_a_folder_is_one_artifact(tmp_path: Path) -> None:
+    from quantgate.jsonschemas import validate
+
+    first, second, third = split_set(tmp_path)
+    _, whole = dtypes(CORPUS / "untied_q4_k_m.gguf")
+    code, report = _gate(tmp_path)
+    # main: 3 artifacts, the model counted three times (shards 2 and 3 each with their own results)
+    assert (code, report["verdict"]) == (0, "PASS")
+    shown = [os.path.realpath(p) for p in (first, second, third)]
+    assert [(a["path"], a["format"]) for a in report["artifacts"]] == [(shown[0], "gguf")]
+    assert report["skipped"] == [
+        {"path": shown[k - 1], "reason": "split_shard",
+         "detail": f"shard {k} of 3 of a split GGUF model, gated with the set through {shown[0]}"}
+        for k in (2, 3)
+    ]
+    assert validate(report, "report") == []
+    (r,) = [r for r in report["results"] if r["guard"] == "gguf-dtypes"]
+    assert (r["gate_status"], r["findings"]) == ("PASS", [])
+    for name in SET_METRICS:
+        assert r["metrics"][name] == whole["metrics"][name], name
+    assert r["metrics"]["tensor_count"] == 12
+    assert r["metrics"]["memory"]["total_bytes"] == whole["metrics"]["memory"]["total_bytes"]
+
+
+def test_split_set_without_its_first_shard_gates_each_shard(tmp_path: Path) -> None:
+    first, second, third = split_set(tmp_path)
+    first.unlink()
+    code, report = _gate(tmp_path)
+    assert (code, report["verdict"], report["skipped"]) == (0, "PASS", [])
+    assert [a["path"] for a in report["artifacts"]] == [os.path.realpath(p) for p in (second, third)]
+    notes = [(r["artifact"]["path"], codes(r)) for r in report["results"] if r["guard"] == "gguf-dtypes"]
+    assert notes == [(os.path.realpath(p), [("GGUF_SPLIT_SHARD", "info")]) for p in (second, third)]
+    assert report["results"][1]["metrics"]["tensor_count"] == 5  # shard 2 alone: its own 5 tensors
+
+
+def test_a_file_named_as_a_first_shard_must_be_one(tmp_path: Path) -> None:
+    # an unsplit model named as shard 1 would not read "shard 2" (here a broken file): discovery folds
+    # shard 2 into it, so its name and keys disagreeing is an error, never a silent pass
+    shutil.copy(CORPUS / "untied_q4_k_m.gguf", tmp_path / "m-00001-of-00002.gguf")
+    (tmp_path / "m-00002-of-00002.gguf").write_bytes(b"GGUF" + b"\xff" * 60)
+    code, report = _gate(tmp_path)
+    assert (code, report["verdict"]) == (1, "FAIL")
+    assert [s["reason"] for s in report["skipped"]] == ["split_shard"]
+    (r,) = [r for r in report["results"] if r["guard"] == "integrity"]
+    assert codes(r) == [("GGUF_SPLIT_MISMATCH", "error")]
+    assert "named as the first of 2 shards but has no split.count above 1" in r["findings"][0]["message"]
+
+
 def test_gemma3_swa_full_param() -> None:
     # llama.cpp's --swa-full: every layer holds ctx cells, 6 x 256 x 4096 x 2 bytes
     code, r = dtypes(SWA / "gemma3_swa.gguf", "--param", "swa_full=true")
@@ -351,3 +403,20 @@ def test_gemma3_swa_full_param() -> None:
     assert (code, m["kv_cache_bytes"], "swa_layers" in m) == (0, 6 * 256 * 4096 * 2, False)
     code, r = dtypes(SWA / "gemma3_swa.gguf", "--param", "swa_full=3")
     assert (code, r["status"]) == (2, "ERROR")
+
+
+def test_manifest_of_a_split_set_vouches_for_every_shard(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    shards = split_set(tmp_path)
+    out = tmp_path / "manifest.json"
+    proc = run_cli("manifest", str(tmp_path), "--model-id", "org/m", "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    claimed = [entry["path"] for entry in json.loads(out.read_text())["artifacts"]]
+    assert claimed == [p.name for p in shards]
+    code, report = run_json("run", str(tmp_path), "--format", "json", "--guards", "integrity,manifest")
+    assert (code, report["verdict"], len(report["artifacts"])) == (0, "PASS", 2)  # the set and the manifest
+    (m,) = [r for r in report["results"] if r["guard"] == "manifest" and r["artifact"]["format"] == "manifest"]
+    assert (m["gate_status"], m["findings"]) == ("PASS", [])

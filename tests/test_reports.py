@@ -268,3 +268,70 @@ def test_pretty_json_keeps_records_on_one_line_and_big_documents_compact() -> No
     big = {"layers": [layer] * (jsonfmt.PRETTY_LIMIT // len(json.dumps(layer, separators=(",", ":"))) + 1)}
     text = jsonfmt.dumps(big)
     assert text.count("\n") == 1 and json.loads(text) == big
+
+
+# ---- what discovery did not gate, and a merged report's shard set, in HTML and JUnit -------------
+
+_EVIL = "evil\x1b[31m\n::error::x##[error]<b>.gguf"
+
+
+def _with_skipped_and_merge(tmp_path: Path) -> dict:
+    from tests.ux_samples import sample_report
+
+    report = sample_report(tmp_path)
+    report["skipped"] = [
+        {"path": "rel/locked", "reason": "unreadable_dir", "detail": "cannot list the folder: Permission denied"},
+        {"path": f"rel/{_EVIL}", "reason": "fifo", "detail": "not a regular file; never opened"},
+    ]
+    report["merge"] = {
+        "shards": 3, "present": [1, 3], "missing": [2], "duplicated": [3], "allow_partial": False,
+        "problems": [f"shard 3/3 is given twice (a.json and {_EVIL})", "shard(s) 2 of 3 missing"],
+    }
+    report["verdict"], report["exit_code"] = "ERROR", 2
+    assert validate(report, "report") == []
+    return report
+
+
+def test_html_shows_what_was_not_gated_and_the_merge(tmp_path: Path) -> None:
+    from quantgate.report import html
+
+    page = html.render(_with_skipped_and_merge(tmp_path))
+    assert "<h2>Not gated (2)</h2>" in page
+    assert (
+        '<td><span class="badge ERROR">ERROR</span></td><td><code>rel/locked</code></td><td>unreadable_dir</td>'
+        "<td>cannot list the folder: Permission denied</td>"
+    ) in page
+    shown = "evil\\x1b[31m\\x0a::error::x#\\x23[error]&lt;b&gt;.gguf"
+    assert f"<td><code>rel/{shown}</code></td><td>fifo</td>" in page
+    assert "<h2>Merge</h2>" in page
+    assert "<tr><th>missing</th><td>2</td></tr><tr><th>duplicated</th><td>3</td></tr>" in page
+    assert f"<li>shard 3/3 is given twice (a.json and {shown})</li><li>shard(s) 2 of 3 missing</li>" in page
+    assert "\x1b" not in page and "##[" not in page and "<b>" not in page
+
+
+def test_junit_shows_what_was_not_gated_and_the_merge(tmp_path: Path) -> None:
+    from quantgate.report import junit
+
+    text = junit.render(_with_skipped_and_merge(tmp_path))
+    assert "\x1b" not in text and "##[" not in text
+    root = ET.fromstring(text)
+    suites = {s.get("name"): s for s in root.findall("testsuite")}
+    assert list(suites) == ["good.gguf", "bad.gguf", "quantgate: not gated", "quantgate: merge"]
+    not_gated = suites["quantgate: not gated"]
+    assert [(s.get("tests"), s.get("errors"), s.get("skipped")) for s in [not_gated]] == [("2", "1", "1")]
+    locked, fifo = not_gated.findall("testcase")
+    assert locked.get("name") == "rel/locked"
+    assert locked.find("error").get("message") == "unreadable_dir: cannot list the folder: Permission denied"
+    assert fifo.get("name") == "rel/evil\\x1b[31m\\x0a::error::x#\\x23[error]<b>.gguf"
+    assert fifo.find("skipped").get("message") == "fifo: not a regular file; never opened"
+    merge = suites["quantgate: merge"]
+    (case,) = merge.findall("testcase")
+    error = case.find("error")
+    assert error.get("message") == "2 problem(s) with the shard set"
+    assert error.text == (
+        "shard 3/3 is given twice (a.json and evil\\x1b[31m\\x0a::error::x#\\x23[error]<b>.gguf)\n"
+        "shard(s) 2 of 3 missing"
+    )
+    assert case.find("system-out").text == "shards 3; present: 1, 3; missing: 2; duplicated: 3"
+    # the totals count them: 1 failing coverage case, 2 errors (the folder, the shard set), 1 skipped path
+    assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == ("5", "1", "2", "1")

@@ -287,3 +287,86 @@ def test_action_never_echoes_a_hostile_input(tmp_path: Path) -> None:
 
 if sys.platform == "win32":  # pragma: no cover - file names with newlines are POSIX's
     pytestmark = pytest.mark.skip("hostile file names need a POSIX file system")
+
+
+# ---- the paths issue 13 left: each with a hostile name that must come out inert -------------------
+
+EVIL = "e\x1b[31m\n::error::x##[error]y"
+
+
+def test_pytest_plugin_policy_error_is_inert(pytester: pytest.Pytester) -> None:
+    # an unknown key, quoted by the policy error the plugin prints (a pull request can set the policy)
+    (pytester.path / "m.gguf").write_bytes(b"\x00" * 8)
+    key = EVIL.replace("\x1b", "\\u001b").replace("\n", "\\n")
+    (pytester.path / "bad.toml").write_text(f'[quantgate]\nversion = 1\n"{key}" = 1\n', encoding="utf-8")
+    from tests.test_ux_plugin import run
+
+    result = run(pytester, "--quantgate", "m.gguf", "--quantgate-policy", "bad.toml")
+    assert result.ret == 4  # pytest's usage error
+    err = result.stderr.str()
+    assert "quantgate: invalid policy" in err
+    # the policy's message keeps the key's line break; each line is made inert, as `quantgate run` does
+    assert "unknown key quantgate.e\\x1b[31m\n\\x3a:error::x#\\x23[error]y (line 1)" in err
+    assert_inert(err, "pytest stderr")
+
+
+def test_failed_output_write_names_the_path_inertly(tmp_path: Path) -> None:
+    blocker = tmp_path / EVIL  # a file where the report's folder should be: the write fails
+    blocker.write_text("x")
+    model = tmp_path / "m.safetensors"
+    model.write_bytes(PLAIN_F16.read_bytes())
+    proc = run_cli("run", str(model), "--format", "json", "--output", f"json={blocker}/r.json", cwd=tmp_path)
+    assert proc.returncode == 2  # the PASS is not green without the report asked for
+    assert "cannot write --output json=" in proc.stderr
+    assert "e\\x1b[31m\\x0a::error::x#\\x23[error]y/r.json" in proc.stderr
+    assert_inert(proc.stderr, "stderr")
+
+
+def _hostile_saved_report(tmp_path: Path) -> Path:
+    """A saved report (as a pull request's workflow could upload it for `quantgate render`) with hostile
+    strings where the schema takes any: a by_bits key, a guard id, an artifact's format."""
+    from tests.ux_samples import sample_report
+
+    report = sample_report(tmp_path)
+    fence = "8\n```\n![i](http://x) [a](http://x)\n```\n" + EVIL
+    for r in report["results"]:
+        mix = r["metrics"]["coverage"]["ops"]["by_bits"]
+        mix[fence] = mix.pop(next(iter(mix)))
+    report["results"][0]["guard"] = f"g{EVIL}"
+    report["artifacts"][0]["format"] = f"gguf{EVIL}"
+    report["skipped"] = [{"path": "www.evil.com @someone.gguf", "reason": "fifo", "detail": "never opened"}]
+    from quantgate.jsonschemas import validate
+
+    assert validate(report, "report") == []
+    saved = tmp_path / "saved.json"
+    saved.write_text(json.dumps(report), encoding="utf-8")
+    return saved
+
+
+def test_markdown_of_a_saved_report_keeps_its_fences_and_makes_no_link(tmp_path: Path) -> None:
+    proc = run_cli("render", str(_hostile_saved_report(tmp_path)), "--format", "markdown")
+    assert proc.returncode == 0, proc.stderr
+    md = proc.stdout
+    assert_inert(md, "markdown")
+    assert_no_live_markdown(md)
+    # each mermaid block is the pie and its slices only: no key closes the fence early
+    blocks = re.findall(r"```mermaid\n(.*?)\n```", md, re.S)
+    assert len(blocks) == 2 and md.count("```") == 4
+    for block in blocks:
+        assert all(line.startswith(("pie showData title ", '    "')) for line in block.split("\n"))
+    # a skipped path is no autolink nor a mention
+    assert "- www\\.evil.com \\@someone.gguf: fifo (never opened)" in md
+
+
+@pytest.mark.parametrize("fmt", ["github", "junit"])
+def test_github_and_junit_of_a_saved_report_are_inert(tmp_path: Path, fmt: str) -> None:
+    proc = run_cli("render", str(_hostile_saved_report(tmp_path)), "--format", fmt)
+    assert proc.returncode == 0, proc.stderr
+    assert_inert(proc.stdout, fmt)
+    if fmt == "github":
+        assert "::group::good.gguf (ggufe\\x1b[31m\\x0a::error::x#\\x23[error]y): PASS" in proc.stdout
+    else:
+        import xml.etree.ElementTree as ET
+
+        names = [c.get("name") for c in ET.fromstring(proc.stdout).iter("testcase")]
+        assert "ge\\x1b[31m\\x0a::error::x#\\x23[error]y" in names

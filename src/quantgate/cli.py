@@ -359,7 +359,7 @@ def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
             _write(path, render(report, fmt))
         except OSError as exc:
             print(
-                f"quantgate: error: cannot write --output {fmt}={path}: {exc.strerror or exc}; "
+                f"quantgate: error: cannot write --output {fmt}={plain(path)}: {plain(exc.strerror or exc)}; "
                 "the report is on stdout only (check the folder exists and is writable)",
                 file=sys.stderr,
             )
@@ -583,7 +583,8 @@ def cmd_manifest(args: argparse.Namespace) -> int:
     from quantgate.gate import discover
     from quantgate.manifest import MANIFEST_VERSION, describe
 
-    artifacts = [a for a in discover(args.paths) if a.format != "manifest"]
+    # every shard of a GGUF split set gets its own entry (its sha256 and size), not only the first
+    artifacts = [a for a in discover(args.paths, split_sets=False) if a.format != "manifest"]
     if not artifacts:
         raise UsageError("no artifacts found under the given paths")
     if args.output and args.output != "-":

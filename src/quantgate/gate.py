@@ -120,6 +120,7 @@ def _excluded(shown: str, patterns: Sequence[str]) -> bool:
 SKIP_FIFO, SKIP_SOCKET, SKIP_DEVICE, SKIP_OTHER = "fifo", "socket", "device", "not_a_file"
 SKIP_BROKEN_LINK, SKIP_LINK_LOOP, SKIP_DUPLICATE = "broken_symlink", "symlink_loop", "duplicate"
 SKIP_UNREADABLE_DIR, SKIP_UNREADABLE = "unreadable_dir", "unreadable"
+SKIP_SPLIT_SHARD = "split_shard"  # shard k > 1 of a GGUF split set, gated through its first shard
 FATAL_SKIPS = (SKIP_UNREADABLE_DIR,)
 
 
@@ -239,7 +240,10 @@ def _path_rank(item: Found) -> int:
 
 
 def discover(
-    paths: Sequence[str], exclude: Sequence[str] = (), skipped: list[dict[str, str]] | None = None
+    paths: Sequence[str],
+    exclude: Sequence[str] = (),
+    skipped: list[dict[str, str]] | None = None,
+    split_sets: bool = True,
 ) -> list[Artifact]:
     """Artifacts under the given paths, recognised by content.
 
@@ -250,6 +254,8 @@ def discover(
     and gated under the path the user gave; what is not gated (a FIFO, a socket, a device, a broken
     link, a link loop, a folder that cannot be listed, a second link to a file already gated) is
     appended to `skipped` as {path, reason, detail}. Nothing but a regular file is ever opened.
+    With `split_sets`, shards 2..N of a GGUF split set whose first shard is an artifact are gated
+    through it (`split_shard` in `skipped`); without (`quantgate manifest`), every shard is listed.
     """
     from pathlib import Path
 
@@ -303,9 +309,45 @@ def discover(
                             "detail": f"the same file as {first.display}, gated once"})
                 continue
             found[item.real] = (artifact, rank)
+    artifacts = [a for a, _ in found.values()]
+    if split_sets:
+        artifacts = _fold_split_sets(artifacts, own)
     own.sort(key=lambda s: s["path"])
     skipped.extend(s for s in own if not _excluded(s["path"], exclude))
-    return sorted((a for a, _ in found.values()), key=lambda a: a.display)
+    return sorted(artifacts, key=lambda a: a.display)
+
+
+def _fold_split_sets(artifacts: list[Artifact], skipped: list[dict[str, str]]) -> list[Artifact]:
+    """`artifacts` without shards 2..N of a GGUF split set whose first shard is among them: the first
+    shard reads the set (quantgate.formats.gguf), so the model is gated, and counted, once. With shard
+    1 absent the others stay artifacts, and their findings say what is wrong."""
+    named = [a for a in artifacts if a.path.endswith(".gguf") and "-of-" in os.path.basename(a.path)]
+    if not named:
+        return artifacts
+    from quantgate.formats.gguf import split_name
+
+    firsts: dict[tuple[str, str, int], Artifact] = {}
+    shards: dict[str, tuple[str, str, int, int]] = {}
+    for a in named:
+        parts = split_name(os.path.basename(a.path))
+        if parts is None:
+            continue
+        prefix, no, count = parts
+        key = (os.path.dirname(a.path), prefix, count)
+        if no == 1 and count > 1 and a.format == "gguf":
+            firsts[key] = a
+        elif 2 <= no <= count:
+            shards[a.path] = (*key, no)
+    kept = []
+    for a in artifacts:
+        where = shards.get(a.path)
+        first = firsts.get(where[:3]) if where else None
+        if first is None:
+            kept.append(a)
+            continue
+        _skip(skipped, a.display, SKIP_SPLIT_SHARD,
+              f"shard {where[3]} of {where[2]} of a split GGUF model, gated with the set through {first.display}")
+    return kept
 
 
 def _is_artifact(path: Path, sniffed: Sniffed) -> bool:

@@ -8,6 +8,10 @@ One item per (artifact, guard), with node id `artifact::guard` (so `-k` and `--d
     gate_status ERROR -> error (raised in setup: pytest reports "error", not "failed")
     gate_status SKIP  -> skipped, with the reason
 
+A folder discovery could not read (an `unreadable_dir` in the report's `skipped` list) makes one more
+item, `quantgate::discovery`, an error naming it: the report's verdict is ERROR, and pytest must not
+exit 0 on a release it could not read whole.
+
 Guards that do not apply to an artifact's format get no item. Metrics go to `user_properties`,
 flattened (`int8_coverage`, `coverage.ops.int8`, ...), so pytest-json-report and JUnit carry them,
 and the canonical quantgate JSON report is written too (`--quantgate-report`).
@@ -76,21 +80,23 @@ class _Session:
     def __init__(self, config: pytest.Config):
         from quantgate.gate import UsageError, discover, selected_guards
         from quantgate.policy import PolicyError, find_policy, load_policy
+        from quantgate.untrusted import lines, plain
 
         explicit = config.getoption("quantgate_policy")
         if explicit and not Path(explicit).is_file():
-            raise pytest.UsageError(f"quantgate: policy file not found: {explicit}")
+            raise pytest.UsageError(f"quantgate: policy file not found: {plain(explicit)}")
         try:
             self.policy = load_policy(find_policy(explicit))
         except PolicyError as exc:
-            raise pytest.UsageError(f"quantgate: invalid policy\n{exc}") from None
+            # the problems quote the policy's text, which a pull request can set: each line inert
+            raise pytest.UsageError(lines(f"quantgate: invalid policy\n{exc}")) from None
         requested = config.getoption("quantgate_guards")
         try:
             self.guards = selected_guards([g.strip() for g in requested.split(",") if g.strip()] if requested else None)
             self.skipped: list[dict[str, str]] = []  # what discovery did not gate, for the report
             self.artifacts = discover(config.getoption("quantgate_paths"), self.policy.exclude, self.skipped)
         except UsageError as exc:
-            raise pytest.UsageError(f"quantgate: {exc}") from None
+            raise pytest.UsageError(lines(f"quantgate: {exc}")) from None
         self.hash_all = bool(config.getoption("quantgate_sha256"))
         self.fail_on = self.policy.fail_on
         self.results: dict[str, list[dict[str, Any]]] = {}
@@ -109,11 +115,17 @@ class _Session:
             )
         return self.results[artifact.path]
 
+    def fatal_skips(self) -> list[dict[str, str]]:
+        """What discovery could not read, which makes the run an ERROR (gate.FATAL_SKIPS)."""
+        from quantgate.gate import FATAL_SKIPS
+
+        return [s for s in self.skipped if s["reason"] in FATAL_SKIPS]
+
     def build(self) -> dict[str, Any] | None:
         from quantgate.gate import build_report
 
         evaluated = [a for a in self.artifacts if a.path in self.results]
-        if not evaluated:
+        if not evaluated and not self.fatal_skips():
             return None
         return build_report(
             policy=self.policy,
@@ -246,6 +258,38 @@ class GuardItem(pytest.Item):
         return path, 0, f"{self.parent.name}::{self.name}"  # type: ignore[union-attr]
 
 
+class DiscoveryItem(pytest.Item):
+    """The folders discovery could not read: an error naming each (the report's verdict is ERROR)."""
+
+    def setup(self) -> None:
+        from quantgate.report.common import skipped_lines
+
+        fatal = self.config.stash[_STATE].fatal_skips()
+        # each path made inert (skipped_lines uses quantgate.untrusted.plain)
+        shown = skipped_lines({"skipped": fatal})
+        raise QuantgateError(
+            f"{len(fatal)} folder(s) could not be read, so their files were not gated: "
+            + "; ".join(shown)
+            + " (make them readable to the CI user, or exclude them in the policy)"
+        )
+
+    def runtest(self) -> None:  # pragma: no cover - setup always raises
+        pass
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, QuantgateError):
+            return f"{self.nodeid}: {excinfo.value}"
+        return super().repr_failure(excinfo, style)
+
+    def _repr_failure_py(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if isinstance(excinfo.value, QuantgateError):
+            return f"{self.nodeid}: {excinfo.value}"
+        return super()._repr_failure_py(excinfo, style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, 0, self.nodeid
+
+
 def _node_name(text: str) -> str:
     from quantgate.untrusted import plain
 
@@ -269,6 +313,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
             )
         node.artifact = artifact
         added += list(session.genitems(node))
+    if state.fatal_skips():
+        item = DiscoveryItem.from_parent(session, name="discovery", nodeid="quantgate::discovery")
+        item.add_marker("quantgate")
+        added.append(item)
     items[:0] = added
 
 
@@ -301,9 +349,11 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if state.report is None:
         terminalreporter.write_line("quantgate: no artifact item ran")
         return
+    from quantgate.untrusted import plain
+
     line = verdict_line(state.report)
     if state.report_path:
-        line += f" (report: {state.report_path})"
+        line += f" (report: {plain(state.report_path)})"
     terminalreporter.write_line(line)
     terminalreporter.write_line(
         "note: pytest exits 1 for a FAIL and an ERROR alike; gate CI on `quantgate run` (1 FAIL, 2 ERROR)"

@@ -1265,6 +1265,12 @@ MAX_SPLITS = 4096  # shards read for one set; a real model has at most a few hun
 MAX_DIR_ENTRIES = 100_000  # entries of the folder scanned for extra shards
 
 
+def split_name(name: str) -> tuple[str, int, int] | None:
+    """(prefix, shard number from 1, shard count) of a file named as llama.cpp names a split shard."""
+    match = _SPLIT_NAME.fullmatch(name)
+    return (match["prefix"], int(match["no"]), int(match["count"])) if match else None
+
+
 def _split_fields(gf: GGUFFile) -> tuple[int, int] | None:
     """(split.no, split.count) of a shard of a split model (count > 1), else None."""
     count, no = _kv_int(gf.kvs.get("split.count")), _kv_int(gf.kvs.get("split.no"))
@@ -1426,6 +1432,18 @@ def _read(path: str) -> Inventory:
     if split is not None and split[0] == 0:
         split_facts = _merge_split_set(gf)
         size = split_facts["set_bytes"]
+    named = split_name(os.path.basename(path))
+    if gf.complete and named is not None and named[1] == 1 and named[2] > 1 and (split is None or split[0] != 0):
+        # discovery gates shards 2..N through the file named as shard 1: its keys must make it read them
+        said = f"split.no {split[0]} of split.count {split[1]}" if split else "no split.count above 1"
+        gf.structural.append(
+            F.error(
+                "GGUF_SPLIT_MISMATCH",
+                f"the file is named as the first of {named[2]} shards but has {said}, so the other shards "
+                "are not read with it; re-split the model or rename the file",
+                field="split.no",
+            )
+        )
     inv = Inventory(FORMAT, path, size)
     inv.structural_findings = gf.structural
     # whole-list sums and counts below go through map/attrgetter: they visit every tensor

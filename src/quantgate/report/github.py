@@ -49,7 +49,7 @@ def log_groups(report: dict[str, Any]) -> list[str]:
     for artifact in report["artifacts"]:
         mine = [r for r in rows if r["artifact"]["path"] == artifact["path"]]
         worst = by_severity(mine)[0]["gate_status"] if mine else "SKIP"
-        out.append(f"::group::{escape_data(artifact['path'])} ({artifact['format']}): {worst}")
+        out.append(f"::group::{escape_data(artifact['path'])} ({escape_data(artifact['format'])}): {worst}")
         for r in by_severity(mine):
             out.append(escape_data(f"{r['gate_status']:<6} {r['guard']}: {headline(r)}"))
             if r["gate_status"] in ("FAIL", "ERROR", "WARN"):

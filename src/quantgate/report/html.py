@@ -155,6 +155,47 @@ def _problems(rows: list[dict[str, Any]]) -> str:
     return "<h2>Problems</h2>" + _table(["status", "artifact", "guard", "problems"], body)
 
 
+def _merge(report: dict[str, Any]) -> str:
+    """A merged report's shard set: what it holds, what is missing, and why it is no verdict."""
+    merge = report.get("merge")
+    if not merge:
+        return ""
+
+    def shards(ks: list[int]) -> str:
+        return _e(", ".join(str(k) for k in ks)) or "none"
+
+    rows = [
+        ["shards", _e(merge["shards"] if merge["shards"] is not None else "unknown")],
+        ["present", shards(merge["present"])],
+        ["missing", shards(merge["missing"]) + (" (merged anyway: --allow-partial)" if merge["missing"]
+                                                and merge["allow_partial"] else "")],
+        ["duplicated", shards(merge["duplicated"])],
+    ]
+    body = "".join(f"<tr><th>{_e(key)}</th><td>{value}</td></tr>" for key, value in rows)
+    items = "".join(f"<li>{_e(p)}</li>" for p in merge["problems"])
+    problems_html = f"<p>problems with the shard set (the verdict is ERROR):</p><ul>{items}</ul>" if items else ""
+    return f'<h2>Merge</h2><table class="merge"><tbody>{body}</tbody></table>{problems_html}'
+
+
+def _not_gated(report: dict[str, Any]) -> str:
+    """What discovery did not gate: a FIFO, a broken link, an unreadable folder (an ERROR)..."""
+    from quantgate.gate import FATAL_SKIPS
+
+    skipped = report.get("skipped") or []
+    if not skipped:
+        return ""
+    body = [
+        [
+            _badge("ERROR") if s["reason"] in FATAL_SKIPS else _badge("SKIP"),
+            f"<code>{_e(s['path'])}</code>",
+            _e(s["reason"]),
+            _e(s["detail"]),
+        ]
+        for s in skipped
+    ]
+    return f"<h2>Not gated ({len(skipped)})</h2>" + _table(["", "path", "reason", "detail"], body)
+
+
 def _all_results(rows: list[dict[str, Any]], hidden: int) -> str:
     body = []
     for r in rows:
@@ -370,8 +411,10 @@ def render(report: dict[str, Any]) -> str:
         f"· exit code {_e(report['exit_code'])}</p>",
         _counts(report),
         _provenance(report),
+        _merge(report),
         _artifacts(report, rows),
         _problems(rows),
+        _not_gated(report),
         _all_results(rows, len(report["results"]) - len(rows)),
         _details(report, rows),
         f'<p class="muted">Rendered from the canonical JSON report (schema_version '

@@ -2,6 +2,10 @@
 
 The gate's decision (`gate_status`) decides the element, so a waived FAIL is a passing case and a
 WARN under `fail_on = "warn"` is a failure. Metrics go to the case's system-out (xunit2-safe).
+
+What discovery did not gate (the report's `skipped`) is a suite `quantgate: not gated`, a case per
+path: an unreadable folder is an error (it makes the verdict ERROR), the rest skipped cases. A merged
+report's shard set is a suite `quantgate: merge` whose one case errs with the set's problems.
 """
 
 from __future__ import annotations
@@ -10,16 +14,19 @@ import json
 import xml.etree.ElementTree as ET
 from typing import Any
 
+from quantgate.gate import FATAL_SKIPS
 from quantgate.report.common import headline, problems, visible
 from quantgate.untrusted import plain
+
+NOT_GATED, MERGE = ("", "not gated"), ("", "merge")  # suite keys no artifact path can equal
 
 
 def render(report: dict[str, Any]) -> str:
     results = visible(report["results"])  # a guard that does not read the format is no test case
     root = ET.Element("testsuites", name="quantgate")
-    suites: dict[str, ET.Element] = {}
+    suites: dict[Any, ET.Element] = {}
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
-    times: dict[str, float] = {}
+    times: dict[Any, float] = {}
     for artifact in report["artifacts"]:
         # every artifact-controlled string inert (quantgate.untrusted): valid XML 1.0, no control
         # character or lone surrogate, nothing a CI log would obey
@@ -35,7 +42,9 @@ def render(report: dict[str, Any]) -> str:
         suite = suites.get(path)
         if suite is None:
             continue
-        case = ET.SubElement(suite, "testcase", classname=plain(path), name=r["guard"], time=f"{r['duration_s']:.6f}")
+        case = ET.SubElement(
+            suite, "testcase", classname=plain(path), name=plain(r["guard"]), time=f"{r['duration_s']:.6f}"
+        )
         times[path] += r["duration_s"]
         gate = r["gate_status"]
         detail = "\n".join(map(plain, problems(r))) or plain(r["message"])
@@ -51,6 +60,8 @@ def render(report: dict[str, Any]) -> str:
         # escape of the same value
         text = json.dumps(out, indent=1, sort_keys=True).replace("##[", "#\\u0023[")
         ET.SubElement(case, "system-out").text = text
+    _not_gated(root, report, suites, times)
+    _merge(root, report, suites, times)
     for path, suite in suites.items():
         cases = suite.findall("testcase")
         counts = {
@@ -68,3 +79,48 @@ def render(report: dict[str, Any]) -> str:
     root.set("time", f"{report['duration_s']:.6f}")
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _not_gated(
+    root: ET.Element, report: dict[str, Any], suites: dict[Any, ET.Element], times: dict[Any, float]
+) -> None:
+    skipped = report.get("skipped") or []
+    if not skipped:
+        return
+    suite = suites[NOT_GATED] = ET.SubElement(root, "testsuite", name="quantgate: not gated")
+    times[NOT_GATED] = 0.0
+    for s in skipped:
+        # the path and detail come from the scanned folder: inert (quantgate.untrusted)
+        case = ET.SubElement(suite, "testcase", classname="quantgate.discovery", name=plain(s["path"]), time="0")
+        message = plain(f"{s['reason']}: {s['detail']}")
+        if s["reason"] in FATAL_SKIPS:
+            ET.SubElement(case, "error", message=message, type=plain(s["reason"])).text = (
+                f"{plain(s['path'])} could not be read, so the files under it were not gated"
+            )
+        else:
+            ET.SubElement(case, "skipped", message=message)
+
+
+def _merge(
+    root: ET.Element, report: dict[str, Any], suites: dict[Any, ET.Element], times: dict[Any, float]
+) -> None:
+    merge = report.get("merge")
+    if not merge:
+        return
+    suite = suites[MERGE] = ET.SubElement(root, "testsuite", name="quantgate: merge")
+    times[MERGE] = 0.0
+    case = ET.SubElement(suite, "testcase", classname="quantgate.merge", name="shard set", time="0")
+    missing = ", ".join(str(k) for k in merge["missing"])
+    if merge["problems"]:
+        ET.SubElement(
+            case, "error", message=plain(f"{len(merge['problems'])} problem(s) with the shard set"), type="merge"
+        ).text = "\n".join(plain(p) for p in merge["problems"])
+    elif missing:
+        ET.SubElement(case, "skipped", message=plain(
+            f"partial (--allow-partial): shard(s) {missing} of {merge['shards']} missing, not gated"
+        ))
+    present = ", ".join(str(k) for k in merge["present"])
+    ET.SubElement(case, "system-out").text = plain(
+        f"shards {merge['shards']}; present: {present or 'none'}; missing: {missing or 'none'}; "
+        f"duplicated: {', '.join(str(k) for k in merge['duplicated']) or 'none'}"
+    )

@@ -3,7 +3,6 @@ precision mix of each artifact as a picture, and the full matrix folded away."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from quantgate.report.common import (
@@ -30,19 +29,17 @@ def _cell(text: Any) -> str:
     return _inert(text)
 
 
-def _inline(text: str) -> str:
-    """Inert in a list item: a file name can open no tag, link, image or emphasis."""
-    text = text.replace("<", "&lt;").replace("\n", " ").replace("\r", " ")
-    return re.sub(r"([\\`*_\[\]()!#~|])", r"\\\1", text)
+def _fenced(text: str) -> str:
+    """Mermaid source inside a code fence: only characters that can neither end the fence nor the line."""
+    return "".join(c if c.isalnum() or c in " ._-/()+" else "_" for c in text)
 
 
 def _mermaid_pie(title: str, mix: dict[str, float]) -> list[str]:
-    # Mermaid source inside a code fence: keep the title to characters that cannot end the fence
-    safe = "".join(c if c.isalnum() or c in " ._-/()+" else "_" for c in title)
-    lines = ["```mermaid", f"pie showData title {safe}"]
+    lines = ["```mermaid", f"pie showData title {_fenced(title)}"]
     for bits, share in mix.items():
+        # a saved report's by_bits keys are any string (`quantgate render`): fenced like the title
         label = f"{bits}-bit" if bits != "unknown" else "unknown"
-        lines.append(f'    "{label}" : {share * 100:.2f}')
+        lines.append(f'    "{_fenced(label)}" : {share * 100:.2f}')
     lines.append("```")
     return lines
 
@@ -57,7 +54,7 @@ def _mix_table(result: dict[str, Any]) -> list[str]:
     for b in bases:
         keys += [k for k in coverage[b]["by_bits"] if k not in keys]
     out = [
-        "| basis | precision mix | " + " | ".join(f"{k}-bit" if k != "unknown" else k for k in keys) + " |",
+        "| basis | precision mix | " + " | ".join(_cell(f"{k}-bit" if k != "unknown" else k) for k in keys) + " |",
         "|---|---|" + "---:|" * len(keys),
     ]
     for b in bases:
@@ -109,7 +106,7 @@ def render(report: dict[str, Any]) -> str:
     not_gated = skipped_lines(report)
     if not_gated:
         out += [f"### Not gated ({len(report['skipped'])})", ""]
-        out += [f"- {_inline(line)}" for line in not_gated]
+        out += [f"- {_cell(line)}" for line in not_gated]
         out.append("")
     coverage_rows = [r for r in rows if precision_mix(r)]
     if coverage_rows:
