@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import FIXTURES, ROOT, SRC, run_cli, run_json
+from tests.conftest import FIXTURES, ROOT, SRC, cli_env, run_cli, run_json
 
 ARTIFACT_BYTES = 1000  # over PARAMS = 1000: 8 bits per weight
 SIZE_POLICY = """
@@ -333,3 +336,24 @@ def test_action_installs_the_extras_the_policy_needs(tmp_path: Path) -> None:
         f"install --quiet --disable-pip-version-check {ROOT}[fidelity]",
     ]
     assert "the policy's guards need the extra(s) fidelity" in proc.stderr
+
+
+def test_pytest_plugin_report_replaces_a_symlink_and_leaves_its_target(tmp_path: Path) -> None:
+    """`--quantgate-report` is written like every --output: a link at the target is replaced."""
+    release = tmp_path / "release"
+    release.mkdir()
+    shutil.copy(FIXTURES / "release" / "tiny-llama-q8_0.gguf", release)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me\n", encoding="utf-8")
+    report = tmp_path / "reports" / "report.json"
+    report.parent.mkdir()
+    report.symlink_to(victim)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path),
+         "--quantgate", str(release), "--quantgate-report", str(report), "--quantgate-guards", "integrity"],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert victim.read_text(encoding="utf-8") == "keep me\n"
+    assert not report.is_symlink()
+    assert json.loads(report.read_text(encoding="utf-8"))["verdict"] == "PASS"

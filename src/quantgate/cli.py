@@ -7,7 +7,6 @@ to 4 so that 2 always means "could not decide".
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import math
@@ -300,33 +299,13 @@ def _print_bytes(data: bytes) -> None:
 
 
 def _write(path: str, text: str) -> None:
-    """Write `text` to `path` atomically: a temporary file in the same folder renamed over the target.
-
-    The rename replaces whatever is at `path`, a symlink included, and never follows it: a link
-    planted in a report folder (one a pull request controls) cannot redirect the report onto
-    another file. A reader sees the old file or the whole new one, never half of it."""
+    """Write `text` to `path` (atomically, see quantgate.atomic), or to stdout for `-`."""
     if path == "-":
         sys.stdout.write(text)
         return
+    from quantgate.atomic import write_atomic  # tempfile: only when a file is written
+
     write_atomic(path, text.encode("utf-8"))
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """`data` to `path` via a temporary file in the same folder and os.replace; raises OSError."""
-    import tempfile
-
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".quantgate-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp makes it 0600; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -621,6 +600,8 @@ def cmd_manifest(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     else:
         try:
+            from quantgate.atomic import write_atomic
+
             write_atomic(str(out), text.encode("utf-8"))
         except OSError as exc:
             raise UsageError(f"cannot write {plain(out)}: {exc.strerror or exc}") from None

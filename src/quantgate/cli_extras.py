@@ -101,7 +101,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     report = load_report(args.report)
     text = render(report, args.format)
     if args.output and args.output != "-":
-        from quantgate.cli import write_atomic
+        from quantgate.atomic import write_atomic
 
         try:
             write_atomic(args.output, text.encode("utf-8"))
@@ -235,7 +235,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     if target.exists() and not args.force:
         raise UsageError(f"{args.output} exists; pass --force to overwrite it")
     try:
-        from quantgate.cli import write_atomic
+        from quantgate.atomic import write_atomic
 
         write_atomic(args.output, text.encode("utf-8"))
     except OSError as exc:

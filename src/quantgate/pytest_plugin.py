@@ -103,6 +103,7 @@ class _Session:
         self.started = time.perf_counter()
         self.started_at = _now()
         self.report_path: str | None = None
+        self.report_error: str | None = None
         self.report: dict[str, Any] | None = None
 
     def results_for(self, artifact: Any) -> list[dict[str, Any]]:
@@ -334,8 +335,15 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     path = Path(target)
     if not path.is_absolute():
         path = session.config.invocation_params.dir / path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    from quantgate.atomic import write_atomic
+
+    try:  # atomic: a symlink planted at the target is replaced, never written through
+        write_atomic(path, (json.dumps(report, indent=2) + "\n").encode("utf-8"))
+    except OSError as exc:
+        state.report_error = f"cannot write --quantgate-report {path}: {exc.strerror or exc}"
+        if session.exitstatus == 0:  # a green session whose report is missing must not look green
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        return
     state.report_path = str(path)
 
 
@@ -351,6 +359,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         return
     from quantgate.untrusted import plain
 
+    if state.report_error:
+        terminalreporter.write_line(f"quantgate: error: {plain(state.report_error)}")
     line = verdict_line(state.report)
     if state.report_path:
         line += f" (report: {plain(state.report_path)})"
