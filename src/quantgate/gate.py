@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from quantgate import SCHEMA_VERSION, __version__
 from quantgate.formats.sniff import LFS_POINTER, MANIFEST, MODEL_EXTENSIONS, MODEL_FORMATS, Sniffed, sniff
 from quantgate.progress import log
+from quantgate.remote import is_url
 from quantgate.result import (
     BLOCKED_BY_INTEGRITY,
     DEPENDENCY_MISSING,
@@ -99,7 +100,12 @@ class RunOptions:
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
-    """`path` resolved, relative to the working directory when it lies inside it."""
+    """`path` resolved, relative to the working directory when it lies inside it (a URL: without
+    its credentials)."""
+    if is_url(path):
+        from quantgate.remote import display_url
+
+        return display_url(str(path))
     full = os.path.realpath(path)
     cwd = os.path.realpath(os.getcwd())
     if os.path.normcase(full) == os.path.normcase(cwd):
@@ -259,6 +265,9 @@ def discover(
     own: list[dict[str, str]] = []
     found: dict[str, tuple[Artifact, int]] = {}  # real path -> (artifact, _path_rank of its path)
     for given in paths:
+        if is_url(given):
+            _discover_url(given, found)
+            continue
         root = Path(given)
         if not root.exists():
             raise UsageError(f"path not found: {given}")
@@ -306,6 +315,18 @@ def discover(
     own.sort(key=lambda s: s["path"])
     skipped.extend(s for s in own if not _excluded(s["path"], exclude))
     return sorted((a for a, _ in found.values()), key=lambda a: a.display)
+
+
+def _discover_url(url: str, found: dict[str, tuple[Artifact, int]]) -> None:
+    """An http(s) URL is one artifact, read by range (quantgate.remote); one that cannot be opened is
+    gated as unreadable, so that integrity reports why."""
+    from quantgate.remote import display_url, open_file
+
+    if url in found:
+        return
+    sniffed = sniff(url)
+    size = open_file(url).size if sniffed.format != "unreadable" else 0
+    found[url] = (Artifact(url, display_url(url), sniffed, size, real=url), 0)
 
 
 def _is_artifact(path: Path, sniffed: Sniffed) -> bool:
