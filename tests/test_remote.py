@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from quantgate import jsonschemas
+
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "fixtures"
 SRC = ROOT / "src"
@@ -204,6 +206,7 @@ def test_remote_result_equals_local(serve: Any, rel: str, guards: tuple[str, ...
         assert prov["size"] == (FIX / rel).stat().st_size
         assert prov["etag"].startswith('"')
         assert 0 < prov["bytes_fetched"] <= prov["size"]
+        assert jsonschemas.validate(remote, "guard-result") == []
 
 
 def _sparse_gguf(path: Path, n_tensors: int = 64, rows: int = 4096, cols: int = 4096) -> int:
@@ -431,3 +434,34 @@ def test_run_with_an_unreadable_url_is_error(serve: Any) -> None:
     assert report["verdict"] == "ERROR"
     assert report["results"][0]["findings"][0]["code"] == "FILE_UNREADABLE"
     assert "ignores HTTP Range requests" in report["results"][0]["findings"][0]["message"]
+
+
+def test_hf_repo_gates_every_artifact_at_one_commit(serve: Any, tmp_path: Path) -> None:
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    files = sorted(p.name for p in (FIX / "safetensors/sharded").iterdir())
+    api = tmp_path / "api/models/org/model/revision"
+    api.mkdir(parents=True)
+    (api / "v1").write_text(json.dumps({"sha": sha, "siblings": [{"rfilename": n} for n in files]
+                                        + [{"rfilename": "../escape.gguf"}, {"rfilename": "README.md"}]}))
+    shutil.copytree(FIX / "safetensors/sharded", tmp_path / f"org/model/resolve/{sha}")
+    served = serve(tmp_path, mode="auth")
+    env = {"HF_ENDPOINT": served.base, "HF_TOKEN": TOKEN}
+    proc = qg("run", "hf://org/model@v1", "--guards", "integrity", "--format", "json", **env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    shards = [n for n in files if n.endswith(".safetensors")]
+    assert [a["path"] for a in report["artifacts"]] == [f"hf://org/model@{sha}/{n}" for n in shards]
+    assert report["inputs"]["paths"] == ["hf://org/model@v1"]
+    local = qg("run", str(FIX / "safetensors/sharded"), "--guards", "integrity", "--format", "json")
+    assert [_comparable(r) for r in report["results"]] == [_comparable(r) for r in json.loads(local.stdout)["results"]]
+    assert TOKEN not in proc.stdout + proc.stderr
+    # listed at the revision, read at the commit it names
+    assert served.requests[0][1] == "/api/models/org/model/revision/v1"
+    assert all(f"/resolve/{sha}/" in p for _, p, _ in served.requests[1:])
+
+
+def test_hf_repo_not_found_is_a_usage_error(serve: Any, tmp_path: Path) -> None:
+    served = serve(tmp_path)
+    proc = qg("run", "hf://org/nothing", "--guards", "integrity", HF_ENDPOINT=served.base)
+    assert proc.returncode == 4
+    assert "hf://org/nothing@main: the Hub answered HTTP 404" in proc.stderr

@@ -102,6 +102,8 @@ class RunOptions:
 def display_path(path: str | os.PathLike[str]) -> str:
     """`path` resolved, relative to the working directory when it lies inside it (a URL: without
     its credentials)."""
+    if isinstance(path, str) and path.startswith("hf://"):
+        return path
     if is_url(path):
         from quantgate.remote import display_url
 
@@ -265,7 +267,7 @@ def discover(
     own: list[dict[str, str]] = []
     found: dict[str, tuple[Artifact, int]] = {}  # real path -> (artifact, _path_rank of its path)
     for given in paths:
-        if is_url(given):
+        if is_url(given) or given.startswith("hf://"):
             _discover_url(given, found)
             continue
         root = Path(given)
@@ -320,13 +322,23 @@ def discover(
 def _discover_url(url: str, found: dict[str, tuple[Artifact, int]]) -> None:
     """An http(s) URL is one artifact, read by range (quantgate.remote); one that cannot be opened is
     gated as unreadable, so that integrity reports why."""
-    from quantgate.remote import display_url, open_file
+    from quantgate.remote import RemoteError, display_url, hf_list, is_hf, open_file
 
-    if url in found:
-        return
-    sniffed = sniff(url)
-    size = open_file(url).size if sniffed.format != "unreadable" else 0
-    found[url] = (Artifact(url, display_url(url), sniffed, size, real=url), 0)
+    if is_hf(url):  # every model file of a Hub repo, at one commit
+        try:
+            listed = hf_list(url, MODEL_EXTENSIONS)
+        except RemoteError as exc:
+            raise UsageError(str(exc)) from None
+        if not listed:
+            raise UsageError(f"{url}: the repo holds no {', '.join(MODEL_EXTENSIONS)} file")
+    else:
+        listed = [(url, display_url(url))]
+    for each, shown in listed:
+        if each in found:
+            continue
+        sniffed = sniff(each)
+        size = open_file(each).size if sniffed.format != "unreadable" else 0
+        found[each] = (Artifact(each, shown, sniffed, size, real=each), 0)
 
 
 def _is_artifact(path: Path, sniffed: Sniffed) -> bool:

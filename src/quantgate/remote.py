@@ -422,6 +422,65 @@ def basename(url: str) -> str:
     return unquote(url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1])
 
 
+# --- hf://org/model[@rev] ----------------------------------------------------------------------
+
+HF_LIST_LIMIT = 16 << 20  # the Hub's model info JSON: a few KB, even for a repo of thousands of files
+HF_MAX_FILES = 10_000
+
+
+def is_hf(path: Any) -> bool:
+    return isinstance(path, str) and path.startswith("hf://")
+
+
+def hf_endpoint() -> str:
+    return (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+
+
+def hf_list(spec: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(resolve URL, display name) of every file of the Hub repo `hf://org/model[@rev]` whose name ends
+    in one of `extensions`, at the commit the revision names (listed through the Hub API, resolved by
+    commit so every file is read from one revision)."""
+    import json
+    import re
+    from urllib.parse import quote
+
+    body = spec[len("hf://"):]
+    repo, _, rev = body.partition("@")
+    rev = rev or "main"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?", repo) or not rev:
+        raise RemoteError(f"{spec!r} is not hf://org/model[@revision]")
+    endpoint = hf_endpoint()
+    api = f"{endpoint}/api/models/{repo}/revision/{quote(rev, safe='')}"
+    resp = _request("GET", api, {"User-Agent": "quantgate", "Accept": "application/json"}, auth_headers(api))
+    if resp.status in (401, 403, 404):
+        hint = "" if os.environ.get("HF_TOKEN") else " (a private or gated repo needs HF_TOKEN)"
+        raise RemoteError(f"hf://{repo}@{rev}: the Hub answered HTTP {resp.status}{hint}", resp.status)
+    if resp.status != 200:
+        raise RemoteError(f"hf://{repo}@{rev}: the Hub answered HTTP {resp.status}", resp.status)
+    if len(resp.body) > HF_LIST_LIMIT:
+        raise RemoteError(f"hf://{repo}@{rev}: the Hub's file list is larger than {HF_LIST_LIMIT:,} bytes")
+    try:
+        doc = json.loads(resp.body)
+    except ValueError:
+        raise RemoteError(f"hf://{repo}@{rev}: the Hub's answer is not JSON") from None
+    siblings = doc.get("siblings") if isinstance(doc, dict) else None
+    if not isinstance(siblings, list):
+        raise RemoteError(f"hf://{repo}@{rev}: the Hub's answer lists no files")
+    sha = doc.get("sha")
+    commit = sha if isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{40}", sha) else rev
+    out = []
+    for item in siblings[:HF_MAX_FILES]:
+        name = item.get("rfilename") if isinstance(item, dict) else None
+        if not isinstance(name, str) or not name.lower().endswith(extensions):
+            continue
+        parts = name.split("/")
+        if any(p in ("", ".", "..") for p in parts) or "\x00" in name or "\\" in name:
+            continue  # never a path the Hub would serve; not followed
+        url = f"{endpoint}/{repo}/resolve/{quote(commit, safe='')}/" + "/".join(quote(p) for p in parts)
+        out.append((url, f"hf://{repo}@{commit}/{name}"))
+    return sorted(out, key=lambda u: u[1])
+
+
 # --- what each format's readers touch outside View.check -----------------------------------------
 
 def prefetch(view: Any, rf: RemoteFile) -> None:
