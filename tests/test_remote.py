@@ -117,9 +117,11 @@ def _handler(served: Served) -> type[http.server.BaseHTTPRequestHandler]:
                     data = handle.read(end - start + 1)
                     self.send_response(206)
                     self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-                    self.send_header("Content-Length", str(len(data)))
+                    self.send_header("Content-Length", str(len(data) + (4096 if served.mode == "oversized" else 0)))
                     self.send_header("ETag", self._etag(path))
                     self.end_headers()
+                    if served.mode == "oversized":
+                        data += b"\0" * 4096  # more than the range asked, announced as such
                     if served.mode == "truncated":
                         data = data[: len(data) // 2]
                         self.close_connection = True
@@ -465,3 +467,10 @@ def test_hf_repo_not_found_is_a_usage_error(serve: Any, tmp_path: Path) -> None:
     proc = qg("run", "hf://org/nothing", "--guards", "integrity", HF_ENDPOINT=served.base)
     assert proc.returncode == 4
     assert "hf://org/nothing@main: the Hub answered HTTP 404" in proc.stderr
+
+
+def test_oversized_range_body_is_an_error(serve: Any) -> None:
+    served = serve(FIX, mode="oversized")
+    proc = qg("guard", "integrity", f"{served.base}/gguf/model_q4_0.gguf")
+    assert proc.returncode == 2
+    assert "sent more than the" in proc.stderr

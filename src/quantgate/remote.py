@@ -130,7 +130,7 @@ class _Response:
 
 def _request(
     method: str, url: str, headers: dict[str, str], secret: dict[str, str], *, want_body: bool = True,
-    sink: Any = None,
+    sink: Any = None, max_body: int = BLOCK,
 ) -> _Response:
     """One request with redirects followed; `secret` headers go only to the origin they were given for."""
     import http.client
@@ -168,7 +168,10 @@ def _request(
                     sink(resp)  # streamed (and restarted from scratch on a retry)
                     body = b""
                 else:
-                    body = resp.read() if method != "HEAD" else b""
+                    # an error page is not read; a body is read up to what was asked (+1, so that an
+                    # oversized answer is seen) and within a deadline (a server dripping bytes)
+                    body = _read_body(resp, max_body + 1, timeout * 4) if status in (200, 206) and \
+                        method != "HEAD" else b""
                 if status == 429 or status >= 500:
                     last = RemoteError(f"{display_url(current)} answered HTTP {status}", status)
                     continue
@@ -190,6 +193,33 @@ def _request(
             continue
         return out
     raise RemoteError(f"{display_url(url)}: more than {MAX_REDIRECTS} redirects")
+
+
+def _read_body(resp: Any, limit: int, seconds: float) -> bytes:
+    import time
+
+    deadline = time.monotonic() + seconds
+    chunks, got = [], 0
+    while got < limit:
+        chunk = resp.read(min(1 << 20, limit - got))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the body took more than {seconds:.0f} s")
+    if got < limit and resp.length:  # the connection closed before Content-Length: retried
+        import http.client
+
+        raise http.client.IncompleteRead(b"".join(chunks), resp.length)
+    return b"".join(chunks)
+
+
+def _check_length(shown: str, got: int, asked: int) -> None:
+    if got < asked:
+        raise RemoteError(f"{shown}: truncated response ({got} of {asked} bytes)")
+    if got > asked:
+        raise RemoteError(f"{shown}: the server sent more than the {asked} bytes asked; not used")
 
 
 def _short(exc: Exception) -> str:
@@ -278,8 +308,7 @@ class RemoteFile:
             if match is None or int(match.group(1)) != 0:
                 raise RemoteError(f"{self.shown}: a Range response has no usable Content-Range")
             total, first = int(match.group(3)), probe.body
-            if len(first) != min(BLOCK, total):
-                raise RemoteError(f"{self.shown}: truncated response ({len(first)} of {min(BLOCK, total)} bytes)")
+            _check_length(self.shown, len(first), min(BLOCK, total))
             self.etag = self.etag or probe.headers.get("ETag")
         if declared is not None and declared != total:
             raise RemoteError(
@@ -295,9 +324,11 @@ class RemoteFile:
             self.buf = mmap.mmap(self._file.fileno(), total)
             self._store(0, first)
 
-    def _call(self, method: str, headers: dict[str, str], *, want_body: bool = True) -> _Response:
+    def _call(self, method: str, headers: dict[str, str], *, want_body: bool = True, max_body: int = BLOCK
+              ) -> _Response:
         self.requests += 1
-        resp = _request(method, self.url, {"User-Agent": "quantgate", **headers}, self.secret, want_body=want_body)
+        resp = _request(method, self.url, {"User-Agent": "quantgate", **headers}, self.secret, want_body=want_body,
+                        max_body=max_body)
         self.bytes_fetched += len(resp.body)
         return resp
 
@@ -348,7 +379,7 @@ class RemoteFile:
         headers = {"Range": f"bytes={start}-{end - 1}"}
         if self.etag:
             headers["If-Match"] = self.etag  # a file replaced mid-read fails, never mixes two versions
-        resp = self._call("GET", headers)
+        resp = self._call("GET", headers, max_body=end - start)
         if resp.status == 412:
             raise RemoteError(f"{self.shown}: the file changed while it was read (its ETag no longer matches)")
         if resp.status == 200:
@@ -358,8 +389,7 @@ class RemoteFile:
         match = re.fullmatch(r"bytes\s+(\d+)-(\d+)/(\d+)", (resp.headers.get("Content-Range") or "").strip())
         if match is None or int(match.group(1)) != start or int(match.group(3)) != self.size:
             raise RemoteError(f"{self.shown}: a Range response does not match the range asked or the file size")
-        if len(resp.body) != end - start:
-            raise RemoteError(f"{self.shown}: truncated response ({len(resp.body)} of {end - start} bytes)")
+        _check_length(self.shown, len(resp.body), end - start)
         self._store(start, resp.body)
         self._last_end = end
 
@@ -451,7 +481,8 @@ def hf_list(spec: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
         raise RemoteError(f"{spec!r} is not hf://org/model[@revision]")
     endpoint = hf_endpoint()
     api = f"{endpoint}/api/models/{repo}/revision/{quote(rev, safe='')}"
-    resp = _request("GET", api, {"User-Agent": "quantgate", "Accept": "application/json"}, auth_headers(api))
+    resp = _request("GET", api, {"User-Agent": "quantgate", "Accept": "application/json"}, auth_headers(api),
+                    max_body=HF_LIST_LIMIT)
     if resp.status in (401, 403, 404):
         hint = "" if os.environ.get("HF_TOKEN") else " (a private or gated repo needs HF_TOKEN)"
         raise RemoteError(f"hf://{repo}@{rev}: the Hub answered HTTP {resp.status}{hint}", resp.status)
