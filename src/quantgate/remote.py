@@ -274,6 +274,8 @@ class RemoteFile:
         self.requests = 0
         self._lock = threading.Lock()
         self._have: set[int] = set()
+        # QUANTGATE_REMOTE_BLOCK: smaller blocks make the tests read small fixtures in many pieces
+        self.block = max(512, int(_env_float("QUANTGATE_REMOTE_BLOCK", BLOCK)))
         self._last_end = -1
         self._ahead = 1
         head = self._call("HEAD", {}, want_body=False)
@@ -293,7 +295,8 @@ class RemoteFile:
         elif head.status not in (405, 501):
             raise RemoteError(f"{self.shown}: HEAD answered HTTP {head.status}", head.status)
         # the probe: a one-block Range GET gives the total size, proves Range support, and is the head
-        probe = self._call("GET", {"Range": f"bytes=0-{BLOCK - 1}"})
+        block = self.block
+        probe = self._call("GET", {"Range": f"bytes=0-{block - 1}"}, max_body=block)
         if probe.status == 200:
             raise RemoteError(
                 f"{self.shown}: the server ignores HTTP Range requests (answered 200 with the whole file); "
@@ -308,7 +311,7 @@ class RemoteFile:
             if match is None or int(match.group(1)) != 0:
                 raise RemoteError(f"{self.shown}: a Range response has no usable Content-Range")
             total, first = int(match.group(3)), probe.body
-            _check_length(self.shown, len(first), min(BLOCK, total))
+            _check_length(self.shown, len(first), min(block, total))
             self.etag = self.etag or probe.headers.get("ETag")
         if declared is not None and declared != total:
             raise RemoteError(
@@ -334,17 +337,17 @@ class RemoteFile:
 
     def _store(self, start: int, data: bytes) -> None:
         self.buf[start : start + len(data)] = data
-        first, last = start // BLOCK, (start + len(data) - 1) // BLOCK
+        first, last = start // self.block, (start + len(data) - 1) // self.block
         end = start + len(data)
         for b in range(first, last + 1):
-            if (b + 1) * BLOCK <= end or end == self.size:
+            if (b + 1) * self.block <= end or end == self.size:
                 self._have.add(b)
 
     def ensure(self, pos: int, size: int) -> None:
         """Fetch the blocks under [pos, pos + size) not fetched yet (clamped to the file)."""
         if size <= 0 or pos >= self.size or pos < 0:
             return
-        first, last = pos // BLOCK, (min(pos + size, self.size) - 1) // BLOCK
+        first, last = pos // self.block, (min(pos + size, self.size) - 1) // self.block
         if all(b in self._have for b in range(first, last + 1)):
             return
         with self._lock:
@@ -357,15 +360,15 @@ class RemoteFile:
                 while run_end + 1 <= last and run_end + 1 not in self._have:
                     run_end += 1
                 # sequential reading (this run starts where the previous one ended) reads ahead
-                if b * BLOCK == self._last_end:
+                if b * self.block == self._last_end:
                     self._ahead = min(self._ahead * 2, MAX_AHEAD_BLOCKS)
                 else:
                     self._ahead = 1
-                limit = (self.size - 1) // BLOCK
+                limit = (self.size - 1) // self.block
                 ahead_end = run_end
                 while ahead_end < min(b + self._ahead - 1, limit) and ahead_end + 1 not in self._have:
                     ahead_end += 1
-                self._fetch(b * BLOCK, min((ahead_end + 1) * BLOCK, self.size))
+                self._fetch(b * self.block, min((ahead_end + 1) * self.block, self.size))
                 b = ahead_end + 1
 
     def _fetch(self, start: int, end: int) -> None:
@@ -518,19 +521,23 @@ def prefetch(view: Any, rf: RemoteFile) -> None:
     """Fetch the region the format's reader walks directly (see the module docstring)."""
     if rf.size == 0:
         return
-    head = rf.read(0, min(rf.size, 32))
-    if head[:4] == b"GGUF":
-        end = _gguf_header_end(view)
-        rf.ensure(0, end + BLOCK)
-    elif head[4:6] == b"ET":
-        if head[8:12] == b"eh00" and len(head) >= 32:
-            program = int.from_bytes(head[16:24], "little")
-            rf.ensure(0, program if 0 < program <= rf.size else rf.size)
-        else:
-            rf.ensure(0, rf.size)
-    elif len(head) >= 9 and head[8:9] in (b"{", b" "):
-        header_len = int.from_bytes(head[:8], "little")
-        rf.ensure(0, min(8 + header_len, rf.size))
+    from quantgate.formats import sniff as S
+
+    head = rf.read(0, min(rf.size, S.HEAD_BYTES))
+    fmt = S.sniff_bytes(head, rf.size, basename(rf.url)).format
+    if fmt == S.GGUF:
+        rf.ensure(0, _gguf_header_end(view) + rf.block)
+    elif fmt in (S.PTE, S.PTD):
+        # a program's extended header (`eh00`: u32 length, u64 program size) or a .ptd's (`FH01`: u32
+        # length, u64 flatbuffer offset, u64 flatbuffer size): the tables, not the weights after them
+        end = 0
+        if len(head) >= 32 and head[8:12] == b"eh00":
+            end = int.from_bytes(head[16:24], "little")
+        elif len(head) >= 32 and head[8:12] == b"FH01":
+            end = int.from_bytes(head[16:24], "little") + int.from_bytes(head[24:32], "little")
+        rf.ensure(0, end if 0 < end <= rf.size else rf.size)
+    elif fmt == S.SAFETENSORS:  # every read goes through View.check; one request for the header
+        rf.ensure(0, min(8 + int.from_bytes(head[:8], "little"), rf.size))
     else:  # an ONNX graph (or anything else): the protobuf walk touches every field header
         rf.ensure(0, rf.size)
 
