@@ -372,14 +372,19 @@ def test_generic_headers_env(serve: Any) -> None:
 
 
 def test_authorization_not_forwarded_to_another_host(serve: Any) -> None:
-    target = serve(FIX, host="127.0.0.2")
-    front = serve(FIX, mode="redirect", redirect_to=target.base)
+    target = serve(FIX)
+    # another host name for the same loopback server: a different origin, as a CDN would be
+    front = serve(FIX, mode="redirect", redirect_to=target.base.replace("127.0.0.1", "localhost"))
     url = f"{front.base}/gguf/model_q4_0.gguf"
     code_local, local, _ = _guard("gguf-dtypes", str(FIX / "gguf/model_q4_0.gguf"))
-    code, remote, err = _guard("gguf-dtypes", url, QUANTGATE_HTTP_HEADERS=f"Authorization: Bearer {TOKEN}")
+    code, remote, err = _guard("gguf-dtypes", url, QUANTGATE_HTTP_HEADERS=f"Authorization: Bearer {TOKEN}",
+                               QUANTGATE_REMOTE_BLOCK="4096")
     assert (code, _comparable(remote)) == (code_local, _comparable(local)), err
     assert front.requests and all(h.get("Authorization") == f"Bearer {TOKEN}" for _, _, h in front.requests)
     assert target.requests and all("Authorization" not in h for _, _, h in target.requests)
+    # HEAD and the probe go through the redirect; the later ranges go straight to its target
+    assert [m for m, _, _ in front.requests] == ["HEAD", "GET"]
+    assert len(target.requests) > 3
     assert TOKEN not in json.dumps(remote) + err
 
 

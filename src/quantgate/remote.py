@@ -274,6 +274,7 @@ class RemoteFile:
         self.requests = 0
         self._lock = threading.Lock()
         self._have: set[int] = set()
+        self._target: tuple[str, dict[str, str]] | None = None  # (redirect target, its credentials)
         # QUANTGATE_REMOTE_BLOCK: smaller blocks make the tests read small fixtures in many pieces
         self.block = max(512, int(_env_float("QUANTGATE_REMOTE_BLOCK", BLOCK)))
         self._last_end = -1
@@ -330,9 +331,21 @@ class RemoteFile:
     def _call(self, method: str, headers: dict[str, str], *, want_body: bool = True, max_body: int = BLOCK
               ) -> _Response:
         self.requests += 1
-        resp = _request(method, self.url, {"User-Agent": "quantgate", **headers}, self.secret, want_body=want_body,
-                        max_body=max_body)
+        all_headers = {"User-Agent": "quantgate", **headers}
+        if self._target is not None:
+            # the Range GETs after the probe go straight to where the URL redirected (a Hub `resolve/`
+            # URL -> its CDN), with the credentials only when that is still the URL's own origin
+            resp = _request(method, self._target[0], all_headers, self._target[1], want_body=want_body,
+                            max_body=max_body)
+            if resp.status not in (401, 403, 404, 410):
+                self.bytes_fetched += len(resp.body)
+                return resp
+            self._target = None  # expired (a presigned target): through the URL again
+            self.requests += 1
+        resp = _request(method, self.url, all_headers, self.secret, want_body=want_body, max_body=max_body)
         self.bytes_fetched += len(resp.body)
+        if method == "GET" and resp.status == 206 and resp.url != self.url:
+            self._target = (resp.url, self.secret if _origin(resp.url) == _origin(self.url) else {})
         return resp
 
     def _store(self, start: int, data: bytes) -> None:
