@@ -93,7 +93,8 @@ def _handler(served: Served) -> type[http.server.BaseHTTPRequestHandler]:
                 return
             path, size = got
             self.send_response(200)
-            self.send_header("Content-Length", str(size + 1 if served.mode == "liar" else size))
+            declared = {"liar": size + 1, "huge": 1 << 62}.get(served.mode, size)
+            self.send_header("Content-Length", str(declared))
             self.send_header("ETag", self._etag(path))
             if served.mode != "norange":
                 self.send_header("Accept-Ranges", "bytes")
@@ -116,7 +117,8 @@ def _handler(served: Served) -> type[http.server.BaseHTTPRequestHandler]:
                     handle.seek(start)
                     data = handle.read(end - start + 1)
                     self.send_response(206)
-                    self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+                    total = 1 << 62 if served.mode == "huge" else size
+                    self.send_header("Content-Range", f"bytes {start}-{end}/{total}")
                     self.send_header("Content-Length", str(len(data) + (4096 if served.mode == "oversized" else 0)))
                     self.send_header("ETag", self._etag(path))
                     self.end_headers()
@@ -493,3 +495,11 @@ def test_oversized_range_body_is_an_error(serve: Any) -> None:
     proc = qg("guard", "integrity", f"{served.base}/gguf/model_q4_0.gguf")
     assert proc.returncode == 2
     assert "sent more than the" in proc.stderr
+
+
+def test_absurd_size_is_an_error_not_a_crash(serve: Any) -> None:
+    served = serve(FIX, mode="huge")  # HEAD and Content-Range agree on 4 EiB
+    proc = qg("guard", "integrity", f"{served.base}/gguf/model_q4_0.gguf")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("quantgate: error: ")
+    assert "Traceback" not in proc.stderr

@@ -324,8 +324,13 @@ class RemoteFile:
         self._file = tempfile.TemporaryFile(prefix="quantgate-remote-")  # noqa: SIM115
         self.buf: Any = b""
         if total:
-            self._file.truncate(total)  # sparse: only fetched blocks take space
-            self.buf = mmap.mmap(self._file.fileno(), total)
+            try:
+                self._file.truncate(total)  # sparse: only fetched blocks take space
+                self.buf = mmap.mmap(self._file.fileno(), total)
+            except (OSError, OverflowError, ValueError) as exc:
+                self._file.close()
+                raise RemoteError(f"{self.shown}: the server says it holds {total:,} bytes, more than can be "
+                                  f"mapped here ({_short(exc)})") from None
             self._store(0, first)
 
     def _call(self, method: str, headers: dict[str, str], *, want_body: bool = True, max_body: int = BLOCK
