@@ -404,10 +404,13 @@ def cmd_guard(args: argparse.Namespace) -> int:
         near = difflib.get_close_matches(args.guard_id, guard_ids(), n=1)
         hint = f"did you mean {near[0]}? " if near else ""
         raise UsageError(f"unknown guard {args.guard_id!r}; {hint}known guards: {', '.join(guard_ids())}") from None
-    path = _as_pathlib_names(args.path)
-    if not os.path.exists(path):
+    remote_url = _remote_arg(args.path)
+    path = remote_url or _as_pathlib_names(args.path)
+    if remote_url:
+        pass
+    elif not os.path.exists(path):
         raise UsageError(f"path not found: {args.path}")
-    if os.path.isdir(path):
+    elif os.path.isdir(path):
         raise UsageError(f"{args.path} is a folder; `quantgate guard` takes one file (use `quantgate run` for folders)")
     config = _load_policy(args.policy).guard_config(guard.id) if args.policy else GuardConfig(timeout_s=300.0)
     try:
@@ -429,11 +432,19 @@ def cmd_guard(args: argparse.Namespace) -> int:
     if guard.needs == CORE:
         gc.disable()
     sniffed = sniff(path)
-    size = os.stat(path).st_size if sniffed.format != "unreadable" else 0
-    # a link keeps its own name and folder (a Hugging Face snapshot's config.json sits beside the
-    # link, not beside the blob it points to); the folders above it are resolved
-    folder, name = os.path.split(os.path.abspath(path))
-    ctx = GuardContext(os.path.join(os.path.realpath(folder), name), sniffed, size, link_display(path))
+    if remote_url:
+        from quantgate import remote
+
+        if sniffed.format == "unreadable":  # no Range support, an HTTP error: one line, exit 2
+            print(f"quantgate: error: {plain(sniffed.detail)}", file=sys.stderr)
+            return EXIT_ERROR
+        ctx = GuardContext(remote_url, sniffed, remote.open_file(remote_url).size, remote.display_url(remote_url))
+    else:
+        size = os.stat(path).st_size if sniffed.format != "unreadable" else 0
+        # a link keeps its own name and folder (a Hugging Face snapshot's config.json sits beside the
+        # link, not beside the blob it points to); the folders above it are resolved
+        folder, name = os.path.split(os.path.abspath(path))
+        ctx = GuardContext(os.path.join(os.path.realpath(folder), name), sniffed, size, link_display(path))
     result = run_guard(guard, ctx, config)
     _print_bytes(dumps_bytes(result.to_dict()))
     if guard.needs == CORE:
@@ -444,6 +455,19 @@ def cmd_guard(args: argparse.Namespace) -> int:
         print(f"quantgate: error: {guard.id} cannot run here: {result.skip['detail']}", file=sys.stderr)
         return EXIT_ERROR
     return {"PASS": 0, "WARN": 0, "SKIP": 0, "FAIL": 1, "ERROR": 2}[result.status]
+
+
+def _remote_arg(text: str) -> str | None:
+    """The URL when `text` is an http(s) URL (read by range, see quantgate.remote), else None."""
+    from quantgate.remote import is_url
+
+    return text if is_url(text) else None
+
+
+def _shown_arg(text: str) -> str:
+    from quantgate.remote import display_url, is_url
+
+    return display_url(text) if is_url(text) else text
 
 
 def _as_pathlib_names(text: str) -> str:
@@ -464,14 +488,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from quantgate.formats import read_inventory
     from quantgate.formats.sniff import MODEL_FORMATS, sniff
 
-    path = Path(args.path)
-    if not path.is_file():
+    remote_url = _remote_arg(args.path)
+    path: Any = remote_url or Path(args.path)
+    if not remote_url and not path.is_file():
         raise UsageError(f"not a file: {args.path}")
     sniffed = sniff(path)
+    if remote_url and sniffed.format == "unreadable":
+        print(f"quantgate: error: {plain(sniffed.detail)}", file=sys.stderr)
+        return EXIT_ERROR
     if sniffed.format not in MODEL_FORMATS:
-        print(f"quantgate: {plain(args.path)}: {sniffed.format}: {plain(sniffed.detail)}", file=sys.stderr)
+        shown = _shown_arg(args.path)
+        print(f"quantgate: {plain(shown)}: {sniffed.format}: {plain(sniffed.detail)}", file=sys.stderr)
         return 1
-    inventory = read_inventory(str(path), sniffed.format)
+    from quantgate.remote import RemoteError
+
+    try:
+        inventory = read_inventory(str(path), sniffed.format)
+    except RemoteError as exc:
+        print(f"quantgate: error: {plain(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
+    if inventory is not None and remote_url:
+        inventory.path = _shown_arg(remote_url)  # never the query of a presigned URL
     if inventory is None:
         print(f"quantgate: no reader for {sniffed.format} in this version", file=sys.stderr)
         return EXIT_ERROR

@@ -54,12 +54,25 @@ def plain_relative(name: str) -> bool:
     return ".." not in name.replace("\\", "/").split("/")
 
 
+def _remote_sibling(folder: str, name: str) -> tuple[str | None, str | None]:
+    """A sibling of a remote artifact: the URL beside it, when the server has it (quantgate.remote)."""
+    from quantgate import remote
+
+    url = remote.join(folder + "/x", name)
+    try:
+        return (url, None) if remote.exists(url) else (None, None)
+    except remote.RemoteError as exc:
+        return None, f"{name} beside the remote artifact cannot be read: {exc}"
+
+
 def sibling(folder: str | os.PathLike[str], name: str) -> tuple[str | None, str | None]:
     """(path to open, None) when `name` beside `folder` may be read; (None, None) when there is no
     such file; (None, why) when it exists but the confinement rule refuses it."""
     folder = os.fspath(folder)
     if not plain_relative(name):
         return None, f"{name!r} is not a plain relative path inside the folder"
+    if folder[:8].lower().startswith(("http://", "https://")):
+        return _remote_sibling(folder, name)
     path = os.path.join(folder, name)
     try:
         os.lstat(path)

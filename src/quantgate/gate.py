@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from quantgate import SCHEMA_VERSION, __version__
 from quantgate.formats.sniff import LFS_POINTER, MANIFEST, MODEL_EXTENSIONS, MODEL_FORMATS, Sniffed, sniff
 from quantgate.progress import log
+from quantgate.remote import is_url
 from quantgate.result import (
     BLOCKED_BY_INTEGRITY,
     DEPENDENCY_MISSING,
@@ -99,7 +100,14 @@ class RunOptions:
 
 
 def display_path(path: str | os.PathLike[str]) -> str:
-    """`path` resolved, relative to the working directory when it lies inside it."""
+    """`path` resolved, relative to the working directory when it lies inside it (a URL: without
+    its credentials)."""
+    if isinstance(path, str) and path.startswith("hf://"):
+        return path
+    if is_url(path):
+        from quantgate.remote import display_url
+
+        return display_url(str(path))
     full = os.path.realpath(path)
     cwd = os.path.realpath(os.getcwd())
     if os.path.normcase(full) == os.path.normcase(cwd):
@@ -265,6 +273,9 @@ def discover(
     own: list[dict[str, str]] = []
     found: dict[str, tuple[Artifact, int]] = {}  # real path -> (artifact, _path_rank of its path)
     for given in paths:
+        if is_url(given) or given.startswith("hf://"):
+            _discover_url(given, found)
+            continue
         root = Path(given)
         if not root.exists():
             raise UsageError(f"path not found: {given}")
@@ -348,6 +359,28 @@ def _fold_split_sets(artifacts: list[Artifact], skipped: list[dict[str, str]]) -
         _skip(skipped, a.display, SKIP_SPLIT_SHARD,
               f"shard {where[3]} of {where[2]} of a split GGUF model, gated with the set through {first.display}")
     return kept
+
+
+def _discover_url(url: str, found: dict[str, tuple[Artifact, int]]) -> None:
+    """An http(s) URL is one artifact, read by range (quantgate.remote); one that cannot be opened is
+    gated as unreadable, so that integrity reports why."""
+    from quantgate.remote import RemoteError, display_url, hf_list, is_hf, open_file
+
+    if is_hf(url):  # every model file of a Hub repo, at one commit
+        try:
+            listed = hf_list(url, MODEL_EXTENSIONS)
+        except RemoteError as exc:
+            raise UsageError(str(exc)) from None
+        if not listed:
+            raise UsageError(f"{url}: the repo holds no {', '.join(MODEL_EXTENSIONS)} file")
+    else:
+        listed = [(url, display_url(url))]
+    for each, shown in listed:
+        if each in found:
+            continue
+        sniffed = sniff(each)
+        size = open_file(each).size if sniffed.format != "unreadable" else 0
+        found[each] = (Artifact(each, shown, sniffed, size, real=each), 0)
 
 
 def _is_artifact(path: Path, sniffed: Sniffed) -> bool:

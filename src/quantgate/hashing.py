@@ -11,6 +11,13 @@ CHUNK = 8 << 20  # large reads keep the hash, not the syscalls, the bottleneck
 
 
 def sha256_file(path: str | os.PathLike[str], label: str | None = None) -> str:
+    if isinstance(path, str) and path[:8].lower().startswith(("http://", "https://")):
+        from quantgate.remote import RemoteError, display_url, sha256_url
+
+        try:
+            return sha256_url(path, label or display_url(path))
+        except RemoteError as exc:
+            raise OSError(str(exc)) from None  # the gate logs it and goes on without a digest
     digest = hashlib.sha256()
     size = os.path.getsize(path)
     progress = Progress(f"sha256 {label or os.fspath(path)}", size, "B") if size > 256 << 20 else None

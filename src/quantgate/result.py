@@ -29,11 +29,15 @@ class ArtifactInfo:
     format: str
     size_bytes: int
     sha256: str | None = None
+    # a remote artifact's provenance: url (no credentials), size, etag, bytes_fetched, requests
+    remote: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "format": self.format, "size_bytes": self.size_bytes}
         if self.sha256:
             out["sha256"] = self.sha256
+        if self.remote:
+            out["remote"] = self.remote
         return out
 
 

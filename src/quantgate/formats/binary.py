@@ -75,6 +75,9 @@ class View:
     def __len__(self) -> int:
         return len(self.buf)
 
+    def ensure(self, pos: int, size: int) -> None:
+        """Make [pos, pos + size) readable through `buf` directly: a no-op but for a remote file."""
+
     def check(self, pos: int, size: int, field: str | None = None) -> None:
         if pos < 0 or size < 0 or pos + size > len(self.buf):
             raise OutOfBounds(
@@ -126,13 +129,56 @@ class View:
         return bytes(self.buf[pos : pos + min(size, limit)]).decode("utf-8", errors="replace")
 
 
+class RemoteView(View):
+    """A View over a remote file (quantgate.remote): every checked read fetches its blocks first."""
+
+    def __init__(self, buf: bytes | mmap.mmap, remote: object):
+        super().__init__(buf)
+        self.remote = remote
+
+    def ensure(self, pos: int, size: int) -> None:
+        self.remote.ensure(pos, size)  # type: ignore[attr-defined]
+
+    def _unpack(self, fmt: struct.Struct, pos: int, field: str | None) -> int | float:
+        self.check(pos, fmt.size, field)
+        self.ensure(pos, fmt.size)
+        return fmt.unpack_from(self.buf, pos)[0]
+
+    def bytes(self, pos: int, size: int, field: str | None = None) -> bytes:
+        self.check(pos, size, field)
+        self.ensure(pos, size)
+        return bytes(self.buf[pos : pos + size])
+
+    def text(self, pos: int, size: int, field: str | None = None, limit: int = 1 << 20) -> str:
+        self.check(pos, size, field)
+        self.ensure(pos, min(size, limit))
+        return bytes(self.buf[pos : pos + min(size, limit)]).decode("utf-8", errors="replace")
+
+
+def _is_url(path: object) -> bool:
+    return isinstance(path, str) and path[:8].lower().startswith(("http://", "https://"))
+
+
 def file_size(path: str | os.PathLike[str]) -> int:
+    if _is_url(path):
+        from quantgate.remote import open_file
+
+        return open_file(str(path)).size
     return os.stat(path).st_size
 
 
 @contextmanager
 def mapped(path: str | os.PathLike[str]) -> Iterator[View]:
-    """Memory-map a file read-only; an empty file gives an empty view (mmap refuses size 0)."""
+    """Memory-map a file read-only; an empty file gives an empty view (mmap refuses size 0). A URL
+    gives a RemoteView with the region its format's reader walks directly already fetched."""
+    if _is_url(path):
+        from quantgate.remote import open_file, prefetch
+
+        remote = open_file(str(path))
+        view = RemoteView(remote.buf, remote)
+        prefetch(view, remote)
+        yield view
+        return
     with open(path, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if size == 0:
@@ -146,6 +192,11 @@ def mapped(path: str | os.PathLike[str]) -> Iterator[View]:
 
 
 def read_head(path: str | os.PathLike[str], size: int) -> bytes:
+    if _is_url(path):
+        from quantgate.remote import open_file
+
+        remote = open_file(str(path))
+        return remote.read(0, min(size, remote.size))
     with open(path, "rb") as handle:
         return handle.read(size)
 

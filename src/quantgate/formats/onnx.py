@@ -18,14 +18,13 @@ from __future__ import annotations
 import contextlib
 import math
 import mmap
-import os
 import struct
 from dataclasses import dataclass, replace
 
 from quantgate import findings as F
 from quantgate.findings import Finding
 from quantgate.formats import protobuf as pb
-from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View, gc_paused, mapped
+from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View, file_size, gc_paused, mapped
 from quantgate.formats.onnx_external import ExternalChecks
 from quantgate.formats.onnx_proto import (
     DTYPES,
@@ -191,7 +190,7 @@ def _read_error_finding(exc: ReadError, size: int) -> Finding:
 def read(path: str) -> Inventory:
     """Scan an ONNX model; never raises on bad input."""
     try:
-        size = os.path.getsize(path)
+        size = file_size(path)
     except OSError as exc:
         inv = Inventory(FORMAT, path, 0)
         inv.structural_findings.append(
@@ -318,7 +317,7 @@ class WeightTrace:
 def trace_weights(path: str) -> WeightTrace | None:
     """The weight operands of every layer, as `read` counts them; None when the scan found a
     structural error. Tensors keep their file offsets: read their bytes with a map of `path`."""
-    size = os.path.getsize(path)
+    size = file_size(path)
     structural, semantic = _Findings(), _Findings()
     with gc_paused(), mapped(path) as view:
         model = _scan(view, size, structural)

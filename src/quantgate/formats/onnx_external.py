@@ -30,7 +30,8 @@ class ExternalChecks:
         self.facts: dict[str, Any] = {}
 
     def run(self) -> None:
-        base = os.path.dirname(os.path.abspath(self.path))
+        remote = self.path.startswith(("http://", "https://"))
+        base = os.path.dirname(self.path.split("?", 1)[0] if remote else os.path.abspath(self.path))
         checked: dict[str, tuple[str | None, int | None]] = {}  # location -> (real path or None, size)
         ranges: dict[str, list[tuple[int, int, str]]] = {}
         files: set[str] = set()
@@ -90,7 +91,9 @@ class ExternalChecks:
         if not parts:
             return err("ONNX_EXTERNAL_PATH_INVALID", f"external data location {loc!r} names no file")
         traversal = ".." in parts
-        if traversal:
+        if traversal or base.startswith(("http://", "https://")):
+            if base.startswith(("http://", "https://")):
+                return self.remote_location(t, loc, base, parts, traversal, err)
             self.add(
                 F.error(
                     "ONNX_EXTERNAL_PATH_TRAVERSAL",
@@ -140,6 +143,24 @@ class ExternalChecks:
                 "alias a file outside the model's folder, copy it instead",
             )
         return real, st.st_size
+
+    def remote_location(self, t: Tensor, loc: str, base: str, parts: list[str], traversal: bool,
+                        err: Callable[[str, str], tuple[None, None]]) -> tuple[str | None, int | None]:
+        """A remote model's external data: the URL beside it, sized by the server (never fetched);
+        `..` is refused as it is locally, and links do not exist over HTTP."""
+        from quantgate import remote
+
+        if traversal:
+            return err("ONNX_EXTERNAL_PATH_TRAVERSAL",
+                       f"external data location {loc!r} contains `..`; onnx and onnxruntime resolve it "
+                       "differently, write a plain relative path")
+        url = remote.join(base + "/x", "/".join(parts))
+        try:
+            if not remote.exists(url):
+                return err("ONNX_EXTERNAL_MISSING", f"external data file {loc!r} does not exist next to the model")
+            return url, remote.open_file(url).size
+        except remote.RemoteError as exc:
+            return err("ONNX_EXTERNAL_MISSING", f"external data file {loc!r} cannot be examined: {exc}")
 
     def check_range(self, t: Tensor, size: int | None) -> tuple[int, int] | None:
         values: dict[str, int | None] = {}

@@ -608,6 +608,7 @@ def _check_named_data(view: View, prog: Program) -> None:
         if match is None or span is None or span[0] + span[1] > len(view) or span[1] > budget:
             continue
         budget -= span[1]
+        view.ensure(span[0], span[1])
         digest = hashlib.sha256(memoryview(view.buf)[span[0] : span[0] + span[1]]).hexdigest()
         checked += 1
         if digest != match.group(1):
@@ -623,16 +624,47 @@ def _check_named_data(view: View, prog: Program) -> None:
     prog.facts["named_data_hashes_checked"] = checked
 
 
+class _RemoteEntry:
+    """A `.ptd` beside a remote program, shaped like the os.DirEntry the local scan yields."""
+
+    def __init__(self, name: str, path: str):
+        self.name, self.path = name, path
+
+    def is_symlink(self) -> bool:
+        return False
+
+    def is_file(self) -> bool:
+        return True
+
+
+def _remote_ptds(url: str) -> list[Any]:
+    """A URL's folder cannot be listed: the names ExecuTorch writes (`_default_external_constant.ptd`,
+    `<program stem>.ptd`) are tried, and those the server has are read."""
+    from quantgate import remote
+
+    stem = remote.basename(url).rsplit(".", 1)[0]
+    out = []
+    for name in sorted({"_default_external_constant.ptd", f"{stem}.ptd"}):
+        target = remote.join(url, name)
+        try:
+            if remote.exists(target):
+                out.append(_RemoteEntry(name, target))
+        except remote.RemoteError:
+            continue
+    return out
+
+
 def _ptd_beside(prog: Program) -> tuple[list[str], dict[str, tuple[int | None, int | None, tuple[int, ...] | None]]]:
     """Names and named entries of the `.ptd` files in the program's folder (read once; damage is reported)."""
     cached = prog.facts.get("_ptd")
     if cached is not None:
         return cached
-    folder = os.path.dirname(os.path.abspath(prog.path))
+    remote = prog.path.startswith(("http://", "https://"))
+    folder = "" if remote else os.path.dirname(os.path.abspath(prog.path))
     found: dict[str, tuple[int | None, int | None, tuple[int, ...] | None]] = {}
     names = []
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        entries = _remote_ptds(prog.path) if remote else sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError:
         entries = []
     for entry in entries:

@@ -551,6 +551,7 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
                 from quantgate.formats.xnnpack import read_payload
 
                 start, size = d.span
+                view.ensure(start, size)
                 data = memoryview(view.buf)[start : start + size] if size else b""
                 try:
                     payload = read_payload(data, base_offset=start, budget=Budget.for_size(size))

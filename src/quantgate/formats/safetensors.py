@@ -705,7 +705,8 @@ def read(path: str) -> Inventory:
             head = parse_header(view)
             inv.structural_findings.extend(head.findings)
             inv.facts.update(_facts(head))
-            layouts.interpret(view, head, inv, os.path.abspath(path))
+            remote = path.startswith(("http://", "https://"))
+            layouts.interpret(view, head, inv, path if remote else os.path.abspath(path))
     except ReadError as exc:
         inv.structural_findings.append(
             F.error("ST_OUT_OF_BOUNDS", f"{exc.message}", offset=exc.offset, field=exc.field))

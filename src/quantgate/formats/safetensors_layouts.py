@@ -652,10 +652,11 @@ CHECKED_METHODS = {"gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8", "
 
 def _load_json(path: str, limit: int) -> tuple[Any, str | None]:
     try:
-        if os.path.getsize(path) > limit:
+        from quantgate.formats.binary import file_size, read_head
+
+        if file_size(path) > limit:
             return None, f"larger than {limit:,} bytes; not read"
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
+        data = read_head(path, limit + 1)
         return jsonfile.loads(data.decode("utf-8"), allow_nan=True), None
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         return None, str(exc).splitlines()[0][:200]
@@ -883,7 +884,8 @@ def _find_index(folder: str, base: str) -> tuple[str, dict[str, Any]] | None:
     """The `*.safetensors.index.json` beside the file whose weight_map names it (or, failing that, the
     index that shares its stem)."""
     try:
-        names = sorted(n for n in os.listdir(folder) if n.endswith(".safetensors.index.json"))
+        names = (_remote_index_names(folder, base) if folder.startswith(("http://", "https://")) else
+                 sorted(n for n in os.listdir(folder) if n.endswith(".safetensors.index.json")))
     except OSError:
         return None
     fallback = None
@@ -906,6 +908,39 @@ def _find_index(folder: str, base: str) -> tuple[str, dict[str, Any]] | None:
         if same_stem and shard_like and fallback is None:
             fallback = name, doc  # a shard the index forgot: every tensor in it is unlisted
     return fallback
+
+
+def _remote_index_names(folder: str, base: str) -> list[str]:
+    """A URL's folder cannot be listed: the index names a shard's own name implies (`X-00001-of-00002
+    .safetensors` -> `X.safetensors.index.json`), then the usual `model.safetensors.index.json`; those
+    the server has."""
+    from quantgate import confine
+
+    stem = _SHARD_NAME.sub("", base) if _SHARD_NAME.search(base) else base.removesuffix(".safetensors")
+    names = []
+    for name in dict.fromkeys([f"{stem}.safetensors.index.json", "model.safetensors.index.json"]):
+        if confine.sibling(folder, name)[0] is not None:
+            names.append(name)
+    return sorted(names)
+
+
+def _beside(folder: str, name: str) -> str:
+    if folder.startswith(("http://", "https://")):
+        from quantgate import remote
+
+        return remote.join(folder + "/x", name)
+    return os.path.join(folder, name)
+
+
+def _is_file(path: str) -> bool:
+    if path.startswith(("http://", "https://")):
+        from quantgate import remote
+
+        try:
+            return remote.exists(path)
+        except remote.RemoteError:
+            return False
+    return os.path.isfile(path)
 
 
 def check_index(folder: str, base: str, own: dict[str, Any],
@@ -941,7 +976,7 @@ def check_index(folder: str, base: str, own: dict[str, Any],
     shards = sorted({v for v in wm.values() if isinstance(v, str)})
     facts = {"index": index_name, "shards": len(shards), "index_tensors": len(wm)}
     valid = [s for s in shards if _plain_name(s)]
-    present = [s for s in valid if os.path.isfile(os.path.join(folder, s))]
+    present = [s for s in valid if _is_file(_beside(folder, s))]
     if present and present[0] != base:
         return facts  # the whole-index checks are reported by the first shard
     for s in shards:
@@ -979,7 +1014,7 @@ def _shard_bytes(folder: str, shards: list[str]) -> int | None:
     total = 0
     for s in shards:
         try:
-            with mapped(os.path.join(folder, s)) as view:
+            with mapped(_beside(folder, s)) as view:
                 head = parse_header(view)
         except OSError:
             return None

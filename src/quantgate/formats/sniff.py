@@ -140,6 +140,15 @@ def sniff_bytes(head: bytes, size: int, name: str = "") -> Sniffed:
 
 
 def sniff(path: str | os.PathLike[str]) -> Sniffed:
+    if isinstance(path, str) and path[:8].lower().startswith(("http://", "https://")):
+        from quantgate import remote
+
+        try:
+            rf = remote.open_file(path)
+            head = rf.read(0, min(HEAD_BYTES, rf.size))
+        except remote.RemoteError as exc:
+            return Sniffed(UNREADABLE, str(exc))
+        return sniff_bytes(head, rf.size, remote.basename(path))
     # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; whatever was
     # opened is then checked to be a regular file before a byte is read
     try:

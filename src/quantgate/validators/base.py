@@ -25,11 +25,13 @@ from quantgate.findings import Finding
 from quantgate.formats import read_inventory
 from quantgate.formats.sniff import MANIFEST, MODEL_FORMATS, Sniffed
 from quantgate.inventory import Inventory
+from quantgate.remote import RemoteError, is_url, provenance
 from quantgate.result import (
     BLOCKED_BY_INTEGRITY,
     DEPENDENCY_MISSING,
     ERROR,
     FAIL,
+    NO_INPUT,
     NOT_APPLICABLE,
     PASS,
     SKIP,
@@ -88,8 +90,15 @@ class GuardContext:
         inventory = self.inventory()
         return inventory is not None and not inventory.structurally_sound
 
+    @property
+    def remote(self) -> bool:
+        return is_url(self.path)
+
     def artifact_info(self) -> ArtifactInfo:
-        return ArtifactInfo(self.display_path, self.format, self.size_bytes, self.sha256)
+        info = ArtifactInfo(self.display_path, self.format, self.size_bytes, self.sha256)
+        if self.remote:
+            info.remote = provenance(self.path)
+        return info
 
 
 @dataclass
@@ -269,6 +278,10 @@ def run_guard(guard: Guard, ctx: GuardContext, config: GuardConfig) -> GuardResu
 def _run(guard: Guard, ctx: GuardContext, config: GuardConfig) -> GuardResult:
     if not guard.applies_to(ctx.format):
         return _skip(guard, ctx, NOT_APPLICABLE, f"{guard.id} does not read {ctx.format} artifacts")
+    if guard.needs != CORE and ctx.remote:
+        # a runtime loads the whole program from disk: reading it by range would be a full download
+        return _skip(guard, ctx, NO_INPUT, f"{guard.id} runs the artifact in a runtime and needs the file on disk; "
+                     "it is remote: download it and gate the local file")
     missing = guard.missing_dependency()
     if missing:
         return _skip(guard, ctx, DEPENDENCY_MISSING, missing)
@@ -281,6 +294,9 @@ def _run(guard: Guard, ctx: GuardContext, config: GuardConfig) -> GuardResult:
         return _error(guard, ctx, "timeout", f"{guard.id} {exc}", "raise timeout_s in the policy")
     except MemoryError:
         return _error(guard, ctx, "memory", f"{guard.id} ran out of memory", "report this file")
+    except RemoteError as exc:
+        return _error(guard, ctx, "remote", f"cannot read the remote artifact: {exc}",
+                      "check the URL, the server and its credentials, or download the file and gate it")
     except Exception as exc:  # a guard bug must be ERROR, never PASS or FAIL
         return _error(
             guard,
