@@ -574,7 +574,7 @@ def test_error_codes_are_parsed() -> None:
 
 
 def test_finding_codes_documented() -> None:
-    readme = (FIXTURES.parent / "README.md").read_text()
+    readme = (FIXTURES.parent / "docs" / "finding-codes.md").read_text()
     for code in FINDING_CODES:
         assert f"`{code}`" in readme, code
 

@@ -118,7 +118,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 _HEADER = """\
 # quantgate policy — what `quantgate run` checks and what makes it fail.
-# Reference: README "Policy"; schema: `quantgate schema policy`; check it: `quantgate check-policy FILE`.
+# Reference: docs/policy.md; schema: `quantgate schema policy`; check it: `quantgate check-policy FILE`.
 # Bounds are "METRIC OP NUMBER" strings (OP one of >= <= > < ==) on the guard's metrics
 # (`quantgate guard ID FILE` prints them all). A bound on a metric a guard does not produce is an
 # ERROR, never a pass; unknown keys are a usage error (exit 4), so a typo never disables a check.

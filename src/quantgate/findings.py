@@ -1,6 +1,6 @@
 """Findings: what a reader or guard saw wrong (or worth noting) in an artifact.
 
-Every finding has a stable code (listed in the README), a severity and a location a person can go
+Every finding has a stable code (listed in docs/finding-codes.md), a severity and a location a person can go
 to: a byte offset, a tensor, a field or an op. Readers never raise on bad input; they return these.
 """
 
@@ -99,7 +99,7 @@ def has_errors(findings: list[Finding]) -> bool:
 
 
 # Codes raised by the shared layers (sniffing, bounded reads, the gate). Format readers keep their own
-# tables beside their code (a module-level FINDING_CODES dict); the README lists them all and a test
+# tables beside their code (a module-level FINDING_CODES dict); docs/finding-codes.md lists them all and a test
 # checks that it does.
 FINDING_CODES = {
     "FILE_EMPTY": "The file has zero bytes.",

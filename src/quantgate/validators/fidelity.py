@@ -512,7 +512,7 @@ class FidelityGuard(Guard):
             return Outcome(skip=(NO_REFERENCE, source))
         if not os.path.isfile(ref_path):
             return Outcome(error=("reference_missing", f"the reference {ref_path} (from {source}) is not a file",
-                                  "fix the reference path; it is resolved as the README's fidelity section says"))
+                                  "fix the reference path; it is resolved as docs/fidelity.md says"))
         try:
             if os.path.samefile(ref_path, ctx.path):
                 return Outcome(skip=("not_applicable", "this artifact is the fidelity reference itself"))
@@ -538,11 +538,11 @@ class FidelityGuard(Guard):
                     raise ValueError
             except (TypeError, ValueError):
                 return Outcome(error=("bad_param", f"--param {key}={given} is not a non-negative integer",
-                                      "see the README's fidelity section for the parameters"))
+                                      "see docs/fidelity.md for the parameters"))
         try:
             requested_shapes(config)
         except BadShapes as exc:
-            return Outcome(error=("bad_param", str(exc), "see the README's fidelity section for input_shapes"))
+            return Outcome(error=("bad_param", str(exc), "see docs/fidelity.md for input_shapes"))
         findings: list[Finding] = []
         metrics: dict[str, Any] = {}
         art_size = _size_with_external(ctx.path, ctx.format)
