@@ -21,6 +21,9 @@ MAX_INT_DIGITS = 300  # any integer quantgate reads is far below 1e300, and floa
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+# every byte but the four brackets: brackets are ASCII, and no byte of a multi-byte UTF-8 sequence is
+# ASCII, so deleting the other bytes of the UTF-8 text keeps exactly its brackets
+_NON_BRACKET_BYTES = bytes(b for b in range(256) if b not in b"[]{}")
 _LONG_INT = re.compile(rf"-?\d{{{MAX_INT_DIGITS + 1},}}")
 
 
@@ -39,10 +42,14 @@ def _where(text: str, pos: int) -> str:
     return f"line {line} column {pos - (text.rfind(chr(10), 0, pos) + 1) + 1}"
 
 
-def too_deep(text: str, limit: int = MAX_DEPTH) -> bool:
+def too_deep(text: str, limit: int = MAX_DEPTH, raw: bytes | None = None) -> bool:
     """True when brackets outside strings nest deeper than `limit`. Each pass drops the innermost
-    level with C-speed string operations: `limit` linear passes, never a recursion."""
-    brackets = _NOT_BRACKET.sub("", text)
+    level with C-speed string operations: `limit` linear passes, never a recursion. `raw`, the UTF-8
+    bytes of `text` when the caller has them, makes the first bracket scan a byte translation."""
+    if raw is not None:
+        brackets = raw.translate(None, _NON_BRACKET_BYTES).decode("ascii")
+    else:
+        brackets = _NOT_BRACKET.sub("", text)
     if not _levels_exceed(brackets, limit):
         return False  # brackets inside strings only add depth: no need to strip them
     return _levels_exceed(_NOT_BRACKET.sub("", _STRING.sub("", text)), limit)

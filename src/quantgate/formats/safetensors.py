@@ -31,6 +31,7 @@ from quantgate.formats import safetensors_layouts as layouts
 from quantgate.formats.binary import ReadError, View, file_size, gc_paused, mapped
 from quantgate.formats.safetensors_layouts import LAYOUT_CODES
 from quantgate.inventory import Inventory
+from quantgate.jsonfile import too_deep
 
 HEADER_LIMIT = 100_000_000  # the reference's MAX_HEADER_SIZE
 MAX_DEPTH = 8  # the schema needs 3 levels ({name: {shape: [..]}}); anything deeper is hostile
@@ -153,37 +154,6 @@ class _Findings:
                         field=code,
                     )
                 )
-
-
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
-# every byte but the four brackets: brackets are ASCII, and no byte of a multi-byte UTF-8 sequence is
-# ASCII, so deleting the other bytes of the UTF-8 text keeps exactly its brackets
-_NON_BRACKET_BYTES = bytes(b for b in range(256) if b not in b"[]{}")
-
-
-def _too_deep(text: str, limit: int, raw: bytes | None = None) -> bool:
-    """True when brackets nest deeper than `limit` (outside strings). Each pass removes the innermost
-    level with C-speed string operations, so a 100 MB header costs `limit` linear passes. `raw`, the
-    UTF-8 bytes of `text` when the caller has them, makes the first bracket scan a byte translation."""
-    if raw is not None:
-        brackets = raw.translate(None, _NON_BRACKET_BYTES).decode("ascii")
-    else:
-        brackets = _NOT_BRACKET.sub("", text)
-    if not _levels_exceed(brackets, limit):
-        return False  # brackets inside strings only add depth, so no string stripping is needed
-    return _levels_exceed(_NOT_BRACKET.sub("", _STRING.sub("", text)), limit)
-
-
-def _levels_exceed(brackets: str, limit: int) -> bool:
-    for _ in range(limit):
-        if not brackets:
-            return False
-        shorter = brackets.replace("[]", "").replace("{}", "")
-        if len(shorter) == len(brackets):
-            return False  # unbalanced: the JSON parser reports it
-        brackets = shorter
-    return bool(brackets) and ("[]" in brackets or "{}" in brackets)
 
 
 class _PairsRecorder:
@@ -345,7 +315,7 @@ def _header_text(raw: bytes, out: _Findings) -> str | None:
                         f"the header is not valid UTF-8 at byte {8 + exc.start}: re-export the file",
                         offset=8 + exc.start, field="header"))
         return None
-    if _too_deep(text, MAX_DEPTH, raw):
+    if too_deep(text, MAX_DEPTH, raw):
         out.add(F.error("ST_HEADER_TOO_DEEP",
                         f"the JSON header nests deeper than {MAX_DEPTH} levels; a safetensors header needs 3",
                         offset=8, field="header"))
