@@ -191,3 +191,22 @@ def test_text_report_shows_the_cost(tmp_path: Path) -> None:
     assert lines[-2].startswith("cost: ") and " s wall; guards " in lines[-2]
     report = json.loads(run_cli("run", str(release), "--jobs", "1", "--format", "json", cwd=tmp_path).stdout)
     assert f"({report['cost']['by_guard']['integrity']['count']})" in lines[-2]
+
+
+@needs_runtime
+def test_fidelity_output_runs_share_one_runtime(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copyfile(PTE / "int8_xnnpack.pte", models / f"{name}.pte")
+    policy = tmp_path / "quantgate.toml"
+    policy.write_text(f'[guards.fidelity]\nreference = "{PTE / "fp32_xnnpack.pte"}"\nparams = {{ weights = false }}\n')
+    _, report = run_json("run", str(models), "--policy", str(policy), "--guards", "fidelity", "--jobs", "1",
+                            "--format", "json", timeout=300)
+    assert validate(report, "report") == []
+    results = report["results"]
+    assert [r["status"] for r in results] == ["PASS"] * 3, [r["message"] for r in results]
+    # the three pairs ran the same inputs through one runtime: the same numbers, one start-up
+    assert len({json.dumps(r["metrics"]["outputs"], sort_keys=True) for r in results}) == 1
+    assert report["cost"]["runtime_startups"] == 1
+    assert report["cost"]["by_guard"]["fidelity"]["count"] == 3

@@ -555,34 +555,41 @@ HEAVY_GUARDS = ("pte-inspector", "fidelity")
 BATCHES_PER_WORKER = 4
 
 
-def is_heavy(artifact: Artifact, policy: Policy, selected: Sequence[str]) -> bool:
-    """True when a runtime guard will run on the artifact (enabled, applies, installed)."""
-    for guard_id in selected:
-        if guard_id not in HEAVY_GUARDS or not policy.guard(guard_id).enabled:
-            continue
-        guard = get_guard(guard_id)
-        if not guard.applies_to(artifact.format) or guard.missing_dependency() is not None:
-            continue
-        if guard_id == "fidelity":  # without a reference it SKIPs at once; with one it decodes and runs
-            config = policy.guard_config(guard_id)
-            if not (config.param("reference") or config.param("references") or artifact.hints.get("reference")):
+def heavy_flags(artifacts: Sequence[Artifact], policy: Policy, selected: Sequence[str]) -> list[bool]:
+    """Per artifact: True when a runtime guard will run on it (enabled, applies, installed). What a
+    guard needs is looked up once per guard and format, not per artifact (find_spec is not free)."""
+    runtime = [g for g in selected if g in HEAVY_GUARDS and policy.guard(g).enabled
+               and get_guard(g).missing_dependency() is None]
+    referenced = False
+    if "fidelity" in runtime:  # without a reference fidelity SKIPs at once; with one it decodes and runs
+        config = policy.guard_config("fidelity")
+        referenced = bool(config.param("reference") or config.param("references"))
+    flags = []
+    for artifact in artifacts:
+        heavy = False
+        for guard_id in runtime:
+            if not get_guard(guard_id).applies_to(artifact.format):
                 continue
-        return True
-    return False
+            if guard_id != "fidelity" or referenced or artifact.hints.get("reference"):
+                heavy = True
+                break
+        flags.append(heavy)
+    return flags
 
 
 def auto_jobs(artifacts: Sequence[Artifact], policy: Policy, selected: Sequence[str]) -> int:
     """`--jobs auto`: serial when only header scans apply (a process costs more than they do), else one
     worker per heavy artifact up to the cores."""
-    heavy = sum(is_heavy(a, policy, selected) for a in artifacts)
+    heavy = sum(heavy_flags(artifacts, policy, selected))
     return 1 if heavy == 0 else max(1, min(os.cpu_count() or 1, heavy))
 
 
 def plan_batches(artifacts: Sequence[Artifact], policy: Policy, selected: Sequence[str],
                  jobs: int) -> list[list[Artifact]]:
     """Heavy artifacts one per batch, first; light ones in about BATCHES_PER_WORKER batches per worker."""
-    heavy = [a for a in artifacts if is_heavy(a, policy, selected)]
-    light = [a for a in artifacts if not is_heavy(a, policy, selected)]
+    flags = heavy_flags(artifacts, policy, selected)
+    heavy = [a for a, h in zip(artifacts, flags, strict=True) if h]
+    light = [a for a, h in zip(artifacts, flags, strict=True) if not h]
     batches = [[a] for a in heavy]
     if light:
         count = max(1, min(len(light), jobs * BATCHES_PER_WORKER))
