@@ -68,6 +68,15 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _jobs(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid --jobs {value!r}: a whole number or auto") from None
+
+
 def _shard(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)/(\d+)", text)
     if not match or not 1 <= int(match[1]) <= int(match[2]):
@@ -126,7 +135,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         run.add_argument("--fail-on", choices=("fail", "warn"), help="what makes the gate fail (default: policy)")
         run.add_argument("--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)")
         run.add_argument("--guards", metavar="ID,ID", help="run only these guards")
-        run.add_argument("--jobs", type=int, default=1, metavar="N", help="artifacts gated in parallel processes")
+        run.add_argument("--jobs", type=_jobs, default="auto", metavar="N|auto",
+                         help="artifacts gated in parallel worker processes (default auto: serial when only header "
+                              "scans apply, else one worker per runtime-checked artifact up to the cores)")
         run.add_argument("--sha256", action="store_true", help="hash every artifact into the report")
         run.add_argument("--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts")
         run.add_argument(
@@ -310,13 +321,13 @@ def _write(path: str, text: str) -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     policy = _load_policy(args.policy)
-    if args.jobs < 1:
+    if args.jobs != "auto" and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     guards = [g.strip() for g in args.guards.split(",") if g.strip()] if args.guards else None
     options = RunOptions(
         paths=args.paths,
         guards=guards,
-        jobs=args.jobs,
+        jobs=0 if args.jobs == "auto" else args.jobs,  # 0: chosen from the work (gate.auto_jobs)
         fail_on=args.fail_on,
         report_only=args.report_only,
         hash_all=args.sha256,

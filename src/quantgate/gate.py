@@ -9,6 +9,7 @@ Statuses and exit codes follow DESIGN §3 exactly:
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import os
 import stat
@@ -88,7 +89,7 @@ class Artifact:
 class RunOptions:
     paths: Sequence[str] = ()
     guards: Sequence[str] | None = None
-    jobs: int = 1
+    jobs: int = 1  # 0: auto (gate.auto_jobs)
     fail_on: str | None = None
     report_only: bool = False
     hash_all: bool = False
@@ -583,9 +584,12 @@ def _crash_results(artifact: Artifact, selected: Sequence[str], policy: Policy, 
 
 
 def _worker(
-    conn: Any, artifact: Artifact, policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str,
+    conn: Any, policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str,
     parent_pid: int | None = None,
 ) -> None:
+    """A long-lived worker: takes batches of artifacts from `conn` until it gets None, sends back one
+    ("done", path, results, startups) per artifact, so a crash costs only the artifact it was on. Its
+    runtime runners live as long as it does: their start-up is paid once per worker, not per artifact."""
     import signal
 
     from quantgate.runtime import box
@@ -601,10 +605,72 @@ def _worker(
     box.die_with_parent(signal.SIGTERM)
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)  # the parent died before the death signal was armed
+    # the counts the parent inherited through fork are not this worker's
+    box._STARTS.update(startups=0, restarts=0)
+    box._SERVERS.clear()
     try:
-        conn.send(evaluate_artifact(artifact, policy, selected, hash_all, fail_on))
+        while True:
+            batch = conn.recv()
+            if batch is None:
+                break
+            for artifact in batch:
+                out = evaluate_artifact(artifact, policy, selected, hash_all, fail_on)
+                conn.send(("done", artifact.path, out, box.startups()))
+    except (EOFError, OSError):
+        pass
     finally:
-        conn.close()
+        box.close_servers()
+        with contextlib.suppress(OSError):
+            conn.close()
+
+
+# the guards that start a runtime (seconds of start-up and run per artifact); the others read headers
+HEAVY_GUARDS = ("pte-inspector", "fidelity")
+# light artifacts go to workers in batches: about this many batches per worker balance the load
+BATCHES_PER_WORKER = 4
+
+
+def heavy_flags(artifacts: Sequence[Artifact], policy: Policy, selected: Sequence[str]) -> list[bool]:
+    """Per artifact: True when a runtime guard will run on it (enabled, applies, installed). What a
+    guard needs is looked up once per guard and format, not per artifact (find_spec is not free)."""
+    runtime = [g for g in selected if g in HEAVY_GUARDS and policy.guard(g).enabled
+               and get_guard(g).missing_dependency() is None]
+    referenced = False
+    if "fidelity" in runtime:  # without a reference fidelity SKIPs at once; with one it decodes and runs
+        config = policy.guard_config("fidelity")
+        referenced = bool(config.param("reference") or config.param("references"))
+    flags = []
+    for artifact in artifacts:
+        heavy = False
+        for guard_id in runtime:
+            if not get_guard(guard_id).applies_to(artifact.format):
+                continue
+            if guard_id != "fidelity" or referenced or artifact.hints.get("reference"):
+                heavy = True
+                break
+        flags.append(heavy)
+    return flags
+
+
+def auto_jobs(artifacts: Sequence[Artifact], policy: Policy, selected: Sequence[str]) -> int:
+    """`--jobs auto`: serial when only header scans apply (a process costs more than they do), else one
+    worker per heavy artifact up to the cores."""
+    heavy = sum(heavy_flags(artifacts, policy, selected))
+    return 1 if heavy == 0 else max(1, min(os.cpu_count() or 1, heavy))
+
+
+def plan_batches(artifacts: Sequence[Artifact], policy: Policy, selected: Sequence[str],
+                 jobs: int) -> list[list[Artifact]]:
+    """Heavy artifacts one per batch, first; light ones in about BATCHES_PER_WORKER batches per worker."""
+    flags = heavy_flags(artifacts, policy, selected)
+    heavy = [a for a, h in zip(artifacts, flags, strict=True) if h]
+    light = [a for a, h in zip(artifacts, flags, strict=True) if not h]
+    batches = [[a] for a in heavy]
+    if light:
+        count = max(1, min(len(light), jobs * BATCHES_PER_WORKER))
+        size = -(-len(light) // count)
+        batches += [light[i:i + size] for i in range(0, len(light), size)]
+    return batches
 
 
 class _Stopped(BaseException):
@@ -636,21 +702,33 @@ def _run_parallel(
     fail_on: str,
     jobs: int,
     on_done: Callable[[Artifact, list[dict[str, Any]]], None],
+    stats: dict[str, int] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Artifacts in child processes, at most `jobs` at once; a crashing child costs only its own."""
+    """Artifacts in at most `jobs` long-lived worker processes, fed batches; a crashing worker costs only
+    the artifact it was on (the rest of its batch goes back to the queue, to a fresh worker).
+    `stats` gets workers (processes started), batches, runtime_startups and runtime_restarts."""
     import multiprocessing.connection  # here: a single `quantgate guard` never pays for it
 
     ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    # the watchdog for a child stuck where signals cannot reach it (inside native code)
+    # the watchdog for a child stuck where signals cannot reach it (inside native code): per artifact
     deadline_s = sum(policy.guard_config(g).timeout_s or 0 for g in selected) + 60
-    pending = list(artifacts)
-    running: dict[Any, tuple[Artifact, Any, float]] = {}
+    pending = plan_batches(artifacts, policy, selected, jobs)
+    counts = {"workers": 0, "batches": len(pending), "runtime_startups": 0, "runtime_restarts": 0}
+    # worker -> [conn, batch left (the first one is being gated), last news, its runtime start counts]
+    running: dict[Any, list[Any]] = {}
     results: dict[str, list[dict[str, Any]]] = {}
     import signal
     import threading
 
     def _on_signal(signum: int, _frame: Any) -> None:
         raise _Stopped(signum)
+
+    def _retire(proc: Any, state: list[Any]) -> None:
+        counts["runtime_startups"] += state[3].get("startups", 0)
+        counts["runtime_restarts"] += state[3].get("restarts", 0)
+        with contextlib.suppress(OSError):
+            state[0].close()
+        del running[proc]
 
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -659,37 +737,68 @@ def _run_parallel(
     stopped: int | None = None
     try:
         while pending or running:
+            # hand out batches: to idle workers first, then to new workers up to `jobs`
+            for proc, state in list(running.items()):
+                if not state[1] and pending:
+                    state[1] = pending.pop(0)
+                    state[2] = time.monotonic()
+                    state[0].send(state[1])
+                elif not state[1]:
+                    with contextlib.suppress(OSError):
+                        state[0].send(None)  # nothing left: the worker closes its runners and exits
+                    proc.join(10)
+                    if proc.is_alive():
+                        _stop_workers([proc])
+                    _retire(proc, state)
             while pending and len(running) < jobs:
-                artifact = pending.pop(0)
-                parent, child = ctx.Pipe(duplex=False)
-                proc = ctx.Process(target=_worker, args=(child, artifact, policy, selected, hash_all, fail_on,
-                                                         os.getpid()))
+                parent, child = ctx.Pipe(duplex=True)
+                proc = ctx.Process(target=_worker, args=(child, policy, selected, hash_all, fail_on, os.getpid()))
                 proc.start()
                 child.close()
-                running[proc] = (artifact, parent, time.monotonic())
-            finished = multiprocessing.connection.wait([conn for _, conn, _ in running.values()], timeout=0.5)
-            for proc, (artifact, conn, started) in list(running.items()):
-                out = None
+                counts["workers"] += 1
+                batch = pending.pop(0)
+                running[proc] = [parent, batch, time.monotonic(), {}]
+                parent.send(batch)
+            if not running:
+                break
+            finished = multiprocessing.connection.wait([state[0] for state in running.values()], timeout=0.5)
+            for proc, state in list(running.items()):
+                conn, batch, since, _ = state
+                if not batch:
+                    continue
+                message = None
                 if conn in finished:
                     try:
-                        out = conn.recv()
+                        message = conn.recv()
                     except (EOFError, OSError):
-                        out = None
-                elif time.monotonic() - started < deadline_s:
+                        message = None
+                elif time.monotonic() - since < deadline_s:
                     continue
                 else:
                     _stop_workers([proc])
+                if message is not None:
+                    _, _path, out, starts = message
+                    state[3] = starts
+                    artifact = batch.pop(0)
+                    state[2] = time.monotonic()
+                    results[artifact.path] = out
+                    on_done(artifact, out)
+                    continue
+                # the worker died (or overran its watchdog) on batch[0]; the rest of its batch is requeued
+                if proc.is_alive():
+                    _stop_workers([proc])
                 proc.join()
-                conn.close()
-                if out is None:
-                    code = proc.exitcode
-                    why = (f"was killed by signal {-code}" if code is not None and code < 0
-                           else f"exited with code {code}")
-                    if time.monotonic() - started >= deadline_s:
-                        why = f"overran its {deadline_s:g} s watchdog and was killed"
-                    out = _crash_results(artifact, selected, policy, why)
+                code = proc.exitcode
+                why = (f"was killed by signal {-code}" if code is not None and code < 0
+                       else f"exited with code {code}")
+                if time.monotonic() - since >= deadline_s:
+                    why = f"overran its {deadline_s:g} s watchdog and was killed"
+                artifact = batch.pop(0)
+                if batch:
+                    pending.insert(0, batch)
+                _retire(proc, state)
+                out = _crash_results(artifact, selected, policy, why)
                 results[artifact.path] = out
-                del running[proc]
                 on_done(artifact, out)
     except _Stopped as exc:
         stopped = exc.signum
@@ -701,6 +810,8 @@ def _run_parallel(
         _stop_workers(running)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    if stats is not None:
+        stats.update(counts)
     if stopped is not None:
         # the signal's own meaning, now that the workers are gone: SIGINT -> KeyboardInterrupt, SIGTERM -> exit
         os.kill(os.getpid(), stopped)
@@ -779,10 +890,12 @@ def build_report(
     paths: Sequence[str] = (),
     artifacts_total: int | None = None,
     skipped: Sequence[dict[str, str]] = (),
+    run_stats: dict[str, int] | None = None,
 ) -> dict[str, Any]:
     """The canonical report. `paths` and `artifacts_total` (artifacts found before sharding) go in
     `inputs`, so that `quantgate merge` can tell a complete set of shards from a partial one."""
     verdict = verdict_of(results, len(artifacts))
+    wall_s = round(time.perf_counter() - started, 6)
     if any(s["reason"] in FATAL_SKIPS for s in skipped):
         verdict = "ERROR"  # part of the folder was never read: the run cannot vouch for it
     sha_by_path = {r["artifact"]["path"]: r["artifact"].get("sha256") for r in results}
@@ -804,7 +917,7 @@ def build_report(
         },
         "environment": environment(),
         "started_at": started_at,
-        "duration_s": round(time.perf_counter() - started, 6),
+        "duration_s": wall_s,
         "verdict": verdict,
         "exit_code": exit_code_for(verdict, report_only),
         "report_only": report_only,
@@ -817,6 +930,32 @@ def build_report(
         "artifacts": artifact_rows,
         "results": list(results),
         "skipped": list(skipped),
+        "cost": audit_cost(results, wall_s, run_stats),
+    }
+
+
+def audit_cost(results: Sequence[dict[str, Any]], wall_s: float,
+               run_stats: dict[str, int] | None = None) -> dict[str, Any]:
+    """What the audit itself cost: wall time, guard time by guard (summed over artifacts: with --jobs it can
+    exceed the wall time), and how the run was spread (jobs, worker processes, batches, runtime start-ups)."""
+    by_guard: dict[str, dict[str, Any]] = {}
+    for result in results:
+        if result["status"] == SKIP and (result.get("skip") or {}).get("reason") == NOT_APPLICABLE:
+            continue
+        row = by_guard.setdefault(result["guard"], {"total_s": 0.0, "count": 0})
+        row["total_s"] += float(result.get("duration_s") or 0.0)
+        row["count"] += 1
+    for row in by_guard.values():
+        row["total_s"] = round(row["total_s"], 6)
+    stats = run_stats or {}
+    return {
+        "wall_s": round(wall_s, 6),
+        "by_guard": by_guard,
+        "runtime_startups": int(stats.get("runtime_startups", 0)),
+        "runtime_restarts": int(stats.get("runtime_restarts", 0)),
+        "jobs": int(stats.get("jobs", 1)),
+        "workers": int(stats.get("workers", 0)),
+        "batches": int(stats.get("batches", 0)),
     }
 
 
@@ -864,13 +1003,23 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
         if total > 1:
             log(f"[{done}/{total}] {artifact.display}: {worst}")
 
+    from quantgate.runtime import box
+
     by_path: dict[str, list[dict[str, Any]]] = {}
-    if options.jobs > 1 and total > 1:
-        by_path = _run_parallel(artifacts, policy, selected, options.hash_all, fail_on, options.jobs, on_done)
+    jobs = options.jobs if options.jobs >= 1 else auto_jobs(artifacts, policy, selected)
+    stats: dict[str, int] = {}
+    if jobs > 1 and total > 1:
+        by_path = _run_parallel(artifacts, policy, selected, options.hash_all, fail_on, jobs, on_done, stats)
     else:
+        before = box.startups()
         for artifact in artifacts:
             by_path[artifact.path] = evaluate_artifact(artifact, policy, selected, options.hash_all, fail_on)
             on_done(artifact, by_path[artifact.path])
+        box.close_servers()  # the runners served this run; a later run in this process starts its own
+        after = box.startups()
+        stats = {"workers": 0, "batches": 0, "runtime_startups": after["startups"] - before["startups"],
+                 "runtime_restarts": after["restarts"] - before["restarts"]}
+    stats["jobs"] = jobs
     results = [r for a in artifacts for r in by_path[a.path]]
     return build_report(
         policy=policy,
@@ -884,5 +1033,6 @@ def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
         paths=paths,
         artifacts_total=len(found),
         skipped=skipped,
+        run_stats=stats,
     )
 

@@ -206,7 +206,8 @@ def onnx_outputs(ref_path: str, art_path: str, *, samples: int, seed: int, dynam
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
+def document_of(argv: list[str]) -> dict[str, Any]:
+    """The one JSON document for the command line `argv` (without --serve)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m quantgate.dequant.outputs")
@@ -219,18 +220,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-shapes", default="{}", help="JSON: input name -> shape")
     parser.add_argument("--dims", default="{}", help="JSON: symbolic dim name -> size")
     args = parser.parse_args(argv)
-    sys.stdout.flush()
-    json_fd = os.dup(1)
-    os.dup2(2, 1)  # stdout is kept for the one JSON document
     try:
-        document: dict[str, Any] = {"outputs": onnx_outputs(
+        return {"outputs": onnx_outputs(
             args.reference, args.artifact, samples=max(1, args.samples), seed=args.seed,
             dynamic_dim=args.dynamic_dim, int_high=args.int_high, input_shapes=json.loads(args.input_shapes),
             dims=json.loads(args.dims))}
     except OutputsError as exc:
-        document = {"finding": [exc.code, exc.message]}
+        return {"finding": [exc.code, exc.message]}
     except Exception as exc:
-        document = {"finding": ["FIDELITY_RUNTIME_FAILED", f"{type(exc).__name__}: {exc}"]}
+        return {"finding": ["FIDELITY_RUNTIME_FAILED", f"{type(exc).__name__}: {exc}"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve"]:  # long-lived: one request per line (quantgate.runtime.child.serve)
+        from quantgate.runtime.child import serve
+
+        return serve(document_of, ("onnxruntime",))
+    sys.stdout.flush()
+    json_fd = os.dup(1)
+    os.dup2(2, 1)  # stdout is kept for the one JSON document
+    document = document_of(argv)
     with os.fdopen(json_fd, "w") as out:
         out.write(json.dumps(document) + "\n")
     return 0
@@ -240,16 +250,17 @@ def run_child(ref: str, art: str, *, samples: int, seed: int, dynamic_dim: int |
               timeout_s: float, max_rss_mb: int = 4096, input_shapes: dict[str, list[int]] | None = None,
               dims: dict[str, int] | None = None) -> dict[str, Any]:
     """{"outputs": ...} or {"finding": (code, message)} from the child; never raises."""
-    cmd = [sys.executable, "-m", "quantgate.dequant.outputs", "--samples", str(samples), "--seed", str(seed),
-           "--input-shapes", json.dumps(input_shapes or {}), "--dims", json.dumps(dims or {})]
+    args = ["--samples", str(samples), "--seed", str(seed), "--input-shapes", json.dumps(input_shapes or {}),
+            "--dims", json.dumps(dims or {})]
     if dynamic_dim is not None:
-        cmd += ["--dynamic-dim", str(dynamic_dim)]
+        args += ["--dynamic-dim", str(dynamic_dim)]
     if int_high is not None:
-        cmd += ["--int-high", str(int_high)]
-    cmd += ["--", ref, art]
-    from quantgate.runtime.child import run_json_child
+        args += ["--int-high", str(int_high)]
+    args += ["--", ref, art]
+    from quantgate.runtime.child import serve_json_child
 
-    return run_json_child(cmd, "onnxruntime", timeout_s, max_rss_mb)
+    # the long-lived child: onnxruntime imported once per run (per --jobs worker)
+    return serve_json_child("quantgate.dequant.outputs", args, "onnxruntime", timeout_s, max_rss_mb)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,30 @@ def render(report: dict[str, Any]) -> str:
         lines += [f"  - {line}" for line in not_gated]
     if any("waiver" in r for r in rows):
         lines.append("* a FAIL or WARN waived by the policy: it stays in the report")
+    cost = cost_line(report)
+    if cost:
+        lines.append(cost)
     lines.append(verdict_line(report))
     # each line holds artifact-controlled text (paths, names, messages): made inert as a whole, at a
     # cost in the size of the output, not of the report (quantgate.untrusted)
     return "\n".join(map(plain, lines)) + "\n"
+
+
+def cost_line(report: dict[str, Any]) -> str | None:
+    """The audit's own cost in one line: wall time, the costliest guards, runtime start-ups."""
+    cost = report.get("cost")
+    if not isinstance(cost, dict):
+        return None
+    try:  # a report read back from a file may hold anything: no line rather than a traceback
+        guards = sorted(cost.get("by_guard", {}).items(), key=lambda kv: -float(kv[1]["total_s"]))
+        shown = ", ".join(f"{gid} {float(row['total_s']):.2f} s ({int(row['count'])})" for gid, row in guards[:3])
+        more = f" +{len(guards) - 3} more" if len(guards) > 3 else ""
+        starts, restarts = int(cost.get("runtime_startups", 0)), int(cost.get("runtime_restarts", 0))
+        runtime = ""
+        if starts:
+            runtime = f"; {starts} runtime start-up(s)" + (f", {restarts} after a failure" if restarts else "")
+        workers = int(cost.get("workers", 0))
+        spread = f"; {workers} worker(s), {int(cost.get('batches', 0))} batch(es)" if workers else ""
+        return f"cost: {float(cost['wall_s']):.2f} s wall; guards {shown or 'none'}{more}{runtime}{spread}"
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None

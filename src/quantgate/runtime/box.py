@@ -25,6 +25,7 @@ limit, `DEFAULT_MAX_RSS_MB` = 4096, fits a CI runner and leaves room for program
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import signal
@@ -34,6 +35,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MAX_RSS_MB = 4096
 POLL_S = 0.05
@@ -42,6 +44,8 @@ _PR_SET_PDEATHSIG = 1
 
 # process groups of the boxes running now (killed by `kill_all` when their owner is stopped)
 _LIVE: set[int] = set()
+# runtime children started by this process (one-shot boxes and long-lived runners): the audit's cost
+_STARTS = {"startups": 0, "restarts": 0}
 
 FINDING_CODES = {
     "RUNTIME_MEMORY_LIMIT": "A runtime child (the ExecuTorch runner of pte-inspector, fidelity's output runs) "
@@ -133,8 +137,16 @@ def _killpg(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
+def startups() -> dict[str, int]:
+    """How many runtime children this process started so far, and how many of them replaced a runner
+    that crashed, timed out, went over its memory limit or was left unsafe by a failed program."""
+    return dict(_STARTS)
+
+
 def kill_all() -> None:
     """Kill the process groups of every box still running (a worker's last act when it is stopped)."""
+    for server in list(_SERVERS.values()):
+        server.forget()
     for pgid in list(_LIVE):
         _killpg(pgid)
         _LIVE.discard(pgid)
@@ -169,6 +181,7 @@ def run_boxed(cmd: list[str], *, timeout_s: float, max_rss_mb: int = DEFAULT_MAX
                                 preexec_fn=_preexec if sys.platform.startswith("linux") else None)
         pid = proc.pid
         _LIVE.add(pid)
+        _STARTS["startups"] += 1
         timed_out = over = False
         peak = 0
         deadline = time.monotonic() + timeout_s
@@ -202,3 +215,221 @@ def memory_message(what: str, max_rss_mb: int, peak_rss_bytes: int | None) -> st
     peak = f" (peak {peak_rss_bytes / (1 << 20):,.0f} MiB resident)" if peak_rss_bytes else ""
     return (f"{what} needed more than the {max_rss_mb} MiB memory limit and was killed{peak}; raise "
             f"--param max_rss_mb=N (or `max_rss_mb` in the guard's policy params) if this much memory is expected")
+
+
+# --- long-lived runners ----------------------------------------------------------------------------
+# A runtime child pays its imports (torch + executorch: seconds) once and then serves many programs:
+# the parent writes one JSON request per line to its stdin and reads one JSON reply per line from its
+# stdout. It keeps every guarantee of `run_boxed` (own process group, parent-death signal, the group
+# killed on timeout and over the memory limit), per request: before each request the resident
+# high-water marks of the runner's processes are reset (/proc/PID/clear_refs "5"), so the peak the
+# watchdog sums is the one reached while that program ran, and an over-limit kill names that program.
+# After any kill, crash, unreadable reply, or a reply that asks for it (a program that failed in a way
+# that may leave state), the runner is killed and the next request starts a fresh one: one hostile
+# program cannot poison the next.
+
+_SERVERS: dict[tuple[str, ...], BoxServer] = {}
+
+
+@dataclass
+class ServeResult:
+    reply: dict | None  # the runner's reply; None when it did not give one
+    timed_out: bool = False
+    over_memory: bool = False
+    returncode: int | None = None  # set when the runner died
+    stderr: str = ""  # the runner's stderr written during this request (its tail)
+    peak_rss_bytes: int | None = None
+    hello: dict | None = None  # what the runner said when it started (versions, import time)
+    started: bool = False  # this request started the runner (and paid its imports)
+
+
+def _reset_peak(pid: int) -> bool:
+    """Reset the resident high-water marks of pid and its descendants (Linux >= 4.0); False elsewhere."""
+    done = False
+    for p in _descendants(pid):
+        try:
+            with open(f"/proc/{p}/clear_refs", "w") as fh:
+                fh.write("5")
+            done = True
+        except OSError:
+            continue
+    return done
+
+
+class BoxServer:
+    """One long-lived runtime child, started on the first request and restarted as needed."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str] | None = None) -> None:
+        self.cmd = cmd
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.err: Any = None
+        self.hello: dict | None = None
+        self._buffer = b""
+        self.served = 0
+        self._lost = False  # the last runner was killed after a failure: the next start is a restart
+
+    def _start(self) -> None:
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the runner; closed by stop)
+        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                     env=self.env if self.env is not None else child_env(), start_new_session=True,
+                                     preexec_fn=_preexec if sys.platform.startswith("linux") else None)
+        _LIVE.add(self.proc.pid)
+        _STARTS["startups"] += 1
+        self._buffer = b""
+        self.hello = None
+        self.served = 0
+
+    def alive(self) -> bool:
+        return self.proc is not None and _exited(self.proc.pid) is None
+
+    def stop(self) -> int | None:
+        """Kill the runner's group and reap it; its exit code (None when it was not running)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        pid = proc.pid
+        reaped = _exited(pid)
+        _killpg(pid)
+        status = reaped if reaped is not None and reaped >= 0 else _reap(pid)
+        _LIVE.discard(pid)
+        for stream in (proc.stdin, proc.stdout):
+            with contextlib.suppress(OSError):
+                stream.close()  # type: ignore[union-attr]
+        if self.err is not None:
+            self.err.close()
+            self.err = None
+        return os.waitstatus_to_exitcode(status) if status is not None else None
+
+    def forget(self) -> None:
+        """Kill without waiting (a stopping worker's signal handler)."""
+        if self.proc is not None:
+            _killpg(self.proc.pid)
+
+    def _read_line(self, deadline: float, limit: int) -> tuple[bytes | None, str, int]:
+        """A line of stdout, or None with why ("timeout", "memory", "exited") and the peak seen."""
+        import select
+
+        assert self.proc is not None and self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        peak = 0
+        while b"\n" not in self._buffer:
+            peak = max(peak, tree_peak_bytes(self.proc.pid))
+            if peak > limit:
+                return None, "memory", peak
+            now = time.monotonic()
+            if now >= deadline:
+                return None, "timeout", peak
+            ready, _, _ = select.select([fd], [], [], min(POLL_S, deadline - now))
+            if ready:
+                chunk = os.read(fd, 1 << 20)
+                if not chunk:
+                    return None, "exited", peak
+                self._buffer += chunk
+                if len(self._buffer) > (256 << 20):  # a runaway reply: the runner is not well
+                    return None, "exited", peak
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line, "", max(peak, tree_peak_bytes(self.proc.pid))
+
+    def _stderr_since(self, offset: int) -> str:
+        if self.err is None:
+            return ""
+        size = self.err.seek(0, os.SEEK_END)
+        self.err.seek(max(offset, size - _STDERR_TAIL))
+        return self.err.read().decode("utf-8", errors="replace")
+
+    def request(self, payload: dict, *, timeout_s: float, max_rss_mb: int = DEFAULT_MAX_RSS_MB) -> ServeResult:
+        """Send one request and wait for its reply within timeout_s (which includes a start-up when the
+        runner has to start). Never raises for anything the runner does (an OSError starting it propagates)."""
+        import json
+
+        limit = int(max_rss_mb) << 20
+        started = False
+        deadline = time.monotonic() + timeout_s
+        if not self.alive():
+            if self.proc is not None or self._lost:
+                self.stop()
+                _STARTS["restarts"] += 1
+                self._lost = False
+            self._start()
+            started = True
+        assert self.proc is not None and self.proc.stdin is not None
+        if not _reset_peak(self.proc.pid) and tree_peak_bytes(self.proc.pid) > limit // 2:
+            # no way to reset the high-water mark here: a fresh runner, so the peak is this program's
+            self.stop()
+            _STARTS["restarts"] += 1
+            self._start()
+            started = True
+        offset = self.err.seek(0, os.SEEK_END) if self.err is not None else 0
+        result = ServeResult(None, started=started)
+        ok = False
+        try:
+            if started:
+                line, why, peak = self._read_line(deadline, limit)
+                if line is not None:
+                    try:
+                        self.hello = json.loads(line)
+                    except ValueError:
+                        line, why = None, "garbage"
+                result.hello = self.hello
+                if line is None or (self.hello or {}).get("error"):
+                    return self._failed(result, why, peak, offset)
+            self.proc.stdin.write(json.dumps(payload).encode() + b"\n")
+            self.proc.stdin.flush()
+            line, why, peak = self._read_line(deadline, limit)
+            result.peak_rss_bytes = peak or None
+            if line is None:
+                return self._failed(result, why, peak, offset)
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                return self._failed(result, "garbage", peak, offset)
+            result.reply = reply if isinstance(reply, dict) else None
+            result.hello = self.hello
+            self.served += 1
+            ok = result.reply is not None and not result.reply.get("restart")
+            if result.reply is None:
+                return self._failed(result, "garbage", peak, offset)
+            return result
+        except (BrokenPipeError, ConnectionResetError):
+            return self._failed(result, "exited", 0, offset)
+        finally:
+            # anything else (a guard's time budget firing mid-request): the runner's state is unknown
+            if not ok:
+                self._lost = True
+            if not ok and self.proc is not None:
+                result.stderr = result.stderr or self._stderr_since(offset)
+                code = self.stop()
+                if result.returncode is None:
+                    result.returncode = code
+
+    def _failed(self, result: ServeResult, why: str, peak: int, offset: int) -> ServeResult:
+        result.stderr = self._stderr_since(offset)
+        result.timed_out = why == "timeout"
+        result.over_memory = why == "memory"
+        result.peak_rss_bytes = peak or None
+        if why == "exited":
+            # give the dying runner a moment to be reapable, so its signal is known
+            end = time.monotonic() + 1.0
+            while self.proc is not None and self.alive() and time.monotonic() < end:
+                time.sleep(0.01)
+        result.returncode = self.stop()
+        return result
+
+
+def server(key: tuple[str, ...], cmd: list[str], env: dict[str, str] | None = None) -> BoxServer:
+    """The long-lived runner for `key` in this process, created on first use."""
+    found = _SERVERS.get(key)
+    if found is None:
+        found = _SERVERS[key] = BoxServer(cmd, env)
+    return found
+
+
+def close_servers() -> None:
+    """Stop every long-lived runner of this process (end of a run, end of a worker)."""
+    for found in list(_SERVERS.values()):
+        found.stop()
+    _SERVERS.clear()
+
+
+atexit.register(close_servers)

@@ -106,7 +106,8 @@ def compare(ref: str, art: str, *, samples: int, seed: int, int_high: int, metho
     return {"outputs": result}
 
 
-def main(argv: list[str] | None = None) -> int:
+def document_of(argv: list[str]) -> dict[str, Any]:
+    """The one JSON document for the command line `argv` (without --serve)."""
     parser = argparse.ArgumentParser(prog="python -m quantgate.runtime.pte_outputs")
     parser.add_argument("reference")
     parser.add_argument("artifact")
@@ -115,14 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--int-high", type=int, default=2)
     args = parser.parse_args(argv)
+    try:
+        return compare(args.reference, args.artifact, samples=max(1, args.samples), seed=args.seed,
+                       int_high=args.int_high, method=args.method)
+    except Exception as exc:
+        return {"finding": ["FIDELITY_RUNTIME_FAILED", f"{type(exc).__name__}: {exc}"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--serve"]:  # long-lived: one request per line (quantgate.runtime.child.serve)
+        from quantgate.runtime.child import serve
+
+        return serve(document_of, ("numpy", "torch", "executorch.extension.pybindings.portable_lib"))
     sys.stdout.flush()
     json_fd = os.dup(1)
     os.dup2(2, 1)  # stdout is kept for the one JSON document
-    try:
-        document = compare(args.reference, args.artifact, samples=max(1, args.samples), seed=args.seed,
-                           int_high=args.int_high, method=args.method)
-    except Exception as exc:
-        document = {"finding": ["FIDELITY_RUNTIME_FAILED", f"{type(exc).__name__}: {exc}"]}
+    document = document_of(argv)
     with os.fdopen(json_fd, "w") as out:
         out.write(json.dumps(document) + "\n")
     return 0
@@ -139,14 +149,14 @@ def run_outputs(ref: str, art: str, *, samples: int, seed: int, int_high: int, t
     if importlib.util.find_spec("executorch") is None or importlib.util.find_spec("torch") is None:
         return {"finding": ("FIDELITY_OUTPUTS_UNAVAILABLE", "the ExecuTorch runtime is not installed: "
                             "pip install 'quantgate[executorch]' to compare .pte outputs")}
-    cmd = [sys.executable, "-m", "quantgate.runtime.pte_outputs", "--samples", str(samples), "--seed", str(seed),
-           "--int-high", str(int_high)]
+    args = ["--samples", str(samples), "--seed", str(seed), "--int-high", str(int_high)]
     if method:
-        cmd += ["--method", method]
-    cmd += ["--", ref, art]
-    from quantgate.runtime.child import run_json_child
+        args += ["--method", method]
+    args += ["--", ref, art]
+    from quantgate.runtime.child import serve_json_child
 
-    return run_json_child(cmd, "the ExecuTorch runtime", timeout_s, max_rss_mb)
+    # the long-lived child: torch and executorch imported once per run (per --jobs worker)
+    return serve_json_child("quantgate.runtime.pte_outputs", args, "the ExecuTorch runtime", timeout_s, max_rss_mb)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,14 @@ table (tensor dtype, sizes, constant or not) come from quantgate's own bounded p
 reader, run only after the runtime itself has accepted the program. Classification happens in the parent
 (`quantgate.validators.pte_inspector`), which needs neither torch nor executorch.
 
+`--serve` makes it a long-lived runner (`quantgate.runtime.box.BoxServer`): it imports torch and
+executorch once, prints one line `{"runner": {...}}` (or `{"runner": ..., "error": ...}`), then answers
+each request line `{"path", "method", "data"}` on stdin with one line `{"result": entry, "restart": bool}`
+on stdout until stdin closes. `restart` is true when the program failed inside the runtime (the runtime's
+state after that is not trusted, so the parent starts a fresh runner for the next program).
+The test-only environment variable QUANTGATE_RUNNER_FAULT=KIND:NAME makes a served request for a program
+named NAME fail in way KIND (one of the faults below), so a fault can hit one program of many.
+
 `--fault segv|abort|hang|nojson|garbage|memory|grandchild|orphan` is for tests only: it makes the child
 fail in that way before the heavy imports, so the guard's crash, timeout, no-JSON, memory-limit and
 process-group paths can be tested cheaply.
@@ -295,14 +303,73 @@ def run_one(torch: Any, pl: Any, path: str, method: str | None, data_path: str |
     return entry
 
 
+def _serve(workdir: str | None) -> int:
+    """The long-lived mode (see the module docstring)."""
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    inp = sys.stdin
+    fault_kind, _, fault_name = os.environ.get("QUANTGATE_RUNNER_FAULT", "").partition(":")
+    started = time.perf_counter()
+    runner: dict[str, Any] = {"python": sys.version.split()[0], "served": True}
+    try:
+        import torch
+        from executorch.extension.pybindings import portable_lib as pl
+
+        runner["imports_s"] = round(time.perf_counter() - started, 3)
+        runner["torch"] = torch.__version__
+        try:
+            from importlib.metadata import version
+
+            runner["executorch"] = version("executorch")
+        except Exception:
+            runner["executorch"] = None
+    except Exception as exc:
+        out.write(json.dumps({"runner": runner, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
+        out.flush()
+        return 0
+    out.write(json.dumps({"runner": runner}) + "\n")
+    out.flush()
+    with contextlib.ExitStack() as stack:
+        base = workdir or stack.enter_context(tempfile.TemporaryDirectory())
+        for line in inp:
+            try:
+                request = json.loads(line)
+                path = str(Path(str(request["path"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                out.write(json.dumps({"result": {"status": "error", "stage": "request", "message": str(exc)},
+                                      "restart": True}) + "\n")
+                out.flush()
+                continue
+            if fault_kind and fault_name and Path(path).name == fault_name:
+                _fault(fault_kind, workdir)
+            # each program gets its own folder for its ETDump, emptied after it
+            scratch = tempfile.mkdtemp(dir=base)
+            try:
+                entry = run_one(torch, pl, path, request.get("method"), request.get("data"), scratch)
+            except Exception as exc:  # reported for this program; the runner's state is then not trusted
+                entry = {"path": path, "status": "error", "stage": "runner", "message": f"{type(exc).__name__}: {exc}"}
+            finally:
+                if not workdir:
+                    import shutil
+
+                    shutil.rmtree(scratch, ignore_errors=True)
+            out.write(json.dumps({"result": entry, "restart": entry.get("status") != "ok"}) + "\n")
+            out.flush()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quantgate.runtime.pte_runner")
-    parser.add_argument("paths", nargs="+")
+    parser.add_argument("paths", nargs="*")
     parser.add_argument("--method")
     parser.add_argument("--data", help="the .ptd file holding external weights")
     parser.add_argument("--workdir")
     parser.add_argument("--fault", help=argparse.SUPPRESS)
+    parser.add_argument("--serve", action="store_true", help="serve requests from stdin (one JSON per line)")
     args = parser.parse_args(argv)
+    if args.serve:
+        return _serve(args.workdir)
     if args.fault:
         _fault(args.fault, args.workdir)
     # keep stdout for the one JSON document: everything else printed goes to stderr

@@ -789,6 +789,41 @@ def run_runner(paths: list[str], *, timeout_s: float, method: str | None = None,
             "results": {str(r.get("path")): r for r in results if isinstance(r, dict)}}
 
 
+def run_served(path: str, *, timeout_s: float, method: str | None = None, data_path: str | None = None,
+               max_rss_mb: int = DEFAULT_MAX_RSS_MB) -> dict[str, Any]:
+    """One program on this process's long-lived runner (started on first use; its imports are paid once
+    per run, or once per `--jobs` worker). Same answer as `run_runner`; a crash, timeout or memory kill
+    costs this program only: the runner is restarted for the next one."""
+    from quantgate.runtime import box
+
+    served = box.server(("pte",), [sys.executable, "-m", RUNNER_MODULE, "--serve"], _child_env())
+    proc = served.request({"path": path, "method": method, "data": data_path}, timeout_s=timeout_s,
+                          max_rss_mb=max_rss_mb)
+    if proc.over_memory:
+        return {"memory": memory_message("the ExecuTorch runtime", max_rss_mb, proc.peak_rss_bytes)}
+    if proc.timed_out:
+        return {"error": ("timeout", f"the ExecuTorch runtime did not finish within {timeout_s:g} s "
+                          "(the child and its process group were killed)",
+                          "raise --param timeout=SECONDS if the model is large; a hang on a small "
+                          "program means the runtime is stuck on it")}
+    stderr_tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:] if line.strip())
+    if proc.hello and proc.hello.get("error"):
+        return {"error": ("runtime_import", f"the runtime child could not start: {proc.hello['error']}",
+                          "check the executorch install: pip install 'quantgate[executorch]'")}
+    if proc.reply is None:
+        if proc.returncode is not None and proc.returncode < 0:
+            return {"error": ("runtime_crash", f"the ExecuTorch runtime crashed with {_signal_name(proc.returncode)} "
+                              "while loading or running the program" + (f" ({stderr_tail})" if stderr_tail else ""),
+                              CRASH_HINT)}
+        return {"error": ("runtime_output", f"the runtime child exited with code {proc.returncode} and "
+                          "printed no JSON result" + (f" ({stderr_tail})" if stderr_tail else ""),
+                          "run `python -m quantgate.runtime.pte_runner FILE` to see the child's output")}
+    entry = proc.reply.get("result")
+    runner = dict((proc.hello or {}).get("runner") or {})
+    return {"runner": runner, "peak_rss_bytes": proc.peak_rss_bytes,
+            "results": {str(entry.get("path")): entry} if isinstance(entry, dict) else {}}
+
+
 def _sibling_ptd(path: str) -> str | None:
     """External weights beside the program: used when exactly one .ptd sits in its folder."""
     folder = Path(path).parent
@@ -855,14 +890,13 @@ class PTEInspectorGuard(Guard):
         data_path = config.param("data") or _sibling_ptd(ctx.path)
         if data_path:
             data_path = str(Path(str(data_path)).resolve())
-        run = run_runner(
-            [ctx.path],
-            timeout_s=timeout_for(config),
-            method=config.param("method"),
-            data_path=data_path,
-            fault=config.param("_fault"),  # test-only: segv|abort|hang|nojson|garbage|memory|grandchild|orphan
-            max_rss_mb=max_rss_mb,
-        )
+        fault = config.param("_fault")  # test-only: segv|abort|hang|nojson|garbage|memory|grandchild|orphan
+        if fault:  # a one-shot child, failing before its imports
+            run = run_runner([ctx.path], timeout_s=timeout_for(config), method=config.param("method"),
+                             data_path=data_path, fault=fault, max_rss_mb=max_rss_mb)
+        else:  # the long-lived runner: start-up paid once per run (per worker with --jobs)
+            run = run_served(ctx.path, timeout_s=timeout_for(config), method=config.param("method"),
+                             data_path=data_path, max_rss_mb=max_rss_mb)
         if "memory" in run:
             return Outcome(metrics={"runtime": {"box": box}}, findings=[F.error("RUNTIME_MEMORY_LIMIT", run["memory"])],
                            summary=f"killed over the {max_rss_mb} MiB memory limit")
