@@ -243,6 +243,10 @@ def test_sub_actions_are_pinned_by_commit_and_the_install_is_cached() -> None:
     # a tag can be moved; a 40-hex commit cannot
     assert all(re.fullmatch(r"[0-9a-f]{40}", u.split("@")[1]) for u in uses), uses
     (cache,) = [step for step in steps if step.get("uses", "").startswith("actions/cache@")]
-    key = cache["with"]["key"]
+    assert cache["with"]["key"] == "${{ steps.cache-key.outputs.key }}"
+    (keystep,) = [step for step in steps if step.get("id") == "cache-key"]
+    key = keystep["env"]["QG_KEY"]
     assert "github.action_ref" in key and "inputs.version" in key and "inputs.extras" in key
+    # actions/cache rejects a key with a comma; extras are comma-separated, so the key is hashed
+    assert "sha256sum" in keystep["run"]
     assert cache["with"]["path"] == "~/.cache/pip"
