@@ -133,6 +133,12 @@ is_true "${QG_SHA256:-false}" && args+=(--sha256)
 [ -n "${QG_GUARDS:-}" ] && args+=(--guards "${QG_GUARDS// /}")
 
 output_dir="${QG_OUTPUT_DIR:-quantgate-reports}"
+# absolute, so the report-* and output-dir outputs mean the same file in any later step,
+# whatever working-directory this step ran in
+case "$output_dir" in
+  /*) ;;
+  *) output_dir="$PWD/$output_dir" ;;
+esac
 formats=()
 IFS=', ' read -r -a formats <<<"${QG_OUTPUTS:-}"
 if [ "${#formats[@]}" -gt 0 ]; then

@@ -143,14 +143,16 @@ def test_failing_gate_writes_outputs_reports_and_exits_1(tmp_path: Path) -> None
         "skipped": "0",
         "waived": "0",
     }
-    assert out["output-dir"] == "quantgate-reports"
+    # absolute, so later steps (upload-artifact, upload-sarif) find them from any folder
+    assert Path(out["output-dir"]).is_absolute()
+    assert Path(out["output-dir"]).resolve() == (tmp_path / "quantgate-reports").resolve()
     for fmt, name in (
         ("json", "report.json"),
         ("junit", "report.xml"),
         ("markdown", "report.md"),
         ("html", "report.html"),
     ):
-        assert out[f"report-{fmt}"] == f"quantgate-reports/{name}"
+        assert out[f"report-{fmt}"] == f"{out['output-dir']}/{name}"
         assert (tmp_path / "quantgate-reports" / name).stat().st_size > 0
     assert summary.startswith("## ❌ quantgate: FAIL")
     # annotations reach the log (stderr) as workflow commands
@@ -232,3 +234,19 @@ def test_inputs_cannot_inject_commands(tmp_path: Path) -> None:
     proc, out, _ = run_action(tmp_path, paths=f"release $(touch {marker}) `touch {marker}`", guards="integrity")
     assert not marker.exists()
     assert proc.returncode == 4 and out["verdict"] == "USAGE"  # the odd words are just missing paths
+
+
+def test_sub_actions_are_pinned_by_commit_and_the_install_is_cached() -> None:
+    steps = ACTION["runs"]["steps"]
+    uses = [step["uses"] for step in steps if "uses" in step]
+    assert {u.split("@")[0] for u in uses} == {"actions/setup-python", "actions/cache"}
+    # a tag can be moved; a 40-hex commit cannot
+    assert all(re.fullmatch(r"[0-9a-f]{40}", u.split("@")[1]) for u in uses), uses
+    (cache,) = [step for step in steps if step.get("uses", "").startswith("actions/cache@")]
+    assert cache["with"]["key"] == "${{ steps.cache-key.outputs.key }}"
+    (keystep,) = [step for step in steps if step.get("id") == "cache-key"]
+    key = keystep["env"]["QG_KEY"]
+    assert "github.action_ref" in key and "inputs.version" in key and "inputs.extras" in key
+    # actions/cache rejects a key with a comma; extras are comma-separated, so the key is hashed
+    assert "sha256sum" in keystep["run"]
+    assert cache["with"]["path"] == "~/.cache/pip"

