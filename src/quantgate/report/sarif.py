@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from quantgate import __version__
-from quantgate.bounds import BROKEN, MISSING, describe
+from quantgate.bounds import BROKEN, FAIL_LEVEL, MISSING, describe
 from quantgate.untrusted import plain
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -72,7 +72,8 @@ def render(report: dict[str, Any]) -> str:
             results.append({
                 "ruleId": rid,
                 "ruleIndex": rule(rid, f"policy bound on {b['metric']}"),
-                "level": _level(r, "error"),
+                # a broken `warn` bound is a warning whatever else failed in the same result
+                "level": _level(r, "error" if b.get("level") == FAIL_LEVEL else "warning"),
                 "message": {"text": plain(f"{r['guard']}: {describe(b)}")},
                 "locations": [location(path)],
                 "properties": {"guard": r["guard"], "outcome": b["outcome"]},
