@@ -105,3 +105,15 @@ def test_sarif_finding_rules_waivers_and_hostile_names() -> None:
     assert "\\x1b" in loc["logicalLocations"][0]["name"]
     assert res[1]["suppressions"][0]["justification"] == "waived until 2099-01-01: ticket 7"
     assert "suppressions" not in res[0]
+
+
+def test_quiet_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
+    # the same report and exit code, and no stderr progress, with -q before or after `run`
+    shutil.copy(REPO / "fixtures" / "release" / "tiny-llama-q8_0.gguf", tmp_path / "a.gguf")
+    (tmp_path / "quantgate.toml").write_text("[quantgate]\nversion = 1\n", encoding="utf-8")
+    before = run_cli("-q", "run", "a.gguf", "--format", "sarif", cwd=tmp_path)
+    after = run_cli("run", "a.gguf", "--format", "sarif", "-q", cwd=tmp_path)
+    after_long = run_cli("run", "--quiet", "a.gguf", "--format", "sarif", cwd=tmp_path)
+    assert before.returncode == after.returncode == after_long.returncode == 0, after.stderr
+    assert before.stdout == after.stdout == after_long.stdout
+    assert before.stderr == after.stderr == after_long.stderr
