@@ -117,3 +117,29 @@ def test_quiet_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
     assert before.returncode == after.returncode == after_long.returncode == 0, after.stderr
     assert before.stdout == after.stdout == after_long.stdout
     assert before.stderr == after.stderr == after_long.stderr
+
+
+def test_report_schema_is_self_contained(tmp_path: Path) -> None:
+    # the report schema embeds the guard-result schema under its own $id, so a validator given only
+    # the one file resolves every $ref with no network and no registry
+    import jsonschema
+    from referencing import Registry
+    from referencing.exceptions import NoSuchResource
+
+    from quantgate.jsonschemas import load_schema
+
+    report = json.loads((REPO / "src" / "quantgate" / "schemas" / "report.schema.json").read_text("utf-8"))
+    assert report["$defs"]["guard-result"] == load_schema("guard-result")
+
+    def refuse(uri: str):
+        raise NoSuchResource(ref=uri)
+
+    shutil.copy(REPO / "fixtures" / "release" / "tiny-llama-q8_0.gguf", tmp_path / "a.gguf")
+    (tmp_path / "quantgate.toml").write_text("[quantgate]\nversion = 1\n", encoding="utf-8")
+    proc = run_cli("run", "a.gguf", "--format", "json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    validator = jsonschema.Draft202012Validator(report, registry=Registry(retrieve=refuse))
+    assert [e.message for e in validator.iter_errors(json.loads(proc.stdout))] == []
+    bad = json.loads(proc.stdout)
+    bad["results"][0]["status"] = "MAYBE"
+    assert len(list(validator.iter_errors(bad))) == 1
