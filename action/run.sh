@@ -155,6 +155,7 @@ for fmt in ${formats[@]+"${formats[@]}"}; do
   esac
   args+=(--output "$fmt=$output_dir/$file")
 done
+[ -n "${QG_SARIF:-}" ] && args+=(--output "sarif=$QG_SARIF")
 
 # paths: one per line when the input has several lines (paths may hold spaces), else words
 paths=()

@@ -7,6 +7,7 @@ and quantgate runs from src/ (QUANTGATE_ACTION_SKIP_INSTALL=1).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -212,7 +213,7 @@ def test_usage_error_still_writes_outputs_and_a_summary(tmp_path: Path) -> None:
     [
         ({"fail_on": "sometimes"}, "fail-on must be fail or warn"),
         ({"report_only": "maybe"}, "expected true or false"),
-        ({"outputs": "json,sarif"}, "unknown report format 'sarif'"),
+        ({"outputs": "json,pdf"}, "unknown report format 'pdf'"),
     ],
 )
 def test_bad_inputs_are_usage_errors(tmp_path: Path, inputs: dict[str, str], message: str) -> None:
@@ -250,3 +251,17 @@ def test_sub_actions_are_pinned_by_commit_and_the_install_is_cached() -> None:
     # actions/cache rejects a key with a comma; extras are comma-separated, so the key is hashed
     assert "sha256sum" in keystep["run"]
     assert cache["with"]["path"] == "~/.cache/pip"
+
+
+def test_sarif_input_writes_a_sarif_report(tmp_path: Path) -> None:
+    release = make_release(tmp_path, ("ok.gguf", "fat.gguf"))
+    (release / "fat.gguf").write_bytes(b"\x01" * 4000)
+    policy = policy_with(tmp_path, fail=9, warn=9)
+    proc, _, _ = run_action(
+        tmp_path, paths="release", policy=str(policy), guards="size-heuristic", outputs="json", sarif="qg.sarif"
+    )
+    assert proc.returncode == 1, proc.stderr
+    log = json.loads((tmp_path / "qg.sarif").read_text(encoding="utf-8"))
+    assert log["version"] == "2.1.0" and log["runs"][0]["invocations"][0]["exitCode"] == 1
+    levels = [(r["ruleId"], r["level"]) for r in log["runs"][0]["results"]]
+    assert levels == [("bound/bits_per_weight", "error"), ("bound/bits_per_weight", "warning")]

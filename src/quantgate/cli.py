@@ -247,6 +247,11 @@ def run() -> NoReturn:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # global flags work after the subcommand too (`quantgate run dist/ -q`): moved to the front, up to
+    # a `--` (after which every word is a path)
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in ("-q", "--quiet")]
+    argv = [*flags, *(a for a in argv[:end] if a not in ("-q", "--quiet")), *argv[end:]]
     # `quantgate dist/` means `quantgate run dist/`
     index = next((i for i, a in enumerate(argv) if a not in ("-q", "--quiet")), None)
     if index is not None and argv[index] not in (*SUBCOMMANDS, "-h", "--help", "--version"):

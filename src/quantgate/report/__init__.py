@@ -12,6 +12,7 @@ RENDERERS = {
     "junit": "quantgate.report.junit",
     "github": "quantgate.report.github",
     "html": "quantgate.report.html",
+    "sarif": "quantgate.report.sarif",
 }
 FORMATS = tuple(RENDERERS)
 

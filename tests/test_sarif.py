@@ -1,0 +1,145 @@
+"""`--format sarif`: SARIF 2.1.0 for GitHub code scanning.
+
+No package on PyPI or npm that we could find ships the SARIF 2.1.0 JSON schema file (sarif-om,
+sarif-tools and @microsoft/sarif-multitool do not), so these tests check the schema's required
+structure directly rather than validating against the schema file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from tests.conftest import run_cli
+
+from quantgate.findings import all_finding_codes
+from quantgate.report import FORMATS, render
+
+REPO = Path(__file__).resolve().parents[1]
+LEVELS = {"none", "note", "warning", "error"}
+
+
+def _check_structure(log: dict) -> dict:
+    """The parts of the SARIF 2.1.0 schema a log must satisfy (required properties and enums)."""
+    assert log["version"] == "2.1.0" and isinstance(log["runs"], list) and len(log["runs"]) == 1
+    run = log["runs"][0]
+    driver = run["tool"]["driver"]
+    assert driver["name"] == "quantgate" and driver["version"] and driver["informationUri"].startswith("https://")
+    ids = [r["id"] for r in driver["rules"]]
+    assert len(ids) == len(set(ids))
+    for inv in run["invocations"]:
+        assert isinstance(inv["executionSuccessful"], bool) and isinstance(inv["exitCode"], int)
+    for res in run["results"]:
+        assert res["ruleId"] in ids and ids[res["ruleIndex"]] == res["ruleId"]
+        assert res["level"] in LEVELS
+        assert set(res["message"]) == {"text"}  # never markdown
+        for loc in res["locations"]:
+            art = loc["physicalLocation"]["artifactLocation"]
+            assert art["uriBaseId"] == "%SRCROOT%" and not art["uri"].startswith("/")
+            region = loc["physicalLocation"].get("region")
+            if region:
+                assert region["byteOffset"] >= 0
+    return run
+
+
+def test_sarif_is_a_format() -> None:
+    assert "sarif" in FORMATS
+
+
+def test_sarif_on_a_failing_release(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    shutil.copytree(REPO / "fixtures" / "release", release)
+    (tmp_path / "quantgate.toml").write_text(
+        '[quantgate]\nversion = 1\n\n[guards.size-heuristic]\nrequire = ["bits_per_weight <= 1"]\n', encoding="utf-8"
+    )
+    out = tmp_path / "out.sarif"
+    proc = run_cli(
+        "run", "release", "--policy", "quantgate.toml", "--format", "sarif", f"--output=sarif={out}", cwd=tmp_path
+    )
+    assert proc.returncode == 1, proc.stderr
+    log = json.loads(proc.stdout)
+    assert json.loads(out.read_text(encoding="utf-8")) == log
+    run = _check_structure(log)
+    assert run["invocations"][0]["exitCode"] == 1
+    bound = [r for r in run["results"] if r["ruleId"] == "bound/bits_per_weight"]
+    assert len(bound) == 4 and {r["level"] for r in bound} == {"error"}
+    uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in bound}
+    assert "release/tiny-llama-q8_0.gguf" in uris
+    assert {a["location"]["uri"] for a in run["artifacts"]} >= uris
+
+
+def test_sarif_finding_rules_waivers_and_hostile_names() -> None:
+    code = next(iter(all_finding_codes()))
+    hostile = "\x1b[31m\n::error::x ##[group] [link](http://e)"
+    result = {
+        "guard": "integrity", "status": "FAIL", "gate_status": "FAIL", "message": "bad",
+        "artifact": {"path": "dist/a b.gguf"}, "bounds": [],
+        "findings": [
+            {"code": code, "severity": "error", "message": hostile, "location": {"offset": 12, "tensor": hostile}},
+            {"code": code, "severity": "info", "message": "ignored", "location": {}},
+        ],
+    }
+    waived = {
+        "guard": "manifest", "status": "ERROR", "gate_status": "PASS", "message": "gone",
+        "artifact": {"path": "dist/a b.gguf"}, "bounds": [], "findings": [],
+        "error": {"message": "no manifest", "hint": "write one"},
+        "waiver": {"expires": "2099-01-01", "reason": "ticket 7"},
+    }
+    report = {
+        "tool": {"name": "quantgate", "version": "9"}, "exit_code": 1, "summary": {"ERROR": 0},
+        "artifacts": [{"path": "dist/a b.gguf"}], "results": [result, waived],
+    }
+    text = render(report, "sarif")
+    assert "\x1b" not in text and "\\u001b" not in text  # escaped by plain before JSON: shown as \\x1b
+    run = _check_structure(json.loads(text))
+    res = run["results"]
+    assert [r["ruleId"] for r in res] == [code, "guard/manifest/error"]
+    rule = run["tool"]["driver"]["rules"][0]
+    assert rule["shortDescription"]["text"] == all_finding_codes()[code]
+    loc = res[0]["locations"][0]
+    assert loc["physicalLocation"]["artifactLocation"]["uri"] == "dist/a%20b.gguf"
+    assert loc["physicalLocation"]["region"] == {"byteOffset": 12}
+    assert "\n" not in res[0]["message"]["text"] and "\\x1b" in res[0]["message"]["text"]
+    assert not res[0]["message"]["text"].startswith("::") and "##[" not in res[0]["message"]["text"]
+    assert "\\x1b" in loc["logicalLocations"][0]["name"]
+    assert res[1]["suppressions"][0]["justification"] == "waived until 2099-01-01: ticket 7"
+    assert "suppressions" not in res[0]
+
+
+def test_quiet_is_accepted_after_the_subcommand(tmp_path: Path) -> None:
+    # the same report and exit code, and no stderr progress, with -q before or after `run`
+    shutil.copy(REPO / "fixtures" / "release" / "tiny-llama-q8_0.gguf", tmp_path / "a.gguf")
+    (tmp_path / "quantgate.toml").write_text("[quantgate]\nversion = 1\n", encoding="utf-8")
+    before = run_cli("-q", "run", "a.gguf", "--format", "sarif", cwd=tmp_path)
+    after = run_cli("run", "a.gguf", "--format", "sarif", "-q", cwd=tmp_path)
+    after_long = run_cli("run", "--quiet", "a.gguf", "--format", "sarif", cwd=tmp_path)
+    assert before.returncode == after.returncode == after_long.returncode == 0, after.stderr
+    assert before.stdout == after.stdout == after_long.stdout
+    assert before.stderr == after.stderr == after_long.stderr
+
+
+def test_report_schema_is_self_contained(tmp_path: Path) -> None:
+    # the report schema embeds the guard-result schema under its own $id, so a validator given only
+    # the one file resolves every $ref with no network and no registry
+    import jsonschema
+    from referencing import Registry
+    from referencing.exceptions import NoSuchResource
+
+    from quantgate.jsonschemas import load_schema
+
+    report = json.loads((REPO / "src" / "quantgate" / "schemas" / "report.schema.json").read_text("utf-8"))
+    assert report["$defs"]["guard-result"] == load_schema("guard-result")
+
+    def refuse(uri: str):
+        raise NoSuchResource(ref=uri)
+
+    shutil.copy(REPO / "fixtures" / "release" / "tiny-llama-q8_0.gguf", tmp_path / "a.gguf")
+    (tmp_path / "quantgate.toml").write_text("[quantgate]\nversion = 1\n", encoding="utf-8")
+    proc = run_cli("run", "a.gguf", "--format", "json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    validator = jsonschema.Draft202012Validator(report, registry=Registry(retrieve=refuse))
+    assert [e.message for e in validator.iter_errors(json.loads(proc.stdout))] == []
+    bad = json.loads(proc.stdout)
+    bad["results"][0]["status"] = "MAYBE"
+    assert len(list(validator.iter_errors(bad))) == 1
