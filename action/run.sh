@@ -41,11 +41,19 @@ put() {  # put KEY VALUE: one step output in the heredoc form, so no newline in 
   printf '%s<<%s\n%s\n%s\n' "$1" "$delimiter" "$2" "$delimiter" >>"$out_file"
 }
 
+absolute() {  # absolute, so the report-* and output-dir outputs mean the same file in any later
+  # step, whatever working-directory this step ran in
+  case "$1" in
+    /*) printf '%s' "$1" ;;
+    *) printf '%s' "$PWD/$1" ;;
+  esac
+}
+
 finish() {  # finish CODE VERDICT [MESSAGE]: outputs for a run that produced no report
   local code="$1" verdict="$2" message="${3:-}"
   put verdict "$verdict"
   put exit-code "$code"
-  put output-dir "${QG_OUTPUT_DIR:-quantgate-reports}"
+  put output-dir "$(absolute "${QG_OUTPUT_DIR:-quantgate-reports}")"
   if [ -n "$message" ]; then
     note "$message"
     # in the summary: inside <pre>, HTML-escaped, so the text can make no markdown, link or tag
@@ -132,13 +140,7 @@ is_true "${QG_REPORT_ONLY:-false}" && args+=(--report-only)
 is_true "${QG_SHA256:-false}" && args+=(--sha256)
 [ -n "${QG_GUARDS:-}" ] && args+=(--guards "${QG_GUARDS// /}")
 
-output_dir="${QG_OUTPUT_DIR:-quantgate-reports}"
-# absolute, so the report-* and output-dir outputs mean the same file in any later step,
-# whatever working-directory this step ran in
-case "$output_dir" in
-  /*) ;;
-  *) output_dir="$PWD/$output_dir" ;;
-esac
+output_dir="$(absolute "${QG_OUTPUT_DIR:-quantgate-reports}")"
 formats=()
 IFS=', ' read -r -a formats <<<"${QG_OUTPUTS:-}"
 if [ "${#formats[@]}" -gt 0 ]; then

@@ -265,7 +265,7 @@ def test_action_never_echoes_a_hostile_input(tmp_path: Path) -> None:
         tmp_path, paths="release", fail_on="x\n::add-mask::y\r##[error]z\nverdict=PASS"
     )
     assert proc.returncode == 4
-    assert out == {"verdict": "USAGE", "exit-code": "4", "output-dir": "quantgate-reports"}
+    assert out == {"verdict": "USAGE", "exit-code": "4", "output-dir": f"{tmp_path}/quantgate-reports"}
     assert "fail-on must be fail or warn" in proc.stderr
     assert_inert(proc.stderr, "action stderr")
     assert_inert(summary, "action summary")
@@ -279,8 +279,8 @@ def test_action_never_echoes_a_hostile_input(tmp_path: Path) -> None:
     hostile_dir = "out\nverdict=PASS\n::add-mask::x"
     proc, out, summary = run_action(tmp_path, paths="release", outputs="json", output_dir=hostile_dir)
     assert proc.returncode == 0, proc.stderr
-    assert out["verdict"] == "PASS" and out["output-dir"] == hostile_dir
-    assert out["report-json"] == f"{hostile_dir}/report.json"
+    assert out["verdict"] == "PASS" and out["output-dir"] == f"{tmp_path}/{hostile_dir}"
+    assert out["report-json"] == f"{tmp_path}/{hostile_dir}/report.json"
     assert (tmp_path / hostile_dir / "report.json").is_file()
     assert_inert(proc.stderr, "action stderr")
 

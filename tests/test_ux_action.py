@@ -204,7 +204,7 @@ def test_usage_error_still_writes_outputs_and_a_summary(tmp_path: Path) -> None:
     make_release(tmp_path)
     proc, out, summary = run_action(tmp_path, paths="release", policy="missing.toml")
     assert proc.returncode == 4
-    assert out == {"verdict": "USAGE", "exit-code": "4", "output-dir": "quantgate-reports"}
+    assert out == {"verdict": "USAGE", "exit-code": "4", "output-dir": f"{tmp_path}/quantgate-reports"}
     assert "policy file not found: missing.toml" in summary
 
 
