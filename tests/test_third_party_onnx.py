@@ -184,16 +184,21 @@ def test_a_float_lstm_keeps_coverage_below_full(corpus_run: dict) -> None:
 def test_an_lstm_in_if_branches_behind_the_gate_reorder_is_found(corpus_run: dict) -> None:
     """Silero VAD's older export: the LSTM sits in both branches of an If, its W and R rebuilt from the
     stored [512, 128] weights by Slice x3 -> Concat -> Unsqueeze (torch's gate reorder), which
-    onnxruntime's LSTM quantizer skips. Today: 6/6 layers, 100% quantized."""
+    onnxruntime's LSTM quantizer skips. Today: 6/6 layers, 100% quantized. One LSTM node per branch
+    reads the same stored weights; only one branch runs, so each weight is one layer, not two."""
     inv = read(str(CORPUS / "silero_vad_if_lstm_float.onnx"))
-    lstm = [(x.name, x.shape, x.dtype, x.detail["operand"]) for x in inv.layers if x.detail["op"] == "LSTM"]
+    lstm = [
+        (x.name, x.shape, x.dtype, x.detail["operand"], x.detail["if_branches"])
+        for x in inv.layers
+        if x.detail["op"] == "LSTM"
+    ]
     assert lstm == [
-        ("model.decoder.rnn.weight_ih", (512, 128), "FLOAT", "W"),
-        ("model.decoder.rnn.weight_hh", (512, 128), "FLOAT", "R"),
-    ] * 2  # one LSTM node per branch
+        ("model.decoder.rnn.weight_ih", (512, 128), "FLOAT", "W", 2),
+        ("model.decoder.rnn.weight_hh", (512, 128), "FLOAT", "R", 2),
+    ]
     m = corpus_run[("silero_vad_if_lstm_float.onnx", "onnx-dtypes")]["metrics"]
-    assert (m["weight_ops"], m["quantized_ops"]) == (10, 6)
-    assert m["coverage"]["params"]["quantized"] == pytest.approx(177152 / 439296, rel=1e-12)
+    assert (m["weight_ops"], m["quantized_ops"]) == (8, 6)
+    assert m["coverage"]["params"]["quantized"] == pytest.approx(177152 / 308224, rel=1e-12)
 
 
 def test_dynamic_quantize_lstm_weights_are_int8_layers() -> None:
@@ -361,3 +366,44 @@ def test_long_names_in_a_function_called_often_stay_bounded(tmp_path: Path) -> N
     _model(path, calls, [], [fn])
     inv = read(str(path))
     assert [f.code for f in inv.structural_findings] == ["ONNX_FUNCTION_INLINE_CAPPED"]
+
+
+def _if_model(tmp_path: Path, else_weight: str) -> str:
+    """A MatMul in each branch of an If: reading `w` in both, or `w` and `else_weight`."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def branch(name: str, weight: str) -> onnx.GraphProto:
+        out = helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, [1, 4])
+        return helper.make_graph([helper.make_node("MatMul", ["x", weight], [f"{name}_y"])], name, [], [out])
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), n) for n in ("w", "v")]
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "If", ["cond"], ["y"], then_branch=branch("then", "w"), else_branch=branch("else", else_weight)
+            )
+        ],
+        "g",
+        [
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+        initializer=inits,
+    )
+    path = tmp_path / f"if_{else_weight}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return str(path)
+
+
+def test_if_branches_fold_the_same_weight_only(tmp_path: Path) -> None:
+    same = read(_if_model(tmp_path, "w"))
+    assert [(x.name, x.params, x.detail.get("if_branches")) for x in same.layers] == [("w", 32, 2)]
+    different = read(_if_model(tmp_path, "v"))
+    assert sorted((x.name, x.params, x.detail.get("if_branches")) for x in different.layers) == [
+        ("v", 32, None),
+        ("w", 32, None),
+    ]

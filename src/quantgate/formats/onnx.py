@@ -349,6 +349,9 @@ class _Analysis:
         self.shapes: dict[str, list[int]] = {}
         self.scale_bytes_left = SCALE_READ_TOTAL  # all scale values read, across tensors
         self.uses: list[WeightUse] = []  # each layer's weight operand (trace_weights)
+        # (weight, operand, op) -> the layers made so far, to fold one op repeated in alternative If branches
+        self.layers_by_weight: dict[tuple[str, str, str], list[tuple[Node, Layer]]] = {}
+        self.op_at: dict[int, str] | None = None  # node offset -> op_type, built on the first If branch seen
 
     def run(self) -> None:
         self.index()
@@ -425,6 +428,7 @@ class _Analysis:
                     attrs=body.attrs,
                     offset=body.offset,
                     scope=call.scope,
+                    branch=call.branch,
                 )
                 budget[0] -= 1
                 budget[1] -= len(copy.name) + sum(map(len, copy.inputs)) + sum(map(len, copy.outputs))
@@ -763,6 +767,13 @@ class _Analysis:
         t = src.tensor
         if t.numel is None and min(t.dims) >= 0:
             return  # too large to count: ONNX_TENSOR_TOO_LARGE says so; its shape would be all dims
+        key = (t.name, operand, _qualified(node))
+        if node.branch and t.name:
+            for other, twin in self.layers_by_weight.get(key, ()):
+                if self.alternatives(node, other):
+                    # only one branch of an If runs: the same weight in the same op there is one layer
+                    twin.detail["if_branches"] = twin.detail.get("if_branches", 1) + 1
+                    return
         companions = list(extra or [])
         if src.dq is not None:
             companions += [src.dq.input(1), src.dq.input(2)]
@@ -801,6 +812,20 @@ class _Analysis:
         else:
             self.set_positions(layer, node)
         self.inv.layers.append(layer)
+        if node.branch and t.name:
+            self.layers_by_weight.setdefault(key, []).append((node, layer))
+
+    def alternatives(self, a: Node, b: Node) -> bool:
+        """True when a and b sit in different branches of one If node, so at most one of them runs."""
+        for step_a, step_b in zip(a.branch, b.branch, strict=False):
+            if step_a == step_b:
+                continue
+            if step_a[0] != step_b[0]:
+                return False  # different subgraph owners: both may run
+            if self.op_at is None:
+                self.op_at = {n.offset: n.op_type for n in self.m.nodes}
+            return self.op_at.get(step_a[0]) == "If"
+        return False
 
     def add_matmulnbits(self, node: Node, position: int) -> None:
         b = self.consts.get(node.input(1))

@@ -133,6 +133,9 @@ class Node:
     tensor_attr: Tensor | None = None
     offset: int = 0
     scope: str = "main"
+    # the subgraph attributes this node sits in, outermost first: (owner node offset, attribute offset);
+    # two nodes that part at the same owner's different attributes are in alternative If branches
+    branch: tuple[tuple[int, int], ...] = ()
 
     def attr_int(self, key: str, default: int | None = None) -> int | None:
         value = self.attrs.get(key, default)
@@ -263,13 +266,15 @@ class Parser:
                 self.model.tensors.append(t)
         self.model.functions.setdefault((fn.domain, fn.name), fn)
 
-    def graph(self, start: int, end: int, depth: int, scope: str) -> None:
+    def graph(
+        self, start: int, end: int, depth: int, scope: str, branch: tuple[tuple[int, int], ...] = ()
+    ) -> None:
         m = self.model
         for f in self.s.fields(start, end, depth, "GraphProto"):
             if f.wire != pb.LEN:
                 continue
             if f.number == 1:
-                self.node(f.value, f.end, depth + 1, scope)
+                self.node(f.value, f.end, depth + 1, scope, branch=branch)
             elif f.number == 5:
                 t = self.tensor(f.value, f.end, depth + 1, f.tag_offset)
                 t.kind = "initializer"
@@ -288,10 +293,18 @@ class Parser:
                 if name and shape is not None:
                     m.shapes.setdefault(name, shape)
 
-    def node(self, start: int, end: int, depth: int, scope: str, collect: bool = True) -> Node:
+    def node(
+        self,
+        start: int,
+        end: int,
+        depth: int,
+        scope: str,
+        collect: bool = True,
+        branch: tuple[tuple[int, int], ...] = (),
+    ) -> Node:
         s = self.s
         s.check_message(start, end, depth, "NodeProto")
-        n = Node(offset=start, scope=scope)
+        n = Node(offset=start, scope=scope, branch=branch)
         buf = s.buf
         budget = s.budget
         limit = budget.limit
@@ -375,7 +388,13 @@ class Parser:
             elif num == 5 and wire == pb.LEN:
                 n.tensor_attr = self.tensor(f.value, f.end, depth + 1, f.tag_offset)
             elif num in (6, 11) and wire == pb.LEN:
-                self.graph(f.value, f.end, depth + 1, scope if scope != "main" else "subgraph")
+                self.graph(
+                    f.value,
+                    f.end,
+                    depth + 1,
+                    scope if scope != "main" else "subgraph",
+                    (*n.branch, (n.offset, f.tag_offset)),
+                )
             elif num == 10 and wire == pb.LEN:
                 self.tensor(f.value, f.end, depth + 1, f.tag_offset)
             elif num in (22, 23) and wire == pb.LEN:
