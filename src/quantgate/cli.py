@@ -16,6 +16,7 @@ import sys
 from typing import Any, NoReturn
 
 from quantgate import __version__, cli_extras
+from quantgate.cli_extras import load_cli_policy as _load_policy
 from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
 from quantgate.report import FORMATS, render
 from quantgate.report.jsonfmt import dumps, dumps_bytes
@@ -287,20 +288,6 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         return EXIT_ERROR
-
-
-def _load_policy(explicit: str | None):  # -> Policy
-    from pathlib import Path
-
-    from quantgate.policy import PolicyError, find_policy, load_policy
-
-    path = find_policy(explicit)
-    if explicit and not Path(explicit).is_file():
-        raise UsageError(f"policy file not found: {explicit}")
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        raise UsageError(f"invalid policy\n{exc}") from None
 
 
 def _print_bytes(data: bytes) -> None:

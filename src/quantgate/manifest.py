@@ -38,12 +38,13 @@ FINDING_CODES = {
     "MANIFEST_TOO_LARGE": "The manifest is larger than 16 MiB; it was not parsed.",
     "MANIFEST_TOO_DEEP": "The manifest nests too deeply to be a manifest; it was not parsed.",
     "MANIFEST_DUPLICATE_KEY": "A JSON object repeats a key (the last one would silently win).",
-    "MANIFEST_SCHEMA": "The manifest breaks schemas/manifest.schema.json (one finding per error, with its JSON path).",
+    "MANIFEST_SCHEMA": "The manifest breaks `schemas/manifest.schema.json` (one finding per error, with its JSON "
+    "path).",
     "MANIFEST_PATH_ABSOLUTE": "An artifact path is absolute; paths are relative to the manifest's folder.",
     "MANIFEST_PATH_ESCAPES": "An artifact path leaves the manifest's folder (`..`, or a link resolving outside).",
     "MANIFEST_PATH_SYMLINK": "An artifact path goes through a symbolic link.",
     "MANIFEST_FILE_MISSING": "A listed artifact does not exist.",
-    "MANIFEST_SIZE_MISMATCH": "The artifact's size differs from the claimed size_bytes.",
+    "MANIFEST_SIZE_MISMATCH": "The artifact's size differs from the claimed `size_bytes`.",
     "MANIFEST_SHA256_MISMATCH": "The artifact's sha256 differs from the claimed one.",
     "MANIFEST_FORMAT_MISMATCH": "The artifact's content is not the claimed format.",
     "MANIFEST_ARTIFACT_BROKEN": "The artifact fails integrity, so its quantization claims cannot hold.",
@@ -52,10 +53,10 @@ FINDING_CODES = {
     "MANIFEST_COVERAGE_UNDERCLAIMED": "The claimed coverage is below the measured one by more than the tolerance.",
     "MANIFEST_COVERAGE_UNMEASURABLE": "Coverage is claimed but the artifact has no weight-bearing ops to measure.",
     "MANIFEST_PARAMETERS_MISMATCH": "The claimed parameter count differs from the artifact's by more than 0.5 %.",
-    "MANIFEST_BPW_MISMATCH": "The claimed bits_per_weight differs from the measured one by more than 0.05.",
+    "MANIFEST_BPW_MISMATCH": "The claimed `bits_per_weight` differs from the measured one by more than 0.05.",
     "MANIFEST_LAYER_CLAIM_FALSE": "A layer claimed quantized is float, or one claimed fp32 is quantized.",
-    "MANIFEST_LAYER_UNKNOWN": "A claimed layer name matches no weight-bearing layer (norms and biases carry no "
-    "coverage).",
+    "MANIFEST_LAYER_UNKNOWN": "A claimed layer name matches no weight-bearing layer (an `info`: norms and biases "
+    "carry no coverage).",
 }
 
 

@@ -32,7 +32,7 @@ def _level(result: dict[str, Any], own: str) -> str:
 
 def _codes() -> dict[str, str]:
     try:
-        from quantgate.findings import all_finding_codes
+        from quantgate.codes import all_finding_codes
 
         return all_finding_codes()
     except Exception:  # a table that does not import only loses rule descriptions
