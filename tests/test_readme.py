@@ -25,7 +25,8 @@ def test_every_finding_code_is_documented() -> None:
 def test_readme_is_a_guide_not_the_reference() -> None:
     """The README is what a new user reads in ten minutes; the references live in docs/."""
     assert len(README.encode("utf-8")) <= 25 * 1024
-    for doc in ("formats", "fidelity", "discovery", "policy", "manifest", "reports", "finding-codes", "runtime"):
+    for doc in ("formats", "fidelity", "discovery", "policy", "manifest", "reports", "finding-codes", "runtime",
+                "architecture"):
         assert f"(docs/{doc}.md)" in README and (ROOT / "docs" / f"{doc}.md").is_file()
 
 

@@ -1,4 +1,5 @@
-"""The command line (DESIGN §9). stdout carries only the report; everything else goes to stderr.
+"""The command line (docs/architecture.md#the-command-line). stdout carries only the report; everything
+else goes to stderr.
 
 Exit codes: 0 pass, 1 fail, 2 error, 3 no input, 4 usage. argparse's own usage exit (2) is mapped
 to 4 so that 2 always means "could not decide".

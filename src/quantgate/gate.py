@@ -1,6 +1,6 @@
 """The gate: find artifacts, run the guards that apply, apply the policy, build one report.
 
-Statuses and exit codes follow DESIGN §3 exactly:
+Statuses and exit codes (docs/architecture.md#statuses-and-exit-codes):
   0 every required guard reached a verdict and none failed (WARN allowed unless fail_on = warn)
   1 at least one FAIL          2 at least one ERROR, or a required guard skipped (beats 1)
   3 no artifact, or no guard applied                     4 usage (raised before a report exists)

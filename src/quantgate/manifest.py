@@ -203,7 +203,8 @@ def artifact_hints(doc: dict[str, Any], folder: Path) -> dict[str, dict[str, Any
 
 
 def resolve_inside(folder: Path, relative: str, where: str) -> tuple[Path | None, Finding | None]:
-    """The artifact's path, confined to the manifest's folder (DESIGN §7), checked before any read."""
+    """The artifact's path, confined to the manifest's folder (docs/architecture.md#hostile-input), checked
+    before any read."""
     field_ = f"{where}.path"
     if os.path.isabs(relative) or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
         return None, F.error(

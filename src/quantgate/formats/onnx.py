@@ -4,7 +4,7 @@ Initializer payloads (`raw_data`) are skipped by their length and recorded as (o
 external data is checked by `lstat`, never opened. The only bytes read beyond the graph records
 are those of small scale tensors (capped), to catch NaN/Inf/zero scales.
 
-Layers (DESIGN §4): MatMul/Gemm with a constant operand -> linear, Conv -> conv, Gather on a
+Layers (docs/formats.md#onnx-onnx-dtypes): MatMul/Gemm with a constant operand -> linear, Conv -> conv, Gather on a
 constant 2-D+ table -> embedding, LSTM/GRU/RNN W and R -> linear, plus the quantized forms (QDQ,
 QOperator, integer ops and the `com.microsoft` contrib ops, DynamicQuantizeLSTM among them). A weight
 is traced back through DequantizeLinear and shape-only ops (Transpose, Reshape, Cast...) to its stored

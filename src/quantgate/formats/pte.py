@@ -1,6 +1,6 @@
 """ExecuTorch `.pte` reader: the program flatbuffer, its extended header and segments, without torch.
 
-Layout (research executorch-pte.md §1): root offset at 0, identifier `ET12` at 4, an optional
+Layout (docs/formats.md#program-layout): root offset at 0, identifier `ET12` at 4, an optional
 extended header `eh00` at 8 (program size, segment base offset, segment data size), the program
 flatbuffer up to `program_size`, padding, then the segments (constants, delegate blobs, named data)
 from `segment_base_offset`. Only the flatbuffer tables are walked (bounded, budgeted, over mmap);
@@ -666,7 +666,7 @@ def _ptd_beside(prog: Program) -> tuple[list[str], dict[str, tuple[int | None, i
     except OSError:
         entries = []
     for entry in entries:
-        # only regular files in the program's own folder: no symlinks (DESIGN §7)
+        # only regular files in the program's own folder: no symlinks (docs/architecture.md#hostile-input)
         if not entry.name.endswith(".ptd") or entry.is_symlink() or not entry.is_file():
             continue
         names.append(entry.name)

@@ -89,7 +89,7 @@ FINDING_CODES: dict[str, str] = {
 }
 
 # XNNDatatype -> (name, nominal bits, numeric family, quantized): quantized = 8 or fewer bits with
-# scales (DESIGN §4); the 32-bit quantized types are biases
+# scales (docs/architecture.md#weight-bearing-layers-and-nominal-bits); the 32-bit quantized types are biases
 DATATYPES: dict[int, tuple[str, int, str, bool]] = {
     1: ("fp32", 32, "float", False),
     2: ("fp16", 16, "float", False),
@@ -360,7 +360,7 @@ class ConstantData:
 
 @dataclass(slots=True)
 class WeightOp:
-    """A weight-bearing XNNPACK node with its operands resolved (DESIGN §4)."""
+    """A weight-bearing XNNPACK node with its operands resolved (docs/policy.md#coverage)."""
 
     node: XNode
     kind: str
