@@ -5,7 +5,7 @@ imports them one way (nothing it imports imports it back) and writes docs/findin
 
     python -m quantgate.codes --write docs/finding-codes.md      (what `make docs` runs)
 
-A code added to a table is documented by running `make docs`; tests/test_finding_codes.py checks that the
+A code added to a table is documented by running `make docs`; tests/test_readme.py checks that the
 committed page equals what this module generates.
 """
 
@@ -117,7 +117,7 @@ def markdown() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m quantgate.codes", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m quantgate.codes", description="Write docs/finding-codes.md.")
     parser.add_argument("--write", metavar="PATH", help="write the Markdown page there (default: print it)")
     args = parser.parse_args(argv)
     text = markdown()

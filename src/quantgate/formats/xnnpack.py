@@ -60,7 +60,6 @@ HEADER_FIELDS_END = 30  # the header's fields end here (padded to 32 by the writ
 NO_OFFSET = (1 << 64) - 1  # ConstantDataOffset.offset when the data is in the named-data store
 INVALID_ID = (1 << 32) - 1  # XNN_INVALID_VALUE_ID: an absent operand (a FC without bias)
 MAX_DIMS = 16  # XNNPACK's own limit is 6; more is a corrupt value
-FINDINGS_PER_CODE = F.FINDINGS_PER_CODE
 
 FINDING_CODES: dict[str, str] = {
     "XNNPACK_BAD_MAGIC": "An XNNPACK delegate blob has neither the XH00 header nor an XNNPACK flatbuffer identifier.",
