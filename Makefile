@@ -5,12 +5,13 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: validate test lint fixtures bench fuzz clean help
+.PHONY: validate test lint docs fixtures bench fuzz clean help
 
 help:
 	@echo "make validate  - install quantgate in $(VENV) and gate the sample release (fixtures/release/)"
 	@echo "make test      - install the test dependencies and run the test suite"
 	@echo "make lint      - ruff"
+	@echo "make docs      - regenerate docs/finding-codes.md from the code's FINDING_CODES tables"
 	@echo "make fixtures  - re-export every fixture with the real exporters and quantizers"
 	@echo "make bench     - benchmarks against the reference readers -> benchmarks/RESULTS.md"
 	@echo "make fuzz      - mutation fuzzing of every reader (FUZZ_SECONDS=600) -> benchmarks/RESULTS.md"
@@ -40,6 +41,10 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests fixtures benchmarks
+
+# docs/finding-codes.md is generated (tests/test_readme.py checks it is current)
+docs: $(VENV)/.core
+	$(BIN)/python -m quantgate.codes --write docs/finding-codes.md
 
 fixtures: $(VENV)/.fixtures
 	@set -e; for script in fixtures/*/make_*.py; do echo "== $$script"; $(BIN)/python $$script; done

@@ -114,9 +114,10 @@ def machine() -> str:
 
 
 # the reading order of RESULTS.md: the headline, the machine, each format against its anchor, then the
-# cross-cutting runs (hashing, the cost curve, fidelity, the fuzz campaign); unknown sections follow
-ORDER = ("Headline", "Machine", "gguf", "onnx", "safetensors", "pte", "pte_inspector", "hash", "curve", "fidelity",
-         "many", "Hostile-input campaign", "Fuzz rerun")
+# cross-cutting runs (hashing, the start-up budget, the cost curve, fidelity, the fuzz campaign); unknown
+# sections follow
+ORDER = ("Headline", "Machine", "gguf", "onnx", "safetensors", "pte", "pte_inspector", "hash", "startup", "curve",
+         "fidelity", "many", "Hostile-input campaign", "Fuzz rerun")
 
 
 def order_sections(path: Path) -> None:

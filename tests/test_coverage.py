@@ -1,4 +1,4 @@
-"""The shared coverage engine (DESIGN §4) on hand-built inventories with hand-computed answers."""
+"""The shared coverage engine (docs/policy.md#coverage) on hand-built inventories with hand-computed answers."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ _random_layer = st.builds(
 @settings(max_examples=400, deadline=None)
 @given(layers=st.lists(_random_layer, max_size=40))
 def test_sums_are_the_per_layer_definitions(layers: list[Layer]) -> None:
-    """Coverage sums layers in groups and in C; each number must be the one DESIGN §4 defines per
+    """Coverage sums layers in groups and in C; each number must be the one docs/policy.md#coverage defines per
     layer (flops from Layer.flops, bits per weight over the layers whose bytes are known)."""
     metrics, _ = coverage_metrics(layers)
     for basis, weigh in (("ops", lambda x: 1), ("params", lambda x: x.params), ("flops", lambda x: x.flops)):

@@ -225,6 +225,11 @@ def test_manifest_parameters_feed_size_heuristic(tmp_path: Path) -> None:
             "MANIFEST_SCHEMA",
             "$.artifacts[0].format: 'zip' is not one of",
         ),
+        (  # not a list: the schema says so; reading the claims (and the gate's hints) does not crash
+            '{"manifest_version": 1, "model_id": "m", "artifacts": 5}',
+            "MANIFEST_SCHEMA",
+            "$.artifacts: 5 is not of type 'array'",
+        ),
         (
             '{"manifest_version": 2, "model_id": "m", "artifacts": []}',
             "MANIFEST_SCHEMA",
@@ -317,3 +322,38 @@ def test_layer_claims_name_layers_exactly_never_by_substring(tmp_path: Path) -> 
         "$.artifacts[0].quantization.quantized_layers[1]"
     ]
     assert codes(result, "info") == ["MANIFEST_LAYER_UNKNOWN"]
+
+
+def test_artifacts_not_a_list_fails_the_run_without_an_internal_error(tmp_path: Path) -> None:
+    release = tmp_path / "release"
+    release.mkdir()
+    write_manifest(release, '{"manifest_version": 1, "model_id": "m", "artifacts": {"path": "x.gguf"}}')
+    exit_code, report = run_json("run", "--format", "json", str(release), cwd=tmp_path)
+    assert exit_code == 1
+    assert [(r["guard"], r["status"]) for r in report["results"] if r["status"] != "SKIP"] == [("manifest", "FAIL")]
+
+
+def test_one_walk_gives_the_gate_and_fidelity_the_same_hints(tmp_path: Path) -> None:
+    """artifact_hints is the one walk over a manifest's entries: the parameters for size-heuristic and the
+    reference for fidelity, by the artifact's resolved path; paths leaving the folder give nothing."""
+    from quantgate.manifest import artifact_hints
+    from quantgate.validators.fidelity import manifest_reference
+
+    release = release_with(tmp_path, Q8)
+    (release / "float.gguf").write_bytes(Q8.read_bytes())
+    doc = {
+        "manifest_version": 1,
+        "model_id": "m",
+        "artifacts": [
+            {"path": Q8.name, "parameters": 7, "reference": "float.gguf"},
+            {"path": Q8.name, "parameters": 9, "reference": "../outside.gguf"},  # the first entry wins
+            {"path": "../escape.gguf", "parameters": 3},
+            {"path": "float.gguf", "reference": "/abs.gguf"},  # an absolute reference is never followed
+        ],
+    }
+    write_manifest(release, doc)
+    hints = artifact_hints(doc, release)
+    quantized = str((release / Q8.name).resolve())
+    assert hints == {quantized: {"parameters": 7, "reference": str((release / "float.gguf").resolve())}}
+    assert manifest_reference(str(release / Q8.name)) == str((release / "float.gguf").resolve())
+    assert manifest_reference(str(release / "float.gguf")) is None

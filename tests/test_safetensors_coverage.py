@@ -106,8 +106,8 @@ def test_exact_coverage_and_bpw(fixture: str) -> None:
     assert kinds == {"lm_head.weight": "linear", "model.embed_tokens.weight": "embedding"}
 
 
-def test_ct_w4a16_bpw_matches_research() -> None:
-    # research §3.3: CT W4A16 g128 with F32 scales = 4.251 on a 512x256 Linear
+def test_ct_w4a16_bpw_matches_the_docs() -> None:
+    # docs/formats.md#safetensors-safetensors-dtypes: CT W4A16 g128 with F32 scales = 4.251 on a 512x256 Linear
     assert 8 * ct_w4a16(512, 256) / (512 * 256) == pytest.approx(4.251, abs=5e-4)
     assert 8 * ct_nvfp4(512, 256) / (512 * 256) == pytest.approx(4.500, abs=5e-4)
 
@@ -145,7 +145,7 @@ def test_bnb_nf4_exact() -> None:
     assert m["bits_per_weight_body"] == pytest.approx(8 * total / Q_PARAMS, abs=1e-12)
     gate = 512 * 256
     gate_bytes = gate // 2 + gate // 64 + 64 + 8 * 4 + 1024 + blob["model.layers.0.mlp.gate_proj"]
-    assert 8 * gate_bytes / gate == pytest.approx(4.204, abs=5e-4)  # research §3.3
+    assert 8 * gate_bytes / gate == pytest.approx(4.204, abs=5e-4)  # docs/formats.md#safetensors-safetensors-dtypes
 
 
 def test_plain_f16_all_float() -> None:

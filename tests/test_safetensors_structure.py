@@ -1,4 +1,4 @@
-"""safetensors structure: each row of the research corruption table gives its own finding code
+"""safetensors structure: each corruption in docs/finding-codes.md#safetensors gives its own finding code
 through the real CLI, valid files pass, and the header agrees with `safetensors.safe_open`."""
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.conftest import run_cli
 
-from quantgate.findings import all_finding_codes
+from quantgate.codes import all_finding_codes
 from quantgate.report import FORMATS, render
 
 REPO = Path(__file__).resolve().parents[1]

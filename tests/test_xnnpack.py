@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import FIXTURES
 
-from quantgate.findings import Finding, all_finding_codes
+from quantgate.codes import all_finding_codes
+from quantgate.findings import Finding
 from quantgate.formats.binary import Budget, View
 from quantgate.formats.flatbuffer import FlatBuffer
 from quantgate.formats.xnnpack import NODE_TYPES, read_payload

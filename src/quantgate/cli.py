@@ -1,4 +1,5 @@
-"""The command line (DESIGN §9). stdout carries only the report; everything else goes to stderr.
+"""The command line (docs/architecture.md#the-command-line). stdout carries only the report; everything
+else goes to stderr.
 
 Exit codes: 0 pass, 1 fail, 2 error, 3 no input, 4 usage. argparse's own usage exit (2) is mapped
 to 4 so that 2 always means "could not decide".
@@ -16,6 +17,7 @@ import sys
 from typing import Any, NoReturn
 
 from quantgate import __version__, cli_extras
+from quantgate.cli_extras import load_cli_policy as _load_policy
 from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
 from quantgate.report import FORMATS, render
 from quantgate.report.jsonfmt import dumps, dumps_bytes
@@ -287,20 +289,6 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         return EXIT_ERROR
-
-
-def _load_policy(explicit: str | None):  # -> Policy
-    from pathlib import Path
-
-    from quantgate.policy import PolicyError, find_policy, load_policy
-
-    path = find_policy(explicit)
-    if explicit and not Path(explicit).is_file():
-        raise UsageError(f"policy file not found: {explicit}")
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        raise UsageError(f"invalid policy\n{exc}") from None
 
 
 def _print_bytes(data: bytes) -> None:

@@ -299,11 +299,25 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     return EXIT_USAGE if failed else EXIT_PASS
 
 
+def load_cli_policy(explicit: str | None):  # -> Policy
+    """The policy `--policy` names (else the one find_policy finds); a bad one is a UsageError."""
+    from pathlib import Path
+
+    from quantgate.policy import PolicyError, find_policy, load_policy
+
+    path = find_policy(explicit)
+    if explicit and not Path(explicit).is_file():
+        raise UsageError(f"policy file not found: {explicit}")
+    try:
+        return load_policy(path)
+    except PolicyError as exc:
+        raise UsageError(f"invalid policy\n{exc}") from None
+
+
 def cmd_extras(args: argparse.Namespace) -> int:
-    from quantgate.cli import _load_policy
     from quantgate.policy import needed_extras
 
-    sys.stdout.write(",".join(needed_extras(_load_policy(args.policy))) + "\n")
+    sys.stdout.write(",".join(needed_extras(load_cli_policy(args.policy))) + "\n")
     return EXIT_PASS
 
 

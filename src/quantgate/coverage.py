@@ -1,4 +1,4 @@
-"""Coverage, bits per weight and the unquantized-layer list: DESIGN §4, written once for every format.
+"""Coverage, bits per weight and the unquantized-layer list (docs/policy.md#coverage), once for every format.
 
 Coverage is the quantized share of weight-bearing ops on three bases: `ops` (each op counts 1),
 `params` (its weight's element count) and `flops` (2 x weight elements x output positions). For

@@ -70,12 +70,17 @@ def info(code: str, message: str, **loc: Any) -> Finding:
     return Finding(code, INFO, message, **loc)
 
 
-class CappedFindings:
-    """Appends findings to `out` with a per-code cap, so a hostile file with a million bad entries still
-    gives a readable report; `close()` adds one info line per capped code with how many were left out
-    (under `overflow_code`, or under the capped code itself)."""
+# How many findings of one code a reader lists; the rest are counted in one info notice. Every reader uses
+# this cap, so a hostile file with a million bad entries gives a readable report of any format.
+FINDINGS_PER_CODE = 20
 
-    def __init__(self, out: list[Finding], limit: int, overflow_code: str | None = None):
+
+class CappedFindings:
+    """Appends findings to `out`, at most FINDINGS_PER_CODE of each code; `close()` then adds one info
+    notice per capped code saying how many were left out, under the reader's own notice code
+    (`overflow_code`: ST_TOO_MANY_FINDINGS, ONNX_FINDINGS_CAPPED...) or else under the capped code."""
+
+    def __init__(self, out: list[Finding], overflow_code: str | None = None, limit: int = FINDINGS_PER_CODE):
         self.out = out
         self.limit = limit
         self.overflow_code = overflow_code
@@ -87,48 +92,35 @@ class CappedFindings:
         if n <= self.limit:
             self.out.append(finding)
 
-    def close(self) -> None:
+    def close(self) -> list[Finding]:
+        """Add the notices (once: the counts restart) and return `out`."""
         for code, n in self.counts.items():
             if n > self.limit:
-                more = n - self.limit
-                self.out.append(info(self.overflow_code or code, f"{more} more {code} finding(s) not listed"))
+                message = f"{n - self.limit} more {code} finding(s) not listed ({n} in all)"
+                self.out.append(info(self.overflow_code or code, message, field=code))
+        self.counts = {}
+        return self.out
 
 
 def has_errors(findings: list[Finding]) -> bool:
     return any(f.severity == ERROR for f in findings)
 
 
-# Codes raised by the shared layers (sniffing, bounded reads, the gate). Format readers keep their own
-# tables beside their code (a module-level FINDING_CODES dict); docs/finding-codes.md lists them all and a test
-# checks that it does.
+# Codes raised by the shared layers (sniffing, bounded reads, discovery, the gate). Readers, guards and
+# helpers keep their own tables beside their code (a module-level FINDING_CODES dict); quantgate.codes
+# gathers them all and writes docs/finding-codes.md (`make docs`).
 FINDING_CODES = {
     "FILE_EMPTY": "The file has zero bytes.",
-    "FILE_UNREADABLE": "The file could not be opened or read (permissions, a directory, a broken link).",
+    "FILE_UNREADABLE": "The file could not be opened or read (an error: permissions, a directory, a broken link).",
     "FORMAT_UNKNOWN": "The content is none of the supported formats (PTE, GGUF, safetensors, ONNX).",
     "FORMAT_UNSUPPORTED": "The content is a known format that quantgate does not gate (PyTorch zip, "
     "pickle, legacy GGML).",
     "LINK_OUTSIDE_ROOT": "A symbolic link in the scanned folder resolves outside it (and not into its Hugging Face "
-    "cache repo's blobs): the file gated is not part of the folder.",
+    "cache repo's `blobs/`): the file gated is not part of the folder (a warning on `integrity`).",
     "SIBLING_NOT_READ": "A file read beside the artifact (config.json, a sharded index) resolves outside the "
-    "artifact's folder or is not a regular file: it was not read.",
-    "LFS_POINTER": "The file is a Git LFS pointer, not the artifact: the LFS object was not fetched.",
+    "artifact's folder or is not a regular file: it was not read (a warning).",
+    "LFS_POINTER": "The file is a Git LFS pointer, not the artifact: the LFS object was not fetched (an error, "
+    "with a hint).",
     "READ_BUDGET_EXHAUSTED": "The reader visited more records than a file of this size can hold "
     "(shared-offset amplification); the rest was not read.",
 }
-
-
-# format helpers that are not readers themselves but emit their own codes (a delegate payload in a .pte)
-HELPER_MODULES = ("quantgate.formats.xnnpack", "quantgate.runtime.box")
-
-
-def all_finding_codes() -> dict[str, str]:
-    """Every stable finding code: the shared ones, each reader's and each guard's FINDING_CODES."""
-    import importlib
-
-    from quantgate.formats import READERS
-    from quantgate.validators import GUARD_MODULES
-
-    codes = dict(FINDING_CODES)
-    for module_name in [*READERS.values(), *GUARD_MODULES.values(), *HELPER_MODULES]:
-        codes.update(getattr(importlib.import_module(module_name), "FINDING_CODES", {}))
-    return codes

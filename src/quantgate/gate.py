@@ -1,6 +1,6 @@
 """The gate: find artifacts, run the guards that apply, apply the policy, build one report.
 
-Statuses and exit codes follow DESIGN §3 exactly:
+Statuses and exit codes (docs/architecture.md#statuses-and-exit-codes):
   0 every required guard reached a verdict and none failed (WARN allowed unless fail_on = warn)
   1 at least one FAIL          2 at least one ERROR, or a required guard skipped (beats 1)
   3 no artifact, or no guard applied                     4 usage (raised before a report exists)
@@ -394,7 +394,7 @@ def attach_manifest_hints(artifacts: Sequence[Artifact]) -> None:
     """Give each artifact what a manifest beside it claims (its parameter count, for size-heuristic)."""
     from pathlib import Path
 
-    from quantgate.manifest import ManifestError, claimed_artifacts, load_manifest, resolve_inside
+    from quantgate.manifest import ManifestError, artifact_hints, load_manifest
 
     by_path = {a.path: a for a in artifacts}
     by_path.update({a.real: a for a in artifacts if a.real})
@@ -403,26 +403,11 @@ def attach_manifest_hints(artifacts: Sequence[Artifact]) -> None:
             doc, _ = load_manifest(manifest.path)
         except (ManifestError, OSError):
             continue  # the manifest guard reports it
-        folder = Path(manifest.path).parent
-        for claim in claimed_artifacts(doc):
-            target, problem = resolve_inside(folder, claim.path, claim.where)
-            if problem is None and target is not None and claim.parameters:
-                artifact = by_path.get(str(target.resolve()))
-                if artifact is not None:
-                    artifact.hints.setdefault("parameters", claim.parameters)
-        # an entry's `reference` names the float artifact the fidelity guard compares it with
-        for index, entry in enumerate(doc.get("artifacts") or [] if isinstance(doc.get("artifacts"), list) else []):
-            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-                continue
-            if not isinstance(entry.get("reference"), str):
-                continue
-            where = f"$.artifacts[{index}]"
-            target, problem = resolve_inside(folder, entry["path"], where)
-            ref, ref_problem = resolve_inside(folder, entry["reference"], where)
-            if problem is None and ref_problem is None and target is not None and ref is not None:
-                artifact = by_path.get(str(target.resolve()))
-                if artifact is not None:
-                    artifact.hints.setdefault("reference", str(ref.resolve()))
+        for target, hints in artifact_hints(doc, Path(manifest.path).parent).items():
+            artifact = by_path.get(target)
+            if artifact is not None:
+                for key, value in hints.items():
+                    artifact.hints.setdefault(key, value)
 
 
 def select_shard(artifacts: list[Artifact], shard: tuple[int, int] | None) -> list[Artifact]:

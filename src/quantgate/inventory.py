@@ -1,6 +1,6 @@
 """The format-neutral picture of an artifact that every reader produces and every guard consumes.
 
-A reader turns bytes into an `Inventory`: the weight-bearing layers (DESIGN §4) with their stored
+A reader turns bytes into an `Inventory`: the weight-bearing layers (docs/policy.md#coverage) with their stored
 precision, plus the structural findings it met on the way. Coverage, bits per weight and bounds are
 computed from this once, in `coverage.py`, never per format.
 """

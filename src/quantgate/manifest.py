@@ -38,12 +38,13 @@ FINDING_CODES = {
     "MANIFEST_TOO_LARGE": "The manifest is larger than 16 MiB; it was not parsed.",
     "MANIFEST_TOO_DEEP": "The manifest nests too deeply to be a manifest; it was not parsed.",
     "MANIFEST_DUPLICATE_KEY": "A JSON object repeats a key (the last one would silently win).",
-    "MANIFEST_SCHEMA": "The manifest breaks schemas/manifest.schema.json (one finding per error, with its JSON path).",
+    "MANIFEST_SCHEMA": "The manifest breaks `schemas/manifest.schema.json` (one finding per error, with its JSON "
+    "path).",
     "MANIFEST_PATH_ABSOLUTE": "An artifact path is absolute; paths are relative to the manifest's folder.",
     "MANIFEST_PATH_ESCAPES": "An artifact path leaves the manifest's folder (`..`, or a link resolving outside).",
     "MANIFEST_PATH_SYMLINK": "An artifact path goes through a symbolic link.",
     "MANIFEST_FILE_MISSING": "A listed artifact does not exist.",
-    "MANIFEST_SIZE_MISMATCH": "The artifact's size differs from the claimed size_bytes.",
+    "MANIFEST_SIZE_MISMATCH": "The artifact's size differs from the claimed `size_bytes`.",
     "MANIFEST_SHA256_MISMATCH": "The artifact's sha256 differs from the claimed one.",
     "MANIFEST_FORMAT_MISMATCH": "The artifact's content is not the claimed format.",
     "MANIFEST_ARTIFACT_BROKEN": "The artifact fails integrity, so its quantization claims cannot hold.",
@@ -52,10 +53,10 @@ FINDING_CODES = {
     "MANIFEST_COVERAGE_UNDERCLAIMED": "The claimed coverage is below the measured one by more than the tolerance.",
     "MANIFEST_COVERAGE_UNMEASURABLE": "Coverage is claimed but the artifact has no weight-bearing ops to measure.",
     "MANIFEST_PARAMETERS_MISMATCH": "The claimed parameter count differs from the artifact's by more than 0.5 %.",
-    "MANIFEST_BPW_MISMATCH": "The claimed bits_per_weight differs from the measured one by more than 0.05.",
+    "MANIFEST_BPW_MISMATCH": "The claimed `bits_per_weight` differs from the measured one by more than 0.05.",
     "MANIFEST_LAYER_CLAIM_FALSE": "A layer claimed quantized is float, or one claimed fp32 is quantized.",
-    "MANIFEST_LAYER_UNKNOWN": "A claimed layer name matches no weight-bearing layer (norms and biases carry no "
-    "coverage).",
+    "MANIFEST_LAYER_UNKNOWN": "A claimed layer name matches no weight-bearing layer (an `info`: norms and biases "
+    "carry no coverage).",
 }
 
 
@@ -79,6 +80,7 @@ class ClaimedArtifact:
     parameters: int | None = None
     quantization: dict[str, Any] = field(default_factory=dict)
     int8_coverage: float | None = None  # the short form's top-level extra
+    reference: str | None = None  # the float artifact `fidelity` compares it with (long form)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,7 +159,8 @@ def claimed_artifacts(doc: dict[str, Any]) -> list[ClaimedArtifact]:
             )
         ]
     out = []
-    for index, entry in enumerate(doc.get("artifacts") or []):
+    entries = doc.get("artifacts")
+    for index, entry in enumerate(entries if isinstance(entries, list) else []):  # else MANIFEST_SCHEMA says why
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             continue
 
@@ -170,13 +173,38 @@ def claimed_artifacts(doc: dict[str, Any]) -> list[ClaimedArtifact]:
                 size_bytes=_typed(entry, "size_bytes", int),
                 parameters=_typed(entry, "parameters", int),
                 quantization=entry["quantization"] if isinstance(entry.get("quantization"), dict) else {},
+                reference=_typed(entry, "reference", str),
             )
         )
     return out
 
 
+def artifact_hints(doc: dict[str, Any], folder: Path) -> dict[str, dict[str, Any]]:
+    """What a manifest in `folder` says about the artifacts it lists, by each artifact's resolved path:
+    its claimed `parameters` (for size-heuristic) and its float `reference`, resolved (for fidelity).
+    Paths that leave the folder are left out (the manifest guard reports them)."""
+    hints: dict[str, dict[str, Any]] = {}
+    for claim in claimed_artifacts(doc):
+        target, problem = resolve_inside(folder, claim.path, claim.where)
+        if problem is not None or target is None:
+            continue
+        found: dict[str, Any] = {}
+        if claim.parameters:
+            found["parameters"] = claim.parameters
+        if claim.reference is not None:
+            ref, ref_problem = resolve_inside(folder, claim.reference, claim.where)
+            if ref_problem is None and ref is not None:
+                found["reference"] = str(ref.resolve())
+        if found:
+            entry = hints.setdefault(str(target.resolve()), {})
+            for key, value in found.items():
+                entry.setdefault(key, value)
+    return hints
+
+
 def resolve_inside(folder: Path, relative: str, where: str) -> tuple[Path | None, Finding | None]:
-    """The artifact's path, confined to the manifest's folder (DESIGN §7), checked before any read."""
+    """The artifact's path, confined to the manifest's folder (docs/architecture.md#hostile-input), checked
+    before any read."""
     field_ = f"{where}.path"
     if os.path.isabs(relative) or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
         return None, F.error(
@@ -341,171 +369,196 @@ def coverage_key(method: str) -> str:
 # checking
 
 
+@dataclass
+class _Checks:
+    """What checking one artifact's claims has found so far: the findings, what was measured and how many
+    claims were checked."""
+
+    claim: ClaimedArtifact
+    out: list[Finding] = field(default_factory=list)
+    measured: dict[str, Any] = field(default_factory=dict)
+    checked: int = 0
+
+    def fails(self, code: str, message: str, at: str) -> None:
+        self.out.append(F.error(code, f"{self.claim.path}{message}", field=f"{self.claim.where}{at}"))
+
+    def result(self) -> tuple[list[Finding], dict[str, Any], int]:
+        return self.out, self.measured, self.checked
+
+
 def check_artifact(
     claim: ClaimedArtifact, folder: Path, tolerance: float, label: str | None = None
 ) -> tuple[list[Finding], dict[str, Any], int]:
-    """Every claim about one artifact, each its own finding; returns (findings, measured, claims checked)."""
-    out: list[Finding] = []
-    checked = 0
-    measured: dict[str, Any] = {"path": claim.path}
+    """Every claim about one artifact, each its own finding; returns (findings, measured, claims checked).
+
+    The file first (confined path, present, size, sha256, format), then what its structure holds
+    (parameters, method, coverage, bits per weight, layer lists); a wrong format or a broken file stops
+    the checks that need its structure."""
+    checks = _Checks(claim, measured={"path": claim.path})
     target, problem = resolve_inside(folder, claim.path, claim.where)
     if problem:
-        return [problem], measured, 1
+        return [problem], checks.measured, 1
     assert target is not None
     if not target.is_file():
-        return (
-            [
-                F.error(
-                    "MANIFEST_FILE_MISSING",
-                    f"{claim.path} is listed but does not exist",
-                    field=f"{claim.where}.path",
-                )
-            ],
-            measured,
-            1,
-        )
-    size = target.stat().st_size
-    measured["size_bytes"] = size
-    if claim.size_bytes is not None:
-        checked += 1
-        if claim.size_bytes != size:
-            out.append(
-                F.error(
-                    "MANIFEST_SIZE_MISMATCH",
-                    f"{claim.path} is {size:,} bytes, the manifest says {claim.size_bytes:,}",
-                    field=f"{claim.where}.size_bytes",
-                )
-            )
-    if claim.sha256 is not None:
-        checked += 1
-        digest = sha256_file(target, label or claim.path)
-        measured["sha256"] = digest
-        if digest != claim.sha256.lower():
-            out.append(
-                F.error(
-                    "MANIFEST_SHA256_MISMATCH",
-                    f"{claim.path} has sha256 {digest[:16]}…, the manifest says {claim.sha256[:16]}…",
-                    field=f"{claim.where}.sha256",
-                )
-            )
-    sniffed = sniff(target)
-    measured["format"] = sniffed.format
-    if claim.format is not None:
-        checked += 1
-        if sniffed.format != claim.format:
-            out.append(
-                F.error(
-                    "MANIFEST_FORMAT_MISMATCH",
-                    f"{claim.path} is {sniffed.format}, the manifest says {claim.format}",
-                    field=f"{claim.where}.format",
-                )
-            )
-            return out, measured, checked
+        checks.checked = 1
+        checks.fails("MANIFEST_FILE_MISSING", " is listed but does not exist", ".path")
+        return checks.result()
+    _check_bytes(checks, target, label)
+    fmt = _check_format(checks, target)
     quant = claim.quantization
     wants_structure = bool(quant) or claim.parameters is not None or claim.int8_coverage is not None
-    if not wants_structure:
-        return out, measured, checked
-    inventory = read_inventory(str(target), sniffed.format) if sniffed.format in MODEL_FORMATS else None
-    if inventory is None or not inventory.structurally_sound:
-        first = next((f for f in inventory.structural_findings if f.severity == F.ERROR), None) if inventory else None
-        why = f": {first.code}: {first.message}" if first else f" ({sniffed.format})"
-        out.append(F.error("MANIFEST_ARTIFACT_BROKEN", f"{claim.path} fails integrity{why}", field=claim.where))
-        return out, measured, checked + 1
+    if fmt is None or not wants_structure:
+        return checks.result()
+    inventory = _sound_inventory(checks, target, fmt)
+    if inventory is None:
+        return checks.result()
     basis = quant.get("basis", "ops") if quant.get("basis") in ("ops", "params", "flops") else "ops"
     metrics, _ = coverage_metrics(inventory.layers, basis=basis)
-    measured["parameters"] = inventory.params_stored
-    if claim.parameters is not None and inventory.params_stored:
-        checked += 1
-        gap = abs(claim.parameters - inventory.params_stored) / inventory.params_stored
-        if gap > PARAMETERS_TOLERANCE:
-            out.append(
-                F.error(
-                    "MANIFEST_PARAMETERS_MISMATCH",
-                    f"{claim.path} stores {inventory.params_stored:,} "
-                    f"parameters, the manifest says {claim.parameters:,}",
-                    field=f"{claim.where}.parameters",
-                )
-            )
+    _check_parameters(checks, inventory)
     method = quant.get("method") if isinstance(quant.get("method"), str) else None
-    if method:
-        checked += 1
-        measured["method"] = infer_method(inventory)
-        why = method_problem(method, inventory, metrics)
-        if why:
-            out.append(
-                F.error(
-                    "MANIFEST_METHOD_MISMATCH",
-                    f"{claim.path}: {why}",
-                    field=f"{claim.where}.quantization.method",
-                )
+    _check_method(checks, inventory, method, metrics)
+    _check_coverage(checks, inventory, basis, metrics, coverage_key(method or "INT8"), tolerance)
+    _check_bits_per_weight(checks, metrics)
+    _check_layer_lists(checks, inventory)
+    return checks.result()
+
+
+def _check_bytes(checks: _Checks, target: Path, label: str | None) -> None:
+    """The claimed size and sha256 against the file's."""
+    claim = checks.claim
+    size = target.stat().st_size
+    checks.measured["size_bytes"] = size
+    if claim.size_bytes is not None:
+        checks.checked += 1
+        if claim.size_bytes != size:
+            checks.fails(
+                "MANIFEST_SIZE_MISMATCH", f" is {size:,} bytes, the manifest says {claim.size_bytes:,}", ".size_bytes"
             )
+    if claim.sha256 is not None:
+        checks.checked += 1
+        digest = sha256_file(target, label or claim.path)
+        checks.measured["sha256"] = digest
+        if digest != claim.sha256.lower():
+            checks.fails(
+                "MANIFEST_SHA256_MISMATCH",
+                f" has sha256 {digest[:16]}…, the manifest says {claim.sha256[:16]}…",
+                ".sha256",
+            )
+
+
+def _check_format(checks: _Checks, target: Path) -> str | None:
+    """The sniffed format, or None when it is not the claimed one (nothing further holds then)."""
+    sniffed = sniff(target)
+    checks.measured["format"] = sniffed.format
+    claimed = checks.claim.format
+    if claimed is not None:
+        checks.checked += 1
+        if sniffed.format != claimed:
+            checks.fails("MANIFEST_FORMAT_MISMATCH", f" is {sniffed.format}, the manifest says {claimed}", ".format")
+            return None
+    return sniffed.format
+
+
+def _sound_inventory(checks: _Checks, target: Path, fmt: str) -> Inventory | None:
+    """The artifact's inventory, or None (with MANIFEST_ARTIFACT_BROKEN) when it fails integrity."""
+    inventory = read_inventory(str(target), fmt) if fmt in MODEL_FORMATS else None
+    if inventory is not None and inventory.structurally_sound:
+        return inventory
+    first = next((f for f in inventory.structural_findings if f.severity == F.ERROR), None) if inventory else None
+    why = f": {first.code}: {first.message}" if first else f" ({fmt})"
+    checks.checked += 1
+    checks.fails("MANIFEST_ARTIFACT_BROKEN", f" fails integrity{why}", "")
+    return None
+
+
+def _check_parameters(checks: _Checks, inventory: Inventory) -> None:
+    claimed, stored = checks.claim.parameters, inventory.params_stored
+    checks.measured["parameters"] = stored
+    if claimed is None or not stored:
+        return
+    checks.checked += 1
+    if abs(claimed - stored) / stored > PARAMETERS_TOLERANCE:
+        checks.fails(
+            "MANIFEST_PARAMETERS_MISMATCH",
+            f" stores {stored:,} parameters, the manifest says {claimed:,}",
+            ".parameters",
+        )
+
+
+def _check_method(checks: _Checks, inventory: Inventory, method: str | None, metrics: dict[str, Any]) -> None:
+    if not method:
+        return
+    checks.checked += 1
+    checks.measured["method"] = infer_method(inventory)
+    why = method_problem(method, inventory, metrics)
+    if why:
+        checks.fails("MANIFEST_METHOD_MISMATCH", f": {why}", ".quantization.method")
+
+
+def _check_coverage(
+    checks: _Checks, inventory: Inventory, basis: str, metrics: dict[str, Any], key: str, tolerance: float
+) -> None:
+    """`quantization.coverage` (on the claimed basis, of the method's precision) and the short form's
+    `int8_coverage` (ops), each within the tolerance of the measured share."""
+    claim, quant = checks.claim, checks.claim.quantization
     coverage_claims = []
     if isinstance(quant.get("coverage"), (int, float)) and not isinstance(quant.get("coverage"), bool):
-        coverage_claims.append(
-            (
-                float(quant["coverage"]),
-                basis,
-                coverage_key(method or "INT8"),
-                f"{claim.where}.quantization.coverage",
-            )
-        )
+        coverage_claims.append((float(quant["coverage"]), basis, key, ".quantization.coverage"))
     if claim.int8_coverage is not None:
-        coverage_claims.append((claim.int8_coverage, "ops", "int8", f"{claim.where}.int8_coverage"))
-    for claimed, on_basis, key, where in coverage_claims:
-        checked += 1
+        coverage_claims.append((claim.int8_coverage, "ops", "int8", ".int8_coverage"))
+    for claimed, on_basis, of, at in coverage_claims:
+        checks.checked += 1
         cov_metrics = metrics if on_basis == basis else coverage_metrics(inventory.layers, basis=on_basis)[0]
         basis_cov = cov_metrics["coverage"].get(on_basis)
         if basis_cov is None:
-            out.append(
-                F.error(
-                    "MANIFEST_COVERAGE_UNMEASURABLE",
-                    f"{claim.path}: {claimed:.2%} {key} coverage "
-                    f"claimed, but there are no weight-bearing ops to measure on {on_basis}",
-                    field=where,
-                )
+            checks.fails(
+                "MANIFEST_COVERAGE_UNMEASURABLE",
+                f": {claimed:.2%} {of} coverage claimed, but there are no weight-bearing ops to measure on {on_basis}",
+                at,
             )
             continue
-        actual = basis_cov[key]
-        measured.setdefault("coverage", {})[f"{on_basis}.{key}"] = actual
+        actual = basis_cov[of]
+        checks.measured.setdefault("coverage", {})[f"{on_basis}.{of}"] = actual
         if claimed - actual > tolerance:
-            out.append(
-                F.error(
-                    "MANIFEST_COVERAGE_OVERCLAIMED",
-                    f"{claim.path}: {key} coverage on {on_basis} is "
-                    f"{actual:.2%}, the manifest claims {claimed:.2%} (tolerance {tolerance:g})",
-                    field=where,
-                )
+            checks.fails(
+                "MANIFEST_COVERAGE_OVERCLAIMED",
+                f": {of} coverage on {on_basis} is {actual:.2%}, the manifest claims {claimed:.2%} "
+                f"(tolerance {tolerance:g})",
+                at,
             )
         elif actual - claimed > tolerance:
-            out.append(
-                F.error(
-                    "MANIFEST_COVERAGE_UNDERCLAIMED",
-                    f"{claim.path}: {key} coverage on {on_basis} is "
-                    f"{actual:.2%}, the manifest claims only {claimed:.2%} (tolerance {tolerance:g})",
-                    field=where,
-                )
+            checks.fails(
+                "MANIFEST_COVERAGE_UNDERCLAIMED",
+                f": {of} coverage on {on_basis} is {actual:.2%}, the manifest claims only {claimed:.2%} "
+                f"(tolerance {tolerance:g})",
+                at,
             )
-    bpw = quant.get("bits_per_weight")
-    if isinstance(bpw, (int, float)) and "bits_per_weight" in metrics:
-        checked += 1
-        if abs(bpw - metrics["bits_per_weight"]) > BPW_TOLERANCE:
-            out.append(
-                F.error(
-                    "MANIFEST_BPW_MISMATCH",
-                    f"{claim.path}: {metrics['bits_per_weight']:.3f} bits per weight measured, the manifest says {bpw}",
-                    field=f"{claim.where}.quantization.bits_per_weight",
-                )
-            )
+
+
+def _check_bits_per_weight(checks: _Checks, metrics: dict[str, Any]) -> None:
+    bpw = checks.claim.quantization.get("bits_per_weight")
+    if not isinstance(bpw, (int, float)) or "bits_per_weight" not in metrics:
+        return
+    checks.checked += 1
+    if abs(bpw - metrics["bits_per_weight"]) > BPW_TOLERANCE:
+        checks.fails(
+            "MANIFEST_BPW_MISMATCH",
+            f": {metrics['bits_per_weight']:.3f} bits per weight measured, the manifest says {bpw}",
+            ".quantization.bits_per_weight",
+        )
+
+
+def _check_layer_lists(checks: _Checks, inventory: Inventory) -> None:
+    claim = checks.claim
     for key, want_quantized in (("quantized_layers", True), ("fp32_layers", False)):
-        names = quant.get(key)
+        names = claim.quantization.get(key)
         if not isinstance(names, list):
             continue
         for index, name in enumerate(n for n in names if isinstance(n, str)):
-            checked += 1
-            out += _layer_claim(
+            checks.checked += 1
+            checks.out += _layer_claim(
                 claim, inventory.layers, name, want_quantized, f"{claim.where}.quantization.{key}[{index}]"
             )
-    return out, measured, checked
 
 
 def claimed_layers(layers: Sequence[Layer], name: str) -> list[Layer]:

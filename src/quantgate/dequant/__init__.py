@@ -12,6 +12,7 @@ measure path, never by the core install.
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,22 +93,19 @@ class WeightSet:
         self.closers.clear()
 
 
+# format id -> module exposing `open_weights(path) -> WeightSet`; imported only for the format at hand.
+# A new format's dequantizer is one entry here (docs/fidelity.md).
+DEQUANTIZERS: dict[str, str] = {
+    "gguf": "quantgate.dequant.gguf",
+    "onnx": "quantgate.dequant.onnx",
+    "safetensors": "quantgate.dequant.safetensors",
+    "pte": "quantgate.dequant.pte",
+}
+
+
 def open_weights(path: str, fmt: str) -> WeightSet:
     """The format's weights; raises DequantError when the format has no dequantizer here."""
-    if fmt == "gguf":
-        from quantgate.dequant import gguf
-
-        return gguf.open_weights(path)
-    if fmt == "onnx":
-        from quantgate.dequant import onnx
-
-        return onnx.open_weights(path)
-    if fmt == "safetensors":
-        from quantgate.dequant import safetensors
-
-        return safetensors.open_weights(path)
-    if fmt == "pte":
-        from quantgate.dequant import pte
-
-        return pte.open_weights(path)
-    raise DequantError(UNSUPPORTED, f"weight fidelity is not implemented for {fmt} artifacts")
+    module_name = DEQUANTIZERS.get(fmt)
+    if module_name is None:
+        raise DequantError(UNSUPPORTED, f"weight fidelity is not implemented for {fmt} artifacts")
+    return importlib.import_module(module_name).open_weights(path)

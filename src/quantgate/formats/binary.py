@@ -47,7 +47,7 @@ class BudgetExhausted(ReadError):
 
 
 class Budget:
-    """A visit budget proportional to the file size (DESIGN §7)."""
+    """A visit budget proportional to the file size (docs/architecture.md#hostile-input)."""
 
     def __init__(self, limit: int):
         self.limit = limit

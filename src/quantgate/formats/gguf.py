@@ -43,7 +43,7 @@ MAX_KEY_BYTES = 65_535
 STRING_KEEP = 4096  # characters of a string value kept for display and checks
 NUMERIC_ARRAY_KEEP = 4096  # numeric arrays up to this length are kept (per-layer head counts)...
 NUMERIC_KEEP_TOTAL = 65_536  # ...within this many kept elements per file, so memory stays bounded
-FINDINGS_PER_CODE = 20
+FINDINGS_PER_CODE = F.FINDINGS_PER_CODE
 MAX_KVS = 100_000  # @huggingface/gguf's cap; real files have < 100
 MAX_TENSORS = 65_536  # real models have about a thousand tensor infos at most
 INT63 = 1 << 63
@@ -244,7 +244,7 @@ class _Parser:
         self.buf = view.buf
         self.size = len(view)
         self.gf = gf
-        self.found = F.CappedFindings(gf.structural, FINDINGS_PER_CODE)
+        self.found = F.CappedFindings(gf.structural)
         self.budget = Budget.for_size(self.size)
         self.nested_reported = False
         self.kept = 0  # numeric array elements materialised so far
@@ -1285,7 +1285,7 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
     extra or inconsistent shard. Returns the `split` facts (shard count, files, bytes of the set)."""
     count = (_split_fields(gf) or (0, 0))[1]
     folder, name = os.path.split(gf.path)
-    found = F.CappedFindings(gf.structural, FINDINGS_PER_CODE)
+    found = F.CappedFindings(gf.structural)
     facts: dict[str, Any] = {"count": count, "files": [name], "set_bytes": gf.size}
     match = _SPLIT_NAME.fullmatch(name)
     if match is None or int(match["no"]) != 1 or int(match["count"]) != count:

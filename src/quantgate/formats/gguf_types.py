@@ -5,7 +5,8 @@ gguf-py 0.19.0 says Q8_1 is 40 bytes per block, ggml's `block_q8_1` is 36 (2 x f
 gguf-py stops at id 41 while ggml knows 42 (Q2_0). Removed ids are kept as "known, removed" so that a
 file using one gets a precise finding instead of "unknown type".
 
-Nominal bits are the element width of the stored values (DESIGN §4). Ternary and 1-bit-grid types
+Nominal bits are the element width of the stored values
+(docs/architecture.md#weight-bearing-layers-and-nominal-bits). Ternary and 1-bit-grid types
 carry log2(3) ~ 1.58 bits per value (IQ1_S, IQ1_M, TQ1_0); TQ2_0 stores ternary values in 2-bit
 fields and counts as 2. I8 is an 8-bit integer tensor and counts as int8 (its scale, if any, lives in
 another tensor); wider integer types (I16..I64) are not quantized.

@@ -4,7 +4,7 @@ Initializer payloads (`raw_data`) are skipped by their length and recorded as (o
 external data is checked by `lstat`, never opened. The only bytes read beyond the graph records
 are those of small scale tensors (capped), to catch NaN/Inf/zero scales.
 
-Layers (DESIGN §4): MatMul/Gemm with a constant operand -> linear, Conv -> conv, Gather on a
+Layers (docs/formats.md#onnx-onnx-dtypes): MatMul/Gemm with a constant operand -> linear, Conv -> conv, Gather on a
 constant 2-D+ table -> embedding, LSTM/GRU/RNN W and R -> linear, plus the quantized forms (QDQ,
 QOperator, integer ops and the `com.microsoft` contrib ops, DynamicQuantizeLSTM among them). A weight
 is traced back through DequantizeLinear and shape-only ops (Transpose, Reshape, Cast...) to its stored
@@ -87,12 +87,13 @@ FINDING_CODES: dict[str, str] = {
     "ONNX_SCALE_ZERO": "A quantization scale holds zero (quantizing divides by it; weights vanish).",
     "ONNX_NODE_UNREADABLE": "A weight-bearing node's inputs or attributes could not be interpreted; it is "
     "not counted.",
-    "ONNX_FINDINGS_CAPPED": "More findings of one code than are worth listing; the rest were only counted.",
+    "ONNX_FINDINGS_CAPPED": "More findings of one code than are worth listing; the rest were only counted (info).",
     "ONNX_WEIGHTS_QUANTIZED_AT_RUN_TIME": "Weights are stored float and quantized at run time by a "
     "QuantizeLinear/DynamicQuantizeLinear (the quantizer left `Constant`-node weights in place, or a "
-    "fake-quantized export): the file is no smaller than the float model.",
+    "fake-quantized export): the file is no smaller than the float model; the message says whether they are "
+    "`Constant` nodes and how to fix it (warning).",
     "ONNX_FUNCTION_INLINE_CAPPED": "Model-local function calls expand (nested or recursive calls) past the "
-    "reader's limit; layers past it are not counted.",
+    "reader's limit; layers past it are not counted (warning).",
 }
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
@@ -124,32 +125,18 @@ SAME_SHAPE = {
 MAX_FIELDS = 10_000_000
 SCALE_READ_CAP = 1 << 20  # bytes of scale values read per tensor
 SCALE_READ_TOTAL = 32 << 20  # and in all
-FINDINGS_PER_CODE = 25
+FINDINGS_PER_CODE = F.FINDINGS_PER_CODE
 
 
-class _Findings:
-    """Findings with a per-code cap, so a hostile file cannot produce a million lines."""
+class _Findings(F.CappedFindings):
+    """Findings with the shared per-code cap (ONNX_FINDINGS_CAPPED counts the rest)."""
 
     def __init__(self) -> None:
-        self.items: list[Finding] = []
-        self.counts: dict[str, int] = {}
-
-    def add(self, finding: Finding) -> None:
-        n = self.counts.get(finding.code, 0) + 1
-        self.counts[finding.code] = n
-        if n <= FINDINGS_PER_CODE:
-            self.items.append(finding)
+        super().__init__([], "ONNX_FINDINGS_CAPPED")
+        self.items = self.out
 
     def finish(self) -> list[Finding]:
-        for code, n in self.counts.items():
-            if n > FINDINGS_PER_CODE:
-                self.items.append(
-                    F.info(
-                        "ONNX_FINDINGS_CAPPED",
-                        f"{n - FINDINGS_PER_CODE} more {code} finding(s) were not listed",
-                    )
-                )
-        return self.items
+        return self.close()
 
 
 _ERROR_CODES = {

@@ -1,6 +1,6 @@
 """ExecuTorch `.pte` reader: the program flatbuffer, its extended header and segments, without torch.
 
-Layout (research executorch-pte.md §1): root offset at 0, identifier `ET12` at 4, an optional
+Layout (docs/formats.md#program-layout): root offset at 0, identifier `ET12` at 4, an optional
 extended header `eh00` at 8 (program size, segment base offset, segment data size), the program
 flatbuffer up to `program_size`, padding, then the segments (constants, delegate blobs, named data)
 from `segment_base_offset`. Only the flatbuffer tables are walked (bounded, budgeted, over mmap);
@@ -27,7 +27,7 @@ from quantgate.formats.flatbuffer import FlatBuffer
 from quantgate.inventory import Inventory
 
 FORMAT = "pte"
-FINDINGS_PER_CODE = 20
+FINDINGS_PER_CODE = F.FINDINGS_PER_CODE
 MAX_DIMS = 16
 MAX_NUMEL = 1 << 48
 # named-data keys are checked against the SHA-256 of their bytes only up to this many bytes in total
@@ -171,15 +171,13 @@ class Program:
     findings: list[Finding] = field(default_factory=list)
     complete: bool = False
     facts: dict[str, Any] = field(default_factory=dict)
-    _per_code: dict[str, int] = field(default_factory=dict)
+    capped: F.CappedFindings = field(init=False)  # the shared per-code cap; `read` closes it
+
+    def __post_init__(self) -> None:
+        self.capped = F.CappedFindings(self.findings)
 
     def add(self, finding: Finding) -> None:
-        n = self._per_code.get(finding.code, 0)
-        self._per_code[finding.code] = n + 1
-        if n < FINDINGS_PER_CODE:
-            self.findings.append(finding)
-        elif n == FINDINGS_PER_CODE:
-            self.findings.append(F.Finding(finding.code, finding.severity, f"further {finding.code} findings omitted"))
+        self.capped.add(finding)
 
     def segment_bytes(self, index: int) -> tuple[int, int] | None:
         if 0 <= index < len(self.segments):
@@ -668,7 +666,7 @@ def _ptd_beside(prog: Program) -> tuple[list[str], dict[str, tuple[int | None, i
     except OSError:
         entries = []
     for entry in entries:
-        # only regular files in the program's own folder: no symlinks (DESIGN §7)
+        # only regular files in the program's own folder: no symlinks (docs/architecture.md#hostile-input)
         if not entry.name.endswith(".ptd") or entry.is_symlink() or not entry.is_file():
             continue
         names.append(entry.name)
@@ -906,6 +904,7 @@ def read(path: str) -> Inventory:
 
                 pte_layers.attach(prog, view, inv)
                 inv.metrics["memory"] = memory_metrics(prog)
+            prog.capped.close()
             return inv
     except OSError as exc:
         inv = Inventory(FORMAT, path, 0)

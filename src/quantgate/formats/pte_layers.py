@@ -1,4 +1,5 @@
-"""Weight-bearing layers of an ExecuTorch program (DESIGN §4), from kernels and XNNPACK payloads.
+"""Weight-bearing layers of an ExecuTorch program, from kernels and XNNPACK payloads
+(docs/formats.md#executorch-pte-pte-program).
 
 Portable kernels: the weight argument of addmm/mm/linear/convolution/embedding (and the quantized
 embedding and linear kernels) is traced back through view, permute, dim-order copies and

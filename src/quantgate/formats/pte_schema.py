@@ -1,8 +1,8 @@
 """ExecuTorch program.fbs (executorch 1.5.1, namespace executorch_flatbuffer): field ids and enums.
 
 Vendored as numbers, not generated code: a hand-written reader needs only the ids (vtable slot =
-4 + 2 * id; a union takes two ids, `_type` then the value). Source: research executorch-pte.md §2,
-checked against flatc output and the fixtures.
+4 + 2 * id; a union takes two ids, `_type` then the value). Checked against flatc output and the
+fixtures (docs/formats.md#program-layout).
 """
 
 from __future__ import annotations

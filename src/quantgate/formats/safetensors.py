@@ -35,7 +35,7 @@ from quantgate.jsonfile import too_deep
 
 HEADER_LIMIT = 100_000_000  # the reference's MAX_HEADER_SIZE
 MAX_DEPTH = 8  # the schema needs 3 levels ({name: {shape: [..]}}); anything deeper is hostile
-MAX_PER_CODE = 50  # findings of one code before the rest are summarised in one line
+MAX_PER_CODE = F.FINDINGS_PER_CODE  # findings of one code before the rest are summarised in one line
 U64_MAX = (1 << 64) - 1
 
 # dtype -> bits per element, as in safetensors 0.8 (there is no I4/U4: int4 is packed in I32/U8)
@@ -74,7 +74,8 @@ STRUCTURE_CODES = {
     "ST_HEADER_TOO_LARGE": "The declared header length exceeds the reference's 100,000,000-byte limit.",
     "ST_HEADER_PAST_EOF": "The declared header length runs past the end of the file.",
     "ST_HEADER_NOT_UTF8": "The JSON header is not valid UTF-8 (offset of the first bad byte).",
-    "ST_HEADER_INVALID_JSON": "The header is not valid JSON (offset of the parse error).",
+    "ST_HEADER_INVALID_JSON": "The header is not valid JSON (offset of the parse error), or a `\\u` escape "
+    "names a lone surrogate (valid JSON, no Unicode text: the reference reader rejects it).",
     "ST_HEADER_TOO_DEEP": "The JSON header nests deeper than a safetensors header can (hostile input).",
     "ST_HEADER_NOT_OBJECT": "The JSON header is not an object of tensor entries.",
     "ST_DUPLICATE_KEY": "A JSON key appears twice in one object (the reference keeps the last, silently).",
@@ -92,7 +93,7 @@ STRUCTURE_CODES = {
     "ST_TENSOR_OVERLAP": "Two tensors claim the same bytes of the data buffer.",
     "ST_TRUNCATED": "The file ends before the last tensor's data: the number of missing bytes is given.",
     "ST_TRAILING_BYTES": "Bytes after the end of the last tensor (the reference rejects the file).",
-    "ST_TOO_MANY_FINDINGS": "More findings of one code than are listed; the rest are summarised.",
+    "ST_TOO_MANY_FINDINGS": "More findings of one code than are listed; the rest are counted in one notice (info).",
     "ST_OUT_OF_BOUNDS": "A read the header implies ran past the end of the file.",
 }
 
@@ -131,29 +132,11 @@ class Header:
         return not F.has_errors(self.findings)
 
 
-class _Findings:
-    """Collects findings, capping each code at MAX_PER_CODE so a hostile header cannot flood a report."""
+class _Findings(F.CappedFindings):
+    """Findings with the shared per-code cap, so a hostile header cannot flood a report."""
 
     def __init__(self, out: list[Finding]):
-        self.out = out
-        self.counts: dict[str, int] = {}
-
-    def add(self, finding: Finding) -> None:
-        n = self.counts.get(finding.code, 0) + 1
-        self.counts[finding.code] = n
-        if n <= MAX_PER_CODE:
-            self.out.append(finding)
-
-    def close(self) -> None:
-        for code, n in self.counts.items():
-            if n > MAX_PER_CODE:
-                self.out.append(
-                    F.error(
-                        "ST_TOO_MANY_FINDINGS",
-                        f"{n - MAX_PER_CODE} more {code} finding(s) not listed ({n} in all)",
-                        field=code,
-                    )
-                )
+        super().__init__(out, "ST_TOO_MANY_FINDINGS")
 
 
 class _PairsRecorder:

@@ -3,7 +3,7 @@
 safetensors has no quantized dtypes beyond 8-bit floats and F4/F6: int4 and NF4 weights are packed
 into I32/U8 tensors by convention and described by companion tensors. Each layout below turns its
 tensors into one Layer with the LOGICAL weight shape, the nominal bits, and `weight_bytes` counting
-every companion that encodes the weight (research §3.2, §3.3):
+every companion that encodes the weight (docs/formats.md#safetensors-safetensors-dtypes):
 
 | layout | stored | logical shape |
 |---|---|---|

@@ -1,9 +1,10 @@
 """Opt-in scan of quantization scale values in a safetensors file (`--param scan_scales=1`).
 
 Structure never needs tensor data, but a NaN, infinite or zero scale makes a quantized weight
-decode to garbage or to zeros while every shape checks out (research §4: "bad scale values: not
-checked" by any anchor). Scales are small (about 1/128 of the weights they scale), and the scan reads
-at most `limit` bytes of them, first tensors first, so its cost stays bounded on any file.
+decode to garbage or to zeros while every shape checks out, and neither the reference reader nor
+the quantization libraries check them (docs/formats.md#safetensors-safetensors-dtypes). Scales are
+small (about 1/128 of the weights they scale), and the scan reads at most `limit` bytes of them, first
+tensors first, so its cost stays bounded on any file.
 """
 
 from __future__ import annotations

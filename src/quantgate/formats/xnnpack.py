@@ -60,7 +60,6 @@ HEADER_FIELDS_END = 30  # the header's fields end here (padded to 32 by the writ
 NO_OFFSET = (1 << 64) - 1  # ConstantDataOffset.offset when the data is in the named-data store
 INVALID_ID = (1 << 32) - 1  # XNN_INVALID_VALUE_ID: an absent operand (a FC without bias)
 MAX_DIMS = 16  # XNNPACK's own limit is 6; more is a corrupt value
-FINDINGS_PER_CODE = 20
 
 FINDING_CODES: dict[str, str] = {
     "XNNPACK_BAD_MAGIC": "An XNNPACK delegate blob has neither the XH00 header nor an XNNPACK flatbuffer identifier.",
@@ -89,7 +88,7 @@ FINDING_CODES: dict[str, str] = {
 }
 
 # XNNDatatype -> (name, nominal bits, numeric family, quantized): quantized = 8 or fewer bits with
-# scales (DESIGN §4); the 32-bit quantized types are biases
+# scales (docs/architecture.md#weight-bearing-layers-and-nominal-bits); the 32-bit quantized types are biases
 DATATYPES: dict[int, tuple[str, int, str, bool]] = {
     1: ("fp32", 32, "float", False),
     2: ("fp16", 16, "float", False),
@@ -360,7 +359,7 @@ class ConstantData:
 
 @dataclass(slots=True)
 class WeightOp:
-    """A weight-bearing XNNPACK node with its operands resolved (DESIGN §4)."""
+    """A weight-bearing XNNPACK node with its operands resolved (docs/policy.md#coverage)."""
 
     node: XNode
     kind: str
@@ -593,7 +592,7 @@ class _Reader:
         self.v = View(data)
         self.base = base
         self.p = XnnpackPayload(base_offset=base, size=len(self.v))
-        self.found = F.CappedFindings(self.p.findings, FINDINGS_PER_CODE, "XNNPACK_TOO_MANY_FINDINGS")
+        self.found = F.CappedFindings(self.p.findings, "XNNPACK_TOO_MANY_FINDINGS")
         self.budget = budget if budget is not None else Budget.for_size(len(self.v))
         # table position -> what was read there: a table shared by many references (legal in a
         # flatbuffer, and the way a small hostile file describes millions of values) is read once

@@ -75,6 +75,18 @@ def _coverage_cell(result: dict[str, Any]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
+    rows = by_severity(visible(report["results"]))
+    out = _head(report)
+    out += _problems(rows)
+    out += _not_gated(report)
+    out += _precision_mix(rows)
+    out += _all_results(rows)
+    out += _footer(report)
+    return _within_limit("\n".join(out))
+
+
+def _head(report: dict[str, Any]) -> list[str]:
+    """The verdict, a merge's missing shards and the counts table."""
     s = report["summary"]
     verdict = report["verdict"]
     out = [f"## {ICON.get(verdict, '')} quantgate: {verdict}", ""]
@@ -83,62 +95,81 @@ def render(report: dict[str, Any]) -> str:
         missing = ", ".join(str(k) for k in merge["missing"]) or "none"
         out += [f"**merge:** shards missing: {missing} of {merge['shards']}; "
                 f"{len(merge['problems'])} problem(s) with the shard set (see the log)", ""]
-    out += [
+    return [
+        *out,
         "| artifacts | passed | failed | warned | errors | skipped | waived | exit |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {s['artifacts']} | {s['PASS']} | {s['FAIL']} | {s['WARN']} | {s['ERROR']} | {s['SKIP']} "
         f"| {s['waived']} | {report['exit_code']} |",
         "",
     ]
-    rows = by_severity(visible(report["results"]))
+
+
+def _problems(rows: list[dict[str, Any]]) -> list[str]:
     bad = [r for r in rows if r["gate_status"] in ("FAIL", "ERROR", "WARN")]
-    if bad:
-        out += ["### Problems", "", "| status | artifact | guard | problem |", "|---|---|---|---|"]
-        for r in bad:
-            for i, line in enumerate(problems(r) or [r["message"]]):
-                first = i == 0
-                out.append(
-                    f"| {r['gate_status'] if first else ''} "
-                    f"| {_cell(r['artifact']['path']) if first else ''} "
-                    f"| {_cell(r['guard']) if first else ''} | {_cell(line)} |"
-                )
-        out.append("")
+    if not bad:
+        return []
+    out = ["### Problems", "", "| status | artifact | guard | problem |", "|---|---|---|---|"]
+    for r in bad:
+        for i, line in enumerate(problems(r) or [r["message"]]):
+            first = i == 0
+            out.append(
+                f"| {r['gate_status'] if first else ''} "
+                f"| {_cell(r['artifact']['path']) if first else ''} "
+                f"| {_cell(r['guard']) if first else ''} | {_cell(line)} |"
+            )
+    return [*out, ""]
+
+
+def _not_gated(report: dict[str, Any]) -> list[str]:
     not_gated = skipped_lines(report)
-    if not_gated:
-        out += [f"### Not gated ({len(report['skipped'])})", ""]
-        out += [f"- {_cell(line)}" for line in not_gated]
-        out.append("")
+    if not not_gated:
+        return []
+    return [f"### Not gated ({len(report['skipped'])})", "", *(f"- {_cell(line)}" for line in not_gated), ""]
+
+
+def _precision_mix(rows: list[dict[str, Any]]) -> list[str]:
+    """Each measured artifact's mix: a line, the emoji bars, a pie (the first MAX_PIES), the float layers."""
     coverage_rows = [r for r in rows if precision_mix(r)]
-    if coverage_rows:
-        out += ["### Precision mix", ""]
-        for index, r in enumerate(coverage_rows):
-            mix = precision_mix(r) or {}
-            out.append(f"**{_cell(r['artifact']['path'])}** — {_cell(r['guard'])}: {_coverage_cell(r)}")
+    if not coverage_rows:
+        return []
+    out = ["### Precision mix", ""]
+    for index, r in enumerate(coverage_rows):
+        mix = precision_mix(r) or {}
+        out.append(f"**{_cell(r['artifact']['path'])}** — {_cell(r['guard'])}: {_coverage_cell(r)}")
+        out.append("")
+        out += _mix_table(r)
+        if index < MAX_PIES:
             out.append("")
-            out += _mix_table(r)
-            if index < MAX_PIES:
-                out.append("")
-                out += _mermaid_pie(f"{r['artifact']['path']} (share of weight params by bits)", mix)
-            unq = r.get("unquantized", [])
-            if unq:
-                out += [
-                    "",
-                    f"<details><summary>Unquantized weight-bearing layers ({len(unq)})</summary>",
-                    "",
-                    "| layer | kind | shape | dtype | params | expected |",
-                    "|---|---|---|---|---:|---|",
-                ]
-                for u in unq[:MAX_UNQUANTIZED]:
-                    out.append(
-                        f"| {_cell(u['name'])} | {_cell(u['kind'])} | {_cell('×'.join(map(str, u['shape'])))} "
-                        f"| {_cell(u['dtype'])} "
-                        f"| {u['params']:,} | {'yes' if u['expected'] else '**no**'} |"
-                    )
-                if len(unq) > MAX_UNQUANTIZED:
-                    out.append(f"| … {len(unq) - MAX_UNQUANTIZED} more | | | | | |")
-                out += ["", "</details>"]
-            out.append("")
-    out += [
+            out += _mermaid_pie(f"{r['artifact']['path']} (share of weight params by bits)", mix)
+        out += _unquantized(r.get("unquantized", []))
+        out.append("")
+    return out
+
+
+def _unquantized(unq: list[dict[str, Any]]) -> list[str]:
+    if not unq:
+        return []
+    out = [
+        "",
+        f"<details><summary>Unquantized weight-bearing layers ({len(unq)})</summary>",
+        "",
+        "| layer | kind | shape | dtype | params | expected |",
+        "|---|---|---|---|---:|---|",
+    ]
+    for u in unq[:MAX_UNQUANTIZED]:
+        out.append(
+            f"| {_cell(u['name'])} | {_cell(u['kind'])} | {_cell('×'.join(map(str, u['shape'])))} "
+            f"| {_cell(u['dtype'])} "
+            f"| {u['params']:,} | {'yes' if u['expected'] else '**no**'} |"
+        )
+    if len(unq) > MAX_UNQUANTIZED:
+        out.append(f"| … {len(unq) - MAX_UNQUANTIZED} more | | | | | |")
+    return [*out, "", "</details>"]
+
+
+def _all_results(rows: list[dict[str, Any]]) -> list[str]:
+    out = [
         f"<details><summary>All results ({len(rows)})</summary>",
         "",
         "| status | artifact | guard | coverage | message |",
@@ -150,7 +181,11 @@ def render(report: dict[str, Any]) -> str:
             f"| {status} | {_cell(r['artifact']['path'])} | {_cell(r['guard'])} | {_coverage_cell(r)} "
             f"| {_cell(headline(r))} |"
         )
-    out += [
+    return out
+
+
+def _footer(report: dict[str, Any]) -> list[str]:
+    return [
         "",
         "</details>",
         "",
@@ -158,12 +193,15 @@ def render(report: dict[str, Any]) -> str:
         f" · {counts_line(report)}</sub>",
         "",
     ]
-    text = "\n".join(out)
-    if len(text.encode("utf-8")) > MAX_BYTES:
-        cut = text.encode("utf-8")[: MAX_BYTES - 200].decode("utf-8", errors="ignore")
-        cut = cut[: cut.rfind("\n") + 1]  # whole lines only
-        # close what the cut left open, so the rest of the page renders as written
-        closing = "```\n" if cut.count("```") % 2 else ""
-        closing += "\n</details>\n" * max(0, cut.count("<details>") - cut.count("</details>"))
-        text = cut + closing + "\n… (summary cut to GitHub's 1 MiB limit; the JSON report has everything)\n"
-    return text
+
+
+def _within_limit(text: str) -> str:
+    """The page cut at whole lines to GitHub's 1 MiB, closing the fence and folds the cut left open."""
+    if len(text.encode("utf-8")) <= MAX_BYTES:
+        return text
+    cut = text.encode("utf-8")[: MAX_BYTES - 200].decode("utf-8", errors="ignore")
+    cut = cut[: cut.rfind("\n") + 1]  # whole lines only
+    # close what the cut left open, so the rest of the page renders as written
+    closing = "```\n" if cut.count("```") % 2 else ""
+    closing += "\n</details>\n" * max(0, cut.count("<details>") - cut.count("</details>"))
+    return cut + closing + "\n… (summary cut to GitHub's 1 MiB limit; the JSON report has everything)\n"

@@ -1,7 +1,7 @@
 """A bounded, standard-library reader for the ExecuTorch ETDump file (profile events only).
 
 The runtime writes the ETDump as a size-prefixed flatbuffer (u32 size, root offset, identifier
-`ED00`; research §5). Only the fields the runtime guard needs are read: each run's profile events
+`ED00`; docs/runtime.md#etdump). Only the fields the runtime guard needs are read: each run's profile events
 with their name, chain, instruction id, XNNPACK debug string and start/end times. Every read is
 bounds-checked (`View`) and every visit is budgeted, so a damaged dump gives an `EtdumpError`,
 never a crash or a hang.

@@ -4,7 +4,7 @@ The runtime guard needs, per instruction, the kernel's operator name and argumen
 (or, for a DelegateCall, the backend id), and per value whether it is a constant tensor with its
 dtype and sizes, to trace a GEMM's weight back to the constant it comes from. Only the flatbuffer
 tables are touched (memory-mapped, bounded, budgeted): never the segments holding the weights, so
-the cost follows the program's structure, not its size. Field ids: research §2 (program.fbs).
+the cost follows the program's structure, not its size. Field ids: program.fbs (docs/formats.md#program-layout).
 
 It is deliberately minimal (chain 0 of one method, no segment checks), on the shared bounded
 flatbuffer reader; `formats.pte` is the full structural reader.

@@ -2,7 +2,7 @@
 
     python -m quantgate.runtime.pte_runner [--method NAME] [--data FILE.ptd] [--workdir DIR] PTE ...
 
-The ExecuTorch loader can crash (SIGSEGV/SIGABRT) on malformed programs (research §6), so this
+The ExecuTorch loader can crash (SIGSEGV/SIGABRT) on malformed programs (docs/runtime.md), so this
 never runs inside quantgate's own process: the guard starts it, bounds its time, and treats a
 death by signal as an ERROR. stdout carries exactly one JSON document (the C++ runtime's log lines
 and Python warnings are sent to stderr), one entry per program:

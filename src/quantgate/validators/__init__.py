@@ -1,4 +1,4 @@
-"""The guard registry: stable ids (DESIGN §2) in the order the gate runs them.
+"""The guard registry: stable ids (docs/architecture.md#guard-ids) in the order the gate runs them.
 
 Guard modules are cheap to import (heavy libraries load inside `measure`), so listing them all
 costs little at start-up.

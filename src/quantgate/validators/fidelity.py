@@ -113,14 +113,14 @@ def manifest_reference(artifact_path: str) -> str | None:
     """The `reference` a release manifest beside the artifact gives it (`manifest.json` or
     `*.manifest.json` in its folder), for runs that did not scan the manifest (`quantgate guard`)."""
     from quantgate.confine import sibling
-    from quantgate.manifest import ManifestError, load_manifest, resolve_inside
+    from quantgate.manifest import ManifestError, artifact_hints, load_manifest
 
     folder = Path(artifact_path).parent
     try:
         names = sorted(p for p in os.listdir(folder) if p == "manifest.json" or p.endswith(".manifest.json"))
     except OSError:
         return None
-    target = Path(artifact_path).resolve()
+    target = str(Path(artifact_path).resolve())
     for name in names[:MAX_MANIFESTS]:
         readable, _ = sibling(folder, name)  # confined like every sibling: a FIFO is never opened
         if readable is None:
@@ -129,18 +129,9 @@ def manifest_reference(artifact_path: str) -> str | None:
             doc, _ = load_manifest(readable)
         except (ManifestError, OSError):
             continue
-        entries = doc.get("artifacts")
-        for index, entry in enumerate(entries if isinstance(entries, list) else []):
-            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str) \
-                    or not isinstance(entry.get("reference"), str):
-                continue
-            where = f"$.artifacts[{index}]"
-            path, problem = resolve_inside(folder, entry["path"], where)
-            if problem is not None or path is None or path.resolve() != target:
-                continue
-            ref, ref_problem = resolve_inside(folder, entry["reference"], where)
-            if ref_problem is None and ref is not None:
-                return str(ref.resolve())
+        reference = artifact_hints(doc, folder).get(target, {}).get("reference")
+        if reference is not None:
+            return reference
     return None
 
 

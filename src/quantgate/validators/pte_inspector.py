@@ -33,7 +33,7 @@ the view share its base's memory. A weight read through one (`permute_copy -> ex
 -> bmm`, a linear on a non-contiguous 3-D input) is traced to the last kernel output written to
 the same memory before the reader.
 
-Embedding lookups count as weight-bearing ops (DESIGN §4); `matmul_coverage` gives the same shares
+Embedding lookups count as weight-bearing ops (docs/policy.md#coverage); `matmul_coverage` gives the same shares
 over the linear and conv ops only.
 """
 
@@ -84,7 +84,7 @@ CRASH_HINT = (
     "guards, and re-export it"
 )
 
-# --- XNNPACK descriptors (research §5) ---------------------------------------------------------
+# --- XNNPACK descriptors (docs/runtime.md#pte-inspector) --------------------------------------------
 
 _XNN_WEIGHT_OPS = {"Fully Connected": LINEAR, "Convolution": CONV, "Deconvolution": CONV}
 # a batch matmul carries a weight only when one operand is a constant; the event cannot say so

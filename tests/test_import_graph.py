@@ -1,0 +1,136 @@
+"""No import cycle among quantgate's modules. The graph holds every import statement (module level and inside
+functions, `if TYPE_CHECKING:` blocks left out): a function-level import that hides a cycle from Python is still
+a cycle for the reader. Registries that name modules by string (formats.READERS, validators.GUARD_MODULES,
+the dequantizers) are the plug-in points and are not edges."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+# Being removed on other branches (pte <-> pte_layers by h-rules, safetensors <-> safetensors_layouts by
+# h-stone); the lead drops the xfail marker below once those branches are merged.
+BEING_REMOVED_ELSEWHERE = [
+    {"quantgate.formats.pte", "quantgate.formats.pte_layers"},
+    {"quantgate.formats.safetensors", "quantgate.formats.safetensors_layouts"},
+]
+# Remote reads: binary.mapped and sniff.sniff open URLs through remote, whose prefetch sniffs the format and
+# raises binary's ReadError. Files outside this branch's part; left for the layout move (reported to the lead).
+NOT_ON_THIS_BRANCH = [{"quantgate.formats.binary", "quantgate.formats.sniff", "quantgate.remote"}]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement that can run: at module level and inside functions (an import moved into a
+    function to dodge a cycle still is one), but not under `if TYPE_CHECKING:` (never runs)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    pending: list[ast.AST] = [tree]
+    while pending:
+        node = pending.pop()
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.append(child)
+            elif isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                pending.extend(child.orelse)
+            else:
+                pending.append(child)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """quantgate module -> the quantgate modules its imports load (`from pkg import sub` is an edge
+    to pkg.sub when sub is a module, else to pkg)."""
+    files = {_module_name(p): p for p in (SRC / "quantgate").rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges: set[str] = set()
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                base = node.module or ""
+                if node.level:
+                    anchor = package.split(".")
+                    anchor = anchor[: len(anchor) - (node.level - 1)]
+                    base = ".".join([*anchor, base] if base else anchor)
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            edges.update(t for t in targets if t in files and t != name)
+        graph[name] = edges
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """The strongly connected components with more than one module (Tarjan), each a set of module names."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[set[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = set()
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.add(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(component)
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_findings_imports_no_reader_or_guard() -> None:
+    assert import_graph()["quantgate.findings"] <= {"quantgate.bounds"}
+
+
+def test_no_import_cycle_but_those_named_above() -> None:
+    known = BEING_REMOVED_ELSEWHERE + NOT_ON_THIS_BRANCH
+    unexpected = [sorted(c) for c in cycles(import_graph()) if c not in known]
+    assert unexpected == []
+
+
+@pytest.mark.xfail(strict=False, reason="pte<->pte_layers, safetensors<->safetensors_layouts: other branches")
+def test_no_import_cycle() -> None:
+    assert [sorted(c) for c in cycles(import_graph())] == []
+
+
+def test_dequantizers_are_a_registry() -> None:
+    pytest.importorskip("numpy")
+    from quantgate import dequant
+    from quantgate.formats import READERS
+
+    assert sorted(dequant.DEQUANTIZERS) == sorted(READERS)
+    with pytest.raises(dequant.DequantError) as exc:
+        dequant.open_weights("model.bin", "tflite")
+    assert exc.value.code == "FIDELITY_UNSUPPORTED_ENCODING"
