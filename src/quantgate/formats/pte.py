@@ -6,8 +6,9 @@ flatbuffer up to `program_size`, padding, then the segments (constants, delegate
 from `segment_base_offset`. Only the flatbuffer tables are walked (bounded, budgeted, over mmap);
 segment bytes are touched only to hash named data (capped) and to read delegate payload headers.
 
-`parse(path)` gives the `Program` (plans, values, instructions, delegates, segments) and its
-structural findings; `read(path)` adds the weight-bearing layers (`pte_layers`) -> `Inventory`.
+`parse(path)` gives the `Program` (plans, values, instructions, delegates, segments; the types are
+in `pte_model`) and its structural findings; `read(path)` adds the weight-bearing layers
+(`pte_layers`) -> `Inventory`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from quantgate.inventory import Inventory
 FORMAT = "pte"
 MAX_NUMEL = 1 << 48
 # named-data keys are checked against the SHA-256 of their bytes only up to this many bytes in total
-HASH_CAP_BYTES = 16 << 20  # ~30 ms of SHA-256: cheap next to reading, bounded on a multi-GB file
+HASH_CAP_BYTES = 16 << 20  # bounded on a multi-GB file (its cost: benchmarks/RESULTS.md, cost notes)
 _SHA_KEY = re.compile(r"^(?:[a-z_]+_)?([0-9a-f]{64})$")
 
 FINDING_CODES: dict[str, str] = {
