@@ -384,7 +384,7 @@ class _Plan:
             batch_like = _batch_like(label, axis, len(shape))
             if spatial and not batch_like:
                 stride = 1
-                if image is not None and name in self.hints.strides:
+                if image is not None and axis in image and name in self.hints.strides:  # not a side named `h`
                     stride = self.hints.strides[name][image.index(axis)]
                 size = _round_up(IMAGE_SIDE, stride)
                 why = "image default" + (f" (stride {stride})" if size != IMAGE_SIDE else "")
