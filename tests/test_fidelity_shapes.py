@@ -66,6 +66,14 @@ def test_image_side_rounds_up_to_the_conv_chain_stride() -> None:
     assert records[1] == record(2, 256, "image default (stride 64)", "h")
 
 
+def test_a_spatially_named_dim_outside_the_image_axes_takes_no_stride() -> None:
+    """A leading dim named `h` of an NCHW image is no image side the conv strides belong to (this raised
+    ValueError from tuple.index)."""
+    shapes, records = plan_shapes([("x", ["h", 3, "height", "width"])], Hints(strides={"x": (64, 4)}))
+    assert shapes == {"x": [224, 3, 256, 224]}
+    assert [r["from"] for r in records] == ["image default", "image default (stride 64)", "image default"]
+
+
 def test_named_dims_share_one_size_and_expressions_follow() -> None:
     signature = [("ids", ["batch", "sequence_length"]), ("past", ["batch", 4, "past_sequence_length", 8]),
                  ("mask", ["batch", "past_sequence_length + sequence_length"])]

@@ -49,7 +49,8 @@ class Layer:
     # compute precision where the format records it ("int8", "fp32", ...); None = not recorded
     compute: str | None = None
     position: int | None = None
-    # format-specific facts; a reader may give many layers one dict when it never changes them after
+    # format-specific facts, this layer's own: one layer's may be added to (`also_in`, a guard's
+    # note) without another changing, so a reader never gives two layers one dict (or list inside)
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property

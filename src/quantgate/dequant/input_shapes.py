@@ -259,129 +259,159 @@ def plan_shapes(inputs: list[tuple[str, list[Any]]], hints: Hints | None = None,
     """(input name -> concrete shape, one record per symbolic dim: input, axis, dim name, size, from).
 
     `inputs` are (name, shape) with shape entries an int (fixed), a str (a named symbolic dim) or
-    None (unnamed), as onnxruntime's `get_inputs()` gives them."""
-    hints = hints or Hints()
-    input_shapes = dict(input_shapes or {})
-    dims = dict(dims or {})
-    named: dict[str, tuple[int, str]] = {}  # a named dim's size and where it came from, once chosen
-    chosen: dict[tuple[str, int], tuple[int, str]] = {}
-    shapes = {name: list(shape or []) for name, shape in inputs}
+    None (unnamed), as onnxruntime's `get_inputs()` gives them. The sources are tried in the order the
+    module docstring gives, each pass leaving the dims an earlier one chose."""
+    plan = _Plan(inputs, hints or Hints())
+    plan.requested(dict(input_shapes or {}))
+    plan.by_name(dict(dims or {}), dynamic_dim)
+    plan.from_metadata()
+    plan.batch_defaults()  # before the Reshape hint: a constant shape holds the batch too
+    plan.from_reshape()
+    plan.evaluate(plan.defaults())
+    return plan.result()
 
-    for name, shape in shapes.items():
-        want = input_shapes.get(name)
-        if want is None:
-            continue
-        if len(want) != len(shape):
-            raise ShapeRequestError(f"input_shapes[{name!r}] has {len(want)} dims but the model's input {name!r} "
-                                    f"has {len(shape)} ({_show(shape)})")
-        for axis, (have, size) in enumerate(zip(shape, want, strict=True)):
-            if _is_fixed(have) and have != size:
-                raise ShapeRequestError(f"input_shapes[{name!r}] sets dim {axis} to {size} but the model fixes it "
-                                        f"at {have} ({_show(shape)})")
-            if not _is_fixed(have):
-                chosen[(name, axis)] = (size, "input_shapes")
-                label = _named(have)
-                if label is not None:
-                    named.setdefault(label, (size, "input_shapes"))
 
-    def pick(name: str, axis: int, dim: Any, size: int, source: str) -> None:
-        chosen[(name, axis)] = (size, source)
+class _Plan:
+    """The sizes chosen so far for the symbolic dims of a model's inputs."""
+
+    def __init__(self, inputs: list[tuple[str, list[Any]]], hints: Hints):
+        self.hints = hints
+        self.named: dict[str, tuple[int, str]] = {}  # a named dim's size and where it came from, once chosen
+        self.chosen: dict[tuple[str, int], tuple[int, str]] = {}
+        self.shapes = {name: list(shape or []) for name, shape in inputs}
+        self.symbolic = [(name, axis, dim) for name, shape in self.shapes.items() for axis, dim in enumerate(shape)
+                         if not _is_fixed(dim)]
+
+    def pick(self, name: str, axis: int, dim: Any, size: int, source: str) -> None:
+        self.chosen[(name, axis)] = (size, source)
         label = _named(dim)
         if label is not None:
-            named.setdefault(label, (size, source))
+            self.named.setdefault(label, (size, source))
 
-    symbolic = [(name, axis, dim) for name, shape in shapes.items() for axis, dim in enumerate(shape)
-                if not _is_fixed(dim)]
-    # a named dim takes one size everywhere: what input_shapes gave it, then dim.<name>
-    for name, axis, dim in symbolic:
-        label = _named(dim)
-        if (name, axis) in chosen:
-            continue
-        if label is not None and label in named:
-            chosen[(name, axis)] = named[label]
-        elif label is not None and label in dims:
-            pick(name, axis, dim, dims[label], f"dim.{label}")
-        elif dynamic_dim is not None:
-            pick(name, axis, dim, dynamic_dim, "dynamic_dim")
+    def requested(self, input_shapes: dict[str, list[int]]) -> None:
+        """`input_shapes`: whole shapes, checked against the model's fixed dims."""
+        for name, shape in self.shapes.items():
+            want = input_shapes.get(name)
+            if want is None:
+                continue
+            if len(want) != len(shape):
+                raise ShapeRequestError(f"input_shapes[{name!r}] has {len(want)} dims but the model's input "
+                                        f"{name!r} has {len(shape)} ({_show(shape)})")
+            for axis, (have, size) in enumerate(zip(shape, want, strict=True)):
+                if _is_fixed(have) and have != size:
+                    raise ShapeRequestError(f"input_shapes[{name!r}] sets dim {axis} to {size} but the model "
+                                            f"fixes it at {have} ({_show(shape)})")
+                if not _is_fixed(have):
+                    self.chosen[(name, axis)] = (size, "input_shapes")
+                    label = _named(have)
+                    if label is not None:
+                        self.named.setdefault(label, (size, "input_shapes"))
 
-    imgsz = _imgsz(hints.metadata)
-    meta_batch = next((v for k in _BATCH_KEYS if (v := _metadata_int(hints.metadata, k))), None)
-    for name, axis, dim in symbolic:
-        if (name, axis) in chosen:
-            continue
-        label = _named(dim)
-        shape = shapes[name]
-        if label is not None and label in named:
-            chosen[(name, axis)] = named[label]
-            continue
-        image = _image_axes(shape)
-        batch_like = _batch_like(label, axis, len(shape))
-        if label is not None and (size := _metadata_int(hints.metadata, label)):
-            pick(name, axis, dim, size, f"metadata {label}")
-        elif imgsz and image and axis in image:
-            pick(name, axis, dim, imgsz[image.index(axis)], "metadata imgsz")
-        elif meta_batch and batch_like and not (image and axis in image):
-            pick(name, axis, dim, meta_batch, "metadata batch")
+    def by_name(self, dims: dict[str, int], dynamic_dim: int | None) -> None:
+        """A named dim takes one size everywhere: what input_shapes gave it, then dim.<name>; then
+        `dynamic_dim` for every dim left."""
+        for name, axis, dim in self.symbolic:
+            label = _named(dim)
+            if (name, axis) in self.chosen:
+                continue
+            if label is not None and label in self.named:
+                self.chosen[(name, axis)] = self.named[label]
+            elif label is not None and label in dims:
+                self.pick(name, axis, dim, dims[label], f"dim.{label}")
+            elif dynamic_dim is not None:
+                self.pick(name, axis, dim, dynamic_dim, "dynamic_dim")
 
-    # batch dims before the Reshape hint: a constant shape holds the batch too
-    for name, axis, dim in symbolic:
-        label = _named(dim)
-        if (name, axis) in chosen or (label is not None and label in named):
-            continue
-        image = _image_axes(shapes[name])
-        if _batch_like(label, axis, len(shapes[name])) and not (image and axis in image):
-            pick(name, axis, dim, BATCH, "batch default")
+    def from_metadata(self) -> None:
+        """The model's metadata_props: a key named like the dim, imgsz, batch."""
+        metadata = self.hints.metadata
+        imgsz = _imgsz(metadata)
+        meta_batch = next((v for k in _BATCH_KEYS if (v := _metadata_int(metadata, k))), None)
+        for name, axis, dim in self.symbolic:
+            if (name, axis) in self.chosen:
+                continue
+            label = _named(dim)
+            shape = self.shapes[name]
+            if label is not None and label in self.named:
+                self.chosen[(name, axis)] = self.named[label]
+                continue
+            image = _image_axes(shape)
+            batch_like = _batch_like(label, axis, len(shape))
+            if label is not None and (size := _metadata_int(metadata, label)):
+                self.pick(name, axis, dim, size, f"metadata {label}")
+            elif imgsz and image and axis in image:
+                self.pick(name, axis, dim, imgsz[image.index(axis)], "metadata imgsz")
+            elif meta_batch and batch_like and not (image and axis in image):
+                self.pick(name, axis, dim, meta_batch, "metadata batch")
 
-    # a Reshape to a constant shape fixes the input's one symbolic dim left
-    for name, shape in shapes.items():
-        total = hints.reshape.get(name)
-        open_axes = [a for a, d in enumerate(shape) if not _is_fixed(d) and (name, a) not in chosen]
-        if total is None or len(open_axes) != 1:
-            continue
-        known = math.prod(d if _is_fixed(d) else chosen[(name, a)][0] for a, d in enumerate(shape)
-                          if a != open_axes[0])
-        if known and total % known == 0 and _positive(total // known):
-            pick(name, open_axes[0], shape[open_axes[0]], total // known, "ops: Reshape to a constant shape")
+    def batch_defaults(self) -> None:
+        for name, axis, dim in self.symbolic:
+            label = _named(dim)
+            if (name, axis) in self.chosen or (label is not None and label in self.named):
+                continue
+            image = _image_axes(self.shapes[name])
+            if _batch_like(label, axis, len(self.shapes[name])) and not (image and axis in image):
+                self.pick(name, axis, dim, BATCH, "batch default")
 
-    expressions = []
-    for name, axis, dim in symbolic:
-        if (name, axis) in chosen:
-            continue
-        label = _named(dim)
-        shape = shapes[name]
-        if label is not None and label in named:
-            chosen[(name, axis)] = named[label]
-            continue
-        if label is not None and _EXPRESSION.match(label):
-            expressions.append((name, axis, dim))
-            continue
-        image = _image_axes(shape)
-        spatial = (image is not None and axis in image) or (label is not None and _SPATIAL_NAME.match(label))
-        batch_like = _batch_like(label, axis, len(shape))
-        if spatial and not batch_like:
-            stride = 1
-            if image is not None and name in hints.strides:
-                stride = hints.strides[name][image.index(axis)]
-            size = _round_up(IMAGE_SIDE, stride)
-            pick(name, axis, dim, size, "image default" + (f" (stride {stride})" if size != IMAGE_SIDE else ""))
-        elif batch_like:
-            pick(name, axis, dim, BATCH, "batch default")
-        else:
-            pick(name, axis, dim, SEQUENCE, "sequence default")
-    for name, axis, dim in expressions:
-        label = _named(dim) or ""
-        if label in named:
-            chosen[(name, axis)] = named[label]
-            continue
-        value = _evaluate(label, {k: v[0] for k, v in named.items()})
-        pick(name, axis, dim, value if value is not None else SEQUENCE,
-             "expression" if value is not None else "sequence default")
+    def from_reshape(self) -> None:
+        """A Reshape to a constant shape fixes the input's one symbolic dim left."""
+        for name, shape in self.shapes.items():
+            total = self.hints.reshape.get(name)
+            open_axes = [a for a, d in enumerate(shape) if not _is_fixed(d) and (name, a) not in self.chosen]
+            if total is None or len(open_axes) != 1:
+                continue
+            known = math.prod(d if _is_fixed(d) else self.chosen[(name, a)][0] for a, d in enumerate(shape)
+                              if a != open_axes[0])
+            if known and total % known == 0 and _positive(total // known):
+                self.pick(name, open_axes[0], shape[open_axes[0]], total // known, "ops: Reshape to a constant shape")
 
-    out = {name: [d if _is_fixed(d) else chosen[(name, a)][0] for a, d in enumerate(shape)]
-           for name, shape in shapes.items()}
-    records = [{"input": name, "axis": axis, "dim": _named(dim), "size": chosen[(name, axis)][0],
-                "from": chosen[(name, axis)][1]} for name, axis, dim in symbolic]
-    return out, records
+    def defaults(self) -> list[tuple[str, int, Any]]:
+        """Image sides, batch and sequence defaults for the dims left; returns the `a + b` dims, which
+        wait for their parts."""
+        expressions = []
+        for name, axis, dim in self.symbolic:
+            if (name, axis) in self.chosen:
+                continue
+            label = _named(dim)
+            shape = self.shapes[name]
+            if label is not None and label in self.named:
+                self.chosen[(name, axis)] = self.named[label]
+                continue
+            if label is not None and _EXPRESSION.match(label):
+                expressions.append((name, axis, dim))
+                continue
+            image = _image_axes(shape)
+            spatial = (image is not None and axis in image) or (label is not None and _SPATIAL_NAME.match(label))
+            batch_like = _batch_like(label, axis, len(shape))
+            if spatial and not batch_like:
+                stride = 1
+                if image is not None and axis in image and name in self.hints.strides:  # not a side named `h`
+                    stride = self.hints.strides[name][image.index(axis)]
+                size = _round_up(IMAGE_SIDE, stride)
+                why = "image default" + (f" (stride {stride})" if size != IMAGE_SIDE else "")
+                self.pick(name, axis, dim, size, why)
+            elif batch_like:
+                self.pick(name, axis, dim, BATCH, "batch default")
+            else:
+                self.pick(name, axis, dim, SEQUENCE, "sequence default")
+        return expressions
+
+    def evaluate(self, expressions: list[tuple[str, int, Any]]) -> None:
+        for name, axis, dim in expressions:
+            label = _named(dim) or ""
+            if label in self.named:
+                self.chosen[(name, axis)] = self.named[label]
+                continue
+            value = _evaluate(label, {k: v[0] for k, v in self.named.items()})
+            self.pick(name, axis, dim, value if value is not None else SEQUENCE,
+                      "expression" if value is not None else "sequence default")
+
+    def result(self) -> tuple[dict[str, list[int]], list[dict[str, Any]]]:
+        chosen = self.chosen
+        out = {name: [d if _is_fixed(d) else chosen[(name, a)][0] for a, d in enumerate(shape)]
+               for name, shape in self.shapes.items()}
+        records = [{"input": name, "axis": axis, "dim": _named(dim), "size": chosen[(name, axis)][0],
+                    "from": chosen[(name, axis)][1]} for name, axis, dim in self.symbolic]
+        return out, records
 
 
 def _evaluate(text: str, known: Mapping[str, int]) -> int | None:

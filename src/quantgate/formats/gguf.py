@@ -765,18 +765,31 @@ class _Parser:
 
     # -- layout ------------------------------------------------------------------------------------
     def layout(self) -> None:
+        """Where the tensors' data lies: order, alignment, overlaps, gaps, the file's end."""
         gf = self.gf
         assert gf.data_start is not None
-        align, base, size = gf.alignment, gf.data_start, self.size
         tensors = gf.tensors
         sized = [t for t in tensors if t.nbytes is not None]
         # a tensor without a size leaves a hole of unknown extent: reporting it as a gap would be noise
         all_sized = len(sized) == len(tensors)
-        order_problem = False
+        order_problem = self.check_order(tensors)
+        # by (offset, index): `sized` is in index order and sorting is stable
+        ranked = sorted(sized, key=_BY_OFFSET)
+        extent_problem, end, last = self.check_extents(ranked, all_sized)
+        order_problem = order_problem or extent_problem
+        if not all_sized:
+            return  # some tensor has no size: trailing/truncation arithmetic would be guesswork
+        if not self.check_past_eof(ranked, end, order_problem):
+            self.check_tail(ranked, end, last)
+
+    def check_order(self, tensors: list[TensorInfo]) -> bool:
+        """Misaligned and out-of-order data offsets; True when there is one."""
+        align, base = self.gf.alignment, self.gf.data_start or 0
+        problem = False
         prev: TensorInfo | None = None
         for t in tensors:
             if t.offset % align:
-                order_problem = True
+                problem = True
                 self.found.add(
                     F.error(
                         "GGUF_TENSOR_MISALIGNED",
@@ -786,7 +799,7 @@ class _Parser:
                     )
                 )
             if prev is not None and t.offset < prev.offset:
-                order_problem = True
+                problem = True
                 self.found.add(
                     F.error(
                         "GGUF_TENSOR_OUT_OF_ORDER",
@@ -798,14 +811,19 @@ class _Parser:
                     )
                 )
             prev = t
-        # by (offset, index): `sized` is in index order and sorting is stable
-        ranked = sorted(sized, key=_BY_OFFSET)
+        return problem
+
+    def check_extents(self, ranked: list[TensorInfo], all_sized: bool) -> tuple[bool, int, TensorInfo | None]:
+        """Overlaps and gaps between the tensors in offset order: (a problem found, the relative end of
+        the furthest tensor, that tensor)."""
+        align, base = self.gf.alignment, self.gf.data_start or 0
+        problem = False
         end = 0  # relative end of the furthest tensor so far
         last: TensorInfo | None = None
         for t in ranked:
             assert t.nbytes is not None
             if last is not None and t.offset < end:
-                order_problem = True
+                problem = True
                 self.found.add(
                     F.error(
                         "GGUF_TENSOR_OVERLAP",
@@ -817,7 +835,7 @@ class _Parser:
                     )
                 )
             elif t.offset > end and all_sized and t.offset > _align(end, align) and t.offset % align == 0:
-                order_problem = True
+                problem = True
                 after = f"after {last.name!r}" if last is not None else "before the first tensor"
                 self.found.add(
                     F.error(
@@ -830,44 +848,53 @@ class _Parser:
                 )
             if t.offset + t.nbytes >= end:
                 end, last = t.offset + t.nbytes, t
-        if not all_sized:
-            return  # some tensor has no size: trailing/truncation arithmetic would be guesswork
+        return problem, end, last
+
+    def check_past_eof(self, ranked: list[TensorInfo], end: int, order_problem: bool) -> bool:
+        """Tensors running past the end of the file: one GGUF_TRUNCATED when the layout is sound (the
+        file was cut), else one GGUF_TENSOR_PAST_EOF each. True when there is one."""
+        align, base, size = self.gf.alignment, self.gf.data_start or 0, self.size
         # `end` is the furthest end, so no tensor runs past the file unless that one does
         past = [t for t in ranked if base + t.offset + (t.nbytes or 0) > size] if base + end > size else []
-        if past:
-            if not order_problem:
-                cut = past[0]
-                need = base + end
-                hint = ""
-                if align != DEFAULT_ALIGNMENT and need - size <= align:
-                    hint = (
-                        f" (or general.alignment={align} does not match the alignment the file was laid "
-                        "out with, which moves the data start)"
-                    )
-                self.found.add(
-                    F.error(
-                        "GGUF_TRUNCATED",
-                        f"the file is truncated: {need - size:,} bytes missing (its layout needs "
-                        f"{need:,} bytes, the file has {size:,}); {len(past)} tensor(s) cut, from "
-                        f"{cut.name!r}{hint}; re-download or re-export it",
-                        offset=size,
-                        tensor=cut.name,
-                    )
+        if not past:
+            return False
+        if not order_problem:
+            cut = past[0]
+            need = base + end
+            hint = ""
+            if align != DEFAULT_ALIGNMENT and need - size <= align:
+                hint = (
+                    f" (or general.alignment={align} does not match the alignment the file was laid "
+                    "out with, which moves the data start)"
                 )
-            else:
-                for t in past:
-                    self.found.add(
-                        F.error(
-                            "GGUF_TENSOR_PAST_EOF",
-                            f"data {base + t.offset:,}.."
-                            f"{base + t.offset + (t.nbytes or 0):,} ends "
-                            f"{base + t.offset + (t.nbytes or 0) - size:,} bytes past the end "
-                            f"of the file ({size:,} bytes)",
-                            offset=base + t.offset,
-                            tensor=t.name,
-                        )
-                    )
-            return
+            self.found.add(
+                F.error(
+                    "GGUF_TRUNCATED",
+                    f"the file is truncated: {need - size:,} bytes missing (its layout needs "
+                    f"{need:,} bytes, the file has {size:,}); {len(past)} tensor(s) cut, from "
+                    f"{cut.name!r}{hint}; re-download or re-export it",
+                    offset=size,
+                    tensor=cut.name,
+                )
+            )
+            return True
+        for t in past:
+            self.found.add(
+                F.error(
+                    "GGUF_TENSOR_PAST_EOF",
+                    f"data {base + t.offset:,}.."
+                    f"{base + t.offset + (t.nbytes or 0):,} ends "
+                    f"{base + t.offset + (t.nbytes or 0) - size:,} bytes past the end "
+                    f"of the file ({size:,} bytes)",
+                    offset=base + t.offset,
+                    tensor=t.name,
+                )
+            )
+        return True
+
+    def check_tail(self, ranked: list[TensorInfo], end: int, last: TensorInfo | None) -> None:
+        """Bytes after the last tensor's padded end, or its padding missing."""
+        align, base, size = self.gf.alignment, self.gf.data_start or 0, self.size
         padded_end = base + _align(end, align) if ranked else base
         if size > padded_end:
             self.found.add(
@@ -953,23 +980,19 @@ def _layer(t: TensorInfo, shapes: dict[tuple[int, ...], tuple[int, ...]]) -> Lay
     shape = shapes.get(t.ne)
     if shape is None:
         shape = shapes[t.ne] = t.ne[::-1]
-    # Positional: calling a class with keywords packs them into a dict and unpacks it again for
-    # __init__, which costs more than the rest of this function. The order is Layer's:
-    # name, kind, shape, dtype, bits, numeric, quantized, params, weight_bytes.
-    layer = Layer(
-        t.name,
-        layer_kind(t.name, len(t.ne)),
-        shape,
-        g.name,
-        g.bits,
-        INT if g.numeric == "int" else FLOAT,
-        g.quantized,
-        t.elements,
-        t.nbytes,
+    return Layer(
+        name=t.name,
+        kind=layer_kind(t.name, len(t.ne)),
+        shape=shape,
+        dtype=g.name,
+        bits=g.bits,
+        numeric=INT if g.numeric == "int" else FLOAT,
+        quantized=g.quantized,
+        params=t.elements,
+        weight_bytes=t.nbytes,
+        position=t.index,
+        detail={"ne": list(t.ne), "offset": t.offset},
     )
-    layer.position = t.index
-    layer.detail = {"ne": list(t.ne), "offset": t.offset}
-    return layer
 
 
 def _kv_int(kv: KV | None) -> int | None:
@@ -1287,65 +1310,19 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
     folder, name = os.path.split(gf.path)
     found = F.CappedFindings(gf.structural)
     facts: dict[str, Any] = {"count": count, "files": [name], "set_bytes": gf.size}
-    match = _SPLIT_NAME.fullmatch(name)
-    if match is None or int(match["no"]) != 1 or int(match["count"]) != count:
-        found.add(
-            F.error(
-                "GGUF_SPLIT_MISSING",
-                f"the file is the first of {count} shards (split.count) but is not named "
-                f"<name>-00001-of-{count:05d}.gguf, so the other shards cannot be found; "
-                "keep llama.cpp's shard names",
-                field="split.count",
-            )
-        )
+    prefix = _split_set_prefix(name, count, found)
+    if prefix is None:
         found.close()
         return facts
-    if count > MAX_SPLITS:
-        found.add(
-            F.error(
-                "GGUF_SPLIT_MISSING",
-                f"split.count is {count:,}, above the reader's cap of {MAX_SPLITS:,} shards: "
-                "the count is corrupt",
-                field="split.count",
-            )
-        )
-        found.close()
-        return facts
-    prefix = match["prefix"]
     names = {t.name for t in gf.tensors}
     for k in range(2, count + 1):
         shard_name = f"{prefix}-{k:05d}-of-{count:05d}.gguf"
-        shard_path = os.path.join(folder, shard_name)
-        try:
-            # a regular file only: opening a FIFO planted under a shard's name would block forever
-            if not stat.S_ISREG(os.stat(shard_path).st_mode):
-                raise OSError(f"{shard_name} is not a regular file")
-            shard = parse(shard_path)
-        except OSError as exc:
-            found.add(
-                F.error(
-                    "GGUF_SPLIT_MISSING",
-                    f"shard {k} of {count}, {shard_name}, cannot be read ({exc.strerror or exc}); "
-                    "ship every shard of the set",
-                    field="split.count",
-                )
-            )
+        shard = _open_shard(folder, shard_name, k, count, found)
+        if shard is None:
             continue
         facts["files"].append(shard_name)
         facts["set_bytes"] += shard.size
-        for f in shard.structural:
-            found.add(dataclasses.replace(f, message=f"shard {shard_name}: {f.message}"))
-        fields = _split_fields(shard)
-        if fields != (k - 1, count):
-            said = f"split.no {fields[0]} of split.count {fields[1]}" if fields else "no split keys"
-            found.add(
-                F.error(
-                    "GGUF_SPLIT_MISMATCH",
-                    f"shard {shard_name} has {said}, its name and the first shard say shard {k - 1} "
-                    f"(0-based) of {count}; re-split the model",
-                    field="split.no",
-                )
-            )
+        _check_shard(shard, shard_name, k, count, found)
         if len(gf.tensors) + len(shard.tensors) > MAX_TENSORS:
             found.add(
                 F.error(
@@ -1356,20 +1333,7 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
                 )
             )
             break
-        for t in shard.tensors:
-            if t.name in names:
-                found.add(
-                    F.error(
-                        "GGUF_SPLIT_MISMATCH",
-                        f"tensor {t.name!r} is in shard {shard_name} and in an earlier shard; "
-                        "each tensor must be in one shard",
-                        tensor=t.name,
-                    )
-                )
-                continue
-            names.add(t.name)
-            t.index = len(gf.tensors)
-            gf.tensors.append(t)
+        _append_shard_tensors(gf, shard, shard_name, names, found)
     _extra_shards(folder, prefix, count, found)
     declared = _kv_int(gf.kvs.get("split.tensors.count"))
     if declared is not None and declared != len(gf.tensors):
@@ -1383,6 +1347,91 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
         )
     found.close()
     return facts
+
+
+def _split_set_prefix(name: str, count: int, found: F.CappedFindings) -> str | None:
+    """The shard names' common prefix, from the first shard's file name; None (and why) when the
+    other shards cannot be looked for."""
+    match = _SPLIT_NAME.fullmatch(name)
+    if match is None or int(match["no"]) != 1 or int(match["count"]) != count:
+        found.add(
+            F.error(
+                "GGUF_SPLIT_MISSING",
+                f"the file is the first of {count} shards (split.count) but is not named "
+                f"<name>-00001-of-{count:05d}.gguf, so the other shards cannot be found; "
+                "keep llama.cpp's shard names",
+                field="split.count",
+            )
+        )
+        return None
+    if count > MAX_SPLITS:
+        found.add(
+            F.error(
+                "GGUF_SPLIT_MISSING",
+                f"split.count is {count:,}, above the reader's cap of {MAX_SPLITS:,} shards: "
+                "the count is corrupt",
+                field="split.count",
+            )
+        )
+        return None
+    return match["prefix"]
+
+
+def _open_shard(folder: str, shard_name: str, k: int, count: int, found: F.CappedFindings) -> GGUFFile | None:
+    """Shard k of the set, parsed; None (and GGUF_SPLIT_MISSING) when it cannot be read."""
+    shard_path = os.path.join(folder, shard_name)
+    try:
+        # a regular file only: opening a FIFO planted under a shard's name would block forever
+        if not stat.S_ISREG(os.stat(shard_path).st_mode):
+            raise OSError(f"{shard_name} is not a regular file")
+        return parse(shard_path)
+    except OSError as exc:
+        found.add(
+            F.error(
+                "GGUF_SPLIT_MISSING",
+                f"shard {k} of {count}, {shard_name}, cannot be read ({exc.strerror or exc}); "
+                "ship every shard of the set",
+                field="split.count",
+            )
+        )
+        return None
+
+
+def _check_shard(shard: GGUFFile, shard_name: str, k: int, count: int, found: F.CappedFindings) -> None:
+    """The shard's own structural findings, named by shard, and its split keys against its name."""
+    for f in shard.structural:
+        found.add(dataclasses.replace(f, message=f"shard {shard_name}: {f.message}"))
+    fields = _split_fields(shard)
+    if fields != (k - 1, count):
+        said = f"split.no {fields[0]} of split.count {fields[1]}" if fields else "no split keys"
+        found.add(
+            F.error(
+                "GGUF_SPLIT_MISMATCH",
+                f"shard {shard_name} has {said}, its name and the first shard say shard {k - 1} "
+                f"(0-based) of {count}; re-split the model",
+                field="split.no",
+            )
+        )
+
+
+def _append_shard_tensors(
+    gf: GGUFFile, shard: GGUFFile, shard_name: str, names: set[str], found: F.CappedFindings
+) -> None:
+    """The shard's tensors after the set's so far; a name already in an earlier shard is a mismatch."""
+    for t in shard.tensors:
+        if t.name in names:
+            found.add(
+                F.error(
+                    "GGUF_SPLIT_MISMATCH",
+                    f"tensor {t.name!r} is in shard {shard_name} and in an earlier shard; "
+                    "each tensor must be in one shard",
+                    tensor=t.name,
+                )
+            )
+            continue
+        names.add(t.name)
+        t.index = len(gf.tensors)
+        gf.tensors.append(t)
 
 
 def _extra_shards(folder: str, prefix: str, count: int, found: F.CappedFindings) -> None:
@@ -1424,8 +1473,32 @@ def _read(path: str) -> Inventory:
             F.error("FILE_UNREADABLE", f"cannot read the file: {exc.strerror or exc}")
         )
         return inv
-    # a split model is gated as one: its first shard reads the others (counts, types and memory are
-    # the set's); a later shard alone has no metadata to check
+    split, split_facts, size = _read_split_set(gf, path)
+    inv = Inventory(FORMAT, path, size)
+    inv.structural_findings = gf.structural
+    # whole-list sums and counts below go through map/attrgetter: they visit every tensor
+    sized = [t for t in gf.tensors if t.nbytes is not None]
+    shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+    layers = [_layer(t, shapes) for t in sized if len(t.ne) >= 2]
+    inv.layers = layers
+    elements, nbytes = sum(map(_ELEMENTS, sized)), sum(map(_NBYTES, sized))
+    inv.params_stored = elements
+    type_counts = Counter(map(_TYPE_ID, gf.tensors))  # in order of first use, as the facts list them
+    if split is not None and split[0] > 0:
+        split_facts = _later_shard(gf, path, split)
+    elif gf.complete:
+        any_quantized = any(T.GGML_TYPES[i].quantized for i in type_counts if i in T.GGML_TYPES)
+        _semantics(gf, layers, any_quantized)
+    inv.semantic_findings = gf.semantic
+    inv.metrics = _metrics(gf, layers, sized, elements, nbytes)
+    inv.facts = _facts(gf, type_counts, split_facts, nbytes, inv.metrics.get("bits_per_weight_all"))
+    return inv
+
+
+def _read_split_set(gf: GGUFFile, path: str) -> tuple[tuple[int, int] | None, dict[str, Any] | None, int]:
+    """(split.no and split.count, the `split` facts, the bytes gated): a split model is gated as one,
+    its first shard reading the others (counts, types and memory are the set's); a later shard alone
+    has no metadata to check."""
     split_facts: dict[str, Any] | None = None
     split = _split_fields(gf) if gf.complete else None
     size = gf.size
@@ -1444,39 +1517,30 @@ def _read(path: str) -> Inventory:
                 field="split.no",
             )
         )
-    inv = Inventory(FORMAT, path, size)
-    inv.structural_findings = gf.structural
-    # whole-list sums and counts below go through map/attrgetter: they visit every tensor
-    sized = [t for t in gf.tensors if t.nbytes is not None]
-    shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
-    layers = [_layer(t, shapes) for t in sized if len(t.ne) >= 2]
-    inv.layers = layers
-    elements, nbytes = sum(map(_ELEMENTS, sized)), sum(map(_NBYTES, sized))
-    inv.params_stored = elements
-    type_counts = Counter(map(_TYPE_ID, gf.tensors))  # in order of first use, as the facts list them
-    if split is not None and split[0] > 0:
-        split_facts = {"no": split[0] + 1, "count": split[1]}
-        match = _SPLIT_NAME.fullmatch(os.path.basename(path))
-        if match is not None:
-            split_facts["first"] = f"{match['prefix']}-00001-of-{split[1]:05d}.gguf"
-        gf.semantic.append(
-            F.info(
-                "GGUF_SPLIT_SHARD",
-                f"shard {split[0] + 1} of {split[1]} of a split model: it carries no model metadata; "
-                "the set is gated through its first shard"
-                + (f" ({split_facts['first']})" if "first" in split_facts else ""),
-                field="split.no",
-            )
-        )
-    elif gf.complete:
-        any_quantized = any(T.GGML_TYPES[i].quantized for i in type_counts if i in T.GGML_TYPES)
-        _semantics(gf, layers, any_quantized)
-    inv.semantic_findings = gf.semantic
+    return split, split_facts, size
 
+
+def _later_shard(gf: GGUFFile, path: str, split: tuple[int, int]) -> dict[str, Any]:
+    """The `split` facts of shard 2..N read alone, and the info that says where its set is gated."""
+    split_facts: dict[str, Any] = {"no": split[0] + 1, "count": split[1]}
+    match = _SPLIT_NAME.fullmatch(os.path.basename(path))
+    if match is not None:
+        split_facts["first"] = f"{match['prefix']}-00001-of-{split[1]:05d}.gguf"
+    gf.semantic.append(
+        F.info(
+            "GGUF_SPLIT_SHARD",
+            f"shard {split[0] + 1} of {split[1]} of a split model: it carries no model metadata; "
+            "the set is gated through its first shard"
+            + (f" ({split_facts['first']})" if "first" in split_facts else ""),
+            field="split.no",
+        )
+    )
+    return split_facts
+
+
+def _metrics(gf: GGUFFile, layers: list[Layer], sized: list[TensorInfo], elements: int, nbytes: int) -> dict[str, Any]:
     ft = _kv_int(gf.kvs.get("general.file_type"))
     qv = _kv_int(gf.kvs.get("general.quantization_version"))
-    arch_kv = gf.kvs.get("general.architecture")
-    arch = arch_kv.value if arch_kv is not None and arch_kv.vtype == T.STRING else None
     metrics: dict[str, Any] = {
         "tensor_count": len(gf.tensors),
         "kv_count": len(gf.kvs),
@@ -1495,15 +1559,22 @@ def _read(path: str) -> Inventory:
     bpw_core = _bpw(elements - sum(map(_ELEMENTS, excluded)), nbytes - sum(map(_NBYTES, excluded)))
     if bpw_core is not None:
         metrics["bits_per_weight_excluding_embeddings_and_output"] = bpw_core
-    inv.metrics = metrics
+    return metrics
 
+
+def _facts(
+    gf: GGUFFile, type_counts: Counter[int], split_facts: dict[str, Any] | None, nbytes: int, bpw_all: float | None
+) -> dict[str, Any]:
+    ft = _kv_int(gf.kvs.get("general.file_type"))
+    arch_kv = gf.kvs.get("general.architecture")
+    arch = arch_kv.value if arch_kv is not None and arch_kv.vtype == T.STRING else None
     types = {type_name(type_id): n for type_id, n in type_counts.items()}
     facts: dict[str, Any] = {
         "version": gf.version,
         "architecture": arch,
         "name": gf.kvs["general.name"].value if "general.name" in gf.kvs else None,
         "file_type": T.file_type_name(ft) if ft is not None else None,
-        "quantization_version": qv,
+        "quantization_version": _kv_int(gf.kvs.get("general.quantization_version")),
         "tensor_count": len(gf.tensors) if split_facts is not None and "files" in split_facts else gf.tensor_count,
         "kv_count": gf.kv_count,
         "split": split_facts,
@@ -1513,11 +1584,11 @@ def _read(path: str) -> Inventory:
         "tensor_types": dict(sorted(types.items(), key=lambda kv: -kv[1])),
         "hparams": hparams(gf),
     }
-    inv.facts = {k: v for k, v in facts.items() if v is not None}
+    facts = {k: v for k, v in facts.items() if v is not None}
     if gf.complete:
         bits = f", {bpw_all:.4g} bpw" if bpw_all is not None else ""
-        inv.facts["summary"] = (
+        facts["summary"] = (
             f"GGUF v{gf.version}, {arch or '?'}, {len(gf.tensors)} tensors, {len(gf.kvs)} key/values, "
             f"file_type {T.file_type_name(ft) if ft is not None else 'absent'}{bits}"
         )
-    return inv
+    return facts

@@ -620,84 +620,28 @@ class _Analysis:
                 self.inv.params_stored = (self.inv.params_stored or 0) + layer.params - stored.numel
 
     def layer_for(self, node: Node, position: int) -> None:
-        op, dom = node.op_type, node.domain
-        if op not in _LAYER_OPS:  # most nodes of a quantized graph (Q/DQ, activations): none below
+        spec = _WEIGHT_OPS.get((node.op_type, node.domain))
+        if spec is None:  # most nodes of a quantized graph (Q/DQ, activations)
             return
-        std = dom in DEFAULT_DOMAINS
-        ms = dom == MS
-        if std and op in ("MatMul", "Gemm"):
-            src = self.weight_source(node, 1) or self.weight_source(node, 0)
-            if src:
-                self.add(node, position, LINEAR, src, "QDQ" if src.dq else "float")
-        elif (std and op in ("Conv", "ConvTranspose")) or (ms and op == "FusedConv"):
-            src = self.weight_source(node, 1, 3)
-            if src:
-                self.add(node, position, CONV, src, "QDQ" if src.dq else "float")
-        elif std and op == "Gather":
-            src = self.weight_source(node, 0)
-            if src and src.tensor.data_type not in NON_WEIGHT_DTYPES:
-                extra = self.gather_dq_extras(node) if src.dq is None else []
-                quantized_table = src.tensor.data_type in QUANT_DTYPES
-                representation = "QDQ" if src.dq else ("integer" if quantized_table else "float")
-                self.add(node, position, EMBEDDING, src, representation, extra)
-        elif std and op == "MatMulInteger":
-            src, zp = self.weight_source(node, 1), node.input(3)
+        if isinstance(spec, str):  # an op with a reader of its own (packed weights, tables)
+            getattr(self, spec)(node, position)
+            return
+        for index, qparams, operand in spec.weights:
+            src = self.weight_source(node, index, spec.min_rank)
             if src is None:
-                src, zp = self.weight_source(node, 0), node.input(2)
-            if src:
-                self.add(node, position, LINEAR, src, "integer", [zp])
-        elif std and op == "ConvInteger":
-            src = self.weight_source(node, 1, 3)
-            if src:
-                self.add(node, position, CONV, src, "integer", [node.input(3)])
-        elif std and op == "QLinearConv":
-            src = self.weight_source(node, 3, 3)
-            if src:
-                self.add(node, position, CONV, src, "QOperator", [node.input(4), node.input(5)])
-        elif (std or ms) and op == "QLinearMatMul":
-            src = self.weight_source(node, 3)
-            extra = [node.input(4), node.input(5)]
-            if src is None:
-                src, extra = self.weight_source(node, 0), [node.input(1), node.input(2)]
-            if src:
-                self.add(node, position, LINEAR, src, "QOperator", extra)
-        elif ms and op == "FusedMatMul":
-            src = self.weight_source(node, 1) or self.weight_source(node, 0)
-            if src:
-                self.add(node, position, LINEAR, src, "QDQ" if src.dq else "float")
-        elif ms and op == "QGemm":
-            src = self.weight_source(node, 3)
-            if src:
-                self.add(node, position, LINEAR, src, "QOperator", [node.input(4), node.input(5)])
-        elif ms and op == "DynamicQuantizeMatMul":
-            src = self.weight_source(node, 1)
-            if src:
-                self.add(node, position, LINEAR, src, "contrib", [node.input(2), node.input(3)])
-        elif ms and op == "MatMulIntegerToFloat":
-            src = self.weight_source(node, 1)
-            if src:
-                self.add(node, position, LINEAR, src, "contrib", [node.input(3), node.input(5)])
-        elif ms and op == "QAttention":
-            src = self.weight_source(node, 1)
-            if src:
-                self.add(node, position, LINEAR, src, "contrib", [node.input(4), node.input(7)])
-        elif std and op in RECURRENT_OPS:
-            for index, operand in ((1, "W"), (2, "R")):  # input and recurrent weights; B is a bias
-                src = self.weight_source(node, index)  # rank 2: before the exporter's Unsqueeze
-                if src:
-                    self.add(node, position, LINEAR, src, "QDQ" if src.dq else "float", operand=operand)
-        elif ms and op == "DynamicQuantizeLSTM":
-            for index, operand in ((1, "W"), (2, "R")):  # scale and zero point: inputs 8, 9 (W), 10, 11 (R)
-                src = self.weight_source(node, index, 3)
-                if src:
-                    extra = [node.input(2 * index + 6), node.input(2 * index + 7)]
-                    self.add(node, position, LINEAR, src, "contrib", extra, operand=operand)
-        elif ms and op == "MatMulNBits":
-            self.add_matmulnbits(node, position)
-        elif ms and op == "MatMulBnb4":
-            self.add_bnb4(node, position)
-        elif ms and op == "GatherBlockQuantized":
-            self.add_gather_block_quantized(node, position)
+                continue
+            representation = spec.representation or ("QDQ" if src.dq else "float")
+            self.add(node, position, spec.kind, src, representation, [node.input(i) for i in qparams], operand)
+            if not operand:
+                break  # the first candidate that is a weight; a recurrent op has two (W and R)
+
+    def add_gather(self, node: Node, position: int) -> None:
+        src = self.weight_source(node, 0)
+        if src and src.tensor.data_type not in NON_WEIGHT_DTYPES:
+            extra = self.gather_dq_extras(node) if src.dq is None else []
+            quantized_table = src.tensor.data_type in QUANT_DTYPES
+            representation = "QDQ" if src.dq else ("integer" if quantized_table else "float")
+            self.add(node, position, EMBEDDING, src, representation, extra)
 
     def gather_dq_extras(self, node: Node) -> list[str]:
         """Scale and zero point of a quantized table: the DequantizeLinear after the Gather, or ORT's
@@ -1307,12 +1251,49 @@ def _compute(kind: str, representation: str, dtype: str) -> str | None:
     return None
 
 
-# every op_type layer_for turns into a layer (in one domain or another)
-_LAYER_OPS = frozenset((
-    "MatMul", "Gemm", "Conv", "ConvTranspose", "Gather", "MatMulInteger", "ConvInteger", "QLinearConv",
-    "QLinearMatMul", "FusedMatMul", "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat", "QAttention",
-    "MatMulNBits", "MatMulBnb4", "GatherBlockQuantized", "LSTM", "GRU", "RNN", "DynamicQuantizeLSTM", "FusedConv",
-))
+@dataclass(frozen=True)
+class _WeightOp:
+    """How an op holds its weight: the layer kind, the weight inputs to try, the representation."""
+
+    kind: str
+    # (weight input, inputs holding its scale and zero point, operand): the first input that traces to
+    # a stored tensor is the weight; a recurrent op names its operands (W, R) and has a layer for each
+    weights: tuple[tuple[int, tuple[int, ...], str], ...]
+    # None: "QDQ" when the weight comes through a DequantizeLinear, else "float"
+    representation: str | None = None
+    min_rank: int = 2  # a conv's filter has 3+ dims; a lower-rank operand is not its weight
+
+
+_STD, _MS = DEFAULT_DOMAINS, (MS,)
+_RECURRENT = ((1, (), "W"), (2, (), "R"))  # input and recurrent weights; B is a bias
+# (op_type, domain) -> how it holds its weight, or the name of the method that reads it
+_WEIGHT_OPS: dict[tuple[str, str], _WeightOp | str] = {
+    (op, domain): spec
+    for ops, domains, spec in (
+        (("MatMul", "Gemm"), _STD, _WeightOp(LINEAR, ((1, (), ""), (0, (), "")))),
+        (("Conv", "ConvTranspose"), _STD, _WeightOp(CONV, ((1, (), ""),), min_rank=3)),
+        (("FusedConv",), _MS, _WeightOp(CONV, ((1, (), ""),), min_rank=3)),
+        (("Gather",), _STD, "add_gather"),
+        (("MatMulInteger",), _STD, _WeightOp(LINEAR, ((1, (3,), ""), (0, (2,), "")), "integer")),
+        (("ConvInteger",), _STD, _WeightOp(CONV, ((1, (3,), ""),), "integer", min_rank=3)),
+        (("QLinearConv",), _STD, _WeightOp(CONV, ((3, (4, 5), ""),), "QOperator", min_rank=3)),
+        (("QLinearMatMul",), _STD + _MS, _WeightOp(LINEAR, ((3, (4, 5), ""), (0, (1, 2), "")), "QOperator")),
+        (("FusedMatMul",), _MS, _WeightOp(LINEAR, ((1, (), ""), (0, (), "")))),
+        (("QGemm",), _MS, _WeightOp(LINEAR, ((3, (4, 5), ""),), "QOperator")),
+        (("DynamicQuantizeMatMul",), _MS, _WeightOp(LINEAR, ((1, (2, 3), ""),), "contrib")),
+        (("MatMulIntegerToFloat",), _MS, _WeightOp(LINEAR, ((1, (3, 5), ""),), "contrib")),
+        (("QAttention",), _MS, _WeightOp(LINEAR, ((1, (4, 7), ""),), "contrib")),
+        # rank 2: before the exporter's Unsqueeze
+        (tuple(sorted(RECURRENT_OPS)), _STD, _WeightOp(LINEAR, _RECURRENT)),
+        # scale and zero point: inputs 8, 9 (W), 10, 11 (R)
+        (("DynamicQuantizeLSTM",), _MS, _WeightOp(LINEAR, ((1, (8, 9), "W"), (2, (10, 11), "R")), "contrib", 3)),
+        (("MatMulNBits",), _MS, "add_matmulnbits"),
+        (("MatMulBnb4",), _MS, "add_bnb4"),
+        (("GatherBlockQuantized",), _MS, "add_gather_block_quantized"),
+    )
+    for op in ops
+    for domain in domains
+}
 
 
 def _qualified(node: Node) -> str:

@@ -6,8 +6,9 @@ flatbuffer up to `program_size`, padding, then the segments (constants, delegate
 from `segment_base_offset`. Only the flatbuffer tables are walked (bounded, budgeted, over mmap);
 segment bytes are touched only to hash named data (capped) and to read delegate payload headers.
 
-`parse(path)` gives the `Program` (plans, values, instructions, delegates, segments) and its
-structural findings; `read(path)` adds the weight-bearing layers (`pte_layers`) -> `Inventory`.
+`parse(path)` gives the `Program` (plans, values, instructions, delegates, segments; the types are
+in `pte_model`) and its structural findings; `read(path)` adds the weight-bearing layers
+(`pte_layers`) -> `Inventory`.
 """
 
 from __future__ import annotations
@@ -16,22 +17,30 @@ import hashlib
 import itertools
 import os
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from quantgate import findings as F
-from quantgate.findings import Finding
 from quantgate.formats import pte_schema as S
 from quantgate.formats.binary import Budget, BudgetExhausted, ReadError, View, mapped
 from quantgate.formats.flatbuffer import FlatBuffer
+from quantgate.formats.pte_layers import attach
+from quantgate.formats.pte_model import (
+    FINDINGS_PER_CODE,
+    MAX_DIMS,
+    Delegate,
+    Instruction,
+    Plan,
+    Program,
+    Segment,
+    Tensor,
+    Value,
+)
 from quantgate.inventory import Inventory
 
 FORMAT = "pte"
-FINDINGS_PER_CODE = F.FINDINGS_PER_CODE
-MAX_DIMS = 16
 MAX_NUMEL = 1 << 48
 # named-data keys are checked against the SHA-256 of their bytes only up to this many bytes in total
-HASH_CAP_BYTES = 16 << 20  # ~30 ms of SHA-256: cheap next to reading, bounded on a multi-GB file
+HASH_CAP_BYTES = 16 << 20  # bounded on a multi-GB file (its cost: benchmarks/RESULTS.md, cost notes)
 _SHA_KEY = re.compile(r"^(?:[a-z_]+_)?([0-9a-f]{64})$")
 
 FINDING_CODES: dict[str, str] = {
@@ -68,124 +77,6 @@ FINDING_CODES: dict[str, str] = {
 }
 
 
-@dataclass
-class Tensor:
-    scalar_type: int
-    sizes: tuple[int, ...]
-    data_buffer_idx: int
-    allocated: bool
-    dynamism: int
-    fqn: str | None
-    external: bool
-    # (memory_id, offset) of a memory-planned tensor: a static view shares its base's memory and has
-    # no instruction of its own (the emitter elides it), so this is how a view is traced to its base
-    mem: tuple[int, int] | None = None
-
-    @property
-    def constant(self) -> bool:
-        return self.external or (not self.allocated and self.data_buffer_idx > 0)
-
-    @property
-    def numel(self) -> int:
-        if len(self.sizes) > MAX_DIMS:  # a damaged shape (PTE_BAD_SHAPE): no product of a million dims
-            return 0
-        n = 1
-        for d in self.sizes:
-            n *= max(d, 0)
-        return n
-
-    @property
-    def dtype(self) -> str:
-        return S.scalar_name(self.scalar_type)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * S.STORAGE_BYTES.get(self.scalar_type, 1)
-
-
-@dataclass
-class Value:
-    kind: int  # KernelTypes tag
-    tensor: Tensor | None = None
-    items: list[int] | None = None  # IntList values, TensorList value indices
-    number: int | float | None = None  # Int / Double
-
-
-@dataclass
-class Instruction:
-    index: int  # position among all of the plan's instructions (chains in order): a layer's `position`
-    chain: int
-    kind: int  # InstructionArguments tag
-    target: int = -1  # op_index / delegate_index
-    args: list[int] = field(default_factory=list)
-    in_chain: int = 0  # position within its chain (what ETDump's instruction_id counts)
-
-
-@dataclass
-class Delegate:
-    index: int
-    backend: str
-    location: int
-    data_index: int
-    span: tuple[int, int] | None = None  # (absolute offset, length) of the payload in the file
-
-
-@dataclass
-class Plan:
-    name: str
-    values: list[Value] = field(default_factory=list)
-    operators: list[str] = field(default_factory=list)
-    instructions: list[Instruction] = field(default_factory=list)
-    delegates: list[Delegate] = field(default_factory=list)
-    chains: int = 0
-    inputs: list[int] = field(default_factory=list)
-    non_const_buffer_sizes: list[int] = field(default_factory=list)  # memory-planned arenas, bytes
-
-
-@dataclass
-class Segment:
-    index: int
-    start: int  # absolute file offset
-    size: int
-
-
-@dataclass
-class Program:
-    path: str
-    size: int
-    has_header: bool = False
-    program_size: int = 0
-    segment_base: int = 0
-    segment_data_size: int = 0
-    segments: list[Segment] = field(default_factory=list)
-    constant_segment: int | None = None
-    constant_offsets: list[int] = field(default_factory=list)
-    legacy_constant_buffers: int = 0
-    legacy_constant_bytes: int = 0
-    named_data: list[tuple[str, int]] = field(default_factory=list)
-    inline_data: list[tuple[int, int]] = field(default_factory=list)
-    mutable_segment: int | None = None  # Program.mutable_data_segments[0]: initial state of mutable buffers
-    mutable_offsets: list[int] = field(default_factory=list)
-    mutable_segments: int = 0  # how many the program lists (the runtime reads only the first)
-    plans: list[Plan] = field(default_factory=list)
-    findings: list[Finding] = field(default_factory=list)
-    complete: bool = False
-    facts: dict[str, Any] = field(default_factory=dict)
-    capped: F.CappedFindings = field(init=False)  # the shared per-code cap; `read` closes it
-
-    def __post_init__(self) -> None:
-        self.capped = F.CappedFindings(self.findings)
-
-    def add(self, finding: Finding) -> None:
-        self.capped.add(finding)
-
-    def segment_bytes(self, index: int) -> tuple[int, int] | None:
-        if 0 <= index < len(self.segments):
-            seg = self.segments[index]
-            return seg.start, seg.size
-        return None
-
-
 # -- header ------------------------------------------------------------------------------------
 def _header(view: View, prog: Program) -> bool:
     """Identifier and extended header; False when nothing further can be read."""
@@ -208,83 +99,96 @@ def _header(view: View, prog: Program) -> bool:
     prog.program_size = size
     if size >= 16 and view.bytes(8, 4) == S.EXTENDED_HEADER_MAGIC:
         prog.has_header = True
-        length = view.u32(12)
-        if length < S.EXTENDED_HEADER_MIN_LENGTH or 8 + length > size:
-            prog.add(
-                F.error(
-                    "PTE_BAD_EXTENDED_HEADER" if 8 + length <= size else "PTE_TRUNCATED",
-                    f"extended header length {length} at offset 12 is "
-                    + ("below 24" if length < S.EXTENDED_HEADER_MIN_LENGTH else f"past the end of the file ({size} B)"),
-                    offset=12,
-                    field="eh00.length",
-                )
-            )
+        if not _extended_header(view, prog, size):
             return False
-        prog.program_size = view.u64(16)
-        prog.segment_base = view.u64(24)
-        prog.segment_data_size = view.u64(32) if length >= 32 else 0
-        if prog.program_size < 8 + length:
-            prog.add(
-                F.error(
-                    "PTE_BAD_EXTENDED_HEADER",
-                    f"program_size {prog.program_size} is smaller than the header itself",
-                    offset=16,
-                    field="eh00.program_size",
-                )
-            )
-            return False
-        if prog.program_size > size:
-            prog.add(
-                F.error(
-                    "PTE_TRUNCATED",
-                    f"the extended header says the program is {prog.program_size:,} bytes, the file has "
-                    f"{size:,}: the file was cut short (re-download or re-export it)",
-                    offset=16,
-                    field="eh00.program_size",
-                )
-            )
-            return False
-        if prog.segment_base and prog.segment_base < prog.program_size:
-            prog.add(
-                F.error(
-                    "PTE_BAD_EXTENDED_HEADER",
-                    f"segment_base_offset {prog.segment_base} lies inside the program (program_size "
-                    f"{prog.program_size})",
-                    offset=24,
-                    field="eh00.segment_base_offset",
-                )
-            )
-        end = prog.segment_base + prog.segment_data_size
-        if prog.segment_data_size and end > size:
-            prog.add(
-                F.error(
-                    "PTE_TRUNCATED",
-                    f"the extended header says the file is {end:,} bytes (segment base {prog.segment_base:,} + "
-                    f"{prog.segment_data_size:,} of segment data), it has {size:,}: "
-                    f"{end - size:,} bytes are missing",
-                    offset=32,
-                    field="eh00.segment_data_size",
-                )
-            )
-        elif prog.segment_data_size and size > end:
-            prog.add(
-                F.error(
-                    "PTE_TRAILING_BYTES",
-                    f"{size - end:,} bytes after the end of the segment data (offset {end:,}); strip them "
-                    "or find out what was appended",
-                    offset=end,
-                )
-            )
-        elif prog.segment_base > size:
-            prog.add(
-                F.error(
-                    "PTE_TRUNCATED",
-                    f"segment_base_offset {prog.segment_base:,} is past the end of the file ({size:,} bytes)",
-                    offset=24,
-                    field="eh00.segment_base_offset",
-                )
-            )
+        _check_segment_data(prog, size)
     return True
+
+
+def _extended_header(view: View, prog: Program, size: int) -> bool:
+    """The `eh00` fields: program size, segment base and segment data size; False when the program
+    cannot be located."""
+    length = view.u32(12)
+    if length < S.EXTENDED_HEADER_MIN_LENGTH or 8 + length > size:
+        prog.add(
+            F.error(
+                "PTE_BAD_EXTENDED_HEADER" if 8 + length <= size else "PTE_TRUNCATED",
+                f"extended header length {length} at offset 12 is "
+                + ("below 24" if length < S.EXTENDED_HEADER_MIN_LENGTH else f"past the end of the file ({size} B)"),
+                offset=12,
+                field="eh00.length",
+            )
+        )
+        return False
+    prog.program_size = view.u64(16)
+    prog.segment_base = view.u64(24)
+    prog.segment_data_size = view.u64(32) if length >= 32 else 0
+    if prog.program_size < 8 + length:
+        prog.add(
+            F.error(
+                "PTE_BAD_EXTENDED_HEADER",
+                f"program_size {prog.program_size} is smaller than the header itself",
+                offset=16,
+                field="eh00.program_size",
+            )
+        )
+        return False
+    if prog.program_size > size:
+        prog.add(
+            F.error(
+                "PTE_TRUNCATED",
+                f"the extended header says the program is {prog.program_size:,} bytes, the file has "
+                f"{size:,}: the file was cut short (re-download or re-export it)",
+                offset=16,
+                field="eh00.program_size",
+            )
+        )
+        return False
+    return True
+
+
+def _check_segment_data(prog: Program, size: int) -> None:
+    """The segment base and the segment data against the program and the file's size."""
+    if prog.segment_base and prog.segment_base < prog.program_size:
+        prog.add(
+            F.error(
+                "PTE_BAD_EXTENDED_HEADER",
+                f"segment_base_offset {prog.segment_base} lies inside the program (program_size "
+                f"{prog.program_size})",
+                offset=24,
+                field="eh00.segment_base_offset",
+            )
+        )
+    end = prog.segment_base + prog.segment_data_size
+    if prog.segment_data_size and end > size:
+        prog.add(
+            F.error(
+                "PTE_TRUNCATED",
+                f"the extended header says the file is {end:,} bytes (segment base {prog.segment_base:,} + "
+                f"{prog.segment_data_size:,} of segment data), it has {size:,}: "
+                f"{end - size:,} bytes are missing",
+                offset=32,
+                field="eh00.segment_data_size",
+            )
+        )
+    elif prog.segment_data_size and size > end:
+        prog.add(
+            F.error(
+                "PTE_TRAILING_BYTES",
+                f"{size - end:,} bytes after the end of the segment data (offset {end:,}); strip them "
+                "or find out what was appended",
+                offset=end,
+            )
+        )
+    elif prog.segment_base > size:
+        prog.add(
+            F.error(
+                "PTE_TRUNCATED",
+                f"segment_base_offset {prog.segment_base:,} is past the end of the file ({size:,} bytes)",
+                offset=24,
+                field="eh00.segment_base_offset",
+            )
+        )
 
 
 # -- flatbuffer tables ---------------------------------------------------------------------------
@@ -514,6 +418,8 @@ def _check_tensor(prog: Program, t: Tensor, where: str, const_span: tuple[int, i
 
 
 def _check_references(prog: Program) -> None:
+    """Every index in the program points into its table; a bad instruction is disabled (kind 0) so
+    that nothing traces through it, and each delegate gets the span of its payload."""
     nseg = len(prog.segments)
     const_span = None
     if prog.constant_segment is not None and prog.constant_offsets:
@@ -528,72 +434,87 @@ def _check_references(prog: Program) -> None:
     if not prog.plans and prog.complete:
         prog.add(F.error("PTE_NO_EXECUTION_PLAN", "the program has no execution plan: there is no method to run"))
     for plan in prog.plans:
-        nvalues, nops, ndel = len(plan.values), len(plan.operators), len(plan.delegates)
-        chain_lengths: dict[int, int] = {}
-        for ins in plan.instructions:
-            chain_lengths[ins.chain] = chain_lengths.get(ins.chain, 0) + 1
-        for vi, value in enumerate(plan.values):
-            where = f"{plan.name}.values[{vi}]"
-            if value.kind not in S.KERNEL_TYPES and value.kind != 0:
-                prog.add(
-                    F.error(
-                        "PTE_BAD_UNION_TAG", f"value kind {value.kind} of {where} is not a KernelTypes tag", field=where
-                    )
+        _check_values(prog, plan, const_span)
+        _check_instructions(prog, plan)
+        _locate_delegates(prog, plan)
+
+
+def _check_values(prog: Program, plan: Plan, const_span: tuple[int, int] | None) -> None:
+    nvalues = len(plan.values)
+    for vi, value in enumerate(plan.values):
+        where = f"{plan.name}.values[{vi}]"
+        if value.kind not in S.KERNEL_TYPES and value.kind != 0:
+            prog.add(
+                F.error(
+                    "PTE_BAD_UNION_TAG", f"value kind {value.kind} of {where} is not a KernelTypes tag", field=where
                 )
-            if value.tensor is not None:
-                _check_tensor(prog, value.tensor, where, const_span)
-            if value.kind in (S.K_TENSOR_LIST, S.K_OPTIONAL_TENSOR_LIST):
-                bad = [x for x in value.items or [] if not (-1 <= x < nvalues)]
-                if bad:
-                    _index_error(prog, "value index", bad[0], nvalues, where)
-                    value.items = [x for x in value.items or [] if -1 <= x < nvalues]
-        for ins in plan.instructions:
-            where = f"{plan.name}.chains[{ins.chain}].instructions[{ins.in_chain}]"
-            if ins.kind not in S.INSTRUCTION_KINDS:
-                prog.add(
-                    F.error(
-                        "PTE_BAD_UNION_TAG",
-                        f"instruction kind {ins.kind} of {where} is not one the schema defines",
-                        field=where,
-                    )
-                )
-                continue
-            chain_length = chain_lengths.get(ins.chain, 0)
-            # a jump to one past the last instruction ends the chain
-            if ins.kind == S.JUMP_FALSE_CALL and not 0 <= ins.target <= chain_length:
-                _index_error(prog, "destination_instruction", ins.target, chain_length + 1, where)
-                ins.kind = 0
-            elif ins.kind == S.KERNEL_CALL and not 0 <= ins.target < nops:
-                _index_error(prog, "op_index", ins.target, nops, where)
-                ins.kind = 0
-            elif ins.kind == S.DELEGATE_CALL and not 0 <= ins.target < ndel:
-                _index_error(prog, "delegate_index", ins.target, ndel, where)
-                ins.kind = 0
-            check = ins.args
-            bad = [a for a in check if not 0 <= a < nvalues]
-            if bad and ins.kind in (S.KERNEL_CALL, S.DELEGATE_CALL, S.MOVE_CALL, S.JUMP_FALSE_CALL, S.FREE_CALL):
+            )
+        if value.tensor is not None:
+            _check_tensor(prog, value.tensor, where, const_span)
+        if value.kind in (S.K_TENSOR_LIST, S.K_OPTIONAL_TENSOR_LIST):
+            bad = [x for x in value.items or [] if not (-1 <= x < nvalues)]
+            if bad:
                 _index_error(prog, "value index", bad[0], nvalues, where)
-                ins.kind = 0  # not traced further
-        for d in plan.delegates:
-            where = f"{plan.name}.delegates[{d.index}] ({d.backend})"
-            if d.location == S.LOC_SEGMENT:
-                span = prog.segment_bytes(d.data_index)
-                if span is None:
-                    _index_error(prog, "segment index", d.data_index, nseg, where)
-                d.span = span
-            elif d.location == S.LOC_INLINE:
-                if 0 <= d.data_index < len(prog.inline_data):
-                    d.span = prog.inline_data[d.data_index]
-                else:
-                    _index_error(prog, "inline data index", d.data_index, len(prog.inline_data), where)
-            else:
-                prog.add(
-                    F.error(
-                        "PTE_BAD_UNION_TAG",
-                        f"data location {d.location} of {where} is neither INLINE nor SEGMENT",
-                        field=where,
-                    )
+                value.items = [x for x in value.items or [] if -1 <= x < nvalues]
+
+
+def _check_instructions(prog: Program, plan: Plan) -> None:
+    nvalues, nops, ndel = len(plan.values), len(plan.operators), len(plan.delegates)
+    chain_lengths: dict[int, int] = {}
+    for ins in plan.instructions:
+        chain_lengths[ins.chain] = chain_lengths.get(ins.chain, 0) + 1
+    for ins in plan.instructions:
+        where = f"{plan.name}.chains[{ins.chain}].instructions[{ins.in_chain}]"
+        if ins.kind not in S.INSTRUCTION_KINDS:
+            prog.add(
+                F.error(
+                    "PTE_BAD_UNION_TAG",
+                    f"instruction kind {ins.kind} of {where} is not one the schema defines",
+                    field=where,
                 )
+            )
+            continue
+        chain_length = chain_lengths.get(ins.chain, 0)
+        # a jump to one past the last instruction ends the chain
+        if ins.kind == S.JUMP_FALSE_CALL and not 0 <= ins.target <= chain_length:
+            _index_error(prog, "destination_instruction", ins.target, chain_length + 1, where)
+            ins.kind = 0
+        elif ins.kind == S.KERNEL_CALL and not 0 <= ins.target < nops:
+            _index_error(prog, "op_index", ins.target, nops, where)
+            ins.kind = 0
+        elif ins.kind == S.DELEGATE_CALL and not 0 <= ins.target < ndel:
+            _index_error(prog, "delegate_index", ins.target, ndel, where)
+            ins.kind = 0
+        check = ins.args
+        bad = [a for a in check if not 0 <= a < nvalues]
+        if bad and ins.kind in (S.KERNEL_CALL, S.DELEGATE_CALL, S.MOVE_CALL, S.JUMP_FALSE_CALL, S.FREE_CALL):
+            _index_error(prog, "value index", bad[0], nvalues, where)
+            ins.kind = 0  # not traced further
+
+
+def _locate_delegates(prog: Program, plan: Plan) -> None:
+    """Each delegate's payload span, in a segment or in the program's inline data."""
+    nseg = len(prog.segments)
+    for d in plan.delegates:
+        where = f"{plan.name}.delegates[{d.index}] ({d.backend})"
+        if d.location == S.LOC_SEGMENT:
+            span = prog.segment_bytes(d.data_index)
+            if span is None:
+                _index_error(prog, "segment index", d.data_index, nseg, where)
+            d.span = span
+        elif d.location == S.LOC_INLINE:
+            if 0 <= d.data_index < len(prog.inline_data):
+                d.span = prog.inline_data[d.data_index]
+            else:
+                _index_error(prog, "inline data index", d.data_index, len(prog.inline_data), where)
+        else:
+            prog.add(
+                F.error(
+                    "PTE_BAD_UNION_TAG",
+                    f"data location {d.location} of {where} is neither INLINE nor SEGMENT",
+                    field=where,
+                )
+            )
 
 
 def _check_named_data(view: View, prog: Program) -> None:
@@ -891,6 +812,13 @@ def memory_metrics(prog: Program) -> dict[str, Any]:
     }
 
 
+def _check_named_outside(prog: Program, inv: Inventory, sizes: dict[str, int]) -> None:
+    """XNNPACK constants stored under a named key the program does not hold: in a .ptd beside it."""
+    inv.facts["external_named_data"] = len(sizes)
+    check_external_keys(prog, set(sizes), "XNNPACK constant(s)", {k: (None, None, n) for k, n in sizes.items()})
+    inv.facts["ptd_files"] = prog.facts.get("ptd_files", [])
+
+
 def read(path: str) -> Inventory:
     """The program's inventory; never raises on bad content."""
     try:
@@ -900,9 +828,9 @@ def read(path: str) -> Inventory:
             inv.structural_findings = prog.findings
             inv.facts = _facts(prog)
             if prog.complete:
-                from quantgate.formats import pte_layers
-
-                pte_layers.attach(prog, view, inv)
+                outside = attach(prog, view, inv)
+                if outside:
+                    _check_named_outside(prog, inv, outside)
                 inv.metrics["memory"] = memory_metrics(prog)
             prog.capped.close()
             return inv

@@ -21,7 +21,7 @@ from typing import Any
 from quantgate import findings as F
 from quantgate.formats import pte_schema as S
 from quantgate.formats.binary import Budget, View
-from quantgate.formats.pte import Plan, Program, Tensor
+from quantgate.formats.pte_model import Plan, Program, Tensor
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
 
 XNNPACK = "XnnpackBackend"
@@ -512,15 +512,133 @@ def _params_stored(prog: Program, layers: list[Layer]) -> int:
     return sum(elements.values())
 
 
-def attach(prog: Program, view: View, inv: Inventory) -> None:
-    """Fill `inv.layers`, `params_total` and the PTE metrics from a parsed program."""
-    layers: list[Layer] = []
+class _Delegates:
+    """What the delegates of every plan add up to: XNNPACK payloads read once per blob (however many
+    delegates share it), their constants, calls per backend and the opaque payloads' bytes."""
+
+    def __init__(self, prog: Program, view: View):
+        self.prog = prog
+        self.view = view
+        self.counts: dict[str, int] = {}  # backend -> delegates called
+        self.opaque_bytes = 0
+        self.xnn_constants: dict[Any, int] = {}  # named key (or blob and index) -> elements: shared keys count once
+        self.payloads: dict[tuple[int, int], Any] = {}
+        self.weight_ops: dict[tuple[int, int], list[Any]] = {}
+
+    def payload(self, span: tuple[int, int]) -> Any:
+        """The XNNPACK payload at `span`, read the first time it is asked for."""
+        payload = self.payloads.get(span)
+        if payload is not None:
+            return payload
+        from quantgate.formats.xnnpack import read_payload  # only programs with an XNNPACK delegate need it
+
+        start, size = span
+        self.view.ensure(start, size)
+        data = memoryview(self.view.buf)[start : start + size] if size else b""
+        try:
+            payload = read_payload(data, base_offset=start, budget=Budget.for_size(size))
+        finally:
+            if isinstance(data, memoryview):
+                data.release()  # the mmap cannot close while a view of it is exported
+        self.payloads[span] = payload
+        self.weight_ops[span] = payload.weight_ops()
+        for finding in payload.findings:
+            self.prog.add(finding)
+        for v in payload.values:
+            if v.is_constant:
+                self.xnn_constants[v.named_key or (span, v.constant_buffer_idx)] = v.numel
+        return payload
+
+    def named_outside(self) -> dict[str, int]:
+        """XNNPACK constants stored under a named key the program's named data does not hold -> bytes."""
+        held = {key for key, _ in self.prog.named_data}
+        return {c.named_key: c.size for payload in self.payloads.values() for c in payload.constant_data
+                if c.named and c.named_key and c.named_key not in held}
+
+
+def _delegate_calls(plan: Plan, graph: _PlanGraph) -> tuple[dict[int, int], dict[int, list[int]], set[int]]:
+    """Per delegate index: the first instruction calling it, that call's args, and whether any call
+    passes a dynamic-shape tensor."""
+    called: dict[int, int] = {}
+    call_args: dict[int, list[int]] = {}
+    dynamic_calls: set[int] = set()
+    for ins in plan.instructions:
+        if ins.kind == S.DELEGATE_CALL:
+            called.setdefault(ins.target, ins.index)
+            call_args.setdefault(ins.target, ins.args)
+            if any((t := graph.tensor(a)) is not None and t.dynamism != S.STATIC for a in ins.args):
+                dynamic_calls.add(ins.target)
+    return called, call_args, dynamic_calls
+
+
+def _check_externs(prog: Program, plan: Plan, d_index: int, position: int, payload: Any, passed: int) -> None:
+    if payload.complete and passed != payload.num_externs:
+        prog.add(
+            F.error(
+                "XNNPACK_EXTERNS_MISMATCH",
+                f"the DelegateCall at instruction {position} of {plan.name!r} passes {passed} tensor(s) to "
+                f"XNNPACK delegate {d_index}, whose graph declares num_externs {payload.num_externs}; "
+                "re-export the program",
+                field=f"{plan.name}.delegates[{d_index}]",
+            )
+        )
+
+
+def _delegate_layers(
+    plan: Plan, graph: _PlanGraph, prefix: str, seen: _Delegates, layers: list[Layer], max_layers: int
+) -> None:
+    """Append the layers of the plan's delegate calls to `layers`: one opaque layer per non-XNNPACK
+    delegate, the weight ops of each XNNPACK payload; stops at `max_layers`."""
+    prog = seen.prog
+    called, call_args, dynamic_calls = _delegate_calls(plan, graph)
+    for d_index, position in sorted(called.items(), key=lambda kv_: kv_[1]):
+        d = plan.delegates[d_index]
+        seen.counts[d.backend] = seen.counts.get(d.backend, 0) + 1
+        dprefix = f"{prefix}{position}:{d.backend}[{d_index}]/"
+        if d.backend != XNNPACK or d.span is None:
+            seen.opaque_bytes += d.span[1] if d.span else 0
+            layers.append(_opaque_layer(dprefix, d.backend, position, d.span[1] if d.span else None, plan.name))
+            continue
+        payload = seen.payload(d.span)
+        args = call_args.get(d_index, [])
+        _check_externs(prog, plan, d_index, position, payload, len(args))
+        new = _xnnpack_layers(
+            payload, seen.weight_ops[d.span], dprefix, position, plan.name, d_index in dynamic_calls, graph, args
+        )
+        if len(layers) + len(new) > max_layers:
+            prog.add(
+                F.error(
+                    "READ_BUDGET_EXHAUSTED",
+                    f"more than {max_layers:,} weight-bearing layers in a {prog.size:,}-byte program "
+                    f"({d.backend} delegate {d_index} of {plan.name!r}); the rest were not read",
+                    field=f"{plan.name}.delegates[{d_index}]",
+                )
+            )
+            return
+        layers.extend(new)
+
+
+def _metrics(layers: list[Layer], seen: _Delegates, kv: list[tuple[int, Tensor, bool, int]]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
-    delegates: dict[str, int] = {}
-    opaque_bytes = 0
-    xnn_constants: dict[Any, int] = {}  # named key (or blob and index) -> elements: shared keys count once
-    payloads: dict[tuple[int, int], Any] = {}
-    weight_ops: dict[tuple[int, int], list[Any]] = {}
+    if seen.counts:
+        metrics["delegates"] = seen.counts
+    unknown = [x for x in layers if x.quantized is None]
+    if unknown or seen.counts:
+        metrics["opaque_delegates"] = len(unknown)
+        metrics["opaque_delegate_bytes"] = seen.opaque_bytes
+    kv_metric = _kv_metric(kv)
+    if kv_metric is not None:
+        metrics["kv_cache"] = kv_metric
+    return metrics
+
+
+def attach(prog: Program, view: View, inv: Inventory) -> dict[str, int]:
+    """Fill `inv.layers`, `params_stored` and the PTE metrics from a parsed program.
+
+    Returns the XNNPACK constants (named key -> bytes) stored outside the program, for the reader to
+    look for in a `.ptd` beside it."""
+    layers: list[Layer] = []
+    seen = _Delegates(prog, view)
     kv: list[tuple[int, Tensor, bool, int]] = []
     multi = len(prog.plans) > 1
     max_layers = MAX_LAYERS_BASE + prog.size // BYTES_PER_LAYER
@@ -530,96 +648,11 @@ def attach(prog: Program, view: View, inv: Inventory) -> None:
         plan_start = len(layers)
         layers.extend(_portable_layers(plan, graph, prefix))
         kv.extend(_kv_cache(plan, graph))
-        called: dict[int, int] = {}  # delegate index -> first calling instruction
-        call_args: dict[int, list[int]] = {}  # delegate index -> that instruction's args
-        dynamic_calls: set[int] = set()  # delegates called on a dynamic-shape tensor
-        for ins in plan.instructions:
-            if ins.kind == S.DELEGATE_CALL:
-                called.setdefault(ins.target, ins.index)
-                call_args.setdefault(ins.target, ins.args)
-                if any((t := graph.tensor(a)) is not None and t.dynamism != S.STATIC for a in ins.args):
-                    dynamic_calls.add(ins.target)
-        for d_index, position in sorted(called.items(), key=lambda kv_: kv_[1]):
-            d = plan.delegates[d_index]
-            delegates[d.backend] = delegates.get(d.backend, 0) + 1
-            dprefix = f"{prefix}{position}:{d.backend}[{d_index}]/"
-            if d.backend != XNNPACK or d.span is None:
-                opaque_bytes += d.span[1] if d.span else 0
-                layers.append(_opaque_layer(dprefix, d.backend, position, d.span[1] if d.span else None, plan.name))
-                continue
-            payload = payloads.get(d.span)
-            if payload is None:
-                from quantgate.formats.xnnpack import read_payload
-
-                start, size = d.span
-                view.ensure(start, size)
-                data = memoryview(view.buf)[start : start + size] if size else b""
-                try:
-                    payload = read_payload(data, base_offset=start, budget=Budget.for_size(size))
-                finally:
-                    if isinstance(data, memoryview):
-                        data.release()  # the mmap cannot close while a view of it is exported
-                payloads[d.span] = payload
-                weight_ops[d.span] = payload.weight_ops()  # once per blob, however many delegates share it
-                for finding in payload.findings:
-                    prog.add(finding)
-                for v in payload.values:
-                    if v.is_constant:
-                        xnn_constants[v.named_key or (d.span, v.constant_buffer_idx)] = v.numel
-            passed = len(call_args.get(d_index, []))
-            if payload.complete and passed != payload.num_externs:
-                prog.add(
-                    F.error(
-                        "XNNPACK_EXTERNS_MISMATCH",
-                        f"the DelegateCall at instruction {position} of {plan.name!r} passes {passed} tensor(s) to "
-                        f"XNNPACK delegate {d_index}, whose graph declares num_externs {payload.num_externs}; "
-                        "re-export the program",
-                        field=f"{plan.name}.delegates[{d_index}]",
-                    )
-                )
-            new = _xnnpack_layers(
-                payload,
-                weight_ops[d.span],
-                dprefix,
-                position,
-                plan.name,
-                d_index in dynamic_calls,
-                graph,
-                call_args.get(d_index, []),
-            )
-            if len(layers) + len(new) > max_layers:
-                prog.add(
-                    F.error(
-                        "READ_BUDGET_EXHAUSTED",
-                        f"more than {max_layers:,} weight-bearing layers in a {prog.size:,}-byte program "
-                        f"({d.backend} delegate {d_index} of {plan.name!r}); the rest were not read",
-                        field=f"{plan.name}.delegates[{d_index}]",
-                    )
-                )
-                break
-            layers.extend(new)
+        _delegate_layers(plan, graph, prefix, seen, layers, max_layers)
         # in execution order (kernels and delegate calls were collected apart)
         layers[plan_start:] = sorted(layers[plan_start:], key=lambda x: x.position or 0)
-    # XNNPACK constants stored under a named key: in the program's named data, or in a .ptd beside it
-    needed = {c.named_key for payload in payloads.values() for c in payload.constant_data if c.named and c.named_key}
-    outside = needed - {key for key, _ in prog.named_data}
-    if outside:
-        from quantgate.formats.pte import check_external_keys
-
-        inv.facts["external_named_data"] = len(outside)
-        sizes = {c.named_key: c.size for payload in payloads.values() for c in payload.constant_data
-                 if c.named and c.named_key in outside}
-        check_external_keys(prog, outside, "XNNPACK constant(s)", {k: (None, None, n) for k, n in sizes.items()})
-        inv.facts["ptd_files"] = prog.facts.get("ptd_files", [])
+    outside = seen.named_outside()
     inv.layers = _dedupe_across_methods(layers)
-    inv.params_stored = _params_stored(prog, inv.layers) + sum(xnn_constants.values())
-    if delegates:
-        metrics["delegates"] = delegates
-    unknown = [x for x in layers if x.quantized is None]
-    if unknown or delegates:
-        metrics["opaque_delegates"] = len(unknown)
-        metrics["opaque_delegate_bytes"] = opaque_bytes
-    kv_metric = _kv_metric(kv)
-    if kv_metric is not None:
-        metrics["kv_cache"] = kv_metric
-    inv.metrics = metrics
+    inv.params_stored = _params_stored(prog, inv.layers) + sum(seen.xnn_constants.values())
+    inv.metrics = _metrics(layers, seen, kv)
+    return outside
