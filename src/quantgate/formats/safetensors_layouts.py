@@ -53,7 +53,8 @@ from quantgate import findings as F
 from quantgate import jsonfile
 from quantgate.confine import sibling
 from quantgate.findings import Finding
-from quantgate.formats.binary import View
+from quantgate.formats.binary import View, file_size, mapped, read_head
+from quantgate.formats.safetensors_header import parse_header
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
 
 CONFIG_LIMIT = 8 << 20  # a config.json or index larger than this is not read
@@ -652,8 +653,6 @@ CHECKED_METHODS = {"gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8", "
 
 def _load_json(path: str, limit: int) -> tuple[Any, str | None]:
     try:
-        from quantgate.formats.binary import file_size, read_head
-
         if file_size(path) > limit:
             return None, f"larger than {limit:,} bytes; not read"
         data = read_head(path, limit + 1)
@@ -914,12 +913,10 @@ def _remote_index_names(folder: str, base: str) -> list[str]:
     """A URL's folder cannot be listed: the index names a shard's own name implies (`X-00001-of-00002
     .safetensors` -> `X.safetensors.index.json`), then the usual `model.safetensors.index.json`; those
     the server has."""
-    from quantgate import confine
-
     stem = _SHARD_NAME.sub("", base) if _SHARD_NAME.search(base) else base.removesuffix(".safetensors")
     names = []
     for name in dict.fromkeys([f"{stem}.safetensors.index.json", "model.safetensors.index.json"]):
-        if confine.sibling(folder, name)[0] is not None:
+        if sibling(folder, name)[0] is not None:
             names.append(name)
     return sorted(names)
 
@@ -1008,9 +1005,6 @@ def _plain_name(name: str) -> bool:
 
 
 def _shard_bytes(folder: str, shards: list[str]) -> int | None:
-    from quantgate.formats.binary import mapped
-    from quantgate.formats.safetensors import parse_header
-
     total = 0
     for s in shards:
         try:
