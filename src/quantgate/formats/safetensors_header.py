@@ -250,8 +250,8 @@ def _sound_by_orjson(text: str, view: View, head: Header) -> Header | None:
     """The header parsed by orjson and checked, when that finds it sound; else None, and the plain path
     (json's parse, the reference, which names every defect) reads it.
 
-    The one fast path of this reader: orjson parses a large header in about half json's time (see
-    benchmarks/RESULTS.md, safetensors). A sound header reads the same either way: orjson rejects
+    The one fast path of this reader, kept for what it saves on a large header (benchmarks/RESULTS.md,
+    safetensors). A sound header reads the same either way: orjson rejects
     what json would accept with a finding (NaN, a lone surrogate), a number it reads otherwise (an
     integer past 64 bits) is no sound shape or offset, and a repeated key (which both parsers drop
     silently) is seen by _every_key_kept."""
@@ -437,7 +437,6 @@ _ENTRY_KEYS = ("dtype", "shape", "data_offsets")
 
 
 def _check_entry(name: str, entry: Any, out: _Findings, loc: _Locator) -> TensorEntry | None:
-    # the happy path stays cheap: a header can hold a million entries
     if type(entry) is not dict:
         _entry_error(out, loc, name, "ST_ENTRY_INVALID",
                      f"the entry is a JSON {_json_type(entry)}, not an object")

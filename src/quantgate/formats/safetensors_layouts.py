@@ -1339,10 +1339,8 @@ def _report_unknown(unknown: dict[str, list[str]], semantic: list[Finding]) -> N
 def _by_module(tensors: dict[str, Any]) -> tuple[list[Any], dict[str, dict[str, Any]], list[Any], dict[str, int]]:
     """The `.weight` tensors with no companion (most of a checkpoint), in header order; the other
     tensors grouped by module ({role: tensor}, in header order); the tensors of no known role; and the
-    first byte in the data buffer of each grouped module and each loose tensor.
-
-    This runs once per tensor: the `.weight` names are told apart in C, and only the others (and the
-    weights of modules that have them) are looked at one by one."""
+    first byte in the data buffer of each grouped module and each loose tensor. The `.weight` names are
+    told apart first: only the others (and the weights of modules that have them) are split by role."""
     names = list(tensors)
     values = list(tensors.values())
     is_weight = list(map(str.endswith, names, repeat(".weight")))
@@ -1353,14 +1351,9 @@ def _by_module(tensors: dict[str, Any]) -> tuple[list[Any], dict[str, dict[str, 
     first: dict[str, int] = {}
     if False not in is_weight:
         return values, modules, loose, first
-    candidates = _CANDIDATES
     for t in compress(values, map(operator.not_, is_weight)):
         name = t.name
-        module, role = name, None  # split_name, inline
-        for suffix, n, r in candidates.get(name.rpartition(".")[2], ()):
-            if len(name) > n and name.endswith(suffix):
-                module, role = name[:-n], r
-                break
+        module, role = split_name(name)
         if role is None:
             loose.append(t)
             first[name] = min(first.get(name, _NO_BYTE), t.begin)
