@@ -259,21 +259,6 @@ def test_body_bits_leave_out_embeddings_and_heads_by_name_component(tmp_path: Pa
 
 # --- the per-tensor shortcuts, against the per-name rules they stand for --------------------------
 
-_NAME_PARTS = ["model", "layers", "0", "Embed", "embed_out", "LM_HEAD", "wte", "wpe", "Conv2d", "mlp", "ſ", "İ",
-               "q\nembed", "x"]
-
-
-@given(hs.lists(hs.lists(hs.sampled_from(_NAME_PARTS), min_size=1, max_size=4).map(".".join), unique=True,
-                max_size=12))
-@settings(max_examples=300, deadline=None)
-def test_named_kinds_holds_every_name_whose_kind_is_not_its_dims(names: list[str]) -> None:
-    """Outside named_kinds' set, layer_kind answers from the dims alone (what interpret assumes)."""
-    named = layouts.named_kinds(names)
-    for name in names:
-        if name not in named:
-            assert layouts.layer_kind(name, 2) == "linear" and layouts.layer_kind(name, 4) == "conv", name
-
-
 # (suffix, dtype, shape): a float or int8 weight, its int8 scale, a bias, a norm, a bare parameter
 _ROLES = [(".weight", "F16", [4, 4]), (".weight", "I8", [4, 4]), (".SCB", "F32", [4]), (".bias", "F16", [4]),
           (".weight", "F32", [4]), ("", "F16", [4, 4])]

@@ -14,6 +14,7 @@ from hypothesis import strategies as st_hs
 
 from conftest import FIXTURES, run_json
 from quantgate.formats import safetensors as st
+from quantgate.formats import safetensors_header as sth
 from quantgate.formats.binary import View
 
 ST = FIXTURES / "safetensors"
@@ -185,7 +186,7 @@ def test_reader_imports_no_heavy_library() -> None:
     assert out.stdout.strip() == "[]"
 
 
-# --- duplicate keys: found by counting colons, listed by the recorder ------------------------------
+# --- duplicate keys, and the one fast path (orjson) against the plain path (json) -----------------
 
 _KEYS = ("a", "b", "a:b", ":", "dtype", "shape", "data_offsets", "é", "\u003a:")
 
@@ -207,42 +208,122 @@ def _json_text(draw: st_hs.DrawFn, depth: int = 0) -> str:
                           for k in keys) + "}"
 
 
-@settings(max_examples=400, deadline=None)
-@given(text=_json_text())
-def test_colon_count_finds_every_duplicate_key(text: str) -> None:
-    """The parse records duplicate keys only when the colons of the text outnumber the members and
-    string colons of the parsed document; that count must never miss a repeated key, and must match
-    when no key repeats (so duplicate-free headers take the plain parse)."""
-    recorder = st._PairsRecorder()
-    doc = json.loads(text, object_pairs_hook=recorder)
-    if recorder.duplicates:
-        assert st._members(doc) != st._colons(text.encode())
-    elif "\\u003a" not in text.lower():
-        assert st._members(doc) == st._colons(text.encode())
+def _view(header: str, data: int = 4) -> View:
+    raw = header.encode()
+    return View(struct.pack("<Q", len(raw)) + raw + bytes(data))
 
 
-@settings(max_examples=200, deadline=None)
+def _same_with_and_without_orjson(view: View) -> st.Header:
+    """The header reads the same (tensors, metadata, every finding) by the fast path (orjson, where it
+    takes the header) as by the plain path (json alone)."""
+    with_orjson = st.parse_header(view)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sth.fastjson, "orjson", None)
+        json_only = st.parse_header(view)
+    assert with_orjson.tensors == json_only.tensors and with_orjson.metadata == json_only.metadata
+    assert [f.to_dict() for f in with_orjson.findings] == [f.to_dict() for f in json_only.findings]
+    return with_orjson
+
+
+ENTRY = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
+NEXT = '{"dtype":"F32","shape":[1],"data_offsets":[4,8]}'
+
+
+@pytest.mark.parametrize("header,where", [
+    # sound in every other way: orjson and json both keep the last member silently
+    (f'{{"t":{ENTRY},"t":{ENTRY}}}', ("t", None)),
+    ('{"t":{"dtype":"F32","dtype":"F32","shape":[1],"data_offsets":[0,4]}}', ("t", "dtype")),
+    (f'{{"__metadata__":{{"k":"v","k":"v"}},"t":{ENTRY}}}', ("__metadata__", "k")),
+    # a colon spelled as an escape beside a repeated key: the colon count alone would balance
+    (f'{{"__metadata__":{{"\\u003a":"v"}},"t":{ENTRY},"t":{ENTRY}}}', ("t", None)),
+    (f'{{"a:b":{ENTRY},"u":{NEXT},"u":{NEXT}}}', ("u", None)),
+])
+def test_file_with_a_duplicate_key_gives_one_finding(header: str, where: tuple[str | None, str | None]) -> None:
+    head = _same_with_and_without_orjson(_view(header, 8 if '"u"' in header else 4))
+    assert [(f.code, f.tensor, f.field) for f in head.findings] == [("ST_DUPLICATE_KEY", *where)]
+
+
+def _count_parses(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    parses: list[str] = []
+    fast, plain = sth.fastjson.loads, sth.json.loads
+
+    def fast_loads(raw: bytes) -> object:
+        parses.append("orjson")
+        return fast(raw)
+
+    def plain_loads(text: str, **kwargs: object) -> object:
+        parses.append("json")
+        return plain(text, **kwargs)
+
+    monkeypatch.setattr(sth.fastjson, "loads", fast_loads)
+    monkeypatch.setattr(sth.json, "loads", plain_loads)
+    return parses
+
+
+@pytest.mark.parametrize("header,expected", [
+    (f'{{"t":{ENTRY}}}', ["orjson"]),  # sound: the fast path alone
+    (f'{{"t":{ENTRY},"t":{ENTRY}}}', ["orjson", "json"]),  # then json, whose parse records the duplicate
+    ('{"t":{"dtype":"I4","shape":[1],"data_offsets":[0,4]}}', ["orjson", "json"]),
+    ('{"t":NaN}', ["orjson", "json"]),  # orjson refuses it; json names the defect
+])
+def test_a_header_is_parsed_at_most_twice(monkeypatch: pytest.MonkeyPatch, header: str,
+                                          expected: list[str]) -> None:
+    """Once by orjson, and once more by json only when that did not prove the header sound."""
+    parses = _count_parses(monkeypatch)
+    st.parse_header(_view(header))
+    assert parses == expected
+
+
+@settings(max_examples=300, deadline=None)
 @given(text=_json_text())
 def test_header_with_any_object_reports_the_same_duplicates(text: str) -> None:
     """A header wrapping arbitrary JSON (in the metadata, a tensor entry, or as an extra key) lists the
-    duplicate keys exactly as the recording parse does."""
-    entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
-    for header in (f'{{"__metadata__":{text},"t":{entry}}}', f'{{"t":{text},"u":{entry}}}',
-                   f'{{"t":{entry[:-1]},"x":{text}}}}}'):
-        raw = header.encode()
-        view = View(struct.pack("<Q", len(raw)) + raw + bytes(4))
-        head = st.parse_header(view)
-        recorder = st._PairsRecorder()
+    duplicate keys exactly as json's recording parse does, by either path."""
+    for header in (f'{{"__metadata__":{text},"t":{ENTRY}}}', f'{{"t":{text},"u":{ENTRY}}}',
+                   f'{{"t":{ENTRY[:-1]},"x":{text}}}}}'):
+        head = _same_with_and_without_orjson(_view(header))
+        recorder = sth._PairsRecorder()
         json.loads(header, object_pairs_hook=recorder)
         found = [f.field or f.tensor for f in head.findings if f.code == "ST_DUPLICATE_KEY"]
         assert found == [key for key, _ in recorder.duplicates][: st.MAX_PER_CODE]
-        # the check's own count (3 per sound entry, without looking inside) is the document's
-        doc = json.loads(header)
-        sound = st.Header(header_len=len(raw), data_start=8 + len(raw), file_size=len(view))
-        assert st._check_doc(doc, view, sound, st._Findings([]), []) == st._members(doc)
 
 
-# --- the fast paths against the complete checks ---------------------------------------------------
+_NAMES = ("t", "u", "a:b", ":", "é:", "x\\u003ay", 'q\\":', "dtype")
+
+
+@st_hs.composite
+def _sound_header(draw: st_hs.DrawFn) -> tuple[str, int]:
+    """A sound header (names and metadata with colons, escaped or not), perhaps with one member
+    repeated: a tensor, a key inside an entry, or a metadata key."""
+    names = draw(st_hs.lists(st_hs.sampled_from(_NAMES), unique=True, min_size=1, max_size=4))
+    members = [f'"{n}":{{"dtype":"U8","shape":[2],"data_offsets":[{2 * i},{2 * i + 2}]}}'
+               for i, n in enumerate(names)]
+    meta = draw(st_hs.lists(st_hs.tuples(st_hs.sampled_from(_NAMES), st_hs.sampled_from(_NAMES)), max_size=3))
+    meta_members = [f'"{k}":"{v}"' for k, v in dict(meta).items()]
+    repeat = draw(st_hs.sampled_from(["none", "tensor", "entry key", "metadata"]))
+    if repeat == "tensor":
+        members.append(members[draw(st_hs.integers(0, len(members) - 1))])
+    elif repeat == "entry key":
+        i = draw(st_hs.integers(0, len(members) - 1))
+        members[i] = members[i].replace('{"dtype":"U8"', '{"dtype":"U8","dtype":"U8"')
+    elif repeat == "metadata" and meta_members:
+        meta_members.append(meta_members[0])
+    if meta_members or draw(st_hs.booleans()):
+        members.insert(0, '"__metadata__":{' + ",".join(meta_members) + "}")
+    return "{" + ",".join(members) + "}", 2 * len(names)
+
+
+@settings(max_examples=400, deadline=None)
+@given(sound=_sound_header())
+def test_fast_path_is_the_plain_path_on_sound_headers(sound: tuple[str, int]) -> None:
+    """A header sound but for a repeated key reads the same by orjson as by json, and reports exactly the
+    keys json's recording parse finds repeated."""
+    header, data = sound
+    head = _same_with_and_without_orjson(_view(header, data))
+    recorder = sth._PairsRecorder()
+    json.loads(header, object_pairs_hook=recorder)
+    assert [f.code for f in head.findings] == ["ST_DUPLICATE_KEY"] * len(recorder.duplicates)
+
 
 _ODD_VALUES = (None, True, False, -1, 1.5, float("nan"), 1 << 64, (1 << 64) - 1, "F16", "", [], {}, [[2]])
 
@@ -274,42 +355,6 @@ def _entry(draw: st_hs.DrawFn) -> object:
 
 
 @settings(max_examples=300, deadline=None)
-@given(entries=st_hs.lists(_entry(), max_size=6))
-def test_inline_entry_check_is_check_entry(entries: list[object]) -> None:
-    """_check_doc accepts a sound entry inline; it must accept exactly what _check_entry accepts, as
-    the same TensorEntry, and leave every other entry to it (the same findings in the same order)."""
-    doc = {"__metadata__": {"dtype": "F16", "shape": "1", "data_offsets": "02"},  # sound, and not a tensor
-           **{f"t{i}": e for i, e in enumerate(entries)}}
-    raw = json.dumps(doc).encode()
-    view = View(struct.pack("<Q", len(raw)) + raw + bytes(256))
-
-    def header() -> st.Header:
-        return st.Header(header_len=len(raw), data_start=8 + len(raw), file_size=len(view))
-
-    inline, reference = header(), header()
-    st._check_doc(json.loads(raw), view, inline, st._Findings(inline.findings), [])
-    out, loc = st._Findings(reference.findings), st._Locator(view, len(raw))
-    for name, entry in json.loads(raw).items():
-        if name != "__metadata__":
-            tensor = st._check_entry(name, entry, out, loc)
-            if tensor is not None:
-                reference.tensors[name] = tensor
-    st._check_layout(reference, out, loc, all_entries_valid=len(reference.tensors) == len(entries))
-    assert inline.tensors == reference.tensors
-    assert [f.to_dict() for f in inline.findings] == [f.to_dict() for f in reference.findings]
-
-
-def _same_with_and_without_orjson(view: View) -> None:
-    """The header reads the same (tensors, metadata, every finding) with orjson and with json alone."""
-    with_orjson = st.parse_header(view)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(st.fastjson, "orjson", None)
-        json_only = st.parse_header(view)
-    assert with_orjson.tensors == json_only.tensors and with_orjson.metadata == json_only.metadata
-    assert [f.to_dict() for f in with_orjson.findings] == [f.to_dict() for f in json_only.findings]
-
-
-@settings(max_examples=300, deadline=None)
 @given(entries=st_hs.lists(_entry(), max_size=6), meta=st_hs.sampled_from([None, {"format": "pt"}, {"a": 1}]),
        pad=st_hs.integers(0, 300))
 def test_orjson_and_json_parse_give_the_same_header(entries: list[object], meta: object, pad: int) -> None:
@@ -323,55 +368,16 @@ def test_orjson_and_json_parse_give_the_same_header(entries: list[object], meta:
     _same_with_and_without_orjson(view)
 
 
-@st_hs.composite
-def _chained_spans(draw: st_hs.DrawFn) -> list[tuple[int, int]]:
-    """Tensors laid end to end in header order (a writer's usual layout, zero-sized ones included), then
-    perhaps one moved or two swapped."""
-    sizes = draw(st_hs.lists(st_hs.integers(0, 12), max_size=8))
-    spans, begin = [], 0
-    for size in sizes:
-        spans.append((begin, size))
-        begin += size
-    if spans and draw(st_hs.booleans()):
-        i = draw(st_hs.integers(0, len(spans) - 1))
-        spans[i] = (max(0, spans[i][0] + draw(st_hs.integers(-3, 3))), spans[i][1])
-    if len(spans) > 1 and draw(st_hs.booleans()):
-        i, j = draw(st_hs.integers(0, len(spans) - 1)), draw(st_hs.integers(0, len(spans) - 1))
-        spans[i], spans[j] = spans[j], spans[i]
-    return spans
-
-
-@settings(max_examples=400, deadline=None)
-@given(spans=st_hs.one_of(st_hs.lists(st_hs.tuples(st_hs.integers(0, 40), st_hs.integers(0, 12)), max_size=8),
-                          _chained_spans()),
-       slack=st_hs.integers(-20, 20), valid=st_hs.booleans())
-def test_contiguity_shortcut_is_the_walk(spans: list[tuple[int, int]], slack: int, valid: bool) -> None:
-    """The C-level tests of a sound buffer (in header order, or sorted) report what the tensor-by-tensor
-    walk reports."""
-    tensors = {f"t{i}": st.TensorEntry(f"t{i}", "U8", (size,), begin, begin + size, size)
-               for i, (begin, size) in enumerate(spans)}
-    end = max((t.end for t in tensors.values()), default=0)
-    size = 100 + max(0, end + slack)
-
-    def header() -> st.Header:
-        return st.Header(header_len=92, data_start=100, file_size=size, tensors=dict(tensors))
-
-    quick, walked = header(), header()
-    st._check_layout(quick, st._Findings(quick.findings), None, valid)  # type: ignore[arg-type]
-    st._walk_layout(walked, st._Findings(walked.findings), valid)
-    assert [f.to_dict() for f in quick.findings] == [f.to_dict() for f in walked.findings]
-
-
 @pytest.mark.parametrize("where", ["entry", "metadata", "inside a sound entry"])
 def test_nesting_orjson_accepts_is_still_too_deep(where: str) -> None:
-    """orjson parses 1,000 levels; the fast path must not walk into them (Python would recurse past its
-    limit) but leave the header to the depth scan."""
+    """orjson parses 1,000 levels; the depth scan runs before either parser, so neither path walks into
+    them (Python would recurse past its limit)."""
     deep = "[" * 1000 + "]" * 1000
     entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
     header = {"entry": f'{{"t":{entry},"x":{deep}}}', "metadata": f'{{"__metadata__":{{"a":{deep}}},"t":{entry}}}',
               "inside a sound entry": f'{{"t":{{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":{deep}}}}}'}
     raw = header[where].encode()
-    assert st.fastjson.loads(raw) is not None  # orjson takes it
+    assert sth.fastjson.loads(raw) is not None  # orjson takes it
     head = st.parse_header(View(struct.pack("<Q", len(raw)) + raw + bytes(4)))
     assert [f.code for f in head.findings] == ["ST_HEADER_TOO_DEEP"]
 

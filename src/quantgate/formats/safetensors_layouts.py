@@ -45,6 +45,7 @@ import math
 import operator
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from typing import Any
@@ -53,7 +54,8 @@ from quantgate import findings as F
 from quantgate import jsonfile
 from quantgate.confine import sibling
 from quantgate.findings import Finding
-from quantgate.formats.binary import View
+from quantgate.formats.binary import View, file_size, mapped, read_head
+from quantgate.formats.safetensors_header import parse_header
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
 
 CONFIG_LIMIT = 8 << 20  # a config.json or index larger than this is not read
@@ -151,31 +153,6 @@ def split_name(name: str) -> tuple[str, str | None]:
         if len(name) > n and name.endswith(suffix):
             return name[:-n], role
     return name, None
-
-
-# every substring layer_kind looks for: a name holding none of them is a conv at 4 dims, else a linear
-_KIND_WORDS = (b"embed", b"lm_head", b"wte", b"wpe", b"conv")
-
-
-def named_kinds(names: list[str]) -> set[str]:
-    """The names in which layer_kind finds one of its words; every other name's kind follows from its
-    dims alone. All the names are searched at once, in C: this decides the kind of every tensor."""
-    text = "\n".join(names)
-    # a name holding the separator would be cut in two; a non-ASCII one may lower-case to another length
-    if not text.isascii() or text.count("\n") != len(names) - 1:
-        return set(names)
-    blob = text.encode("ascii").lower()  # str.lower would cost more: it maps all of Unicode
-    found: set[str] = set()
-    for word in _KIND_WORDS:
-        at = blob.find(word)
-        while at >= 0:
-            begin = blob.rfind(b"\n", 0, at) + 1
-            end = blob.find(b"\n", at)
-            if end < 0:
-                end = len(blob)
-            found.add(text[begin:end])
-            at = blob.find(word, end)  # on from the next name
-    return found
 
 
 def layer_kind(name: str, ndim: int) -> str:
@@ -289,9 +266,10 @@ def _tinfo(t: Any) -> str:
 
 # --- the layouts ----------------------------------------------------------------------------------
 
-# the detail of every plain float layer, one dict for all (tens of thousands of 232-byte dicts
-# otherwise): nothing changes a safetensors layer's detail once it is built
-_PLAIN_DETAIL: dict[str, Any] = {"layout": "plain"}
+# the detail of a layer _plain makes, one read-only dict per layout: a checkpoint has tens of thousands
+# of plain layers (see benchmarks/RESULTS.md, curve), and nothing changes a layer's detail once made
+_PLAIN_DETAILS: dict[str, dict[str, Any]] = {
+    layout: {"layout": layout} for layout in ("plain", "fp8-scaled", "lowbit-float", "bnb-int8", "int8-scaled")}
 _PLAIN_EXTRAS = frozenset(("scale", "zero_point", "bnb_scb", "bnb_weight_format", "global_scale", "g_idx"))
 
 
@@ -319,8 +297,9 @@ def _plain(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
             "ST_QUANT_SCALE_MISSING",
             f"{name} is {dtype} with no {module}.weight_scale / SCB beside it: it cannot be dequantized "
             "as stored (check the export)", tensor=name))
-    return Layer(name, layer_kind(name, len(weight.shape)), weight.shape, dtype, bits, numeric, quantized,
-                 weight.numel, wbytes, detail={"layout": layout})
+    return Layer(name=name, kind=layer_kind(name, len(weight.shape)), shape=weight.shape, dtype=dtype, bits=bits,
+                 numeric=numeric, quantized=quantized, params=weight.numel, weight_bytes=wbytes,
+                 detail=_PLAIN_DETAILS[layout])
 
 
 def _bnb4(ctx: Ctx, module: str, parts: dict[str, Any], weight: Any) -> Layer:
@@ -652,8 +631,6 @@ CHECKED_METHODS = {"gptq", "awq", "bitsandbytes", "compressed-tensors", "fp8", "
 
 def _load_json(path: str, limit: int) -> tuple[Any, str | None]:
     try:
-        from quantgate.formats.binary import file_size, read_head
-
         if file_size(path) > limit:
             return None, f"larger than {limit:,} bytes; not read"
         data = read_head(path, limit + 1)
@@ -914,12 +891,10 @@ def _remote_index_names(folder: str, base: str) -> list[str]:
     """A URL's folder cannot be listed: the index names a shard's own name implies (`X-00001-of-00002
     .safetensors` -> `X.safetensors.index.json`), then the usual `model.safetensors.index.json`; those
     the server has."""
-    from quantgate import confine
-
     stem = _SHARD_NAME.sub("", base) if _SHARD_NAME.search(base) else base.removesuffix(".safetensors")
     names = []
     for name in dict.fromkeys([f"{stem}.safetensors.index.json", "model.safetensors.index.json"]):
-        if confine.sibling(folder, name)[0] is not None:
+        if sibling(folder, name)[0] is not None:
             names.append(name)
     return sorted(names)
 
@@ -1008,9 +983,6 @@ def _plain_name(name: str) -> bool:
 
 
 def _shard_bytes(folder: str, shards: list[str]) -> int | None:
-    from quantgate.formats.binary import mapped
-    from quantgate.formats.safetensors import parse_header
-
     total = 0
     for s in shards:
         try:
@@ -1036,81 +1008,167 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
         ctx.config = qc
         ctx.spec = spec_from_config(qc)
     lone, modules, loose, first = _by_module(head.tensors)
-    named = named_kinds(list(head.tensors))
-    layers: list[Layer] = []
-    at: list[int] = []  # each layer's place in the file: the first byte of any of its tensors
-    params_stored = 0
-    # layers by layout and quantized layers, counted as they are made (a plain float layer is neither)
-    layouts: dict[str, int] = {}
-    plain = quantized = 0
+    made = _Made()
+    _lone_weight_layers(ctx, lone, loose, modules, first, made)
+    _module_layers(ctx, modules, first, made, marlin=_is_marlin(qc))
+    _loose_layers(ctx, head.tensors, loose, first, made)
+    made.count_lone_plain()
+    _report_unknown(made.unknown, inv.semantic_findings)
+    layers = made.in_file_order()
+    inv.layers = layers
+    inv.params_stored = made.params_stored
+    inv.facts["layouts"] = made.layouts
+    _check_quant_config(ctx, inv, layers, made.layouts)
+    facts = check_index(folder, base, head.tensors, inv.structural_findings)
+    if facts:
+        inv.facts.update(facts)
+    layouts = made.layouts
+    inv.facts["summary"] = (
+        f"{len(head.tensors)} tensors, {len(layers)} weight ops ({made.quantized} quantized"
+        + (f", {', '.join(f'{k} {v}' for k, v in sorted(layouts.items()))}" if layouts else "") + ")"
+    )
+
+
+@dataclass
+class _Made:
+    """The layers made so far, each with its place in the file, and what the facts count of them."""
+
+    layers: list[Layer] = field(default_factory=list)
+    at: list[int] = field(default_factory=list)  # each layer's place: the first byte of any of its tensors
+    layouts: dict[str, int] = field(default_factory=dict)  # layers by layout
+    quantized: int = 0
+    params_stored: int = 0
+    unknown: dict[str, list[str]] = field(default_factory=dict)  # unrecognised packed pattern -> modules
+
+    lone_plain: int = 0  # plain layers of lone `.weight`s: counted into `layouts` last (count_lone_plain)
+
+    def add(self, layer: Layer, at: int, params: int | None = None, lone: bool = False) -> None:
+        """A layer, numbered by its place in the list, and the parameters it stores (the layer's unless
+        given)."""
+        layer.position = len(self.layers)
+        self.layers.append(layer)
+        self.at.append(at)
+        if lone:
+            self.lone_plain += 1
+        else:
+            key = layer.detail.get("layout", "plain")
+            self.layouts[key] = self.layouts.get(key, 0) + 1
+        self.quantized += layer.quantized is True
+        self.params_stored += layer.params if params is None else params
+
+    def count_lone_plain(self) -> None:
+        """`layouts` lists the layouts in the order the modules and loose tensors meet them, and "plain"
+        where one of those first met it, else last (`quantgate inspect` prints it so)."""
+        if self.lone_plain:
+            self.layouts["plain"] = self.layouts.get("plain", 0) + self.lone_plain
+
+    def in_file_order(self) -> list[Layer]:
+        """The layers sorted by place in the file (a stable sort), numbered again if that moved any."""
+        order = sorted(range(len(self.layers)), key=self.at.__getitem__)
+        if order == list(range(len(self.layers))):
+            return self.layers
+        layers = [self.layers[i] for i in order]
+        for i, layer in enumerate(layers):
+            layer.position = i
+        return layers
+
+
+def _is_marlin(qc: dict[str, Any] | None) -> bool:
+    """GPTQ checkpoints saved in Marlin's tile order (AutoGPTQ `checkpoint_format: marlin`, older
+    `is_marlin_format`) keep GPTQ's names over another packing."""
+    return qc is not None and (str(qc.get("checkpoint_format", "")).lower() == "marlin"
+                               or qc.get("is_marlin_format") is True)
+
+
+def _lone_weight_layers(ctx: Ctx, lone: list[Any], loose: list[Any], modules: dict[str, dict[str, Any]],
+                        first: dict[str, int], made: _Made) -> None:
+    """A `.weight` with no companion, most of a checkpoint: a float one is a plain layer (or, 1-D, a
+    norm's parameters); any other joins `modules`, to be told apart with the modules that have companions."""
     shared = {t.name + ".weight" for t in loose}  # the weights a loose tensor is named like the module of
-    unknown: dict[str, list[str]] = {}  # the pattern of each unrecognised packed module -> the modules
-    # GPTQ checkpoints saved in Marlin's tile order (AutoGPTQ `checkpoint_format: marlin`, older
-    # `is_marlin_format`) keep GPTQ's names over another packing
-    marlin = qc is not None and (str(qc.get("checkpoint_format", "")).lower() == "marlin"
-                                 or qc.get("is_marlin_format") is True)
-    for main in lone:  # a `.weight` alone: most of a checkpoint
-        bits = FLOAT_DTYPES.get(main.dtype)
-        if bits is None:
+    for main in lone:
+        if main.dtype not in FLOAT_DTYPES:
             module = main.name[:-7]
             first[module] = min(first.get(module, _NO_BYTE), main.begin)
-            modules[module] = {"weight": main}  # checked with the modules that have companions
+            modules[module] = {"weight": main}
             continue
-        # float: _plain's answer without its questions
-        shape = main.shape
-        if len(shape) < 2:
-            params_stored += main.numel  # a norm: a parameter, not an op
+        if len(main.shape) < 2:
+            made.params_stored += main.numel  # a norm: a parameter, not an op
             continue
         name = main.name
-        kind = layer_kind(name, len(shape)) if name in named else CONV if len(shape) == 4 else LINEAR
-        # positional (no kwargs dict), its position in the file order if the layers are in it
-        layers.append(Layer(name, kind, shape, main.dtype, bits, FLOAT, False, main.numel, main.end - main.begin,
-                            None, True, None, len(layers), _PLAIN_DETAIL))
-        at.append(main.begin if name not in shared else min(first[name[:-7]], main.begin))
-        params_stored += main.numel
-        plain += 1
+        made.add(_plain(ctx, name[:-7], {"weight": main}, main),
+                 main.begin if name not in shared else min(first[name[:-7]], main.begin), lone=True)
+
+
+def _is_mlx(role: str, main: Any, parts: dict[str, Any]) -> bool:
+    return main.dtype == "U32" and "scales" in parts and len(main.shape) >= 2
+
+
+def _is_bnb4(role: str, main: Any, parts: dict[str, Any]) -> bool:
+    # any dtype: bnb_4bit_quant_storage=bfloat16 (FSDP QLoRA) packs the nibbles into BF16
+    return "bnb_state" in parts or (main.dtype == "U8" and "bnb_absmax" in parts)
+
+
+# A module's layout, told by its main role (MAIN_ROLES), main tensor and companions -> its decoder. The
+# first that applies decodes the module; a module none applies to is plain, a norm or unknown
+# (_module_layer).
+_MODULE_LAYOUTS: tuple[tuple[Callable[[str, Any, dict[str, Any]], bool],
+                             Callable[[Ctx, str, dict[str, Any], Any], Layer]], ...] = (
+    (lambda role, main, parts: role == "qweight", _gptq_awq),  # GPTQ or AWQ
+    (lambda role, main, parts: role == "packed", _ct_packed),  # compressed-tensors
+    (lambda role, main, parts: role.startswith("quanto_"), _quanto),
+    (_is_mlx, _mlx),
+    (_is_bnb4, _bnb4),
+)
+
+
+def _module_layers(ctx: Ctx, modules: dict[str, dict[str, Any]], first: dict[str, int], made: _Made,
+                   marlin: bool) -> None:
+    """The layer of each module with companions (and of each non-float lone `.weight`)."""
     for module, parts in modules.items():
-        main_role = ("qweight" if "qweight" in parts else "packed" if "packed" in parts
-                     else "weight" if "weight" in parts else "quanto_packed" if "quanto_packed" in parts
-                     else "quanto_data" if "quanto_data" in parts else None)  # MAIN_ROLES, in order
-        if main_role is None:
-            for role, t in parts.items():
-                if role == "act":
-                    continue
-                ctx.semantic.append(F.warning(
-                    "ST_ORPHAN_COMPANION", f"{t.name} ({role}) has no weight beside it ({module}.weight, "
-                    ".qweight or .weight_packed)", tensor=t.name))
-                params_stored += t.numel
+        role = next((r for r in MAIN_ROLES if r in parts), None)
+        if role is None:
+            _orphans(ctx, module, parts, made)
             continue
-        main = parts[main_role]
-        if main_role == "qweight" and marlin:  # repacked for the Marlin kernel: not GPTQ's qweight layout
-            layer = _unknown(module, list(parts.values()), unknown)
-        elif main_role == "qweight":
-            layer = _gptq_awq(ctx, module, parts, main)
-        elif main_role == "packed":
-            layer = _ct_packed(ctx, module, parts, main)
-        elif main_role.startswith("quanto_"):
-            layer = _quanto(ctx, module, parts, main)
-        elif main.dtype == "U32" and "scales" in parts and len(main.shape) >= 2:
-            layer = _mlx(ctx, module, parts, main)
-        elif "bnb_state" in parts or (main.dtype == "U8" and "bnb_absmax" in parts):
-            # any dtype: bnb_4bit_quant_storage=bfloat16 (FSDP QLoRA) packs the nibbles into BF16
-            layer = _bnb4(ctx, module, parts, main)
-        elif len(main.shape) < 2 and main.dtype in FLOAT_DTYPES:
-            params_stored += main.numel  # a float 1-D `.weight` (a norm): as below, without building a layer
+        main = parts[role]
+        layer = _module_layer(ctx, module, role, main, parts, made.unknown, marlin)
+        if layer is None or (role == "weight" and len(layer.shape) < 2):
+            made.params_stored += main.numel  # a 1-D `.weight` (a norm): a parameter, not an op
             continue
-        elif main.dtype in PACKED_INTS and len(main.shape) >= 2:  # packed, and no layout above explains it
-            layer = _unknown(module, list(parts.values()), unknown)
-        else:
-            layer = _plain(ctx, module, parts, main)
-        if main_role == "weight" and len(layer.shape) < 2:
-            params_stored += main.numel  # a 1-D `.weight` (a norm): a parameter, not an op
+        # every module layer is named module.weight: its place is the module's first byte
+        # (a bias lives beside the weight as a loose tensor; the weight's own extras are not parameters)
+        made.add(layer, first[module])
+
+
+def _module_layer(ctx: Ctx, module: str, role: str, main: Any, parts: dict[str, Any],
+                  unknown: dict[str, list[str]], marlin: bool) -> Layer | None:
+    """The layer one module's tensors make; None for a 1-D float `.weight` (a norm: no op)."""
+    if role == "qweight" and marlin:  # repacked for the Marlin kernel: not GPTQ's qweight layout
+        return _unknown(module, list(parts.values()), unknown)
+    for applies, decode in _MODULE_LAYOUTS:
+        if applies(role, main, parts):
+            return decode(ctx, module, parts, main)
+    if len(main.shape) < 2 and main.dtype in FLOAT_DTYPES:
+        return None
+    if main.dtype in PACKED_INTS and len(main.shape) >= 2:  # packed, and no layout above explains it
+        return _unknown(module, list(parts.values()), unknown)
+    return _plain(ctx, module, parts, main)
+
+
+def _orphans(ctx: Ctx, module: str, parts: dict[str, Any], made: _Made) -> None:
+    """Companions with no weight beside them: reported, and counted as parameters."""
+    for role, t in parts.items():
+        if role == "act":
             continue
-        _add(layer, layers, layouts)
-        quantized += layer.quantized is True
-        at.append(first[module])  # _file_order(first, layer): every module layer is named module.weight
-        params_stored += layer.params
-        # a bias lives beside the weight as a loose tensor; the weight's own extras are not parameters
+        ctx.semantic.append(F.warning(
+            "ST_ORPHAN_COMPANION", f"{t.name} ({role}) has no weight beside it ({module}.weight, "
+            ".qweight or .weight_packed)", tensor=t.name))
+        made.params_stored += t.numel
+
+
+def _loose_layers(ctx: Ctx, tensors: dict[str, Any], loose: list[Any], first: dict[str, int],
+                  made: _Made) -> None:
+    """Tensors of no known role: HQQ and unknown packed modules, gpt-oss MXFP4 blocks, bare parameters of
+    2+ dims (an expert bank, a position table); the rest (biases, 1-D buffers) are parameters only."""
     names = {t.name for t in loose}
     strange = unknown_groups(loose, names)
     for t in loose:
@@ -1118,45 +1176,34 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
             continue  # the scales of an MXFP4 `_blocks` tensor, counted with it
         group = strange.get(t.name.rpartition(".")[0]) if strange else None
         if group is not None:
-            if t is not group[0]:
-                continue  # one layer per module, made at its first tensor
-            module = t.name.rpartition(".")[0]
-            hqq = hqq_parts(module, group)
-            found = _hqq(ctx, module, hqq) if hqq is not None else None
-            if found is None:
-                layer = _unknown(module, group, unknown)
-                params_stored += sum(x.numel for x in group)
-            else:
-                layer = found
-                params_stored += layer.params + (hqq["bias"].numel if "bias" in hqq else 0)
-            quantized += layer.quantized is True
-            _add(layer, layers, layouts)
-            at.append(min(x.begin for x in group))
+            if t is group[0]:  # one layer per module, made at its first tensor
+                _strange_module(ctx, t.name.rpartition(".")[0], group, made)
             continue
         if t.name.endswith("_blocks") and t.name[: -len("_blocks")] + "_scales" in names and t.dtype == "U8" \
                 and len(t.shape) >= 3:
-            layer = _mxfp4_blocks(t, head.tensors[t.name[: -len("_blocks")] + "_scales"])
-        elif _loose_is_op(t):  # a bare parameter of 2+ dims (an expert bank, a position table)
+            layer = _mxfp4_blocks(t, tensors[t.name[: -len("_blocks")] + "_scales"])
+        elif _loose_is_op(t):
             layer = _plain(ctx, t.name, {}, t)
         else:
-            params_stored += t.numel
+            made.params_stored += t.numel
             continue
-        _add(layer, layers, layouts)
-        quantized += layer.quantized is True
-        at.append(_file_order(first, layer))
-        params_stored += layer.params
-    if plain:
-        layouts["plain"] = layouts.get("plain", 0) + plain
-    _report_unknown(unknown, inv.semantic_findings)
-    # sorted by place in the file; a stable sort on an index list keeps the key lookups in C
-    order = sorted(range(len(layers)), key=at.__getitem__)
-    if order != list(range(len(layers))):  # made out of file order: number them again
-        layers = [layers[i] for i in order]
-        for i, layer in enumerate(layers):
-            layer.position = i
-    inv.layers = layers
-    inv.params_stored = params_stored
-    inv.facts["layouts"] = layouts
+        made.add(layer, _file_order(first, layer))
+
+
+def _strange_module(ctx: Ctx, module: str, group: list[Any], made: _Made) -> None:
+    """A module of integer tensors no suffix explains: HQQ when its names say so, else unknown."""
+    hqq = hqq_parts(module, group)
+    layer = _hqq(ctx, module, hqq) if hqq is not None else None
+    at = min(x.begin for x in group)
+    if layer is None:
+        made.add(_unknown(module, group, made.unknown), at, params=sum(x.numel for x in group))
+    else:
+        assert hqq is not None
+        made.add(layer, at, params=layer.params + (hqq["bias"].numel if "bias" in hqq else 0))
+
+
+def _check_quant_config(ctx: Ctx, inv: Inventory, layers: list[Layer], layouts: dict[str, int]) -> None:
+    """The layers against config.json's quantization_config, or a note that packed weights have none."""
     if ctx.spec is not None:
         inv.facts["quant_method"] = ctx.spec.method
         inv.metrics["quant_method"] = ctx.spec.method
@@ -1174,13 +1221,6 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
             "ST_NO_QUANT_CONFIG",
             "packed quantized weights but no config.json with quantization_config beside the file: loaders "
             "need it, and bits/group size were inferred from shapes", field="config.json"))
-    facts = check_index(folder, base, head.tensors, inv.structural_findings)
-    if facts:
-        inv.facts.update(facts)
-    inv.facts["summary"] = (
-        f"{len(head.tensors)} tensors, {len(layers)} weight ops ({quantized} quantized"
-        + (f", {', '.join(f'{k} {v}' for k, v in sorted(layouts.items()))}" if layouts else "") + ")"
-    )
 
 
 # integer dtypes that only a packing of narrower values would put in a weight (I64 is left out: index
@@ -1296,21 +1336,11 @@ def _report_unknown(unknown: dict[str, list[str]], semantic: list[Finding]) -> N
             "ST_UNKNOWN_LAYOUT", f"{len(unknown) - MAX_UNKNOWN_FINDINGS} more unknown tensor pattern(s) not listed"))
 
 
-def _add(layer: Layer, layers: list[Layer], layouts: dict[str, int]) -> None:
-    """Append a layer numbered by its place in the list, and count its layout."""
-    layer.position = len(layers)
-    layers.append(layer)
-    key = layer.detail.get("layout", "plain")
-    layouts[key] = layouts.get(key, 0) + 1
-
-
 def _by_module(tensors: dict[str, Any]) -> tuple[list[Any], dict[str, dict[str, Any]], list[Any], dict[str, int]]:
     """The `.weight` tensors with no companion (most of a checkpoint), in header order; the other
     tensors grouped by module ({role: tensor}, in header order); the tensors of no known role; and the
-    first byte in the data buffer of each grouped module and each loose tensor.
-
-    This runs once per tensor: the `.weight` names are told apart in C, and only the others (and the
-    weights of modules that have them) are looked at one by one."""
+    first byte in the data buffer of each grouped module and each loose tensor. The `.weight` names are
+    told apart first: only the others (and the weights of modules that have them) are split by role."""
     names = list(tensors)
     values = list(tensors.values())
     is_weight = list(map(str.endswith, names, repeat(".weight")))
@@ -1321,14 +1351,9 @@ def _by_module(tensors: dict[str, Any]) -> tuple[list[Any], dict[str, dict[str, 
     first: dict[str, int] = {}
     if False not in is_weight:
         return values, modules, loose, first
-    candidates = _CANDIDATES
     for t in compress(values, map(operator.not_, is_weight)):
         name = t.name
-        module, role = name, None  # split_name, inline
-        for suffix, n, r in candidates.get(name.rpartition(".")[2], ()):
-            if len(name) > n and name.endswith(suffix):
-                module, role = name[:-n], r
-                break
+        module, role = split_name(name)
         if role is None:
             loose.append(t)
             first[name] = min(first.get(name, _NO_BYTE), t.begin)

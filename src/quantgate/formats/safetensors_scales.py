@@ -17,6 +17,7 @@ from typing import Any
 from quantgate import findings as F
 from quantgate.findings import Finding
 from quantgate.formats.binary import mapped
+from quantgate.formats.safetensors_header import parse_header
 from quantgate.formats.safetensors_layouts import split_name
 
 SCALE_ROLES = {"scale", "scales", "bnb_scb", "global_scale", "bnb_absmax", "bnb_nested_absmax", "quanto_scale"}
@@ -52,8 +53,6 @@ def _f8_flags(dtype: str, raw: bytes) -> tuple[int, int]:
 
 def scan_scales(path: str, limit: int = DEFAULT_LIMIT) -> tuple[list[Finding], dict[str, Any]]:
     """Findings for scale tensors holding NaN/Inf (error) or zeros (warning), and what was read."""
-    from quantgate.formats.safetensors import parse_header
-
     found: list[Finding] = []
     read = tensors = 0
     with mapped(path) as view:
