@@ -4,9 +4,8 @@ A `RemoteFile` stands in for a memory-mapped file: the readers' bounded reads (`
 64 KiB blocks they touch into a sparse temporary file that is mapped once, so every reader keeps its
 `struct.unpack_from` over a real buffer. Readers that walk bytes without `View.check` (the GGUF header
 loop, the flatbuffer walk of a PTE program, the protobuf walk of an ONNX graph) are covered by
-`prefetch`, which fetches the region each format's structure says they read: the GGUF header (found by
-a length-only walk of its key/values and tensor infos), the PTE program (its extended header gives the
-size), the safetensors header, a whole ONNX graph file (external data is only sized).
+`formats.binary.prefetch`, which fetches the region each format's structure says they read. This module
+knows HTTP, not formats: it imports no reader.
 
 Requests: `HEAD` for the size and ETag, then Range GETs; redirects are followed (at most 10) and
 credentials are sent only to the host they were given for, never to a redirect target on another host;
@@ -531,85 +530,3 @@ def hf_list(spec: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
         url = f"{endpoint}/{repo}/resolve/{quote(commit, safe='')}/" + "/".join(quote(p) for p in parts)
         out.append((url, f"hf://{repo}@{commit}/{name}"))
     return sorted(out, key=lambda u: u[1])
-
-
-# --- what each format's readers touch outside View.check -----------------------------------------
-
-def prefetch(view: Any, rf: RemoteFile) -> None:
-    """Fetch the region the format's reader walks directly (see the module docstring)."""
-    if rf.size == 0:
-        return
-    from quantgate.formats import sniff as S
-
-    head = rf.read(0, min(rf.size, S.HEAD_BYTES))
-    fmt = S.sniff_bytes(head, rf.size, basename(rf.url)).format
-    if fmt == S.GGUF:
-        rf.ensure(0, _gguf_header_end(view) + rf.block)
-    elif fmt in (S.PTE, S.PTD):
-        # a program's extended header (`eh00`: u32 length, u64 program size) or a .ptd's (`FH01`: u32
-        # length, u64 flatbuffer offset, u64 flatbuffer size): the tables, not the weights after them
-        end = 0
-        if len(head) >= 32 and head[8:12] == b"eh00":
-            end = int.from_bytes(head[16:24], "little")
-        elif len(head) >= 32 and head[8:12] == b"FH01":
-            end = int.from_bytes(head[16:24], "little") + int.from_bytes(head[24:32], "little")
-        rf.ensure(0, end if 0 < end <= rf.size else rf.size)
-    elif fmt == S.SAFETENSORS:  # every read goes through View.check; one request for the header
-        rf.ensure(0, min(8 + int.from_bytes(head[:8], "little"), rf.size))
-    else:  # an ONNX graph (or anything else): the protobuf walk touches every field header
-        rf.ensure(0, rf.size)
-
-
-_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
-def _gguf_header_end(view: Any) -> int:
-    """Where the GGUF tensor infos end, by lengths alone; stops where the structure stops making sense
-    (the reader reports that spot, having read no further)."""
-    from quantgate.formats.binary import ReadError
-
-    size = len(view)
-    pos = 24
-    try:
-        version = view.u32(4)
-        if version < 2:
-            return size  # GGUF v1 (32-bit counts): rare and small; read whole (capped)
-        n_tensors, n_kv = view.u64(8), view.u64(16)
-        if n_kv > size or n_tensors > size:
-            return pos
-
-        def value(vtype: int, pos: int, depth: int) -> int:
-            if vtype in _GGUF_SCALAR:
-                return pos + _GGUF_SCALAR[vtype]
-            if vtype == 8:
-                return pos + 8 + view.u64(pos)
-            if vtype == 9 and depth < 3:
-                etype, count = view.u32(pos), view.u64(pos + 4)
-                pos += 12
-                if etype in _GGUF_SCALAR:
-                    return pos + count * _GGUF_SCALAR[etype]
-                if count > size:
-                    raise ValueError
-                for _ in range(count):
-                    pos = value(etype, pos, depth + 1)
-                    if pos > size:
-                        raise ValueError
-                return pos
-            raise ValueError
-
-        for _ in range(n_kv):
-            pos += 8 + view.u64(pos)
-            pos = value(view.u32(pos), pos + 4, 0)
-            if pos > size:
-                return size
-        for _ in range(n_tensors):
-            pos += 8 + view.u64(pos)
-            n_dims = view.u32(pos)
-            if n_dims > 8:
-                return pos
-            pos += 4 + 8 * n_dims + 4 + 8
-            if pos > size:
-                return size
-    except (ReadError, ValueError, RecursionError):
-        pass
-    return min(pos, size)
