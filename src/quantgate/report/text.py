@@ -8,7 +8,6 @@ from typing import Any
 from quantgate.report.common import by_severity, headline, problems, skipped_lines, verdict_line, visible
 from quantgate.untrusted import plain
 
-
 # SGR codes per status; only quantgate's own status words and verdict line are painted, after every
 # line is made inert, so no artifact-controlled text can carry or break an escape sequence
 PALETTE = {"PASS": "32", "FAIL": "1;31", "ERROR": "1;35", "WARN": "33", "SKIP": "2"}
