@@ -546,6 +546,12 @@ def _fsspec_filesystem(scheme: str, shown: str) -> Any:
     try:
         import fsspec
 
+        if scheme == "gs":
+            import logging
+
+            # gcsfs logs a warning on every call it cannot classify a bucket for (an emulator, no
+            # default credentials): noise on stderr, never a reason to stop
+            logging.getLogger("gcsfs").setLevel(logging.ERROR)
         return fsspec.filesystem("s3" if scheme == "s3" else "gcs")
     except ImportError:
         raise RemoteError(
