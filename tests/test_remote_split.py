@@ -19,7 +19,7 @@ from tests.test_gguf_llamacpp import SET_METRICS, split_set
 from tests.test_remote import TOKEN, _guard, qg, serve  # noqa: F401  (serve is a fixture)
 
 
-def test_hf_split_set_is_one_artifact(serve: Any, tmp_path: Path) -> None:
+def test_hf_split_set_is_one_artifact(serve: Any, tmp_path: Path) -> None:  # noqa: F811
     (tmp_path / "local").mkdir()
     shards = split_set(tmp_path / "local")
     sha = "89abcdef0123456789abcdef0123456789abcdef"
@@ -45,7 +45,7 @@ def test_hf_split_set_is_one_artifact(serve: Any, tmp_path: Path) -> None:
 
 @pytest.mark.xfail(strict=True, raises=AssertionError,
                    reason="formats/gguf.py reads a split set's other shards from local paths only")
-def test_remote_split_set_is_gated_as_the_local_set(serve: Any, tmp_path: Path) -> None:
+def test_remote_split_set_is_gated_as_the_local_set(serve: Any, tmp_path: Path) -> None:  # noqa: F811
     shards = split_set(tmp_path)
     served = serve(tmp_path)
     url = f"{served.base}/{shards[0].relative_to(tmp_path).as_posix()}"
