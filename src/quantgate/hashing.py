@@ -11,7 +11,7 @@ CHUNK = 8 << 20  # large reads keep the hash, not the syscalls, the bottleneck
 
 
 def sha256_file(path: str | os.PathLike[str], label: str | None = None) -> str:
-    if isinstance(path, str) and path[:8].lower().startswith(("http://", "https://")):
+    if isinstance(path, str) and path[:8].lower().startswith(("http://", "https://", "s3://", "gs://")):
         from quantgate.remote import RemoteError, display_url, sha256_url
 
         try:

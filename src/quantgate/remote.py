@@ -38,8 +38,17 @@ class RemoteError(Exception):
         self.status = status
 
 
+# object stores read through fsspec (its s3fs / gcsfs backend), by range like an http(s) URL
+FSSPEC_SCHEMES = {"s3": "s3", "gs": "gcs"}  # scheme -> the quantgate extra that installs its backend
+SCHEMES = ("http://", "https://", "s3://", "gs://")
+
+
 def is_url(path: Any) -> bool:
-    return isinstance(path, str) and path[:8].lower().startswith(("http://", "https://"))
+    return isinstance(path, str) and path[:8].lower().startswith(SCHEMES)
+
+
+def is_fsspec(path: Any) -> bool:
+    return isinstance(path, str) and path[:5].lower().startswith(("s3://", "gs://"))
 
 
 def display_url(url: str) -> str:
@@ -234,6 +243,24 @@ def sha256_url(url: str, label: str) -> str:
     from quantgate.progress import Progress
 
     rf = open_file(url)
+    if isinstance(rf, FsspecFile):
+        digest, got = hashlib.sha256(), 0
+        progress = Progress(f"sha256 {label}", rf.size, "B")
+
+        def feed(chunk: bytes) -> None:
+            nonlocal got
+            digest.update(chunk)
+            got += len(chunk)
+            progress.update(len(chunk))
+
+        try:
+            rf.stream(feed)
+        finally:
+            progress.close()
+        rf.bytes_fetched += got
+        if got != rf.size:
+            raise RemoteError(f"{rf.shown}: truncated: {got:,} of {rf.size:,} bytes while hashing")
+        return digest.hexdigest()
     state: dict[str, Any] = {}
 
     def sink(resp: Any) -> None:
@@ -262,9 +289,7 @@ class RemoteFile:
     """One remote file: size and ETag from HEAD, bytes by Range into a sparse mapped temporary file."""
 
     def __init__(self, url: str):
-        import mmap
         import re
-        import tempfile
 
         self.url = url
         self.shown = display_url(url)
@@ -283,10 +308,14 @@ class RemoteFile:
             raise RemoteError(f"{self.shown}: not found (HTTP {head.status})", head.status)
         declared: int | None = None
         self.etag: str | None = None
+        # the revision read: a Hub `resolve/<commit>/` URL names it (hf:// listings resolve by commit)
+        pinned = re.search(r"/resolve/([0-9a-f]{40})/", self.url.split("?", 1)[0])
+        self.version: str | None = pinned.group(1) if pinned else None
         if head.status == 200:
             length = head.headers.get("Content-Length")
             declared = int(length) if length and length.isdigit() else None
             self.etag = head.headers.get("ETag")
+            self.version = self.version or head.headers.get("X-Repo-Commit")  # the Hub names its commit
         elif head.status in (401, 403):
             hint = "" if self.secret else " (set HF_TOKEN or QUANTGATE_HTTP_HEADERS for a private artifact)"
             # a presigned URL may be signed for GET only: the Range probe below decides
@@ -318,6 +347,13 @@ class RemoteFile:
                 f"{self.shown}: HEAD declares {declared:,} bytes but a Range response says {total:,}: "
                 "the file changed or the server is inconsistent"
             )
+        self._map(total, first)
+
+    def _map(self, total: int, first: bytes) -> None:
+        """The sparse temporary file of `total` bytes, mapped, with the first block stored."""
+        import mmap
+        import tempfile
+
         self.size = total
         # open for the life of the process (the map below needs it); deleted by the OS on close
         self._file = tempfile.TemporaryFile(prefix="quantgate-remote-")  # noqa: SIM115
@@ -422,7 +458,106 @@ class RemoteFile:
                                "requests": self.requests}
         if self.etag:
             out["etag"] = self.etag
+        if self.version:
+            out["revision"] = self.version
         return out
+
+
+class FsspecFile(RemoteFile):
+    """An `s3://` or `gs://` object through fsspec: size and ETag from the store's metadata, bytes by
+    ranged reads (`cat_file(path, start, end)`, one ranged GET in s3fs and gcsfs) into the same sparse
+    mapped file, so every reader and `prefetch` work unchanged. Credentials and endpoint are the
+    backend's own (AWS_* / GOOGLE_* environment, config files, instance roles); never printed."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.shown = display_url(url)
+        self.secret = {}
+        self.bytes_fetched = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._have = set()
+        self._target = None
+        self.block = max(512, int(_env_float("QUANTGATE_REMOTE_BLOCK", BLOCK)))
+        self._last_end = -1
+        self._ahead = 1
+        scheme = url.split(":", 1)[0].lower()
+        self.fs = _fsspec_filesystem(scheme, self.shown)
+        self.path = url.split("://", 1)[1]
+        info = self._store_call(lambda: self.fs.info(self.path))
+        if info.get("type") not in (None, "file"):
+            raise RemoteError(f"{self.shown}: not a file (a prefix or bucket); name one object", 404)
+        try:
+            total = int(info["size"])
+        except (KeyError, TypeError, ValueError):
+            raise RemoteError(f"{self.shown}: the store gives no size for it") from None
+        etag = info.get("ETag") or info.get("etag")
+        self.etag = str(etag) if etag else None
+        # the object's revision where the store keeps one (an S3 VersionId, a GCS generation)
+        version = info.get("VersionId") or info.get("generation")
+        self.version = str(version) if version and version != "null" else None
+        self._map(total, b"")
+        if total:
+            self._fetch(0, min(self.block, total))
+
+    def _store_call(self, call: Any) -> Any:
+        self.requests += 1
+        try:
+            return call()
+        except FileNotFoundError:
+            raise RemoteError(f"{self.shown}: not found", 404) from None
+        except PermissionError as exc:
+            raise RemoteError(f"{self.shown}: access denied ({_short(exc)}); check the store's credentials",
+                              403) from None
+        except RemoteError:
+            raise
+        except Exception as exc:  # a backend's own error types (botocore, aiohttp, google-auth)
+            raise RemoteError(f"{self.shown}: {type(exc).__name__}: {_short(exc)}") from None
+
+    def _fetch(self, start: int, end: int) -> None:
+        if self.bytes_fetched + (end - start) > max_fetch_bytes():
+            raise RemoteError(
+                f"{self.shown}: reading it would fetch more than {max_fetch_bytes():,} bytes "
+                "(QUANTGATE_REMOTE_MAX_BYTES); download it and gate the local file"
+            )
+        data = self._store_call(lambda: self.fs.cat_file(self.path, start=start, end=end))
+        self.bytes_fetched += len(data)
+        _check_length(self.shown, len(data), end - start)  # a short read is truncation, never padding
+        self._store(start, data)
+        self._last_end = end
+
+    def stream(self, sink: Any) -> None:
+        """The whole object, read once in 1 MiB chunks, handed to `sink(chunk)` (for --sha256)."""
+
+        def run() -> None:
+            with self.fs.open(self.path, "rb", block_size=1 << 20) as handle:
+                while chunk := handle.read(1 << 20):
+                    sink(chunk)
+
+        self._store_call(run)
+
+
+
+def _fsspec_filesystem(scheme: str, shown: str) -> Any:
+    """fsspec's filesystem for `scheme`; a missing fsspec or backend is an error naming the extra."""
+    extra = FSSPEC_SCHEMES[scheme]
+    package = {"s3": "s3fs", "gcs": "gcsfs"}[extra]
+    try:
+        import fsspec
+
+        if scheme == "gs":
+            import logging
+
+            # gcsfs logs a warning on every call it cannot classify a bucket for (an emulator, no
+            # default credentials): noise on stderr, never a reason to stop
+            logging.getLogger("gcsfs").setLevel(logging.ERROR)
+        return fsspec.filesystem("s3" if scheme == "s3" else "gcs")
+    except ImportError:
+        raise RemoteError(
+            f"{shown}: reading {scheme}:// needs the {package} package: pip install 'quantgate[{extra}]'"
+        ) from None
+    except Exception as exc:  # a backend that cannot start (bad configuration)
+        raise RemoteError(f"{shown}: the {package} backend cannot start: {_short(exc)}") from None
 
 
 _OPEN: dict[str, RemoteFile] = {}
@@ -433,7 +568,7 @@ def open_file(url: str) -> RemoteFile:
     """The process's one RemoteFile for `url` (opened on first use; siblings and shards reuse theirs)."""
     rf = _OPEN.get(url)
     if rf is None:
-        rf = _OPEN[url] = RemoteFile(url)
+        rf = _OPEN[url] = FsspecFile(url) if is_fsspec(url) else RemoteFile(url)
     return rf
 
 

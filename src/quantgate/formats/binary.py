@@ -160,7 +160,7 @@ class RemoteView(View):
 
 
 def _is_url(path: object) -> bool:
-    return isinstance(path, str) and path[:8].lower().startswith(("http://", "https://"))
+    return isinstance(path, str) and path[:8].lower().startswith(("http://", "https://", "s3://", "gs://"))
 
 
 def file_size(path: str | os.PathLike[str]) -> int:

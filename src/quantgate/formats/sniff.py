@@ -140,7 +140,7 @@ def sniff_bytes(head: bytes, size: int, name: str = "") -> Sniffed:
 
 
 def sniff(path: str | os.PathLike[str]) -> Sniffed:
-    if isinstance(path, str) and path[:8].lower().startswith(("http://", "https://")):
+    if isinstance(path, str) and path[:8].lower().startswith(("http://", "https://", "s3://", "gs://")):
         from quantgate import remote
 
         try:

@@ -2,15 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from quantgate.report.common import by_severity, headline, problems, skipped_lines, verdict_line, visible
 from quantgate.untrusted import plain
 
+# SGR codes per status; only quantgate's own status words and verdict line are painted, after every
+# line is made inert, so no artifact-controlled text can carry or break an escape sequence
+PALETTE = {"PASS": "32", "FAIL": "1;31", "ERROR": "1;35", "WARN": "33", "SKIP": "2"}
+COLOR_MODES = ("auto", "always", "never")
 
-def render(report: dict[str, Any]) -> str:
+
+def use_color(mode: str, stream: Any, env: dict[str, str] | None = None) -> bool:
+    """Whether to paint the text report on `stream`: `always`/`never` as said; `auto` is off under a
+    non-empty NO_COLOR or TERM=dumb, on under a non-empty FORCE_COLOR, else on a terminal only."""
+    if mode in ("always", "never"):
+        return mode == "always"
+    env = os.environ if env is None else env
+    if env.get("NO_COLOR") or env.get("TERM") == "dumb":
+        return False
+    if env.get("FORCE_COLOR"):
+        return True
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _paint(text: str, status: str) -> str:
+    code = PALETTE.get(status)
+    return f"\x1b[{code}m{text}\x1b[0m" if code else text
+
+
+def render(report: dict[str, Any], color: bool = False) -> str:
     rows = by_severity(visible(report["results"]))
     lines: list[str] = []
+    status_at: dict[int, str] = {}  # line index -> the status word that starts it (painted with colour)
     policy = report["policy"]
     if policy["path"]:
         lines.append(f"policy {policy['path']} (sha256 {policy['sha256'][:12]})")
@@ -27,6 +55,7 @@ def render(report: dict[str, Any]) -> str:
         width_g = max(len(r["guard"]) for r in rows)
         for r in rows:
             status = r["gate_status"] + ("*" if "waiver" in r else "")
+            status_at[len(lines)] = r["gate_status"]
             lines.append(f"{status:<6} {r['artifact']['path']:<{width_a}}  {r['guard']:<{width_g}}  {headline(r)}")
             if r["gate_status"] in ("FAIL", "ERROR", "WARN") or r["status"] in ("FAIL", "WARN"):
                 extra = problems(r)
@@ -47,7 +76,14 @@ def render(report: dict[str, Any]) -> str:
     lines.append(verdict_line(report))
     # each line holds artifact-controlled text (paths, names, messages): made inert as a whole, at a
     # cost in the size of the output, not of the report (quantgate.untrusted)
-    return "\n".join(map(plain, lines)) + "\n"
+    out = list(map(plain, lines))
+    if color:  # after plain(): our escapes are the only ones in the output
+        for i, status in status_at.items():
+            word = out[i].split(" ", 1)[0]  # the status (and waiver mark), never artifact text
+            out[i] = _paint(word, status) + out[i][len(word):]
+        verdict = report.get("verdict")
+        out[-1] = _paint(out[-1], verdict if isinstance(verdict, str) else "")
+    return "\n".join(out) + "\n"
 
 
 def cost_line(report: dict[str, Any]) -> str | None:
