@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import stat
 
+from quantgate import remote
+
 # top-level folder prefixes of a Hugging Face hub cache repo (huggingface_hub's cache layout)
 HF_REPO_PREFIXES = ("models--", "datasets--", "spaces--")
 
@@ -71,7 +73,7 @@ def sibling(folder: str | os.PathLike[str], name: str) -> tuple[str | None, str 
     folder = os.fspath(folder)
     if not plain_relative(name):
         return None, f"{name!r} is not a plain relative path inside the folder"
-    if folder[:8].lower().startswith(("http://", "https://")):
+    if remote.is_http(folder):
         return _remote_sibling(folder, name)
     path = os.path.join(folder, name)
     try:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 
+from quantgate import remote
 from quantgate.progress import Progress
 
 CHUNK = 8 << 20  # large reads keep the hash, not the syscalls, the bottleneck
 
 
 def sha256_file(path: str | os.PathLike[str], label: str | None = None) -> str:
-    if isinstance(path, str) and path[:8].lower().startswith(("http://", "https://", "s3://", "gs://")):
+    if remote.is_url(path):
         from quantgate.remote import RemoteError, display_url, sha256_url
 
         try:

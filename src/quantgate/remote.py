@@ -47,6 +47,11 @@ def is_url(path: Any) -> bool:
     return isinstance(path, str) and path[:8].lower().startswith(SCHEMES)
 
 
+def is_http(path: Any) -> bool:
+    """An http(s) URL: the schemes whose files beside an artifact (shards, external data) are looked up."""
+    return isinstance(path, str) and path[:8].lower().startswith(SCHEMES[:2])
+
+
 def is_fsspec(path: Any) -> bool:
     return isinstance(path, str) and path[:5].lower().startswith(("s3://", "gs://"))
 

@@ -18,7 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only
+from quantgate.remote import basename, is_url, open_file
+
+if TYPE_CHECKING:
     from quantgate.remote import RemoteFile
 
 _U8 = struct.Struct("<B")
@@ -159,14 +161,8 @@ class RemoteView(View):
         return bytes(self.buf[pos : pos + min(size, limit)]).decode("utf-8", errors="replace")
 
 
-def _is_url(path: object) -> bool:
-    return isinstance(path, str) and path[:8].lower().startswith(("http://", "https://", "s3://", "gs://"))
-
-
 def file_size(path: str | os.PathLike[str]) -> int:
-    if _is_url(path):
-        from quantgate.remote import open_file
-
+    if is_url(path):
         return open_file(str(path)).size
     return os.stat(path).st_size
 
@@ -175,9 +171,7 @@ def file_size(path: str | os.PathLike[str]) -> int:
 def mapped(path: str | os.PathLike[str]) -> Iterator[View]:
     """Memory-map a file read-only; an empty file gives an empty view (mmap refuses size 0). A URL
     gives a RemoteView with the region its format's reader walks directly already fetched."""
-    if _is_url(path):
-        from quantgate.remote import open_file
-
+    if is_url(path):
         remote = open_file(str(path))
         view = RemoteView(remote.buf, remote)
         prefetch(view, remote)
@@ -196,9 +190,7 @@ def mapped(path: str | os.PathLike[str]) -> Iterator[View]:
 
 
 def read_head(path: str | os.PathLike[str], size: int) -> bytes:
-    if _is_url(path):
-        from quantgate.remote import open_file
-
+    if is_url(path):
         remote = open_file(str(path))
         return remote.read(0, min(size, remote.size))
     with open(path, "rb") as handle:
@@ -227,7 +219,6 @@ def prefetch(view: View, rf: RemoteFile) -> None:
     if rf.size == 0:
         return
     from quantgate.formats import sniff as S
-    from quantgate.remote import basename
 
     head = rf.read(0, min(rf.size, S.HEAD_BYTES))
     fmt = S.sniff_bytes(head, rf.size, basename(rf.url)).format

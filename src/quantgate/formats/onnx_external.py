@@ -18,6 +18,7 @@ from typing import Any
 from quantgate import findings as F
 from quantgate.findings import Finding
 from quantgate.formats.onnx_proto import Tensor
+from quantgate.remote import is_http
 
 
 class ExternalChecks:
@@ -30,7 +31,7 @@ class ExternalChecks:
         self.facts: dict[str, Any] = {}
 
     def run(self) -> None:
-        remote = self.path.startswith(("http://", "https://"))
+        remote = is_http(self.path)
         base = os.path.dirname(self.path.split("?", 1)[0] if remote else os.path.abspath(self.path))
         checked: dict[str, tuple[str | None, int | None]] = {}  # location -> (real path or None, size)
         ranges: dict[str, list[tuple[int, int, str]]] = {}
@@ -91,8 +92,8 @@ class ExternalChecks:
         if not parts:
             return err("ONNX_EXTERNAL_PATH_INVALID", f"external data location {loc!r} names no file")
         traversal = ".." in parts
-        if traversal or base.startswith(("http://", "https://")):
-            if base.startswith(("http://", "https://")):
+        if traversal or is_http(base):
+            if is_http(base):
                 return self.remote_location(t, loc, base, parts, traversal, err)
             self.add(
                 F.error(

@@ -36,6 +36,7 @@ from quantgate.formats.pte_model import (
     Value,
 )
 from quantgate.inventory import Inventory
+from quantgate.remote import is_http
 
 FORMAT = "pte"
 MAX_NUMEL = 1 << 48
@@ -578,7 +579,7 @@ def _ptd_beside(prog: Program) -> tuple[list[str], dict[str, tuple[int | None, i
     cached = prog.facts.get("_ptd")
     if cached is not None:
         return cached
-    remote = prog.path.startswith(("http://", "https://"))
+    remote = is_http(prog.path)
     folder = "" if remote else os.path.dirname(os.path.abspath(prog.path))
     found: dict[str, tuple[int | None, int | None, tuple[int, ...] | None]] = {}
     names = []

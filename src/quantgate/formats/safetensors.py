@@ -34,6 +34,7 @@ from quantgate.formats.safetensors_header import (  # noqa: F401  (the reader's 
 )
 from quantgate.formats.safetensors_layouts import LAYOUT_CODES
 from quantgate.inventory import Inventory
+from quantgate.remote import is_http
 
 
 def read(path: str) -> Inventory:
@@ -50,7 +51,7 @@ def read(path: str) -> Inventory:
             head = parse_header(view)
             inv.structural_findings.extend(head.findings)
             inv.facts.update(_facts(head))
-            remote = path.startswith(("http://", "https://"))
+            remote = is_http(path)
             layouts.interpret(view, head, inv, path if remote else os.path.abspath(path))
     except ReadError as exc:
         inv.structural_findings.append(

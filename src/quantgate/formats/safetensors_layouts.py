@@ -57,6 +57,7 @@ from quantgate.findings import Finding
 from quantgate.formats.binary import View, file_size, mapped, read_head
 from quantgate.formats.safetensors_header import parse_header
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
+from quantgate.remote import is_http
 
 CONFIG_LIMIT = 8 << 20  # a config.json or index larger than this is not read
 INDEX_LIMIT = 64 << 20
@@ -861,7 +862,7 @@ def _find_index(folder: str, base: str) -> tuple[str, dict[str, Any]] | None:
     """The `*.safetensors.index.json` beside the file whose weight_map names it (or, failing that, the
     index that shares its stem)."""
     try:
-        names = (_remote_index_names(folder, base) if folder.startswith(("http://", "https://")) else
+        names = (_remote_index_names(folder, base) if is_http(folder) else
                  sorted(n for n in os.listdir(folder) if n.endswith(".safetensors.index.json")))
     except OSError:
         return None
@@ -900,7 +901,7 @@ def _remote_index_names(folder: str, base: str) -> list[str]:
 
 
 def _beside(folder: str, name: str) -> str:
-    if folder.startswith(("http://", "https://")):
+    if is_http(folder):
         from quantgate import remote
 
         return remote.join(folder + "/x", name)
@@ -908,7 +909,7 @@ def _beside(folder: str, name: str) -> str:
 
 
 def _is_file(path: str) -> bool:
-    if path.startswith(("http://", "https://")):
+    if is_http(path):
         from quantgate import remote
 
         try:

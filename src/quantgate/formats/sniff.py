@@ -19,6 +19,8 @@ import stat
 import struct
 from dataclasses import dataclass
 
+from quantgate.remote import is_url as remote_is_url
+
 PTE = "pte"
 PTD = "ptd"
 GGUF = "gguf"
@@ -140,7 +142,7 @@ def sniff_bytes(head: bytes, size: int, name: str = "") -> Sniffed:
 
 
 def sniff(path: str | os.PathLike[str]) -> Sniffed:
-    if isinstance(path, str) and path[:8].lower().startswith(("http://", "https://", "s3://", "gs://")):
+    if remote_is_url(path):
         from quantgate import remote
 
         try:
