@@ -86,14 +86,14 @@ def test_no_private_helper_crosses_a_module_and_runtime_never_imports_a_guard() 
     ]
     assert private_from_guards == []
     # the runtime side (the children and their helper) reaches no other module's private names
-    mine = [*_modules("runtime"), SRC / "quantgate" / "dequant" / "outputs.py"]
+    runtime_side = [*_modules("runtime"), SRC / "quantgate" / "dequant" / "outputs.py"]
     private = [
-        (str(p.relative_to(SRC)), module, name) for p in mine for module, name in _imports(p)
+        (str(p.relative_to(SRC)), module, name) for p in runtime_side for module, name in _imports(p)
         if module.startswith("quantgate.") and name.startswith("_") and not name.startswith("__")
         and module != ".".join(p.relative_to(SRC).with_suffix("").parts)
     ]
     assert private == []
-    guards = [(str(p.relative_to(SRC)), module) for p in mine for module, _ in _imports(p)
+    guards = [(str(p.relative_to(SRC)), module) for p in runtime_side for module, _ in _imports(p)
               if module.startswith("quantgate.validators")]
     assert guards == []
     # fidelity's output runs take their time limit from the runtime helper, not from another guard
