@@ -1,8 +1,8 @@
 """Output fidelity for ONNX: both models run by onnxruntime on the same seeded inputs.
 
 onnxruntime runs in a child process (`python -m quantgate.dequant.outputs REF ART ...`, one JSON
-document on stdout), like the ExecuTorch runner: a model that crashes the runtime costs this one
-result, never the gate.
+document on stdout), started and bounded by `quantgate.runtime.child` like the ExecuTorch runner: a
+model that crashes the runtime costs this one result, never the gate.
 
 Inputs come from the reference's input signature: float inputs are standard normal, integer inputs
 (token ids, indices) are uniform in [0, high) where `high` is the smallest row count of the tables
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from typing import Any
 
@@ -232,18 +231,10 @@ def document_of(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--serve"]:  # long-lived: one request per line (quantgate.runtime.child.serve)
-        from quantgate.runtime.child import serve
+    from quantgate.runtime.child import main_json
 
-        return serve(document_of, ("onnxruntime",))
-    sys.stdout.flush()
-    json_fd = os.dup(1)
-    os.dup2(2, 1)  # stdout is kept for the one JSON document
-    document = document_of(argv)
-    with os.fdopen(json_fd, "w") as out:
-        out.write(json.dumps(document) + "\n")
-    return 0
+    # `--serve`: long-lived, one request per line (quantgate.runtime.child.serve)
+    return main_json(document_of, sys.argv[1:] if argv is None else argv, ("onnxruntime",))
 
 
 def run_child(ref: str, art: str, *, samples: int, seed: int, dynamic_dim: int | None, int_high: int | None,

@@ -1,7 +1,10 @@
 """The box every runtime child runs in: its own process group, a memory limit, a time limit.
 
-`run_boxed` is the one place quantgate starts a runtime (the ExecuTorch runner of `pte-inspector`,
-fidelity's ExecuTorch and onnxruntime output runs). The child runs untrusted programs, so:
+This module is the one place quantgate starts, feeds, limits and reaps a runtime child (the ExecuTorch
+runner of `pte-inspector`, fidelity's ExecuTorch and onnxruntime output runs); callers go through
+`quantgate.runtime.child`, which turns what happened into one `ChildRun`. Every child is started by
+`_spawn` and ended by `_end`, whether it runs once (`run_boxed`) or serves many requests (`BoxServer`).
+The child runs untrusted programs, so:
 
 * it leads its own process group (`start_new_session`), and the whole group is killed (SIGKILL) on
   timeout, on going over the memory limit, and when the child exits, so a grandchild it started
@@ -17,10 +20,9 @@ fidelity's ExecuTorch and onnxruntime output runs). The child runs untrusted pro
 Why a watchdog and not RLIMIT_AS: with torch and executorch imported the address space holds
 reservations (thread stacks, malloc arenas per thread, mapped libraries) that are not memory in
 use and that grow with the core count, so a limit on it either stops normal programs on a big
-machine or lets a large one through on a small one. Measured on a 2-core runner: the ExecuTorch
-runner child peaks at 0.36 GB RSS / 0.78 GB virtual on the committed XNNPACK fixtures, and at
-1.38 GB RSS on `fixtures/pte/memory/big_activation_portable.pte` (1 GiB planned). The default
-limit, `DEFAULT_MAX_RSS_MB` = 4096, fits a CI runner and leaves room for programs of a few GB.
+machine or lets a large one through on a small one (measurements: benchmarks/RESULTS.md, "runtime
+children"). The default limit, `DEFAULT_MAX_RSS_MB` = 4096, fits a CI runner and leaves room for
+programs of a few GB.
 """
 
 from __future__ import annotations
@@ -171,44 +173,65 @@ def _reap(pid: int) -> int | None:
         return None
 
 
+def _spawn(cmd: list[str], env: dict[str, str] | None, *, stdin: Any, stdout: Any,
+           stderr: Any) -> subprocess.Popen[bytes]:
+    """Start a runtime child in its box: its own process group, the parent-death signal, counted."""
+    proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr,
+                            env=env if env is not None else child_env(), start_new_session=True,
+                            preexec_fn=_preexec if sys.platform.startswith("linux") else None)
+    _LIVE.add(proc.pid)
+    _STARTS["startups"] += 1
+    return proc
+
+
+def _end(pid: int, reaped: int | None) -> int | None:
+    """Kill the child's group, then reap the child (`reaped`: what `_exited` said); its exit code.
+    The group dies before the child is reaped: no grandchild outlives it."""
+    _killpg(pid)
+    status = reaped if reaped is not None and reaped >= 0 else _reap(pid)
+    _LIVE.discard(pid)
+    return os.waitstatus_to_exitcode(status) if status is not None else None
+
+
+class _Limits:
+    """The watchdog of one run: the summed resident peak of the child's tree and the deadline."""
+
+    def __init__(self, pid: int, max_rss_mb: int, deadline: float) -> None:
+        self.pid = pid
+        self.limit = int(max_rss_mb) << 20
+        self.deadline = deadline
+        self.peak = 0
+
+    def breached(self) -> str:
+        """"memory" or "timeout" when the child must be killed now, else ""."""
+        self.peak = max(self.peak, tree_peak_bytes(self.pid))
+        if self.peak > self.limit:
+            return "memory"
+        return "timeout" if time.monotonic() >= self.deadline else ""
+
+
 def run_boxed(cmd: list[str], *, timeout_s: float, max_rss_mb: int = DEFAULT_MAX_RSS_MB,
               env: dict[str, str] | None = None) -> BoxResult:
-    """Run cmd in a box; never raises for anything the child does (an OSError starting it propagates)."""
-    limit = int(max_rss_mb) << 20
+    """Run cmd once in a box; never raises for anything the child does (an OSError starting it propagates)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                                env=env if env is not None else child_env(), start_new_session=True,
-                                preexec_fn=_preexec if sys.platform.startswith("linux") else None)
-        pid = proc.pid
-        _LIVE.add(pid)
-        _STARTS["startups"] += 1
-        timed_out = over = False
-        peak = 0
-        deadline = time.monotonic() + timeout_s
+        proc = _spawn(cmd, env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        limits = _Limits(proc.pid, max_rss_mb, time.monotonic() + timeout_s)
+        why = ""
         reaped: int | None = None
         try:
-            while (reaped := _exited(pid)) is None:
-                peak = max(peak, tree_peak_bytes(pid))
-                if peak > limit:
-                    over = True
-                    break
-                if time.monotonic() >= deadline:
-                    timed_out = True
+            while (reaped := _exited(proc.pid)) is None:
+                if why := limits.breached():
                     break
                 time.sleep(POLL_S)
         finally:
-            # the group dies with the child, before the child is reaped: no grandchild outlives it
-            _killpg(pid)
-            status = reaped if reaped is not None and reaped >= 0 else _reap(pid)
-            proc.returncode = os.waitstatus_to_exitcode(status) if status is not None else None
-            _LIVE.discard(pid)
+            proc.returncode = _end(proc.pid, reaped)
         out.seek(0)
         stdout = out.read().decode("utf-8", errors="replace")
         size = err.seek(0, os.SEEK_END)
         err.seek(max(0, size - _STDERR_TAIL))
         stderr = err.read().decode("utf-8", errors="replace")
-    return BoxResult(proc.returncode, stdout, stderr, timed_out=timed_out, over_memory=over,
-                     peak_rss_bytes=peak or None)
+    return BoxResult(proc.returncode, stdout, stderr, timed_out=why == "timeout", over_memory=why == "memory",
+                     peak_rss_bytes=limits.peak or None)
 
 
 def memory_message(what: str, max_rss_mb: int, peak_rss_bytes: int | None) -> str:
@@ -271,11 +294,7 @@ class BoxServer:
 
     def _start(self) -> None:
         self.err = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the runner; closed by stop)
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
-                                     env=self.env if self.env is not None else child_env(), start_new_session=True,
-                                     preexec_fn=_preexec if sys.platform.startswith("linux") else None)
-        _LIVE.add(self.proc.pid)
-        _STARTS["startups"] += 1
+        self.proc = _spawn(self.cmd, self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
         self._buffer = b""
         self.hello = None
         self.served = 0
@@ -288,48 +307,40 @@ class BoxServer:
         proc, self.proc = self.proc, None
         if proc is None:
             return None
-        pid = proc.pid
-        reaped = _exited(pid)
-        _killpg(pid)
-        status = reaped if reaped is not None and reaped >= 0 else _reap(pid)
-        _LIVE.discard(pid)
+        code = _end(proc.pid, _exited(proc.pid))
         for stream in (proc.stdin, proc.stdout):
             with contextlib.suppress(OSError):
                 stream.close()  # type: ignore[union-attr]
         if self.err is not None:
             self.err.close()
             self.err = None
-        return os.waitstatus_to_exitcode(status) if status is not None else None
+        return code
 
     def forget(self) -> None:
         """Kill without waiting (a stopping worker's signal handler)."""
         if self.proc is not None:
             _killpg(self.proc.pid)
 
-    def _read_line(self, deadline: float, limit: int) -> tuple[bytes | None, str, int]:
-        """A line of stdout, or None with why ("timeout", "memory", "exited") and the peak seen."""
+    def _read_line(self, limits: _Limits) -> tuple[bytes | None, str]:
+        """A line of stdout, or None with why ("timeout", "memory", "exited"); `limits.peak` holds the peak."""
         import select
 
         assert self.proc is not None and self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        peak = 0
         while b"\n" not in self._buffer:
-            peak = max(peak, tree_peak_bytes(self.proc.pid))
-            if peak > limit:
-                return None, "memory", peak
-            now = time.monotonic()
-            if now >= deadline:
-                return None, "timeout", peak
-            ready, _, _ = select.select([fd], [], [], min(POLL_S, deadline - now))
+            if why := limits.breached():
+                return None, why
+            ready, _, _ = select.select([fd], [], [], min(POLL_S, max(0.0, limits.deadline - time.monotonic())))
             if ready:
                 chunk = os.read(fd, 1 << 20)
                 if not chunk:
-                    return None, "exited", peak
+                    return None, "exited"
                 self._buffer += chunk
                 if len(self._buffer) > (256 << 20):  # a runaway reply: the runner is not well
-                    return None, "exited", peak
+                    return None, "exited"
         line, _, self._buffer = self._buffer.partition(b"\n")
-        return line, "", max(peak, tree_peak_bytes(self.proc.pid))
+        limits.peak = max(limits.peak, tree_peak_bytes(limits.pid))
+        return line, ""
 
     def _stderr_since(self, offset: int) -> str:
         if self.err is None:
@@ -338,14 +349,9 @@ class BoxServer:
         self.err.seek(max(offset, size - _STDERR_TAIL))
         return self.err.read().decode("utf-8", errors="replace")
 
-    def request(self, payload: dict, *, timeout_s: float, max_rss_mb: int = DEFAULT_MAX_RSS_MB) -> ServeResult:
-        """Send one request and wait for its reply within timeout_s (which includes a start-up when the
-        runner has to start). Never raises for anything the runner does (an OSError starting it propagates)."""
-        import json
-
-        limit = int(max_rss_mb) << 20
+    def _ensure_running(self, limit: int) -> bool:
+        """A runner ready for the next request (restarted after a failure); True when this started it."""
         started = False
-        deadline = time.monotonic() + timeout_s
         if not self.alive():
             if self.proc is not None or self._lost:
                 self.stop()
@@ -353,19 +359,30 @@ class BoxServer:
                 self._lost = False
             self._start()
             started = True
-        assert self.proc is not None and self.proc.stdin is not None
+        assert self.proc is not None
         if not _reset_peak(self.proc.pid) and tree_peak_bytes(self.proc.pid) > limit // 2:
             # no way to reset the high-water mark here: a fresh runner, so the peak is this program's
             self.stop()
             _STARTS["restarts"] += 1
             self._start()
             started = True
+        return started
+
+    def request(self, payload: dict, *, timeout_s: float, max_rss_mb: int = DEFAULT_MAX_RSS_MB) -> ServeResult:
+        """Send one request and wait for its reply within timeout_s (which includes a start-up when the
+        runner has to start). Never raises for anything the runner does (an OSError starting it propagates)."""
+        import json
+
+        deadline = time.monotonic() + timeout_s
+        started = self._ensure_running(int(max_rss_mb) << 20)
+        assert self.proc is not None and self.proc.stdin is not None
+        limits = _Limits(self.proc.pid, max_rss_mb, deadline)
         offset = self.err.seek(0, os.SEEK_END) if self.err is not None else 0
         result = ServeResult(None, started=started)
         ok = False
         try:
             if started:
-                line, why, peak = self._read_line(deadline, limit)
+                line, why = self._read_line(limits)
                 if line is not None:
                     try:
                         self.hello = json.loads(line)
@@ -373,26 +390,25 @@ class BoxServer:
                         line, why = None, "garbage"
                 result.hello = self.hello
                 if line is None or (self.hello or {}).get("error"):
-                    return self._failed(result, why, peak, offset)
+                    return self._failed(result, why, limits.peak, offset)
             self.proc.stdin.write(json.dumps(payload).encode() + b"\n")
             self.proc.stdin.flush()
-            line, why, peak = self._read_line(deadline, limit)
-            result.peak_rss_bytes = peak or None
-            if line is None:
-                return self._failed(result, why, peak, offset)
+            line, why = self._read_line(limits)
+            result.peak_rss_bytes = limits.peak or None
             try:
-                reply = json.loads(line)
+                reply = json.loads(line) if line is not None else None
             except ValueError:
-                return self._failed(result, "garbage", peak, offset)
+                why = "garbage"
+                reply = None
             result.reply = reply if isinstance(reply, dict) else None
+            if result.reply is None:
+                return self._failed(result, why or "garbage", limits.peak, offset)
             result.hello = self.hello
             self.served += 1
-            ok = result.reply is not None and not result.reply.get("restart")
-            if result.reply is None:
-                return self._failed(result, "garbage", peak, offset)
+            ok = not result.reply.get("restart")
             return result
         except (BrokenPipeError, ConnectionResetError):
-            return self._failed(result, "exited", 0, offset)
+            return self._failed(result, "exited", limits.peak, offset)
         finally:
             # anything else (a guard's time budget firing mid-request): the runner's state is unknown
             if not ok:
@@ -429,6 +445,13 @@ def close_servers() -> None:
     """Stop every long-lived runner of this process (end of a run, end of a worker)."""
     for found in list(_SERVERS.values()):
         found.stop()
+    _SERVERS.clear()
+
+
+def reset_after_fork() -> None:
+    """A forked `--jobs` worker starts with no runner and no count of its own: the parent's runners
+    are the parent's (the worker must not stop them) and its start-ups are counted by the parent."""
+    _STARTS.update(startups=0, restarts=0)
     _SERVERS.clear()
 
 

@@ -4,7 +4,8 @@ same seeded inputs with the ExecuTorch runtime and compare their outputs.
     python -m quantgate.runtime.pte_outputs [--method NAME] [--samples N] [--seed S] [--int-high H] REF ART
 
 Like `pte_runner` (whose loading helpers it reuses), it runs outside quantgate's own process because
-the runtime's loader can crash on a malformed program. stdout carries one JSON document:
+the runtime's loader can crash on a malformed program, started and bounded by `quantgate.runtime.child`
+like every runtime child. stdout carries one JSON document:
 `{"outputs": {...metrics...}}` or `{"finding": [CODE, message]}`; runtime log lines go to stderr.
 Inputs come from the reference method's metadata: floats standard normal, integers uniform in
 [0, int_high), booleans false, from a torch generator seeded with `--seed`.
@@ -13,8 +14,6 @@ Inputs come from the reference method's metadata: floats standard normal, intege
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from typing import Any
 
@@ -26,10 +25,10 @@ def _load(pl: Any, path: str, method: str | None, side: str) -> tuple[Any, Any]:
     from quantgate.runtime import pte_runner as runner
 
     notes: list[str] = []
-    runner._import_kernels(runner._flatbuffer_bytes(path), notes)
+    runner.import_kernels(runner.flatbuffer_bytes(path), notes)
     log: list[str] = []
     try:
-        with runner._captured_stderr(log):
+        with runner.captured_stderr(log):
             program = pl._load_program(path, enable_etdump=False, debug_buffer_size=0,
                                        program_verification=pl.Verification.InternalConsistency)
             names = [program.get_method_name(i) for i in range(program.num_methods())]
@@ -124,18 +123,11 @@ def document_of(argv: list[str]) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv == ["--serve"]:  # long-lived: one request per line (quantgate.runtime.child.serve)
-        from quantgate.runtime.child import serve
+    from quantgate.runtime.child import main_json
 
-        return serve(document_of, ("numpy", "torch", "executorch.extension.pybindings.portable_lib"))
-    sys.stdout.flush()
-    json_fd = os.dup(1)
-    os.dup2(2, 1)  # stdout is kept for the one JSON document
-    document = document_of(argv)
-    with os.fdopen(json_fd, "w") as out:
-        out.write(json.dumps(document) + "\n")
-    return 0
+    # `--serve`: long-lived, one request per line (quantgate.runtime.child.serve)
+    return main_json(document_of, sys.argv[1:] if argv is None else argv,
+                     ("numpy", "torch", "executorch.extension.pybindings.portable_lib"))
 
 
 # --- the parent side ------------------------------------------------------------------------------

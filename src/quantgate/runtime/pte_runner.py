@@ -20,17 +20,14 @@ table (tensor dtype, sizes, constant or not) come from quantgate's own bounded p
 reader, run only after the runtime itself has accepted the program. Classification happens in the parent
 (`quantgate.validators.pte_inspector`), which needs neither torch nor executorch.
 
-`--serve` makes it a long-lived runner (`quantgate.runtime.box.BoxServer`): it imports torch and
-executorch once, prints one line `{"runner": {...}}` (or `{"runner": ..., "error": ...}`), then answers
-each request line `{"path", "method", "data"}` on stdin with one line `{"result": entry, "restart": bool}`
-on stdout until stdin closes. `restart` is true when the program failed inside the runtime (the runtime's
-state after that is not trusted, so the parent starts a fresh runner for the next program).
-The test-only environment variable QUANTGATE_RUNNER_FAULT=KIND:NAME makes a served request for a program
-named NAME fail in way KIND (one of the faults below), so a fault can hit one program of many.
+`--serve` makes it a long-lived runner (`quantgate.runtime.child.serve`): it imports torch and
+executorch once, then answers each request line `{"path", "method", "data"}` with one entry as above;
+`restart` is asked for when the program failed inside the runtime (the runtime's state after that is
+not trusted, so the parent starts a fresh runner for the next program).
 
 `--fault segv|abort|hang|nojson|garbage|memory|grandchild|orphan` is for tests only: it makes the child
-fail in that way before the heavy imports, so the guard's crash, timeout, no-JSON, memory-limit and
-process-group paths can be tested cheaply.
+fail in that way before the heavy imports (`quantgate.runtime.child.fault`), so the guard's crash,
+timeout, no-JSON, memory-limit and process-group paths can be tested cheaply.
 """
 
 from __future__ import annotations
@@ -41,11 +38,10 @@ import importlib
 import json
 import os
 import re
-import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,38 +84,8 @@ def error_code(message: str) -> int | None:
     return int(match.group(1), 16) if match else None
 
 
-def _fault(kind: str, workdir: str | None = None) -> None:
-    """Test-only failure modes (see the module docstring)."""
-    if kind in ("grandchild", "orphan"):
-        # a grandchild that would outlive the child; the pids go to the workdir for the test to check
-        import subprocess
-
-        grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-        if workdir:
-            Path(workdir, "pids").write_text(f"{os.getpid()} {grandchild.pid}\n")
-        if kind == "orphan":
-            sys.exit(0)
-        time.sleep(3600)
-    elif kind == "memory":
-        hog = b"\x01" * (1 << 30)  # touched, so resident: the box's memory watchdog must kill this
-        time.sleep(60)
-        del hog
-    if kind == "segv":
-        os.kill(os.getpid(), signal.SIGSEGV)
-    elif kind == "abort":
-        os.abort()
-    elif kind == "hang":
-        time.sleep(3600)
-    elif kind == "nojson":
-        sys.exit(0)
-    elif kind == "garbage":
-        sys.stdout.write("this is not json\n")
-        sys.exit(0)
-    raise SystemExit(f"unknown --fault {kind!r}")
-
-
 @contextlib.contextmanager
-def _captured_stderr(sink: list[str]) -> Iterator[None]:
+def captured_stderr(sink: list[str]) -> Iterator[None]:
     """Collect what the C++ runtime writes to fd 2 (its log lines) and echo it to the real stderr."""
     sys.stderr.flush()
     saved = os.dup(2)
@@ -140,7 +106,7 @@ def _captured_stderr(sink: list[str]) -> Iterator[None]:
             sink.extend(kept[:_LOG_LINES])
 
 
-def _flatbuffer_bytes(path: str) -> bytes:
+def flatbuffer_bytes(path: str) -> bytes:
     """The program's flatbuffer part (operator names live there), never the weight segments."""
     with open(path, "rb") as handle:
         head = handle.read(32)
@@ -151,7 +117,7 @@ def _flatbuffer_bytes(path: str) -> bytes:
         return handle.read(min(size, 256 << 20))
 
 
-def _import_kernels(data: bytes, notes: list[str]) -> None:
+def import_kernels(data: bytes, notes: list[str]) -> None:
     """Register the kernel libraries the program names (the portable_lib has neither by default)."""
     wanted = [
         (b"quantized_decomposed::", "executorch.kernels.quantized"),
@@ -214,73 +180,80 @@ def _fail(entry: dict[str, Any], status: str, stage: str, exc: BaseException) ->
     return entry
 
 
-def run_one(torch: Any, pl: Any, path: str, method: str | None, data_path: str | None,
-            workdir: str) -> dict[str, Any]:
-    entry: dict[str, Any] = {"path": path, "status": "error", "log": [], "method": method}
-    from quantgate.runtime import etdump
+class _StepFailed(Exception):
+    def __init__(self, status: str, stage: str, cause: BaseException) -> None:
+        super().__init__(stage)
+        self.status, self.stage, self.cause = status, stage, cause
 
-    timing: dict[str, float] = {}
-    entry["timing_s"] = timing
-    notes: list[str] = []
-    _import_kernels(_flatbuffer_bytes(path), notes)
-    entry["notes"] = notes
-    log: list[str] = entry["log"]
+
+@contextlib.contextmanager
+def _step(status: str, stage: str, entry: dict[str, Any] | None = None, timing: str | None = None) -> Iterator[None]:
+    """One step of a program's run: a failure becomes `status` at `stage`; `timing` names its time."""
     started = time.perf_counter()
     try:
-        with _captured_stderr(log):
-            program = pl._load_program(
-                path,
-                enable_etdump=True,
-                debug_buffer_size=0,
-                program_verification=pl.Verification.InternalConsistency,
-                data_path=data_path,
-            )
+        yield
     except Exception as exc:
-        return _fail(entry, "load_failed", "load_program", exc)
-    timing["load_program"] = time.perf_counter() - started
-    try:
+        raise _StepFailed(status, stage, exc) from exc
+    if entry is not None and timing is not None:
+        entry["timing_s"][timing] = time.perf_counter() - started
+
+
+def _load_program(pl: Any, path: str, data_path: str | None, entry: dict[str, Any]) -> Any:
+    with _step("load_failed", "load_program", entry, "load_program"), captured_stderr(entry["log"]):
+        program = pl._load_program(
+            path,
+            enable_etdump=True,
+            debug_buffer_size=0,
+            program_verification=pl.Verification.InternalConsistency,
+            data_path=data_path,
+        )
+    return program
+
+
+def _choose_method(program: Any, method: str | None, entry: dict[str, Any]) -> str:
+    with _step("load_failed", "method_names"):
         names = [program.get_method_name(i) for i in range(program.num_methods())]
-    except Exception as exc:
-        return _fail(entry, "load_failed", "method_names", exc)
     entry["methods"] = names
     if method is None:
         method = "forward" if "forward" in names or not names else names[0]
     entry["method"] = method
-    started = time.perf_counter()
-    try:
-        with _captured_stderr(log):
-            loaded = program.load_method(method)
-            meta = loaded.method_meta()
-    except Exception as exc:
-        return _fail(entry, "method_load_failed", "load_method", exc)
-    timing["load_method"] = time.perf_counter() - started
-    inputs = []
-    described = []
-    try:
+    return method
+
+
+def _load_method(program: Any, method: str, entry: dict[str, Any]) -> tuple[Any, Any]:
+    with _step("method_load_failed", "load_method", entry, "load_method"), captured_stderr(entry["log"]):
+        loaded = program.load_method(method)
+        meta = loaded.method_meta()
+    return loaded, meta
+
+
+def _build_inputs(torch: Any, meta: Any, entry: dict[str, Any]) -> list[Any]:
+    inputs: list[Any] = []
+    entry["inputs"] = described = []
+    with _step("input_unsupported", "inputs"):
         for i in range(meta.num_inputs()):
             info = meta.input_tensor_meta(i)
             dtype_id, sizes = int(info.dtype()), [int(s) for s in info.sizes()]
             described.append({"dtype": dtype_id, "sizes": sizes})
             inputs.append(_make_input(torch, dtype_id, sizes))
-    except Exception as exc:
-        entry["inputs"] = described
-        return _fail(entry, "input_unsupported", "inputs", exc)
-    entry["inputs"] = described
-    started = time.perf_counter()
-    try:
-        with _captured_stderr(log):
-            loaded.call(inputs)
-    except Exception as exc:
-        return _fail(entry, "execute_failed", "execute", exc)
-    timing["execute"] = time.perf_counter() - started
+    return inputs
+
+
+def _execute(loaded: Any, inputs: list[Any], entry: dict[str, Any]) -> None:
+    with _step("execute_failed", "execute", entry, "execute"), captured_stderr(entry["log"]):
+        loaded.call(inputs)
+
+
+def _collect_events(program: Any, workdir: str, entry: dict[str, Any]) -> None:
+    """The run's ETDump, written to the workdir and read with quantgate's own reader."""
+    from quantgate.runtime import etdump
+
     dump = os.path.join(workdir, f"{len(os.listdir(workdir))}.etdp")
-    try:
+    with _step("error", "etdump"):
         program.write_etdump_result_to_file(dump)
         entry["etdump"] = dump
         with open(dump, "rb") as handle:
             events = etdump.parse(handle.read())
-    except Exception as exc:
-        return _fail(entry, "error", "etdump", exc)
     entry["events"] = [
         {
             "name": e.name,
@@ -294,72 +267,110 @@ def run_one(torch: Any, pl: Any, path: str, method: str | None, data_path: str |
         }
         for e in events
     ]
+
+
+def _read_tables(path: str, method: str, entry: dict[str, Any]) -> None:
+    """The instruction, value and delegate tables, read once the runtime has run the program."""
     started = time.perf_counter()
     instructions, values, problem = _read_program(path, method)
     delegates = _read_delegates(path, method) if instructions is not None else None
-    timing["read_program"] = time.perf_counter() - started
+    entry["timing_s"]["read_program"] = time.perf_counter() - started
     entry.update(instructions=instructions, values=values, delegates=delegates, program_error=problem,
                  status="ok", stage="done")
+
+
+def run_one(torch: Any, pl: Any, path: str, method: str | None, data_path: str | None,
+            workdir: str) -> dict[str, Any]:
+    """One program loaded, run once with ETDump and described: the entry of the module docstring."""
+    entry: dict[str, Any] = {"path": path, "status": "error", "log": [], "method": method, "timing_s": {}}
+    notes: list[str] = []
+    import_kernels(flatbuffer_bytes(path), notes)
+    entry["notes"] = notes
+    try:
+        program = _load_program(pl, path, data_path, entry)
+        method = _choose_method(program, method, entry)
+        loaded, meta = _load_method(program, method, entry)
+        inputs = _build_inputs(torch, meta, entry)
+        _execute(loaded, inputs, entry)
+        _collect_events(program, workdir, entry)
+    except _StepFailed as failed:
+        return _fail(entry, failed.status, failed.stage, failed.cause)
+    _read_tables(path, method, entry)
     return entry
 
 
-def _serve(workdir: str | None) -> int:
-    """The long-lived mode (see the module docstring)."""
-    sys.stdout.flush()
-    out = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    inp = sys.stdin
-    fault_kind, _, fault_name = os.environ.get("QUANTGATE_RUNNER_FAULT", "").partition(":")
+_PRELOAD = ("torch", "executorch.extension.pybindings.portable_lib")
+
+
+def _versions() -> dict[str, Any]:
+    import torch
+
+    out: dict[str, Any] = {"torch": torch.__version__}
+    try:
+        from importlib.metadata import version
+
+        out["executorch"] = version("executorch")
+    except Exception:
+        out["executorch"] = None
+    return out
+
+
+def _answer(base: str, keep: bool) -> Callable[[Any], tuple[dict[str, Any], bool]]:
+    """The served runner's answer to `{"path", "method", "data"}`: the program's entry; a fresh runner
+    is asked for after any program that did not run cleanly."""
+
+    def answer(request: Any) -> tuple[dict[str, Any], bool]:
+        import torch
+        from executorch.extension.pybindings import portable_lib as pl
+
+        try:
+            path = str(Path(str(request["path"])))
+        except (KeyError, TypeError) as exc:
+            return {"status": "error", "stage": "request", "message": str(exc)}, True
+        # each program gets its own folder for its ETDump, emptied after it (unless --workdir keeps them)
+        scratch = tempfile.mkdtemp(dir=base)
+        try:
+            entry = run_one(torch, pl, path, request.get("method"), request.get("data"), scratch)
+        except Exception as exc:  # reported for this program; the runner's state is then not trusted
+            entry = {"path": path, "status": "error", "stage": "runner", "message": f"{type(exc).__name__}: {exc}"}
+        finally:
+            if not keep:
+                import shutil
+
+                shutil.rmtree(scratch, ignore_errors=True)
+        return entry, entry.get("status") != "ok"
+
+    return answer
+
+
+def _run_all(paths: list[str], method: str | None, data: str | None, workdir: str | None) -> dict[str, Any]:
+    """The one-shot form: every program in turn, one document."""
     started = time.perf_counter()
-    runner: dict[str, Any] = {"python": sys.version.split()[0], "served": True}
+    runner: dict[str, Any] = {"python": sys.version.split()[0]}
     try:
         import torch
         from executorch.extension.pybindings import portable_lib as pl
 
         runner["imports_s"] = round(time.perf_counter() - started, 3)
-        runner["torch"] = torch.__version__
-        try:
-            from importlib.metadata import version
-
-            runner["executorch"] = version("executorch")
-        except Exception:
-            runner["executorch"] = None
+        runner.update(_versions())
+        results = []
+        # with --workdir the ETDump files are kept there (tests fuzz them); otherwise they are temporary
+        with contextlib.ExitStack() as stack:
+            folder = workdir or stack.enter_context(tempfile.TemporaryDirectory())
+            for path in paths:
+                try:
+                    results.append(run_one(torch, pl, str(Path(path)), method, data, folder))
+                except Exception as exc:  # one program's surprise must not lose the others' results
+                    results.append({"path": path, "status": "error", "stage": "runner",
+                                    "message": f"{type(exc).__name__}: {exc}"})
+        return {"runner": runner, "results": results}
     except Exception as exc:
-        out.write(json.dumps({"runner": runner, "error": f"{type(exc).__name__}: {exc}"}) + "\n")
-        out.flush()
-        return 0
-    out.write(json.dumps({"runner": runner}) + "\n")
-    out.flush()
-    with contextlib.ExitStack() as stack:
-        base = workdir or stack.enter_context(tempfile.TemporaryDirectory())
-        for line in inp:
-            try:
-                request = json.loads(line)
-                path = str(Path(str(request["path"])))
-            except (ValueError, KeyError, TypeError) as exc:
-                out.write(json.dumps({"result": {"status": "error", "stage": "request", "message": str(exc)},
-                                      "restart": True}) + "\n")
-                out.flush()
-                continue
-            if fault_kind and fault_name and Path(path).name == fault_name:
-                _fault(fault_kind, workdir)
-            # each program gets its own folder for its ETDump, emptied after it
-            scratch = tempfile.mkdtemp(dir=base)
-            try:
-                entry = run_one(torch, pl, path, request.get("method"), request.get("data"), scratch)
-            except Exception as exc:  # reported for this program; the runner's state is then not trusted
-                entry = {"path": path, "status": "error", "stage": "runner", "message": f"{type(exc).__name__}: {exc}"}
-            finally:
-                if not workdir:
-                    import shutil
-
-                    shutil.rmtree(scratch, ignore_errors=True)
-            out.write(json.dumps({"result": entry, "restart": entry.get("status") != "ok"}) + "\n")
-            out.flush()
-    return 0
+        return {"runner": runner, "error": f"{type(exc).__name__}: {exc}", "results": []}
 
 
 def main(argv: list[str] | None = None) -> int:
+    from quantgate.runtime import child
+
     parser = argparse.ArgumentParser(prog="python -m quantgate.runtime.pte_runner")
     parser.add_argument("paths", nargs="*")
     parser.add_argument("--method")
@@ -369,42 +380,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--serve", action="store_true", help="serve requests from stdin (one JSON per line)")
     args = parser.parse_args(argv)
     if args.serve:
-        return _serve(args.workdir)
-    if args.fault:
-        _fault(args.fault, args.workdir)
-    # keep stdout for the one JSON document: everything else printed goes to stderr
-    sys.stdout.flush()
-    json_fd = os.dup(1)
-    os.dup2(2, 1)
-    started = time.perf_counter()
-    runner: dict[str, Any] = {"python": sys.version.split()[0]}
-    try:
-        import torch
-        from executorch.extension.pybindings import portable_lib as pl
-
-        runner["imports_s"] = round(time.perf_counter() - started, 3)
-        runner["torch"] = torch.__version__
-        try:
-            from importlib.metadata import version
-
-            runner["executorch"] = version("executorch")
-        except Exception:
-            runner["executorch"] = None
-        results = []
-        # with --workdir the ETDump files are kept there (tests fuzz them); otherwise they are temporary
         with contextlib.ExitStack() as stack:
-            workdir = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
-            for path in args.paths:
-                try:
-                    results.append(run_one(torch, pl, str(Path(path)), args.method, args.data, workdir))
-                except Exception as exc:  # one program's surprise must not lose the others' results
-                    results.append({"path": path, "status": "error", "stage": "runner",
-                                    "message": f"{type(exc).__name__}: {exc}"})
-        document: dict[str, Any] = {"runner": runner, "results": results}
-    except Exception as exc:
-        document = {"runner": runner, "error": f"{type(exc).__name__}: {exc}", "results": []}
-    with os.fdopen(json_fd, "w") as out:
-        out.write(json.dumps(document) + "\n")
+            base = args.workdir or stack.enter_context(tempfile.TemporaryDirectory())
+            return child.serve(_answer(base, keep=bool(args.workdir)), _PRELOAD, _versions, args.workdir)
+    if args.fault:
+        child.fault(args.fault, args.workdir)
+    with child.json_stdout() as out:
+        out.write(json.dumps(_run_all(args.paths, args.method, args.data, args.workdir)) + "\n")
     return 0
 
 

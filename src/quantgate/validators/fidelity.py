@@ -237,19 +237,32 @@ def weight_fidelity(art_path: str, art_fmt: str, ref_path: str, ref_fmt: str, co
 
 def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Finding], broken_code: str,
                      dequant_error: type[Exception]) -> dict[str, Any] | None:
+    """The `weights` metrics of an opened pair: paired by name, compared layer by layer, summarised."""
     for code, tensor, message in art.problems:
         maker = F.error if code == broken_code else F.warning
         findings.append(maker(code, message, tensor=tensor))
+    common = _paired_keys(art, ref, findings)
+    if common is None:
+        return None
+    rows, total, sampled = _compare_layers(art, ref, common, max_elements, findings, broken_code, dequant_error)
+    if not rows or total is None:
+        return None
+    return _weights_summary(rows, total, sampled, max_elements, findings)
+
+
+def _counterpart(ref: Any, key: str) -> Any:
+    """The reference's weight for an artifact key: by name, else a variant (a folded ONNX Conv+BN)."""
+    found = ref.weights.get(key)
+    if found is None and key in ref.variants:
+        found = ref.variants[key][1]
+    return found
+
+
+def _paired_keys(art: Any, ref: Any, findings: list[Finding]) -> list[str] | None:
+    """The artifact's weight names that have a counterpart in the reference; None (with a
+    FIDELITY_PAIR_MISMATCH) when the reference is not the model the artifact was made from."""
     art_keys = list(art.weights)
-
-    def counterpart(key: str) -> Any:
-        """The reference's weight for an artifact key: by name, else a variant (a folded ONNX Conv+BN)."""
-        found = ref.weights.get(key)
-        if found is None and key in ref.variants:
-            found = ref.variants[key][1]
-        return found
-
-    common = [k for k in art_keys if counterpart(k) is not None]
+    common = [k for k in art_keys if _counterpart(ref, k) is not None]
     if not common:
         findings.append(F.error(
             "FIDELITY_PAIR_MISMATCH",
@@ -258,7 +271,7 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
         return None
     bad_shapes = []
     for key in common:
-        a, r = art.weights[key], counterpart(key)
+        a, r = art.weights[key], _counterpart(ref, key)
         transposed = len(a.shape) == 2 and tuple(reversed(a.shape)) == r.shape and a.numel <= TRANSPOSED_MAX_ELEMENTS
         if a.shape != r.shape and not transposed:
             bad_shapes.append(f"{key} {list(a.shape)} vs {list(r.shape)}")
@@ -273,7 +286,7 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
             "FIDELITY_PAIR_MISMATCH",
             f"only {len(common)} of the artifact's {len(art_keys)} weights have a counterpart in the reference"))
         return None
-    unpaired = [k for k in art_keys if counterpart(k) is None]
+    unpaired = [k for k in art_keys if _counterpart(ref, k) is None]
     undecoded = {tensor for _, tensor, _ in art.problems}
     as_variant = {ref.variants[k][0] for k in art_keys if k not in ref.weights and k in ref.variants}
     missing = [k for k in ref.weights if k not in art.weights and k not in undecoded and k not in as_variant]
@@ -283,12 +296,17 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
     if missing:
         findings.append(F.warning("FIDELITY_LAYER_UNPAIRED", f"{len(missing)} weight(s) of the reference are not "
                                   f"in the artifact: {_shown(missing)}"))
+    return common
 
+
+def _compare_layers(art: Any, ref: Any, common: list[str], max_elements: int, findings: list[Finding],
+                    broken_code: str, dequant_error: type[Exception]) -> tuple[list[dict[str, Any]], Any, list[str]]:
+    """One row per compared layer, their merged Stats, and the names of the layers compared on sampled rows."""
     rows: list[dict[str, Any]] = []
     total = None
     sampled: list[str] = []
     for key in common:
-        a, r = art.weights[key], counterpart(key)
+        a, r = art.weights[key], _counterpart(ref, key)
         try:
             stats, sampled_rows = _compare_pair(r, a, max_elements)
         except dequant_error as exc:
@@ -318,8 +336,12 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
             total = stats
         else:
             total.merge(stats)
-    if not rows or total is None:
-        return None
+    return rows, total, sampled
+
+
+def _weights_summary(rows: list[dict[str, Any]], total: Any, sampled: list[str], max_elements: int,
+                     findings: list[Finding]) -> dict[str, Any] | None:
+    """The `weights` metrics from the compared layers; None when they are unrelated to the reference's."""
     cosines = [row["cosine"] for row in rows]
     if len(rows) >= 1 and statistics.median(cosines) < UNRELATED_COSINE:
         findings.append(F.error(
@@ -364,9 +386,9 @@ def _measure_weights(art: Any, ref: Any, max_elements: int, findings: list[Findi
 def _child_timeout(config: GuardConfig) -> float:
     """`--param timeout` (default 120 s), kept under the gate's own budget so the child's overrun is
     reported by this guard."""
-    from quantgate.validators.pte_inspector import timeout_for
+    from quantgate.runtime.child import DEFAULT_TIMEOUT_S, timeout_within
 
-    return timeout_for(config)
+    return timeout_within(config.param("timeout", DEFAULT_TIMEOUT_S), config.timeout_s)
 
 
 def _max_rss_mb(config: GuardConfig) -> int:

@@ -39,9 +39,8 @@ over the linear and conv ops only.
 
 from __future__ import annotations
 
-import json
-import signal
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,9 @@ from quantgate.coverage import coverage_metrics
 from quantgate.findings import Finding
 from quantgate.formats.xnnpack import DYNAMIC, FLOAT_T, STATIC, WEIGHT, XNN_TOKENS
 from quantgate.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Layer
-from quantgate.runtime.box import DEFAULT_MAX_RSS_MB, child_env, max_rss_mb_of, memory_message, run_boxed
+from quantgate.runtime import child
+from quantgate.runtime.box import DEFAULT_MAX_RSS_MB, max_rss_mb_of, memory_message
+from quantgate.runtime.child import DEFAULT_TIMEOUT_S, ChildRun
 from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome
 from quantgate.validators.coverage_guard import COVERAGE_METRICS
 
@@ -77,7 +78,6 @@ FINDING_CODES = {
     "the ops basis is reported (info).",
 }
 
-DEFAULT_TIMEOUT_S = 120.0
 RUNNER_MODULE = "quantgate.runtime.pte_runner"
 CRASH_HINT = (
     "the ExecuTorch runtime crashed on this program; check it with the pte-program and integrity "
@@ -552,111 +552,157 @@ def _runtime_metrics(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[Finding]) -> Outcome:
+    """An `ok` runner entry -> the guard's outcome: the events walked, classified, measured."""
     every = entry.get("events") or []
     # chain -1 events are the Method/Program wrappers; the rest map to chain-0 instructions
     events = [e for e in every if e.get("chain", -1) >= 0 and e.get("instruction", -1) >= 0]
     total_ns = sum(e["duration_ns"] for e in every if e.get("name") == "Method::execute")
-    instructions = entry.get("instructions")
-    values = entry.get("values")
-    if instructions is None:
+    if entry.get("instructions") is None:
         findings.append(F.warning(
             "PTE_RUNTIME_PROGRAM_UNREAD",
             f"the instruction table could not be read ({entry.get('program_error')}); native ops were "
             "classified by kernel name only",
         ))
-    rows = {r["index"]: r for r in instructions or []}
-    producers = _producers(instructions or [])
-    views = _views(instructions or [], values or [])
-    node_of, unmapped = _node_shapes(events, rows, entry.get("delegates"), values)
-    node_seen: dict[int, int] = {}
+    tally = _Tally.of(entry, events)
+    for event in events:
+        tally.add(event)
+    findings.extend(_tally_findings(tally, events))
+    metrics, unquantized = coverage_metrics(tally.layers, basis=config.basis,
+                                            expect_unquantized=config.expect_unquantized)
+    _event_metrics(metrics, tally, events, total_ns)
+    metrics["runtime"] = _runtime_metrics(entry)
+    if not tally.layers and events and not tally.unprofiled():
+        findings.append(F.info("PTE_RUNTIME_NO_WEIGHT_OPS",
+                               "the run executed no weight-bearing op; coverage is not defined"))
+    return Outcome(metrics=metrics, findings=findings, unquantized=unquantized, summary=_summary(metrics))
 
-    layers: list[Layer] = []
-    executed: list[dict[str, Any]] = []
-    by_name: dict[str, int] = {}
-    by_descriptor: dict[str, int] = {}
-    time_by_op: dict[str, int] = {}
-    unclassified_ops: dict[str, tuple[int, str]] = {}
-    native_calls = delegate_calls = delegate_ops = 0
-    profiled_delegates: set[int] = set()
-    delegate_instructions: dict[int, int] = {}
+
+def _bump(table: dict[str, int], key: str, by: int = 1) -> None:
+    table[key] = table.get(key, 0) + by
+
+
+@dataclass
+class _Tally:
+    """What the walk over a run's events collects: the weight ops as layers, and the counts."""
+
+    instructions: list[dict[str, Any]] | None
+    values: list[Any] | None
+    rows: dict[int, dict[str, Any]]
+    node_of: dict[int, list]
+    unmapped: list[int]
+    producers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    views: dict[tuple[Any, ...], list[tuple[int, int]]] = field(default_factory=dict)
+    layers: list[Layer] = field(default_factory=list)
+    executed: list[dict[str, Any]] = field(default_factory=list)
+    by_name: dict[str, int] = field(default_factory=dict)
+    by_descriptor: dict[str, int] = field(default_factory=dict)
+    time_by_op: dict[str, int] = field(default_factory=dict)
+    unclassified_ops: dict[str, tuple[int, str]] = field(default_factory=dict)
+    native_calls: int = 0
+    delegate_calls: int = 0
+    delegate_ops: int = 0
+    profiled_delegates: set[int] = field(default_factory=set)
+    delegate_instructions: dict[int, int] = field(default_factory=dict)
+    node_seen: dict[int, int] = field(default_factory=dict)
     # a kernel instruction gives a named event (`native_call_addmm.out`, or `llama::update_cache.out`
     # for custom ops, none at all for some) and then its OPERATOR_CALL: the latter is the unit counted
-    pending: dict[int, dict[str, Any]] = {}
-    for event in events:
+    pending: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, entry: dict[str, Any], events: list[dict[str, Any]]) -> _Tally:
+        instructions, values = entry.get("instructions"), entry.get("values")
+        rows = {r["index"]: r for r in instructions or []}
+        node_of, unmapped = _node_shapes(events, rows, entry.get("delegates"), values)
+        return cls(instructions, values, rows, node_of, unmapped, producers=_producers(instructions or []),
+                   views=_views(instructions or [], values or []))
+
+    def unprofiled(self) -> set[int]:
+        """Delegate calls that ran without per-operator events."""
+        return set(self.delegate_instructions) - self.profiled_delegates
+
+    def add(self, event: dict[str, Any]) -> None:
         iid = event["instruction"]
         # the instruction table is chain 0's; events of other chains keep only their own names
-        row = rows.get(iid) if event.get("chain") == 0 else None
+        row = self.rows.get(iid) if event.get("chain") == 0 else None
         name = event.get("name") or ""
         if name == "DELEGATE_CALL":
-            delegate_calls += 1
-            delegate_instructions[iid] = delegate_instructions.get(iid, 0) + 1
-            continue
-        if not event.get("delegate_name") and name and name != "OPERATOR_CALL":
-            pending[iid] = event
-            by_name[name] = by_name.get(name, 0) + 1
-            continue
-        if name == "OPERATOR_CALL":
-            native_calls += 1
-            named = pending.pop(iid, None)
-            duration = (named or event)["duration_ns"]
-            if row and row.get("op"):
-                op_name = row["op"]
-            elif named is not None:
-                op_name = named["name"].removeprefix("native_call_")
-            else:
-                op_name = f"instruction {iid}"
-            time_by_op[op_name] = time_by_op.get(op_name, 0) + duration
-            if base_op(op_name) in NATIVE_WEIGHT_OPS:
-                layer, record = _native_layer(row if instructions is not None else None, op_name, iid,
-                                              values, producers, duration, views)
-                if layer is not None:
-                    layers.append(layer)
-                    executed.append(record)
-            continue
+            self.delegate_calls += 1
+            self.delegate_instructions[iid] = self.delegate_instructions.get(iid, 0) + 1
+        elif not event.get("delegate_name") and name and name != "OPERATOR_CALL":
+            self.pending[iid] = event
+            _bump(self.by_name, name)
+        elif name == "OPERATOR_CALL":
+            self._native_call(event, iid, row)
+        else:
+            self._delegate_op(event, iid, row)
+
+    def _native_call(self, event: dict[str, Any], iid: int, row: dict[str, Any] | None) -> None:
+        self.native_calls += 1
+        named = self.pending.pop(iid, None)
+        duration = (named or event)["duration_ns"]
+        if row and row.get("op"):
+            op_name = row["op"]
+        elif named is not None:
+            op_name = named["name"].removeprefix("native_call_")
+        else:
+            op_name = f"instruction {iid}"
+        _bump(self.time_by_op, op_name, duration)
+        if base_op(op_name) in NATIVE_WEIGHT_OPS:
+            layer, record = _native_layer(row if self.instructions is not None else None, op_name, iid,
+                                          self.values, self.producers, duration, self.views)
+            if layer is not None:
+                self.layers.append(layer)
+                self.executed.append(record)
+
+    def _delegate_op(self, event: dict[str, Any], iid: int, row: dict[str, Any] | None) -> None:
         # a delegate's own operator event: XNNPACK puts its name in the debug string
         name = event.get("delegate_name") or event.get("name") or ""
         if not name:
-            continue
-        delegate_ops += 1
-        profiled_delegates.add(iid)
+            return
+        self.delegate_ops += 1
+        self.profiled_delegates.add(iid)
         parsed = parse_xnnpack_event(name)
         label = parsed["label"] if parsed else name
-        by_name[label] = by_name.get(label, 0) + 1
-        time_by_op[label] = time_by_op.get(label, 0) + event["duration_ns"]
+        _bump(self.by_name, label)
+        _bump(self.time_by_op, label, event["duration_ns"])
         if parsed is None:
-            continue
-        by_descriptor[parsed["descriptor"]] = by_descriptor.get(parsed["descriptor"], 0) + 1
+            return
+        _bump(self.by_descriptor, parsed["descriptor"])
         backend = (row or {}).get("backend") or "delegate"
         node = None
-        if parsed["op"] in _XNN_NODE_KINDS and iid in node_of and event.get("chain") == 0:
-            k = node_seen.get(iid, 0)
-            node_seen[iid] = k + 1
-            node = node_of[iid][k] if k < len(node_of[iid]) else None
+        if parsed["op"] in _XNN_NODE_KINDS and iid in self.node_of and event.get("chain") == 0:
+            k = self.node_seen.get(iid, 0)
+            self.node_seen[iid] = k + 1
+            node = self.node_of[iid][k] if k < len(self.node_of[iid]) else None
         layer, record, unclassified = _xnn_layer(parsed, name, iid, backend, event["duration_ns"], node)
         if layer is not None:
-            layers.append(layer)
-            executed.append(record)
+            self.layers.append(layer)
+            self.executed.append(record)
         if unclassified:
             key = f"{parsed['op']} ({parsed['descriptor']})"
-            count = unclassified_ops.get(key, (0, unclassified))[0]
-            unclassified_ops[key] = (count + 1, unclassified)
+            count = self.unclassified_ops.get(key, (0, unclassified))[0]
+            self.unclassified_ops[key] = (count + 1, unclassified)
+
+
+def _tally_findings(tally: _Tally, events: list[dict[str, Any]]) -> list[Finding]:
+    findings: list[Finding] = []
     # one finding per distinct op and descriptor: a model repeats the same op hundreds of times
-    for key, (count, why) in unclassified_ops.items():
+    for key, (count, why) in tally.unclassified_ops.items():
         findings.append(F.warning(
             "PTE_RUNTIME_UNKNOWN_DESCRIPTOR",
             f"executed XNNPACK op {key!r} ({count} event{'s' if count > 1 else ''}) {why}; report "
             "the descriptor to quantgate",
             op=key,
         ))
-    for iid in unmapped:
+    for iid in tally.unmapped:
         findings.append(F.info(
             "PTE_RUNTIME_DELEGATE_UNMAPPED",
             f"the XNNPACK ops executed by the delegate call at instruction {iid} do not line up with its "
             "graph's FC/conv/matmul nodes; their shapes are unknown, so only the ops basis is reported",
             op=f"instruction {iid}",
         ))
-    for iid in sorted(set(delegate_instructions) - profiled_delegates):
-        backend = (rows.get(iid) or {}).get("backend") or "a delegate"
+    for iid in sorted(tally.unprofiled()):
+        backend = (tally.rows.get(iid) or {}).get("backend") or "a delegate"
         findings.append(F.warning(
             "PTE_RUNTIME_DELEGATE_UNPROFILED",
             f"delegate call at instruction {iid} ({backend}) ran without per-operator events; the weight "
@@ -666,35 +712,32 @@ def _measure_events(entry: dict[str, Any], config: GuardConfig, findings: list[F
     if not events:
         findings.append(F.warning("PTE_RUNTIME_NO_EVENTS",
                                   "the ETDump holds no execution events; nothing was measured"))
+    return findings
 
-    metrics, unquantized = coverage_metrics(layers, basis=config.basis,
-                                            expect_unquantized=config.expect_unquantized)
-    if any(not layer.detail.get("shape_known") for layer in layers):
+
+def _event_metrics(metrics: dict[str, Any], tally: _Tally, events: list[dict[str, Any]], total_ns: int) -> None:
+    """The run's own metrics beside the coverage ones: matmul shares, compute, time, events."""
+    if any(not layer.detail.get("shape_known") for layer in tally.layers):
         _restrict_to_ops(metrics)
     else:
         metrics["shapes_known"] = True
-    metrics["matmul_coverage"] = matmul_coverage(layers)
-    metrics["executed_weight_ops"] = executed
-    metrics["compute"] = _compute_summary(layers)
+    metrics["matmul_coverage"] = matmul_coverage(tally.layers)
+    metrics["executed_weight_ops"] = tally.executed
+    metrics["compute"] = _compute_summary(tally.layers)
     metrics["time_ns"] = {
         "total": total_ns,
-        "weight_ops": sum(r["time_ns"] for r in executed),
-        "by_op": dict(sorted(time_by_op.items(), key=lambda kv: -kv[1])),
+        "weight_ops": sum(r["time_ns"] for r in tally.executed),
+        "by_op": dict(sorted(tally.time_by_op.items(), key=lambda kv: -kv[1])),
     }
     metrics["events"] = {
         "total": len(events),
-        "native_calls": native_calls,
-        "delegate_calls": delegate_calls,
-        "delegate_ops": delegate_ops,
-        "by_descriptor": dict(sorted(by_descriptor.items())),
-        "by_name": dict(sorted(by_name.items())),
+        "native_calls": tally.native_calls,
+        "delegate_calls": tally.delegate_calls,
+        "delegate_ops": tally.delegate_ops,
+        "by_descriptor": dict(sorted(tally.by_descriptor.items())),
+        "by_name": dict(sorted(tally.by_name.items())),
     }
     metrics["executed_instructions"] = len({e["instruction"] for e in events})
-    metrics["runtime"] = _runtime_metrics(entry)
-    if not layers and events and not set(delegate_instructions) - profiled_delegates:
-        findings.append(F.info("PTE_RUNTIME_NO_WEIGHT_OPS",
-                               "the run executed no weight-bearing op; coverage is not defined"))
-    return Outcome(metrics=metrics, findings=findings, unquantized=unquantized, summary=_summary(metrics))
 
 
 def _restrict_to_ops(metrics: dict[str, Any]) -> None:
@@ -732,22 +775,34 @@ def _summary(metrics: dict[str, Any]) -> str:
 
 # --- the child process ---------------------------------------------------------------------------
 
-def _child_env() -> dict[str, str]:
-    """The child must import this very quantgate, installed or run from a source tree."""
-    return child_env()
-
-
-def _signal_name(code: int) -> str:
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
+def _runner_answer(run: ChildRun, timeout_s: float, max_rss_mb: int) -> dict[str, Any] | None:
+    """How the runner failed, as the guard says it ({"memory": message} or {"error": (...)}); None when
+    it gave a document."""
+    if run.failure == child.MEMORY:
+        return {"memory": memory_message("the ExecuTorch runtime", max_rss_mb, run.peak_rss_bytes)}
+    if run.failure == child.TIMEOUT:
+        return {"error": ("timeout", f"the ExecuTorch runtime did not finish within {timeout_s:g} s "
+                          "(the child and its process group were killed)",
+                          "raise --param timeout=SECONDS if the model is large; a hang on a small "
+                          "program means the runtime is stuck on it")}
+    if run.failure in (child.START, child.IMPORT):
+        return {"error": ("runtime_import", f"the runtime child could not start: {run.detail}",
+                          "check the executorch install: pip install 'quantgate[executorch]'")}
+    tail = f" ({run.stderr_tail})" if run.stderr_tail else ""
+    if run.failure == child.CRASH:
+        return {"error": ("runtime_crash", f"the ExecuTorch runtime crashed with {run.detail} while loading or "
+                          "running the program" + tail, CRASH_HINT)}
+    if run.failure == child.NO_RESULT:
+        return {"error": ("runtime_output", f"the runtime child exited with code {run.returncode} and "
+                          "printed no JSON result" + tail,
+                          "run `python -m quantgate.runtime.pte_runner FILE` to see the child's output")}
+    return None
 
 
 def run_runner(paths: list[str], *, timeout_s: float, method: str | None = None,
                data_path: str | None = None, fault: str | None = None,
                workdir: str | None = None, max_rss_mb: int = DEFAULT_MAX_RSS_MB) -> dict[str, Any]:
-    """Run the child (in the runtime box) on one or more programs.
+    """Run a one-shot child (in the runtime box) on one or more programs.
 
     Returns {"results": {path: entry}, "peak_rss_bytes"}, {"memory": message} when the child went over
     `max_rss_mb`, or {"error": (...)}.
@@ -762,30 +817,17 @@ def run_runner(paths: list[str], *, timeout_s: float, method: str | None = None,
     if fault:
         cmd += ["--fault", fault]
     cmd += ["--", *paths]
-    proc = run_boxed(cmd, timeout_s=timeout_s, max_rss_mb=max_rss_mb, env=_child_env())
-    if proc.over_memory:
-        return {"memory": memory_message("the ExecuTorch runtime", max_rss_mb, proc.peak_rss_bytes)}
-    if proc.timed_out:
-        return {"error": ("timeout", f"the ExecuTorch runtime did not finish within {timeout_s:g} s "
-                          "(the child and its process group were killed)",
-                          "raise --param timeout=SECONDS if the model is large; a hang on a small "
-                          "program means the runtime is stuck on it")}
-    stderr_tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:] if line.strip())
-    if proc.returncode is not None and proc.returncode < 0:
-        signame = _signal_name(proc.returncode)
-        return {"error": ("runtime_crash", f"the ExecuTorch runtime crashed with {signame} while loading or "
-                          "running the program" + (f" ({stderr_tail})" if stderr_tail else ""), CRASH_HINT)}
-    try:
-        document = json.loads(proc.stdout)
-        results = document["results"]
-    except (ValueError, KeyError, TypeError):
-        return {"error": ("runtime_output", f"the runtime child exited with code {proc.returncode} and "
-                          "printed no JSON result" + (f" ({stderr_tail})" if stderr_tail else ""),
-                          "run `python -m quantgate.runtime.pte_runner FILE` to see the child's output")}
-    if document.get("error") and not results:
-        return {"error": ("runtime_import", f"the runtime child could not start: {document['error']}",
-                          "check the executorch install: pip install 'quantgate[executorch]'")}
-    return {"runner": document.get("runner", {}), "peak_rss_bytes": proc.peak_rss_bytes,
+    run = child.run_once(cmd, timeout_s=timeout_s, max_rss_mb=max_rss_mb)
+    document = run.document or {}
+    results = document.get("results")
+    if run.failure is None and not isinstance(results, list):
+        run.failure = child.NO_RESULT
+    elif run.failure is None and document.get("error") and not results:
+        run.failure, run.detail = child.IMPORT, str(document["error"])
+    failed = _runner_answer(run, timeout_s, max_rss_mb)
+    if failed is not None or not isinstance(results, list):
+        return failed or {}
+    return {"runner": document.get("runner", {}), "peak_rss_bytes": run.peak_rss_bytes,
             "results": {str(r.get("path")): r for r in results if isinstance(r, dict)}}
 
 
@@ -794,33 +836,14 @@ def run_served(path: str, *, timeout_s: float, method: str | None = None, data_p
     """One program on this process's long-lived runner (started on first use; its imports are paid once
     per run, or once per `--jobs` worker). Same answer as `run_runner`; a crash, timeout or memory kill
     costs this program only: the runner is restarted for the next one."""
-    from quantgate.runtime import box
-
-    served = box.server(("pte",), [sys.executable, "-m", RUNNER_MODULE, "--serve"], _child_env())
-    proc = served.request({"path": path, "method": method, "data": data_path}, timeout_s=timeout_s,
-                          max_rss_mb=max_rss_mb)
-    if proc.over_memory:
-        return {"memory": memory_message("the ExecuTorch runtime", max_rss_mb, proc.peak_rss_bytes)}
-    if proc.timed_out:
-        return {"error": ("timeout", f"the ExecuTorch runtime did not finish within {timeout_s:g} s "
-                          "(the child and its process group were killed)",
-                          "raise --param timeout=SECONDS if the model is large; a hang on a small "
-                          "program means the runtime is stuck on it")}
-    stderr_tail = " | ".join(line for line in proc.stderr.strip().splitlines()[-3:] if line.strip())
-    if proc.hello and proc.hello.get("error"):
-        return {"error": ("runtime_import", f"the runtime child could not start: {proc.hello['error']}",
-                          "check the executorch install: pip install 'quantgate[executorch]'")}
-    if proc.reply is None:
-        if proc.returncode is not None and proc.returncode < 0:
-            return {"error": ("runtime_crash", f"the ExecuTorch runtime crashed with {_signal_name(proc.returncode)} "
-                              "while loading or running the program" + (f" ({stderr_tail})" if stderr_tail else ""),
-                              CRASH_HINT)}
-        return {"error": ("runtime_output", f"the runtime child exited with code {proc.returncode} and "
-                          "printed no JSON result" + (f" ({stderr_tail})" if stderr_tail else ""),
-                          "run `python -m quantgate.runtime.pte_runner FILE` to see the child's output")}
-    entry = proc.reply.get("result")
-    runner = dict((proc.hello or {}).get("runner") or {})
-    return {"runner": runner, "peak_rss_bytes": proc.peak_rss_bytes,
+    run = child.run_served(("pte",), [sys.executable, "-m", RUNNER_MODULE, "--serve"],
+                           {"path": path, "method": method, "data": data_path}, timeout_s=timeout_s,
+                           max_rss_mb=max_rss_mb)
+    failed = _runner_answer(run, timeout_s, max_rss_mb)
+    if failed is not None:
+        return failed
+    entry = run.document
+    return {"runner": run.runner, "peak_rss_bytes": run.peak_rss_bytes,
             "results": {str(entry.get("path")): entry} if isinstance(entry, dict) else {}}
 
 
@@ -835,11 +858,8 @@ def _sibling_ptd(path: str) -> str | None:
 
 
 def timeout_for(config: GuardConfig) -> float:
-    timeout = float(config.param("timeout", DEFAULT_TIMEOUT_S))
-    if config.timeout_s:
-        # leave the gate's own budget room to report the child's timeout itself
-        timeout = min(timeout, max(1.0, config.timeout_s * 0.9))
-    return timeout
+    """The runner's time limit: `--param timeout`, kept under the gate's budget for the guard."""
+    return child.timeout_within(config.param("timeout", DEFAULT_TIMEOUT_S), config.timeout_s)
 
 
 class PTEInspectorGuard(Guard):
