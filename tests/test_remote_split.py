@@ -1,10 +1,8 @@
 """A GGUF split set (`-00001-of-0000N.gguf`) behind URLs: gated as one model, as a local split set is.
 
-Discovery already folds shards 2..N of an `hf://` listing into the first shard (`split_shard`). The
-first shard's reader (formats/gguf.py `_merge_split_set`) finds the other shards with `os.stat` and
-lists the folder with `os.scandir`, so over a URL it reports them missing: the strict xfail below
-turns into a failure (drop the marker) once that reader looks shards up through the remote layer
-(`remote.join` + `remote.exists`, as `confine.py` does for files beside an artifact).
+Discovery folds shards 2..N of an `hf://` listing into the first shard (`split_shard`); the first
+shard's reader looks the other shards up beside its URL (`remote.join` + `remote.exists`) and gates the
+set as one model, as it does for a local set (a URL's folder cannot be listed, so no stray-shard check).
 """
 
 from __future__ import annotations
@@ -14,7 +12,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import pytest
 from tests.test_gguf_llamacpp import SET_METRICS, split_set
 from tests.test_remote import TOKEN, _guard, qg, serve  # noqa: F401  (serve is a fixture)
 
@@ -43,8 +40,6 @@ def test_hf_split_set_is_one_artifact(serve: Any, tmp_path: Path) -> None:  # no
     assert result["artifact"]["remote"]["revision"] == sha  # the commit the listing resolved
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="formats/gguf.py reads a split set's other shards from local paths only")
 def test_remote_split_set_is_gated_as_the_local_set(serve: Any, tmp_path: Path) -> None:  # noqa: F811
     shards = split_set(tmp_path)
     served = serve(tmp_path)

@@ -27,6 +27,7 @@ from operator import attrgetter
 from typing import Any
 
 from quantgate import findings as F
+from quantgate import remote
 from quantgate.findings import Finding
 from quantgate.formats import gguf_types as T
 from quantgate.formats.binary import Budget, BudgetExhausted, OutOfBounds, View, gc_paused, mapped
@@ -1308,6 +1309,8 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
     extra or inconsistent shard. Returns the `split` facts (shard count, files, bytes of the set)."""
     count = (_split_fields(gf) or (0, 0))[1]
     folder, name = os.path.split(gf.path)
+    if remote.is_http(gf.path):  # the shards beside a URL are URLs beside it
+        name = remote.basename(gf.path)
     found = F.CappedFindings(gf.structural)
     facts: dict[str, Any] = {"count": count, "files": [name], "set_bytes": gf.size}
     prefix = _split_set_prefix(name, count, found)
@@ -1317,7 +1320,7 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
     names = {t.name for t in gf.tensors}
     for k in range(2, count + 1):
         shard_name = f"{prefix}-{k:05d}-of-{count:05d}.gguf"
-        shard = _open_shard(folder, shard_name, k, count, found)
+        shard = _open_shard(gf.path, shard_name, k, count, found)
         if shard is None:
             continue
         facts["files"].append(shard_name)
@@ -1334,7 +1337,8 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
             )
             break
         _append_shard_tensors(gf, shard, shard_name, names, found)
-    _extra_shards(folder, prefix, count, found)
+    if not remote.is_http(gf.path):  # a URL's folder cannot be listed
+        _extra_shards(folder, prefix, count, found)
     declared = _kv_int(gf.kvs.get("split.tensors.count"))
     if declared is not None and declared != len(gf.tensors):
         found.add(
@@ -1377,19 +1381,25 @@ def _split_set_prefix(name: str, count: int, found: F.CappedFindings) -> str | N
     return match["prefix"]
 
 
-def _open_shard(folder: str, shard_name: str, k: int, count: int, found: F.CappedFindings) -> GGUFFile | None:
-    """Shard k of the set, parsed; None (and GGUF_SPLIT_MISSING) when it cannot be read."""
-    shard_path = os.path.join(folder, shard_name)
+def _open_shard(first: str, shard_name: str, k: int, count: int, found: F.CappedFindings) -> GGUFFile | None:
+    """Shard k of the set beside the first shard `first` (a path or a URL), parsed; None (and
+    GGUF_SPLIT_MISSING) when it cannot be read."""
     try:
-        # a regular file only: opening a FIFO planted under a shard's name would block forever
-        if not stat.S_ISREG(os.stat(shard_path).st_mode):
-            raise OSError(f"{shard_name} is not a regular file")
+        if remote.is_http(first):
+            shard_path = remote.join(first, shard_name)
+            if not remote.exists(shard_path):
+                raise OSError("not found")
+        else:
+            shard_path = os.path.join(os.path.dirname(first), shard_name)
+            # a regular file only: opening a FIFO planted under a shard's name would block forever
+            if not stat.S_ISREG(os.stat(shard_path).st_mode):
+                raise OSError(f"{shard_name} is not a regular file")
         return parse(shard_path)
-    except OSError as exc:
+    except (OSError, remote.RemoteError) as exc:
         found.add(
             F.error(
                 "GGUF_SPLIT_MISSING",
-                f"shard {k} of {count}, {shard_name}, cannot be read ({exc.strerror or exc}); "
+                f"shard {k} of {count}, {shard_name}, cannot be read ({getattr(exc, 'strerror', None) or exc}); "
                 "ship every shard of the set",
                 field="split.count",
             )
