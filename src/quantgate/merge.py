@@ -29,17 +29,31 @@ from quantgate.gate import (
 from quantgate.untrusted import plain
 
 
-def load_report(path: str) -> dict[str, Any]:
+def load_report(source: str) -> dict[str, Any]:
+    """Read and validate a saved report (`-`: stdin); UsageError (exit 4) names the problem and its JSON path."""
+    import sys
+
     from quantgate import jsonfile
     from quantgate.jsonschemas import validate
 
     try:
-        report = jsonfile.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, jsonfile.JSONFileError) as exc:
-        raise UsageError(f"cannot read report {path}: {exc}") from None
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read report {source}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        report = jsonfile.loads(text)
+    except jsonfile.JSONFileError as exc:
+        raise UsageError(
+            f"cannot read report {source}: {exc}; pass a report written by `quantgate run --format json`"
+        ) from None
     problems = validate(report, "report")
     if problems:
-        raise UsageError(f"{path} is not a quantgate report: {problems[0]}")
+        shown = problems[:20]
+        more = [f"… and {len(problems) - 20} more"] if len(problems) > 20 else []
+        raise UsageError(
+            f"{source} is not a quantgate report (it does not match schemas/report.schema.json):\n"
+            + "\n".join([*(f"{source}::{p}" for p in shown), *more])
+        )
     return report
 
 
