@@ -892,10 +892,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The canonical report. `paths` and `artifacts_total` (artifacts found before sharding) go in
     `inputs`, so that `quantgate merge` can tell a complete set of shards from a partial one."""
-    verdict = verdict_of(results, len(artifacts))
     wall_s = round(time.perf_counter() - started, 6)
-    if any(s["reason"] in FATAL_SKIPS for s in skipped):
-        verdict = "ERROR"  # part of the folder was never read: the run cannot vouch for it
     sha_by_path = {r["artifact"]["path"]: r["artifact"].get("sha256") for r in results}
     artifact_rows = []
     for a in artifacts:
@@ -903,32 +900,60 @@ def build_report(
         if sha_by_path.get(a.display):
             row["sha256"] = sha_by_path[a.display]
         artifact_rows.append(row)
+    return assemble_report(
+        policy={"path": policy.path, "sha256": policy.sha256, "fail_on": fail_on,
+                "coverage_basis": policy.coverage_basis},
+        started_at=started_at,
+        duration_s=wall_s,
+        report_only=report_only,
+        shard=f"{shard[0]}/{shard[1]}" if shard else None,
+        artifacts=artifact_rows,
+        results=results,
+        skipped=skipped,
+        head={"inputs": {"paths": [display_path(p) for p in paths],
+                         "artifacts_total": len(artifacts) if artifacts_total is None else artifacts_total}},
+        tail={"cost": audit_cost(results, wall_s, run_stats)},
+    )
+
+
+def assemble_report(
+    *,
+    policy: dict[str, Any],
+    started_at: str,
+    duration_s: float,
+    report_only: bool,
+    shard: str | None,
+    artifacts: Sequence[dict[str, Any]],
+    results: Sequence[dict[str, Any]],
+    skipped: Sequence[dict[str, str]],
+    problems: bool = False,
+    head: dict[str, Any] | None = None,
+    tail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report document around its rows, for a run and for a merge of shards alike: the verdict
+    (ERROR with `problems`, or when part of a folder was never read), the exit code, the summary.
+    `head` goes before the summary, `tail` after the rows."""
+    verdict = "ERROR" if problems else verdict_of(results, len(artifacts))
+    if any(s["reason"] in FATAL_SKIPS for s in skipped):
+        verdict = "ERROR"  # part of the folder was never read: the run cannot vouch for it
     return {
         "$schema": REPORT_SCHEMA_URL,
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "quantgate", "version": __version__},
-        "policy": {
-            "path": policy.path,
-            "sha256": policy.sha256,
-            "fail_on": fail_on,
-            "coverage_basis": policy.coverage_basis,
-        },
+        "policy": policy,
         "environment": environment(),
         "started_at": started_at,
-        "duration_s": wall_s,
+        "duration_s": duration_s,
         "verdict": verdict,
         "exit_code": exit_code_for(verdict, report_only),
         "report_only": report_only,
-        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
-        "inputs": {
-            "paths": [display_path(p) for p in paths],
-            "artifacts_total": len(artifacts) if artifacts_total is None else artifacts_total,
-        },
+        "shard": shard,
+        **(head or {}),
         "summary": summarize(results, len(artifacts)),
-        "artifacts": artifact_rows,
+        "artifacts": list(artifacts),
         "results": list(results),
         "skipped": list(skipped),
-        "cost": audit_cost(results, wall_s, run_stats),
+        **(tail or {}),
     }
 
 

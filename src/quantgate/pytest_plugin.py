@@ -337,6 +337,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(_STATE, None)
     if state is None:
         return
+    state.gate.close()
     if hasattr(session.config, "workerinput"):
         # a pytest-xdist worker holds only its share: it hands it to the controller, which reports
         session.config.workeroutput["quantgate"] = state.shared()  # type: ignore[attr-defined]

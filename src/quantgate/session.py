@@ -135,12 +135,18 @@ class Session:
             before = box.startups()
             for artifact in self.artifacts:
                 done(artifact, self.evaluate(artifact))
-            self._context = None
-            box.close_servers()  # the runners served this run; a later run in this process starts its own
+            self.close()  # the runners served this run; a later run in this process starts its own
             after = box.startups()
             stats = {"workers": 0, "batches": 0, "runtime_startups": after["startups"] - before["startups"],
                      "runtime_restarts": after["restarts"] - before["restarts"]}
         self.stats = {**stats, "jobs": jobs}
+
+    def close(self) -> None:
+        """Let go of the last artifact's reading and stop the runtime runners this session started."""
+        from quantgate.runtime import box
+
+        self._context = None
+        box.close_servers()
 
     def complete_not_applicable(self) -> None:
         """Give each evaluated artifact the rows of the selected guards that do not apply to its format
