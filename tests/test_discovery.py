@@ -230,8 +230,7 @@ def test_hf_cache_snapshot_of_a_broken_model_fails(tmp_path: Path) -> None:
 
 
 def test_unreadable_subfolder_makes_the_run_an_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from quantgate.gate import RunOptions, run_gate
-    from quantgate.policy import load_policy
+    import quantgate
     from quantgate.report import text
 
     rel = _release(tmp_path)
@@ -247,7 +246,7 @@ def test_unreadable_subfolder_makes_the_run_an_error(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(os, "scandir", scandir)
     monkeypatch.chdir(tmp_path)
-    report = run_gate(RunOptions(paths=[str(rel)]), load_policy(None))
+    report = quantgate.run([str(rel)]).to_dict()
     assert report["verdict"] == "ERROR"
     assert report["exit_code"] == 2
     assert report["skipped"] == [

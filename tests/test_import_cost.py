@@ -16,7 +16,8 @@ import pytest
 
 from conftest import FIXTURES, ROOT, cli_env, run_json
 from quantgate import cli, fastjson
-from quantgate.gate import display_path
+from quantgate.gate import UsageError, display_path
+from quantgate.session import check_file
 
 HEAVY = ("torch", "executorch", "onnx", "onnxruntime", "numpy")
 SAFETENSORS = FIXTURES / "safetensors" / "gptq_layout" / "model.safetensors"
@@ -94,9 +95,11 @@ def test_guard_names_the_file_pathlib_named(name: str, tmp_path: Path, monkeypat
     (tmp_path / "f").write_bytes(b"x")
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "g").write_bytes(b"y")
-    path = cli._as_pathlib_names(name)
-    assert os.path.exists(path) == Path(name).exists()
-    assert os.path.isdir(path) == Path(name).is_dir()
+    if not Path(name).exists() or Path(name).is_dir():  # not one file: a usage error naming it
+        with pytest.raises(UsageError, match="path not found" if not Path(name).exists() else "is a folder"):
+            check_file(name)
+        return
+    path = check_file(name)
     assert os.path.basename(path) == os.path.basename(os.fspath(Path(name)))
     if Path(name).exists():
         assert os.path.realpath(path) == str(Path(name).resolve())

@@ -16,9 +16,9 @@ import re
 import sys
 from typing import Any, NoReturn
 
-from quantgate import __version__, cli_extras
-from quantgate.cli_extras import load_cli_policy as _load_policy
-from quantgate.gate import EXIT_ERROR, EXIT_USAGE, RunOptions, UsageError, run_gate
+from quantgate import __version__, cli_extras, session
+from quantgate.gate import EXIT_ERROR, EXIT_USAGE, UsageError, verdict_of
+from quantgate.progress import log
 from quantgate.report import FORMATS, render
 from quantgate.report.jsonfmt import dumps, dumps_bytes
 from quantgate.untrusted import lines as inert_lines
@@ -95,6 +95,130 @@ def _scalar(value: str) -> Any:
     return value
 
 
+def _add_run(sub: Any) -> None:
+    run = sub.add_parser(
+        "run",
+        help="gate artifacts against the policy",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the policy's paths)")
+    run.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="policy file (default: ./quantgate.toml, else [tool.quantgate] in ./pyproject.toml)",
+    )
+    run.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
+    run.add_argument(
+        "--output",
+        action="append",
+        type=_output,
+        default=[],
+        metavar="FORMAT=FILE",
+        help="also write a report to FILE (repeatable)",
+    )
+    run.add_argument("--fail-on", choices=("fail", "warn"), help="what makes the gate fail (default: policy)")
+    run.add_argument("--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)")
+    run.add_argument("--guards", metavar="ID,ID", help="run only these guards")
+    run.add_argument("--jobs", type=_jobs, default="auto", metavar="N|auto",
+                     help="artifacts gated in parallel worker processes (default auto: serial when only header "
+                          "scans apply, else one worker per runtime-checked artifact up to the cores)")
+    run.add_argument("--sha256", action="store_true", help="hash every artifact into the report")
+    run.add_argument("--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts")
+    run.add_argument(
+        "--no-github",
+        action="store_true",
+        help="no annotations, step summary or outputs even when GITHUB_ACTIONS=true",
+    )
+
+
+def _add_guard(sub: Any) -> None:
+    guard = sub.add_parser("guard", help="run one guard on one file and print its result JSON")
+    guard.add_argument("guard_id", metavar="ID")
+    guard.add_argument("path", metavar="PATH")
+    guard.add_argument(
+        "--require",
+        action="append",
+        default=[],
+        metavar="EXPR",
+        help="a bound that must hold, e.g. coverage.ops.int8>=0.9 (repeatable)",
+    )
+    guard.add_argument("--warn", action="append", default=[], metavar="EXPR", help="a soft bound (repeatable)")
+    guard.add_argument(
+        "--param",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a guard parameter, e.g. params=1230000000 (repeatable)",
+    )
+    guard.add_argument(
+        "--expect-unquantized",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="a layer-name glob (or kind:embedding) that is meant to stay float",
+    )
+    guard.add_argument("--policy", metavar="FILE", help="take the guard's settings from this policy too")
+    guard.add_argument("--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage")
+    guard.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="time budget (default 300)")
+
+
+def _add_inspect(sub: Any) -> None:
+    inspect = sub.add_parser("inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits")
+    inspect.add_argument("path", metavar="PATH")
+    inspect.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def _add_guards(sub: Any) -> None:
+    guards = sub.add_parser("guards", help="list the guards, what each needs, and whether it can run here")
+    guards.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def _add_manifest(sub: Any) -> None:
+    manifest = sub.add_parser(
+        "manifest", help="measure artifacts and write a long-form release manifest that passes the manifest guard"
+    )
+    manifest.add_argument("paths", nargs="+", metavar="PATH", help="artifact files or folders")
+    manifest.add_argument("--model-id", required=True, metavar="ID", help="e.g. org/model-name")
+    manifest.add_argument(
+        "--output",
+        metavar="FILE",
+        help="where to write it (default: manifest.json in the artifacts' folder; - for stdout)",
+    )
+    manifest.add_argument("--basis", choices=("ops", "params", "flops"), default="ops", help="basis of `coverage`")
+
+
+def _add_merge(sub: Any) -> None:
+    merge = sub.add_parser("merge", help="join the JSON reports of `run --shard K/N` into one verdict")
+    merge.add_argument("reports", nargs="+", metavar="REPORT.json")
+    merge.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
+    merge.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE")
+    merge.add_argument("--no-github", action="store_true")
+    merge.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="merge even when shards are missing (the report lists them); duplicates and mismatches stay ERROR",
+    )
+
+
+def _add_schema(sub: Any) -> None:
+    schema = sub.add_parser("schema", help="print a bundled JSON Schema")
+    schema.add_argument("name", choices=("guard-result", "report", "policy", "manifest"))
+
+
+# in the order `quantgate --help` lists them
+_SUBPARSERS = {
+    "run": _add_run,
+    "guard": _add_guard,
+    "inspect": _add_inspect,
+    "guards": _add_guards,
+    "manifest": _add_manifest,
+    "merge": _add_merge,
+    "schema": _add_schema,
+}
+
+
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; with `command`, only that subcommand's: argparse builds a help
     formatter for every argument it adds, ~10 M instructions for them all, paid by every run."""
@@ -118,111 +242,9 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
-    if wanted("run"):
-        run = sub.add_parser(
-            "run",
-            help="gate artifacts against the policy",
-            epilog=EXIT_CODES_HELP,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        run.add_argument("paths", nargs="*", metavar="PATH", help="files or folders (default: the policy's paths)")
-        run.add_argument(
-            "--policy",
-            metavar="FILE",
-            help="policy file (default: ./quantgate.toml, else [tool.quantgate] in ./pyproject.toml)",
-        )
-        run.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
-        run.add_argument(
-            "--output",
-            action="append",
-            type=_output,
-            default=[],
-            metavar="FORMAT=FILE",
-            help="also write a report to FILE (repeatable)",
-        )
-        run.add_argument("--fail-on", choices=("fail", "warn"), help="what makes the gate fail (default: policy)")
-        run.add_argument("--report-only", action="store_true", help="exit 0 instead of 1 on FAIL (never hides 2, 3, 4)")
-        run.add_argument("--guards", metavar="ID,ID", help="run only these guards")
-        run.add_argument("--jobs", type=_jobs, default="auto", metavar="N|auto",
-                         help="artifacts gated in parallel worker processes (default auto: serial when only header "
-                              "scans apply, else one worker per runtime-checked artifact up to the cores)")
-        run.add_argument("--sha256", action="store_true", help="hash every artifact into the report")
-        run.add_argument("--shard", type=_shard, metavar="K/N", help="gate only the K-th of N shards of the artifacts")
-        run.add_argument(
-            "--no-github",
-            action="store_true",
-            help="no annotations, step summary or outputs even when GITHUB_ACTIONS=true",
-        )
-
-    if wanted("guard"):
-        guard = sub.add_parser("guard", help="run one guard on one file and print its result JSON")
-        guard.add_argument("guard_id", metavar="ID")
-        guard.add_argument("path", metavar="PATH")
-        guard.add_argument(
-            "--require",
-            action="append",
-            default=[],
-            metavar="EXPR",
-            help="a bound that must hold, e.g. coverage.ops.int8>=0.9 (repeatable)",
-        )
-        guard.add_argument("--warn", action="append", default=[], metavar="EXPR", help="a soft bound (repeatable)")
-        guard.add_argument(
-            "--param",
-            action="append",
-            type=_key_value,
-            default=[],
-            metavar="KEY=VALUE",
-            help="a guard parameter, e.g. params=1230000000 (repeatable)",
-        )
-        guard.add_argument(
-            "--expect-unquantized",
-            action="append",
-            default=[],
-            metavar="PATTERN",
-            help="a layer-name glob (or kind:embedding) that is meant to stay float",
-        )
-        guard.add_argument("--policy", metavar="FILE", help="take the guard's settings from this policy too")
-        guard.add_argument("--basis", choices=("ops", "params", "flops"), help="basis of the headline int8_coverage")
-        guard.add_argument("--timeout", type=_seconds, metavar="SECONDS", help="time budget (default 300)")
-
-    if wanted("inspect"):
-        inspect = sub.add_parser("inspect", help="show what a reader sees: every layer with kind, shape, dtype, bits")
-        inspect.add_argument("path", metavar="PATH")
-        inspect.add_argument("--format", choices=("text", "json"), default="text")
-
-    if wanted("guards"):
-        guards = sub.add_parser("guards", help="list the guards, what each needs, and whether it can run here")
-        guards.add_argument("--format", choices=("text", "json"), default="text")
-
-    if wanted("manifest"):
-        manifest = sub.add_parser(
-            "manifest", help="measure artifacts and write a long-form release manifest that passes the manifest guard"
-        )
-        manifest.add_argument("paths", nargs="+", metavar="PATH", help="artifact files or folders")
-        manifest.add_argument("--model-id", required=True, metavar="ID", help="e.g. org/model-name")
-        manifest.add_argument(
-            "--output",
-            metavar="FILE",
-            help="where to write it (default: manifest.json in the artifacts' folder; - for stdout)",
-        )
-        manifest.add_argument("--basis", choices=("ops", "params", "flops"), default="ops", help="basis of `coverage`")
-
-    if wanted("merge"):
-        merge = sub.add_parser("merge", help="join the JSON reports of `run --shard K/N` into one verdict")
-        merge.add_argument("reports", nargs="+", metavar="REPORT.json")
-        merge.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
-        merge.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE")
-        merge.add_argument("--no-github", action="store_true")
-        merge.add_argument(
-            "--allow-partial",
-            action="store_true",
-            help="merge even when shards are missing (the report lists them); duplicates and mismatches stay ERROR",
-        )
-
-    if wanted("schema"):
-        schema = sub.add_parser("schema", help="print a bundled JSON Schema")
-        schema.add_argument("name", choices=("guard-result", "report", "policy", "manifest"))
-
+    for name, add in _SUBPARSERS.items():
+        if wanted(name):
+            add(sub)
     cli_extras.add_parsers(sub, wanted)
     return parser
 
@@ -233,24 +255,9 @@ def _fail_usage(message: str) -> int:
     return EXIT_USAGE
 
 
-# What a one-file run of a core guard leaves for the process exit to free: its inventory and result.
-_LEFT_FOR_EXIT: list[object] = []
-
-
 def run() -> NoReturn:
-    """The `quantgate` command: main(), then the exit. After a one-file run of a core guard (no thread, no
-    temporary file, no atexit work of its own) the process ends once its output is flushed, without
-    freeing what the reader built one object at a time or tearing down the modules: ~4% of a run on a
-    50k-tensor header, ~19 M instructions on any file."""
-    code = main()
-    if _LEFT_FOR_EXIT:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except OSError:  # a closed pipe: the report could not be delivered
-            code = code or EXIT_ERROR
-        os._exit(code)
-    sys.exit(code)
+    """The `quantgate` command."""
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -328,11 +335,11 @@ def _write(path: str, text: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    policy = _load_policy(args.policy)
+    policy = session.load_policy(args.policy)
     if args.jobs != "auto" and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     guards = [g.strip() for g in args.guards.split(",") if g.strip()] if args.guards else None
-    options = RunOptions(
+    options = session.RunOptions(
         paths=args.paths,
         guards=guards,
         jobs=0 if args.jobs == "auto" else args.jobs,  # 0: chosen from the work (gate.auto_jobs)
@@ -341,7 +348,23 @@ def cmd_run(args: argparse.Namespace) -> int:
         hash_all=args.sha256,
         shard=args.shard,
     )
-    return _emit(run_gate(options, policy), args)
+    gate = session.Session(policy, options)
+    artifacts = gate.prepare()
+    if gate.skipped:
+        from quantgate.report.common import skipped_lines  # file names made inert for the terminal
+
+        for line in skipped_lines({"skipped": gate.skipped}):
+            log(f"quantgate: not gated: {line}")
+    done = 0
+
+    def progress(artifact: Any, out: list[dict[str, Any]]) -> None:
+        nonlocal done
+        done += 1
+        if len(artifacts) > 1:
+            log(f"[{done}/{len(artifacts)}] {artifact.display}: {verdict_of(out, 1)}")
+
+    gate.evaluate_all(progress)
+    return _emit(gate.report(), args)
 
 
 def _emit(report: dict[str, Any], args: argparse.Namespace) -> int:
@@ -414,71 +437,40 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def cmd_guard(args: argparse.Namespace) -> int:
-    from quantgate.bounds import FAIL_LEVEL, WARN_LEVEL, BoundSyntaxError, parse_bound
-    from quantgate.formats.sniff import sniff
-    from quantgate.gate import link_display
-    from quantgate.validators import UnknownGuard, get_guard, guard_ids
-    from quantgate.validators.base import CORE, GuardConfig, GuardContext, run_guard
+    from quantgate.validators.base import CORE, run_guard
 
-    try:
-        guard = get_guard(args.guard_id)
-    except UnknownGuard:
-        import difflib
-
-        near = difflib.get_close_matches(args.guard_id, guard_ids(), n=1)
-        hint = f"did you mean {near[0]}? " if near else ""
-        raise UsageError(f"unknown guard {args.guard_id!r}; {hint}known guards: {', '.join(guard_ids())}") from None
-    remote_url = _remote_arg(args.path)
-    path = remote_url or _as_pathlib_names(args.path)
-    if remote_url:
-        pass
-    elif not os.path.exists(path):
-        raise UsageError(f"path not found: {args.path}")
-    elif os.path.isdir(path):
-        raise UsageError(f"{args.path} is a folder; `quantgate guard` takes one file (use `quantgate run` for folders)")
-    config = _load_policy(args.policy).guard_config(guard.id) if args.policy else GuardConfig(timeout_s=300.0)
-    try:
-        config.require += [parse_bound(b, FAIL_LEVEL) for b in args.require]
-        config.warn += [parse_bound(b, WARN_LEVEL) for b in args.warn]
-    except BoundSyntaxError as exc:
-        raise UsageError(str(exc)) from None
-    config.params.update({k: _scalar(v) for k, v in args.param})
-    config.expect_unquantized += args.expect_unquantized
-    if args.basis:
-        config.basis = args.basis
-    if args.timeout:
-        config.timeout_s = args.timeout
+    guard = session.known_guard(args.guard_id)
+    path = session.check_file(args.path)
+    config = session.guard_config(
+        guard,
+        policy=args.policy,
+        require=args.require,
+        warn=args.warn,
+        expect_unquantized=args.expect_unquantized,
+        basis=args.basis,
+        timeout_s=args.timeout,
+        params={k: _scalar(v) for k, v in args.param},
+    )
     # One file in a short-lived process: the objects a reader builds (a million on a large header) live
     # until the result is printed and form no cycles, so the cyclic collector would only re-scan them,
-    # several times over (~0.3 s of a 50k-tensor safetensors run). Exit frees everything anyway. The
-    # guards that run numeric work and third-party runtimes for minutes (fidelity, pte-inspector) keep
-    # the collector: their libraries may leave cycles behind in every chunk.
+    # several times over (~0.3 s of a 50k-tensor safetensors run). The guards that run numeric work and
+    # third-party runtimes for minutes (fidelity, pte-inspector) keep the collector: their libraries may
+    # leave cycles behind in every chunk.
     if guard.needs == CORE:
         gc.disable()
-    sniffed = sniff(path)
-    if remote_url:
-        from quantgate import remote
-
-        if sniffed.format == "unreadable":  # no Range support, an HTTP error: one line, exit 2
-            print(f"quantgate: error: {plain(sniffed.detail)}", file=sys.stderr)
-            return EXIT_ERROR
-        ctx = GuardContext(remote_url, sniffed, remote.open_file(remote_url).size, remote.display_url(remote_url))
-    else:
-        size = os.stat(path).st_size if sniffed.format != "unreadable" else 0
-        # a link keeps its own name and folder (a Hugging Face snapshot's config.json sits beside the
-        # link, not beside the blob it points to); the folders above it are resolved
-        folder, name = os.path.split(os.path.abspath(path))
-        ctx = GuardContext(os.path.join(os.path.realpath(folder), name), sniffed, size, link_display(path))
+    try:
+        ctx = session.guard_context(path)
+    except session.InputError as exc:  # no Range support, an HTTP error: one line, exit 2
+        print(f"quantgate: error: {plain(str(exc))}", file=sys.stderr)
+        return EXIT_ERROR
     result = run_guard(guard, ctx, config)
     _print_bytes(dumps_bytes(result.to_dict()))
-    if guard.needs == CORE:
-        _LEFT_FOR_EXIT[:] = [ctx, result]  # freed by the exit, not one by one (see run)
     # bounds were asked for and the guard cannot measure them here (its extra is missing)
     skipped_for_dependency = result.status == "SKIP" and result.skip and result.skip["reason"] == "dependency_missing"
     if skipped_for_dependency and (config.require or config.warn):
         print(f"quantgate: error: {guard.id} cannot run here: {result.skip['detail']}", file=sys.stderr)
         return EXIT_ERROR
-    return {"PASS": 0, "WARN": 0, "SKIP": 0, "FAIL": 1, "ERROR": 2}[result.status]
+    return result.exit_code
 
 
 def _remote_arg(text: str) -> str | None:
@@ -492,17 +484,6 @@ def _shown_arg(text: str) -> str:
     from quantgate.remote import display_url, is_url
 
     return display_url(text) if is_url(text) else text
-
-
-def _as_pathlib_names(text: str) -> str:
-    """`text` without the trailing separators and `.` parts that pathlib drops, so that `model.gguf/`
-    still names the file as it did when this command used pathlib (~8 ms of imports: not for one file)."""
-    path = text
-    while True:
-        head, tail = os.path.split(path)
-        if tail not in ("", ".") or head == path:
-            return path or "."
-        path = head
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -71,33 +71,9 @@ def add_parsers(sub: Any, wanted: Callable[[str], bool]) -> None:
 # render
 
 
-def load_report(source: str) -> dict[str, Any]:
-    """Read and validate a saved report; UsageError (exit 4) names the problem and its JSON path."""
-    from pathlib import Path
-
-    from quantgate import jsonfile
-    from quantgate.jsonschemas import validate
-
-    try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read report {source}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        report = jsonfile.loads(text)
-    except jsonfile.JSONFileError as exc:
-        raise UsageError(f"{source}: {exc}; pass a report written by `quantgate run --format json`") from None
-    problems = validate(report, "report")
-    if problems:
-        shown = problems[:20]
-        more = [f"… and {len(problems) - 20} more"] if len(problems) > 20 else []
-        raise UsageError(
-            f"{source} is not a valid quantgate report (schemas/report.schema.json):\n"
-            + "\n".join([*(f"{source}::{p}" for p in shown), *more])
-        )
-    return report
-
-
 def cmd_render(args: argparse.Namespace) -> int:
+    from quantgate.merge import load_report
+
     report = load_report(args.report)
     text = render(report, args.format)
     if args.output and args.output != "-":
@@ -299,25 +275,11 @@ def cmd_check_policy(args: argparse.Namespace) -> int:
     return EXIT_USAGE if failed else EXIT_PASS
 
 
-def load_cli_policy(explicit: str | None):  # -> Policy
-    """The policy `--policy` names (else the one find_policy finds); a bad one is a UsageError."""
-    from pathlib import Path
-
-    from quantgate.policy import PolicyError, find_policy, load_policy
-
-    path = find_policy(explicit)
-    if explicit and not Path(explicit).is_file():
-        raise UsageError(f"policy file not found: {explicit}")
-    try:
-        return load_policy(path)
-    except PolicyError as exc:
-        raise UsageError(f"invalid policy\n{exc}") from None
-
-
 def cmd_extras(args: argparse.Namespace) -> int:
     from quantgate.policy import needed_extras
+    from quantgate.session import load_policy
 
-    sys.stdout.write(",".join(needed_extras(load_cli_policy(args.policy))) + "\n")
+    sys.stdout.write(",".join(needed_extras(load_policy(args.policy))) + "\n")
     return EXIT_PASS
 
 

@@ -32,6 +32,8 @@ from quantgate.result import (
     PASS,
     SKIP,
     WARN,
+    ArtifactInfo,
+    GuardResult,
 )
 from quantgate.validators import get_guard, guard_ids
 from quantgate.validators.base import GuardContext, run_guard
@@ -83,17 +85,6 @@ class Artifact:
     @property
     def format(self) -> str:
         return self.sniffed.format
-
-
-@dataclass
-class RunOptions:
-    paths: Sequence[str] = ()
-    guards: Sequence[str] | None = None
-    jobs: int = 1  # 0: auto (gate.auto_jobs)
-    fail_on: str | None = None
-    report_only: bool = False
-    hash_all: bool = False
-    shard: tuple[int, int] | None = None  # (k, n), 1-based k
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,52 +469,44 @@ def gate_decision(
     return result
 
 
-def evaluate_artifact(
-    artifact: Artifact,
-    policy: Policy,
-    selected: Sequence[str],
-    hash_all: bool,
-    fail_on: str,
-    today: dt.date | None = None,
-) -> list[dict[str, Any]]:
-    """Every selected guard on one artifact, with the gate's decision; never raises."""
-    import datetime as dt
-
-    today = today or dt.date.today()
+def artifact_context(artifact: Artifact, policy: Policy, hash_all: bool) -> GuardContext:
+    """The artifact as its guards see it (read once, shared by them); hashed when asked or when a waiver
+    names it (a waiver holds only for the bytes it was granted on)."""
     ctx = GuardContext(artifact.path, artifact.sniffed, artifact.size, artifact.display)
     ctx.hints.update(artifact.hints)
-    waivers = _waivers_for(artifact, policy)
-    if (hash_all or waivers) and artifact.format not in ("unreadable",):
+    if (hash_all or _waivers_for(artifact, policy)) and artifact.format not in ("unreadable",):
         from quantgate.hashing import sha256_file  # hashlib: only when hashing
 
         try:
             ctx.sha256 = sha256_file(artifact.path, artifact.display)
         except OSError as exc:
             log(f"quantgate: cannot hash {artifact.display}: {exc}")
+    return ctx
+
+
+def evaluate_guards(
+    ctx: GuardContext,
+    artifact: Artifact,
+    policy: Policy,
+    guards: Sequence[str],
+    fail_on: str,
+    today: dt.date | None = None,
+) -> list[dict[str, Any]]:
+    """`guards` on one artifact (its `artifact_context`), each with the gate's decision; never raises."""
+    import datetime as dt
+
+    today = today or dt.date.today()
+    waivers = _waivers_for(artifact, policy)
     results = []
-    for guard_id in selected:
-        guard = get_guard(guard_id)
+    for guard_id in guards:
         gp = policy.guard(guard_id)
         if not gp.enabled:
-            result = {
-                "schema_version": SCHEMA_VERSION,
-                "guard": guard_id,
-                "status": SKIP,
-                "message": "skipped (disabled): disabled by the policy",
-                "artifact": ctx.artifact_info().to_dict(),
-                "metrics": {},
-                "bounds": [],
-                "unquantized": [],
-                "findings": [],
-                "skip": {"reason": DISABLED, "detail": "disabled by the policy"},
-                "error": None,
-                "duration_s": 0.0,
-            }
+            result = GuardResult.disabled(guard_id, ctx.artifact_info())
         else:
-            result = run_guard(guard, ctx, policy.guard_config(guard_id)).to_dict()
+            result = run_guard(get_guard(guard_id), ctx, policy.guard_config(guard_id))
         results.append(
             gate_decision(
-                result,
+                result.to_dict(),
                 required=gp.required,
                 fail_on=fail_on,
                 waivers=[w for w in waivers if w.guard == guard_id],
@@ -535,36 +518,25 @@ def evaluate_artifact(
     return results
 
 
+def evaluate_artifact(
+    artifact: Artifact,
+    policy: Policy,
+    selected: Sequence[str],
+    hash_all: bool,
+    fail_on: str,
+    today: dt.date | None = None,
+) -> list[dict[str, Any]]:
+    """Every selected guard on one artifact, with the gate's decision; never raises."""
+    return evaluate_guards(artifact_context(artifact, policy, hash_all), artifact, policy, selected, fail_on, today)
+
+
 def _crash_results(artifact: Artifact, selected: Sequence[str], policy: Policy, why: str) -> list[dict[str, Any]]:
+    info = ArtifactInfo(artifact.display, artifact.format, artifact.size)
     out = []
     for guard_id in selected:
-        message = f"the worker reading {artifact.display} {why}"
-        out.append(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "guard": guard_id,
-                "status": ERROR,
-                "message": message,
-                "artifact": {
-                    "path": artifact.display,
-                    "format": artifact.format,
-                    "size_bytes": artifact.size,
-                },
-                "metrics": {},
-                "bounds": [],
-                "unquantized": [],
-                "findings": [],
-                "skip": None,
-                "error": {
-                    "type": "crash",
-                    "message": message,
-                    "hint": "this is a quantgate bug; please report it",
-                },
-                "duration_s": 0.0,
-                "gate_status": ERROR,
-                "required": policy.guard(guard_id).required,
-            }
-        )
+        result = GuardResult.crashed(guard_id, info, f"the worker reading {artifact.display} {why}").to_dict()
+        result.update(gate_status=ERROR, required=policy.guard(guard_id).required)
+        out.append(result)
     return out
 
 
@@ -583,6 +555,8 @@ def _worker(
     # process groups of the runtime children it started before it exits
     def _stop(signum: int, _frame: Any) -> None:
         box.kill_all()
+        # os._exit, not SystemExit: a forked worker must not run the parent's inherited atexit handlers
+        # and buffers, nor unwind from whatever frame the signal interrupted (a reader, a pipe send)
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, _stop)
@@ -590,9 +564,7 @@ def _worker(
     box.die_with_parent(signal.SIGTERM)
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(1)  # the parent died before the death signal was armed
-    # the counts the parent inherited through fork are not this worker's
-    box._STARTS.update(startups=0, restarts=0)
-    box._SERVERS.clear()
+    box.reset_after_fork()  # the runners and counts inherited through fork are the parent's
     try:
         while True:
             batch = conn.recv()
@@ -679,6 +651,104 @@ def _stop_workers(procs: Iterable[Any]) -> None:
             proc.join()
 
 
+class _Pool:
+    """Long-lived worker processes fed batches of artifacts (see `_run_parallel`). Each running worker's
+    state: [its pipe, its batch left (the first artifact is being gated), when it last sent news, its
+    runtime start counts]."""
+
+    def __init__(self, policy: Policy, selected: Sequence[str], hash_all: bool, fail_on: str, jobs: int,
+                 pending: list[list[Artifact]], on_done: Callable[[Artifact, list[dict[str, Any]]], None]) -> None:
+        import multiprocessing
+
+        self.ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+        self.worker_args = (policy, selected, hash_all, fail_on, os.getpid())
+        self.policy, self.selected, self.jobs, self.pending, self.on_done = policy, selected, jobs, pending, on_done
+        # the watchdog for a child stuck where signals cannot reach it (inside native code): per artifact
+        self.deadline_s = sum(policy.guard_config(g).timeout_s or 0 for g in selected) + 60
+        self.counts = {"workers": 0, "batches": len(pending), "runtime_startups": 0, "runtime_restarts": 0}
+        self.running: dict[Any, list[Any]] = {}
+        self.results: dict[str, list[dict[str, Any]]] = {}
+
+    def retire(self, proc: Any) -> None:
+        state = self.running.pop(proc)
+        self.counts["runtime_startups"] += state[3].get("startups", 0)
+        self.counts["runtime_restarts"] += state[3].get("restarts", 0)
+        with contextlib.suppress(OSError):
+            state[0].close()
+
+    def hand_out(self) -> None:
+        """Batches to idle workers first (a worker with nothing left is told to exit), then to new workers
+        up to `jobs`."""
+        for proc, state in list(self.running.items()):
+            if not state[1] and self.pending:
+                state[1] = self.pending.pop(0)
+                state[2] = time.monotonic()
+                state[0].send(state[1])
+            elif not state[1]:
+                with contextlib.suppress(OSError):
+                    state[0].send(None)  # nothing left: the worker closes its runners and exits
+                proc.join(10)
+                if proc.is_alive():
+                    _stop_workers([proc])
+                self.retire(proc)
+        while self.pending and len(self.running) < self.jobs:
+            parent, child = self.ctx.Pipe(duplex=True)
+            proc = self.ctx.Process(target=_worker, args=(child, *self.worker_args))
+            proc.start()
+            child.close()
+            self.counts["workers"] += 1
+            batch = self.pending.pop(0)
+            self.running[proc] = [parent, batch, time.monotonic(), {}]
+            parent.send(batch)
+
+    def collect(self) -> None:
+        """Wait up to 0.5 s for news; take each worker's finished artifact, or its death."""
+        import multiprocessing.connection  # here: a single `quantgate guard` never pays for it
+
+        finished = multiprocessing.connection.wait([state[0] for state in self.running.values()], timeout=0.5)
+        for proc, state in list(self.running.items()):
+            conn, batch, since, _ = state
+            if not batch:
+                continue
+            message = None
+            if conn in finished:
+                try:
+                    message = conn.recv()
+                except (EOFError, OSError):
+                    message = None
+            elif time.monotonic() - since < self.deadline_s:
+                continue
+            if message is None:
+                self.lost(proc, state)
+                continue
+            _, _path, out, starts = message
+            state[3] = starts
+            artifact = batch.pop(0)
+            state[2] = time.monotonic()
+            self.done(artifact, out)
+
+    def lost(self, proc: Any, state: list[Any]) -> None:
+        """The worker died (or overran its watchdog) on batch[0]: that artifact is an ERROR, the rest of its
+        batch goes back to the queue, to a fresh worker."""
+        batch, since = state[1], state[2]
+        if proc.is_alive():
+            _stop_workers([proc])
+        proc.join()
+        code = proc.exitcode
+        why = f"was killed by signal {-code}" if code is not None and code < 0 else f"exited with code {code}"
+        if time.monotonic() - since >= self.deadline_s:
+            why = f"overran its {self.deadline_s:g} s watchdog and was killed"
+        artifact = batch.pop(0)
+        if batch:
+            self.pending.insert(0, batch)
+        self.retire(proc)
+        self.done(artifact, _crash_results(artifact, self.selected, self.policy, why))
+
+    def done(self, artifact: Artifact, out: list[dict[str, Any]]) -> None:
+        self.results[artifact.path] = out
+        self.on_done(artifact, out)
+
+
 def _run_parallel(
     artifacts: Sequence[Artifact],
     policy: Policy,
@@ -692,28 +762,13 @@ def _run_parallel(
     """Artifacts in at most `jobs` long-lived worker processes, fed batches; a crashing worker costs only
     the artifact it was on (the rest of its batch goes back to the queue, to a fresh worker).
     `stats` gets workers (processes started), batches, runtime_startups and runtime_restarts."""
-    import multiprocessing.connection  # here: a single `quantgate guard` never pays for it
-
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
-    # the watchdog for a child stuck where signals cannot reach it (inside native code): per artifact
-    deadline_s = sum(policy.guard_config(g).timeout_s or 0 for g in selected) + 60
-    pending = plan_batches(artifacts, policy, selected, jobs)
-    counts = {"workers": 0, "batches": len(pending), "runtime_startups": 0, "runtime_restarts": 0}
-    # worker -> [conn, batch left (the first one is being gated), last news, its runtime start counts]
-    running: dict[Any, list[Any]] = {}
-    results: dict[str, list[dict[str, Any]]] = {}
     import signal
     import threading
 
+    pool = _Pool(policy, selected, hash_all, fail_on, jobs, plan_batches(artifacts, policy, selected, jobs), on_done)
+
     def _on_signal(signum: int, _frame: Any) -> None:
         raise _Stopped(signum)
-
-    def _retire(proc: Any, state: list[Any]) -> None:
-        counts["runtime_startups"] += state[3].get("startups", 0)
-        counts["runtime_restarts"] += state[3].get("restarts", 0)
-        with contextlib.suppress(OSError):
-            state[0].close()
-        del running[proc]
 
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -721,70 +776,11 @@ def _run_parallel(
             previous[signum] = signal.signal(signum, _on_signal)
     stopped: int | None = None
     try:
-        while pending or running:
-            # hand out batches: to idle workers first, then to new workers up to `jobs`
-            for proc, state in list(running.items()):
-                if not state[1] and pending:
-                    state[1] = pending.pop(0)
-                    state[2] = time.monotonic()
-                    state[0].send(state[1])
-                elif not state[1]:
-                    with contextlib.suppress(OSError):
-                        state[0].send(None)  # nothing left: the worker closes its runners and exits
-                    proc.join(10)
-                    if proc.is_alive():
-                        _stop_workers([proc])
-                    _retire(proc, state)
-            while pending and len(running) < jobs:
-                parent, child = ctx.Pipe(duplex=True)
-                proc = ctx.Process(target=_worker, args=(child, policy, selected, hash_all, fail_on, os.getpid()))
-                proc.start()
-                child.close()
-                counts["workers"] += 1
-                batch = pending.pop(0)
-                running[proc] = [parent, batch, time.monotonic(), {}]
-                parent.send(batch)
-            if not running:
+        while pool.pending or pool.running:
+            pool.hand_out()
+            if not pool.running:
                 break
-            finished = multiprocessing.connection.wait([state[0] for state in running.values()], timeout=0.5)
-            for proc, state in list(running.items()):
-                conn, batch, since, _ = state
-                if not batch:
-                    continue
-                message = None
-                if conn in finished:
-                    try:
-                        message = conn.recv()
-                    except (EOFError, OSError):
-                        message = None
-                elif time.monotonic() - since < deadline_s:
-                    continue
-                else:
-                    _stop_workers([proc])
-                if message is not None:
-                    _, _path, out, starts = message
-                    state[3] = starts
-                    artifact = batch.pop(0)
-                    state[2] = time.monotonic()
-                    results[artifact.path] = out
-                    on_done(artifact, out)
-                    continue
-                # the worker died (or overran its watchdog) on batch[0]; the rest of its batch is requeued
-                if proc.is_alive():
-                    _stop_workers([proc])
-                proc.join()
-                code = proc.exitcode
-                why = (f"was killed by signal {-code}" if code is not None and code < 0
-                       else f"exited with code {code}")
-                if time.monotonic() - since >= deadline_s:
-                    why = f"overran its {deadline_s:g} s watchdog and was killed"
-                artifact = batch.pop(0)
-                if batch:
-                    pending.insert(0, batch)
-                _retire(proc, state)
-                out = _crash_results(artifact, selected, policy, why)
-                results[artifact.path] = out
-                on_done(artifact, out)
+            pool.collect()
     except _Stopped as exc:
         stopped = exc.signum
     finally:
@@ -792,17 +788,17 @@ def _run_parallel(
         # signal must not cut this short
         for signum in previous:
             signal.signal(signum, signal.SIG_IGN)
-        _stop_workers(running)
+        _stop_workers(pool.running)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if stats is not None:
-        stats.update(counts)
+        stats.update(pool.counts)
     if stopped is not None:
         # the signal's own meaning, now that the workers are gone: SIGINT -> KeyboardInterrupt, SIGTERM -> exit
         os.kill(os.getpid(), stopped)
         time.sleep(1)
         raise SystemExit(128 + stopped)
-    return results
+    return pool.results
 
 
 # ---------------------------------------------------------------------------------------------
@@ -879,10 +875,7 @@ def build_report(
 ) -> dict[str, Any]:
     """The canonical report. `paths` and `artifacts_total` (artifacts found before sharding) go in
     `inputs`, so that `quantgate merge` can tell a complete set of shards from a partial one."""
-    verdict = verdict_of(results, len(artifacts))
     wall_s = round(time.perf_counter() - started, 6)
-    if any(s["reason"] in FATAL_SKIPS for s in skipped):
-        verdict = "ERROR"  # part of the folder was never read: the run cannot vouch for it
     sha_by_path = {r["artifact"]["path"]: r["artifact"].get("sha256") for r in results}
     artifact_rows = []
     for a in artifacts:
@@ -890,32 +883,60 @@ def build_report(
         if sha_by_path.get(a.display):
             row["sha256"] = sha_by_path[a.display]
         artifact_rows.append(row)
+    return assemble_report(
+        policy={"path": policy.path, "sha256": policy.sha256, "fail_on": fail_on,
+                "coverage_basis": policy.coverage_basis},
+        started_at=started_at,
+        duration_s=wall_s,
+        report_only=report_only,
+        shard=f"{shard[0]}/{shard[1]}" if shard else None,
+        artifacts=artifact_rows,
+        results=results,
+        skipped=skipped,
+        head={"inputs": {"paths": [display_path(p) for p in paths],
+                         "artifacts_total": len(artifacts) if artifacts_total is None else artifacts_total}},
+        tail={"cost": audit_cost(results, wall_s, run_stats)},
+    )
+
+
+def assemble_report(
+    *,
+    policy: dict[str, Any],
+    started_at: str,
+    duration_s: float,
+    report_only: bool,
+    shard: str | None,
+    artifacts: Sequence[dict[str, Any]],
+    results: Sequence[dict[str, Any]],
+    skipped: Sequence[dict[str, str]],
+    problems: bool = False,
+    head: dict[str, Any] | None = None,
+    tail: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The report document around its rows, for a run and for a merge of shards alike: the verdict
+    (ERROR with `problems`, or when part of a folder was never read), the exit code, the summary.
+    `head` goes before the summary, `tail` after the rows."""
+    verdict = "ERROR" if problems else verdict_of(results, len(artifacts))
+    if any(s["reason"] in FATAL_SKIPS for s in skipped):
+        verdict = "ERROR"  # part of the folder was never read: the run cannot vouch for it
     return {
         "$schema": REPORT_SCHEMA_URL,
         "schema_version": SCHEMA_VERSION,
         "tool": {"name": "quantgate", "version": __version__},
-        "policy": {
-            "path": policy.path,
-            "sha256": policy.sha256,
-            "fail_on": fail_on,
-            "coverage_basis": policy.coverage_basis,
-        },
+        "policy": policy,
         "environment": environment(),
         "started_at": started_at,
-        "duration_s": wall_s,
+        "duration_s": duration_s,
         "verdict": verdict,
         "exit_code": exit_code_for(verdict, report_only),
         "report_only": report_only,
-        "shard": f"{shard[0]}/{shard[1]}" if shard else None,
-        "inputs": {
-            "paths": [display_path(p) for p in paths],
-            "artifacts_total": len(artifacts) if artifacts_total is None else artifacts_total,
-        },
+        "shard": shard,
+        **(head or {}),
         "summary": summarize(results, len(artifacts)),
-        "artifacts": artifact_rows,
+        "artifacts": list(artifacts),
         "results": list(results),
         "skipped": list(skipped),
-        "cost": audit_cost(results, wall_s, run_stats),
+        **(tail or {}),
     }
 
 
@@ -956,68 +977,3 @@ def selected_guards(requested: Sequence[str] | None) -> list[str]:
         hint = f"did you mean {', '.join(near)}? " if near else ""
         raise UsageError(f"unknown guard(s): {', '.join(unknown)}; {hint}known guards: {', '.join(known)}")
     return [g for g in known if g in requested]
-
-
-def run_gate(options: RunOptions, policy: Policy) -> dict[str, Any]:
-    """Discover, evaluate and report. Raises UsageError for bad input (exit 4)."""
-    import datetime as dt
-
-    started = time.perf_counter()
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    selected = selected_guards(options.guards)
-    fail_on = options.fail_on or policy.fail_on
-    paths = list(options.paths) or [str(policy.root / p) for p in policy.paths]
-    if not paths:
-        raise UsageError("no PATH given and the policy lists no `paths`")
-    skipped: list[dict[str, str]] = []
-    found = discover(paths, policy.exclude, skipped)
-    artifacts = select_shard(found, options.shard)
-    if skipped:
-        from quantgate.report.common import skipped_lines  # file names made inert for the terminal
-
-        for line in skipped_lines({"skipped": skipped}):
-            log(f"quantgate: not gated: {line}")
-    attach_manifest_hints(artifacts)
-    total = len(artifacts)
-    done = 0
-
-    def on_done(artifact: Artifact, out: list[dict[str, Any]]) -> None:
-        nonlocal done
-        done += 1
-        worst = verdict_of(out, 1)
-        if total > 1:
-            log(f"[{done}/{total}] {artifact.display}: {worst}")
-
-    from quantgate.runtime import box
-
-    by_path: dict[str, list[dict[str, Any]]] = {}
-    jobs = options.jobs if options.jobs >= 1 else auto_jobs(artifacts, policy, selected)
-    stats: dict[str, int] = {}
-    if jobs > 1 and total > 1:
-        by_path = _run_parallel(artifacts, policy, selected, options.hash_all, fail_on, jobs, on_done, stats)
-    else:
-        before = box.startups()
-        for artifact in artifacts:
-            by_path[artifact.path] = evaluate_artifact(artifact, policy, selected, options.hash_all, fail_on)
-            on_done(artifact, by_path[artifact.path])
-        box.close_servers()  # the runners served this run; a later run in this process starts its own
-        after = box.startups()
-        stats = {"workers": 0, "batches": 0, "runtime_startups": after["startups"] - before["startups"],
-                 "runtime_restarts": after["restarts"] - before["restarts"]}
-    stats["jobs"] = jobs
-    results = [r for a in artifacts for r in by_path[a.path]]
-    return build_report(
-        policy=policy,
-        artifacts=artifacts,
-        results=results,
-        started=started,
-        started_at=started_at,
-        report_only=options.report_only,
-        fail_on=fail_on,
-        shard=options.shard,
-        paths=paths,
-        artifacts_total=len(found),
-        skipped=skipped,
-        run_stats=stats,
-    )
-

@@ -16,30 +16,35 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from quantgate import SCHEMA_VERSION, __version__
-from quantgate.gate import (
-    FATAL_SKIPS,
-    REPORT_SCHEMA_URL,
-    UsageError,
-    environment,
-    exit_code_for,
-    summarize,
-    verdict_of,
-)
+from quantgate.gate import UsageError, assemble_report
 from quantgate.untrusted import plain
 
 
-def load_report(path: str) -> dict[str, Any]:
+def load_report(source: str) -> dict[str, Any]:
+    """Read and validate a saved report (`-`: stdin); UsageError (exit 4) names the problem and its JSON path."""
+    import sys
+
     from quantgate import jsonfile
     from quantgate.jsonschemas import validate
 
     try:
-        report = jsonfile.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, jsonfile.JSONFileError) as exc:
-        raise UsageError(f"cannot read report {path}: {exc}") from None
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read report {source}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        report = jsonfile.loads(text)
+    except jsonfile.JSONFileError as exc:
+        raise UsageError(
+            f"cannot read report {source}: {exc}; pass a report written by `quantgate run --format json`"
+        ) from None
     problems = validate(report, "report")
     if problems:
-        raise UsageError(f"{path} is not a quantgate report: {problems[0]}")
+        shown = problems[:20]
+        more = [f"… and {len(problems) - 20} more"] if len(problems) > 20 else []
+        raise UsageError(
+            f"{source} is not a quantgate report (it does not match schemas/report.schema.json):\n"
+            + "\n".join([*(f"{source}::{p}" for p in shown), *more])
+        )
     return report
 
 
@@ -139,35 +144,24 @@ def merge_reports(
     order = {a["path"]: i for i, a in enumerate(artifacts)}
     results.sort(key=lambda r: order[r["artifact"]["path"]])
     report_only = all(r.get("report_only", False) for r in reports)
-    verdict = "ERROR" if problems else verdict_of(results, len(artifacts))
     # every shard walks the whole folder: what one did not gate, each reports; keep it once
     skipped = list({(s["path"], s["reason"]): s for r in reports for s in r.get("skipped", [])}.values())
-    if any(s["reason"] in FATAL_SKIPS for s in skipped):
-        verdict = "ERROR"
     first = reports[0]
     record["allow_partial"] = allow_partial
     record["problems"] = problems
-    merged: dict[str, Any] = {
-        "$schema": REPORT_SCHEMA_URL,
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "quantgate", "version": __version__},
-        "policy": first["policy"],
-        "environment": environment(),
-        "started_at": min(r["started_at"] for r in reports),
-        "duration_s": round(sum(r["duration_s"] for r in reports), 6),
-        "verdict": verdict,
-        "exit_code": exit_code_for(verdict, report_only),
-        "report_only": report_only,
-        "shard": None,
-        "merged_from": [
-            {"report": n, "shard": r.get("shard"), "verdict": r["verdict"]} for r, n in zip(reports, names, strict=True)
-        ],
-        "merge": record,
-        "summary": summarize(results, len(artifacts)),
-        "artifacts": artifacts,
-        "results": results,
-        "skipped": skipped,
-    }
-    if isinstance(first.get("inputs"), dict):
-        merged["inputs"] = first["inputs"]
-    return merged
+    merged_from = [
+        {"report": n, "shard": r.get("shard"), "verdict": r["verdict"]} for r, n in zip(reports, names, strict=True)
+    ]
+    return assemble_report(
+        policy=first["policy"],
+        started_at=min(r["started_at"] for r in reports),
+        duration_s=round(sum(r["duration_s"] for r in reports), 6),
+        report_only=report_only,
+        shard=None,
+        artifacts=artifacts,
+        results=results,
+        skipped=skipped,
+        problems=bool(problems),
+        head={"merged_from": merged_from, "merge": record},
+        tail={"inputs": first["inputs"]} if isinstance(first.get("inputs"), dict) else None,
+    )

@@ -16,16 +16,20 @@ Guards that do not apply to an artifact's format get no item. Metrics go to `use
 flattened (`int8_coverage`, `coverage.ops.int8`, ...), so pytest-json-report and JUnit carry them,
 and the canonical quantgate JSON report is written too (`--quantgate-report`).
 
+Items that `-k` or `--deselect` leave out are not gated and are not in the report or its verdict (the
+verdict line says how many). Under pytest-xdist each worker gates its items and hands its results to
+the controller (`workeroutput`), which writes the one report and prints the verdict.
+
 This is an adapter, not the gate: pytest exits 1 for failures and errors alike, so CI should gate
-on `quantgate run` (exit 1 FAIL, 2 ERROR). The plugin reuses the gate (discover,
-evaluate_artifact, build_report) and imports it only when `--quantgate` is given: registered through
-the `pytest11` entry point, it costs a pytest run without the flag nothing but this module.
+on `quantgate run` (exit 1 FAIL, 2 ERROR). The plugin gates through the session `quantgate run` uses
+(quantgate.session.Session: the same discovery, manifest hints, decisions and report) and imports it
+only when `--quantgate` is given: registered through the `pytest11` entry point, it costs a pytest run
+without the flag nothing but this module.
 """
 
 from __future__ import annotations
 
 import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -75,75 +79,68 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 class _Session:
-    """The gate's state for one pytest session: policy, artifacts, results as they are computed."""
+    """The plugin's state for one pytest session: the gate session (quantgate.session.Session, the one
+    `quantgate run` uses), evaluated one item at a time, and what pytest left out."""
 
     def __init__(self, config: pytest.Config):
-        from quantgate.gate import UsageError, discover, selected_guards
-        from quantgate.policy import PolicyError, find_policy, load_policy
+        from quantgate.gate import UsageError
+        from quantgate.session import RunOptions, Session, load_policy
         from quantgate.untrusted import lines, plain
 
         explicit = config.getoption("quantgate_policy")
         if explicit and not Path(explicit).is_file():
             raise pytest.UsageError(f"quantgate: policy file not found: {plain(explicit)}")
-        try:
-            self.policy = load_policy(find_policy(explicit))
-        except PolicyError as exc:
-            # the problems quote the policy's text, which a pull request can set: each line inert
-            raise pytest.UsageError(lines(f"quantgate: invalid policy\n{exc}")) from None
         requested = config.getoption("quantgate_guards")
+        options = RunOptions(
+            paths=config.getoption("quantgate_paths"),
+            guards=[g.strip() for g in requested.split(",") if g.strip()] if requested else None,
+            hash_all=bool(config.getoption("quantgate_sha256")),
+        )
         try:
-            self.guards = selected_guards([g.strip() for g in requested.split(",") if g.strip()] if requested else None)
-            self.skipped: list[dict[str, str]] = []  # what discovery did not gate, for the report
-            self.artifacts = discover(config.getoption("quantgate_paths"), self.policy.exclude, self.skipped)
+            # the problems quote the policy's text, which a pull request can set: each line inert
+            self.gate = Session(load_policy(explicit), options)
+            self.gate.prepare()
         except UsageError as exc:
             raise pytest.UsageError(lines(f"quantgate: {exc}")) from None
-        self.hash_all = bool(config.getoption("quantgate_sha256"))
-        self.fail_on = self.policy.fail_on
-        self.results: dict[str, list[dict[str, Any]]] = {}
-        self.started = time.perf_counter()
-        self.started_at = _now()
+        self.deselected = 0  # quantgate items -k / --deselect left out: not gated, not in the report
         self.report_path: str | None = None
         self.report_error: str | None = None
         self.report: dict[str, Any] | None = None
 
-    def results_for(self, artifact: Any) -> list[dict[str, Any]]:
-        """Every selected guard on the artifact, evaluated once by the gate (never raises)."""
-        from quantgate.gate import evaluate_artifact
+    @property
+    def artifacts(self) -> list[Any]:
+        return self.gate.artifacts
 
-        if artifact.path not in self.results:
-            self.results[artifact.path] = evaluate_artifact(
-                artifact, self.policy, self.guards, self.hash_all, self.fail_on
-            )
-        return self.results[artifact.path]
+    @property
+    def guards(self) -> list[str]:
+        return self.gate.guards
+
+    def result_for(self, artifact: Any, guard: str) -> dict[str, Any]:
+        """The guard on the artifact, evaluated by the gate (never raises); the artifact is read once for
+        its consecutive items."""
+        return self.gate.evaluate(artifact, [guard])[0]
 
     def fatal_skips(self) -> list[dict[str, str]]:
         """What discovery could not read, which makes the run an ERROR (gate.FATAL_SKIPS)."""
-        from quantgate.gate import FATAL_SKIPS
+        return self.gate.fatal_skips()
 
-        return [s for s in self.skipped if s["reason"] in FATAL_SKIPS]
+    def shared(self) -> str:
+        """What a pytest-xdist worker hands the controller: its results and deselections."""
+        return json.dumps({"results": self.gate.results, "deselected": self.deselected})
+
+    def join(self, text: str) -> None:
+        """A pytest-xdist worker's `shared()`."""
+        data = json.loads(text)
+        for path, by_guard in data["results"].items():
+            self.gate.add(path, list(by_guard.values()))
+        # every worker collects (and deselects) the whole session: the count is the same on each
+        self.deselected = max(self.deselected, int(data["deselected"]))
 
     def build(self) -> dict[str, Any] | None:
-        from quantgate.gate import build_report
-
-        evaluated = [a for a in self.artifacts if a.path in self.results]
-        if not evaluated and not self.fatal_skips():
+        if not self.gate.results and not self.fatal_skips():
             return None
-        return build_report(
-            policy=self.policy,
-            artifacts=evaluated,
-            results=[r for a in evaluated for r in self.results[a.path]],
-            started=self.started,
-            started_at=self.started_at,
-            report_only=False,
-            fail_on=self.fail_on,
-            skipped=self.skipped,
-        )
-
-
-def _now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        self.gate.complete_not_applicable()
+        return self.gate.report()
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -190,9 +187,7 @@ class GuardItem(pytest.Item):
         from quantgate.untrusted import plain
 
         state = self.config.stash[_STATE]
-        artifact = self.parent.artifact  # type: ignore[union-attr]
-        results = state.results_for(artifact)
-        self.result = next(r for r in results if r["guard"] == self.name)
+        self.result = state.result_for(self.parent.artifact, self.name)  # type: ignore[union-attr]
         r = self.result
         self.user_properties += [
             ("quantgate.status", r["status"]),
@@ -321,17 +316,37 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     items[:0] = added
 
 
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    if not items:
+        return
+    state = items[0].config.stash.get(_STATE, None)
+    if state is not None:
+        state.deselected += sum(isinstance(item, (GuardItem, DiscoveryItem)) for item in items)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """pytest-xdist's controller: a worker finished; its results join the controller's gate session."""
+    state = node.config.stash.get(_STATE, None)
+    shared = getattr(node, "workeroutput", {}).get("quantgate")
+    if state is not None and shared:
+        state.join(shared)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     state = session.config.stash.get(_STATE, None)
     if state is None:
+        return
+    state.gate.close()
+    if hasattr(session.config, "workerinput"):
+        # a pytest-xdist worker holds only its share: it hands it to the controller, which reports
+        session.config.workeroutput["quantgate"] = state.shared()  # type: ignore[attr-defined]
         return
     report = state.build()
     state.report = report
     target = session.config.getoption("quantgate_report")
     if report is None or not target or target.lower() == "none":
         return
-    if hasattr(session.config, "workerinput"):
-        return  # a pytest-xdist worker holds only its share: it must not overwrite the report
     path = Path(target)
     if not path.is_absolute():
         path = session.config.invocation_params.dir / path
@@ -354,6 +369,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     from quantgate.report.common import verdict_line
 
     terminalreporter.section("quantgate")
+    if hasattr(config, "workerinput"):
+        return  # a pytest-xdist worker: the controller prints the verdict
     if state.report is None:
         terminalreporter.write_line("quantgate: no artifact item ran")
         return
@@ -362,6 +379,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if state.report_error:
         terminalreporter.write_line(f"quantgate: error: {plain(state.report_error)}")
     line = verdict_line(state.report)
+    if state.deselected:
+        line += f"; {state.deselected} quantgate item(s) deselected, not gated and not in the verdict"
     if state.report_path:
         line += f" (report: {plain(state.report_path)})"
     terminalreporter.write_line(line)

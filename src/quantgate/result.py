@@ -14,6 +14,7 @@ WARN = "WARN"
 SKIP = "SKIP"
 ERROR = "ERROR"
 STATUSES = (PASS, FAIL, WARN, SKIP, ERROR)
+GUARD_EXIT = {PASS: 0, WARN: 0, SKIP: 0, FAIL: 1, ERROR: 2}
 
 # skip reasons (closed list; `blocked_by:<guard>` carries the guard id)
 NOT_APPLICABLE = "not_applicable"
@@ -56,6 +57,34 @@ class GuardResult:
     duration_s: float = 0.0
     layers: list[dict[str, Any]] | None = None  # optional: every weight-bearing layer (capped)
     layers_omitted: int = 0
+
+    @classmethod
+    def skipped(cls, guard: str, artifact: ArtifactInfo, reason: str, detail: str) -> GuardResult:
+        """The guard did not run: `reason` from the closed list above, `detail` for a person."""
+        return cls(guard=guard, status=SKIP, message=f"skipped ({reason}): {detail}", artifact=artifact,
+                   skip={"reason": reason, "detail": detail})
+
+    @classmethod
+    def disabled(cls, guard: str, artifact: ArtifactInfo) -> GuardResult:
+        """The policy turned the guard off (`enabled = false`)."""
+        return cls.skipped(guard, artifact, DISABLED, "disabled by the policy")
+
+    @classmethod
+    def errored(cls, guard: str, artifact: ArtifactInfo, etype: str, message: str, hint: str) -> GuardResult:
+        """The guard could not decide (timeout, memory, a guard bug, a missing metric...)."""
+        return cls(guard=guard, status=ERROR, message=f"{message} ({hint})" if hint else message, artifact=artifact,
+                   error={"type": etype, "message": message, "hint": hint})
+
+    @classmethod
+    def crashed(cls, guard: str, artifact: ArtifactInfo, message: str) -> GuardResult:
+        """The process gating the artifact died (a signal, a watchdog): every guard on it is an ERROR."""
+        return cls(guard=guard, status=ERROR, message=message, artifact=artifact,
+                   error={"type": "crash", "message": message, "hint": "this is a quantgate bug; please report it"})
+
+    @property
+    def exit_code(self) -> int:
+        """What `quantgate guard` exits with for this result: 0 PASS/WARN/SKIP, 1 FAIL, 2 ERROR."""
+        return GUARD_EXIT[self.status]
 
     def to_dict(self) -> dict[str, Any]:
         out = {

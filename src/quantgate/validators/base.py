@@ -34,7 +34,6 @@ from quantgate.result import (
     NO_INPUT,
     NOT_APPLICABLE,
     PASS,
-    SKIP,
     WARN,
     ArtifactInfo,
     GuardResult,
@@ -209,23 +208,11 @@ def time_budget(seconds: float | None) -> Iterator[None]:
 
 
 def _skip(guard: Guard, ctx: GuardContext, reason: str, detail: str) -> GuardResult:
-    return GuardResult(
-        guard=guard.id,
-        status=SKIP,
-        message=f"skipped ({reason}): {detail}",
-        artifact=ctx.artifact_info(),
-        skip={"reason": reason, "detail": detail},
-    )
+    return GuardResult.skipped(guard.id, ctx.artifact_info(), reason, detail)
 
 
 def _error(guard: Guard, ctx: GuardContext, etype: str, message: str, hint: str) -> GuardResult:
-    return GuardResult(
-        guard=guard.id,
-        status=ERROR,
-        message=f"{message} ({hint})" if hint else message,
-        artifact=ctx.artifact_info(),
-        error={"type": etype, "message": message, "hint": hint},
-    )
+    return GuardResult.errored(guard.id, ctx.artifact_info(), etype, message, hint)
 
 
 def evaluate_bounds(config: GuardConfig, metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
