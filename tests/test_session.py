@@ -3,6 +3,7 @@ API gate a release alike; `-k` and pytest-xdist reach the plugin's report; Guard
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
@@ -16,6 +17,11 @@ from tests.test_ux_plugin import LOAD, release, run
 
 import quantgate
 from quantgate.result import ArtifactInfo, GuardResult
+
+# the in-process plugin runs below import numpy (fidelity); pytester then drops every module they
+# imported, and numpy cannot be imported twice in one process: load it first so it stays
+with contextlib.suppress(ImportError):
+    import numpy  # noqa: F401
 
 pytest_plugins = ["pytester"]
 
