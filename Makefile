@@ -44,7 +44,7 @@ lint: $(STAMP)
 
 # docs/finding-codes.md is generated (tests/test_readme.py checks it is current)
 docs: $(VENV)/.core
-	$(BIN)/python -m quantgate.codes --write docs/finding-codes.md
+	$(BIN)/python -m quantgate.core.codes --write docs/finding-codes.md
 
 fixtures: $(VENV)/.fixtures
 	@set -e; for script in fixtures/*/make_*.py; do echo "== $$script"; $(BIN)/python $$script; done

@@ -107,7 +107,7 @@ CHILD = {
 import sys, time
 sys.path.insert(0, {src!r})
 t = time.perf_counter()
-from quantgate.formats import gguf
+from quantgate.formats.gguf import reader as gguf
 inv = gguf.read({path!r})
 elapsed = time.perf_counter() - t
 assert not inv.structural_findings, inv.structural_findings
@@ -124,7 +124,7 @@ print(elapsed, sum(1 for x in r.tensors if len(x.shape) >= 2), sum(int(x.n_eleme
     "quantgate, 128-byte hostile file (read only, import excluded)": """
 import sys, time
 sys.path.insert(0, {src!r})
-from quantgate.formats import gguf
+from quantgate.formats.gguf import reader as gguf
 t = time.perf_counter()
 inv = gguf.read({hostile!r})
 elapsed = time.perf_counter() - t

@@ -49,7 +49,7 @@ def main() -> int:
         "quantgate (hashing.sha256_file)": [
             sys.executable,
             "-c",
-            f"from quantgate.hashing import sha256_file; sha256_file({str(path)!r})",
+            f"from quantgate.core.hashing import sha256_file; sha256_file({str(path)!r})",
         ],
         "hashlib.file_digest": [
             sys.executable,

@@ -36,7 +36,7 @@ kind, path = sys.argv[1], sys.argv[2]
 if kind.startswith("onnx"):
     import onnx
 else:
-    from quantgate.formats import onnx as reader
+    from quantgate.formats.onnx import reader
 started = time.perf_counter()
 if kind == "quantgate":
     inv = reader.read(path)

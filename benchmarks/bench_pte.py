@@ -15,7 +15,7 @@ from getrusage(RUSAGE_CHILDREN) of a wrapper), best of --runs:
 
 1. `quantgate guard pte-program FILE` (needs no torch) vs a script that imports executorch and calls
    `deserialize_pte_binary` on the file's bytes (the anchor: what executorch's own tools use);
-2. the read alone, in-process, imports excluded: `quantgate.formats.pte.read(path)` vs
+2. the read alone, in-process, imports excluded: `quantgate.formats.pte.reader.read(path)` vs
    `deserialize_pte_binary(open(path).read())`;
 3. a bare interpreter, for scale;
 4. the cost curve: the same on the smaller programs of --curve (exported once too), so that time and
@@ -112,7 +112,7 @@ print(json.dumps({"delegates": sum(len(p.delegates) for p in plans),
 
 READ_QUANTGATE = r"""
 import json, sys, time
-from quantgate.formats import pte
+from quantgate.formats.pte import reader as pte
 t = time.perf_counter()
 inv = pte.read(sys.argv[1])
 elapsed = time.perf_counter() - t

@@ -84,7 +84,7 @@ def make_file(path: Path, gptq: bool = False, entries: list[tuple[str, str, list
 
 CHILD = {
     "quantgate": """
-        from quantgate.formats.safetensors import read
+        from quantgate.formats.safetensors.reader import read
         def run():
             inv = read(PATH)
             assert inv.structurally_sound and len(inv.layers) == 226, inv.structural_findings
@@ -166,9 +166,9 @@ def main() -> None:
 
 
 # the reader's one fast path: orjson parses the header, and a header it proves sound is done; any other
-# is read by the plain path, json's parse with a hook recording repeated keys (formats/safetensors_header.py)
-FAST_PATH = "from quantgate.cli import run; run()"
-PLAIN_PATH = "import quantgate.fastjson as f; f.orjson = None; from quantgate.cli import run; run()"
+# is read by the plain path, json's parse with a hook recording repeated keys (formats/safetensors/header.py)
+FAST_PATH = "from quantgate.cli.main import run; run()"
+PLAIN_PATH = "import quantgate.core.fastjson as f; f.orjson = None; from quantgate.cli.main import run; run()"
 
 
 def _passed(run: dict) -> None:

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from quantgate.formats import read_inventory  # noqa: E402
 from quantgate.formats.sniff import MODEL_FORMATS, sniff  # noqa: E402
-from quantgate.validators.base import GuardTimeout, time_budget  # noqa: E402
+from quantgate.guards.base import GuardTimeout, time_budget  # noqa: E402
 
 REGRESSIONS = ROOT / "fixtures" / "fuzz-regressions"
 WORK = ROOT / "benchmarks" / ".work" / "fuzz"

@@ -18,10 +18,10 @@ from typing import Any
 import pytest
 
 from conftest import FIXTURES, NEUTRAL_CWD, cli_env, run_cli, run_json
-from quantgate.formats import gguf
+from quantgate.formats.gguf import reader as gguf
 from quantgate.formats.sniff import sniff
-from quantgate.validators import get_guard
-from quantgate.validators.base import GuardConfig, GuardContext, run_guard
+from quantgate.guards import get_guard
+from quantgate.guards.base import GuardConfig, GuardContext, run_guard
 
 Q4_0 = FIXTURES / "gguf" / "model_q4_0.gguf"  # llama, block_count 2, blk.0 and blk.1, 21 tensors
 BIG_INT = "9" * 5000
@@ -162,7 +162,7 @@ def test_gguf_block_count_without_blk_tensors_is_a_finding(tmp_path: Path) -> No
 
 
 def test_jsonfile_loads_bounds_depth_integers_and_constants() -> None:
-    from quantgate import jsonfile
+    from quantgate.core import jsonfile
     assert jsonfile.loads('{"a": "[[[[[[[[", "b": [[1]]}') == {"a": "[[[[[[[[", "b": [[1]]}
     assert jsonfile.loads("[" * 64 + "]" * 64) is not None
     for text, message in [
@@ -339,7 +339,7 @@ def test_onnx_60k_dims_on_an_input_shape_leave_flops_inexact_not_bignum(tmp_path
 
 
 def test_bnb_quant_state_with_thousands_of_dims_is_a_finding_not_a_bignum(tmp_path: Path) -> None:
-    from quantgate.formats import safetensors as st
+    from quantgate.formats.safetensors import reader as st
     from test_safetensors_layouts import codes_of, layers_of, write_st
 
     state = json.dumps({"quant_type": "nf4", "blocksize": 64, "shape": [(1 << 40) - 1] * 4000}).encode()

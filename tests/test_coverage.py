@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from quantgate.bounds import BoundSyntaxError, evaluate, parse_bound
-from quantgate.coverage import bits_per_weight, compute_coverage, coverage_metrics
-from quantgate.inventory import EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Layer
+from quantgate.core.bounds import BoundSyntaxError, evaluate, parse_bound
+from quantgate.core.coverage import bits_per_weight, compute_coverage, coverage_metrics
+from quantgate.core.inventory import EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Layer
 
 
 def layer(

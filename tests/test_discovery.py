@@ -2,7 +2,7 @@
 
 FIFOs, sockets and devices are never opened and are reported as skipped; links are followed to
 regular files (loop-safe) and gated under the path given; a folder that cannot be listed makes the
-run an ERROR; files read beside an artifact follow one confinement rule (quantgate.confine).
+run an ERROR; files read beside an artifact follow one confinement rule (quantgate.gate.confine).
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ def test_unreadable_subfolder_makes_the_run_an_error(tmp_path: Path, monkeypatch
 
 
 def test_report_with_skipped_entries_matches_the_schema(tmp_path: Path) -> None:
-    from quantgate.jsonschemas import validate
+    from quantgate.core.jsonschemas import validate
 
     rel = _release(tmp_path)
     os.mkfifo(rel / "pipe")
@@ -355,8 +355,8 @@ def test_pytest_plugin_report_lists_what_was_not_gated(pytester: pytest.Pytester
     rel.mkdir()
     shutil.copy(VALID, rel / "model.safetensors")
     os.mkfifo(rel / "pipe.gguf")
-    installed = any(ep.value == "quantgate.pytest_plugin" for ep in entry_points(group="pytest11"))
-    load = () if installed else ("-p", "quantgate.pytest_plugin")
+    installed = any(ep.value == "quantgate.cli.pytest_plugin" for ep in entry_points(group="pytest11"))
+    load = () if installed else ("-p", "quantgate.cli.pytest_plugin")
     result = pytester.runpytest_subprocess(
         *load, "-p", "no:cacheprovider", "--quantgate", "rel", "--quantgate-report", "qg.json", timeout=60
     )
@@ -412,8 +412,8 @@ def test_pytest_plugin_fails_on_a_folder_it_could_not_read(pytester: pytest.Pyte
     (rel / "locked").mkdir()
     shutil.copy(BAD_OFFSETS, rel / "locked" / "model.safetensors")
     pytester.makeconftest(_LOCKED_CONFTEST)
-    installed = any(ep.value == "quantgate.pytest_plugin" for ep in entry_points(group="pytest11"))
-    load = () if installed else ("-p", "quantgate.pytest_plugin")
+    installed = any(ep.value == "quantgate.cli.pytest_plugin" for ep in entry_points(group="pytest11"))
+    load = () if installed else ("-p", "quantgate.cli.pytest_plugin")
     hostile = "r\x1b[31m\n::error::x##[error]y.json"
     result = pytester.runpytest_subprocess(
         *load, "-p", "no:cacheprovider", "--ignore=rel", "-rA",
@@ -430,6 +430,6 @@ def test_pytest_plugin_fails_on_a_folder_it_could_not_read(pytester: pytest.Pyte
     report = json.loads((pytester.path / hostile).read_text())
     assert report["verdict"] == "ERROR"
     assert [(s["path"], s["reason"]) for s in report["skipped"]] == [("rel/locked", "unreadable_dir")]
-    # the report's path, printed in the summary, comes out inert (quantgate.untrusted.plain)
+    # the report's path, printed in the summary, comes out inert (quantgate.core.untrusted.plain)
     assert "\x1b" not in out and "##[" not in out and "\n::error::" not in out
     assert f"(report: {pytester.path}/r\\x1b[31m\\x0a::error::x#\\x23[error]y.json)" in out

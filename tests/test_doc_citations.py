@@ -54,7 +54,7 @@ def test_nothing_cites_documents_outside_the_repository() -> None:
 
 
 def test_links_between_the_docs_resolve() -> None:
-    """Relative links in README.md and docs/*.md (docs/finding-codes.md's come from quantgate.codes)."""
+    """Relative links in README.md and docs/*.md (docs/finding-codes.md's come from quantgate.core.codes)."""
     link = re.compile(r"\]\(([^)#\s:]+\.md)?(?:#([^)\s]+))?\)")
     broken = []
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:

@@ -16,11 +16,11 @@ import pytest
 np = pytest.importorskip("numpy")
 gguf = pytest.importorskip("gguf")
 
-from quantgate.bounds import FAIL_LEVEL, parse_bound  # noqa: E402
-from quantgate.findings import Finding  # noqa: E402
+from quantgate.core.bounds import FAIL_LEVEL, parse_bound  # noqa: E402
+from quantgate.core.findings import Finding  # noqa: E402
 from quantgate.formats.sniff import sniff  # noqa: E402
-from quantgate.validators.base import GuardConfig, GuardContext, decide_status, evaluate_bounds, run_guard  # noqa: E402
-from quantgate.validators.fidelity import GUARD, map_reference  # noqa: E402
+from quantgate.guards.base import GuardConfig, GuardContext, decide_status, evaluate_bounds, run_guard  # noqa: E402
+from quantgate.guards.fidelity import GUARD, map_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FID = ROOT / "fixtures" / "fidelity"
@@ -72,7 +72,7 @@ def test_gguf_decoders_equal_gguf_py_on_quantized_data(name: str) -> None:
     from gguf.quants import dequantize, quantize
 
     from quantgate.dequant import gguf as dg
-    from quantgate.formats.gguf_types import GGML_TYPE_BY_NAME
+    from quantgate.formats.gguf.types import GGML_TYPE_BY_NAME
 
     qtype = gguf.GGMLQuantizationType[name]
     x = np.random.default_rng(3).standard_normal((4, 256)).astype(np.float32)
@@ -87,7 +87,7 @@ def test_gguf_k_decoders_equal_gguf_py_on_random_blocks(name: str) -> None:
     from gguf.quants import dequantize
 
     from quantgate.dequant import gguf as dg
-    from quantgate.formats.gguf_types import GGML_TYPE_BY_NAME
+    from quantgate.formats.gguf.types import GGML_TYPE_BY_NAME
 
     size = GGML_TYPE_BY_NAME[name].size
     blocks = np.random.default_rng(5).integers(0, 256, (8, size), dtype=np.uint8)
@@ -229,7 +229,7 @@ def test_reference_mapping_and_manifest_hint(tmp_path: Path) -> None:
 
 
 def test_policy_reference_is_relative_to_the_policy(tmp_path: Path) -> None:
-    from quantgate.policy import PolicyError, load_policy
+    from quantgate.gate.policy import PolicyError, load_policy
 
     policy = tmp_path / "sub" / "quantgate.toml"
     policy.parent.mkdir()
@@ -400,7 +400,7 @@ def test_pte_programs_of_other_models_fail() -> None:
 
 
 def test_inf_scale_is_an_error_finding(tmp_path: Path) -> None:
-    from quantgate.formats import gguf as reader
+    from quantgate.formats.gguf import reader
 
     src = FID / "gguf" / "tiny-q8_0.gguf"
     gf = reader.parse(str(src))
@@ -425,14 +425,14 @@ def _data_region(path: Path) -> tuple[int, int]:
     file past the first kilobyte (ONNX: payloads dominate; a broken record is integrity's finding)."""
     fmt = sniff(path).format
     if fmt == "gguf":
-        from quantgate.formats import gguf as reader
+        from quantgate.formats.gguf import reader
 
         return reader.parse(str(path)).data_start or 0, path.stat().st_size
     if fmt == "safetensors":
         head = int.from_bytes(path.read_bytes()[:8], "little")
         return 8 + head, path.stat().st_size
     if fmt == "pte":  # the segments: constants, named data and the delegate blob
-        from quantgate.formats import pte as reader
+        from quantgate.formats.pte import reader
 
         return reader.parse(str(path)).segment_base, path.stat().st_size
     return 1024, path.stat().st_size
@@ -707,7 +707,7 @@ def test_bad_numeric_param_is_an_error_not_a_crash() -> None:
 
 
 def test_core_install_lists_the_guard_and_skips_without_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
-    out = subprocess.run([sys.executable, "-c", "import sys; from quantgate.validators import all_guards; "
+    out = subprocess.run([sys.executable, "-c", "import sys; from quantgate.guards import all_guards; "
                           "all_guards(); print('numpy' in sys.modules)"], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False"  # importing and listing the guard loads no numpy
     monkeypatch.setattr(GUARD, "requires_modules", ("numpy_missing_here",))

@@ -17,8 +17,8 @@ from quantgate.dequant.input_shapes import (  # noqa: E402
     plan_shapes,
 )
 from quantgate.formats.sniff import sniff  # noqa: E402
-from quantgate.validators.base import GuardConfig, GuardContext, run_guard  # noqa: E402
-from quantgate.validators.fidelity import GUARD  # noqa: E402
+from quantgate.guards.base import GuardConfig, GuardContext, run_guard  # noqa: E402
+from quantgate.guards.fidelity import GUARD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TP = ROOT / "fixtures" / "onnx_third_party"
@@ -173,7 +173,7 @@ def test_ppocr_int8_runs_on_a_realistic_image_and_says_so() -> None:
 
 def test_ppocr_shapes_from_the_policy(tmp_path: Path) -> None:
     pytest.importorskip("onnxruntime")
-    from quantgate.policy import load_policy
+    from quantgate.gate.policy import load_policy
 
     policy = tmp_path / "quantgate.toml"
     policy.write_text('[quantgate]\nversion = 1\n[guards.fidelity]\ninput_shapes = { x = [1, 3, 48, 192] }\n')
@@ -227,7 +227,7 @@ def test_bad_shape_requests_are_usage_errors(params: dict[str, str], message: st
 
 
 def test_policy_input_shapes_belong_to_fidelity(tmp_path: Path) -> None:
-    from quantgate.policy import PolicyError, load_policy
+    from quantgate.gate.policy import PolicyError, load_policy
 
     policy = tmp_path / "quantgate.toml"
     policy.write_text('[quantgate]\nversion = 1\n[guards.onnx-dtypes]\ninput_shapes = { x = [1, 3] }\n')

@@ -18,8 +18,8 @@ np = pytest.importorskip("numpy")
 from conftest import FIXTURES, run_json  # noqa: E402
 from quantgate.dequant.onnx import open_weights  # noqa: E402
 from quantgate.formats.sniff import sniff  # noqa: E402
-from quantgate.validators.base import GuardConfig, GuardContext, run_guard  # noqa: E402
-from quantgate.validators.fidelity import GUARD  # noqa: E402
+from quantgate.guards.base import GuardConfig, GuardContext, run_guard  # noqa: E402
+from quantgate.guards.fidelity import GUARD  # noqa: E402
 
 CORPUS = FIXTURES / "onnx_third_party"
 EXPECT: dict[str, dict] = json.loads((CORPUS / "expectations.json").read_text())
@@ -173,7 +173,7 @@ def test_fused_conv_is_a_layer_for_the_structure_reader_and_fidelity(tmp_path: P
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from quantgate.formats.onnx import read
+    from quantgate.formats.onnx.reader import read
 
     w = np.arange(2 * 3 * 3 * 3, dtype=np.float32).reshape(2, 3, 3, 3) / 10
     graph = helper.make_graph(

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from quantgate import findings as F
-from quantgate.formats import pte
-from quantgate.formats import safetensors as st
-from quantgate.formats.binary import View
+from quantgate.core import findings as F
+from quantgate.formats.pte import reader as pte
+from quantgate.formats.safetensors import reader as st
+from quantgate.formats.wire.binary import View
 
 
 def _counts(found: list[F.Finding]) -> dict[str, int]:

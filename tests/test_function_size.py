@@ -9,10 +9,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "quantgate"
 MAX_LINES = 80
 SPLIT = [
-    "findings.py",
-    "codes.py",
-    "manifest.py",
-    "validators/manifest.py",
+    "core/findings.py",
+    "core/codes.py",
+    "manifest/check.py",
+    "guards/manifest.py",
     "dequant/__init__.py",
     *(str(p.relative_to(PACKAGE)) for p in sorted((PACKAGE / "report").glob("*.py"))),
 ]

@@ -143,7 +143,7 @@ require = ["coverage.ops.int8 >= 0.9"]
     ],
 )
 def test_required_guard_that_cannot_run_is_error(reason: str, required: bool, gate_status: str) -> None:
-    from quantgate.gate import gate_decision
+    from quantgate.gate.evaluate import gate_decision
 
     result = {"status": "SKIP", "skip": {"reason": reason, "detail": "x"}}
     decided = gate_decision(result, required=required, fail_on="fail", waivers=[], sha256=None, today=dt.date.today())
@@ -325,7 +325,7 @@ def test_timeout_is_error_never_pass(tmp_path: Path) -> None:
     import time
 
     from quantgate.formats.sniff import sniff
-    from quantgate.validators.base import Guard, GuardConfig, GuardContext, Outcome, run_guard
+    from quantgate.guards.base import Guard, GuardConfig, GuardContext, Outcome, run_guard
 
     class SlowGuard(Guard):
         id = "slow"
@@ -409,7 +409,7 @@ def test_merge_shard_reports_into_one_verdict(tmp_path: Path) -> None:
     assert merged["summary"] == whole["summary"]
     assert [a["path"] for a in merged["artifacts"]] == [a["path"] for a in whole["artifacts"]]
     assert [m["shard"] for m in merged["merged_from"]] == ["1/3", "2/3", "3/3"]
-    from quantgate.jsonschemas import validate
+    from quantgate.core.jsonschemas import validate
 
     assert validate(merged, "report") == []
     # the same shard twice is an error of the matrix, not a double count
@@ -456,7 +456,7 @@ def test_required_guard_missing_its_dependency_exits_2(tmp_path: Path) -> None:
 ])
 def test_one_subcommand_parser_parses_as_the_whole(argv: list[str]) -> None:
     """`main` builds only the parser of the subcommand it was given: it must read the same."""
-    from quantgate import cli
+    from quantgate.cli import main as cli
 
     assert cli._parser(argv[0]).parse_args(argv) == cli._parser().parse_args(argv)
 
@@ -467,7 +467,7 @@ _ATEXIT_PROBE = """
 import atexit, sys
 atexit.register(lambda: print("atexit ran", file=sys.stderr))
 sys.argv = ["quantgate", *sys.argv[1:]]
-from quantgate.cli import run
+from quantgate.cli.main import run
 run()
 """
 

@@ -240,7 +240,7 @@ def test_memory_partial_is_not_a_silent_pass() -> None:
 
 
 def test_results_match_the_schema() -> None:
-    from quantgate import jsonschemas
+    from quantgate.core import jsonschemas
 
     for name in ("model_mixed", "semantic_file_type_q8_0_over_q4_0"):
         _, r = guard(name, "--require", "memory.total_bytes<=1e9")

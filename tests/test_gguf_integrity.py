@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, run_cli, run_json
-from quantgate.formats import gguf
+from quantgate.formats.gguf import reader as gguf
 
 GGUF = FIXTURES / "gguf"
 BROKEN = GGUF / "broken"

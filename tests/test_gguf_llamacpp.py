@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, run_json
-from quantgate.formats import gguf
-from quantgate.formats import gguf_types as T
-from quantgate.validators.gguf_dtypes import kv_cache_bytes, swa_cache_cells, swa_layout
+from quantgate.formats.gguf import reader as gguf
+from quantgate.formats.gguf import types as T
+from quantgate.guards.gguf_dtypes import kv_cache_bytes, swa_cache_cells, swa_layout
 
 CORPUS = FIXTURES / "gguf" / "llamacpp"
 SWA = FIXTURES / "gguf" / "swa"
@@ -349,7 +349,7 @@ def _gate(folder: Path) -> tuple[int, dict]:
 
 
 def test_split_set_in_a_folder_is_one_artifact(tmp_path: Path) -> None:
-    from quantgate.jsonschemas import validate
+    from quantgate.core.jsonschemas import validate
 
     first, second, third = split_set(tmp_path)
     _, whole = dtypes(CORPUS / "untied_q4_k_m.gguf")

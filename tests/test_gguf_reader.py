@@ -13,9 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES
-from quantgate.findings import FINDING_CODES as SHARED_CODES
-from quantgate.formats import gguf
-from quantgate.formats import gguf_types as T
+from quantgate.core.findings import FINDING_CODES as SHARED_CODES
+from quantgate.formats.gguf import reader as gguf
+from quantgate.formats.gguf import types as T
 
 GGUF = FIXTURES / "gguf"
 VALID = sorted(p for p in GGUF.glob("*.gguf"))
@@ -194,7 +194,7 @@ def test_layer_kinds() -> None:
 
 
 def test_kv_cache_formula() -> None:
-    from quantgate.validators.gguf_dtypes import cache_bytes_per_element, kv_cache_bytes
+    from quantgate.guards.gguf_dtypes import cache_bytes_per_element, kv_cache_bytes
 
     f16 = cache_bytes_per_element("f16")
     assert (

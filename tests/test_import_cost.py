@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, ROOT, cli_env, run_json
-from quantgate import cli, fastjson
-from quantgate.gate import UsageError, display_path
-from quantgate.session import check_file
+from quantgate.cli import main as cli
+from quantgate.core import fastjson
+from quantgate.gate import UsageError
+from quantgate.gate.discovery import display_path
+from quantgate.gate.session import check_file
 
 HEAVY = ("torch", "executorch", "onnx", "onnxruntime", "numpy")
 SAFETENSORS = FIXTURES / "safetensors" / "gptq_layout" / "model.safetensors"
@@ -37,7 +39,7 @@ def test_the_guard_command_imports_no_heavy_library(guard: str, path: Path) -> N
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout)["status"] == "PASS"
     imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
-    assert "quantgate.cli" in imported
+    assert "quantgate.cli.main" in imported
     assert sorted(m for m in imported if m.split(".")[0] in HEAVY) == []
 
 

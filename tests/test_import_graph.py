@@ -102,7 +102,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 
 def test_findings_imports_no_reader_or_guard() -> None:
-    assert import_graph()["quantgate.findings"] <= {"quantgate.bounds"}
+    assert import_graph()["quantgate.core.findings"] <= {"quantgate.core.bounds"}
 
 
 def test_no_import_cycle() -> None:

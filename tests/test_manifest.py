@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from tests.conftest import FIXTURES, run_cli, run_json
 
-from quantgate.jsonschemas import validate
+from quantgate.core.jsonschemas import validate
 
 Q4_ONE_F16 = FIXTURES / "gguf" / "model_q4_0_one_f16.gguf"  # ops 15/16, params 139,264/155,648 int4
 Q8 = FIXTURES / "gguf" / "model_q8_0.gguf"  # all Q8_0
@@ -336,8 +336,8 @@ def test_artifacts_not_a_list_fails_the_run_without_an_internal_error(tmp_path: 
 def test_one_walk_gives_the_gate_and_fidelity_the_same_hints(tmp_path: Path) -> None:
     """artifact_hints is the one walk over a manifest's entries: the parameters for size-heuristic and the
     reference for fidelity, by the artifact's resolved path; paths leaving the folder give nothing."""
-    from quantgate.manifest import artifact_hints
-    from quantgate.validators.fidelity import manifest_reference
+    from quantgate.guards.fidelity import manifest_reference
+    from quantgate.manifest.check import artifact_hints
 
     release = release_with(tmp_path, Q8)
     (release / "float.gguf").write_bytes(Q8.read_bytes())

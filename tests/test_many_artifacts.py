@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from conftest import FIXTURES, run_cli, run_json
-from quantgate.jsonschemas import validate
+from quantgate.core.jsonschemas import validate
 
 PTE = FIXTURES / "pte"
 PROGRAMS = ("a_int8_xnnpack", "b_fp32_portable", "c_dq8_xnnpack", "d_int8_portable")

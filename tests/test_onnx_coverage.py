@@ -82,7 +82,7 @@ CASES = {
 def valid_run() -> dict[tuple[str, str], dict]:
     """One `quantgate run` over the valid fixtures (one subprocess): results by (file, guard); the
     report validates against the bundled schema."""
-    from quantgate.jsonschemas import validate
+    from quantgate.core.jsonschemas import validate
 
     paths = [str(ONNX / name) for name in [*CASES, "mlp_gemm.onnx", "mlp_qgemm.onnx"]]
     code, report = run_json("run", *paths, "--format", "json", "--guards", "integrity,onnx-dtypes")

@@ -9,7 +9,7 @@ from conftest import FIXTURES
 
 onnx = pytest.importorskip("onnx")
 
-from quantgate.formats.onnx import scan  # noqa: E402
+from quantgate.formats.onnx.reader import scan  # noqa: E402
 
 VALID = [
     "float.onnx",
@@ -86,7 +86,7 @@ def test_onnx_backend_test_models() -> None:
     import glob
     import os
 
-    from quantgate.formats.onnx import read
+    from quantgate.formats.onnx.reader import read
 
     root = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
     files = sorted(glob.glob(os.path.join(root, "**", "*.onnx"), recursive=True))

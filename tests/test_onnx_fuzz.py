@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES
-from quantgate.formats import onnx as reader
-from quantgate.inventory import Inventory
+from quantgate.core.inventory import Inventory
+from quantgate.formats.onnx import reader
 
 SOURCES = {
     name: (FIXTURES / "onnx" / name).read_bytes()

@@ -87,7 +87,7 @@ def test_empty_file_is_a_finding() -> None:
 
 
 def test_reader_on_empty_file_directly() -> None:
-    from quantgate.formats import onnx as reader
+    from quantgate.formats.onnx import reader
 
     inv = reader.read(str(BROKEN / "empty.onnx"))
     assert [f.code for f in inv.structural_findings] == ["ONNX_EMPTY"]
@@ -167,7 +167,7 @@ def test_external_data_is_never_opened(tmp_path: Path, monkeypatch: pytest.Monke
     """Ranges are checked from lstat alone: opening the data file would raise here."""
     import builtins
 
-    from quantgate.formats import onnx as reader
+    from quantgate.formats.onnx import reader
 
     folder = _copy_ok(tmp_path)
     real_open, real_os_open = builtins.open, os.open

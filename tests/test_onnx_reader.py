@@ -11,9 +11,9 @@ import pytest
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from quantgate.formats import onnx as reader  # noqa: E402
-from quantgate.formats import protobuf as pb  # noqa: E402
-from quantgate.formats.binary import Budget, BudgetExhausted, View  # noqa: E402
+from quantgate.formats.onnx import reader  # noqa: E402
+from quantgate.formats.wire import protobuf as pb  # noqa: E402
+from quantgate.formats.wire.binary import Budget, BudgetExhausted, View  # noqa: E402
 
 
 def build(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import run_cli
 
-from quantgate.policy import PolicyError, find_policy, key_lines, load_policy
+from quantgate.gate.policy import PolicyError, find_policy, key_lines, load_policy
 
 
 def _policy(tmp: Path, text: str, name: str = "quantgate.toml") -> Path:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, run_json
-from quantgate.coverage import coverage_metrics
-from quantgate.formats import pte as reader
-from quantgate.inventory import Inventory
+from quantgate.core.coverage import coverage_metrics
+from quantgate.core.inventory import Inventory
+from quantgate.formats.pte import reader
 
 PTE = FIXTURES / "pte"
 T = 2 / 3

@@ -19,15 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES, run_json
-from quantgate.bounds import FAIL_LEVEL, parse_bound
-from quantgate.coverage import coverage_metrics
-from quantgate.formats import pte as reader
-from quantgate.formats import pte_schema as S
-from quantgate.formats.binary import View
-from quantgate.formats.flatbuffer import FlatBuffer
-from quantgate.jsonschemas import validate
-from quantgate.validators.base import GuardConfig, decide_status, evaluate_bounds
-from quantgate.validators.pte_inspector import analyse, run_runner
+from quantgate.core.bounds import FAIL_LEVEL, parse_bound
+from quantgate.core.coverage import coverage_metrics
+from quantgate.core.jsonschemas import validate
+from quantgate.formats.pte import reader
+from quantgate.formats.pte import schema as S
+from quantgate.formats.wire.binary import View
+from quantgate.formats.wire.flatbuffer import FlatBuffer
+from quantgate.guards.base import GuardConfig, decide_status, evaluate_bounds
+from quantgate.guards.pte_inspector import analyse, run_runner
 
 PTE = FIXTURES / "pte"
 EXPORTS = PTE / "exports"

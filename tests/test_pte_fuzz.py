@@ -12,9 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES
-from quantgate.formats import pte as reader
-from quantgate.formats import xnnpack
-from quantgate.inventory import Inventory
+from quantgate.core.inventory import Inventory
+from quantgate.formats.pte import reader, xnnpack
 
 SOURCES = {
     name: (FIXTURES / "pte" / name).read_bytes()
@@ -106,7 +105,7 @@ def test_every_truncation_of_a_small_program_is_a_finding() -> None:
 # -- the shared flatbuffer walker on arbitrary bytes: only ReadError subclasses escape ----------------
 def _walk(fb, table: int, depth: int = 0) -> None:
     """Touch every field id 0..9 as each kind a schema could give it, recursing into tables."""
-    from quantgate.formats.flatbuffer import SIZES
+    from quantgate.formats.wire.flatbuffer import SIZES
 
     for fid in range(10):
         for kind in SIZES:
@@ -124,8 +123,8 @@ def _walk(fb, table: int, depth: int = 0) -> None:
 
 
 def _walk_guarded(data: bytes, start: int = 0) -> None:
-    from quantgate.formats.binary import ReadError, View
-    from quantgate.formats.flatbuffer import FlatBuffer
+    from quantgate.formats.wire.binary import ReadError, View
+    from quantgate.formats.wire.flatbuffer import FlatBuffer
 
     try:
         fb = FlatBuffer(View(data), start=start)

@@ -24,19 +24,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIXTURES, cli_env, run_cli, run_json
-from quantgate.bounds import FAIL_LEVEL, parse_bound
-from quantgate.formats.xnnpack import DATATYPE_TOKENS, DATATYPES, INT_ACTIVATIONS, TOKEN_ROLES, XNN_TOKENS
-from quantgate.jsonschemas import validate
-from quantgate.runtime import etdump, program_table
-from quantgate.runtime.pte_runner import error_code
-from quantgate.validators.base import GuardConfig, decide_status, evaluate_bounds
-from quantgate.validators.pte_inspector import (
+from quantgate.core.bounds import FAIL_LEVEL, parse_bound
+from quantgate.core.jsonschemas import validate
+from quantgate.formats.pte.xnnpack import DATATYPE_TOKENS, DATATYPES, INT_ACTIVATIONS, TOKEN_ROLES, XNN_TOKENS
+from quantgate.guards.base import GuardConfig, decide_status, evaluate_bounds
+from quantgate.guards.pte_inspector import (
     FINDING_CODES,
     analyse,
     classify_descriptor,
     parse_xnnpack_event,
     run_runner,
 )
+from quantgate.runtime import etdump, program_table
+from quantgate.runtime.pte_runner import error_code
 
 PTE = FIXTURES / "pte"
 HAVE_RUNTIME = all(importlib.util.find_spec(m) is not None for m in ("executorch", "torch"))

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, run_json
-from quantgate.formats import pte as reader
-from quantgate.formats import pte_schema as S
-from quantgate.formats.binary import View
-from quantgate.formats.flatbuffer import FlatBuffer
+from quantgate.formats.pte import reader
+from quantgate.formats.pte import schema as S
+from quantgate.formats.wire.binary import View
+from quantgate.formats.wire.flatbuffer import FlatBuffer
 
 PTE = FIXTURES / "pte"
 INT8_XNN = (PTE / "int8_xnnpack.pte").read_bytes()
@@ -402,7 +402,7 @@ def test_many_delegates_sharing_one_blob_stay_linear(tmp_path: Path) -> None:
 
 def test_layer_count_is_capped_by_the_file_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # delegate calls x nodes of one shared payload grow with the square of the file size
-    from quantgate.formats import pte_layers
+    from quantgate.formats.pte import layers as pte_layers
 
     monkeypatch.setattr(pte_layers, "MAX_LAYERS_BASE", 2)
     monkeypatch.setattr(pte_layers, "BYTES_PER_LAYER", 1 << 40)

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES
-from quantgate.formats import pte as reader
-from quantgate.formats import pte_schema as S
+from quantgate.formats.pte import reader
+from quantgate.formats.pte import schema as S
 
 PTE = FIXTURES / "pte"
 NAMES = [str(p.relative_to(PTE)) for p in sorted(PTE.rglob("*.pte"))]
@@ -61,7 +61,7 @@ def test_reading_never_imports_torch(tmp_path: Path) -> None:
     import subprocess
 
     code = (
-        "import sys; from quantgate.formats import pte; "
+        "import sys; from quantgate.formats.pte import reader as pte; "
         f"inv = pte.read({str(PTE / '8da4w_emb4_xnnpack.pte')!r}); "
         "assert len(inv.layers) == 3; "
         "bad = [m for m in ('torch', 'executorch', 'numpy', 'flatbuffers') if m in sys.modules]; "

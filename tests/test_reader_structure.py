@@ -12,28 +12,30 @@ from typing import Any
 import numpy as np
 import pytest
 
-from quantgate.formats import gguf, onnx, pte
+from quantgate.formats.gguf import reader as gguf
+from quantgate.formats.onnx import reader as onnx
+from quantgate.formats.pte import reader as pte
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
 FIXTURES = ROOT / "fixtures"
 # the modules of the GGUF, ONNX and PTE readers (and what they share)
 READER_MODULES = [
-    "quantgate.inventory",
-    "quantgate.formats.binary",
-    "quantgate.formats.protobuf",
-    "quantgate.formats.flatbuffer",
-    "quantgate.formats.gguf",
-    "quantgate.formats.gguf_types",
-    "quantgate.formats.onnx",
-    "quantgate.formats.onnx_external",
-    "quantgate.formats.onnx_proto",
-    "quantgate.formats.onnx_shapes",
-    "quantgate.formats.pte",
-    "quantgate.formats.pte_layers",
-    "quantgate.formats.pte_model",
-    "quantgate.formats.pte_schema",
-    "quantgate.formats.xnnpack",
+    "quantgate.core.inventory",
+    "quantgate.formats.wire.binary",
+    "quantgate.formats.wire.protobuf",
+    "quantgate.formats.wire.flatbuffer",
+    "quantgate.formats.gguf.reader",
+    "quantgate.formats.gguf.types",
+    "quantgate.formats.onnx.reader",
+    "quantgate.formats.onnx.external",
+    "quantgate.formats.onnx.proto",
+    "quantgate.formats.onnx.shapes",
+    "quantgate.formats.pte.reader",
+    "quantgate.formats.pte.layers",
+    "quantgate.formats.pte.model",
+    "quantgate.formats.pte.schema",
+    "quantgate.formats.pte.xnnpack",
     "quantgate.dequant.input_shapes",
     "quantgate.dequant.gguf",
     "quantgate.dequant.onnx",
@@ -89,8 +91,8 @@ def _cycles(modules: list[str]) -> list[list[str]]:
 def test_no_import_cycle_among_the_readers() -> None:
     assert _cycles([m for m in READER_MODULES if _path(m).is_file()]) == []
     # the reader drives the layer finder, never the other way (not even inside a function)
-    assert "quantgate.formats.pte_layers" in _imports("quantgate.formats.pte")
-    assert "quantgate.formats.pte" not in _imports("quantgate.formats.pte_layers")
+    assert "quantgate.formats.pte.layers" in _imports("quantgate.formats.pte.reader")
+    assert "quantgate.formats.pte.reader" not in _imports("quantgate.formats.pte.layers")
     assert [m for m in READER_MODULES if not _path(m).is_file()] == []
 
 
@@ -99,7 +101,7 @@ def test_pte_modules_import_in_either_order(order: tuple[str, str]) -> None:
     fixture = FIXTURES / "pte" / "more" / "two_methods.pte"
     code = (
         f"import quantgate.formats.{order[0]}, quantgate.formats.{order[1]}\n"
-        "from quantgate.formats import pte\n"
+        "from quantgate.formats.pte import reader as pte\n"
         f"inv = pte.read({str(fixture)!r})\n"
         "print(len(inv.layers), [f.code for f in inv.structural_findings])\n"
     )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tests.conftest import ROOT
 
-from quantgate import codes
-from quantgate.validators import guard_ids
+from quantgate.core import codes
+from quantgate.guards import guard_ids
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 FINDING_CODES_DOC = (ROOT / "docs" / "finding-codes.md").read_text(encoding="utf-8")

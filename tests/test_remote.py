@@ -1,4 +1,4 @@
-"""Remote artifacts over HTTP Range (quantgate.remote), against servers started here on 127.0.0.1.
+"""Remote artifacts over HTTP Range (quantgate.core.remote), against servers started here on 127.0.0.1.
 
 Each server serves a folder: HEAD with Content-Length and ETag, GET with a single `bytes=a-b` range
 (206), counting the bytes it sends. Variants: one that ignores Range (200 with the whole file), one
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from quantgate import jsonschemas
+from quantgate.core import jsonschemas
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "fixtures"
@@ -426,7 +426,7 @@ def test_sharded_index_missing_shard_over_http(serve: Any, tmp_path: Path) -> No
 
 
 def test_remote_file_module_block_cache(serve: Any, tmp_path: Path) -> None:
-    from quantgate import remote
+    from quantgate.core import remote
 
     data = bytes(range(256)) * 4096  # 1 MiB
     (tmp_path / "blob.bin").write_bytes(data)
@@ -509,7 +509,7 @@ def test_absurd_size_is_an_error_not_a_crash(serve: Any) -> None:
 
 
 def test_sha256_reports_progress_on_stderr_and_stdout_is_the_report(serve: Any, monkeypatch: Any) -> None:
-    from quantgate import progress, remote
+    from quantgate.core import progress, remote
 
     served = serve(FIX)
     rel = "gguf/model_q4_0.gguf"

@@ -1,4 +1,4 @@
-"""`s3://` and `gs://` artifacts through fsspec (quantgate.remote.FsspecFile), read by range.
+"""`s3://` and `gs://` artifacts through fsspec (quantgate.core.remote.FsspecFile), read by range.
 
 s3:// runs against moto's S3 server started here on 127.0.0.1 (the dev extra installs moto[server]
 and s3fs), gs:// against gcp-storage-emulator (with gcsfs): the same results as the local file, a
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from tests.test_remote import _comparable, _sparse_gguf
 
-from quantgate import jsonschemas
+from quantgate.core import jsonschemas
 
 ROOT = Path(__file__).resolve().parent.parent
 FIX = ROOT / "fixtures"
@@ -143,7 +143,7 @@ def test_s3_sha256_reports_progress_and_reads_each_byte_once(s3: dict[str, Any],
     for key, value in s3.items():
         if not key.startswith("_"):
             monkeypatch.setenv(key, value)
-    from quantgate import progress, remote
+    from quantgate.core import progress, remote
 
     seen: list[tuple[str, int, int]] = []
 
@@ -181,7 +181,7 @@ def test_s3_truncated_read_is_an_error(s3: dict[str, Any], monkeypatch: Any) -> 
     for key, value in s3.items():
         if not key.startswith("_"):
             monkeypatch.setenv(key, value)
-    from quantgate import remote
+    from quantgate.core import remote
 
     monkeypatch.setenv("QUANTGATE_REMOTE_BLOCK", "512")
     url = f"s3://{BUCKET}/{rel}"
@@ -214,7 +214,7 @@ def test_missing_backend_names_the_extra(tmp_path: Path, scheme: str, extra: str
 
 
 def test_scheme_dispatch() -> None:
-    from quantgate import remote
+    from quantgate.core import remote
 
     assert all(remote.is_url(u) for u in ("s3://b/k", "gs://b/k", "https://h/k", "http://h/k"))
     assert not remote.is_url("s3:/b/k") and not remote.is_url("file:///x")

@@ -12,10 +12,10 @@ from hypothesis import strategies as st
 from tests.conftest import run_cli, run_json
 from tests.test_gate_cli import make_release, policy_with
 
-from quantgate import fastjson
-from quantgate.jsonschemas import validate
+from quantgate.core import fastjson
+from quantgate.core.jsonschemas import validate
+from quantgate.guards import guard_ids
 from quantgate.report import github, jsonfmt
-from quantgate.validators import guard_ids
 
 
 def _mixed_release(tmp: Path) -> tuple[Path, Path]:
@@ -200,7 +200,7 @@ def test_github_annotation_caps_and_escaping() -> None:
     errors = [line for line in lines if line.startswith("::error")]
     assert len(errors) == 10
     assert errors[-1] == "::error title=quantgate::5 more error(s); see the job summary or the JSON report"
-    # the message is artifact-derived: its newline shown escaped (quantgate.untrusted), `%` as data
+    # the message is artifact-derived: its newline shown escaped (quantgate.core.untrusted), `%` as data
     assert errors[0] == "::error file=m0.gguf,title=quantgate integrity%3A FAIL::m0.gguf: bad: 50%25\\x0anext"
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, cli_env, run_json
-from quantgate.formats import pte
-from quantgate.jsonschemas import validate
+from quantgate.core.jsonschemas import validate
+from quantgate.formats.pte import reader as pte
+from quantgate.guards.pte_inspector import run_runner
 from quantgate.runtime.child import run_json_child
-from quantgate.validators.pte_inspector import run_runner
 
 PTE = FIXTURES / "pte"
 BIG = PTE / "memory" / "big_activation_portable.pte"

@@ -81,7 +81,7 @@ def test_no_private_helper_crosses_a_module_and_runtime_never_imports_a_guard() 
     everything = sorted((SRC / "quantgate").rglob("*.py"))
     private_from_guards = [
         (str(p.relative_to(SRC)), module, name) for p in everything for module, name in _imports(p)
-        if module.startswith("quantgate.validators") and name.startswith("_") and not name.startswith("__")
+        if module.startswith("quantgate.guards") and name.startswith("_") and not name.startswith("__")
         and module != ".".join(p.relative_to(SRC).with_suffix("").parts)
     ]
     assert private_from_guards == []
@@ -94,11 +94,11 @@ def test_no_private_helper_crosses_a_module_and_runtime_never_imports_a_guard() 
     ]
     assert private == []
     guards = [(str(p.relative_to(SRC)), module) for p in runtime_side for module, _ in _imports(p)
-              if module.startswith("quantgate.validators")]
+              if module.startswith("quantgate.guards")]
     assert guards == []
     # fidelity's output runs take their time limit from the runtime helper, not from another guard
     assert [m for m, _ in _imports(SRC / "quantgate" / "validators" / "fidelity.py")
-            if m.startswith("quantgate.validators.") and m != "quantgate.validators.base"] == []
+            if m.startswith("quantgate.guards.") and m != "quantgate.guards.base"] == []
 
 
 # QUANTGATE_RUNNER_FAULT=KIND:NAME makes the one serving loop fail on the request naming NAME, whichever

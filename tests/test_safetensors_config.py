@@ -32,8 +32,8 @@ def guard_in_process(guard_id: str, path: Path) -> tuple[int, dict[str, Any]]:
     """What `quantgate guard ID PATH` prints and exits with, without a subprocess (the CLI path is
     exercised by the tests marked `cli=True` and by test_safetensors_structure)."""
     from quantgate.formats.sniff import sniff
-    from quantgate.validators import get_guard
-    from quantgate.validators.base import GuardConfig, GuardContext, run_guard
+    from quantgate.guards import get_guard
+    from quantgate.guards.base import GuardConfig, GuardContext, run_guard
 
     ctx = GuardContext(str(path.resolve()), sniff(path), path.stat().st_size)
     result = run_guard(get_guard(guard_id), ctx, GuardConfig(timeout_s=300.0)).to_dict()

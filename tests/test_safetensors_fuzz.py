@@ -20,10 +20,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 from conftest import FIXTURES
-from quantgate.formats import safetensors as st
+from quantgate.formats.safetensors import reader as st
 from quantgate.formats.sniff import sniff
-from quantgate.validators import get_guard
-from quantgate.validators.base import GuardConfig, GuardContext, run_guard
+from quantgate.guards import get_guard
+from quantgate.guards.base import GuardConfig, GuardContext, run_guard
 
 ST = FIXTURES / "safetensors"
 SOURCES = {

@@ -11,8 +11,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as hs
 
-from quantgate.formats import safetensors as st
-from quantgate.formats import safetensors_layouts as layouts
+from quantgate.formats.safetensors import layouts
+from quantgate.formats.safetensors import reader as st
 
 BITS = st.DTYPE_BITS
 

@@ -254,7 +254,7 @@ def test_mlx_switch_experts_3d(tmp_path: Path) -> None:
     groups] read as one [experts, out, in] layer and dequantize as mx.dequantize does (live mlx)."""
     mx = pytest.importorskip("mlx.core")
     from quantgate.dequant.safetensors import open_weights
-    from quantgate.formats import safetensors as st
+    from quantgate.formats.safetensors import reader as st
 
     mx.random.seed(0)
     q, s, b = mx.quantize(mx.random.normal((4, 32, 128)).astype(mx.float16), group_size=64, bits=4)

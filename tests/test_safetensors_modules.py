@@ -24,18 +24,18 @@ BELOW = {
 
 
 def _imported(module: str) -> set[str]:
-    """Every quantgate.formats.safetensors* module `module` imports, at the top or in a function."""
+    """Every quantgate.formats.safetensors.reader* module `module` imports, at the top or in a function."""
     tree = ast.parse((FORMATS / f"{module}.py").read_text(encoding="utf-8"))
     found: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            # `from quantgate.formats import safetensors_layouts` names the module as an alias
+            # `from quantgate.formats.safetensors import layouts as safetensors_layouts` names the module as an alias
             names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
         else:
             continue
-        found.update(n.rsplit(".", 1)[-1] for n in names if n.startswith("quantgate.formats.safetensors"))
+        found.update(n.rsplit(".", 1)[-1] for n in names if n.startswith("quantgate.formats.safetensors.reader"))
         found.update(n.rsplit(".", 1)[-1] for n in names
                      if n.startswith("quantgate.formats.") and n.rsplit(".", 1)[-1] in MODULES)
     return found

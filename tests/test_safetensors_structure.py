@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st_hs
 
 from conftest import FIXTURES, run_json
-from quantgate.formats import safetensors as st
-from quantgate.formats import safetensors_header as sth
-from quantgate.formats.binary import View
+from quantgate.formats.safetensors import header as sth
+from quantgate.formats.safetensors import reader as st
+from quantgate.formats.wire.binary import View
 
 ST = FIXTURES / "safetensors"
 BROKEN = ST / "broken"
@@ -177,7 +177,7 @@ def test_reader_imports_no_heavy_library() -> None:
     from conftest import cli_env
 
     code = (
-        "import sys; from quantgate.formats import safetensors as st; "
+        "import sys; from quantgate.formats.safetensors import reader as st; "
         f"st.read({str(ST / 'bnb_nf4' / 'model.safetensors')!r}); "
         "print(sorted(m for m in ('torch', 'numpy', 'safetensors', 'transformers') if m in sys.modules))"
     )

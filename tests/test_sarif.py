@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tests.conftest import run_cli
 
-from quantgate.codes import all_finding_codes
+from quantgate.core.codes import all_finding_codes
 from quantgate.report import FORMATS, render
 
 REPO = Path(__file__).resolve().parents[1]
@@ -126,7 +126,7 @@ def test_report_schema_is_self_contained(tmp_path: Path) -> None:
     from referencing import Registry
     from referencing.exceptions import NoSuchResource
 
-    from quantgate.jsonschemas import load_schema
+    from quantgate.core.jsonschemas import load_schema
 
     report = json.loads((REPO / "src" / "quantgate" / "schemas" / "report.schema.json").read_text("utf-8"))
     assert report["$defs"]["guard-result"] == load_schema("guard-result")

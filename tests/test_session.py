@@ -1,4 +1,4 @@
-"""One gate session for every entry point (quantgate.session): the CLI, the pytest plugin and the Python
+"""One gate session for every entry point (quantgate.gate.session): the CLI, the pytest plugin and the Python
 API gate a release alike; `-k` and pytest-xdist reach the plugin's report; GuardResult's constructors."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from tests.conftest import FIXTURES, ROOT, cli_env, run_json
 from tests.test_ux_plugin import LOAD, release, run
 
 import quantgate
-from quantgate.result import ArtifactInfo, GuardResult
+from quantgate.core.result import ArtifactInfo, GuardResult
 
 # the in-process plugin runs below import numpy (fidelity); pytester then drops every module they
 # imported, and numpy cannot be imported twice in one process: load it first so it stays
@@ -157,8 +157,10 @@ def test_api_usage_errors_raise(tmp_path: Path) -> None:
 
 
 def test_importing_quantgate_loads_the_api_on_first_use() -> None:
-    script = ("import sys, quantgate; before = 'quantgate.session' in sys.modules; quantgate.run; "
-              "print(before, 'quantgate.session' in sys.modules, sorted(set(quantgate.__all__) - set(dir(quantgate))))")
+    script = (
+        "import sys, quantgate; before = 'quantgate.gate.session' in sys.modules; quantgate.run; "
+        "print(before, 'quantgate.gate.session' in sys.modules, sorted(set(quantgate.__all__) - set(dir(quantgate))))"
+    )
     proc = subprocess.run([sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "True", "[]"]
@@ -216,6 +218,6 @@ def test_a_disabled_guard_in_a_run_is_the_disabled_result(tmp_path: Path) -> Non
 
 
 def display(path: Path) -> str:
-    from quantgate.gate import display_path
+    from quantgate.gate.discovery import display_path
 
     return display_path(path)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FIXTURES, run_json
-from quantgate.formats.onnx import read, scan
+from quantgate.formats.onnx.reader import read, scan
 
 CORPUS = FIXTURES / "onnx_third_party"
 EXPECT: dict[str, dict] = json.loads((CORPUS / "expectations.json").read_text())

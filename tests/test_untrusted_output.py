@@ -20,9 +20,9 @@ import pytest
 from tests.conftest import FIXTURES, run_cli
 from tests.test_ux_action import run_action
 
-from quantgate import fastjson
+from quantgate.core import fastjson
+from quantgate.core.untrusted import markdown, plain
 from quantgate.report import jsonfmt
-from quantgate.untrusted import markdown, plain
 
 pytest_plugins = ["pytester"]
 
@@ -335,7 +335,7 @@ def _hostile_saved_report(tmp_path: Path) -> Path:
     report["results"][0]["guard"] = f"g{EVIL}"
     report["artifacts"][0]["format"] = f"gguf{EVIL}"
     report["skipped"] = [{"path": "www.evil.com @someone.gguf", "reason": "fifo", "detail": "never opened"}]
-    from quantgate.jsonschemas import validate
+    from quantgate.core.jsonschemas import validate
 
     assert validate(report, "report") == []
     saved = tmp_path / "saved.json"

@@ -15,8 +15,8 @@ import pytest
 from tests.conftest import SRC, run_json
 from tests.ux_samples import sample_report
 
-from quantgate.jsonschemas import validate
-from quantgate.pytest_plugin import flatten
+from quantgate.cli.pytest_plugin import flatten
+from quantgate.core.jsonschemas import validate
 
 pytest_plugins = ["pytester"]
 
@@ -45,8 +45,8 @@ def release(root: Path, policy_extra: str = "") -> Path:
 
 # installed (pip install -e . as `make test` does), the pytest11 entry point loads the plugin
 # already, and naming it again with -p would register it twice
-INSTALLED = any(ep.value == "quantgate.pytest_plugin" for ep in entry_points(group="pytest11"))
-LOAD = () if INSTALLED else ("-p", "quantgate.pytest_plugin")
+INSTALLED = any(ep.value == "quantgate.cli.pytest_plugin" for ep in entry_points(group="pytest11"))
+LOAD = () if INSTALLED else ("-p", "quantgate.cli.pytest_plugin")
 
 
 def run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -82,7 +82,7 @@ def test_outcomes_follow_the_gate(pytester: pytest.Pytester) -> None:
             "*QuantgateWarning: release/mid.gguf::size-heuristic: bits_per_weight 16 > 9 (warning)",
         ]
     )
-    assert "Traceback" not in out and "pytest_plugin.py" not in out
+    assert "Traceback" not in out and "cli/pytest_plugin.py" not in out
     result.stdout.fnmatch_lines(["quantgate: ERROR — 4 artifacts*exit 2*", "note: pytest exits 1*quantgate run*"])
     assert result.ret == 1  # pytest cannot say ERROR: the reason to gate CI on `quantgate run`
 
@@ -194,15 +194,15 @@ def test_inert_without_the_flag(pytester: pytest.Pytester) -> None:
 
 def test_importing_the_plugin_imports_no_gate_code() -> None:
     code = (
-        "import sys; before = set(sys.modules); import quantgate.pytest_plugin; "
+        "import sys; before = set(sys.modules); import quantgate.cli.pytest_plugin; "
         "print(sorted(m for m in set(sys.modules) - before if m.startswith(('quantgate', 'jsonschema'))))"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": str(SRC)}, check=True
     )
-    assert out.stdout.strip() == "['quantgate', 'quantgate.pytest_plugin']"
+    assert out.stdout.strip() == "['quantgate', 'quantgate.cli', 'quantgate.cli.pytest_plugin']"
 
 
 def test_entry_point_is_declared() -> None:
     text = (SRC.parent / "pyproject.toml").read_text(encoding="utf-8")
-    assert '[project.entry-points.pytest11]\nquantgate = "quantgate.pytest_plugin"' in text
+    assert '[project.entry-points.pytest11]\nquantgate = "quantgate.cli.pytest_plugin"' in text

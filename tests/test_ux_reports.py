@@ -13,16 +13,16 @@ from tests.conftest import run_cli
 from tests.test_gate_cli import make_release, policy_with
 from tests.ux_samples import HOSTILE, coverage_result, layers, sample_report
 
-from quantgate.cli import main
-from quantgate.cli_extras import starter_policy
-from quantgate.inventory import FLOAT, LINEAR, Layer
-from quantgate.jsonschemas import validate
-from quantgate.policy import load_policy
+from quantgate.cli.extras import starter_policy
+from quantgate.cli.main import main
+from quantgate.core.inventory import FLOAT, LINEAR, Layer
+from quantgate.core.jsonschemas import validate
+from quantgate.gate.policy import load_policy
+from quantgate.guards import GUARD_MODULES
+from quantgate.guards import coverage_guard as coverage_guard_mod
 from quantgate.report import html as html_report
 from quantgate.report import markdown, render
 from quantgate.report.pictures import emoji_bar
-from quantgate.validators import GUARD_MODULES
-from quantgate.validators import coverage_guard as coverage_guard_mod
 
 
 def _mixed(tmp: Path) -> tuple[Path, Path]:

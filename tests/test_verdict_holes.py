@@ -81,7 +81,7 @@ def test_merge_of_the_last_shard_alone_is_an_error(tmp_path: Path) -> None:
     text = run_cli("merge", "--allow-partial", third, cwd=tmp_path)
     assert text.returncode == 0
     assert "merge: partial (--allow-partial): shard(s) 1, 2 of 3 missing, not gated" in text.stdout
-    from quantgate.jsonschemas import validate
+    from quantgate.core.jsonschemas import validate
 
     assert validate(merged, "report") == []
 

@@ -22,11 +22,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.conftest import FIXTURES
 
-from quantgate.codes import all_finding_codes
-from quantgate.findings import Finding
-from quantgate.formats.binary import Budget, View
-from quantgate.formats.flatbuffer import FlatBuffer
-from quantgate.formats.xnnpack import NODE_TYPES, read_payload
+from quantgate.core.codes import all_finding_codes
+from quantgate.core.findings import Finding
+from quantgate.formats.pte.xnnpack import NODE_TYPES, read_payload
+from quantgate.formats.wire.binary import Budget, View
+from quantgate.formats.wire.flatbuffer import FlatBuffer
 
 PTE = FIXTURES / "pte"
 XNNPACK_FIXTURES = [

@@ -12,13 +12,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from quantgate.bounds import FAIL_LEVEL, parse_bound
+from quantgate.core.bounds import FAIL_LEVEL, parse_bound
+from quantgate.core.inventory import EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
 from quantgate.formats.sniff import Sniffed
-from quantgate.gate import Artifact, build_report, gate_decision
-from quantgate.inventory import EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
-from quantgate.policy import Policy
-from quantgate.validators.base import GuardConfig, GuardContext, run_guard
-from quantgate.validators.coverage_guard import CoverageGuard
+from quantgate.gate import Artifact
+from quantgate.gate.evaluate import gate_decision
+from quantgate.gate.policy import Policy
+from quantgate.gate.verdict import build_report
+from quantgate.guards.base import GuardConfig, GuardContext, run_guard
+from quantgate.guards.coverage_guard import CoverageGuard
 
 HOSTILE = '<script>alert("x")</script>&"\'`'
 

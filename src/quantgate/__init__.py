@@ -22,14 +22,14 @@ SCHEMA_VERSION = "1"
 
 # public name -> the module that defines it
 _API = {
-    "run": "quantgate.session",
-    "guard": "quantgate.session",
-    "Report": "quantgate.session",
-    "Session": "quantgate.session",
-    "RunOptions": "quantgate.session",
-    "InputError": "quantgate.session",
+    "run": "quantgate.gate.session",
+    "guard": "quantgate.gate.session",
+    "Report": "quantgate.gate.session",
+    "Session": "quantgate.gate.session",
+    "RunOptions": "quantgate.gate.session",
+    "InputError": "quantgate.gate.session",
     "UsageError": "quantgate.gate",
-    "GuardResult": "quantgate.result",
+    "GuardResult": "quantgate.core.result",
 }
 
 __all__ = [
@@ -46,9 +46,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from quantgate.core.result import GuardResult
     from quantgate.gate import UsageError
-    from quantgate.result import GuardResult
-    from quantgate.session import InputError, Report, RunOptions, Session, guard, run
+    from quantgate.gate.session import InputError, Report, RunOptions, Session, guard, run
 
 
 def __getattr__(name: str) -> Any:

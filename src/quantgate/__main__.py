@@ -1,3 +1,3 @@
-from quantgate.cli import run
+from quantgate.cli.main import run
 
 run()

@@ -26,7 +26,7 @@ from collections.abc import Callable
 import numpy as np
 
 from quantgate.dequant import BROKEN, UNSUPPORTED, DequantError, WeightRef, WeightSet
-from quantgate.formats import gguf as reader
+from quantgate.formats.gguf import reader
 
 QK_K = 256
 

@@ -125,8 +125,8 @@ def parse_dims(params: Mapping[str, Any]) -> dict[str, int]:
 
 def model_hints(path: str, input_names: Iterable[str]) -> Hints:
     """Metadata and op hints of the model at `path`; empty hints when it cannot be read."""
-    from quantgate.formats import onnx as reader
-    from quantgate.formats.binary import ReadError
+    from quantgate.formats.onnx import reader
+    from quantgate.formats.wire.binary import ReadError
 
     hints = Hints()
     try:
@@ -140,8 +140,8 @@ def model_hints(path: str, input_names: Iterable[str]) -> Hints:
 
 
 def _read_hints(path: str, model: Any, inputs: set[str], hints: Hints) -> None:
-    from quantgate.formats.binary import ReadError, mapped
-    from quantgate.formats.onnx_shapes import ShapeInference
+    from quantgate.formats.onnx.shapes import ShapeInference
+    from quantgate.formats.wire.binary import ReadError, mapped
 
     hints.metadata = dict(model.metadata)
     nodes = [n for n in model.nodes if n.scope == "main"][:MAX_HINT_NODES]

@@ -1,7 +1,7 @@
 """ONNX weights as float32, read through the streaming reader's offsets (never `onnx.load`).
 
 The weights are those the structure reader counts as layers, found by its own trace
-(`quantgate.formats.onnx.trace_weights`: initializers and `Constant` nodes, inlined function bodies,
+(`quantgate.formats.onnx.reader.trace_weights`: initializers and `Constant` nodes, inlined function bodies,
 Q/DQ and shape-only ops, LSTM/GRU/RNN W and R). Each is returned as the float tensor the op consumes,
 keyed by its name without the quantizer's suffix (`fc1.weight_quantized` -> `fc1.weight`):
 
@@ -41,11 +41,11 @@ import numpy as np
 
 from quantgate.dequant import BROKEN, UNSUPPORTED, DequantError, WeightRef, WeightSet
 from quantgate.dequant.safetensors import FP8
-from quantgate.formats import onnx as reader
-from quantgate.formats import protobuf as pb
-from quantgate.formats.binary import Budget, View
-from quantgate.formats.onnx import WeightUse
-from quantgate.formats.onnx_proto import Node, Tensor
+from quantgate.formats.onnx import reader
+from quantgate.formats.onnx.proto import Node, Tensor
+from quantgate.formats.onnx.reader import WeightUse
+from quantgate.formats.wire import protobuf as pb
+from quantgate.formats.wire.binary import Budget, View
 
 _DTYPES = {1: "<f4", 10: "<f2", 11: "<f8", 2: "u1", 3: "i1", 4: "<u2", 5: "<i2", 6: "<i4", 7: "<i8", 12: "<u4",
            13: "<u8"}

@@ -48,7 +48,7 @@ class OutputsError(Exception):
 
 def index_ranges(path: str) -> dict[str, int]:
     """Graph input name -> rows of the smallest constant table a Gather indexes with it."""
-    from quantgate.formats import onnx as reader
+    from quantgate.formats.onnx import reader
 
     model, _ = reader.scan(path)
     consts = {t.name: t for t in model.tensors}

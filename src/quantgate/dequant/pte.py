@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from quantgate.core.findings import has_errors
 from quantgate.dequant import BROKEN, UNSUPPORTED, DequantError, WeightRef, WeightSet
-from quantgate.findings import has_errors
 
 _FLOAT = {"fp32": "<f4", "fp16": "<f2", "bf16": "bf16"}
 _DELEGATE = re.compile(r"\[(\d+)\]/")
@@ -34,7 +34,7 @@ def _floats(raw: np.ndarray, kind: str) -> np.ndarray:
 
 class _Program:
     def __init__(self, path: str):
-        from quantgate.formats import pte as reader
+        from quantgate.formats.pte import reader
 
         self.prog = reader.parse(path)
         if has_errors(self.prog.findings):
@@ -77,7 +77,7 @@ class _Program:
         raise DequantError(UNSUPPORTED, f"{what}: constant {locator[:40]!r} is not stored in this file")
 
     def payload(self, method: str, index: int) -> Any:
-        from quantgate.formats import xnnpack
+        from quantgate.formats.pte import xnnpack
 
         key = (method, index)
         if key not in self.payloads:

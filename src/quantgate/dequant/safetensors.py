@@ -43,9 +43,8 @@ from typing import Any
 import numpy as np
 
 from quantgate.dequant import BROKEN, UNSUPPORTED, DequantError, WeightRef, WeightSet
-from quantgate.formats import safetensors as reader
-from quantgate.formats import safetensors_layouts as layouts
-from quantgate.formats.binary import mapped
+from quantgate.formats.safetensors import layouts, reader
+from quantgate.formats.wire.binary import mapped
 
 _NP = {"F32": "<f4", "F16": "<f2", "F64": "<f8", "I8": "i1", "U8": "u1", "I16": "<i2", "I32": "<i4", "I64": "<i8",
        "U16": "<u2", "U32": "<u4"}
@@ -246,7 +245,7 @@ def _bnb4(f: _File, name: str, parts: dict[str, Any]) -> WeightRef:
     `blocksize` values, itself quantized (U8 codes through `nested_quant_map`, times `nested_absmax` per
     `nested_blocksize` blocks, plus `nested_offset`) under double quantization; the shape in the
     quant_state JSON."""
-    from quantgate import jsonfile
+    from quantgate.core import jsonfile
 
     weight, state, absmax, qmap = (parts.get(r) for r in ("weight", "bnb_state", "bnb_absmax", "bnb_quant_map"))
     if state is None or absmax is None or qmap is None or weight.dtype != "U8":

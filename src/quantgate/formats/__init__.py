@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import importlib
 
-from quantgate.inventory import Inventory
+from quantgate.core.inventory import Inventory
 
 # format id -> module implementing `read(path: str) -> Inventory`
 READERS: dict[str, str] = {
-    "gguf": "quantgate.formats.gguf",
-    "onnx": "quantgate.formats.onnx",
-    "pte": "quantgate.formats.pte",
-    "safetensors": "quantgate.formats.safetensors",
+    "gguf": "quantgate.formats.gguf.reader",
+    "onnx": "quantgate.formats.onnx.reader",
+    "pte": "quantgate.formats.pte.reader",
+    "safetensors": "quantgate.formats.safetensors.reader",
 }
 
 

@@ -19,7 +19,7 @@ import stat
 import struct
 from dataclasses import dataclass
 
-from quantgate.remote import is_url as remote_is_url
+from quantgate.core.remote import is_url as remote_is_url
 
 PTE = "pte"
 PTD = "ptd"
@@ -143,7 +143,7 @@ def sniff_bytes(head: bytes, size: int, name: str = "") -> Sniffed:
 
 def sniff(path: str | os.PathLike[str]) -> Sniffed:
     if remote_is_url(path):
-        from quantgate import remote
+        from quantgate.core import remote
 
         try:
             rf = remote.open_file(path)

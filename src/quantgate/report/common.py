@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantgate.bounds import BROKEN, MISSING, describe
-from quantgate.untrusted import plain
+from quantgate.core.bounds import BROKEN, MISSING, describe
+from quantgate.core.untrusted import plain
 
 ORDER = {"ERROR": 0, "FAIL": 1, "WARN": 2, "SKIP": 3, "PASS": 4}
 HIDDEN_SKIPS = ("not_applicable",)

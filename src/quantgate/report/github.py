@@ -2,7 +2,7 @@
 
 GitHub keeps at most 10 error and 10 warning annotations per step, so the first 9 of each are
 emitted and a tenth says how many more there are. Artifact-controlled text is made inert
-(quantgate.untrusted: control characters escaped, `##[` and a leading `::` neutralised) and then
+(quantgate.core.untrusted: control characters escaped, `##[` and a leading `::` neutralised) and then
 escaped as workflow-command data, so that it can never start a workflow command of its own.
 """
 
@@ -12,15 +12,15 @@ import os
 import uuid
 from typing import Any
 
+from quantgate.core.untrusted import plain
 from quantgate.report import markdown
 from quantgate.report.common import by_severity, headline, problems, skipped_lines, verdict_line, visible
-from quantgate.untrusted import plain
 
 ANNOTATIONS_PER_KIND = 10
 
 
 def escape_data(text: str) -> str:
-    """Artifact-controlled text as workflow-command data: inert first (quantgate.untrusted.plain)."""
+    """Artifact-controlled text as workflow-command data: inert first (quantgate.core.untrusted.plain)."""
     return plain(text).replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 

@@ -13,9 +13,9 @@ import hashlib
 from html import escape
 from typing import Any
 
+from quantgate.core.untrusted import clean
 from quantgate.report.common import by_severity, headline, problems, visible
 from quantgate.report.pictures import svg_bar, svg_legend
-from quantgate.untrusted import clean
 
 CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 BASES = ("ops", "params", "flops")
@@ -179,7 +179,7 @@ def _merge(report: dict[str, Any]) -> str:
 
 def _not_gated(report: dict[str, Any]) -> str:
     """What discovery did not gate: a FIFO, a broken link, an unreadable folder (an ERROR)..."""
-    from quantgate.gate import FATAL_SKIPS
+    from quantgate.gate.discovery import FATAL_SKIPS
 
     skipped = report.get("skipped") or []
     if not skipped:
@@ -395,7 +395,7 @@ def _details(report: dict[str, Any], rows: list[dict[str, Any]]) -> str:
 
 
 def render(report: dict[str, Any]) -> str:
-    # control characters and lone surrogates shown escaped (quantgate.untrusted), then HTML-escaped
+    # control characters and lone surrogates shown escaped (quantgate.core.untrusted), then HTML-escaped
     report = clean(report)
     rows = by_severity(visible(report["results"]))
     verdict = report["verdict"]

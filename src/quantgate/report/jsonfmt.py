@@ -7,8 +7,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from quantgate import fastjson
-from quantgate.untrusted import json_safe
+from quantgate.core import fastjson
+from quantgate.core.untrusted import json_safe
 
 # Above this many bytes a document is printed compact: a report that lists tens of thousands of float
 # layers is read by jq, not by eye.

@@ -14,9 +14,9 @@ import json
 import xml.etree.ElementTree as ET
 from typing import Any
 
-from quantgate.gate import FATAL_SKIPS
+from quantgate.core.untrusted import plain
+from quantgate.gate.discovery import FATAL_SKIPS
 from quantgate.report.common import headline, problems, visible
-from quantgate.untrusted import plain
 
 NOT_GATED, MERGE = ("", "not gated"), ("", "merge")  # suite keys no artifact path can equal
 
@@ -28,7 +28,7 @@ def render(report: dict[str, Any]) -> str:
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     times: dict[Any, float] = {}
     for artifact in report["artifacts"]:
-        # every artifact-controlled string inert (quantgate.untrusted): valid XML 1.0, no control
+        # every artifact-controlled string inert (quantgate.core.untrusted): valid XML 1.0, no control
         # character or lone surrogate, nothing a CI log would obey
         suite = ET.SubElement(root, "testsuite", name=plain(artifact["path"]))
         props = ET.SubElement(suite, "properties")
@@ -90,7 +90,7 @@ def _not_gated(
     suite = suites[NOT_GATED] = ET.SubElement(root, "testsuite", name="quantgate: not gated")
     times[NOT_GATED] = 0.0
     for s in skipped:
-        # the path and detail come from the scanned folder: inert (quantgate.untrusted)
+        # the path and detail come from the scanned folder: inert (quantgate.core.untrusted)
         case = ET.SubElement(suite, "testcase", classname="quantgate.discovery", name=plain(s["path"]), time="0")
         message = plain(f"{s['reason']}: {s['detail']}")
         if s["reason"] in FATAL_SKIPS:
@@ -109,7 +109,7 @@ def _merge(
         return
     suite = suites[MERGE] = ET.SubElement(root, "testsuite", name="quantgate: merge")
     times[MERGE] = 0.0
-    case = ET.SubElement(suite, "testcase", classname="quantgate.merge", name="shard set", time="0")
+    case = ET.SubElement(suite, "testcase", classname="quantgate.gate.merge", name="shard set", time="0")
     missing = ", ".join(str(k) for k in merge["missing"])
     if merge["problems"]:
         ET.SubElement(

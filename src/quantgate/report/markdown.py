@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from quantgate.core.untrusted import markdown as _inert
 from quantgate.report.common import (
     by_severity,
     counts_line,
@@ -15,7 +16,6 @@ from quantgate.report.common import (
     visible,
 )
 from quantgate.report.pictures import emoji_bar, emoji_legend
-from quantgate.untrusted import markdown as _inert
 
 ICON = {"PASS": "✅", "FAIL": "❌", "ERROR": "⛔", "NO_INPUT": "⚠️", "WARN": "⚠️", "SKIP": "⏭️"}
 MAX_BYTES = 1_000_000  # GitHub's step summary takes at most 1 MiB per step
@@ -25,7 +25,7 @@ MAX_PIES = 20  # Mermaid pies are heavy to render; past this many, the emoji bar
 
 def _cell(text: Any) -> str:
     """Table-safe and inert: artifact-controlled text can neither split a row, open a tag, nor make a
-    link or an image (quantgate.untrusted.markdown)."""
+    link or an image (quantgate.core.untrusted.markdown)."""
     return _inert(text)
 
 

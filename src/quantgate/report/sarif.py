@@ -11,8 +11,8 @@ import json
 from typing import Any
 
 from quantgate import __version__
-from quantgate.bounds import BROKEN, FAIL_LEVEL, MISSING, describe
-from quantgate.untrusted import plain
+from quantgate.core.bounds import BROKEN, FAIL_LEVEL, MISSING, describe
+from quantgate.core.untrusted import plain
 
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 INFO_URI = "https://github.com/quantgate/quantgate"
@@ -32,7 +32,7 @@ def _level(result: dict[str, Any], own: str) -> str:
 
 def _codes() -> dict[str, str]:
     try:
-        from quantgate.codes import all_finding_codes
+        from quantgate.core.codes import all_finding_codes
 
         return all_finding_codes()
     except Exception:  # a table that does not import only loses rule descriptions

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from quantgate.core.untrusted import plain
 from quantgate.report.common import by_severity, headline, problems, skipped_lines, verdict_line, visible
-from quantgate.untrusted import plain
 
 # SGR codes per status; only quantgate's own status words and verdict line are painted, after every
 # line is made inert, so no artifact-controlled text can carry or break an escape sequence
@@ -75,7 +75,7 @@ def render(report: dict[str, Any], color: bool = False) -> str:
         lines.append(cost)
     lines.append(verdict_line(report))
     # each line holds artifact-controlled text (paths, names, messages): made inert as a whole, at a
-    # cost in the size of the output, not of the report (quantgate.untrusted)
+    # cost in the size of the output, not of the report (quantgate.core.untrusted)
     out = list(map(plain, lines))
     if color:  # after plain(): our escapes are the only ones in the output
         for i, status in status_at.items():

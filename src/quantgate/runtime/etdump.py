@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from quantgate.formats.binary import Budget, ReadError, View
-from quantgate.formats.flatbuffer import FlatBuffer
+from quantgate.formats.wire.binary import Budget, ReadError, View
+from quantgate.formats.wire.flatbuffer import FlatBuffer
 
 IDENTIFIER = b"ED00"
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from quantgate.formats.binary import Budget, ReadError, mapped
-from quantgate.formats.flatbuffer import FlatBuffer
+from quantgate.formats.wire.binary import Budget, ReadError, mapped
+from quantgate.formats.wire.flatbuffer import FlatBuffer
 
 IDENTIFIER = b"ET12"
 # InstructionArguments union tags
@@ -103,9 +103,9 @@ def xnnpack_nodes(path: str, method: str = "forward") -> dict[str, list[dict[str
     positions as `formats.xnnpack` computes them for pte-program. A node without a weight operand (a
     batch matmul of two activations) is listed with `weight` None, so positions stay aligned.
     """
-    from quantgate.formats import pte
-    from quantgate.formats.binary import Budget, mapped
-    from quantgate.formats.xnnpack import WEIGHT_KINDS, read_payload
+    from quantgate.formats.pte import reader as pte
+    from quantgate.formats.pte.xnnpack import WEIGHT_KINDS, read_payload
+    from quantgate.formats.wire.binary import Budget, mapped
 
     out: dict[str, list[dict[str, Any]]] = {}
     with mapped(path) as view:

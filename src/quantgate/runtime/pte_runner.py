@@ -18,7 +18,7 @@ The events are parsed here with quantgate's own ETDump reader; the instruction t
 the method: op name and args per instruction, which ones are DelegateCalls) and a compact value
 table (tensor dtype, sizes, constant or not) come from quantgate's own bounded program-table
 reader, run only after the runtime itself has accepted the program. Classification happens in the parent
-(`quantgate.validators.pte_inspector`), which needs neither torch nor executorch.
+(`quantgate.guards.pte_inspector`), which needs neither torch nor executorch.
 
 `--serve` makes it a long-lived runner (`quantgate.runtime.child.serve`): it imports torch and
 executorch once, then answers each request line `{"path", "method", "data"}` with one entry as above;

@@ -1,0 +1,1 @@
+"""GGUF: the bounded reader and the format's type tables."""

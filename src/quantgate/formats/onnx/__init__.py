@@ -1,0 +1,1 @@
+"""ONNX: the bounded protobuf walk, shapes, external data and the layer reader."""

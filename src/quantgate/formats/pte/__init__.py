@@ -1,0 +1,1 @@
+"""ExecuTorch .pte: the flatbuffer program, its layers and the XNNPACK delegate."""

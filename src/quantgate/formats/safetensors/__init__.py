@@ -1,0 +1,1 @@
+"""safetensors: the header reader, the quantization layouts and their scales."""

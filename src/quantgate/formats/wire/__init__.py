@@ -1,0 +1,1 @@
+"""Wire-format readers shared by the format readers: bounded binary, protobuf, flatbuffer."""

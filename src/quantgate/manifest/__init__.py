@@ -1,0 +1,1 @@
+"""Release manifests: the schema checks and the claims compared with the artifacts."""
