@@ -96,11 +96,11 @@ def test_no_import_cycle_among_the_readers() -> None:
     assert [m for m in READER_MODULES if not _path(m).is_file()] == []
 
 
-@pytest.mark.parametrize("order", [("pte", "pte_layers"), ("pte_layers", "pte"), ("pte_model", "pte_layers")])
+@pytest.mark.parametrize("order", [("reader", "layers"), ("layers", "reader"), ("model", "layers")])
 def test_pte_modules_import_in_either_order(order: tuple[str, str]) -> None:
     fixture = FIXTURES / "pte" / "more" / "two_methods.pte"
     code = (
-        f"import quantgate.formats.{order[0]}, quantgate.formats.{order[1]}\n"
+        f"import quantgate.formats.pte.{order[0]}, quantgate.formats.pte.{order[1]}\n"
         "from quantgate.formats.pte import reader as pte\n"
         f"inv = pte.read({str(fixture)!r})\n"
         "print(len(inv.layers), [f.code for f in inv.structural_findings])\n"
