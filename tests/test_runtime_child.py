@@ -97,7 +97,7 @@ def test_no_private_helper_crosses_a_module_and_runtime_never_imports_a_guard() 
               if module.startswith("quantgate.guards")]
     assert guards == []
     # fidelity's output runs take their time limit from the runtime helper, not from another guard
-    assert [m for m, _ in _imports(SRC / "quantgate" / "validators" / "fidelity.py")
+    assert [m for m, _ in _imports(SRC / "quantgate" / "guards" / "fidelity.py")
             if m.startswith("quantgate.guards.") and m != "quantgate.guards.base"] == []
 
 
