@@ -25,19 +25,6 @@ BENIGN_SKIPS = (NOT_APPLICABLE, DISABLED, BLOCKED_BY_INTEGRITY)
 # skip reasons that make a guard the policy bounds (require/warn) an ERROR even when it is not
 # required: the policy asked for its numbers and the check never ran, which must not read as a PASS
 BOUNDED_ERROR_SKIPS = (DEPENDENCY_MISSING,)
-SKIPPED_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache"}
-ENGINE_PACKAGES = (
-    "executorch",
-    "torch",
-    "torchao",
-    "onnx",
-    "onnxruntime",
-    "gguf",
-    "safetensors",
-    "numpy",
-    "jsonschema",
-)
-REPORT_SCHEMA_URL = "https://quantgate.dev/schemas/report.schema.json"
 
 
 class UsageError(Exception):

@@ -12,10 +12,14 @@ from typing import TYPE_CHECKING
 
 from quantgate.core.remote import is_url
 from quantgate.formats.sniff import LFS_POINTER, MANIFEST, MODEL_EXTENSIONS, MODEL_FORMATS, Sniffed, sniff
-from quantgate.gate import SKIPPED_DIRS, Artifact, UsageError
+from quantgate.gate import Artifact, UsageError
 
 if TYPE_CHECKING:  # annotations only; the policy module pulls in tomllib, difflib and the schema loader
     from pathlib import Path
+
+
+# folders a scan never enters: version control, virtual environments, caches
+SKIPPED_DIRS = {".git", ".hg", ".svn", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache"}
 
 
 def display_path(path: str | os.PathLike[str]) -> str:

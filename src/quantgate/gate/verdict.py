@@ -17,12 +17,26 @@ from quantgate.core.result import (
     SKIP,
     WARN,
 )
-from quantgate.gate import ENGINE_PACKAGES, EXIT_FAIL, EXIT_PASS, REPORT_SCHEMA_URL, VERDICT_EXIT, Artifact, UsageError
+from quantgate.gate import EXIT_FAIL, EXIT_PASS, VERDICT_EXIT, Artifact, UsageError
 from quantgate.gate.discovery import FATAL_SKIPS, display_path
 from quantgate.guards import guard_ids
 
 if TYPE_CHECKING:  # annotations only; the policy module pulls in tomllib, difflib and the schema loader
     from quantgate.gate.policy import Policy
+
+
+ENGINE_PACKAGES = (
+    "executorch",
+    "torch",
+    "torchao",
+    "onnx",
+    "onnxruntime",
+    "gguf",
+    "safetensors",
+    "numpy",
+    "jsonschema",
+)
+REPORT_SCHEMA_URL = "https://quantgate.dev/schemas/report.schema.json"
 
 
 def environment() -> dict[str, Any]:
