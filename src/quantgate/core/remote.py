@@ -53,7 +53,7 @@ def is_http(path: Any) -> bool:
 
 
 def is_fsspec(path: Any) -> bool:
-    return isinstance(path, str) and path[:5].lower().startswith(("s3://", "gs://"))
+    return isinstance(path, str) and path[:5].lower().startswith(SCHEMES[2:])
 
 
 def display_url(url: str) -> str:
@@ -241,53 +241,41 @@ def _short(exc: Exception) -> str:
 
 
 def sha256_url(url: str, label: str) -> str:
-    """The file's sha256 in one streamed GET (the only full read quantgate makes of a remote file, and
+    """The file's sha256 in one streamed read (the only full read quantgate makes of a remote file, and
     only when asked), with a progress bar on stderr; a short body is an error, never a digest."""
     import hashlib
 
     from quantgate.core.progress import Progress
 
     rf = open_file(url)
-    if isinstance(rf, FsspecFile):
-        digest, got = hashlib.sha256(), 0
-        progress = Progress(f"sha256 {label}", rf.size, "B")
+    hashed: dict[str, Any] = {}
+    progress = Progress(f"sha256 {label}", rf.size, "B")
 
-        def feed(chunk: bytes) -> None:
-            nonlocal got
+    def hash_chunks(chunks: Any) -> None:  # from scratch each call: an HTTP retry streams again
+        digest, got = hashlib.sha256(), 0
+        for chunk in chunks:
             digest.update(chunk)
             got += len(chunk)
             progress.update(len(chunk))
+        hashed.update(digest=digest.hexdigest(), got=got)
 
-        try:
-            rf.stream(feed)
-        finally:
-            progress.close()
-        rf.bytes_fetched += got
-        if got != rf.size:
-            raise RemoteError(f"{rf.shown}: truncated: {got:,} of {rf.size:,} bytes while hashing")
-        return digest.hexdigest()
-    state: dict[str, Any] = {}
-
-    def sink(resp: Any) -> None:
-        digest, got = hashlib.sha256(), 0
-        progress = Progress(f"sha256 {label}", rf.size, "B")
-        try:
-            while chunk := resp.read(1 << 20):
-                digest.update(chunk)
-                got += len(chunk)
-                progress.update(len(chunk))
-        finally:
-            progress.close()
-        state.update(digest=digest.hexdigest(), got=got)
-
-    rf.requests += 1
-    resp = _request("GET", url, {"User-Agent": "quantgate"}, rf.secret, sink=sink)
-    rf.bytes_fetched += state.get("got", 0)
-    if resp.status != 200 or "digest" not in state:
-        raise RemoteError(f"{rf.shown}: streaming it for sha256 answered HTTP {resp.status}", resp.status)
-    if state["got"] != rf.size:
-        raise RemoteError(f"{rf.shown}: truncated: {state['got']:,} of {rf.size:,} bytes while hashing")
-    return str(state["digest"])
+    try:
+        if isinstance(rf, FsspecFile):
+            rf.stream(hash_chunks)
+            status = 200
+        else:
+            rf.requests += 1
+            sink = lambda resp: hash_chunks(iter(lambda: resp.read(1 << 20), b""))  # noqa: E731
+            status = _request("GET", url, {"User-Agent": "quantgate"}, rf.secret, sink=sink).status
+    finally:
+        progress.close()
+    got = hashed.get("got", 0)
+    rf.bytes_fetched += got
+    if status != 200 or "digest" not in hashed:
+        raise RemoteError(f"{rf.shown}: streaming it for sha256 answered HTTP {status}", status)
+    if got != rf.size:
+        raise RemoteError(f"{rf.shown}: truncated: {got:,} of {rf.size:,} bytes while hashing")
+    return str(hashed["digest"])
 
 
 class RemoteFile:
@@ -296,18 +284,7 @@ class RemoteFile:
     def __init__(self, url: str):
         import re
 
-        self.url = url
-        self.shown = display_url(url)
-        self.secret = auth_headers(url)
-        self.bytes_fetched = 0
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._have: set[int] = set()
-        self._target: tuple[str, dict[str, str]] | None = None  # (redirect target, its credentials)
-        # QUANTGATE_REMOTE_BLOCK: smaller blocks make the tests read small fixtures in many pieces
-        self.block = max(512, int(_env_float("QUANTGATE_REMOTE_BLOCK", BLOCK)))
-        self._last_end = -1
-        self._ahead = 1
+        self._start(url, auth_headers(url))
         head = self._call("HEAD", {}, want_body=False)
         if head.status == 404 or head.status == 410:
             raise RemoteError(f"{self.shown}: not found (HTTP {head.status})", head.status)
@@ -353,6 +330,21 @@ class RemoteFile:
                 "the file changed or the server is inconsistent"
             )
         self._map(total, first)
+
+    def _start(self, url: str, secret: dict[str, str]) -> None:
+        """The fields every remote file has, before its size is known."""
+        self.url = url
+        self.shown = display_url(url)
+        self.secret = secret
+        self.bytes_fetched = 0
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._have: set[int] = set()
+        self._target: tuple[str, dict[str, str]] | None = None  # (redirect target, its credentials)
+        # QUANTGATE_REMOTE_BLOCK: smaller blocks make the tests read small fixtures in many pieces
+        self.block = max(512, int(_env_float("QUANTGATE_REMOTE_BLOCK", BLOCK)))
+        self._last_end = -1
+        self._ahead = 1
 
     def _map(self, total: int, first: bytes) -> None:
         """The sparse temporary file of `total` bytes, mapped, with the first block stored."""
@@ -475,17 +467,7 @@ class FsspecFile(RemoteFile):
     backend's own (AWS_* / GOOGLE_* environment, config files, instance roles); never printed."""
 
     def __init__(self, url: str):
-        self.url = url
-        self.shown = display_url(url)
-        self.secret = {}
-        self.bytes_fetched = 0
-        self.requests = 0
-        self._lock = threading.Lock()
-        self._have = set()
-        self._target = None
-        self.block = max(512, int(_env_float("QUANTGATE_REMOTE_BLOCK", BLOCK)))
-        self._last_end = -1
-        self._ahead = 1
+        self._start(url, {})  # the backend's own credentials, never ours
         scheme = url.split(":", 1)[0].lower()
         self.fs = _fsspec_filesystem(scheme, self.shown)
         self.path = url.split("://", 1)[1]
@@ -531,13 +513,12 @@ class FsspecFile(RemoteFile):
         self._store(start, data)
         self._last_end = end
 
-    def stream(self, sink: Any) -> None:
-        """The whole object, read once in 1 MiB chunks, handed to `sink(chunk)` (for --sha256)."""
+    def stream(self, consume: Any) -> None:
+        """The whole object, read once: `consume` gets an iterator of 1 MiB chunks (for --sha256)."""
 
         def run() -> None:
             with self.fs.open(self.path, "rb", block_size=1 << 20) as handle:
-                while chunk := handle.read(1 << 20):
-                    sink(chunk)
+                consume(iter(lambda: handle.read(1 << 20), b""))
 
         self._store_call(run)
 
