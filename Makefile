@@ -27,6 +27,7 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(PIP) install --quiet -e '.[dev,executorch]'
+	$(BIN)/python fixtures/sarif/fetch_schema.py
 	@touch $@
 
 $(VENV)/.fixtures: $(BIN)/python pyproject.toml

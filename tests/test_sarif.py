@@ -1,14 +1,17 @@
 """`--format sarif`: SARIF 2.1.0 for GitHub code scanning.
 
-No package on PyPI or npm that we could find ships the SARIF 2.1.0 JSON schema file (sarif-om,
-sarif-tools and @microsoft/sarif-multitool do not), so these tests check the schema's required
-structure directly rather than validating against the schema file.
+Every log is validated against the official SARIF 2.1.0 JSON schema (the OASIS rtm.5 file that
+`fixtures/sarif/fetch_schema.py` fetches, pinned by sha256, from Microsoft's `@microsoft/jest-sarif`
+npm package), and then against what code scanning needs beyond the schema (rule indexes, relative
+URIs, plain-text messages).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from tests.conftest import run_cli
@@ -20,8 +23,26 @@ REPO = Path(__file__).resolve().parents[1]
 LEVELS = {"none", "note", "warning", "error"}
 
 
+@functools.cache
+def _official_schema() -> dict:
+    sys.path.insert(0, str(REPO / "fixtures" / "sarif"))
+    try:
+        from fetch_schema import fetch  # the pinned copy in the venv; fetched once if missing
+    finally:
+        sys.path.pop(0)
+    return json.loads(fetch().read_text(encoding="utf-8"))
+
+
+def _schema_errors(log: dict) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft4Validator(_official_schema())
+    return [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(log)]
+
+
 def _check_structure(log: dict) -> dict:
-    """The parts of the SARIF 2.1.0 schema a log must satisfy (required properties and enums)."""
+    """The official schema, then what GitHub code scanning needs beyond it."""
+    assert _schema_errors(log) == []
     assert log["version"] == "2.1.0" and isinstance(log["runs"], list) and len(log["runs"]) == 1
     run = log["runs"][0]
     driver = run["tool"]["driver"]
@@ -45,6 +66,23 @@ def _check_structure(log: dict) -> dict:
 
 def test_sarif_is_a_format() -> None:
     assert "sarif" in FORMATS
+
+
+def test_the_official_schema_rejects_what_it_should() -> None:
+    # the validator is live: the schema's own rules catch a wrong version, an unknown property and a
+    # level outside its enum (so a passing log above means the log, not a permissive check)
+    report = {"tool": {"name": "quantgate", "version": "9"}, "exit_code": 0, "summary": {}, "artifacts": [],
+              "results": [{"guard": "integrity", "status": "FAIL", "gate_status": "FAIL", "message": "m",
+                           "artifact": {"path": "a.gguf"}, "bounds": [],
+                           "findings": [{"code": next(iter(all_finding_codes())), "severity": "error",
+                                         "message": "m", "location": {}}]}]}
+    log = json.loads(render(report, "sarif"))
+    assert _schema_errors(log) == []
+    assert len(_schema_errors({**log, "version": "2.0.0"})) == 1
+    assert len(_schema_errors({**log, "extra": 1})) == 1
+    bad = json.loads(json.dumps(log))
+    bad["runs"][0]["results"][0]["level"] = "fatal"
+    assert len(_schema_errors(bad)) == 1
 
 
 def test_sarif_on_a_failing_release(tmp_path: Path) -> None:
