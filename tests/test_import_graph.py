@@ -1,14 +1,12 @@
 """No import cycle among quantgate's modules. The graph holds every import statement (module level and inside
 functions, `if TYPE_CHECKING:` blocks left out): a function-level import that hides a cycle from Python is still
-a cycle for the reader. Registries that name modules by string (formats.READERS, validators.GUARD_MODULES,
-the dequantizers) are the plug-in points and are not edges."""
+a cycle for the reader. Registries that name modules by string (formats.FORMATS and the registries derived from it)
+are the plug-in points and are not edges."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
-
-import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -108,13 +106,3 @@ def test_findings_imports_no_reader_or_guard() -> None:
 def test_no_import_cycle() -> None:
     assert [sorted(c) for c in cycles(import_graph())] == []
 
-
-def test_dequantizers_are_a_registry() -> None:
-    pytest.importorskip("numpy")
-    from quantgate import dequant
-    from quantgate.formats import READERS
-
-    assert sorted(dequant.DEQUANTIZERS) == sorted(READERS)
-    with pytest.raises(dequant.DequantError) as exc:
-        dequant.open_weights("model.bin", "tflite")
-    assert exc.value.code == "FIDELITY_UNSUPPORTED_ENCODING"

@@ -1,7 +1,8 @@
 """Every stable finding code, gathered from the tables kept beside the code that raises them.
 
-Each reader, guard and helper keeps its own `FINDING_CODES` table (code -> description); this module
-imports them one way (nothing it imports imports it back) and writes docs/finding-codes.md from them:
+Each reader, guard and helper keeps its own `FINDING_CODES` table (code -> description); a format's
+tables are listed in its `formats.FORMATS` entry, the shared ones here. This module loads them and
+writes docs/finding-codes.md from them:
 
     python -m quantgate.core.codes --write docs/finding-codes.md      (what `make docs` runs)
 
@@ -13,90 +14,42 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import dataclass
 
-from quantgate.core import findings
-from quantgate.formats.gguf import reader as gguf
-from quantgate.formats.onnx import reader as onnx
-from quantgate.formats.pte import reader as pte
-from quantgate.formats.pte import xnnpack
-from quantgate.formats.safetensors import reader as safetensors
-from quantgate.guards import fidelity, gguf_dtypes, pte_inspector, pte_program
-from quantgate.manifest import check as manifest
-from quantgate.runtime import box
+from quantgate.formats import FORMATS, CodeSection, load
 
-
-@dataclass(frozen=True)
-class Section:
-    title: str
-    intro: str  # one short paragraph: which guard reports these codes and at what severity
-    tables: tuple[dict[str, str], ...]
-
-
-SECTIONS: tuple[Section, ...] = (
-    Section(
+SECTIONS: tuple[CodeSection, ...] = (
+    CodeSection(
         "Shared",
         "Raised by the shared layers: sniffing, bounded reads, discovery and the gate.",
-        (findings.FINDING_CODES,),
+        ("quantgate.core.findings:FINDING_CODES",),
     ),
-    Section(
+    CodeSection(
         "Manifest",
         "Raised by the `manifest` guard ([release manifests](manifest.md)).",
-        (manifest.FINDING_CODES,),
+        ("quantgate.manifest.check:FINDING_CODES",),
     ),
-    Section(
-        "GGUF",
-        "Structural codes (errors unless marked) fail `integrity`, the split-set ones (`GGUF_SPLIT_MISSING`, "
-        "`GGUF_SPLIT_EXTRA`, `GGUF_SPLIT_MISMATCH`) included; the semantic ones (architecture, general.* key "
-        "types, file_type, quantization_version, hparams, `GGUF_SPLIT_SHARD`) and the memory note belong to "
-        "`gguf-dtypes` ([format notes](formats.md#gguf-gguf-dtypes)).",
-        (gguf.FINDING_CODES, gguf_dtypes.FINDING_CODES),
+    *(section for f in FORMATS.values() for section in f.code_sections),
+    CodeSection(
+        "Fidelity",
+        "Raised by the `fidelity` guard ([fidelity](fidelity.md)).",
+        ("quantgate.guards.fidelity:FINDING_CODES",),
     ),
-    Section(
-        "ONNX",
-        "Structural codes land in `integrity` (errors fail it and block `onnx-dtypes`); the quantization "
-        "consistency codes (`ONNX_MATMULNBITS_*`, `ONNX_GATHERBLOCKQUANTIZED_*`, `ONNX_DQ_*`, `ONNX_SCALE_*`, "
-        "`ONNX_NODE_UNREADABLE`, `ONNX_WEIGHTS_QUANTIZED_AT_RUN_TIME`) land in `onnx-dtypes`. All are errors "
-        "except `ONNX_UNKNOWN_DTYPE`, `ONNX_DUPLICATE_INITIALIZER`, `ONNX_EXTERNAL_OVERLAP`, "
-        "`ONNX_NODE_UNREADABLE`, `ONNX_WEIGHTS_QUANTIZED_AT_RUN_TIME` and `ONNX_FUNCTION_INLINE_CAPPED` "
-        "(warnings) and `ONNX_FINDINGS_CAPPED` (info) ([format notes](formats.md#onnx-onnx-dtypes)).",
-        (onnx.FINDING_CODES,),
-    ),
-    Section(
-        "safetensors",
-        "Header structure codes land in `integrity`, layout and config.json codes in `safetensors-dtypes` "
-        "([format notes](formats.md#safetensors-safetensors-dtypes)).",
-        (safetensors.FINDING_CODES,),
-    ),
-    Section(
-        "ExecuTorch `.pte`",
-        "Structure codes land in `integrity`, the program's layers and data in `pte-program` "
-        "([format notes](formats.md#executorch-pte-pte-program)).",
-        (pte.FINDING_CODES, pte_program.FINDING_CODES),
-    ),
-    Section(
-        "XNNPACK delegate payloads",
-        "Raised while reading a `.pte`'s XNNPACK payloads; offsets are file offsets "
-        "([format notes](formats.md#xnnpack-delegate-payloads)).",
-        (xnnpack.FINDING_CODES,),
-    ),
-    Section("Fidelity", "Raised by the `fidelity` guard ([fidelity](fidelity.md)).", (fidelity.FINDING_CODES,)),
-    Section(
-        "ExecuTorch runtime (pte-inspector)",
-        "Raised by `pte-inspector` ([the runtime](runtime.md#pte-inspector)).",
-        (pte_inspector.FINDING_CODES,),
-    ),
-    Section(
+    CodeSection(
         "Runtime box",
         "Raised for any runtime child ([the runtime box](runtime.md#runtime-box)).",
-        (box.FINDING_CODES,),
+        ("quantgate.runtime.box:FINDING_CODES",),
     ),
 )
 
 
+def section_codes(section: CodeSection) -> dict[str, str]:
+    """The section's codes -> descriptions, over its tables in order."""
+    return {code: text for ref in section.tables for code, text in load(ref).items()}
+
+
 def all_finding_codes() -> dict[str, str]:
     """Every stable finding code -> its description, over every table."""
-    return {code: text for section in SECTIONS for table in section.tables for code, text in table.items()}
+    return {code: text for section in SECTIONS for code, text in section_codes(section).items()}
 
 
 def _cell(text: str) -> str:
@@ -117,7 +70,7 @@ def markdown() -> str:
     ]
     for section in SECTIONS:
         lines += ["", f"## {section.title}", "", section.intro, "", "| code | meaning |", "|---|---|"]
-        lines += [f"| `{code}` | {_cell(text)} |" for table in section.tables for code, text in table.items()]
+        lines += [f"| `{code}` | {_cell(text)} |" for code, text in section_codes(section).items()]
     return "\n".join(lines) + "\n"
 
 

@@ -93,19 +93,13 @@ class WeightSet:
         self.closers.clear()
 
 
-# format id -> module exposing `open_weights(path) -> WeightSet`; imported only for the format at hand.
-# A new format's dequantizer is one entry here (docs/fidelity.md).
-DEQUANTIZERS: dict[str, str] = {
-    "gguf": "quantgate.dequant.gguf",
-    "onnx": "quantgate.dequant.onnx",
-    "safetensors": "quantgate.dequant.safetensors",
-    "pte": "quantgate.dequant.pte",
-}
-
-
 def open_weights(path: str, fmt: str) -> WeightSet:
-    """The format's weights; raises DequantError when the format has no dequantizer here."""
-    module_name = DEQUANTIZERS.get(fmt)
+    """The format's weights, from the module its `formats.FORMATS` entry names as `dequantizer`
+    (imported only for the format at hand); raises DequantError when the format has none."""
+    from quantgate.formats import FORMATS
+
+    spec = FORMATS.get(fmt)
+    module_name = spec.dequantizer if spec else None
     if module_name is None:
         raise DequantError(UNSUPPORTED, f"weight fidelity is not implemented for {fmt} artifacts")
     return importlib.import_module(module_name).open_weights(path)

@@ -1,14 +1,10 @@
 """Format sniffing by content, never by extension.
 
-- ExecuTorch program: the flatbuffer identifier at bytes 4-8 (`ET12`; any `ETnn` is sniffed as a
-  PTE so that `integrity` can say the identifier is wrong rather than "unknown format").
-- GGUF: the magic `GGUF` at byte 0.
-- safetensors: a u64 little-endian header length N that fits the file, then `{` (after optional
-  spaces, which the reference implementation accepts).
-- ONNX: no magic; a protobuf ModelProto starts with `ir_version` (field 1, varint) followed by
-  another known ModelProto field. The ONNX reader then parses the whole structure.
-- A Git LFS pointer, an empty file, and a few known-but-unsupported formats, so that the message
-  says what the file is.
+Each format's rule is its `sniff` in `formats.FORMATS` (the magic `GGUF`, an ExecuTorch `ETnn`
+identifier, a safetensors header length then `{`, an ONNX ModelProto's first fields); this module
+tries them in `formats.sniffing_order()` after the rules that say what a non-model file is: a release
+manifest, an empty file, a Git LFS pointer, and a few known-but-unsupported formats, so that the
+message says what the file is.
 """
 
 from __future__ import annotations
@@ -16,11 +12,12 @@ from __future__ import annotations
 import os
 import re
 import stat
-import struct
 from dataclasses import dataclass
 
 from quantgate.core.remote import is_url as remote_is_url
+from quantgate.formats import FORMATS, MODEL_FORMATS, sniffing_order  # noqa: F401 (MODEL_FORMATS re-exported)
 
+# format ids, as the code names them
 PTE = "pte"
 PTD = "ptd"
 GGUF = "gguf"
@@ -33,74 +30,27 @@ UNSUPPORTED = "unsupported"
 UNREADABLE = "unreadable"
 MANIFEST = "manifest"
 
-MODEL_FORMATS = (PTE, GGUF, SAFETENSORS, ONNX)
 # extensions that say "this file was meant to be a model" when its content is unrecognisable; they
 # never decide the format, only whether an unrecognised file in a scanned folder is reported
-MODEL_EXTENSIONS = (".pte", ".gguf", ".safetensors", ".onnx", ".ort")
+MODEL_EXTENSIONS: tuple[str, ...] = tuple(ext for f in FORMATS.values() if f.model for ext in f.extensions)
 
 MANIFEST_NAME = re.compile(r"^(.*[._-])?manifest\.json$", re.IGNORECASE)
 LFS_PREFIX = b"version https://git-lfs.github.com/spec/v1"
 HEAD_BYTES = 4096
 
-# ModelProto field number -> protobuf wire type (0 varint, 2 length-delimited)
-_ONNX_MODEL_FIELDS = {
-    1: 0,  # ir_version
-    2: 2,  # producer_name
-    3: 2,  # producer_version
-    4: 2,  # domain
-    5: 0,  # model_version
-    6: 2,  # doc_string
-    7: 2,  # graph
-    8: 2,  # opset_import
-    14: 2,  # metadata_props
-    20: 2,  # training_info
-    25: 2,  # functions
-    26: 2,  # configuration
-}
+# known formats quantgate does not read: first bytes -> what to tell the user
+_UNSUPPORTED = (
+    ((b"PK\x03\x04",), "a zip archive (PyTorch .pt/.pth checkpoints are zips): not a supported format"),
+    ((b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05"),
+     "a Python pickle: not a supported format, and never unpickled"),
+    ((b"lmgg", b"fmgg", b"tjgg"), "a legacy GGML/GGMF/GGJT file: convert it to GGUF"),
+)
 
 
 @dataclass(frozen=True)
 class Sniffed:
     format: str
     detail: str = ""
-
-
-def _varint(buf: bytes, pos: int) -> tuple[int, int] | None:
-    value = 0
-    for shift in range(0, 70, 7):
-        if pos >= len(buf):
-            return None
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-    return None
-
-
-def looks_like_onnx(head: bytes, size: int) -> bool:
-    """ir_version first, then a second known ModelProto field that fits the file."""
-    if len(head) < 2 or head[0] != 0x08:
-        return False
-    parsed = _varint(head, 1)
-    if parsed is None:
-        return False
-    ir_version, pos = parsed
-    if not 1 <= ir_version <= 64:
-        return False
-    if pos == size:  # a model with nothing but ir_version is still an (empty) ONNX model
-        return True
-    tag = _varint(head, pos)
-    if tag is None:
-        return False
-    key, pos = tag
-    field_no, wire = key >> 3, key & 7
-    if _ONNX_MODEL_FIELDS.get(field_no) != wire:
-        return False
-    if wire == 2:
-        length = _varint(head, pos)
-        return length is not None and length[1] + length[0] <= size
-    return True
 
 
 def looks_like_manifest(head: bytes, name: str) -> bool:
@@ -118,26 +68,13 @@ def sniff_bytes(head: bytes, size: int, name: str = "") -> Sniffed:
         return Sniffed(EMPTY, "the file has zero bytes")
     if head.startswith(LFS_PREFIX):
         return Sniffed(LFS_POINTER, "a Git LFS pointer file")
-    if head[:4] == b"GGUF":
-        return Sniffed(GGUF)
-    if len(head) >= 8 and head[4:6] == b"ET" and head[6:8].isdigit():
-        return Sniffed(PTE, head[4:8].decode("ascii"))
-    if len(head) >= 8 and head[4:6] == b"FT" and head[6:8].isdigit():
-        return Sniffed(PTD, head[4:8].decode("ascii"))
-    if len(head) >= 9:
-        (header_len,) = struct.unpack_from("<Q", head, 0)
-        # a length past the end still sniffs as safetensors when the JSON starts at byte 8, so that
-        # the reader can say "header runs past the end" instead of "unknown format"
-        if header_len >= 2 and head[8:].lstrip(b" ")[:1] == b"{":
-            return Sniffed(SAFETENSORS)
-    if looks_like_onnx(head, size):
-        return Sniffed(ONNX)
-    if head[:4] == b"PK\x03\x04":
-        return Sniffed(UNSUPPORTED, "a zip archive (PyTorch .pt/.pth checkpoints are zips): not a supported format")
-    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return Sniffed(UNSUPPORTED, "a Python pickle: not a supported format, and never unpickled")
-    if head[:4] in (b"lmgg", b"fmgg", b"tjgg"):
-        return Sniffed(UNSUPPORTED, "a legacy GGML/GGMF/GGJT file: convert it to GGUF")
+    for spec in sniffing_order():
+        detail = spec.sniff(head, size)
+        if detail is not None:
+            return Sniffed(spec.id, detail)
+    for prefixes, what in _UNSUPPORTED:
+        if head.startswith(prefixes):
+            return Sniffed(UNSUPPORTED, what)
     return Sniffed(UNKNOWN, f"unrecognised content (first bytes {head[:8].hex()})")
 
 

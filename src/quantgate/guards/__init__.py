@@ -1,24 +1,22 @@
 """The guard registry: stable ids (docs/architecture.md#guard-ids) in the order the gate runs them.
 
-Guard modules are cheap to import (heavy libraries load inside `measure`), so listing them all
-costs little at start-up.
+The guards every format shares are listed here; a format's own guards come from its entry in
+`formats.FORMATS`. Guard modules are cheap to import (heavy libraries load inside `measure`), so
+listing them all costs little at start-up.
 """
 
 from __future__ import annotations
 
 import importlib
 
+from quantgate.formats import FORMATS
 from quantgate.guards.base import Guard
 
 # guard id -> module defining GUARD; integrity first, because other guards block on it
 GUARD_MODULES: dict[str, str] = {
     "integrity": "quantgate.guards.integrity",
     "size-heuristic": "quantgate.guards.size_heuristic",
-    "pte-program": "quantgate.guards.pte_program",
-    "pte-inspector": "quantgate.guards.pte_inspector",
-    "onnx-dtypes": "quantgate.guards.onnx_dtypes",
-    "gguf-dtypes": "quantgate.guards.gguf_dtypes",
-    "safetensors-dtypes": "quantgate.guards.safetensors_dtypes",
+    **{guard_id: module for f in FORMATS.values() for guard_id, module in f.guards},
     "fidelity": "quantgate.guards.fidelity",
     "manifest": "quantgate.guards.manifest",
 }

@@ -39,7 +39,7 @@ from typing import Any
 
 from quantgate.core import findings as F
 from quantgate.core.findings import Finding
-from quantgate.formats.sniff import MODEL_FORMATS
+from quantgate.formats import FORMATS, MODEL_FORMATS
 from quantgate.guards.base import Guard, GuardConfig, GuardContext, Outcome
 
 NO_REFERENCE = "no_reference"
@@ -516,7 +516,7 @@ class FidelityGuard(Guard):
     needs = "fidelity"
     requires_modules = ("numpy",)
     install_hint = "pip install 'quantgate[fidelity]'"
-    formats = ("gguf", "onnx", "safetensors", "pte")
+    formats = tuple(f.id for f in FORMATS.values() if f.dequantizer)
     needs_structure = True
 
     def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:

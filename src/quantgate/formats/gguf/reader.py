@@ -31,7 +31,7 @@ from quantgate.core import remote
 from quantgate.core.findings import Finding
 from quantgate.core.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
 from quantgate.formats.gguf import types as T
-from quantgate.formats.wire.binary import Budget, BudgetExhausted, OutOfBounds, View, gc_paused, mapped
+from quantgate.formats.wire.binary import Budget, BudgetExhausted, OutOfBounds, ReadError, View, gc_paused, mapped
 
 FORMAT = "gguf"
 MAGIC = b"GGUF"
@@ -1602,3 +1602,65 @@ def _facts(
             f"file_type {T.file_type_name(ft) if ft is not None else 'absent'}{bits}"
         )
     return facts
+
+
+# --- read-ahead for a URL -------------------------------------------------------------------------
+
+
+def remote_extent(view: View, head: bytes, block: int) -> int:
+    """Where the region this reader walks outside View.check ends (formats.wire.binary.prefetch): the
+    key/values and tensor infos, found by a length-only walk, and a block past them."""
+    return _header_end(view) + block
+
+
+_SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def _header_end(view: View) -> int:
+    """Where the GGUF tensor infos end, by lengths alone; stops where the structure stops making sense
+    (the reader reports that spot, having read no further)."""
+    size = len(view)
+    pos = 24
+    try:
+        version = view.u32(4)
+        if version < 2:
+            return size  # GGUF v1 (32-bit counts): rare and small; read whole (capped)
+        n_tensors, n_kv = view.u64(8), view.u64(16)
+        if n_kv > size or n_tensors > size:
+            return pos
+
+        def value(vtype: int, pos: int, depth: int) -> int:
+            if vtype in _SCALAR_SIZE:
+                return pos + _SCALAR_SIZE[vtype]
+            if vtype == 8:
+                return pos + 8 + view.u64(pos)
+            if vtype == 9 and depth < 3:
+                etype, count = view.u32(pos), view.u64(pos + 4)
+                pos += 12
+                if etype in _SCALAR_SIZE:
+                    return pos + count * _SCALAR_SIZE[etype]
+                if count > size:
+                    raise ValueError
+                for _ in range(count):
+                    pos = value(etype, pos, depth + 1)
+                    if pos > size:
+                        raise ValueError
+                return pos
+            raise ValueError
+
+        for _ in range(n_kv):
+            pos += 8 + view.u64(pos)
+            pos = value(view.u32(pos), pos + 4, 0)
+            if pos > size:
+                return size
+        for _ in range(n_tensors):
+            pos += 8 + view.u64(pos)
+            n_dims = view.u32(pos)
+            if n_dims > 8:
+                return pos
+            pos += 4 + 8 * n_dims + 4 + 8
+            if pos > size:
+                return size
+    except (ReadError, ValueError, RecursionError):
+        pass
+    return min(pos, size)

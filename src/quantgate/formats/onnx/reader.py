@@ -1343,3 +1343,9 @@ def _scale_values(view: View, t: Tensor) -> list[float]:
     except ReadError:
         return []
     return []
+
+
+def remote_extent(view: View, head: bytes, block: int) -> int:
+    """For a URL, the whole graph file is fetched ahead (formats.wire.binary.prefetch): the protobuf walk
+    touches every field header. External data is only sized, never fetched."""
+    return len(view)

@@ -839,3 +839,15 @@ def read(path: str) -> Inventory:
         inv = Inventory(FORMAT, path, 0)
         inv.structural_findings.append(F.error("FILE_UNREADABLE", f"cannot read the file: {exc.strerror or exc}"))
         return inv
+
+
+def remote_extent(view: View, head: bytes, block: int) -> int:
+    """Where the region this reader walks outside View.check ends, for a URL (formats.wire.binary.prefetch):
+    a program's extended header (`eh00`: u32 length, u64 program size) or a .ptd's (`FH01`: u32 length,
+    u64 flatbuffer offset, u64 flatbuffer size) gives the tables' end, not the weights after them; without
+    one, the whole file."""
+    if len(head) >= 32 and head[8:12] == b"eh00":
+        return int.from_bytes(head[16:24], "little")
+    if len(head) >= 32 and head[8:12] == b"FH01":
+        return int.from_bytes(head[16:24], "little") + int.from_bytes(head[24:32], "little")
+    return len(view)

@@ -34,7 +34,7 @@ from quantgate.formats.safetensors.header import (  # noqa: F401  (the reader's 
     parse_header,
 )
 from quantgate.formats.safetensors.layouts import LAYOUT_CODES
-from quantgate.formats.wire.binary import ReadError, file_size, gc_paused, mapped
+from quantgate.formats.wire.binary import ReadError, View, file_size, gc_paused, mapped
 
 
 def read(path: str) -> Inventory:
@@ -74,3 +74,9 @@ def _facts(head: Header) -> dict[str, Any]:
 
 
 FINDING_CODES: dict[str, str] = {**STRUCTURE_CODES, **LAYOUT_CODES}
+
+
+def remote_extent(view: View, head: bytes, block: int) -> int:
+    """The header, fetched in one request for a URL (formats.wire.binary.prefetch); every other read goes
+    through View.check."""
+    return 8 + int.from_bytes(head[:8], "little")

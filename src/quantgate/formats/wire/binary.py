@@ -210,83 +210,18 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-# --- what each format's readers touch outside View.check, fetched ahead for a URL ------------------
-# the GGUF header (a length-only walk of its key/values and tensor infos), the PTE program (its extended
-# header gives the size), the safetensors header, a whole ONNX graph file (external data is only sized)
+# --- what a format's reader walks outside View.check, fetched ahead for a URL ----------------------
 
 def prefetch(view: View, rf: RemoteFile) -> None:
-    """Fetch the region the format's reader walks directly (see the module docstring)."""
+    """Fetch ahead the region the format's reader walks directly: its reader module's
+    `remote_extent(view, head, block)` says where that region ends; a file of no known format is
+    fetched whole (capped by QUANTGATE_REMOTE_MAX_BYTES)."""
     if rf.size == 0:
         return
+    from quantgate import formats
     from quantgate.formats import sniff as S
 
     head = rf.read(0, min(rf.size, S.HEAD_BYTES))
-    fmt = S.sniff_bytes(head, rf.size, basename(rf.url)).format
-    if fmt == S.GGUF:
-        rf.ensure(0, _gguf_header_end(view) + rf.block)
-    elif fmt in (S.PTE, S.PTD):
-        # a program's extended header (`eh00`: u32 length, u64 program size) or a .ptd's (`FH01`: u32
-        # length, u64 flatbuffer offset, u64 flatbuffer size): the tables, not the weights after them
-        end = 0
-        if len(head) >= 32 and head[8:12] == b"eh00":
-            end = int.from_bytes(head[16:24], "little")
-        elif len(head) >= 32 and head[8:12] == b"FH01":
-            end = int.from_bytes(head[16:24], "little") + int.from_bytes(head[24:32], "little")
-        rf.ensure(0, end if 0 < end <= rf.size else rf.size)
-    elif fmt == S.SAFETENSORS:  # every read goes through View.check; one request for the header
-        rf.ensure(0, min(8 + int.from_bytes(head[:8], "little"), rf.size))
-    else:  # an ONNX graph (or anything else): the protobuf walk touches every field header
-        rf.ensure(0, rf.size)
-
-
-_GGUF_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
-
-
-def _gguf_header_end(view: View) -> int:
-    """Where the GGUF tensor infos end, by lengths alone; stops where the structure stops making sense
-    (the reader reports that spot, having read no further)."""
-    size = len(view)
-    pos = 24
-    try:
-        version = view.u32(4)
-        if version < 2:
-            return size  # GGUF v1 (32-bit counts): rare and small; read whole (capped)
-        n_tensors, n_kv = view.u64(8), view.u64(16)
-        if n_kv > size or n_tensors > size:
-            return pos
-
-        def value(vtype: int, pos: int, depth: int) -> int:
-            if vtype in _GGUF_SCALAR:
-                return pos + _GGUF_SCALAR[vtype]
-            if vtype == 8:
-                return pos + 8 + view.u64(pos)
-            if vtype == 9 and depth < 3:
-                etype, count = view.u32(pos), view.u64(pos + 4)
-                pos += 12
-                if etype in _GGUF_SCALAR:
-                    return pos + count * _GGUF_SCALAR[etype]
-                if count > size:
-                    raise ValueError
-                for _ in range(count):
-                    pos = value(etype, pos, depth + 1)
-                    if pos > size:
-                        raise ValueError
-                return pos
-            raise ValueError
-
-        for _ in range(n_kv):
-            pos += 8 + view.u64(pos)
-            pos = value(view.u32(pos), pos + 4, 0)
-            if pos > size:
-                return size
-        for _ in range(n_tensors):
-            pos += 8 + view.u64(pos)
-            n_dims = view.u32(pos)
-            if n_dims > 8:
-                return pos
-            pos += 4 + 8 * n_dims + 4 + 8
-            if pos > size:
-                return size
-    except (ReadError, ValueError, RecursionError):
-        pass
-    return min(pos, size)
+    spec = formats.FORMATS.get(S.sniff_bytes(head, rf.size, basename(rf.url)).format)
+    end = formats.load(f"{spec.reader}:remote_extent")(view, head, rf.block) if spec else rf.size
+    rf.ensure(0, end if 0 < end <= rf.size else rf.size)
