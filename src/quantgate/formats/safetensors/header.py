@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import operator
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +56,7 @@ DTYPE_BITS: dict[str, int] = {
     "I64": 64,
     "U64": 64,
 }
+_DTYPES: dict[str, tuple[str, int]] = {name: (name, bits) for name, bits in DTYPE_BITS.items()}
 
 STRUCTURE_CODES = {
     "ST_HEADER_TOO_SMALL": "The file is shorter than the 8-byte header length field.",
@@ -216,15 +216,16 @@ def _parse_header(view: View) -> Header:
     out = _Findings(head.findings)
     raw = _header_bytes(view, head, out)
     text = _header_text(raw, out) if raw is not None else None
-    del raw  # 6 MB on a 50k-tensor header, no longer held during the parse
     if text is not None:
         fast = _sound_by_orjson(text, view, head)
         if fast is not None:
             return fast
-        parsed = _load_json(text, out)
-        if parsed is not None:
-            doc, duplicates = parsed
-            _check_doc(doc, view, head, out, duplicates)
+        if not _too_deep(text, raw, out):
+            del raw  # 6 MB on a 50k-tensor header, no longer held during the parse
+            parsed = _load_json(text, out)
+            if parsed is not None:
+                doc, duplicates = parsed
+                _check_doc(doc, view, head, out, duplicates)
     out.close()
     return head
 
@@ -236,8 +237,9 @@ def _sound_by_orjson(text: str, view: View, head: Header) -> Header | None:
     The one fast path of this reader, kept for what it saves on a large header (benchmarks/RESULTS.md,
     safetensors). A sound header reads the same either way: orjson rejects
     what json would accept with a finding (NaN, a lone surrogate), a number it reads otherwise (an
-    integer past 64 bits) is no sound shape or offset, and a repeated key (which both parsers drop
-    silently) is seen by _every_key_kept."""
+    integer past 64 bits) is no sound shape or offset, a repeated key (which both parsers drop
+    silently) is seen by _every_key_kept, and a sound header nests 3 levels deep, so the depth scan
+    (_too_deep) is left to the plain path."""
     doc = fastjson.loads(text)  # type: ignore[arg-type]  # orjson takes the str as well as its bytes
     if type(doc) is not dict:
         return None
@@ -252,7 +254,7 @@ def _every_key_kept(text: str, doc: dict[str, Any], head: Header) -> bool:
     text's colons are its keys plus the colons inside its strings. A sound header's strings are the
     names, each entry's three keys and its dtype (none with a colon), and the metadata's keys and
     values. A colon spelled as an escape (`\\u003a`) is not counted: such a header takes the plain path."""
-    if "\\u003a" in text or "\\u003A" in text:
+    if "\\" in text and ("\\u003a" in text or "\\u003A" in text):  # a backslash first: one fast scan
         return False
     meta = head.metadata or {}
     keys = len(doc) + 3 * len(head.tensors) + len(meta)
@@ -286,20 +288,25 @@ def _header_bytes(view: View, head: Header, out: _Findings) -> bytes | None:
 
 
 def _header_text(raw: bytes, out: _Findings) -> str | None:
-    """The header's text once its UTF-8 and nesting depth are sound; None after a finding."""
+    """The header's text once it is sound UTF-8; None after a finding."""
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         out.add(F.error("ST_HEADER_NOT_UTF8",
                         f"the header is not valid UTF-8 at byte {8 + exc.start}: re-export the file",
                         offset=8 + exc.start, field="header"))
         return None
+
+
+def _too_deep(text: str, raw: bytes, out: _Findings) -> bool:
+    """Whether the JSON nests deeper than MAX_DEPTH (a finding then): json's recursive parse must
+    never meet a hostile depth."""
     if too_deep(text, MAX_DEPTH, raw):
         out.add(F.error("ST_HEADER_TOO_DEEP",
                         f"the JSON header nests deeper than {MAX_DEPTH} levels; a safetensors header needs 3",
                         offset=8, field="header"))
-        return None
-    return text
+        return True
+    return False
 
 
 def _load_json(text: str, out: _Findings) -> tuple[dict[str, Any], list[tuple[str, dict[str, Any]]]] | None:
@@ -368,12 +375,17 @@ def _check_doc(doc: dict[str, Any], view: View, head: Header, out: _Findings,
     loc = _Locator(view, head.header_len)
     _report_duplicates(doc, duplicates, out, loc)
     _check_metadata(doc.get("__metadata__"), "__metadata__" in doc, head, out, loc)
+    tensors = head.tensors
     for name, entry in doc.items():
         if name == "__metadata__":
             continue
-        tensor = _check_entry(name, entry, out, loc)
+        # an entry of the three keys goes straight to their check; any other shape is told apart first
+        if type(entry) is dict and entry.keys() == _ENTRY_KEY_SET:
+            tensor = _typed_entry(name, entry["dtype"], entry["shape"], entry["data_offsets"], out, loc)
+        else:
+            tensor = _check_entry(name, entry, out, loc)
         if tensor is not None:
-            head.tensors[name] = tensor
+            tensors[name] = tensor
     entries = len(doc) - ("__metadata__" in doc)
     _check_layout(head, out, all_entries_valid=len(head.tensors) == entries)
 
@@ -417,6 +429,7 @@ def _check_metadata(meta: Any, present: bool, head: Header, out: _Findings, loc:
 
 
 _ENTRY_KEYS = ("dtype", "shape", "data_offsets")
+_ENTRY_KEY_SET = frozenset(_ENTRY_KEYS)
 
 
 def _check_entry(name: str, entry: Any, out: _Findings, loc: _Locator) -> TensorEntry | None:
@@ -424,7 +437,7 @@ def _check_entry(name: str, entry: Any, out: _Findings, loc: _Locator) -> Tensor
         _entry_error(out, loc, name, "ST_ENTRY_INVALID",
                      f"the entry is a JSON {_json_type(entry)}, not an object")
         return None
-    if len(entry) != 3 or "dtype" not in entry or "shape" not in entry or "data_offsets" not in entry:
+    if entry.keys() != _ENTRY_KEY_SET:
         return _odd_entry(name, entry, out, loc)
     return _typed_entry(name, entry["dtype"], entry["shape"], entry["data_offsets"], out, loc)
 
@@ -453,7 +466,8 @@ _BIG = U64_MAX + 1  # a running element count clamps here: past it the size over
 def _typed_entry(name: str, dtype: Any, shape: Any, offsets: Any, out: _Findings,
                  loc: _Locator) -> TensorEntry | None:
     # the happy path in one pass: JSON values have exact types, so `type() is` is the isinstance test
-    bits = DTYPE_BITS.get(dtype) if type(dtype) is str else None
+    # the dtype's one shared string (not one per entry as the JSON parse makes them) and its bits
+    known = _DTYPES.get(dtype) if type(dtype) is str else None
     numel: int | None = None
     if type(shape) is list:
         numel = 1
@@ -469,9 +483,10 @@ def _typed_entry(name: str, dtype: Any, shape: Any, offsets: Any, out: _Findings
         begin, end = offsets
         if type(begin) is not int or type(end) is not int or not 0 <= begin <= end <= U64_MAX:
             begin = end = -1
-    if bits is None or numel is None or begin < 0:
+    if known is None or numel is None or begin < 0:
         _bad_entry(name, dtype, shape, offsets, out, loc)
         return None
+    dtype, bits = known
     size_bits = numel * bits
     if size_bits > U64_MAX:
         _entry_error(out, loc, name, "ST_SHAPE_OVERFLOW", f"shape {shape} x {bits} bits overflows 64 bits")
@@ -485,8 +500,7 @@ def _typed_entry(name: str, dtype: Any, shape: Any, offsets: Any, out: _Findings
                      f"data_offsets [{begin}, {end}] hold {end - begin} byte(s) but {dtype} {shape} needs "
                      f"{size_bits // 8}: the dtype or shape does not match the stored bytes")
         return None
-    # one dtype string for all the tensors, not one per entry as the JSON parse makes them
-    return TensorEntry(name, sys.intern(dtype), tuple(shape), begin, end, numel)
+    return TensorEntry(name, dtype, tuple(shape), begin, end, numel)
 
 
 def _bad_entry(name: str, dtype: Any, shape: Any, offsets: Any, out: _Findings, loc: _Locator) -> None:

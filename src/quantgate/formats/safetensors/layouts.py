@@ -1030,7 +1030,7 @@ def interpret(view: View, head: Any, inv: Inventory, abspath: str) -> None:
     )
 
 
-@dataclass
+@dataclass(slots=True)  # an attribute update per layer: no per-instance __dict__ to go through
 class _Made:
     """The layers made so far, each with its place in the file, and what the facts count of them."""
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from operator import attrgetter
 from typing import Any
 
 from quantgate.core import findings as F
@@ -62,7 +63,7 @@ def read(path: str) -> Inventory:
 
 
 def _facts(head: Header) -> dict[str, Any]:
-    dtypes = Counter(t.dtype for t in head.tensors.values())
+    dtypes = Counter(map(attrgetter("dtype"), head.tensors.values()))
     facts: dict[str, Any] = {
         "header_bytes": head.header_len,
         "tensors": len(head.tensors),
