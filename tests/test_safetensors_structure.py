@@ -368,14 +368,16 @@ def test_orjson_and_json_parse_give_the_same_header(entries: list[object], meta:
     _same_with_and_without_orjson(view)
 
 
-@pytest.mark.parametrize("where", ["entry", "metadata", "inside a sound entry"])
+@pytest.mark.parametrize("where", ["entry", "metadata", "inside a sound entry", "as a shape"])
 def test_nesting_orjson_accepts_is_still_too_deep(where: str) -> None:
     """orjson parses 1,000 levels; the depth scan runs before either parser, so neither path walks into
     them (Python would recurse past its limit)."""
     deep = "[" * 1000 + "]" * 1000
     entry = '{"dtype":"F32","shape":[1],"data_offsets":[0,4]}'
     header = {"entry": f'{{"t":{entry},"x":{deep}}}', "metadata": f'{{"__metadata__":{{"a":{deep}}},"t":{entry}}}',
-              "inside a sound entry": f'{{"t":{{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":{deep}}}}}'}
+              "inside a sound entry": f'{{"t":{{"dtype":"F32","shape":[1],"data_offsets":[0,4],"x":{deep}}}}}',
+              # a bad shape is quoted in its finding (json.dumps): it must never be met at this depth
+              "as a shape": f'{{"t":{{"dtype":"F32","shape":{deep},"data_offsets":[0,4]}}}}'}
     raw = header[where].encode()
     assert sth.fastjson.loads(raw) is not None  # orjson takes it
     head = st.parse_header(View(struct.pack("<Q", len(raw)) + raw + bytes(4)))

@@ -216,16 +216,17 @@ def _parse_header(view: View) -> Header:
     out = _Findings(head.findings)
     raw = _header_bytes(view, head, out)
     text = _header_text(raw, out) if raw is not None else None
-    if text is not None:
+    # the depth scan comes before either parse: describing a defect (json.dumps of a bad shape) must
+    # never meet a hostile depth, and orjson parses up to 1024 levels
+    if text is not None and not _too_deep(text, raw, out):
+        del raw  # 6 MB on a 50k-tensor header, no longer held during the parse
         fast = _sound_by_orjson(text, view, head)
         if fast is not None:
             return fast
-        if not _too_deep(text, raw, out):
-            del raw  # 6 MB on a 50k-tensor header, no longer held during the parse
-            parsed = _load_json(text, out)
-            if parsed is not None:
-                doc, duplicates = parsed
-                _check_doc(doc, view, head, out, duplicates)
+        parsed = _load_json(text, out)
+        if parsed is not None:
+            doc, duplicates = parsed
+            _check_doc(doc, view, head, out, duplicates)
     out.close()
     return head
 
@@ -238,8 +239,7 @@ def _sound_by_orjson(text: str, view: View, head: Header) -> Header | None:
     safetensors). A sound header reads the same either way: orjson rejects
     what json would accept with a finding (NaN, a lone surrogate), a number it reads otherwise (an
     integer past 64 bits) is no sound shape or offset, a repeated key (which both parsers drop
-    silently) is seen by _every_key_kept, and a sound header nests 3 levels deep, so the depth scan
-    (_too_deep) is left to the plain path."""
+    silently) is seen by _every_key_kept."""
     doc = fastjson.loads(text)  # type: ignore[arg-type]  # orjson takes the str as well as its bytes
     if type(doc) is not dict:
         return None
