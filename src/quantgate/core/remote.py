@@ -14,7 +14,11 @@ A server that answers a Range request with the whole body (200) is an error: qua
 to a full download. Credentials come from the environment (`HF_TOKEN` for the Hub, or
 `QUANTGATE_HTTP_HEADERS`) and are never printed: every URL shown is stripped of user info and query.
 
-Only the standard library; http.client and friends are imported when a URL is first opened.
+`s3://` and `gs://` objects (`FsspecFile`, through fsspec's backends) fill the same blocks with ranged
+GETs pinned to the version and ETag opened; `store_list` lists a bucket prefix, bounded. The files
+beside any remote artifact are looked up with `join` (right per scheme) and `exists`.
+
+Only the standard library for http(s); http.client and friends are imported when a URL is first opened.
 """
 
 from __future__ import annotations
@@ -472,7 +476,8 @@ class FsspecFile(RemoteFile):
         self.path = url.split("://", 1)[1]
         info = self._store_call(lambda: self.fs.info(self.path))
         if info.get("type") not in (None, "file"):
-            raise RemoteError(f"{self.shown}: not a file (a prefix or bucket); name one object", 404)
+            raise RemoteError(f"{self.shown}: not a file (a prefix or bucket); name one object, or gate the "
+                              "prefix with `quantgate run`", 404)
         try:
             total = int(info["size"])
         except (KeyError, TypeError, ValueError):
