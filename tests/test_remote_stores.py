@@ -141,6 +141,22 @@ def test_s3_siblings_give_the_local_result(store: dict[str, Any], folder: str, n
         code, remote, err = _guard(guard, url, store)
         assert (code, _comparable(remote)) == (code_local, _comparable(local)), err
         assert remote["artifact"]["remote"]["url"] == url
+    served, size = _small_blocks(store, guards[0], url, str(FIX / folder / name), f"/{BUCKET}/{prefix}/")
+    assert 0 < served < size // 3  # headers, the program, the graph: not the weights
+    if folder == "onnx/external":  # the external data is only sized: its first block, when opened
+        assert store["_log"].get_bytes(f"/{BUCKET}/{prefix}/model.onnx.data") == 512
+
+
+def _small_blocks(store: dict[str, Any], guard: str, url: str, local: str, prefix: str) -> tuple[int, int]:
+    """The guard on `url` read in 512-byte blocks (every region a reader walks fetched in pieces) gives the
+    local result; returns the object bytes served under `prefix` and the size of the objects there."""
+    log = store["_log"]
+    log.log.clear()
+    code_local, want, _ = _guard(guard, local, store)
+    code, got, err = _guard(guard, url, {**store, "QUANTGATE_REMOTE_BLOCK": "512"})
+    assert (code, _comparable(got)) == (code_local, _comparable(want)), err
+    folder = Path(local).parent
+    return log.get_bytes(prefix), sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
 
 
 def test_s3_sharded_safetensors_missing_shard_as_locally(store: dict[str, Any], tmp_path: Path) -> None:
@@ -213,6 +229,8 @@ def test_s3_gguf_split_set_is_gated_as_the_local_set(store: dict[str, Any], tmp_
     for name in SET_METRICS:
         assert remote["metrics"][name] == local["metrics"][name], name
     assert remote["metrics"]["tensor_count"] == 12
+    served, size = _small_blocks(store, "gguf-dtypes", url, str(shards[0]), f"/{BUCKET}/split/")
+    assert served <= 3 * 4096 and size > 300_000  # each shard's header, in 512-byte blocks
     # the prefix: one artifact, the other shards folded into it as a local folder's are
     proc = qg("run", f"s3://{BUCKET}/split", "--guards", "integrity", "--format", "json", env=store)
     report = json.loads(proc.stdout)
