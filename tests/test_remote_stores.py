@@ -310,6 +310,10 @@ def test_s3_prefix_is_gated_like_the_local_folder(store: dict[str, Any], tmp_pat
     policy.write_text('[quantgate]\nversion = 1\nexclude = ["*.gguf"]\n')
     excluded = json.loads(qg("run", f"s3://{BUCKET}/rel/", "--policy", str(policy), *guards, env=store).stdout)
     assert [a["path"] for a in excluded["artifacts"]] == [shown[1]]
+    store["_client"].create_bucket(Bucket="stores-root")  # a bare bucket is its whole listing
+    store["_client"].put_object(Bucket="stores-root", Key="m.gguf", Body=(FIX / "gguf/model_q4_0.gguf").read_bytes())
+    root = json.loads(qg("run", "s3://stores-root", *guards, env=store).stdout)
+    assert ([a["path"] for a in root["artifacts"]], root["verdict"]) == (["s3://stores-root/m.gguf"], "PASS")
     missing = qg("run", f"s3://{BUCKET}/no-such-prefix/", env=store)
     assert (missing.returncode, missing.stdout) == (4, "")
     assert missing.stderr.splitlines()[-1] == (
