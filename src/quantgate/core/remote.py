@@ -14,7 +14,11 @@ A server that answers a Range request with the whole body (200) is an error: qua
 to a full download. Credentials come from the environment (`HF_TOKEN` for the Hub, or
 `QUANTGATE_HTTP_HEADERS`) and are never printed: every URL shown is stripped of user info and query.
 
-Only the standard library; http.client and friends are imported when a URL is first opened.
+`s3://` and `gs://` objects (`FsspecFile`, through fsspec's backends) fill the same blocks with ranged
+GETs pinned to the version and ETag opened; `store_list` lists a bucket prefix, bounded. The files
+beside any remote artifact are looked up with `join` (right per scheme) and `exists`.
+
+Only the standard library for http(s); http.client and friends are imported when a URL is first opened.
 """
 
 from __future__ import annotations
@@ -44,12 +48,9 @@ SCHEMES = ("http://", "https://", "s3://", "gs://")
 
 
 def is_url(path: Any) -> bool:
+    """A remote file read by range: an http(s) URL or an object in a store. The files beside it (a
+    shard's index and shards, external data, a `.ptd`) are looked up beside it (`join`, `exists`)."""
     return isinstance(path, str) and path[:8].lower().startswith(SCHEMES)
-
-
-def is_http(path: Any) -> bool:
-    """An http(s) URL: the schemes whose files beside an artifact (shards, external data) are looked up."""
-    return isinstance(path, str) and path[:8].lower().startswith(SCHEMES[:2])
 
 
 def is_fsspec(path: Any) -> bool:
@@ -461,19 +462,22 @@ class RemoteFile:
 
 
 class FsspecFile(RemoteFile):
-    """An `s3://` or `gs://` object through fsspec: size and ETag from the store's metadata, bytes by
-    ranged reads (`cat_file(path, start, end)`, one ranged GET in s3fs and gcsfs) into the same sparse
-    mapped file, so every reader and `prefetch` work unchanged. Credentials and endpoint are the
-    backend's own (AWS_* / GOOGLE_* environment, config files, instance roles); never printed."""
+    """An `s3://` or `gs://` object through fsspec: size, ETag and revision from the store's metadata,
+    bytes by ranged GETs into the same sparse mapped file, so every reader and `prefetch` work
+    unchanged. Each read is pinned to what was opened, as `If-Match` pins an http(s) file: the S3
+    VersionId (versioned bucket) and `If-Match` on the ETag, the GCS generation; an object replaced
+    mid-read is an error, never a mix of two versions. Credentials and endpoint are the backend's own
+    (AWS_* / GOOGLE_* environment, config files, instance roles); never printed."""
 
     def __init__(self, url: str):
         self._start(url, {})  # the backend's own credentials, never ours
-        scheme = url.split(":", 1)[0].lower()
-        self.fs = _fsspec_filesystem(scheme, self.shown)
+        self.scheme = url.split(":", 1)[0].lower()
+        self._fs, self._pid = _fsspec_filesystem(self.scheme, self.shown), os.getpid()
         self.path = url.split("://", 1)[1]
         info = self._store_call(lambda: self.fs.info(self.path))
         if info.get("type") not in (None, "file"):
-            raise RemoteError(f"{self.shown}: not a file (a prefix or bucket); name one object", 404)
+            raise RemoteError(f"{self.shown}: not a file (a prefix or bucket); name one object, or gate the "
+                              "prefix with `quantgate run`", 404)
         try:
             total = int(info["size"])
         except (KeyError, TypeError, ValueError):
@@ -483,15 +487,34 @@ class FsspecFile(RemoteFile):
         # the object's revision where the store keeps one (an S3 VersionId, a GCS generation)
         version = info.get("VersionId") or info.get("generation")
         self.version = str(version) if version and version != "null" else None
+        self._pin = self.version  # the revision every read asks for
         self._map(total, b"")
         if total:
-            self._fetch(0, min(self.block, total))
+            try:
+                self._fetch(0, min(self.block, total))
+            except RemoteError as exc:
+                if exc.status != 403 or self._pin is None or self.scheme != "s3":
+                    raise
+                # reading a version needs s3:GetObjectVersion; without it If-Match alone guards the reads
+                self._pin = None
+                self._fetch(0, min(self.block, total))
 
-    def _store_call(self, call: Any) -> Any:
+    @property
+    def fs(self) -> Any:
+        """The backend's filesystem, made again in a forked worker (`--jobs`): fsspec's async
+        filesystems refuse to run in a child of the process that made them."""
+        if self._pid != os.getpid():
+            self._fs, self._pid = _fsspec_filesystem(self.scheme, self.shown), os.getpid()
+        return self._fs
+
+    def _store_call(self, call: Any, reading: bool = False) -> Any:
         self.requests += 1
         try:
             return call()
         except FileNotFoundError:
+            if reading:  # it was there when opened: replaced or deleted since (its version is gone)
+                raise RemoteError(f"{self.shown}: the file changed while it was read (the version opened is "
+                                  "gone)", 404) from None
             raise RemoteError(f"{self.shown}: not found", 404) from None
         except PermissionError as exc:
             raise RemoteError(f"{self.shown}: access denied ({_short(exc)}); check the store's credentials",
@@ -499,6 +522,9 @@ class FsspecFile(RemoteFile):
         except RemoteError:
             raise
         except Exception as exc:  # a backend's own error types (botocore, aiohttp, google-auth)
+            if reading and _precondition_failed(exc):
+                raise RemoteError(f"{self.shown}: the file changed while it was read (its ETag no longer "
+                                  "matches)", 412) from None
             raise RemoteError(f"{self.shown}: {type(exc).__name__}: {_short(exc)}") from None
 
     def _fetch(self, start: int, end: int) -> None:
@@ -507,11 +533,18 @@ class FsspecFile(RemoteFile):
                 f"{self.shown}: reading it would fetch more than {max_fetch_bytes():,} bytes "
                 "(QUANTGATE_REMOTE_MAX_BYTES); download it and gate the local file"
             )
-        data = self._store_call(lambda: self.fs.cat_file(self.path, start=start, end=end))
+        data = self._store_call(lambda: self._range(start, end), reading=True)
         self.bytes_fetched += len(data)
         _check_length(self.shown, len(data), end - start)  # a short read is truncation, never padding
         self._store(start, data)
         self._last_end = end
+
+    def _range(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the revision opened: one ranged GET."""
+        if self.scheme == "s3":
+            return _s3_range(self.fs, self.path, start, end, self.etag, self._pin)
+        pin = {"generation": self._pin} if self._pin else {}  # gcsfs asks for that generation
+        return bytes(self.fs.cat_file(self.path, start=start, end=end, **pin))
 
     def stream(self, consume: Any) -> None:
         """The whole object, read once: `consume` gets an iterator of 1 MiB chunks (for --sha256)."""
@@ -522,6 +555,49 @@ class FsspecFile(RemoteFile):
 
         self._store_call(run)
 
+
+def _s3_range(fs: Any, path: str, start: int, end: int, etag: str | None, version: str | None) -> bytes:
+    """One S3 GetObject of bytes [start, end) with `If-Match` on the ETag and the VersionId opened
+    (s3fs's `cat_file` passes neither without a version-aware filesystem, whose listings need
+    ListBucketVersions); the body is read up to one byte past the range, so an oversized answer is seen
+    and never read whole."""
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+    extra = {"IfMatch": etag} if etag else {}
+    if version:
+        extra["VersionId"] = version
+
+    async def get() -> bytes:
+        resp = await fs._call_s3("get_object", Bucket=bucket, Key=key, Range=f"bytes={start}-{end - 1}", **extra)
+        body, chunks, got = resp["Body"], [], 0
+        try:
+            while got <= end - start:  # a read returns what has arrived: read until the end or one too many
+                chunk = await body.read(end - start + 1 - got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        finally:
+            body.close()
+        return b"".join(chunks)
+
+    return bytes(sync(fs.loop, get))
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """The store refused a conditional read (HTTP 412): botocore's error under s3fs's OSError, or
+    gcsfs's HttpError."""
+    for each in (exc, exc.__cause__, exc.__context__):
+        response = getattr(each, "response", None)
+        if isinstance(response, dict):
+            if response.get("Error", {}).get("Code") == "PreconditionFailed":
+                return True
+            if response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 412:
+                return True
+        if getattr(each, "code", None) == 412:
+            return True
+    return False
 
 
 def _fsspec_filesystem(scheme: str, shown: str) -> Any:
@@ -544,6 +620,49 @@ def _fsspec_filesystem(scheme: str, shown: str) -> Any:
         ) from None
     except Exception as exc:  # a backend that cannot start (bad configuration)
         raise RemoteError(f"{shown}: the {package} backend cannot start: {_short(exc)}") from None
+
+
+STORE_MAX_OBJECTS = 10_000  # objects listed under one s3:// or gs:// prefix, as HF_MAX_FILES bounds a Hub repo
+
+
+def store_list(url: str) -> tuple[str, list[str]]:
+    """(the prefix as a URL ending in `/`, the key of every object below it, relative to it) for
+    `s3://bucket/prefix` or `gs://bucket/prefix` (a trailing `/` or not; no key: the whole bucket).
+    The keys are the store's, hostile: the caller decides what they may name. At most
+    STORE_MAX_OBJECTS objects are listed (pages stop there); more is an error."""
+    from fsspec.asyn import sync
+
+    scheme = url.split(":", 1)[0].lower()
+    shown = display_url(url)
+    fs = _fsspec_filesystem(scheme, shown)
+    bucket, _, key = url.split("://", 1)[1].partition("/")
+    key = key.strip("/")
+    if not bucket:
+        raise RemoteError(f"{shown}: names no bucket")
+    path = f"{bucket}/{key}" if key else bucket  # no trailing `/`: s3fs would add a second one
+    limit = STORE_MAX_OBJECTS
+    try:
+        if scheme == "s3":
+            items = sync(fs.loop, fs._lsdir, path, delimiter="", max_items=limit + 1)
+        else:
+            items, _ = sync(fs.loop, fs._do_list_objects, path, max_results=limit + 1, delimiter="")
+    except FileNotFoundError:
+        raise RemoteError(f"{shown}: no such bucket", 404) from None
+    except PermissionError as exc:
+        raise RemoteError(f"{shown}: listing it is denied ({_short(exc)}); check the store's credentials, "
+                          "or name each object", 403) from None
+    except Exception as exc:  # a backend's own error types
+        raise RemoteError(f"{shown}: listing it failed: {type(exc).__name__}: {_short(exc)}") from None
+    if len(items) > limit:
+        raise RemoteError(f"{shown}: more than {limit:,} objects under the prefix (quantgate lists at most "
+                          f"{limit:,}); name a narrower prefix")
+    below = path + "/" if key else bucket + "/"
+    names = []
+    for item in items:
+        name = item.get("name") if isinstance(item, dict) else None
+        if isinstance(name, str) and item.get("type", "file") == "file" and name.startswith(below):
+            names.append(name[len(below):])
+    return f"{scheme}://{below}", sorted(names)
 
 
 _OPEN: dict[str, RemoteFile] = {}
@@ -580,16 +699,26 @@ def provenance(url: str) -> dict[str, Any] | None:
 
 
 def join(base_url: str, name: str) -> str:
-    """`name` (a plain relative path, already checked) beside the file at `base_url`."""
+    """`name` (a plain relative path, already checked) beside the file at `base_url`: URL-quoted in an
+    http(s) URL, verbatim in an object key (`s3://`, `gs://` keys are not URL-encoded). Never above
+    the file's folder: a `..` is refused here too, whatever the caller checked."""
+    parts = [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts or "\x00" in name or not parts:
+        raise RemoteError(f"{name!r} is not a plain relative path beside {display_url(base_url)}; not read")
+    if is_fsspec(base_url):
+        return base_url.rsplit("/", 1)[0] + "/" + "/".join(parts)
     from urllib.parse import quote
 
     folder = base_url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[0]
-    return folder + "/" + "/".join(quote(p) for p in name.replace("\\", "/").split("/") if p not in ("", "."))
+    return folder + "/" + "/".join(quote(p) for p in parts)
 
 
 def basename(url: str) -> str:
+    """The file name at the end of `url` (unquoted in an http(s) URL; an object key's name as it is)."""
     from urllib.parse import unquote
 
+    if is_fsspec(url):
+        return url.rsplit("/", 1)[-1]
     return unquote(url.split("?", 1)[0].split("#", 1)[0].rsplit("/", 1)[-1])
 
 

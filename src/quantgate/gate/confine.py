@@ -57,11 +57,12 @@ def plain_relative(name: str) -> bool:
 
 
 def _remote_sibling(folder: str, name: str) -> tuple[str | None, str | None]:
-    """A sibling of a remote artifact: the URL beside it, when the server has it (quantgate.core.remote)."""
+    """A sibling of a remote artifact: the URL (or object key) beside it, when the server or store has it
+    (quantgate.core.remote)."""
     from quantgate.core import remote
 
-    url = remote.join(folder + "/x", name)
     try:
+        url = remote.join(folder + "/x", name)
         return (url, None) if remote.exists(url) else (None, None)
     except remote.RemoteError as exc:
         return None, f"{name} beside the remote artifact cannot be read: {exc}"
@@ -73,7 +74,7 @@ def sibling(folder: str | os.PathLike[str], name: str) -> tuple[str | None, str 
     folder = os.fspath(folder)
     if not plain_relative(name):
         return None, f"{name!r} is not a plain relative path inside the folder"
-    if remote.is_http(folder):
+    if remote.is_url(folder):
         return _remote_sibling(folder, name)
     path = os.path.join(folder, name)
     try:

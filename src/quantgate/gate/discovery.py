@@ -197,7 +197,7 @@ def discover(
     found: dict[str, tuple[Artifact, int]] = {}  # real path -> (artifact, _path_rank of its path)
     for given in paths:
         if is_url(given) or given.startswith("hf://"):
-            _discover_url(given, found)
+            _discover_url(given, found, exclude, own)
             continue
         root = Path(given)
         if not root.exists():
@@ -284,11 +284,14 @@ def _fold_split_sets(artifacts: list[Artifact], skipped: list[dict[str, str]]) -
     return kept
 
 
-def _discover_url(url: str, found: dict[str, tuple[Artifact, int]]) -> None:
-    """An http(s) URL is one artifact, read by range (quantgate.core.remote); one that cannot be opened is
-    gated as unreadable, so that integrity reports why."""
+def _discover_url(url: str, found: dict[str, tuple[Artifact, int]], exclude: Sequence[str] = (),
+                  skipped: list[dict[str, str]] | None = None) -> None:
+    """An http(s) URL or a store object is one artifact, read by range (quantgate.core.remote); one that
+    cannot be opened is gated as unreadable, so that integrity reports why. An `hf://` repo, or an
+    `s3://`/`gs://` prefix, is listed and every model file in it gated."""
     from quantgate.core.remote import RemoteError, display_url, hf_list, is_hf, open_file
 
+    listed = _store_objects(url, exclude, [] if skipped is None else skipped)
     if is_hf(url):  # every model file of a Hub repo, at one commit
         try:
             listed = hf_list(url, MODEL_EXTENSIONS)
@@ -296,7 +299,7 @@ def _discover_url(url: str, found: dict[str, tuple[Artifact, int]]) -> None:
             raise UsageError(str(exc)) from None
         if not listed:
             raise UsageError(f"{url}: the repo holds no {', '.join(MODEL_EXTENSIONS)} file")
-    else:
+    elif listed is None:
         listed = [(url, display_url(url))]
     for each, shown in listed:
         if each in found:
@@ -304,6 +307,49 @@ def _discover_url(url: str, found: dict[str, tuple[Artifact, int]]) -> None:
         sniffed = sniff(each)
         size = open_file(each).size if sniffed.format != "unreadable" else 0
         found[each] = (Artifact(each, shown, sniffed, size, real=each), 0)
+
+
+def _store_objects(url: str, exclude: Sequence[str], skipped: list[dict[str, str]]) -> list[tuple[str, str]] | None:
+    """(URL, display) of every model object under an `s3://` or `gs://` prefix, by the rules of a local
+    folder's scan (a model file's extension, as for an `hf://` repo; SKIPPED_DIRS; --exclude); None when
+    `url` is no store prefix (one object, or nothing there: gated as unreadable). A key that is not a
+    plain path below the prefix is never read (`not_a_file` in `skipped`)."""
+    from quantgate.core import remote
+
+    if not remote.is_fsspec(url):
+        return None
+    key = url.split("://", 1)[1].partition("/")[2]
+    if key.strip("/") and not url.endswith("/"):  # an object, unless the store says it is none
+        try:
+            remote.open_file(url)
+            return None
+        except remote.RemoteError as exc:
+            if exc.status != 404:
+                return None
+    try:
+        base, names = remote.store_list(url)
+    except remote.RemoteError as exc:
+        raise UsageError(str(exc)) from None
+    if not names:  # as a local path that does not exist; an object that is not there is gated unreadable
+        if key.strip("/") and not url.endswith("/"):
+            return None
+        raise UsageError(f"{remote.display_url(url)}: no object under the prefix")
+    shown_base = remote.display_url(base)
+    out = []
+    for rel in names:
+        if not rel or rel.endswith("/"):
+            continue  # a folder marker (a console's `folder/` object), no file
+        shown = shown_base + rel
+        parts = rel.split("/")
+        if any(p in ("", ".", "..") for p in parts) or any(c in rel for c in "\x00\\?#"):
+            _skip(skipped, shown, SKIP_OTHER, "its key is not a plain path below the prefix (an empty, `.` or "
+                  "`..` segment, a NUL, `\\`, `?` or `#`); never read")
+            continue
+        if any(p in SKIPPED_DIRS for p in parts[:-1]) or not rel.lower().endswith(MODEL_EXTENSIONS):
+            continue
+        if not _excluded(shown, exclude):
+            out.append((base + rel, shown))
+    return out  # none: as a local folder without a model file (NO_INPUT)
 
 
 def _is_artifact(path: Path, sniffed: Sniffed) -> bool:

@@ -1309,7 +1309,7 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
     extra or inconsistent shard. Returns the `split` facts (shard count, files, bytes of the set)."""
     count = (_split_fields(gf) or (0, 0))[1]
     folder, name = os.path.split(gf.path)
-    if remote.is_http(gf.path):  # the shards beside a URL are URLs beside it
+    if remote.is_url(gf.path):  # the shards beside a URL are URLs beside it
         name = remote.basename(gf.path)
     found = F.CappedFindings(gf.structural)
     facts: dict[str, Any] = {"count": count, "files": [name], "set_bytes": gf.size}
@@ -1337,7 +1337,7 @@ def _merge_split_set(gf: GGUFFile) -> dict[str, Any]:
             )
             break
         _append_shard_tensors(gf, shard, shard_name, names, found)
-    if not remote.is_http(gf.path):  # a URL's folder cannot be listed
+    if not remote.is_url(gf.path):  # a URL's folder cannot be listed
         _extra_shards(folder, prefix, count, found)
     declared = _kv_int(gf.kvs.get("split.tensors.count"))
     if declared is not None and declared != len(gf.tensors):
@@ -1385,7 +1385,7 @@ def _open_shard(first: str, shard_name: str, k: int, count: int, found: F.Capped
     """Shard k of the set beside the first shard `first` (a path or a URL), parsed; None (and
     GGUF_SPLIT_MISSING) when it cannot be read."""
     try:
-        if remote.is_http(first):
+        if remote.is_url(first):
             shard_path = remote.join(first, shard_name)
             if not remote.exists(shard_path):
                 raise OSError("not found")

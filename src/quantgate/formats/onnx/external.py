@@ -17,7 +17,7 @@ from typing import Any
 
 from quantgate.core import findings as F
 from quantgate.core.findings import Finding
-from quantgate.core.remote import is_http
+from quantgate.core.remote import is_url
 from quantgate.formats.onnx.proto import Tensor
 
 
@@ -31,7 +31,7 @@ class ExternalChecks:
         self.facts: dict[str, Any] = {}
 
     def run(self) -> None:
-        remote = is_http(self.path)
+        remote = is_url(self.path)
         base = os.path.dirname(self.path.split("?", 1)[0] if remote else os.path.abspath(self.path))
         checked: dict[str, tuple[str | None, int | None]] = {}  # location -> (real path or None, size)
         ranges: dict[str, list[tuple[int, int, str]]] = {}
@@ -92,8 +92,8 @@ class ExternalChecks:
         if not parts:
             return err("ONNX_EXTERNAL_PATH_INVALID", f"external data location {loc!r} names no file")
         traversal = ".." in parts
-        if traversal or is_http(base):
-            if is_http(base):
+        if traversal or is_url(base):
+            if is_url(base):
                 return self.remote_location(t, loc, base, parts, traversal, err)
             self.add(
                 F.error(

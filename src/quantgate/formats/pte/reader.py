@@ -21,7 +21,7 @@ from typing import Any
 
 from quantgate.core import findings as F
 from quantgate.core.inventory import Inventory
-from quantgate.core.remote import is_http
+from quantgate.core.remote import is_url
 from quantgate.formats.pte import schema as S
 from quantgate.formats.pte.layers import attach
 from quantgate.formats.pte.model import (
@@ -579,7 +579,7 @@ def _ptd_beside(prog: Program) -> tuple[list[str], dict[str, tuple[int | None, i
     cached = prog.facts.get("_ptd")
     if cached is not None:
         return cached
-    remote = is_http(prog.path)
+    remote = is_url(prog.path)
     folder = "" if remote else os.path.dirname(os.path.abspath(prog.path))
     found: dict[str, tuple[int | None, int | None, tuple[int, ...] | None]] = {}
     names = []

@@ -54,7 +54,7 @@ from quantgate.core import findings as F
 from quantgate.core import jsonfile
 from quantgate.core.findings import Finding
 from quantgate.core.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
-from quantgate.core.remote import is_http
+from quantgate.core.remote import is_url
 from quantgate.formats.safetensors.header import parse_header
 from quantgate.formats.wire.binary import View, file_size, mapped, read_head
 from quantgate.gate.confine import sibling
@@ -862,7 +862,7 @@ def _find_index(folder: str, base: str) -> tuple[str, dict[str, Any]] | None:
     """The `*.safetensors.index.json` beside the file whose weight_map names it (or, failing that, the
     index that shares its stem)."""
     try:
-        names = (_remote_index_names(folder, base) if is_http(folder) else
+        names = (_remote_index_names(folder, base) if is_url(folder) else
                  sorted(n for n in os.listdir(folder) if n.endswith(".safetensors.index.json")))
     except OSError:
         return None
@@ -901,7 +901,7 @@ def _remote_index_names(folder: str, base: str) -> list[str]:
 
 
 def _beside(folder: str, name: str) -> str:
-    if is_http(folder):
+    if is_url(folder):
         from quantgate.core import remote
 
         return remote.join(folder + "/x", name)
@@ -909,7 +909,7 @@ def _beside(folder: str, name: str) -> str:
 
 
 def _is_file(path: str) -> bool:
-    if is_http(path):
+    if is_url(path):
         from quantgate.core import remote
 
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 from quantgate.core import findings as F
 from quantgate.core.inventory import Inventory
-from quantgate.core.remote import is_http
+from quantgate.core.remote import is_url
 from quantgate.formats.safetensors import layouts
 from quantgate.formats.safetensors.header import (  # noqa: F401  (the reader's public names, re-exported)
     DTYPE_BITS,
@@ -52,7 +52,7 @@ def read(path: str) -> Inventory:
             head = parse_header(view)
             inv.structural_findings.extend(head.findings)
             inv.facts.update(_facts(head))
-            remote = is_http(path)
+            remote = is_url(path)
             layouts.interpret(view, head, inv, path if remote else os.path.abspath(path))
     except ReadError as exc:
         inv.structural_findings.append(
