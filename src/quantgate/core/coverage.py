@@ -14,8 +14,8 @@ import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from quantgate.core.gcpause import gc_paused
 from quantgate.core.inventory import EMBEDDING, Layer
-from quantgate.formats.wire.binary import gc_paused
 
 BASES = ("ops", "params", "flops")
 DEFAULT_BASIS = "ops"

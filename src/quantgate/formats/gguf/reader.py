@@ -29,9 +29,10 @@ from typing import Any
 from quantgate.core import findings as F
 from quantgate.core import remote
 from quantgate.core.findings import Finding
+from quantgate.core.gcpause import gc_paused
 from quantgate.core.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
 from quantgate.formats.gguf import types as T
-from quantgate.formats.wire.binary import Budget, BudgetExhausted, OutOfBounds, ReadError, View, gc_paused, mapped
+from quantgate.formats.wire.binary import Budget, BudgetExhausted, OutOfBounds, ReadError, View, mapped
 
 FORMAT = "gguf"
 MAGIC = b"GGUF"

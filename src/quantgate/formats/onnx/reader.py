@@ -23,6 +23,7 @@ from dataclasses import dataclass, replace
 
 from quantgate.core import findings as F
 from quantgate.core.findings import Finding
+from quantgate.core.gcpause import gc_paused
 from quantgate.core.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
 from quantgate.formats.onnx.external import ExternalChecks
 from quantgate.formats.onnx.proto import (
@@ -46,7 +47,6 @@ from quantgate.formats.wire.binary import (
     ReadError,
     View,
     file_size,
-    gc_paused,
     mapped,
 )
 

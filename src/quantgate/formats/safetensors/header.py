@@ -23,8 +23,9 @@ from typing import Any
 from quantgate.core import fastjson
 from quantgate.core import findings as F
 from quantgate.core.findings import Finding
+from quantgate.core.gcpause import gc_paused
 from quantgate.core.jsonfile import too_deep
-from quantgate.formats.wire.binary import View, gc_paused
+from quantgate.formats.wire.binary import View
 
 HEADER_LIMIT = 100_000_000  # the reference's MAX_HEADER_SIZE
 MAX_DEPTH = 8  # the schema needs 3 levels ({name: {shape: [..]}}); anything deeper is hostile

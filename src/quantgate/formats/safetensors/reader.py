@@ -23,6 +23,7 @@ from operator import attrgetter
 from typing import Any
 
 from quantgate.core import findings as F
+from quantgate.core.gcpause import gc_paused
 from quantgate.core.inventory import Inventory
 from quantgate.core.remote import is_url
 from quantgate.formats.safetensors import layouts
@@ -35,7 +36,7 @@ from quantgate.formats.safetensors.header import (  # noqa: F401  (the reader's 
     parse_header,
 )
 from quantgate.formats.safetensors.layouts import LAYOUT_CODES
-from quantgate.formats.wire.binary import ReadError, View, file_size, gc_paused, mapped
+from quantgate.formats.wire.binary import ReadError, View, file_size, mapped
 
 
 def read(path: str) -> Inventory:

@@ -9,7 +9,6 @@ file cannot make it do unbounded work.
 
 from __future__ import annotations
 
-import gc
 import mmap
 import os
 import struct
@@ -195,19 +194,6 @@ def read_head(path: str | os.PathLike[str], size: int) -> bytes:
         return remote.read(0, min(size, remote.size))
     with open(path, "rb") as handle:
         return handle.read(size)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """The cyclic collector off for a reader's run. A reader builds an object or two per tensor, node or
-    entry (a million on a large header) and no cycles, so collections mid-read only re-scan them."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 # --- what a format's reader walks outside View.check, fetched ahead for a URL ----------------------
