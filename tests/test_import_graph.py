@@ -106,3 +106,26 @@ def test_findings_imports_no_reader_or_guard() -> None:
 def test_no_import_cycle() -> None:
     assert [sorted(c) for c in cycles(import_graph())] == []
 
+
+
+# docs/architecture.md#the-layout: each package imports only its own tier and the tiers below
+TIERS = {"core": 0, "formats": 1, "manifest": 2, "dequant": 2, "runtime": 2, "guards": 3, "gate": 4, "report": 5,
+         "cli": 6, "__main__": 7}
+# core.codes gathers every finding-code table for `make docs`: it reads the format registry for them
+ALLOWED_UPWARD = {("quantgate.core.codes", "quantgate.formats")}
+
+
+def test_imports_go_down_the_layers() -> None:
+    def tier(module: str) -> int | None:
+        parts = module.split(".")
+        return TIERS.get(parts[1]) if len(parts) > 1 else None  # the package root: the version, the API
+
+    upward = sorted(
+        f"{a} -> {b}"
+        for a, targets in import_graph().items()
+        for b in targets
+        if tier(a) is not None and tier(b) is not None and tier(b) > tier(a) and (a, b) not in ALLOWED_UPWARD
+    )
+    assert upward == []
+    assert set(TIERS) >= {p.name for p in (SRC / "quantgate").iterdir() if p.is_dir() and p.name != "__pycache__"
+                          and p.name != "schemas"}

@@ -35,13 +35,9 @@ def _share(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def basis_coverage(layers: Sequence[Layer], basis: str) -> dict[str, Any] | None:
-    """Coverage fractions on one basis, or None when the basis has nothing to count."""
-    return all_bases_coverage(layers).get(basis)
-
-
 def all_bases_coverage(layers: Sequence[Layer]) -> dict[str, dict[str, Any]]:
-    """`basis_coverage` of every basis in BASES that has something to count, in one pass over the layers."""
+    """The coverage fractions of every basis in BASES that has something to count, in one pass over the
+    layers."""
     return _coverage_of(_groups(layers))
 
 

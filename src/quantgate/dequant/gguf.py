@@ -152,7 +152,6 @@ DECODERS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "Q6_K": q6_k,
     "Q8_K": q8_k,
 }
-FLOAT_TYPES = ("F32", "F16", "BF16", "F64")
 
 
 def _fallback(type_name: str) -> Callable[[np.ndarray], np.ndarray] | None:

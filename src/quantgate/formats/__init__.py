@@ -37,7 +37,7 @@ class Format:
 
     id: str  # the stable format id in reports, policies and manifests
     sniff: Callable[[bytes, int], str | None]  # (first 4 KiB, file size) -> a detail when it is this format
-    reader: str  # module with `read(path) -> Inventory`; may define `remote_extent(view, head, size)`
+    reader: str  # module with `read(path) -> Inventory` and `remote_extent(view, head, block)` (URL read-ahead)
     extensions: tuple[str, ...] = ()  # names meant to be this format; they never decide the format
     has_magic: bool = True  # False: sniffed after every format with a magic number (it can match by chance)
     model: bool = True  # False: a companion file read beside a model (a .ptd), never gated by itself

@@ -17,12 +17,7 @@ from dataclasses import dataclass
 from quantgate.core.remote import is_url as remote_is_url
 from quantgate.formats import FORMATS, MODEL_FORMATS, sniffing_order  # noqa: F401 (MODEL_FORMATS re-exported)
 
-# format ids, as the code names them
-PTE = "pte"
-PTD = "ptd"
-GGUF = "gguf"
-SAFETENSORS = "safetensors"
-ONNX = "onnx"
+# what a file is when it is none of formats.FORMATS
 LFS_POINTER = "lfs-pointer"
 EMPTY = "empty"
 UNKNOWN = "unknown"

@@ -44,7 +44,7 @@ class InputError(Exception):
 class RunOptions:
     paths: Sequence[str] = ()
     guards: Sequence[str] | None = None
-    jobs: int = 1  # 0: auto (gate.auto_jobs)
+    jobs: int = 1  # 0: auto (gate.parallel.auto_jobs)
     fail_on: str | None = None
     report_only: bool = False
     hash_all: bool = False

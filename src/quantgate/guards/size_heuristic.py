@@ -2,8 +2,8 @@
 
 bits_per_weight = 8 x file bytes / params. estimated_quantized_share is the share s of parameters
 at `quant_bits` that, with the rest at `float_bits`, gives that size:
-s = (float_bits - bpw) / (float_bits - quant_bits), clamped to [0, 1]. It is the seeds' original
-gate, kept as a cheap cross-check; it knows nothing of the file's structure, so it runs on any file.
+s = (float_bits - bpw) / (float_bits - quant_bits), clamped to [0, 1]. A cheap cross-check: it
+knows nothing of the file's structure, so it runs on any file.
 """
 
 from __future__ import annotations

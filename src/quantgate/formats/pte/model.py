@@ -1,4 +1,4 @@
-"""The parsed ExecuTorch program (`formats.pte` fills it, `formats.pte_layers` reads it): plans, values,
+"""The parsed ExecuTorch program (`formats.pte.reader` fills it, `formats.pte.layers` reads it): plans, values,
 instructions, delegates and segments, with the structural findings met while reading.
 
 Apart from the reader so that the layer finder can use these types without importing the reader

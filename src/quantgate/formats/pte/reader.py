@@ -7,8 +7,8 @@ from `segment_base_offset`. Only the flatbuffer tables are walked (bounded, budg
 segment bytes are touched only to hash named data (capped) and to read delegate payload headers.
 
 `parse(path)` gives the `Program` (plans, values, instructions, delegates, segments; the types are
-in `pte_model`) and its structural findings; `read(path)` adds the weight-bearing layers
-(`pte_layers`) -> `Inventory`.
+in `formats.pte.model`) and its structural findings; `read(path)` adds the weight-bearing layers
+(`formats.pte.layers`) -> `Inventory`.
 """
 
 from __future__ import annotations
@@ -651,11 +651,6 @@ def _check_external(prog: Program) -> None:
             for plan in prog.plans for v in plan.values
             if v.tensor is not None and v.tensor.external and v.tensor.fqn is not None}
     check_external_keys(prog, {k for k in wanted if k is not None}, "external tensor(s)", need)
-
-
-def ptd_keys(path: str) -> set[str]:
-    """Named-data keys of a FlatTensor `.ptd` file (identifier FT01); empty when unreadable."""
-    return set(read_ptd(path)[0])
 
 
 PTD_HEADER_MAGIC = b"FH01"

@@ -8,8 +8,8 @@ contiguous from 0 once sorted by offset, and 8 + N + buffer end == the file leng
 those is its own finding code with the tensor name and byte offset; duplicate JSON keys (which
 serde silently collapses, last one wins) are reported too.
 
-This module is the bottom of the safetensors reader: it imports neither `safetensors_layouts` (which
-uses it to read a sharded checkpoint's other headers) nor `safetensors` (the reader's entry point).
+This module is the bottom of the safetensors reader: it imports neither `layouts` (which uses it to
+read a sharded checkpoint's other headers) nor `reader` (the reader's entry point).
 """
 
 from __future__ import annotations

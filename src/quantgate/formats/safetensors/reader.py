@@ -9,9 +9,9 @@ those is its own finding code with the tensor name and byte offset; duplicate JS
 serde silently collapses, last one wins) are reported too.
 
 The modules, imported one way (this one -> layouts -> header): the header is parsed and checked in
-`safetensors_header.py`, and only the header is read for structure. The quantization layouts (GPTQ,
-AWQ, bitsandbytes, compressed-tensors...), `config.json` and the sharded index are interpreted in
-`safetensors_layouts.py`; the few small tensors it reads (a bitsandbytes quant_state blob, a
+`header.py`, and only the header is read for structure. The quantization layouts (GPTQ, AWQ,
+bitsandbytes, compressed-tensors...), `config.json` and the sharded index are interpreted in
+`layouts.py`; the few small tensors it reads (a bitsandbytes quant_state blob, a
 compressed-tensors `weight_shape`) are read only when the structure is sound.
 """
 
