@@ -59,7 +59,7 @@ def test_fastjson_imports_orjson_on_first_use(monkeypatch: pytest.MonkeyPatch) -
     assert fastjson.loads(b'{"a": [1, 2.5]}') == {"a": [1, 2.5]}
     assert fastjson.orjson is sys.modules["orjson"]
     monkeypatch.setattr(fastjson, "orjson", fastjson._NOT_IMPORTED)
-    assert fastjson.dumps_compact({"a": [1, None]}) == '{"a":[1,null]}'
+    assert fastjson.dumps_compact_line({"a": [1, None]}) == b'{"a":[1,null]}\n'
     assert fastjson.orjson is sys.modules["orjson"]
 
 
@@ -67,7 +67,7 @@ def test_fastjson_without_orjson_leaves_json_to_the_caller(monkeypatch: pytest.M
     monkeypatch.setattr(fastjson, "orjson", fastjson._NOT_IMPORTED)
     monkeypatch.setitem(sys.modules, "orjson", None)  # `import orjson` raises ImportError
     assert fastjson.loads(b"{}") is None
-    assert fastjson.dumps_compact({}) is None
+    assert fastjson.dumps_compact_line({}) is None
     assert fastjson.orjson is None
 
 

@@ -227,7 +227,7 @@ def test_pretty_json_is_the_same_document(doc: object) -> None:
     # JSON has no NaN or Infinity: they are written null
     assert json.loads(text) == json.loads(json.dumps(jsonfmt.finite(doc)))
     # the compact text of a large report, by orjson where it can say the same in ASCII, else by json
-    compact = fastjson.dumps_compact(doc)
+    compact = fastjson.dumps_compact_line(doc)
     if compact is not None:
         assert compact.isascii() and json.loads(compact) == json.loads(json.dumps(jsonfmt.finite(doc)))
 
@@ -236,7 +236,7 @@ def test_compact_json_falls_back_to_json_where_orjson_differs(monkeypatch: pytes
     layer = {"name": "blk.0.attn_q.weight", "shape": [4096, 4096], "bits": 4.5, "scale": 1e-05}
     big = {"layers": [layer] * (jsonfmt.PRETTY_LIMIT // 60 + 1)}
     fast = jsonfmt.dumps(big)
-    assert fastjson.dumps_compact(big) is not None and json.loads(fast) == big
+    assert fastjson.dumps_compact_line(big) is not None and json.loads(fast) == big
     assert jsonfmt.dumps_bytes(big) == fast.encode() and fast.endswith("}\n")  # the bytes printed
     monkeypatch.setattr(fastjson, "orjson", None)
     slow = jsonfmt.dumps(big)
@@ -244,7 +244,7 @@ def test_compact_json_falls_back_to_json_where_orjson_differs(monkeypatch: pytes
     monkeypatch.undo()
     # json's escapes keep a report ASCII; integer keys and integers past 64 bits are json's alone
     for odd in ({"name": "blöck"}, {"n": {8: 1}}, {"params": 1 << 70}):
-        assert fastjson.dumps_compact(odd) is None
+        assert fastjson.dumps_compact_line(odd) is None
         text = jsonfmt.dumps({**big, **odd})
         assert text.isascii() and json.loads(text) == json.loads(json.dumps({**big, **odd}))
 
@@ -335,3 +335,16 @@ def test_junit_shows_what_was_not_gated_and_the_merge(tmp_path: Path) -> None:
     assert case.find("system-out").text == "shards 3; present: 1, 3; missing: 2; duplicated: 3"
     # the totals count them: 1 failing coverage case, 2 errors (the folder, the shard set), 1 skipped path
     assert (root.get("tests"), root.get("failures"), root.get("errors"), root.get("skipped")) == ("5", "1", "2", "1")
+
+
+def test_the_code_vocabularies_are_the_schema_enums() -> None:
+    # statuses, severities and layer kinds are named once in core and once in the published schema
+    from quantgate.core.findings import SEVERITIES
+    from quantgate.core.inventory import LAYER_KINDS
+    from quantgate.core.jsonschemas import load_schema
+    from quantgate.core.result import STATUSES
+
+    text = json.dumps(load_schema("guard-result"))
+    assert f'"status": {{"enum": {json.dumps(list(STATUSES))}}}' in text
+    assert f'"severity": {{"enum": {json.dumps(list(SEVERITIES))}}}' in text
+    assert text.count(f'"kind": {{"enum": {json.dumps(list(LAYER_KINDS))}}}') == 2

@@ -181,3 +181,4 @@ def test_report_schema_is_self_contained(tmp_path: Path) -> None:
     bad = json.loads(proc.stdout)
     bad["results"][0]["status"] = "MAYBE"
     assert len(list(validator.iter_errors(bad))) == 1
+

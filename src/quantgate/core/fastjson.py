@@ -40,20 +40,14 @@ def loads(raw: bytes) -> Any:
         return None
 
 
-def dumps_compact(doc: Any) -> str | None:
-    """`doc` as compact JSON, or None when orjson is missing, when the text would hold non-ASCII
-    characters (`json` escapes them, keeping a report 7-bit clean for any terminal and log), or when
-    a value is outside orjson's types (non-string keys, integers past 64 bits). The text equals
-    json.dumps(doc, separators=(",", ":")) but for the spelling of some floats (1e-05 is 0.00001
-    here: the same number) and for NaN and infinities, which JSON has no words for: orjson writes
-    null, as report.jsonfmt has json do. quantgate's metrics are finite by construction."""
-    out = dumps_compact_line(doc)
-    return out[:-1].decode("ascii") if out is not None else None
-
-
 def dumps_compact_line(doc: Any) -> bytes | None:
-    """dumps_compact's text and a newline, as the bytes written out: a report of tens of thousands of
-    layers is not copied into a str and back."""
+    """`doc` as compact JSON and a newline, as the bytes written out (a report of tens of thousands of
+    layers is not copied into a str and back), or None when orjson is missing, when the text would hold
+    non-ASCII characters (`json` escapes them, keeping a report 7-bit clean for any terminal and log), or
+    when a value is outside orjson's types (non-string keys, integers past 64 bits). The text equals
+    json.dumps(doc, separators=(",", ":")) but for the spelling of some floats (1e-05 is 0.00001 here:
+    the same number) and for NaN and infinities, which JSON has no words for: orjson writes null, as
+    report.jsonfmt has json do. quantgate's metrics are finite by construction."""
     orjson = _orjson()
     if orjson is None:
         return None
