@@ -105,6 +105,12 @@ def _handler(served: Served) -> type[http.server.BaseHTTPRequestHandler]:
             if got is None:
                 return
             path, size = got
+            wanted = self.headers.get("If-Match")
+            if wanted is not None and wanted != self._etag(path):  # RFC 9110: the file is another now
+                self.send_response(412)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("Range", ""))
             with open(path, "rb") as handle:
                 if match is None or served.mode == "norange":
@@ -544,3 +550,41 @@ def test_sha256_of_a_truncated_stream_is_no_digest(serve: Any) -> None:
     assert "sha256" not in report["artifacts"][0] or report["artifacts"][0]["sha256"] is None
     size = (FIX / rel).stat().st_size
     assert f"{served.base}/{rel}: truncated: {size // 2:,} of {size:,} bytes while hashing" in proc.stderr
+
+
+def _rewrite(path: Path, data: bytes) -> None:
+    """The file replaced on the server: new bytes and a new mtime, so a new ETag."""
+    path.write_bytes(data)
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def test_a_file_replaced_mid_read_is_an_error(serve: Any, tmp_path: Path) -> None:
+    from quantgate.core import remote
+
+    data = bytes(range(256)) * 4096  # 1 MiB
+    (tmp_path / "blob.bin").write_bytes(data)
+    served = serve(tmp_path)
+    rf = remote.RemoteFile(f"{served.base}/blob.bin")
+    assert rf.read(100_000, 10) == data[100_000:100_010]
+    _rewrite(tmp_path / "blob.bin", bytes(len(data)))
+    with pytest.raises(remote.RemoteError) as caught:
+        rf.read(900_000, 10)  # a block not fetched yet: asked for with If-Match on the ETag opened
+    assert str(caught.value) == f"{served.base}/blob.bin: the file changed while it was read (its ETag no longer matches)"
+    assert caught.value.status == 412
+    assert served.requests[-1][2]["If-Match"] == rf.etag
+
+
+def test_sha256_of_a_file_replaced_after_its_reads_is_no_digest(serve: Any, tmp_path: Path) -> None:
+    # the guards read one revision; the digest must be of that one, or none (on main: the new file's)
+    from quantgate.core import remote
+
+    data = bytes(range(256)) * 4096
+    (tmp_path / "blob.bin").write_bytes(data)
+    served = serve(tmp_path)
+    url = f"{served.base}/blob.bin"
+    assert remote.open_file(url).read(0, 16) == data[:16]
+    _rewrite(tmp_path / "blob.bin", bytes(len(data)))
+    with pytest.raises(remote.RemoteError) as caught:
+        remote.sha256_url(url, "blob")
+    assert str(caught.value) == f"{url}: the file changed while it was read (its ETag no longer matches)"

@@ -8,6 +8,7 @@ case (slow) covers gs://. The results are compared with the same files gated loc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -432,3 +433,17 @@ def test_gs_prefix_with_external_data_equals_local(gcs: dict[str, Any]) -> None:
     assert [a["path"] for a in report["artifacts"]] == [f"gs://{GS_BUCKET}/ext/model.onnx"]
     assert [_comparable(r) for r in report["results"]] == [_comparable(r) for r in local["results"]]
     assert [r["status"] for r in report["results"]] == ["PASS", "PASS"]
+
+
+def test_s3_sha256_of_an_object_replaced_after_its_reads_is_no_digest(store: dict[str, Any], monkeypatch: Any) -> None:
+    # --sha256 streams by the same pinned ranged reads: the digest is of the revision the guards read
+    original = (FIX / "gguf/model_q4_0.gguf").read_bytes()
+    store["_client"].put_object(Bucket=PLAIN, Key="h.gguf", Body=original)
+    remote = _in_process(store, monkeypatch)
+    url = f"s3://{PLAIN}/h.gguf"
+    assert remote.open_file(url).read(0, 16) == original[:16]
+    assert remote.sha256_url(url, "h") == hashlib.sha256(original).hexdigest()
+    store["_client"].put_object(Bucket=PLAIN, Key="h.gguf", Body=bytes(len(original)))
+    with pytest.raises(remote.RemoteError) as caught:
+        remote.sha256_url(url, "h")
+    assert str(caught.value) == f"{url}: the file changed while it was read (its ETag no longer matches)"

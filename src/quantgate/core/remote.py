@@ -72,6 +72,9 @@ def display_url(url: str) -> str:
     return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
+CHANGED = "{}: the file changed while it was read (its ETag no longer matches)"
+
+
 def _env_float(name: str, default: float) -> float:
     try:
         return float(os.environ.get(name, "") or default)
@@ -267,11 +270,13 @@ def sha256_url(url: str, label: str) -> str:
         else:
             rf.requests += 1
             sink = lambda resp: hash_chunks(iter(lambda: resp.read(1 << 20), b""))  # noqa: E731
-            status = _request("GET", url, {"User-Agent": "quantgate"}, rf.secret, sink=sink).status
+            status = _request("GET", url, {"User-Agent": "quantgate", **rf.pinned()}, rf.secret, sink=sink).status
     finally:
         progress.close()
     got = hashed.get("got", 0)
     rf.bytes_fetched += got
+    if status == 412:  # the digest would be another file's than the one the guards read
+        raise RemoteError(CHANGED.format(rf.shown), 412)
     if status != 200 or "digest" not in hashed:
         raise RemoteError(f"{rf.shown}: streaming it for sha256 answered HTTP {status}", status)
     if got != rf.size:
@@ -430,12 +435,9 @@ class RemoteFile:
                 f"{self.shown}: reading it would fetch more than {max_fetch_bytes():,} bytes "
                 "(QUANTGATE_REMOTE_MAX_BYTES); download it and gate the local file"
             )
-        headers = {"Range": f"bytes={start}-{end - 1}"}
-        if self.etag:
-            headers["If-Match"] = self.etag  # a file replaced mid-read fails, never mixes two versions
-        resp = self._call("GET", headers, max_body=end - start)
+        resp = self._call("GET", {"Range": f"bytes={start}-{end - 1}", **self.pinned()}, max_body=end - start)
         if resp.status == 412:
-            raise RemoteError(f"{self.shown}: the file changed while it was read (its ETag no longer matches)")
+            raise RemoteError(CHANGED.format(self.shown), 412)
         if resp.status == 200:
             raise RemoteError(f"{self.shown}: the server stopped honouring Range requests (answered 200)")
         if resp.status != 206:
@@ -446,6 +448,11 @@ class RemoteFile:
         _check_length(self.shown, len(resp.body), end - start)
         self._store(start, resp.body)
         self._last_end = end
+
+    def pinned(self) -> dict[str, str]:
+        """The condition every read after the first carries: a file replaced mid-read fails (412), never
+        mixes two versions."""
+        return {"If-Match": self.etag} if self.etag else {}
 
     def read(self, pos: int, size: int) -> bytes:
         self.ensure(pos, size)
@@ -523,8 +530,7 @@ class FsspecFile(RemoteFile):
             raise
         except Exception as exc:  # a backend's own error types (botocore, aiohttp, google-auth)
             if reading and _precondition_failed(exc):
-                raise RemoteError(f"{self.shown}: the file changed while it was read (its ETag no longer "
-                                  "matches)", 412) from None
+                raise RemoteError(CHANGED.format(self.shown), 412) from None
             raise RemoteError(f"{self.shown}: {type(exc).__name__}: {_short(exc)}") from None
 
     def _fetch(self, start: int, end: int) -> None:
@@ -547,13 +553,15 @@ class FsspecFile(RemoteFile):
         return bytes(self.fs.cat_file(self.path, start=start, end=end, **pin))
 
     def stream(self, consume: Any) -> None:
-        """The whole object, read once: `consume` gets an iterator of 1 MiB chunks (for --sha256)."""
+        """The whole object, read once: `consume` gets an iterator of 1 MiB chunks (for --sha256), each a
+        ranged read pinned like every other, so the digest is of the revision the guards read."""
 
-        def run() -> None:
-            with self.fs.open(self.path, "rb", block_size=1 << 20) as handle:
-                consume(iter(lambda: handle.read(1 << 20), b""))
+        def chunks() -> Any:
+            for start in range(0, self.size, 1 << 20):
+                end = min(start + (1 << 20), self.size)
+                yield self._store_call(lambda: self._range(start, end), reading=True)
 
-        self._store_call(run)
+        consume(chunks())
 
 
 def _s3_range(fs: Any, path: str, start: int, end: int, etag: str | None, version: str | None) -> bytes:
