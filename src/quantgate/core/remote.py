@@ -4,7 +4,7 @@ A `RemoteFile` stands in for a memory-mapped file: the readers' bounded reads (`
 64 KiB blocks they touch into a sparse temporary file that is mapped once, so every reader keeps its
 `struct.unpack_from` over a real buffer. Readers that walk bytes without `View.check` (the GGUF header
 loop, the flatbuffer walk of a PTE program, the protobuf walk of an ONNX graph) are covered by
-`formats.binary.prefetch`, which fetches the region each format's structure says they read. This module
+`formats.wire.binary.prefetch`, which fetches the region each format's structure says they read. This module
 knows HTTP, not formats: it imports no reader.
 
 Requests: `HEAD` for the size and ETag, then Range GETs; redirects are followed (at most 10) and

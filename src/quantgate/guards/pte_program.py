@@ -1,6 +1,6 @@
 """`pte-program`: the ExecuTorch program read statically (no torch) -> coverage, compute precision, KV cache.
 
-The reader (`formats.pte` + `formats.pte_layers`) gives the weight-bearing layers of the portable
+The reader (`formats.pte.reader` + `formats.pte.layers`) gives the weight-bearing layers of the portable
 kernels and of the XNNPACK delegate payloads, with their stored dtype and compute precision. Beside
 the shared coverage metrics this guard reports `compute_coverage` (the share that runs integer
 kernels), `kv_cache` (a quantized KV cache has no weight-bearing op) and, for opaque delegates,

@@ -6,7 +6,7 @@ embedding and linear kernels) is traced back through view, permute, dim-order co
 dequantize ops to the constant it comes from, so the *stored* dtype is known; the kernel's output
 dtype is its compute precision (an int8 weight dequantized for an fp32 addmm stores int8 and
 computes fp32). XNNPACK delegates: each fully connected, conv, depthwise, transposed conv and
-batch matmul with a constant operand, from `formats.xnnpack`; an integer activation with a
+batch matmul with a constant operand, from `formats.pte.xnnpack`; an integer activation with a
 quantized filter computes in int8. Other backends are opaque: one layer of unknown precision per
 delegate, never quantized and never float.
 
