@@ -8,8 +8,8 @@ the cost follows the program's structure, not its size. Field ids and union tags
 (program.fbs, docs/formats.md#program-layout); what makes a tensor constant: `formats.pte.model.is_constant`.
 
 It is deliberately minimal (chain 0 of one method, no segment checks), on the shared bounded
-flatbuffer reader; `formats.pte.reader` is the full structural reader. Everything it imports is
-standard library only, so the runtime child that runs it loads nothing heavy for it.
+flatbuffer reader; `formats.pte.reader` is the full structural reader. Importing it loads quantgate
+and the standard library only: the runtime child that runs it loads nothing heavy for it.
 """
 
 from __future__ import annotations
