@@ -108,3 +108,18 @@ def test_an_artifact_name_cannot_carry_its_own_escapes(tmp_path: Path) -> None:
     assert "\\x1b[31mRED" in proc.stdout  # the name, made inert
     assert proc.stdout.count("\x1b") == len(OURS.findall(proc.stdout)) > 0
     assert "\x07" not in proc.stdout
+
+
+def test_the_color_flag_takes_the_text_reports_modes(tmp_path: Path) -> None:
+    """`--color` offers report.text.COLOR_MODES itself (the modes `use_color` knows), not a copy."""
+    import argparse
+
+    from quantgate.cli import main as cli
+    from quantgate.report.text import COLOR_MODES
+
+    color = next(a for a in cli._parser()._actions if "--color" in a.option_strings)
+    assert isinstance(color, argparse.Action) and color.choices is COLOR_MODES
+    proc = run_cli("--color", "sometimes", "run", ".", cwd=tmp_path)
+    assert proc.returncode == 4
+    assert "invalid choice: 'sometimes'" in proc.stderr  # argparse quotes the choices or not, by version
+    assert all(mode in proc.stderr.rpartition("choose from")[2] for mode in ("auto", "always", "never"))

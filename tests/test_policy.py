@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import run_cli
 
+from quantgate.gate import UsageError
 from quantgate.gate.policy import PolicyError, find_policy, key_lines, load_policy
 
 
@@ -87,6 +88,34 @@ def test_unknown_guard(tmp_path: Path) -> None:
     problems = _problems(tmp_path, text)
     assert len(problems) == 1
     assert problems[0].startswith("unknown guard guards.gguf-dtype (line 22);")
+
+
+def test_unknown_guard_message_is_one_for_policy_run_and_guard(tmp_path: Path) -> None:
+    """A policy key, `run --guards` and `guard ID` word an unknown id by one rule: the closest known id
+    (a policy problem names it alone), then every known id."""
+    from quantgate.gate.session import known_guard
+    from quantgate.gate.verdict import selected_guards
+    from quantgate.guards import guard_ids, unknown_guard_message
+
+    known = "known guards: " + ", ".join(guard_ids())
+    assert unknown_guard_message(["integrty", "zzz", "gguf-dtype"]) == (
+        f"unknown guard(s): integrty, zzz, gguf-dtype; did you mean integrity, gguf-dtypes? {known}"
+    )
+    assert unknown_guard_message(["zzz"], "'zzz'") == f"unknown guard 'zzz'; {known}"
+    assert unknown_guard_message(["integrty"], "guards.integrty", brief=True) == (
+        "unknown guard guards.integrty; did you mean integrity?"
+    )
+    assert unknown_guard_message(["zzz"], "guards.zzz", brief=True) == f"unknown guard guards.zzz; {known}"
+    for typo, hint in (("integrty", "did you mean integrity? "), ("zzz", "")):
+        with pytest.raises(UsageError) as run:
+            selected_guards(["integrity", typo])
+        assert str(run.value) == f"unknown guard(s): {typo}; {hint}{known}"
+        with pytest.raises(UsageError) as one:
+            known_guard(typo)
+        assert str(one.value) == f"unknown guard '{typo}'; {hint}{known}"
+        line = GOOD.count("\n") + 2
+        problems = _problems(tmp_path, GOOD + f"\n[guards.{typo}]\nrequired = true\n")
+        assert problems == [f"unknown guard guards.{typo} (line {line}); {hint.strip() or known}"]
 
 
 def test_every_problem_reported_at_once(tmp_path: Path) -> None:

@@ -340,6 +340,57 @@ def test_program_table_matches_the_fixture() -> None:
     assert external == {"emb.weight", "ln.weight", "ln.bias", "l1.weight", "l1.bias", "l2.weight", "l2.bias"}
 
 
+def test_program_table_agrees_with_the_reader_on_every_fixture() -> None:
+    """The runtime's minimal table and the full reader read one program the same way: kinds, operators,
+    delegates, and each tensor's dtype, sizes, constness, name and memory (one schema, one constant rule)."""
+    from quantgate.formats.pte import reader
+    from quantgate.formats.pte import schema as S
+
+    kinds = set()  # (constant, external) met: the rule is exercised on every branch
+    for path in sorted(PTE.rglob("*.pte")):
+        prog = reader.parse(str(path))
+        plan = prog.plans[0]
+        instructions, values = program_table.read(str(path), plan.name)
+        chain0 = [i for i in plan.instructions if i.chain == 0]
+        assert [r["kind"] for r in instructions] == [S.INSTRUCTION_KINDS[i.kind] for i in chain0], path.name
+        for row, ins in zip(instructions, chain0, strict=True):
+            if ins.kind == S.KERNEL_CALL:
+                assert (row["op"], row["args"]) == (plan.operators[ins.target], ins.args), path.name
+            elif ins.kind == S.DELEGATE_CALL:
+                assert (row["backend"], row["args"]) == (plan.delegates[ins.target].backend, ins.args), path.name
+        for got, value in zip(values, plan.values, strict=True):
+            t = value.tensor
+            want = None if t is None else [t.scalar_type, list(t.sizes), t.constant, t.fqn,
+                                           None if t.mem is None else list(t.mem)]
+            assert got == want, path.name
+            if t is not None:
+                kinds.add((t.constant, t.external))
+    assert kinds == {(False, False), (True, False), (True, True)}
+
+
+def test_program_table_declares_no_schema_of_its_own() -> None:
+    """program.fbs numbers live in formats.pte.schema and the constant-tensor rule in formats.pte.model:
+    the runtime's table defines no constant of its own and asks the model's rule."""
+    import ast
+
+    from quantgate.formats.pte import model
+
+    tree = ast.parse(Path(program_table.__file__).read_text(encoding="utf-8"))
+    assigned = [t.id for node in tree.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+                for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    assert assigned == []
+    assert program_table.is_constant is model.is_constant
+    assert [model.is_constant(*a) for a in [(False, 0, False), (False, 3, False), (True, 3, False), (True, 0, True)]] \
+        == [False, True, False, True]
+
+
+def test_program_table_loads_only_the_standard_library() -> None:
+    """It runs inside the ExecuTorch runtime child: importing it must not load a third-party module."""
+    code = ("import sys; before = set(sys.modules); import quantgate.runtime.program_table; "
+            "print(sorted({m.split('.')[0] for m in set(sys.modules) - before} - set(sys.stdlib_module_names)))")
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stdout.strip()) == (0, "['quantgate']"), out.stderr
+
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 @given(name=st.sampled_from(["int8_portable", "int8_xnnpack", "qkv_cache_portable"]), edits=EDITS)
 def test_program_table_survives_damage(tmp_path_factory: pytest.TempPathFactory, name: str,

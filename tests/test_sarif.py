@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.conftest import run_cli
 
 from quantgate.core.codes import all_finding_codes
-from quantgate.report import FORMATS, render
+from quantgate.report import OUTPUT_FORMATS, render
 
 REPO = Path(__file__).resolve().parents[1]
 LEVELS = {"none", "note", "warning", "error"}
@@ -65,7 +65,31 @@ def _check_structure(log: dict) -> dict:
 
 
 def test_sarif_is_a_format() -> None:
-    assert "sarif" in FORMATS
+    assert "sarif" in OUTPUT_FORMATS
+
+
+def test_every_output_format_is_offered_by_one_name(tmp_path: Path) -> None:
+    """report.OUTPUT_FORMATS (not FORMATS: formats.FORMATS is what quantgate reads) is what `run`,
+    `merge` and `render` take and what `render`'s help lists."""
+    import quantgate.report
+    from quantgate.cli import extras
+    from quantgate.cli import main as cli
+
+    assert OUTPUT_FORMATS == ("text", "json", "markdown", "junit", "github", "html", "sarif")
+    assert not hasattr(quantgate.report, "FORMATS")
+    assert cli.extras is extras and not hasattr(cli, "cli_extras")
+    for command in ("run", "merge", "render"):
+        sub = next(a for a in cli._parser(command)._actions if a.dest == "command").choices[command]
+        assert next(a for a in sub._actions if a.dest == "format").choices is OUTPUT_FORMATS, command
+    listing = " ".join(run_cli("--help", cwd=tmp_path).stdout.split())
+    assert f"re-render a saved JSON report ({', '.join(OUTPUT_FORMATS)})" in listing
+
+
+def test_extras_docstring_names_each_subcommand_it_defines() -> None:
+    from quantgate.cli import extras
+
+    assert [c for c in extras.COMMANDS if f"`{c}`" not in (extras.__doc__ or "")] == []
+    assert list(extras.COMMANDS) == ["render", "init", "check-policy", "extras"]
 
 
 def test_the_official_schema_rejects_what_it_should() -> None:

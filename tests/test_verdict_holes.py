@@ -173,6 +173,22 @@ def test_bounded_guard_without_its_extra_is_an_error(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-2000:]
 
 
+def test_bounded_error_skips_are_defined_once() -> None:
+    """`run` (gate/evaluate) and `guard` (cli/main) make a bounded guard's skip an ERROR by one list,
+    gate.BOUNDED_ERROR_SKIPS: no module spells the reason itself (core/result.py names it)."""
+    import ast
+
+    spelled = sorted(
+        str(path.relative_to(SRC)) for path in (SRC / "quantgate").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and node.value == "dependency_missing"
+    )
+    assert spelled == ["quantgate/core/result.py"]
+    from quantgate.gate import BOUNDED_ERROR_SKIPS
+
+    assert BOUNDED_ERROR_SKIPS == ("dependency_missing",)
+
+
 def test_repository_policy_in_a_core_install_is_an_error(tmp_path: Path) -> None:
     """The issue's case: the repository's own policy bounds fidelity; without numpy it cannot PASS."""
     proc = run_cli("run", "--format", "json", "--policy", str(ROOT / "quantgate.toml"),

@@ -1,5 +1,6 @@
 """The subcommands around the gate: `render` (a saved report in another format), `init` (a starter
-policy) and `check-policy` (validate policy files, e.g. from pre-commit).
+policy), `check-policy` (validate policy files, e.g. from pre-commit) and `extras` (the pip extras the
+policy's guards need).
 
 Kept apart from cli/main.py so that the core commands and these evolve without merge fights; cli/main.py
 calls `add_parsers` and merges `COMMANDS`.
@@ -15,20 +16,20 @@ from typing import Any
 
 from quantgate.core.untrusted import plain, stop_commands
 from quantgate.gate import EXIT_PASS, EXIT_USAGE, UsageError
-from quantgate.report import FORMATS, render
+from quantgate.report import OUTPUT_FORMATS, render
 
 
 def add_parsers(sub: Any, wanted: Callable[[str], bool]) -> None:
-    """Add `render`, `init` and `check-policy` (those `wanted`) to the subcommand parser."""
+    """Add `render`, `init`, `check-policy` and `extras` (those `wanted`) to the subcommand parser."""
     if wanted("render"):
         rend = sub.add_parser(
             "render",
-            help="re-render a saved JSON report (text, json, markdown, junit, github, html)",
+            help=f"re-render a saved JSON report ({', '.join(OUTPUT_FORMATS)})",
             description="Validate a saved report against schemas/report.schema.json, then render it. "
             "An invalid report exits 4 with the JSON path of each problem.",
         )
         rend.add_argument("report", metavar="REPORT.json", help="a report written by `quantgate run` (- = stdin)")
-        rend.add_argument("--format", choices=FORMATS, default="text", help="output format (default: text)")
+        rend.add_argument("--format", choices=OUTPUT_FORMATS, default="text", help="output format (default: text)")
         rend.add_argument("--output", metavar="FILE", help="write to FILE instead of stdout")
 
     if wanted("init"):

@@ -17,16 +17,17 @@ import sys
 from typing import Any, NoReturn
 
 from quantgate import __version__
-from quantgate.cli import extras as cli_extras
+from quantgate.cli import extras
 from quantgate.core.progress import log
 from quantgate.core.untrusted import lines as inert_lines
 from quantgate.core.untrusted import plain, stop_commands
-from quantgate.gate import EXIT_ERROR, EXIT_USAGE, UsageError, session
+from quantgate.gate import BOUNDED_ERROR_SKIPS, EXIT_ERROR, EXIT_USAGE, UsageError, session
 from quantgate.gate.verdict import verdict_of
-from quantgate.report import FORMATS, render
+from quantgate.report import OUTPUT_FORMATS, render
 from quantgate.report.jsonfmt import dumps, dumps_bytes
+from quantgate.report.text import COLOR_MODES
 
-SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest", "merge", *cli_extras.SUBCOMMANDS)
+SUBCOMMANDS = ("run", "guard", "inspect", "guards", "schema", "manifest", "merge", *extras.SUBCOMMANDS)
 EXIT_CODES_HELP = """exit codes:
   0  every required guard reached a verdict and none failed
   1  at least one FAIL (0 with --report-only)
@@ -52,8 +53,8 @@ def _key_value(text: str) -> tuple[str, str]:
 
 def _output(text: str) -> tuple[str, str]:
     fmt, path = _key_value(text)
-    if fmt not in FORMATS:
-        raise argparse.ArgumentTypeError(f"unknown report format {fmt!r}; choose from {', '.join(FORMATS)}")
+    if fmt not in OUTPUT_FORMATS:
+        raise argparse.ArgumentTypeError(f"unknown report format {fmt!r}; choose from {', '.join(OUTPUT_FORMATS)}")
     if not path:
         raise argparse.ArgumentTypeError(f"--output {text!r} names no file")
     return fmt, path
@@ -110,7 +111,7 @@ def _add_run(sub: Any) -> None:
         metavar="FILE",
         help="policy file (default: ./quantgate.toml, else [tool.quantgate] in ./pyproject.toml)",
     )
-    run.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
+    run.add_argument("--format", choices=OUTPUT_FORMATS, default="text", help="report on stdout (default: text)")
     run.add_argument(
         "--output",
         action="append",
@@ -194,7 +195,7 @@ def _add_manifest(sub: Any) -> None:
 def _add_merge(sub: Any) -> None:
     merge = sub.add_parser("merge", help="join the JSON reports of `run --shard K/N` into one verdict")
     merge.add_argument("reports", nargs="+", metavar="REPORT.json")
-    merge.add_argument("--format", choices=FORMATS, default="text", help="report on stdout (default: text)")
+    merge.add_argument("--format", choices=OUTPUT_FORMATS, default="text", help="report on stdout (default: text)")
     merge.add_argument("--output", action="append", type=_output, default=[], metavar="FORMAT=FILE")
     merge.add_argument("--no-github", action="store_true")
     merge.add_argument(
@@ -238,7 +239,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress or log lines on stderr")
     parser.add_argument(
         "--color",
-        choices=("auto", "always", "never"),
+        choices=COLOR_MODES,
         default="auto",
         help="colour the text report on stdout (default: auto: on a terminal, off under NO_COLOR)",
     )
@@ -247,7 +248,7 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     for name, add in _SUBPARSERS.items():
         if wanted(name):
             add(sub)
-    cli_extras.add_parsers(sub, wanted)
+    extras.add_parsers(sub, wanted)
     return parser
 
 
@@ -475,8 +476,8 @@ def cmd_guard(args: argparse.Namespace) -> int:
     result = run_guard(guard, ctx, config)
     _print_bytes(dumps_bytes(result.to_dict()))
     # bounds were asked for and the guard cannot measure them here (its extra is missing)
-    skipped_for_dependency = result.status == "SKIP" and result.skip and result.skip["reason"] == "dependency_missing"
-    if skipped_for_dependency and (config.require or config.warn):
+    cannot_run = result.status == "SKIP" and result.skip and result.skip["reason"] in BOUNDED_ERROR_SKIPS
+    if cannot_run and (config.require or config.warn):
         print(f"quantgate: error: {guard.id} cannot run here: {result.skip['detail']}", file=sys.stderr)
         return EXIT_ERROR
     return result.exit_code
@@ -678,5 +679,5 @@ COMMANDS = {
     "schema": cmd_schema,
     "manifest": cmd_manifest,
     "merge": cmd_merge,
-    **cli_extras.COMMANDS,
+    **extras.COMMANDS,
 }

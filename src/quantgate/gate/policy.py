@@ -22,7 +22,7 @@ from typing import Any
 from quantgate.core.bounds import FAIL_LEVEL, WARN_LEVEL, Bound, BoundSyntaxError, parse_bound
 from quantgate.core.coverage import DEFAULT_BASIS, DEFAULT_COVERAGE_TOLERANCE
 from quantgate.core.jsonschemas import load_schema
-from quantgate.guards import guard_ids
+from quantgate.guards import guard_ids, unknown_guard_message
 from quantgate.guards.base import GuardConfig
 
 if sys.version_info >= (3, 11):
@@ -376,9 +376,7 @@ def _build(data: dict[str, Any], locator: _Locator, path: str) -> Policy:
     guards = data.get("guards", {})
     for guard_id, body in guards.items() if isinstance(guards, dict) else ():
         if guard_id not in known:
-            near = difflib.get_close_matches(guard_id, known, n=1)
-            hint = f"did you mean {near[0]}?" if near else f"known guards: {', '.join(known)}"
-            problems.append(f"unknown guard {locator.describe(('guards', guard_id))}; {hint}")
+            problems.append(unknown_guard_message([guard_id], locator.describe(("guards", guard_id)), brief=True))
             continue
         if not isinstance(body, dict):
             continue

@@ -295,16 +295,12 @@ def run(
 
 def known_guard(guard_id: str) -> Guard:
     """The guard with this id; UsageError naming the nearest one otherwise."""
-    from quantgate.guards import UnknownGuard, get_guard, guard_ids
+    from quantgate.guards import UnknownGuard, get_guard, unknown_guard_message
 
     try:
         return get_guard(guard_id)
     except UnknownGuard:
-        import difflib
-
-        near = difflib.get_close_matches(guard_id, guard_ids(), n=1)
-        hint = f"did you mean {near[0]}? " if near else ""
-        raise UsageError(f"unknown guard {guard_id!r}; {hint}known guards: {', '.join(guard_ids())}") from None
+        raise UsageError(unknown_guard_message([guard_id], repr(guard_id))) from None
 
 
 def guard_config(

@@ -19,7 +19,7 @@ from quantgate.core.result import (
 )
 from quantgate.gate import EXIT_FAIL, EXIT_PASS, VERDICT_EXIT, Artifact, UsageError
 from quantgate.gate.discovery import FATAL_SKIPS, display_path
-from quantgate.guards import guard_ids
+from quantgate.guards import guard_ids, unknown_guard_message
 
 if TYPE_CHECKING:  # annotations only; the policy module pulls in tomllib, difflib and the schema loader
     from quantgate.gate.policy import Policy
@@ -205,9 +205,5 @@ def selected_guards(requested: Sequence[str] | None) -> list[str]:
         return known
     unknown = [g for g in requested if g not in known]
     if unknown:
-        import difflib
-
-        near = [m for g in unknown for m in difflib.get_close_matches(g, known, n=1)]
-        hint = f"did you mean {', '.join(near)}? " if near else ""
-        raise UsageError(f"unknown guard(s): {', '.join(unknown)}; {hint}known guards: {', '.join(known)}")
+        raise UsageError(unknown_guard_message(unknown))
     return [g for g in known if g in requested]

@@ -8,7 +8,7 @@ weight-bearing op becomes a `Layer` and the shared coverage engine does the rest
 
 * XNNPACK events (`Fully Connected (NC, QS8, QC8W) GEMM #1`, `Convolution (NHWC, QC8) DWConv #1`):
   the parenthesised descriptor says the precision, each token looked up in XNNPACK's token table
-  (`formats.xnnpack.XNN_TOKENS`). QS8/QU8/QD8/QDU8/QP8/PQS8 → int8 activations (compute "int8");
+  (`formats.pte.xnnpack.XNN_TOKENS`). QS8/QU8/QD8/QDU8/QP8/PQS8 → int8 activations (compute "int8");
   QC8W/QC8/QS8/QU8 → 8-bit weights, QC4W/QB4W → 4-bit, QC2W → 2-bit weights; F32/F16/BF16 alone
   → float. The runtime picks the activation token by CPU (QDU8 on AVX512-VNNI, QD8 elsewhere,
   QP8 with Arm's KleidiAI), the classification is the same. A token the table does not know, or
@@ -124,7 +124,7 @@ def parse_xnnpack_event(name: str) -> dict[str, Any] | None:
 def classify_descriptor(tokens: list[str]) -> dict[str, Any]:
     """Activations, weights, bits, quantized and compute precision from descriptor tokens.
 
-    Each token is looked up in XNNPACK's token table (`formats.xnnpack.XNN_TOKENS`). A token the
+    Each token is looked up in XNNPACK's token table (`formats.pte.xnnpack.XNN_TOKENS`). A token the
     table lacks (`unknown_tokens`) could change any of the answers, so it leaves them all unknown:
     an op is never counted as float because its integer activation type went unrecognised.
     """

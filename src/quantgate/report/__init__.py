@@ -1,4 +1,7 @@
-"""Renderers: one module per output format, each `render(report) -> str` from the canonical JSON."""
+"""Renderers: one module per output format, each `render(report) -> str` from the canonical JSON.
+
+`OUTPUT_FORMATS` names them (what `--format` takes); the formats quantgate reads are `formats.FORMATS`.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ RENDERERS = {
     "html": "quantgate.report.html",
     "sarif": "quantgate.report.sarif",
 }
-FORMATS = tuple(RENDERERS)
+OUTPUT_FORMATS = tuple(RENDERERS)
 
 
 def render(report: dict[str, Any], fmt: str) -> str:

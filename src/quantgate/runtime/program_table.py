@@ -4,25 +4,22 @@ The runtime guard needs, per instruction, the kernel's operator name and argumen
 (or, for a DelegateCall, the backend id), and per value whether it is a constant tensor with its
 dtype and sizes, to trace a GEMM's weight back to the constant it comes from. Only the flatbuffer
 tables are touched (memory-mapped, bounded, budgeted): never the segments holding the weights, so
-the cost follows the program's structure, not its size. Field ids: program.fbs (docs/formats.md#program-layout).
+the cost follows the program's structure, not its size. Field ids and union tags: `formats.pte.schema`
+(program.fbs, docs/formats.md#program-layout); what makes a tensor constant: `formats.pte.model.is_constant`.
 
 It is deliberately minimal (chain 0 of one method, no segment checks), on the shared bounded
-flatbuffer reader; `formats.pte` is the full structural reader.
+flatbuffer reader; `formats.pte.reader` is the full structural reader. Importing it loads quantgate
+and the standard library only: the runtime child that runs it loads nothing heavy for it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from quantgate.formats.pte import schema as S
+from quantgate.formats.pte.model import is_constant
 from quantgate.formats.wire.binary import Budget, ReadError, mapped
 from quantgate.formats.wire.flatbuffer import FlatBuffer
-
-IDENTIFIER = b"ET12"
-# InstructionArguments union tags
-_KERNEL_CALL, _DELEGATE_CALL = 1, 2
-_INSTRUCTION_KINDS = {1: "KernelCall", 2: "DelegateCall", 3: "MoveCall", 4: "JumpFalseCall", 5: "FreeCall"}
-_TENSOR = 5  # KernelTypes tag
-_EXTERNAL = 1  # TensorDataLocation
 
 
 class ProgramTableError(Exception):
@@ -31,24 +28,23 @@ class ProgramTableError(Exception):
 
 def _tensor(t: FlatBuffer, table: int) -> list[Any]:
     """[scalar_type, sizes, constant, fqn, [memory_id, offset] or None] of one Tensor table."""
-    scalar_type = t.scalar(table, 0, "u8", 0)
-    sizes = t.scalars(table, 2, "i32")
-    data_buffer_idx = t.scalar(table, 5, "u32", 0)
-    allocated = t.has(table, 6)
+    scalar_type = t.scalar(table, S.TENSOR_SCALAR_TYPE, "u8", 0)
+    sizes = t.scalars(table, S.TENSOR_SIZES, "i32")
+    data_buffer_idx = t.scalar(table, S.TENSOR_DATA_BUFFER_IDX, "u32", 0)
+    allocated = t.has(table, S.TENSOR_ALLOCATION_INFO)
     mem = None
-    info = t.table(table, 6) if allocated else None
+    info = t.table(table, S.TENSOR_ALLOCATION_INFO) if allocated else None
     if info is not None:
         # AllocationDetails {0 memory_id, 1 memory_offset_low, 2 memory_offset_high}: a static view shares it
         offset = (int(t.scalar(info, 2, "u32", 0)) << 32) | int(t.scalar(info, 1, "u32", 0))
         mem = [int(t.scalar(info, 0, "u32", 0)), offset]
     fqn = None
     external = False
-    extra = t.table(table, 9)
+    extra = t.table(table, S.TENSOR_EXTRA_INFO)
     if extra is not None:
-        fqn = t.string(extra, 1) or None
-        external = t.scalar(extra, 2, "u8", 0) == _EXTERNAL
-    constant = (not allocated and data_buffer_idx > 0) or external
-    return [scalar_type, sizes, constant, fqn, mem]
+        fqn = t.string(extra, S.EXTRA_FQN) or None
+        external = t.scalar(extra, S.EXTRA_LOCATION, "u8", 0) == S.TENSOR_LOC_EXTERNAL
+    return [scalar_type, sizes, is_constant(allocated, data_buffer_idx, external), fqn, mem]
 
 
 def read(path: str, method: str = "forward") -> tuple[list[dict[str, Any]], list[Any]]:
@@ -56,34 +52,31 @@ def read(path: str, method: str = "forward") -> tuple[list[dict[str, Any]], list
     with mapped(path) as view:
         try:
             t = FlatBuffer(view, Budget.for_size(len(view)))
-            if t.identifier() != IDENTIFIER:
-                raise ProgramTableError(f"identifier {t.identifier()!r} is not {IDENTIFIER!r}")
+            if t.identifier() != S.IDENTIFIER:
+                raise ProgramTableError(f"identifier {t.identifier()!r} is not {S.IDENTIFIER!r}")
             root = t.root()
-            # Program {1 execution_plan}; ExecutionPlan {0 name, 2 values, 5 chains, 6 operators, 7 delegates}
-            plan = next((p for p in t.tables(root, 1) if t.string(p, 0) == method), None)
+            plan = next((p for p in t.tables(root, S.PROGRAM_PLANS) if t.string(p, S.PLAN_NAME) == method), None)
             if plan is None:
                 raise ProgramTableError(f"no execution plan named {method!r}")
             operators = []
-            for op in t.tables(plan, 6):
-                name, overload = t.string(op, 0), t.string(op, 1)
+            for op in t.tables(plan, S.PLAN_OPERATORS):
+                name, overload = t.string(op, S.OPERATOR_NAME), t.string(op, S.OPERATOR_OVERLOAD)
                 operators.append(f"{name}.{overload}" if overload else name)
-            delegates = [t.string(d, 0) for d in t.tables(plan, 7)]
+            delegates = [t.string(d, S.DELEGATE_ID) for d in t.tables(plan, S.PLAN_DELEGATES)]
             values: list[Any] = []
-            for evalue in t.tables(plan, 2):
-                tag, tensor = t.union(evalue, 0)
-                values.append(_tensor(t, tensor) if tag == _TENSOR and tensor is not None else None)
+            for evalue in t.tables(plan, S.PLAN_VALUES):
+                tag, tensor = t.union(evalue, S.EVALUE_VAL_TYPE)
+                values.append(_tensor(t, tensor) if tag == S.K_TENSOR and tensor is not None else None)
             instructions: list[dict[str, Any]] = []
-            chains = t.tables(plan, 5)
+            chains = t.tables(plan, S.PLAN_CHAINS)
             if chains:
-                # Chain {2 instructions}; Instruction {0 instr_args_type, 1 instr_args}
-                for index, instruction in enumerate(t.tables(chains[0], 2)):
-                    tag, args_table = t.union(instruction, 0)
-                    row: dict[str, Any] = {"index": index, "kind": _INSTRUCTION_KINDS.get(tag, f"tag {tag}")}
-                    if args_table is not None and tag in (_KERNEL_CALL, _DELEGATE_CALL):
-                        # KernelCall {0 op_index, 1 args}; DelegateCall {0 delegate_index, 1 args}
-                        target = t.scalar(args_table, 0, "i32", 0)
-                        row["args"] = t.scalars(args_table, 1, "i32")
-                        if tag == _KERNEL_CALL:
+                for index, instruction in enumerate(t.tables(chains[0], S.CHAIN_INSTRUCTIONS)):
+                    tag, args_table = t.union(instruction, S.INSTRUCTION_ARGS_TYPE)
+                    row: dict[str, Any] = {"index": index, "kind": S.INSTRUCTION_KINDS.get(tag, f"tag {tag}")}
+                    if args_table is not None and tag in (S.KERNEL_CALL, S.DELEGATE_CALL):
+                        target = t.scalar(args_table, S.CALL_TARGET, "i32", 0)
+                        row["args"] = t.scalars(args_table, S.CALL_ARGS, "i32")
+                        if tag == S.KERNEL_CALL:
                             row["op"] = operators[target] if 0 <= target < len(operators) else None
                         else:
                             row["delegate_index"] = target
@@ -100,7 +93,7 @@ def xnnpack_nodes(path: str, method: str = "forward") -> dict[str, list[dict[str
 
     Each node: kind, and for a weight operand its dims, datatype, bits, whether it is a blob constant
     or a delegate input (`external_arg`: the DelegateCall argument that feeds it), params and output
-    positions as `formats.xnnpack` computes them for pte-program. A node without a weight operand (a
+    positions as `formats.pte.xnnpack` computes them for pte-program. A node without a weight operand (a
     batch matmul of two activations) is listed with `weight` None, so positions stay aligned.
     """
     from quantgate.formats.pte import reader as pte

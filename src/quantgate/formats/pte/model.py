@@ -18,6 +18,13 @@ FINDINGS_PER_CODE = F.FINDINGS_PER_CODE
 MAX_DIMS = 16
 
 
+def is_constant(allocated: bool, data_buffer_idx: int, external: bool) -> bool:
+    """A tensor whose bytes the program carries or names, not one the runtime computes: its data sits
+    outside the file (a `.ptd`), or it is not memory-planned and points at a constant buffer (index 0
+    is the schema's reserved empty buffer). `Tensor.constant` and the runtime's program table both ask this."""
+    return external or (not allocated and data_buffer_idx > 0)
+
+
 @dataclass
 class Tensor:
     scalar_type: int
@@ -33,7 +40,7 @@ class Tensor:
 
     @property
     def constant(self) -> bool:
-        return self.external or (not self.allocated and self.data_buffer_idx > 0)
+        return is_constant(self.allocated, self.data_buffer_idx, self.external)
 
     @property
     def numel(self) -> int:

@@ -236,8 +236,8 @@ def _value(fb: FlatBuffer, table: int) -> Value:
 def _plan(fb: FlatBuffer, table: int, prog: Program) -> Plan:
     plan = Plan(fb.string(table, S.PLAN_NAME, "", "ExecutionPlan.name"))
     for op in fb.tables(table, S.PLAN_OPERATORS, "ExecutionPlan.operators"):
-        name = fb.string(op, 0, "", "Operator.name")
-        overload = fb.string(op, 1, "", "Operator.overload")
+        name = fb.string(op, S.OPERATOR_NAME, "", "Operator.name")
+        overload = fb.string(op, S.OPERATOR_OVERLOAD, "", "Operator.overload")
         plan.operators.append(f"{name}.{overload}" if overload else name)
     plan.values = [_value(fb, v) for v in fb.tables(table, S.PLAN_VALUES, "ExecutionPlan.values")]
     plan.inputs = fb.scalars(table, S.PLAN_INPUTS, "i32", "ExecutionPlan.inputs")
@@ -250,8 +250,8 @@ def _plan(fb: FlatBuffer, table: int, prog: Program) -> Plan:
             tag, args = fb.union(ins, S.INSTRUCTION_ARGS_TYPE, "Instruction.instr_args")
             instr = Instruction(len(plan.instructions), chain_index, tag, in_chain=in_chain)
             if args is not None and tag in (S.KERNEL_CALL, S.DELEGATE_CALL):
-                instr.target = int(fb.scalar(args, 0, "i32", 0, "KernelCall.op_index"))
-                instr.args = fb.scalars(args, 1, "i32", "KernelCall.args")
+                instr.target = int(fb.scalar(args, S.CALL_TARGET, "i32", 0, "KernelCall.op_index"))
+                instr.args = fb.scalars(args, S.CALL_ARGS, "i32", "KernelCall.args")
             elif args is not None and tag == S.MOVE_CALL:
                 instr.args = [
                     int(fb.scalar(args, 0, "i32", 0, "MoveCall.move_from")),
