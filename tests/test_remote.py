@@ -570,8 +570,8 @@ def test_a_file_replaced_mid_read_is_an_error(serve: Any, tmp_path: Path) -> Non
     _rewrite(tmp_path / "blob.bin", bytes(len(data)))
     with pytest.raises(remote.RemoteError) as caught:
         rf.read(900_000, 10)  # a block not fetched yet: asked for with If-Match on the ETag opened
-    assert str(caught.value) == f"{served.base}/blob.bin: the file changed while it was read (its ETag no longer matches)"
-    assert caught.value.status == 412
+    assert caught.value.status == 412 and str(caught.value) == (
+        f"{served.base}/blob.bin: the file changed while it was read (its ETag no longer matches)")
     assert served.requests[-1][2]["If-Match"] == rf.etag
 
 

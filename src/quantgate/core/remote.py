@@ -539,11 +539,15 @@ class FsspecFile(RemoteFile):
                 f"{self.shown}: reading it would fetch more than {max_fetch_bytes():,} bytes "
                 "(QUANTGATE_REMOTE_MAX_BYTES); download it and gate the local file"
             )
-        data = self._store_call(lambda: self._range(start, end), reading=True)
+        data = self._read(start, end)
         self.bytes_fetched += len(data)
         _check_length(self.shown, len(data), end - start)  # a short read is truncation, never padding
         self._store(start, data)
         self._last_end = end
+
+    def _read(self, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the revision opened, a replaced or vanished one being the one error."""
+        return self._store_call(lambda: self._range(start, end), reading=True)
 
     def _range(self, start: int, end: int) -> bytes:
         """Bytes [start, end) of the revision opened: one ranged GET."""
@@ -556,12 +560,7 @@ class FsspecFile(RemoteFile):
         """The whole object, read once: `consume` gets an iterator of 1 MiB chunks (for --sha256), each a
         ranged read pinned like every other, so the digest is of the revision the guards read."""
 
-        def chunks() -> Any:
-            for start in range(0, self.size, 1 << 20):
-                end = min(start + (1 << 20), self.size)
-                yield self._store_call(lambda: self._range(start, end), reading=True)
-
-        consume(chunks())
+        consume(self._read(start, min(start + (1 << 20), self.size)) for start in range(0, self.size, 1 << 20))
 
 
 def _s3_range(fs: Any, path: str, start: int, end: int, etag: str | None, version: str | None) -> bytes:
