@@ -2,7 +2,7 @@
 
 FIFOs, sockets and devices are never opened and are reported as skipped; links are followed to
 regular files (loop-safe) and gated under the path given; a folder that cannot be listed makes the
-run an ERROR; files read beside an artifact follow one confinement rule (quantgate.gate.confine).
+run an ERROR; files read beside an artifact follow one confinement rule (quantgate.core.confine).
 """
 
 from __future__ import annotations

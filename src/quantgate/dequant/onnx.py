@@ -41,7 +41,7 @@ import numpy as np
 
 from quantgate.dequant import BROKEN, UNSUPPORTED, DequantError, WeightRef, WeightSet
 from quantgate.dequant.safetensors import FP8
-from quantgate.formats.onnx import reader
+from quantgate.formats.onnx import external, reader
 from quantgate.formats.onnx.proto import Node, Tensor
 from quantgate.formats.onnx.reader import WeightUse
 from quantgate.formats.wire import protobuf as pb
@@ -91,13 +91,14 @@ class _Model:
             return self.mm[off:off + length]
         if t.is_external:
             loc = t.external.get("location", "")
-            real = os.path.realpath(os.path.join(self.folder, loc))
-            if os.path.isabs(loc) or ".." in loc.replace("\\", "/").split("/") or \
-                    os.path.commonpath([real, os.path.realpath(self.folder)]) != os.path.realpath(self.folder):
-                raise DequantError(BROKEN, f"{t.name}: external data outside the model's folder")
+            # the reader's own rule (one confinement rule, docs/architecture.md#hostile-input), checked
+            # before any open: a FIFO would block the open, a link could alias a file outside the folder
+            real, size, problems = external.locate(self.folder, loc)
+            if real is None or size is None:
+                code, message = problems[0] if problems else ("ONNX_EXTERNAL_MISSING", f"{loc!r} cannot be read")
+                raise DequantError(BROKEN, f"{t.name}: {code}: {message}")
             off = int(t.external.get("offset", "0") or 0)
             length = t.external.get("length")
-            size = os.path.getsize(real)
             end = off + int(length) if length and length.isdigit() else size
             if off < 0 or end > size:
                 raise DequantError(BROKEN, f"{t.name}: external data range past the end of {loc}")

@@ -153,7 +153,7 @@ def _walk(root: Path, skipped: list[dict[str, str]]) -> Iterable[Found]:
 
 
 def _inside(real: str, real_root: str) -> bool:
-    from quantgate.gate.confine import is_inside
+    from quantgate.core.confine import is_inside
 
     return is_inside(real, real_root)
 
@@ -161,7 +161,7 @@ def _inside(real: str, real_root: str) -> bool:
 def _path_rank(item: Found) -> int:
     """Which of two paths to one file names it (lowest wins): the file's own path, then a link, then a
     Hugging Face cache blob (its snapshot link carries the file name and the config.json beside it)."""
-    from quantgate.gate.confine import HF_REPO_PREFIXES
+    from quantgate.core.confine import HF_REPO_PREFIXES
 
     if item.link:
         return 1
@@ -190,7 +190,7 @@ def discover(
     """
     from pathlib import Path
 
-    from quantgate.gate.confine import allowed_target
+    from quantgate.core.confine import allowed_target
 
     skipped = [] if skipped is None else skipped
     own: list[dict[str, str]] = []

@@ -112,7 +112,7 @@ MAX_MANIFESTS = 20
 def manifest_reference(artifact_path: str) -> str | None:
     """The `reference` a release manifest beside the artifact gives it (`manifest.json` or
     `*.manifest.json` in its folder), for runs that did not scan the manifest (`quantgate guard`)."""
-    from quantgate.gate.confine import sibling
+    from quantgate.core.confine import sibling
     from quantgate.manifest.check import ManifestError, artifact_hints, load_manifest
 
     folder = Path(artifact_path).parent

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from quantgate.core import confine as C
 from quantgate.core import findings as F
 from quantgate.core import jsonfile
+from quantgate.core.confine import confine
 from quantgate.core.coverage import coverage_metrics, matches_any
 from quantgate.core.findings import Finding
 from quantgate.core.hashing import sha256_file
@@ -43,7 +45,7 @@ FINDING_CODES = {
     "MANIFEST_PATH_ABSOLUTE": "An artifact path is absolute; paths are relative to the manifest's folder.",
     "MANIFEST_PATH_ESCAPES": "An artifact path leaves the manifest's folder (`..`, or a link resolving outside).",
     "MANIFEST_PATH_SYMLINK": "An artifact path goes through a symbolic link.",
-    "MANIFEST_FILE_MISSING": "A listed artifact does not exist.",
+    "MANIFEST_FILE_MISSING": "A listed artifact does not exist, or is not a regular file (never opened).",
     "MANIFEST_SIZE_MISMATCH": "The artifact's size differs from the claimed `size_bytes`.",
     "MANIFEST_SHA256_MISMATCH": "The artifact's sha256 differs from the claimed one.",
     "MANIFEST_FORMAT_MISMATCH": "The artifact's content is not the claimed format.",
@@ -203,40 +205,41 @@ def artifact_hints(doc: dict[str, Any], folder: Path) -> dict[str, dict[str, Any
 
 
 def resolve_inside(folder: Path, relative: str, where: str) -> tuple[Path | None, Finding | None]:
-    """The artifact's path, confined to the manifest's folder (docs/architecture.md#hostile-input), checked
-    before any read."""
+    """The artifact's path, confined to the manifest's folder by the one confinement rule
+    (quantgate.core.confine, docs/architecture.md#hostile-input) with no link on the path, checked before
+    any read. A file that is not there is returned as its path: the caller reports MANIFEST_FILE_MISSING."""
     field_ = f"{where}.path"
-    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
+    got = confine(folder, relative, links=False)
+    if got.path is not None:
+        return Path(got.path), None
+    if got.refused == C.MISSING:
+        return folder / relative, None
+    if got.refused == C.ABSOLUTE:
         return None, F.error(
             "MANIFEST_PATH_ABSOLUTE",
             f"{relative!r} is absolute; make it relative to the manifest's folder",
             field=field_,
         )
-    parts = Path(relative).parts
-    if ".." in parts:
+    if got.dotdot:
         return None, F.error(
             "MANIFEST_PATH_ESCAPES",
             f"{relative!r} contains '..'; artifacts must sit inside the manifest's folder",
             field=field_,
         )
-    root = folder.resolve()
-    candidate = folder
-    for part in parts:
-        candidate = candidate / part
-        if candidate.is_symlink():
-            target = candidate.resolve()
-            if target != root and root not in target.parents:
-                return None, F.error(
-                    "MANIFEST_PATH_ESCAPES",
-                    f"{relative!r} goes through the link {part!r} which resolves outside the manifest's folder",
-                    field=field_,
-                )
-            return None, F.error(
-                "MANIFEST_PATH_SYMLINK",
-                f"{relative!r} goes through the symbolic link {part!r}; ship the file itself",
-                field=field_,
-            )
-    return folder / relative, None
+    if got.refused == C.ESCAPES:
+        return None, F.error(
+            "MANIFEST_PATH_ESCAPES",
+            f"{relative!r} goes through the link {got.link!r} which resolves outside the manifest's folder",
+            field=field_,
+        )
+    if got.refused == C.LINK:
+        return None, F.error(
+            "MANIFEST_PATH_SYMLINK",
+            f"{relative!r} goes through the symbolic link {got.link!r}; ship the file itself",
+            field=field_,
+        )
+    # not a file name, not a regular file (a FIFO is never opened), or not examinable
+    return None, F.error("MANIFEST_FILE_MISSING", f"{relative!r} is listed but {got.detail}; not read", field=field_)
 
 
 # ---------------------------------------------------------------------------------------------

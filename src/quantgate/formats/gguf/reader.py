@@ -19,7 +19,6 @@ import dataclasses
 import math
 import os
 import re
-import stat
 import struct
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 
 from quantgate.core import findings as F
 from quantgate.core import remote
+from quantgate.core.confine import confine
 from quantgate.core.findings import Finding
 from quantgate.core.gcpause import gc_paused
 from quantgate.core.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, Inventory, Layer
@@ -149,8 +149,9 @@ FINDING_CODES: dict[str, str] = {
     "GGUF_QUANT_VERSION_MISSING": "Quantized tensors but no general.quantization_version, which the spec "
     "requires (warning).",
     "GGUF_SPLIT_MISSING": "A split model (`<name>-00001-of-0000N.gguf`, split.count N) lacks a shard: a "
-    "file of the set is absent or unreadable, the first shard is not named so that the others can be "
-    "found, or the shards hold fewer tensors than split.tensors.count; llama.cpp refuses to load it.",
+    "file of the set is absent, unreadable or refused by the confinement rule (a link out of the folder, "
+    "not a regular file), the first shard is not named so that the others can be found, or the shards "
+    "hold fewer tensors than split.tensors.count; llama.cpp refuses to load it.",
     "GGUF_SPLIT_EXTRA": "A file in the split model's folder is named as a shard the set does not have "
     "(`-00004-of-00003`, or another shard count for the same name), or the shards hold more tensors "
     "than split.tensors.count.",
@@ -1391,10 +1392,12 @@ def _open_shard(first: str, shard_name: str, k: int, count: int, found: F.Capped
             if not remote.exists(shard_path):
                 raise OSError("not found")
         else:
-            shard_path = os.path.join(os.path.dirname(first), shard_name)
-            # a regular file only: opening a FIFO planted under a shard's name would block forever
-            if not stat.S_ISREG(os.stat(shard_path).st_mode):
-                raise OSError(f"{shard_name} is not a regular file")
+            # confined like every file read beside an artifact (quantgate.core.confine): a regular file
+            # inside the folder; opening a FIFO planted under a shard's name would block forever
+            got = confine(os.path.dirname(first), shard_name)
+            if got.path is None:
+                raise OSError(got.reason or f"{shard_name} {got.detail}")
+            shard_path = got.path
         return parse(shard_path)
     except (OSError, remote.RemoteError) as exc:
         found.add(

@@ -11,14 +11,62 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import stat
 from collections.abc import Callable
 from typing import Any
 
+from quantgate.core import confine as C
 from quantgate.core import findings as F
+from quantgate.core.confine import Confined, confine
 from quantgate.core.findings import Finding
 from quantgate.core.remote import is_url
 from quantgate.formats.onnx.proto import Tensor
+
+
+def locate(base: str, loc: str) -> tuple[str | None, int | None, list[tuple[str, str]]]:
+    """External data `loc` beside a model in `base` (a folder or a URL's folder), by the one confinement
+    rule (quantgate.core.confine) made as strict as onnx's and onnxruntime's loaders: no link on the path,
+    no hard link. Returns (real path or URL, size, []) when it may be read, else (None, None, the
+    ONNX_EXTERNAL_* findings as (code, message)). Shared by the reader and the fidelity dequantizer."""
+    got = confine(base, loc, links=False, hard_links=False)
+    if got.path is not None:
+        if not is_url(got.path):
+            return got.real, got.size, []
+        from quantgate.core import remote
+
+        try:  # sized by the server, never fetched
+            return got.path, remote.open_file(got.path).size, []
+        except remote.RemoteError as exc:
+            return None, None, [("ONNX_EXTERNAL_MISSING", f"external data file {loc!r} cannot be examined: {exc}")]
+    return None, None, _refusal(got, loc, base)
+
+
+def _refusal(got: Confined, loc: str, base: str) -> list[tuple[str, str]]:
+    """The findings for a location the rule refused, in the words of the loaders it follows."""
+    if got.refused == C.INVALID:
+        return [("ONNX_EXTERNAL_PATH_INVALID", f"external data location {loc!r} {got.detail}")]
+    if got.refused == C.ABSOLUTE:
+        return [("ONNX_EXTERNAL_PATH_ABSOLUTE",
+                 f"external data location {loc!r} is absolute; it must be relative to the model's folder")]
+    found = []
+    if got.dotdot:
+        found.append(("ONNX_EXTERNAL_PATH_TRAVERSAL", f"external data location {loc!r} contains `..`; onnx and "
+                      "onnxruntime resolve it differently, write a plain relative path"))
+    if got.refused == C.ESCAPES:
+        found.append(("ONNX_EXTERNAL_PATH_ESCAPES", f"external data location {loc!r} resolves to {got.real}, "
+                      f"outside the model's folder {os.path.realpath(base)}"))
+    elif got.refused == C.LINK:
+        found.append(("ONNX_EXTERNAL_SYMLINK", f"external data location {loc!r}: {got.link!r} is a symbolic "
+                      "link; copy the data into the model's folder"))
+    elif got.refused == C.MISSING:
+        found.append(("ONNX_EXTERNAL_MISSING", f"external data file {loc!r} does not exist next to the model"))
+    elif got.refused == C.UNEXAMINABLE:
+        found.append(("ONNX_EXTERNAL_MISSING", f"external data file {loc!r} cannot be examined: {got.reason}"))
+    elif got.refused == C.NOT_REGULAR:
+        found.append(("ONNX_EXTERNAL_NOT_A_FILE", f"external data location {loc!r} is not a regular file"))
+    elif got.refused == C.HARD_LINK:
+        found.append(("ONNX_EXTERNAL_HARDLINK", f"external data file {loc!r} has {got.nlink} hard links; it may "
+                      "alias a file outside the model's folder, copy it instead"))
+    return found
 
 
 class ExternalChecks:
@@ -75,93 +123,11 @@ class ExternalChecks:
             self.facts["external_data_files"] = sorted(files)[:20]
 
     def check_location(self, t: Tensor, loc: str, base: str) -> tuple[str | None, int | None]:
-        """Path checks without opening the file; returns (real path, size) when it is safe to use."""
-
-        def err(code: str, message: str) -> tuple[None, None]:
+        """Path checks without opening the file; returns (real path or URL, size) when it is safe to use."""
+        where, size, problems = locate(base, loc)
+        for code, message in problems:
             self.add(F.error(code, message, offset=t.offset, tensor=t.name, field="external_data.location"))
-            return None, None
-
-        if "\x00" in loc:
-            return err("ONNX_EXTERNAL_PATH_INVALID", f"external data location {loc!r} contains a NUL byte")
-        if loc.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", loc):
-            return err(
-                "ONNX_EXTERNAL_PATH_ABSOLUTE",
-                f"external data location {loc!r} is absolute; it must be relative to the model's folder",
-            )
-        parts = [p for p in re.split(r"[\\/]", loc) if p not in ("", ".")]
-        if not parts:
-            return err("ONNX_EXTERNAL_PATH_INVALID", f"external data location {loc!r} names no file")
-        traversal = ".." in parts
-        if traversal or is_url(base):
-            if is_url(base):
-                return self.remote_location(t, loc, base, parts, traversal, err)
-            self.add(
-                F.error(
-                    "ONNX_EXTERNAL_PATH_TRAVERSAL",
-                    f"external data location {loc!r} "
-                    "contains `..`; onnx and onnxruntime resolve it differently, write a "
-                    "plain relative path",
-                    offset=t.offset,
-                    tensor=t.name,
-                    field="external_data.location",
-                )
-            )
-        real_base = os.path.realpath(base)
-        target = os.path.join(base, *parts)
-        real = os.path.realpath(target)
-        if os.path.commonpath([real_base, real]) != real_base:
-            return err(
-                "ONNX_EXTERNAL_PATH_ESCAPES",
-                f"external data location {loc!r} resolves to {real}, outside the model's folder {real_base}",
-            )
-        if traversal:
-            return None, None
-        current = base
-        for part in parts:
-            current = os.path.join(current, part)
-            if os.path.islink(current):
-                return err(
-                    "ONNX_EXTERNAL_SYMLINK",
-                    f"external data location {loc!r}: {part!r} is a symbolic "
-                    "link; copy the data into the model's folder",
-                )
-        try:
-            st = os.lstat(target)
-        except FileNotFoundError:
-            return err(
-                "ONNX_EXTERNAL_MISSING", f"external data file {loc!r} does not exist next to the model"
-            )
-        except OSError as exc:
-            return err(
-                "ONNX_EXTERNAL_MISSING", f"external data file {loc!r} cannot be examined: {exc.strerror}"
-            )
-        if not stat.S_ISREG(st.st_mode):
-            return err("ONNX_EXTERNAL_NOT_A_FILE", f"external data location {loc!r} is not a regular file")
-        if st.st_nlink > 1:
-            return err(
-                "ONNX_EXTERNAL_HARDLINK",
-                f"external data file {loc!r} has {st.st_nlink} hard links; it may "
-                "alias a file outside the model's folder, copy it instead",
-            )
-        return real, st.st_size
-
-    def remote_location(self, t: Tensor, loc: str, base: str, parts: list[str], traversal: bool,
-                        err: Callable[[str, str], tuple[None, None]]) -> tuple[str | None, int | None]:
-        """A remote model's external data: the URL beside it, sized by the server (never fetched);
-        `..` is refused as it is locally, and links do not exist over HTTP."""
-        from quantgate.core import remote
-
-        if traversal:
-            return err("ONNX_EXTERNAL_PATH_TRAVERSAL",
-                       f"external data location {loc!r} contains `..`; onnx and onnxruntime resolve it "
-                       "differently, write a plain relative path")
-        url = remote.join(base + "/x", "/".join(parts))
-        try:
-            if not remote.exists(url):
-                return err("ONNX_EXTERNAL_MISSING", f"external data file {loc!r} does not exist next to the model")
-            return url, remote.open_file(url).size
-        except remote.RemoteError as exc:
-            return err("ONNX_EXTERNAL_MISSING", f"external data file {loc!r} cannot be examined: {exc}")
+        return where, size
 
     def check_range(self, t: Tensor, size: int | None) -> tuple[int, int] | None:
         values: dict[str, int | None] = {}

@@ -20,6 +20,7 @@ import re
 from typing import Any
 
 from quantgate.core import findings as F
+from quantgate.core.confine import confine
 from quantgate.core.inventory import Inventory
 from quantgate.core.remote import is_url
 from quantgate.formats.pte import schema as S
@@ -550,12 +551,6 @@ class _RemoteEntry:
     def __init__(self, name: str, path: str):
         self.name, self.path = name, path
 
-    def is_symlink(self) -> bool:
-        return False
-
-    def is_file(self) -> bool:
-        return True
-
 
 def _remote_ptds(url: str) -> list[Any]:
     """A URL's folder cannot be listed: the names ExecuTorch writes (`_default_external_constant.ptd`,
@@ -588,8 +583,9 @@ def _ptd_beside(prog: Program) -> tuple[list[str], dict[str, tuple[int | None, i
     except OSError:
         entries = []
     for entry in entries:
-        # only regular files in the program's own folder: no symlinks (docs/architecture.md#hostile-input)
-        if not entry.name.endswith(".ptd") or entry.is_symlink() or not entry.is_file():
+        # only regular files in the program's own folder, no link: the one confinement rule
+        # (quantgate.core.confine, docs/architecture.md#hostile-input); a remote store has no links
+        if not entry.name.endswith(".ptd") or (not remote and confine(folder, entry.name, links=False).path is None):
             continue
         names.append(entry.name)
         keys, problems = read_ptd(entry.path)

@@ -52,12 +52,12 @@ from typing import Any
 
 from quantgate.core import findings as F
 from quantgate.core import jsonfile
+from quantgate.core.confine import sibling
 from quantgate.core.findings import Finding
 from quantgate.core.inventory import CONV, EMBEDDING, FLOAT, INT, LINEAR, UNKNOWN, Inventory, Layer
 from quantgate.core.remote import is_url
 from quantgate.formats.safetensors.header import parse_header
 from quantgate.formats.wire.binary import View, file_size, mapped, read_head
-from quantgate.gate.confine import sibling
 
 CONFIG_LIMIT = 8 << 20  # a config.json or index larger than this is not read
 INDEX_LIMIT = 64 << 20
@@ -646,7 +646,7 @@ _SIDE_CONFIGS = (("quantize_config.json", "gptq"), ("quant_config.json", "awq"))
 
 
 def _sibling(folder: str, name: str, findings: list[Finding]) -> str | None:
-    """The file `name` beside the artifact when the confinement rule lets it be read (quantgate.gate.confine)."""
+    """The file `name` beside the artifact when the confinement rule lets it be read (quantgate.core.confine)."""
     path, refused = sibling(folder, name)
     if refused is not None:
         findings.append(F.warning("SIBLING_NOT_READ", refused, field=name))
