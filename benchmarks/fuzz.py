@@ -27,8 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
-from quantgate.formats import read_inventory  # noqa: E402
-from quantgate.formats.sniff import MODEL_FORMATS, sniff  # noqa: E402
+from quantgate.formats import MODEL_FORMATS, read_inventory  # noqa: E402
+from quantgate.formats.sniff import sniff  # noqa: E402
 from quantgate.guards.base import GuardTimeout, time_budget  # noqa: E402
 
 REGRESSIONS = ROOT / "fixtures" / "fuzz-regressions"

@@ -500,8 +500,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from quantgate.core.coverage import coverage_metrics
-    from quantgate.formats import read_inventory
-    from quantgate.formats.sniff import MODEL_FORMATS, sniff
+    from quantgate.formats import MODEL_FORMATS, read_inventory
+    from quantgate.formats.sniff import sniff
 
     remote_url = _remote_arg(args.path)
     path: Any = remote_url or Path(args.path)

@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from quantgate.core.remote import is_url as remote_is_url
-from quantgate.formats import FORMATS, MODEL_FORMATS, sniffing_order  # noqa: F401 (MODEL_FORMATS re-exported)
+from quantgate.formats import FORMATS, sniffing_order
 
 # what a file is when it is none of formats.FORMATS
 LFS_POINTER = "lfs-pointer"

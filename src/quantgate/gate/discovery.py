@@ -11,7 +11,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from quantgate.core.remote import is_url
-from quantgate.formats.sniff import LFS_POINTER, MANIFEST, MODEL_EXTENSIONS, MODEL_FORMATS, Sniffed, sniff
+from quantgate.formats import MODEL_FORMATS
+from quantgate.formats.sniff import LFS_POINTER, MANIFEST, MODEL_EXTENSIONS, Sniffed, sniff
 from quantgate.gate import Artifact, UsageError
 
 if TYPE_CHECKING:  # annotations only; the policy module pulls in tomllib, difflib and the schema loader

@@ -36,8 +36,8 @@ from quantgate.core.result import (
     ArtifactInfo,
     GuardResult,
 )
-from quantgate.formats import read_inventory
-from quantgate.formats.sniff import MANIFEST, MODEL_FORMATS, Sniffed
+from quantgate.formats import MODEL_FORMATS, read_inventory
+from quantgate.formats.sniff import MANIFEST, Sniffed
 
 CORE = "core"
 

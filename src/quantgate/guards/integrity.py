@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from quantgate.core import findings as F
+from quantgate.formats import MODEL_FORMATS
 from quantgate.formats import sniff as S
 from quantgate.guards.base import Guard, GuardConfig, GuardContext, Outcome
 
@@ -71,7 +72,7 @@ class IntegrityGuard(Guard):
             return Outcome(findings=[F.error("FORMAT_UNKNOWN", f"not a supported model format: {ctx.sniffed.detail}")])
         if fmt == S.UNSUPPORTED:
             return Outcome(findings=[F.error("FORMAT_UNSUPPORTED", f"{ctx.sniffed.detail}")])
-        if fmt not in S.MODEL_FORMATS:
+        if fmt not in MODEL_FORMATS:
             return Outcome(skip=("not_applicable", f"{fmt} files are checked through the artifact that uses them"))
         inventory = ctx.inventory()
         if inventory is None:

@@ -21,8 +21,8 @@ from quantgate.core.coverage import coverage_metrics, matches_any
 from quantgate.core.findings import Finding
 from quantgate.core.hashing import sha256_file
 from quantgate.core.inventory import FLOAT, Inventory, Layer
-from quantgate.formats import read_inventory
-from quantgate.formats.sniff import MODEL_FORMATS, sniff
+from quantgate.formats import MODEL_FORMATS, read_inventory
+from quantgate.formats.sniff import sniff
 
 MAX_MANIFEST_BYTES = 16 << 20
 MANIFEST_VERSION = 1
