@@ -447,3 +447,35 @@ def test_s3_sha256_of_an_object_replaced_after_its_reads_is_no_digest(store: dic
     with pytest.raises(remote.RemoteError) as caught:
         remote.sha256_url(url, "h")
     assert str(caught.value) == f"{url}: the file changed while it was read (its ETag no longer matches)"
+
+
+def test_gs_reads_and_sha256_ask_for_the_generation_opened(gcs: dict[str, Any], monkeypatch: Any) -> None:  # noqa: F811
+    # GCS serves `?generation=N` as that revision or 404 once it is gone; the emulator serves the newest
+    # object whatever is asked, so what is checked here is the asking: every read names the generation
+    import gcsfs
+
+    info = _gcs_put(gcs, "pin/m.gguf", FIX / "gguf/model_q4_0.gguf")
+    for key, value in gcs.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("QUANTGATE_REMOTE_BLOCK", "512")
+    from quantgate.core import remote
+
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    remote._OPEN.clear()
+    url = f"gs://{GS_BUCKET}/pin/m.gguf"
+    rf = remote.open_file(url)
+    assert rf.version == str(info["generation"])
+    seen: list[str] = []
+    call = rf.fs._call
+
+    async def recording(method: str, path: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(path))
+        return await call(method, path, *args, **kwargs)
+
+    monkeypatch.setattr(rf.fs, "_call", recording)
+    data = (FIX / "gguf/model_q4_0.gguf").read_bytes()
+    assert rf.read(4096, 16) == data[4096:4112]
+    assert remote.sha256_url(url, "m") == hashlib.sha256(data).hexdigest()
+    assert len(seen) >= 2 and all(f"generation={rf.version}" in u for u in seen), seen
+    remote._OPEN.clear()
+    gcsfs.GCSFileSystem.clear_instance_cache()
