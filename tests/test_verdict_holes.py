@@ -175,13 +175,17 @@ def test_bounded_guard_without_its_extra_is_an_error(tmp_path: Path) -> None:
 
 def test_bounded_error_skips_are_defined_once() -> None:
     """`run` (gate/evaluate) and `guard` (cli/main) make a bounded guard's skip an ERROR by one list,
-    gate.BOUNDED_ERROR_SKIPS: no module spells the reason itself (core/result.py names it)."""
+    gate.BOUNDED_ERROR_SKIPS: no module spells a skip reason itself (core/result.py names them)."""
     import ast
 
+    from quantgate.core import result
+
+    reasons = {result.NOT_APPLICABLE, result.DISABLED, result.DEPENDENCY_MISSING, result.NO_INPUT,
+               result.BLOCKED_BY_INTEGRITY}
     spelled = sorted(
-        str(path.relative_to(SRC)) for path in (SRC / "quantgate").rglob("*.py")
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-        if isinstance(node, ast.Constant) and node.value == "dependency_missing"
+        {str(path.relative_to(SRC)) for path in (SRC / "quantgate").rglob("*.py")
+         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+         if isinstance(node, ast.Constant) and node.value in reasons}
     )
     assert spelled == ["quantgate/core/result.py"]
     from quantgate.gate import BOUNDED_ERROR_SKIPS

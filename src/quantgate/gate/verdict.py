@@ -63,11 +63,11 @@ def summarize(results: Sequence[dict[str, Any]], artifacts: int) -> dict[str, in
         SKIP: 0,
         ERROR: 0,
         "waived": 0,
-        "not_applicable": 0,
+        NOT_APPLICABLE: 0,  # counted apart under the skip reason's own name, never as skips
     }
     for result in results:
         if result["status"] == SKIP and result["skip"]["reason"] == NOT_APPLICABLE:
-            summary["not_applicable"] += 1
+            summary[NOT_APPLICABLE] += 1
             continue
         summary[result["gate_status"]] += 1
         if "waiver" in result:

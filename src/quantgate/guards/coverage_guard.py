@@ -6,6 +6,7 @@ from typing import Any
 
 from quantgate.core.coverage import coverage_metrics
 from quantgate.core.inventory import Inventory
+from quantgate.core.result import NOT_APPLICABLE
 from quantgate.guards.base import Guard, GuardConfig, GuardContext, Outcome
 
 # the per-layer table in a result is capped so a report stays a few MB even for huge graphs;
@@ -62,7 +63,7 @@ class CoverageGuard(Guard):
     def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
         inventory = ctx.inventory()
         if inventory is None:
-            return Outcome(skip=("not_applicable", f"no reader for {ctx.format} in this version"))
+            return Outcome(skip=(NOT_APPLICABLE, f"no reader for {ctx.format} in this version"))
         metrics, unquantized = coverage_metrics(
             inventory.layers, basis=config.basis, expect_unquantized=config.expect_unquantized
         )

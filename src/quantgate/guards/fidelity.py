@@ -39,6 +39,7 @@ from typing import Any
 
 from quantgate.core import findings as F
 from quantgate.core.findings import Finding
+from quantgate.core.result import NOT_APPLICABLE
 from quantgate.formats import FORMATS, MODEL_FORMATS
 from quantgate.guards.base import Guard, GuardConfig, GuardContext, Outcome
 
@@ -528,7 +529,7 @@ class FidelityGuard(Guard):
                                   "fix the reference path; it is resolved as docs/fidelity.md says"))
         try:
             if os.path.samefile(ref_path, ctx.path):
-                return Outcome(skip=("not_applicable", "this artifact is the fidelity reference itself"))
+                return Outcome(skip=(NOT_APPLICABLE, "this artifact is the fidelity reference itself"))
         except OSError:
             pass
         from quantgate.formats import read_inventory

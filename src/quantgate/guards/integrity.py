@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from quantgate.core import findings as F
+from quantgate.core.result import NOT_APPLICABLE
 from quantgate.formats import MODEL_FORMATS
 from quantgate.formats import sniff as S
 from quantgate.guards.base import Guard, GuardConfig, GuardContext, Outcome
@@ -73,7 +74,7 @@ class IntegrityGuard(Guard):
         if fmt == S.UNSUPPORTED:
             return Outcome(findings=[F.error("FORMAT_UNSUPPORTED", f"{ctx.sniffed.detail}")])
         if fmt not in MODEL_FORMATS:
-            return Outcome(skip=("not_applicable", f"{fmt} files are checked through the artifact that uses them"))
+            return Outcome(skip=(NOT_APPLICABLE, f"{fmt} files are checked through the artifact that uses them"))
         inventory = ctx.inventory()
         if inventory is None:
             return Outcome(

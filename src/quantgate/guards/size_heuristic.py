@@ -8,6 +8,7 @@ knows nothing of the file's structure, so it runs on any file.
 
 from __future__ import annotations
 
+from quantgate.core.result import BLOCKED_BY_INTEGRITY, NO_INPUT
 from quantgate.formats.sniff import EMPTY, LFS_POINTER, UNREADABLE
 from quantgate.guards.base import Guard, GuardConfig, GuardContext, Outcome
 
@@ -46,7 +47,7 @@ class SizeHeuristicGuard(Guard):
 
     def measure(self, ctx: GuardContext, config: GuardConfig) -> Outcome:
         if ctx.format in NOT_THE_ARTIFACT:
-            return Outcome(skip=("blocked_by:integrity", f"the file is not the artifact's content ({ctx.format})"))
+            return Outcome(skip=(BLOCKED_BY_INTEGRITY, f"the file is not the artifact's content ({ctx.format})"))
         quant_bits = _number(config.param("quant_bits", 8), "quant_bits")
         float_bits = _number(config.param("float_bits", 32), "float_bits")
         if quant_bits <= 0 or float_bits <= 0:
@@ -64,11 +65,11 @@ class SizeHeuristicGuard(Guard):
                 # the bytes those params are in: a split GGUF's first shard counts the whole set
                 size_bytes = max(size_bytes, inventory.size_bytes)
         if (not params or params <= 0) and ctx.structure_blocked():
-            return Outcome(skip=("blocked_by:integrity", "no parameter count given, and the artifact failed integrity"))
+            return Outcome(skip=(BLOCKED_BY_INTEGRITY, "no parameter count given, and the artifact failed integrity"))
         if not params or params <= 0:
             return Outcome(
                 skip=(
-                    "no_input",
+                    NO_INPUT,
                     "no parameter count: pass --param params=N, list `parameters` in the manifest, "
                     "or use a format whose reader counts them",
                 )

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from quantgate.core.bounds import BROKEN, MISSING, describe
+from quantgate.core.result import NOT_APPLICABLE
 from quantgate.core.untrusted import plain
 
 ORDER = {"ERROR": 0, "FAIL": 1, "WARN": 2, "SKIP": 3, "PASS": 4}
-HIDDEN_SKIPS = ("not_applicable",)
+HIDDEN_SKIPS = (NOT_APPLICABLE,)
 
 
 def visible(results: list[dict[str, Any]]) -> list[dict[str, Any]]:

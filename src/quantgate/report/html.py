@@ -13,6 +13,7 @@ import hashlib
 from html import escape
 from typing import Any
 
+from quantgate.core.result import NOT_APPLICABLE
 from quantgate.core.untrusted import clean
 from quantgate.report.common import by_severity, headline, problems, visible
 from quantgate.report.pictures import svg_bar, svg_legend
@@ -100,9 +101,9 @@ def _counts(report: dict[str, Any]) -> str:
     s = report["summary"]
     header = ["artifacts", "passed", "failed", "warned", "errors", "skipped", "waived", "exit code"]
     values = [s["artifacts"], s["PASS"], s["FAIL"], s["WARN"], s["ERROR"], s["SKIP"], s["waived"]]
-    if "not_applicable" in s:  # guards that do not apply to a format: counted apart, never as skips
+    if NOT_APPLICABLE in s:  # guards that do not apply to a format: counted apart, never as skips
         header.insert(6, "not applicable")
-        values.insert(6, s["not_applicable"])
+        values.insert(6, s[NOT_APPLICABLE])
     row = [_num(v) for v in [*values, report["exit_code"]]]
     return _table(header, [row], "counts", numeric=tuple(range(len(header))))
 
