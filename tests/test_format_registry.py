@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from quantgate.core import codes
-from quantgate.formats import FORMATS, MODEL_FORMATS, load, sniffing_order
+from quantgate.formats import FORMATS, MODEL_FORMATS, SNIFFING_ORDER, load
 from quantgate.formats.sniff import MODEL_EXTENSIONS
 from quantgate.guards import GUARD_MODULES, get_guard
 
@@ -39,7 +39,7 @@ def test_the_registries_derived_from_it() -> None:
         "safetensors-dtypes", "fidelity", "manifest",
     ]
     # ONNX has no magic number: every format with one is tried first
-    assert [f.id for f in sniffing_order()] == ["pte", "ptd", "gguf", "safetensors", "onnx"]
+    assert [f.id for f in SNIFFING_ORDER] == ["pte", "ptd", "gguf", "safetensors", "onnx"]
     assert get_guard("fidelity").formats == ("pte", "onnx", "gguf", "safetensors")
     titles = [s.title for s in codes.SECTIONS]
     assert titles[:2] == ["Shared", "Manifest"] and titles[-2:] == ["Fidelity", "Runtime box"]

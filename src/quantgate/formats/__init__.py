@@ -46,7 +46,7 @@ class Format:
     code_sections: tuple[CodeSection, ...] = ()
 
 
-# in the order their guards run; the sniffing order is `sniffing_order()`
+# in the order their guards run; the sniffing order is SNIFFING_ORDER
 FORMATS: dict[str, Format] = {
     f.id: f
     for f in (
@@ -127,11 +127,8 @@ FORMATS: dict[str, Format] = {
 }
 
 MODEL_FORMATS: tuple[str, ...] = tuple(f.id for f in FORMATS.values() if f.model)
-
-
-def sniffing_order() -> list[Format]:
-    """Formats with a magic number first (registry order), then those without, which could match by chance."""
-    return sorted(FORMATS.values(), key=lambda f: not f.has_magic)
+# formats with a magic number first (registry order), then those without, which could match by chance
+SNIFFING_ORDER: tuple[Format, ...] = tuple(sorted(FORMATS.values(), key=lambda f: not f.has_magic))
 
 
 def load(ref: str) -> Any:

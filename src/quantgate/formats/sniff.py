@@ -2,7 +2,7 @@
 
 Each format's rule is its `sniff` in `formats.FORMATS` (the magic `GGUF`, an ExecuTorch `ETnn`
 identifier, a safetensors header length then `{`, an ONNX ModelProto's first fields); this module
-tries them in `formats.sniffing_order()` after the rules that say what a non-model file is: a release
+tries them in `formats.SNIFFING_ORDER` after the rules that say what a non-model file is: a release
 manifest, an empty file, a Git LFS pointer, and a few known-but-unsupported formats, so that the
 message says what the file is.
 """
@@ -15,7 +15,7 @@ import stat
 from dataclasses import dataclass
 
 from quantgate.core.remote import is_url as remote_is_url
-from quantgate.formats import FORMATS, sniffing_order
+from quantgate.formats import FORMATS, SNIFFING_ORDER
 
 # what a file is when it is none of formats.FORMATS
 LFS_POINTER = "lfs-pointer"
@@ -63,7 +63,7 @@ def sniff_bytes(head: bytes, size: int, name: str = "") -> Sniffed:
         return Sniffed(EMPTY, "the file has zero bytes")
     if head.startswith(LFS_PREFIX):
         return Sniffed(LFS_POINTER, "a Git LFS pointer file")
-    for spec in sniffing_order():
+    for spec in SNIFFING_ORDER:
         detail = spec.sniff(head, size)
         if detail is not None:
             return Sniffed(spec.id, detail)
